@@ -1,0 +1,166 @@
+"""Every exception schedd raises, in one tree.
+
+::
+
+    SchedError
+    ├── StoreError                  something went wrong talking to Redis
+    │   ├── StoreUnavailable        cannot reach Redis (refused, dropped, timed out)
+    │   └── StoreResponseError      Redis answered with an error we do not map (a bug or misuse)
+    ├── ScriptError                 a Lua script refused the operation with a named code
+    │   ├── NotFound
+    │   │   ├── NodeNotFound        E_NO_NODE
+    │   │   └── JobNotFound         E_NO_JOB
+    │   ├── Fenced                  the caller speaks for a stale registration or attempt
+    │   │   ├── StaleEpoch          E_STALE_EPOCH   (node re-registered since)
+    │   │   ├── StaleAttempt        E_STALE_ATTEMPT (job was reassigned since)
+    │   │   └── WrongOwner          E_WRONG_OWNER   (another instance owns the node's connection)
+    │   ├── Refused
+    │   │   ├── NoCapacity          E_NO_CAPACITY   (no free slot and queueing is off)
+    │   │   ├── QueueFull           E_QUEUE_FULL
+    │   │   ├── NodeDraining        E_DRAINING
+    │   │   └── NotYours            E_NOT_YOURS     (principal does not own the job)
+    │   ├── InvalidState            E_BAD_STATE     (e.g. accept for a job that is not assigned)
+    │   └── BadArgument             E_BAD_ARG
+    ├── ConfigError                 sched.toml or environment overrides are invalid
+    └── ProtocolError               a peer sent something the protocol does not allow
+
+Script error replies have the form ``E_CODE human readable message``; :data:`SCRIPT_ERRORS` is the
+one table mapping codes to classes, and :func:`error_from_reply` is the one boundary that does it.
+"""
+
+from __future__ import annotations
+
+
+class SchedError(Exception):
+    """Root of every schedd error."""
+
+
+class StoreError(SchedError):
+    """Talking to Redis failed."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis cannot be reached right now (connection refused, dropped, or a command timed out)."""
+
+
+class StoreResponseError(StoreError):
+    """Redis replied with an error that is not one of schedd's script codes."""
+
+
+class ScriptError(SchedError):
+    """A script refused the operation; ``code`` is the wire code (also used in protocol errors)."""
+
+    code = "E_SCRIPT"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class NotFound(ScriptError):
+    code = "E_NOT_FOUND"
+
+
+class NodeNotFound(NotFound):
+    code = "E_NO_NODE"
+
+
+class JobNotFound(NotFound):
+    code = "E_NO_JOB"
+
+
+class Fenced(ScriptError):
+    code = "E_FENCED"
+
+
+class StaleEpoch(Fenced):
+    code = "E_STALE_EPOCH"
+
+
+class StaleAttempt(Fenced):
+    code = "E_STALE_ATTEMPT"
+
+
+class WrongOwner(Fenced):
+    code = "E_WRONG_OWNER"
+
+
+class Refused(ScriptError):
+    code = "E_REFUSED"
+
+
+class NoCapacity(Refused):
+    code = "E_NO_CAPACITY"
+
+
+class QueueFull(Refused):
+    code = "E_QUEUE_FULL"
+
+
+class NodeDraining(Refused):
+    code = "E_DRAINING"
+
+
+class NotYours(Refused):
+    code = "E_NOT_YOURS"
+
+
+class InvalidState(ScriptError):
+    code = "E_BAD_STATE"
+
+
+class BadArgument(ScriptError):
+    code = "E_BAD_ARG"
+
+
+class ConfigError(SchedError):
+    """The configuration is invalid; ``errors`` holds one ``path: message`` line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class ProtocolError(SchedError):
+    """A peer broke the protocol; ``code`` is the error code sent back to it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
+    cls.code: cls
+    for cls in (
+        NodeNotFound,
+        JobNotFound,
+        StaleEpoch,
+        StaleAttempt,
+        WrongOwner,
+        NoCapacity,
+        QueueFull,
+        NodeDraining,
+        NotYours,
+        InvalidState,
+        BadArgument,
+    )
+}
+
+
+def error_from_reply(text: str) -> SchedError:
+    """Map a Redis error reply to the most specific schedd exception.
+
+    Redis prefixes script errors raised with ``error_reply`` unchanged, but wraps errors raised
+    by ``error()`` (``ERR user_script:12: ...``); both forms are recognised.
+    """
+    stripped = text.strip()
+    for word_index, word in enumerate(stripped.split(" ", 2)[:2]):
+        cls = SCRIPT_ERRORS.get(word)
+        if cls is not None:
+            rest = stripped.split(" ", word_index + 1)[-1] if " " in stripped else ""
+            return cls(rest)
+    return StoreResponseError(stripped)

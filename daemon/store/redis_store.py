@@ -1,0 +1,636 @@
+"""RESP2 over one trio socket, parsed by hiredis: the store behind ``redis://``, ``rediss://`` and
+``unix://`` URLs.
+
+Rules of this module:
+
+* **One shared connection, automatic pipelining.** Every :meth:`RedisStore.execute` caller encodes
+  its command, appends it to the connection's *unsent* list and parks. A writer task moves
+  everything unsent to the *pending* queue and writes it with one ``send_all``; a reader task feeds
+  hiredis and hands replies to the pending callers strictly in FIFO order. Redis answers in the
+  order it receives commands, so this order is the only thing that matches a reply to its caller.
+* **Commands that mutate connection state are forbidden on the shared connection** (``SELECT``,
+  ``WATCH``, ``SUBSCRIBE``, a bare ``MULTI``, blocking pops): they would leak into every other
+  caller's commands. :meth:`RedisStore.execute_many` writes its commands contiguously, so a
+  ``MULTI`` ... ``EXEC`` sent through it is safe. Blocking commands go to
+  :meth:`RedisStore.execute_blocking`, which has a connection of its own.
+* **Cancellation never desyncs the stream.** A caller cancelled before its command was written
+  withdraws it (it is never sent); one cancelled after the write leaves its slot in the pending
+  queue and the reply is read and thrown away. Either way the next reply still finds its owner.
+* **Error replies are values until they reach their caller**, where they are raised as the
+  exception :func:`schedd.errors.error_from_reply` maps them to; the connection stays usable.
+  Errors nested inside array replies (e.g. from ``EXEC``) stay in the array as exception objects.
+* **Failure is loud and fast.** If the connection breaks, or the oldest outstanding command gets
+  no reply within ``command_timeout`` (the reply stream can no longer be trusted), every in-flight
+  caller gets :class:`~schedd.errors.StoreUnavailable` naming the address and the cause, and the
+  connection is torn down. Until a background task has reconnected (exponential backoff from
+  50 ms to 2 s, with jitter), ``execute`` raises ``StoreUnavailable`` at once instead of waiting.
+  Callers retry; they never have to reopen the store. Loss is logged once at WARNING, recovery at
+  INFO.
+* **Opening fails fast.** :func:`open_redis_store` connects before it yields and raises
+  ``StoreUnavailable`` if the first attempt fails, so a misconfigured daemon stops at start-up
+  instead of running against nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import hiredis
+import outcome
+import trio
+from redis.connection import parse_url
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
+
+from schedd.errors import ConfigError, SchedError, StoreUnavailable, error_from_reply
+from schedd.store.base import Arg, Store
+
+__all__ = ["RedisStore", "open_redis_store"]
+
+logger = logging.getLogger(__name__)
+
+_READ_SIZE: Final = 65536
+_BACKOFF_START: Final = 0.05
+_BACKOFF_MAX: Final = 2.0
+_BACKOFF_JITTER: Final = 0.1
+
+# hiredis's default "no complete reply yet" marker is False, which RESP3 could one day produce as
+# a real value; a private sentinel cannot collide with anything on the wire.
+_INCOMPLETE: Final = object()
+
+# Errors that mean the byte stream itself is gone or garbled, as opposed to a Redis error reply.
+_STREAM_ERRORS: Final = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    hiredis.HiredisError,
+)
+
+_URL_KEYS: Final = frozenset(
+    {
+        "host",
+        "port",
+        "path",
+        "db",
+        "username",
+        "password",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "connection_class",
+    }
+)
+_CERT_REQS: Final = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
+
+
+def _encode(args: Sequence[Arg]) -> bytes:
+    if not args:
+        # Redis silently ignores an empty multibulk and sends no reply, which would shift every
+        # later reply onto the wrong caller.
+        raise ValueError("cannot send an empty command")
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int):
+            if isinstance(arg, bool):
+                # It would go out as "True"/"False", which no Redis command means: always a bug.
+                raise TypeError(f"cannot send a bool to redis: {arg!r}")
+            # %d rather than str(): ``class E(int, Enum)`` members stringify as "E.X".
+            data = b"%d" % arg
+        elif isinstance(arg, float):
+            data = float.__repr__(arg).encode()
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} to redis: {arg!r}")
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _describe(exc: BaseException) -> str:
+    """The most useful short text for a connection failure, e.g. ``Connection refused``."""
+    for _ in range(8):
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif isinstance(exc, ssl.SSLError | hiredis.HiredisError):
+            break
+        elif isinstance(exc, socket.gaierror):
+            return exc.strerror or str(exc)
+        elif isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
+            # trio's messages prefix the address we already report; strerror alone reads better.
+            return os.strerror(exc.errno)
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            break
+    return str(exc) or type(exc).__name__
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostinfo}"
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(key == "password" for key, _ in pairs):
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*/")
+    masked = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        masked += f"?{query}"
+    return masked
+
+
+def _blocking_budget(args: Sequence[Arg], command_timeout: float) -> float:
+    """How long a blocking command may legitimately take: its ``BLOCK`` time plus the timeout."""
+    for index, arg in enumerate(args[1:-1], start=1):
+        word = arg.upper() if isinstance(arg, str | bytes) else None
+        if word in ("STREAMS", b"STREAMS"):
+            break  # key names follow; a key called "block" is not the option
+        if word in ("BLOCK", b"BLOCK"):
+            try:
+                block_ms = int(args[index + 1])
+            except (TypeError, ValueError):
+                break  # Redis will reject it; the normal timeout covers that reply
+            return math.inf if block_ms == 0 else block_ms / 1000 + command_timeout
+    return command_timeout
+
+
+class _Call:
+    """One caller waiting for ``count`` replies (``replies`` is None for a single command)."""
+
+    __slots__ = ("count", "data", "deadline", "replies", "task")
+
+    def __init__(
+        self,
+        task: Task,
+        data: bytes,
+        deadline: float,
+        replies: list[Any] | None = None,
+        count: int = 1,
+    ) -> None:
+        self.task: Task | None = task
+        self.data = data
+        self.deadline = deadline
+        self.replies = replies
+        self.count = count
+
+    def abort(self, raise_cancel: RaiseCancelT) -> Abort:
+        # Clearing the task is the whole protocol: the writer skips unsent calls without a task
+        # and the reader drops replies for sent ones, so the queue order is never disturbed.
+        self.task = None
+        return Abort.SUCCEEDED
+
+
+class _Connection:
+    __slots__ = ("dropped", "pending", "reader", "stream", "unsent", "writer")
+
+    def __init__(self, stream: trio.abc.Stream, reader: hiredis.Reader) -> None:
+        self.stream = stream
+        self.reader = reader
+        self.unsent: list[_Call] = []
+        self.pending: deque[_Call] = deque()
+        self.writer: Task | None = None
+        self.dropped = False
+
+    def abort_writer(self, raise_cancel: RaiseCancelT) -> Abort:
+        self.writer = None
+        return Abort.SUCCEEDED
+
+    def fail_all(self, message: str) -> None:
+        calls = [*self.pending, *self.unsent]
+        self.pending.clear()
+        self.unsent = []
+        for call in calls:
+            if call.task is not None:
+                reschedule(call.task, outcome.Error(StoreUnavailable(message)))
+                call.task = None
+
+
+class RedisStore(Store):
+    """A Redis deployment reached over one pipelined connection plus one for blocking reads.
+
+    Create it with :func:`open_redis_store`; the constructor only parses the URL.
+    """
+
+    def __init__(
+        self, url: str, *, connect_timeout: float = 5.0, command_timeout: float = 5.0
+    ) -> None:
+        if not connect_timeout > 0 or not command_timeout > 0:
+            raise ValueError("connect_timeout and command_timeout must be positive")
+        self.url = _mask_url(url)
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        try:
+            # redis-py's parser, so URLs mean exactly what they mean to every other Redis tool.
+            options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ConfigError([f"store url {self.url}: {exc}"]) from None
+        unknown = sorted(set(options) - _URL_KEYS)
+        if unknown:
+            raise ConfigError(
+                [f"store url {self.url}: unsupported parameter {key!r}" for key in unknown]
+            )
+        self._path: str | None = options.get("path")
+        self._host: str = options.get("host", "127.0.0.1")
+        self._port: int = options.get("port", 6379)
+        self._address = self._path if self._path is not None else f"{self._host}:{self._port}"
+        self._ssl_context: ssl.SSLContext | None = None
+        if urlsplit(url).scheme == "rediss":
+            self._ssl_context = self._make_ssl_context(options)
+        self._handshake = self._handshake_commands(options)
+
+        self._conn: _Connection | None = None
+        self._down_cause = "not connected yet"
+        self._closed = False
+        self._nursery: trio.Nursery | None = None
+        self._blocking: _Connection | None = None
+        self._blocking_lock = trio.Lock()
+        # Bumped whenever the shared connection is lost; the blocking connection remembers the
+        # value it was opened under, so it is replaced after an outage instead of being reused.
+        self._epoch = 0
+        self._blocking_epoch = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self.url}>"
+
+    @staticmethod
+    def _make_ssl_context(options: dict[str, Any]) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+        reqs = options.get("ssl_cert_reqs")
+        if reqs is not None:
+            mode = _CERT_REQS.get(str(reqs).lower())
+            if mode is None:
+                raise ConfigError([f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}"])
+            if mode != ssl.CERT_REQUIRED:
+                context.check_hostname = False  # must go first: it forbids CERT_NONE while set
+            context.verify_mode = mode
+        return context
+
+    @staticmethod
+    def _handshake_commands(options: dict[str, Any]) -> list[tuple[Arg, ...]]:
+        commands: list[tuple[Arg, ...]] = []
+        password = options.get("password")
+        username = options.get("username")
+        if password is not None:
+            commands.append(("AUTH", username, password) if username else ("AUTH", password))
+        db = int(options.get("db") or 0)
+        if db:
+            commands.append(("SELECT", db))
+        # PING proves a Redis is answering, not just that something accepted the connection.
+        commands.append(("PING",))
+        return commands
+
+    # -- the pipelined connection ----------------------------------------------------------
+
+    async def execute(self, *args: Arg) -> Any:
+        conn = self._conn
+        if conn is None:
+            raise self._unavailable()
+        call = _Call(current_task(), _encode(args), trio.current_time() + self._command_timeout)
+        conn.unsent.append(call)
+        writer = conn.writer
+        if writer is not None:
+            conn.writer = None
+            reschedule(writer)
+        reply = await wait_task_rescheduled(call.abort)
+        if isinstance(reply, SchedError):
+            raise reply
+        return reply
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        if not commands:
+            return []
+        conn = self._conn
+        if conn is None:
+            raise self._unavailable()
+        data = b"".join([_encode(command) for command in commands])
+        call = _Call(
+            current_task(),
+            data,
+            trio.current_time() + self._command_timeout,
+            replies=[],
+            count=len(commands),
+        )
+        conn.unsent.append(call)
+        writer = conn.writer
+        if writer is not None:
+            conn.writer = None
+            reschedule(writer)
+        replies: list[Any] = await wait_task_rescheduled(call.abort)
+        for reply in replies:
+            if isinstance(reply, SchedError):
+                raise reply
+        return replies
+
+    def _unavailable(self) -> StoreUnavailable:
+        if self._closed:
+            return StoreUnavailable("store is closed")
+        return StoreUnavailable(f"redis is unavailable (reconnecting): {self._down_cause}")
+
+    async def _connect(self) -> _Connection:
+        """Open a stream and run the handshake; every failure becomes ``StoreUnavailable``."""
+        where = self._address
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream = await self._open_stream()
+                try:
+                    reader = hiredis.Reader(replyError=error_from_reply, notEnoughData=_INCOMPLETE)
+                    await stream.send_all(b"".join(_encode(c) for c in self._handshake))
+                    replies = [await _read_reply(stream, reader) for _ in self._handshake]
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+        except trio.TooSlowError:
+            raise StoreUnavailable(
+                f"cannot reach redis at {where}: timed out after {self._connect_timeout:g} s"
+            ) from None
+        except _STREAM_ERRORS as exc:
+            raise StoreUnavailable(f"cannot reach redis at {where}: {_describe(exc)}") from exc
+        for command, reply in zip(self._handshake, replies, strict=True):
+            if isinstance(reply, SchedError):
+                await trio.aclose_forcefully(stream)
+                raise StoreUnavailable(
+                    f"redis at {where} refused {command[0]!s}: {reply}"
+                ) from reply
+        return _Connection(stream, reader)
+
+    async def _open_stream(self) -> trio.abc.Stream:
+        if self._path is not None:
+            return await trio.open_unix_socket(self._path)
+        if self._ssl_context is not None:
+            return await trio.open_ssl_over_tcp_stream(
+                self._host, self._port, ssl_context=self._ssl_context
+            )
+        return await trio.open_tcp_stream(self._host, self._port)
+
+    def _start(self, nursery: trio.Nursery, conn: _Connection) -> None:
+        self._nursery = nursery
+        self._conn = conn
+        nursery.start_soon(self._maintain, conn)
+
+    async def _maintain(self, conn: _Connection) -> None:
+        """Serve a connection until it breaks, then reconnect with backoff; forever."""
+        while True:
+            await self._serve(conn)
+            lost_at = trio.current_time()
+            logger.warning("%s; reconnecting", self._down_cause)
+            delay = _BACKOFF_START
+            attempts = 0
+            while True:
+                await trio.sleep(delay * random.uniform(1 - _BACKOFF_JITTER, 1 + _BACKOFF_JITTER))
+                attempts += 1
+                try:
+                    conn = await self._connect()
+                except StoreUnavailable as exc:
+                    self._down_cause = str(exc)
+                    logger.debug("reconnect attempt %d failed: %s", attempts, exc)
+                    delay = min(delay * 2, _BACKOFF_MAX)
+                    continue
+                break
+            if self._closed:
+                # aclose() ran after the handshake finished but before this task resumed, so the
+                # cancellation never reached an await here; publishing the connection would leave
+                # callers queueing on a socket nobody serves.
+                await trio.aclose_forcefully(conn.stream)
+                return
+            logger.info(
+                "reconnected to redis at %s after %.1f s (%d attempts)",
+                self._address,
+                trio.current_time() - lost_at,
+                attempts,
+            )
+            self._conn = conn
+
+    async def _serve(self, conn: _Connection) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def run(loop: Callable[[_Connection], Awaitable[str]]) -> None:
+                message = await loop(conn)
+                self._drop(conn, message)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run, self._read_loop)
+            nursery.start_soon(run, self._write_loop)
+            nursery.start_soon(run, self._watch_loop)
+        await trio.aclose_forcefully(conn.stream)
+
+    def _drop(self, conn: _Connection, message: str) -> None:
+        # Synchronous on purpose: between noticing the failure and failing the callers there must
+        # be no checkpoint, or a new caller could queue onto the dead connection and hang.
+        if conn.dropped:
+            return
+        conn.dropped = True
+        if self._conn is conn:
+            self._conn = None
+            self._down_cause = message
+            self._epoch += 1
+        conn.fail_all(message)
+
+    async def _read_loop(self, conn: _Connection) -> str:
+        stream = conn.stream
+        reader = conn.reader
+        pending = conn.pending
+        try:
+            while True:
+                data = await stream.receive_some(_READ_SIZE)
+                if not data:
+                    return (
+                        f"lost connection to redis at {self._address}: "
+                        "connection closed by the server"
+                    )
+                reader.feed(data)  # type: ignore[arg-type]  # stub omits bytearray; C accepts it
+                reply = reader.gets()
+                while reply is not _INCOMPLETE:
+                    if not pending:
+                        return (
+                            f"lost connection to redis at {self._address}: "
+                            "protocol error: a reply arrived with no command waiting for it"
+                        )
+                    call = pending[0]
+                    replies = call.replies
+                    if replies is not None:
+                        replies.append(reply)
+                        if len(replies) < call.count:
+                            reply = reader.gets()
+                            continue
+                        reply = replies
+                    pending.popleft()
+                    task = call.task
+                    if task is not None:
+                        call.task = None
+                        reschedule(task, outcome.Value(reply))
+                    reply = reader.gets()
+        except _STREAM_ERRORS as exc:
+            return f"lost connection to redis at {self._address}: {_describe(exc)}"
+
+    async def _write_loop(self, conn: _Connection) -> str:
+        stream = conn.stream
+        pending = conn.pending
+        try:
+            while True:
+                batch = conn.unsent
+                if not batch:
+                    conn.writer = current_task()
+                    await wait_task_rescheduled(conn.abort_writer)
+                    continue
+                conn.unsent = []
+                if len(batch) == 1:
+                    # The serial case; skip building a list and a join for one command.
+                    call = batch[0]
+                    if call.task is None:
+                        continue
+                    pending.append(call)
+                    await stream.send_all(call.data)
+                    continue
+                live = [call for call in batch if call.task is not None]
+                if live:
+                    pending.extend(live)
+                    await stream.send_all(b"".join([call.data for call in live]))
+        except _STREAM_ERRORS as exc:
+            return f"lost connection to redis at {self._address}: {_describe(exc)}"
+
+    async def _watch_loop(self, conn: _Connection) -> str:
+        # Replies come back in order, so only the oldest outstanding command can be overdue
+        # first; one task sleeping until its deadline replaces a cancel scope per call.
+        timeout = self._command_timeout
+        while True:
+            head = conn.pending[0] if conn.pending else conn.unsent[0] if conn.unsent else None
+            if head is None:
+                await trio.sleep(timeout)
+            elif head.deadline <= trio.current_time():
+                return (
+                    f"command timed out after {timeout:g} s waiting for redis at "
+                    f"{self._address}; connection reset"
+                )
+            else:
+                await trio.sleep_until(head.deadline)
+
+    # -- the blocking connection -----------------------------------------------------------
+
+    async def execute_blocking(self, *args: Arg) -> Any:
+        data = _encode(args)
+        budget = _blocking_budget(args, self._command_timeout)
+        async with self._blocking_lock:
+            if self._conn is None:
+                # Fail as fast as execute() does while the store is down, rather than have
+                # consumer loops hammer a dead server with connection attempts.
+                raise self._unavailable()
+            conn = self._blocking
+            if conn is not None and self._blocking_epoch != self._epoch:
+                # Redis may have restarted since; an idle socket to a dead server would only
+                # reveal that by failing this call, which a fresh connection can serve.
+                self._blocking = None
+                await trio.aclose_forcefully(conn.stream)
+                conn = None
+            if conn is None:
+                epoch = self._epoch
+                conn = await self._connect()
+                if self._closed:
+                    # aclose() ran while we were connecting and could not see this connection.
+                    await trio.aclose_forcefully(conn.stream)
+                    raise self._unavailable()
+                self._blocking = conn
+                self._blocking_epoch = epoch
+            finished = False
+            try:
+                with trio.fail_after(budget):
+                    await conn.stream.send_all(data)
+                    reply = await _read_reply(conn.stream, conn.reader)
+                finished = True
+            except trio.TooSlowError:
+                raise StoreUnavailable(
+                    f"blocking command timed out after {budget:g} s waiting for redis at "
+                    f"{self._address}; connection reset"
+                ) from None
+            except _STREAM_ERRORS as exc:
+                if self._closed:
+                    raise StoreUnavailable("store is closed") from None
+                raise StoreUnavailable(
+                    f"lost blocking connection to redis at {self._address}: {_describe(exc)}"
+                ) from exc
+            finally:
+                if not finished:
+                    # Cancelled, timed out or broken mid-command: a reply may still be on its
+                    # way, so this connection can never be trusted to line up again.
+                    self._blocking = None
+                    await trio.aclose_forcefully(conn.stream)
+        if isinstance(reply, SchedError):
+            raise reply
+        return reply
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        streams = []
+        conn = self._conn
+        if conn is not None:
+            self._drop(conn, "store is closed")
+            streams.append(conn.stream)
+        if self._blocking is not None:
+            streams.append(self._blocking.stream)
+            self._blocking = None
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        # Shielded so that closing from an already-cancelled context still releases the sockets;
+        # aclose_forcefully cannot block, so the shield cannot hang.
+        with trio.CancelScope(shield=True):
+            for stream in streams:
+                await trio.aclose_forcefully(stream)
+
+
+async def _read_reply(stream: trio.abc.Stream, reader: hiredis.Reader) -> Any:
+    while True:
+        reply = reader.gets()
+        if reply is not _INCOMPLETE:
+            return reply
+        data = await stream.receive_some(_READ_SIZE)
+        if not data:
+            raise trio.BrokenResourceError("connection closed by the server")
+        reader.feed(data)  # type: ignore[arg-type]  # stub omits bytearray; C accepts it
+
+
+@asynccontextmanager
+async def open_redis_store(
+    url: str, *, connect_timeout: float = 5.0, command_timeout: float = 5.0
+) -> AsyncIterator[RedisStore]:
+    """Connect to Redis at ``url`` and keep the connection alive until the block exits.
+
+    Raises :class:`~schedd.errors.StoreUnavailable` at once if the first connection fails, and
+    :class:`~schedd.errors.ConfigError` if the URL is not one this store understands.
+    """
+    store = RedisStore(url, connect_timeout=connect_timeout, command_timeout=command_timeout)
+    conn = await store._connect()
+    # Trio wraps anything raised inside a nursery body in an ExceptionGroup. The body here is the
+    # caller's code, so its exception is carried out of the nursery and re-raised unwrapped.
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        store._start(nursery, conn)
+        try:
+            yield store
+        except BaseException as exc:
+            body_error = exc
+        finally:
+            # Shielded: a cancelled body must still close, and aclose() cannot block.
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+    if body_error is not None:
+        raise body_error

@@ -1,0 +1,1 @@
+"""schedd's Lua scripts, one per file (loaded by schedd.store.scripts)."""
