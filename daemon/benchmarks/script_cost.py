@@ -1,0 +1,107 @@
+"""Measure what the core costs Redis: memory per node and per retained job (``MEMORY USAGE``)
+and the server-side cost of select+reserve (``job_submit``) with 10, 1,000 and 10,000 nodes in
+one pool (``INFO commandstats``, usec_per_call).
+
+Starts its own ``redis-server`` on a free port (never touches another Redis). Run::
+
+    python -m schedd.benchmarks.script_cost [--sizes 10,1000,10000] [--calls 2000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import trio
+
+from schedd.core import Core, CoreSettings, JobSpec
+from schedd.redis_process import RedisServer
+from schedd.store import open_store
+from schedd.store.base import Store
+
+
+def _stats(info: bytes) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for line in info.decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            out[name[8:]] = {k: float(v) for k, v in (p.split("=") for p in rest.split(","))
+                             if k in ("calls", "usec", "usec_per_call")}
+    return out
+
+
+async def _memory_usage(store: Store, key: str) -> int:
+    return int(await store.execute("MEMORY", "USAGE", key, "SAMPLES", "0") or 0)
+
+
+async def measure(store: Store, nodes: int, calls: int) -> dict[str, Any]:
+    await store.execute("FLUSHALL")
+    core = Core(store, CoreSettings(namespace="bench", instance="bench-1", heartbeat_interval=600))
+    await core.start()
+    k = core.keys
+    for i in range(nodes):
+        await core.register_node(node_id=f"node-{i:05d}", capacity=1_000_000, pools=["p"],
+                                 capabilities_json='{"gpu": "a100", "langs": ["en", "zh"]}',
+                                 labels_json='{"zone": "eu-1"}')
+    # a node's own record (its hash; its job set is empty) and its share of the shared sorted
+    # sets (pool membership, liveness, node index), before any job lands on it
+    node_bytes = await _memory_usage(store, k.node("node-00000"))
+    shared = sum([await _memory_usage(store, key) for key in (k.pool("p"), k.alive, k.nodes)])
+    await store.execute("CONFIG", "RESETSTAT")
+    for i in range(calls):
+        await core.submit(JobSpec(pools=("p",), job_id=f"job-{i:06d}", payload_json='{"n": 1}'))
+    stats = _stats(await store.execute("INFO", "commandstats"))["evalsha"]
+    job_id = "job-000000"
+    node_id = (await store.execute("HGET", k.job(job_id), "node")).decode()
+    await core.result(job_id, node_id=node_id, attempt=1, ok=True, output_json='{"text": "ok"}')
+    job_bytes = await _memory_usage(store, k.job(job_id))
+    return {
+        "nodes_in_pool": nodes,
+        "select_reserve_calls": int(stats["calls"]),
+        "select_reserve_usec_per_call": round(stats["usec_per_call"], 2),
+        "node_record_bytes": node_bytes,
+        "node_share_of_indexes_bytes": round(shared / nodes, 1),
+        "retained_job_bytes": job_bytes,
+    }
+
+
+async def run(sizes: list[int], calls: int) -> list[dict[str, Any]]:
+    with RedisServer() as server:
+        async with open_store(server.url) as store:
+            version = (await store.execute("INFO", "server")).decode()
+            redis_version = next(
+                line.split(":", 1)[1] for line in version.splitlines()
+                if line.startswith("redis_version:")
+            )
+            rows = []
+            for size in sizes:
+                row = await measure(store, size, calls)
+                row["redis_version"] = redis_version.strip()
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+            return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,1000,10000", help="pool sizes, comma separated")
+    parser.add_argument("--calls", type=int, default=2000, help="job_submit calls per size")
+    parser.add_argument("--json", help="write the rows to this file")
+    args = parser.parse_args(argv)
+    rows = trio.run(run, [int(s) for s in args.sizes.split(",")], args.calls)
+    header = (f"{'nodes':>7} {'select+reserve us/call':>23} {'node B':>7} "
+              f"{'index B/node':>13} {'job B':>6}")
+    print(header)
+    for r in rows:
+        print(f"{r['nodes_in_pool']:>7} {r['select_reserve_usec_per_call']:>23} "
+              f"{r['node_record_bytes']:>7} {r['node_share_of_indexes_bytes']:>13} "
+              f"{r['retained_job_bytes']:>6}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

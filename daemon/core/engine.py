@@ -1,0 +1,272 @@
+"""The core: every node and job operation, each one Lua script call.
+
+Rules of this module:
+  * Redis is the single source of truth; this class keeps no state about nodes or jobs. Any
+    decision (selection, reservation, state change, fencing) happens inside one script.
+  * Every script returns ``{result, local deliveries}``. Deliveries for this instance come back in
+    the reply and are handed to ``on_delivery`` at once (the fast path); deliveries for other
+    instances were appended to their inbox streams by the same script.
+  * ``on_delivery`` is synchronous and must not block: it hands the delivery to a connection's
+    send queue (or drops it if the connection is gone: deadlines are the safety net).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from schedd.core.model import (
+    CoreSettings,
+    Delivery,
+    Done,
+    JobSpec,
+    Registration,
+    Submitted,
+    decode_delivery,
+)
+from schedd.errors import BadArgument
+from schedd.store.base import Arg, Store
+from schedd.store.keys import Keys
+from schedd.store.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+DeliveryHandler = Callable[[Delivery], None]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+class Core:
+    """Node, pool and job management for one daemon instance over one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: CoreSettings,
+        on_delivery: DeliveryHandler | None = None,
+        scripts: Scripts | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.instance = settings.instance
+        self.keys = Keys(settings.namespace)
+        self.scripts = scripts or Scripts()
+        self.on_delivery: DeliveryHandler = on_delivery or (lambda delivery: None)
+
+    async def start(self) -> None:
+        """Check Redis answers and load every script (so the first calls need no reload)."""
+        await self.store.execute("PING")
+        await self.scripts.load_all(self.store)
+
+    async def _call(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        result, local = await self.scripts.call(self.store, name, keys, [self.instance, *args])
+        for raw in local:
+            self.dispatch(raw)
+        return result
+
+    def dispatch(self, raw: bytes | str) -> None:
+        """Decode one delivery (from a script reply or the inbox) and hand it on."""
+        try:
+            delivery = decode_delivery(raw)
+        except (ValueError, IndexError, TypeError):
+            log.error("dropping undecodable delivery %r", raw)
+            return
+        self.on_delivery(delivery)
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    async def register_node(
+        self,
+        *,
+        node_id: str | None,
+        capacity: int,
+        pools: Sequence[str],
+        capabilities_json: str = "{}",
+        labels_json: str = "{}",
+    ) -> Registration:
+        """Register or re-register a node owned by this instance; queued work may follow."""
+        node_id = node_id or new_id("node")
+        k = self.keys
+        epoch, used = await self._call(
+            "node_register",
+            [k.node(node_id), k.nodes, k.alive],
+            [
+                node_id,
+                capacity,
+                orjson.dumps(list(pools)),
+                capabilities_json,
+                labels_json,
+                _ms(self.settings.liveness_ttl),
+            ],
+        )
+        log.info("node %s registered: epoch %s, pools %s, capacity %s", node_id, epoch,
+                 list(pools), capacity)
+        return Registration(node_id=node_id, epoch=int(epoch), pools=tuple(pools), used=int(used))
+
+    async def heartbeat_batch(self, beats: Sequence[tuple[str, int, float, int]]) -> list[str]:
+        """Refresh liveness and load of many nodes in one call; returns stale node ids."""
+        args: list[Arg] = [
+            _ms(self.settings.liveness_ttl),
+            _ms(self.settings.instance_ttl),
+        ]
+        for node_id, epoch, load, inflight in beats:
+            args.extend((node_id, epoch, load, inflight))
+        stale = await self._call("heartbeat_batch", [self.keys.alive, self.keys.instances], args)
+        return [_text(n) for n in stale]
+
+    async def drain_node(self, node_id: str, *, epoch: int | None = None, reason: str = "") -> int:
+        """Stop new work for a node; returns how many jobs it still holds."""
+        _state, held = await self._call(
+            "node_drain",
+            [self.keys.node(node_id)],
+            [node_id, "" if epoch is None else epoch, reason or "drain requested"],
+        )
+        log.info("node %s draining (%s jobs still running): %s", node_id, held, reason)
+        return int(held)
+
+    async def node_offline(
+        self, node_id: str, *, epoch: int, reason: str, owner: str | None = None
+    ) -> int | None:
+        """Take a node out of service, fenced by owner and epoch.
+
+        Returns how many jobs moved on, or None if the node was already offline. Raises
+        :class:`~schedd.errors.StaleEpoch` / :class:`~schedd.errors.WrongOwner` when the caller
+        no longer speaks for the node.
+        """
+        (moved,) = await self._call(
+            "node_offline",
+            [self.keys.node(node_id)],
+            [node_id, owner or self.instance, epoch, reason,
+             _ms(self.settings.node_retention)],
+        )
+        if moved < 0:
+            return None
+        log.info("node %s offline (%s): %s job(s) moved on", node_id, reason, moved)
+        return int(moved)
+
+    async def mark_unavailable(self, node_id: str, *, epoch: int, service: str, ttl: float) -> int:
+        """Exclude the node from jobs needing ``service`` for ``ttl`` seconds; returns until-ms."""
+        (until,) = await self._call(
+            "node_unavailable",
+            [self.keys.node(node_id), self.keys.node_unavail(node_id)],
+            [node_id, epoch, service, _ms(ttl)],
+        )
+        return int(until)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, *, principal: str = "") -> Submitted:
+        """Accept a job (idempotent on job_id), place it or queue it, in one script."""
+        if not spec.pools:
+            raise BadArgument("a job needs at least one candidate pool")
+        s = self.settings
+        job_id = spec.job_id or new_id("job")
+        status, state, attempt, done = await self._call(
+            "job_submit",
+            [self.keys.job(job_id), self.keys.counts],
+            [
+                principal,
+                job_id,
+                orjson.dumps(list(spec.pools)),
+                spec.payload_json,
+                spec.session_id or "",
+                spec.priority,
+                orjson.dumps(list(spec.services)),
+                _ms(spec.ack_timeout or s.ack_timeout),
+                _ms(spec.run_timeout or s.run_timeout),
+                _ms(spec.queue_timeout or s.queue_timeout),
+                spec.max_attempts or s.max_attempts,
+                "1" if s.queue else "0",
+                s.max_queued,
+                _ms(s.retention),
+                _ms(s.session_ttl),
+            ],
+        )
+        done_msg = decode_delivery(done) if done else None
+        return Submitted(
+            job_id=job_id,
+            state=_text(state),
+            attempt=int(attempt),
+            duplicate=_text(status) == "duplicate",
+            done=done_msg if isinstance(done_msg, Done) else None,
+        )
+
+    async def accept(self, job_id: str, *, node_id: str, attempt: int) -> bool:
+        """Attempt ``attempt`` runs; returns False if it was already accepted."""
+        _state, status, _deadline = await self._call(
+            "job_accept", [self.keys.job(job_id), self.keys.deadlines], [job_id, node_id, attempt]
+        )
+        return _text(status) == "new"
+
+    async def reject(self, job_id: str, *, node_id: str, attempt: int, reason: str) -> str:
+        """The node refused the attempt; returns the job's new state."""
+        (state,) = await self._call(
+            "job_reject", [self.keys.job(job_id)], [job_id, node_id, attempt, reason]
+        )
+        return _text(state)
+
+    async def progress(self, job_id: str, *, node_id: str, attempt: int, data_json: str) -> None:
+        await self._call(
+            "job_progress", [self.keys.job(job_id)], [job_id, node_id, attempt, data_json]
+        )
+
+    async def result(
+        self,
+        job_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        ok: bool,
+        output_json: str = "null",
+        error: dict[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """Record the attempt's result; returns (state, duplicate)."""
+        state, status = await self._call(
+            "job_result",
+            [self.keys.job(job_id)],
+            [job_id, node_id, attempt, "1" if ok else "0", output_json,
+             orjson.dumps(error) if error is not None else "null"],
+        )
+        return _text(state), _text(status) == "duplicate"
+
+    async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> None:
+        """Cancel a job in any non-terminal state (``principal`` '' = operator)."""
+        await self._call(
+            "job_cancel",
+            [self.keys.job(job_id)],
+            [principal, job_id, reason or "canceled"],
+        )
+
+    async def follow(self, job_id: str, *, principal: str = "") -> tuple[str, int, Done | None]:
+        """Route the job's progress and done to this instance; returns (state, attempt, done)."""
+        state, attempt, done = await self._call(
+            "job_follow", [self.keys.job(job_id)], [principal, job_id]
+        )
+        done_msg = decode_delivery(done) if done else None
+        return _text(state), int(attempt), done_msg if isinstance(done_msg, Done) else None
+
+    async def reap(self) -> tuple[int, int, int, int]:
+        """One reaper pass: (nodes lost, deadlines handled, records removed, inboxes removed)."""
+        k = self.keys
+        lost, due, removed, inboxes = await self._call(
+            "reap",
+            [k.alive, k.deadlines, k.gc, k.instances],
+            [self.settings.reaper_batch, _ms(self.settings.node_retention)],
+        )
+        return int(lost), int(due), int(removed), int(inboxes)

@@ -1,0 +1,160 @@
+"""Values the core passes around: settings, what a node and a job declare, and deliveries.
+
+Payloads, outputs and progress data stay serialised JSON text (``*_json`` fields) from the
+submitting client to the node and back: the core never needs to look inside them, and the
+transports can embed them without parsing them again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+
+TERMINAL_STATES = frozenset({"done", "failed", "canceled", "timed_out"})
+JOB_STATES = ("queued", "assigned", "running", "done", "failed", "canceled", "timed_out")
+
+
+@attrs.frozen(kw_only=True)
+class CoreSettings:
+    """Everything the core needs from the configuration (times in seconds)."""
+
+    namespace: str = "schedd"
+    instance: str = "schedd-1"
+    heartbeat_interval: float = 1.0
+    liveness_intervals: int = 3
+    heartbeat_flush: float = 0.05
+    ack_timeout: float = 5.0
+    run_timeout: float = 300.0
+    queue_timeout: float = 60.0
+    max_attempts: int = 3
+    queue: bool = True
+    max_queued: int = 100_000
+    retention: float = 3600.0
+    session_ttl: float = 600.0
+    node_retention: float = 600.0
+    reaper_interval: float = 0.25
+    reaper_batch: int = 200
+    instance_ttl: float = 10.0
+
+    @property
+    def liveness_ttl(self) -> float:
+        return self.heartbeat_interval * self.liveness_intervals
+
+
+@attrs.frozen(kw_only=True)
+class JobSpec:
+    """A job as submitted. ``None`` timeouts and attempts take the configured defaults."""
+
+    pools: tuple[str, ...]
+    payload_json: str = "null"
+    job_id: str | None = None
+    session_id: str | None = None
+    priority: int = 0
+    services: tuple[str, ...] = ()
+    ack_timeout: float | None = None
+    run_timeout: float | None = None
+    queue_timeout: float | None = None
+    max_attempts: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Registration:
+    node_id: str
+    epoch: int
+    pools: tuple[str, ...]
+    used: int
+
+
+@attrs.frozen(kw_only=True)
+class Submitted:
+    job_id: str
+    state: str
+    attempt: int
+    duplicate: bool
+    done: Done | None = None
+
+
+# Deliveries: what an instance must send to a node or a client connection it holds. Scripts
+# produce them as JSON arrays; ``decode_delivery`` is the one place that reads that format.
+
+
+@attrs.frozen(kw_only=True)
+class Assign:
+    node_id: str
+    job_id: str
+    attempt: int
+    payload_json: str
+    session_id: str | None
+    deadline_ms: int
+    epoch: int
+
+
+@attrs.frozen(kw_only=True)
+class CancelJob:
+    node_id: str
+    job_id: str
+    attempt: int
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class DrainNode:
+    node_id: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class Progress:
+    job_id: str
+    attempt: int
+    data_json: str
+
+
+@attrs.frozen(kw_only=True)
+class Done:
+    job_id: str
+    state: str
+    ok: bool
+    output_json: str
+    error: dict[str, Any] | None
+    node: str | None
+    attempts: int
+    timings: dict[str, int]
+
+
+Delivery = Assign | CancelJob | DrainNode | Progress | Done
+
+
+def _done(f: list[Any]) -> Done:
+    error = orjson.loads(f[5]) if f[5] else None
+    return Done(
+        job_id=f[1],
+        state=f[2],
+        ok=bool(f[3]),
+        output_json=f[4],
+        error=error if isinstance(error, dict) else None,
+        node=f[6] or None,
+        attempts=int(f[7]),
+        timings={"submitted": f[8], "assigned": f[9], "accepted": f[10], "finished": f[11]},
+    )
+
+
+def decode_delivery(raw: bytes | str) -> Delivery:
+    f = orjson.loads(raw)
+    kind = f[0]
+    if kind == "assign":
+        return Assign(
+            node_id=f[1], job_id=f[2], attempt=int(f[3]), payload_json=f[4],
+            session_id=f[5] or None, deadline_ms=int(f[6]), epoch=int(f[7]),
+        )
+    if kind == "cancel":
+        return CancelJob(node_id=f[1], job_id=f[2], attempt=int(f[3]), reason=f[4])
+    if kind == "drain":
+        return DrainNode(node_id=f[1], reason=f[2])
+    if kind == "progress":
+        return Progress(job_id=f[1], attempt=int(f[2]), data_json=f[3])
+    if kind == "done":
+        return _done(f)
+    raise ValueError(f"unknown delivery kind {kind!r}")

@@ -1,0 +1,200 @@
+"""Read-only views for the CLI and UI: nodes, pools, jobs, counts, exclusions, instances.
+
+Reads are plain pipelined commands (no state changes, so no script is needed); every view is
+built from Redis alone, so every instance shows the same global picture.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+
+from schedd.core.model import JOB_STATES
+from schedd.store.base import Store
+from schedd.store.keys import Keys
+
+
+def _s(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _int(value: str, default: int = 0) -> int:
+    try:
+        return int(float(value))
+    except ValueError:
+        return default
+
+
+@attrs.frozen(kw_only=True)
+class NodeInfo:
+    node_id: str
+    state: str
+    owner: str
+    epoch: int
+    capacity: int
+    used: int
+    pools: list[str]
+    load: float
+    last_heartbeat_ms: int
+    alive_until_ms: int | None
+    capabilities: dict[str, Any]
+    labels: dict[str, Any]
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class PoolInfo:
+    pool: str
+    members: dict[str, int]  # node id -> free slots
+    free_slots: int
+    queued: int
+
+
+@attrs.frozen(kw_only=True)
+class JobInfo:
+    job_id: str
+    state: str
+    attempt: int
+    max_attempts: int
+    node: str | None
+    pools: list[str]
+    priority: int
+    session_id: str | None
+    principal: str
+    client_instance: str
+    ok: bool | None
+    output: Any
+    error: Any
+    reason: str
+    timings: dict[str, int]
+    tried: list[str]
+
+
+def _json(text: str, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return default
+
+
+class Queries:
+    def __init__(self, store: Store, keys: Keys) -> None:
+        self.store = store
+        self.keys = keys
+
+    async def nodes(self, limit: int = 10_000) -> list[NodeInfo]:
+        ids = [_s(n) for n in await self.store.execute("ZRANGE", self.keys.nodes, 0, limit - 1)]
+        if not ids:
+            return []
+        replies = await self.store.execute_many(
+            [("HGETALL", self.keys.node(n)) for n in ids]
+            + [("ZMSCORE", self.keys.alive, *ids)]
+        )
+        alive = replies[-1]
+        out = []
+        for node_id, flat, until in zip(ids, replies[:-1], alive, strict=True):
+            h = _pairs(flat)
+            if not h:
+                continue
+            out.append(
+                NodeInfo(
+                    node_id=node_id,
+                    state=h.get("state", ""),
+                    owner=h.get("owner", ""),
+                    epoch=_int(h.get("epoch", "0")),
+                    capacity=_int(h.get("capacity", "0")),
+                    used=_int(h.get("used", "0")),
+                    pools=_json(h.get("pools", ""), []),
+                    load=float(h.get("load") or 0),
+                    last_heartbeat_ms=_int(h.get("t_hb", "0")),
+                    alive_until_ms=_int(_s(until)) if until is not None else None,
+                    capabilities=_json(h.get("caps", ""), {}),
+                    labels=_json(h.get("labels", ""), {}),
+                    reason=h.get("reason", ""),
+                )
+            )
+        return out
+
+    async def pools(self) -> list[PoolInfo]:
+        flat = await self.store.execute("ZRANGE", self.keys.pools, 0, -1)
+        names = [_s(p) for p in flat]
+        if not names:
+            return []
+        commands: list[tuple[Any, ...]] = []
+        for name in names:
+            commands.append(("ZRANGE", self.keys.pool(name), 0, -1, "WITHSCORES"))
+            commands.append(("ZCARD", self.keys.queue(name)))
+        replies = await self.store.execute_many(commands)
+        out = []
+        for i, name in enumerate(names):
+            members = {k: _int(v) for k, v in _pairs(replies[2 * i]).items()}
+            out.append(
+                PoolInfo(
+                    pool=name,
+                    members=members,
+                    free_slots=sum(members.values()),
+                    queued=int(replies[2 * i + 1]),
+                )
+            )
+        return out
+
+    async def job(self, job_id: str) -> JobInfo | None:
+        flat, tried = await self.store.execute_many(
+            [("HGETALL", self.keys.job(job_id)), ("SMEMBERS", self.keys.job_tried(job_id))]
+        )
+        h = _pairs(flat)
+        if not h:
+            return None
+        ok = h.get("ok")
+        return JobInfo(
+            job_id=job_id,
+            state=h.get("state", ""),
+            attempt=_int(h.get("attempt", "0")),
+            max_attempts=_int(h.get("max_attempts", "0")),
+            node=h.get("node") or None,
+            pools=_json(h.get("pools", ""), []),
+            priority=_int(h.get("priority", "0")),
+            session_id=h.get("session") or None,
+            principal=h.get("principal", ""),
+            client_instance=h.get("client", ""),
+            ok=None if not ok else ok == "1",
+            output=_json(h.get("output", ""), None),
+            error=_json(h.get("error", ""), None),
+            reason=h.get("reason", ""),
+            timings={
+                name: _int(h.get(field, "") or "0")
+                for name, field in (
+                    ("submitted", "t_sub"),
+                    ("assigned", "t_asg"),
+                    ("accepted", "t_acc"),
+                    ("finished", "t_fin"),
+                )
+            },
+            tried=sorted(_s(t) for t in tried),
+        )
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per current state (every state present) plus lifetime ``total:*`` counters."""
+        h = _pairs(await self.store.execute("HGETALL", self.keys.counts))
+        out = {state: _int(h.get(state, "0")) for state in JOB_STATES}
+        out.update({k: _int(v) for k, v in h.items() if k.startswith("total:")})
+        return out
+
+    async def exclusions(self) -> dict[str, int]:
+        h = _pairs(await self.store.execute("HGETALL", self.keys.exclusions))
+        return {k: _int(v) for k, v in sorted(h.items())}
+
+    async def instances(self) -> dict[str, int]:
+        """Instance id -> unix ms at which its presence expires."""
+        h = _pairs(await self.store.execute("ZRANGE", self.keys.instances, 0, -1, "WITHSCORES"))
+        return {k: _int(v) for k, v in h.items()}

@@ -1,0 +1,313 @@
+-- Shared helpers included (by the script registry) at the top of every script after the key
+-- prelude. Rules of this file:
+--  * every state change of a job goes through set_state, so the per-state counts stay exact;
+--  * every change of a node's used slots goes through node_slots, so pool scores (free slots)
+--    always equal capacity - used for online nodes and nodes outside pools hold no score;
+--  * deliveries for the calling instance are returned in the reply (fast path); deliveries for
+--    any other instance are appended to its inbox stream in the same script, so nothing an
+--    instance must deliver can be lost between scripts.
+
+local cjson = cjson
+local unpack = unpack or table.unpack
+local TERMINAL = {done = true, failed = true, canceled = true, timed_out = true}
+local SCAN = 16 -- candidates looked at per pool or queue head: bounds every selection
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function err(code, msg)
+  return redis.error_reply(code .. ' ' .. msg)
+end
+
+local function hgetall(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return h
+end
+
+local CALLER = '' -- set by each script from its ARGV: the calling instance
+local LOCAL = {}  -- deliveries returned to the caller
+
+local function deliver(instance, msg)
+  local encoded = cjson.encode(msg)
+  if instance == CALLER then
+    LOCAL[#LOCAL + 1] = encoded
+  elseif instance and instance ~= '' then
+    redis.call('XADD', K.inbox(instance), '*', 'd', encoded)
+  end
+end
+
+local function exclusion(reason)
+  redis.call('HINCRBY', K.exclusions(), reason, 1)
+end
+
+local function set_state(job_id, old, new)
+  if old == new then return end
+  if old and old ~= '' then redis.call('HINCRBY', K.counts(), old, -1) end
+  redis.call('HINCRBY', K.counts(), new, 1)
+  redis.call('HSET', K.job(job_id), 'state', new)
+  if TERMINAL[new] then redis.call('HINCRBY', K.counts(), 'total:' .. new, 1) end
+end
+
+-- Pools ---------------------------------------------------------------------------------------
+
+local function node_pools(node)
+  if not node or not node.pools or node.pools == '' then return {} end
+  return cjson.decode(node.pools)
+end
+
+local function pool_join(pool, node_id, free)
+  if redis.call('ZADD', K.pool(pool), free, node_id) == 1 then
+    redis.call('ZINCRBY', K.pools(), 1, pool)
+  end
+end
+
+local function pool_leave(pool, node_id)
+  if redis.call('ZREM', K.pool(pool), node_id) == 1 then
+    if tonumber(redis.call('ZINCRBY', K.pools(), -1, pool)) <= 0
+        and redis.call('EXISTS', K.queue(pool)) == 0 then
+      redis.call('ZREM', K.pools(), pool)
+    end
+  end
+end
+
+-- Change a node's used slots by delta and refresh its score in every pool it serves.
+local function node_slots(node_id, delta)
+  local nkey = K.node(node_id)
+  local used = tonumber(redis.call('HINCRBY', nkey, 'used', delta))
+  if used < 0 then
+    redis.call('HSET', nkey, 'used', 0)
+    used = 0
+  end
+  local vals = redis.call('HMGET', nkey, 'state', 'capacity', 'pools')
+  if vals[1] == 'online' then
+    local free = tonumber(vals[2]) - used
+    if free < 0 then free = 0 end
+    for _, pool in ipairs(cjson.decode(vals[3])) do
+      redis.call('ZADD', K.pool(pool), 'XX', free, node_id)
+    end
+  end
+  return used
+end
+
+-- Eligibility of a node for a job: alive, not failed it before, every needed service present.
+local function eligible(node_id, job_id, services, now)
+  local exp = redis.call('ZSCORE', K.alive(), node_id)
+  if not exp or tonumber(exp) <= now then
+    exclusion('dead')
+    return false
+  end
+  if redis.call('SISMEMBER', K.job_tried(job_id), node_id) == 1 then
+    exclusion('failed_before')
+    return false
+  end
+  if #services > 0 then
+    local marks = redis.call('HMGET', K.node_unavail(node_id), unpack(services))
+    for i = 1, #services do
+      if marks[i] and tonumber(marks[i]) > now then
+        exclusion('unavailable:' .. services[i])
+        return false
+      end
+    end
+  end
+  return true
+end
+
+-- Pick a node for a job: the session's node if it still qualifies, else the member with the most
+-- free slots of the first candidate pool that has an eligible one. Looks at SCAN members per
+-- pool at most, so the cost does not grow with pool size.
+local function select_node(job_id, pools, services, session, now)
+  if session and session ~= '' then
+    local sticky = redis.call('GET', K.session(session))
+    if sticky then
+      for _, pool in ipairs(pools) do
+        local free = redis.call('ZSCORE', K.pool(pool), sticky)
+        if free and tonumber(free) >= 1 and eligible(sticky, job_id, services, now) then
+          return sticky
+        end
+      end
+    end
+  end
+  for _, pool in ipairs(pools) do
+    local members = redis.call('ZRANGE', K.pool(pool), '+inf', 1, 'BYSCORE', 'REV', 'LIMIT', 0, SCAN)
+    for _, node_id in ipairs(members) do
+      if eligible(node_id, job_id, services, now) then return node_id end
+    end
+    if #members == 0 then exclusion('no_free_slot') end
+  end
+  return nil
+end
+
+-- Jobs -------------------------------------------------------------------------------------------
+
+local function job_services(job)
+  if not job.services or job.services == '' then return {} end
+  return cjson.decode(job.services)
+end
+
+local function dequeue_everywhere(job_id, job)
+  for _, pool in ipairs(cjson.decode(job.pools)) do
+    redis.call('ZREM', K.queue(pool), job_id)
+  end
+end
+
+-- Record attempt n+1 of job on node and deliver the assignment to the node's owner.
+local function assign(job_id, job, node_id, now)
+  local attempt = tonumber(job.attempt) + 1
+  local deadline = now + tonumber(job.ack_ms)
+  local nkey = K.node(node_id)
+  local owner, epoch = unpack(redis.call('HMGET', nkey, 'owner', 'epoch'))
+  node_slots(node_id, 1)
+  redis.call('SADD', K.node_jobs(node_id), job_id)
+  redis.call('HSET', K.job(job_id), 'attempt', attempt, 'node', node_id, 't_asg', now, 't_acc', '')
+  set_state(job_id, job.state, 'assigned')
+  redis.call('ZADD', K.deadlines(), deadline, job_id)
+  if job.session and job.session ~= '' then
+    redis.call('SET', K.session(job.session), node_id, 'PX', tonumber(job.session_ms))
+  end
+  deliver(owner, {'assign', node_id, job_id, attempt, job.payload, job.session or '', deadline,
+    tonumber(epoch)})
+  job.attempt = tostring(attempt)
+  job.node = node_id
+  job.state = 'assigned'
+end
+
+local function enqueue(job_id, job, now)
+  local seq = tonumber(job.seq)
+  local order = -tonumber(job.priority) * 1e12 + seq
+  for _, pool in ipairs(cjson.decode(job.pools)) do
+    redis.call('ZADD', K.queue(pool), order, job_id)
+    redis.call('ZADD', K.pools(), 'NX', 0, pool)
+  end
+  redis.call('HSET', K.job(job_id), 'node', '', 't_enq', now)
+  set_state(job_id, job.state, 'queued')
+  redis.call('ZADD', K.deadlines(), now + tonumber(job.queue_ms), job_id)
+  job.state = 'queued'
+end
+
+local function done_message(job_id, job)
+  return {'done', job_id, job.state, tonumber(job.ok or 0), job.output or 'null',
+    job.error or 'null', job.node or '', tonumber(job.attempt),
+    tonumber(job.t_sub) or 0, tonumber(job.t_asg) or 0, tonumber(job.t_acc) or 0,
+    tonumber(job.t_fin) or 0}
+end
+
+-- Move a job to a terminal state: it leaves every queue and index, is retained for its
+-- retention time, and its client's instance gets exactly one done.
+local function finish(job_id, job, state, fields, now)
+  local jkey = K.job(job_id)
+  if job.state == 'queued' then dequeue_everywhere(job_id, job) end
+  redis.call('ZREM', K.deadlines(), job_id)
+  job.t_fin = tostring(now)
+  redis.call('HSET', jkey, 't_fin', now)
+  for k, v in pairs(fields) do
+    redis.call('HSET', jkey, k, v)
+    job[k] = v
+  end
+  set_state(job_id, job.state, state)
+  job.state = state
+  redis.call('ZADD', K.gc(), now + tonumber(job.retain_ms), 'j:' .. job_id)
+  deliver(job.client, done_message(job_id, job))
+end
+
+-- Free the slot a job holds on its node (if any).
+local function release(job_id, job)
+  local node_id = job.node
+  if node_id and node_id ~= '' then
+    if redis.call('SREM', K.node_jobs(node_id), job_id) == 1 then
+      node_slots(node_id, -1)
+    end
+  end
+  return node_id
+end
+
+-- Hand a node queued jobs of its pools while it has free slots (work conservation).
+local function feed_node(node_id, now)
+  local node = hgetall(K.node(node_id))
+  if not node or node.state ~= 'online' then return end
+  local exp = redis.call('ZSCORE', K.alive(), node_id)
+  if not exp or tonumber(exp) <= now then return end
+  local free = tonumber(node.capacity) - tonumber(node.used)
+  local pools = node_pools(node)
+  while free > 0 do
+    local best_id, best_order = nil, nil
+    for _, pool in ipairs(pools) do
+      local heads = redis.call('ZRANGE', K.queue(pool), 0, SCAN - 1, 'WITHSCORES')
+      for i = 1, #heads, 2 do
+        local order = tonumber(heads[i + 1])
+        if best_order and order >= best_order then break end
+        local job_id = heads[i]
+        local services = redis.call('HGET', K.job(job_id), 'services')
+        local svc = (services and services ~= '') and cjson.decode(services) or {}
+        if eligible(node_id, job_id, svc, now) then
+          best_id, best_order = job_id, order
+          break
+        end
+      end
+    end
+    if not best_id then return end
+    local job = hgetall(K.job(best_id))
+    dequeue_everywhere(best_id, job)
+    assign(best_id, job, node_id, now)
+    free = free - 1
+  end
+end
+
+-- A job's attempt ended without a result (node lost, rejected, deadline missed): exclude that
+-- node, then retry on another node at once, queue it, or fail it at max_attempts.
+local function retry(job_id, job, reason, now)
+  local node_id = release(job_id, job)
+  if node_id and node_id ~= '' then
+    redis.call('SADD', K.job_tried(job_id), node_id)
+  end
+  redis.call('HSET', K.job(job_id), 'reason', reason)
+  if tonumber(job.attempt) >= tonumber(job.max_attempts) then
+    finish(job_id, job, 'failed', {ok = 0, error = cjson.encode({code = 'E_ATTEMPTS',
+      message = reason .. ' (attempt ' .. job.attempt .. ' of ' .. job.max_attempts .. ')'})}, now)
+    return node_id
+  end
+  local target = select_node(job_id, cjson.decode(job.pools), job_services(job), '', now)
+  if target then
+    assign(job_id, job, target, now)
+  else
+    enqueue(job_id, job, now)
+  end
+  return node_id
+end
+
+-- Take a node out of service: leave pools and liveness, retry every job it held.
+local function node_down(node_id, node, reason, now, retain_ms)
+  for _, pool in ipairs(node_pools(node)) do pool_leave(pool, node_id) end
+  redis.call('ZREM', K.alive(), node_id)
+  redis.call('DEL', K.node_unavail(node_id))
+  redis.call('HSET', K.node(node_id), 'state', 'offline', 'used', 0, 'reason', reason,
+    't_off', now)
+  local jobs = redis.call('SMEMBERS', K.node_jobs(node_id))
+  redis.call('DEL', K.node_jobs(node_id))
+  for _, job_id in ipairs(jobs) do
+    local job = hgetall(K.job(job_id))
+    if job and (job.state == 'assigned' or job.state == 'running') and job.node == node_id then
+      job.node = '' -- its slot is already gone with the node
+      redis.call('SADD', K.job_tried(job_id), node_id)
+      retry(job_id, job, reason .. ' on node ' .. node_id, now)
+    end
+  end
+  redis.call('ZADD', K.gc(), now + retain_ms, 'n:' .. node_id)
+  return #jobs
+end
+
+-- Fence a node-side message: the job exists, is not terminal and attempt n on this node.
+local function fenced_job(job_id, node_id, attempt)
+  local job = hgetall(K.job(job_id))
+  if not job then return nil, err('E_NO_JOB', 'job ' .. job_id .. ' does not exist') end
+  if job.node ~= node_id or job.attempt ~= attempt or TERMINAL[job.state] then
+    return job, err('E_STALE_ATTEMPT', 'job ' .. job_id .. ' attempt ' .. attempt ..
+      ' on node ' .. node_id .. ' is not current (attempt ' .. job.attempt .. ', node ' ..
+      (job.node or '') .. ', state ' .. job.state .. ')')
+  end
+  return job, nil
+end

@@ -1,0 +1,17 @@
+-- job_progress: forward a node's progress report to the client's instance.
+--   Fenced by node and attempt; the report is not stored.
+-- KEYS[1] job hash                  K.job(job_id)
+-- derived: client instance's inbox
+-- ARGV[1] caller instance
+-- ARGV[2] job id
+-- ARGV[3] node id
+-- ARGV[4] attempt
+-- ARGV[5] progress data, raw JSON
+-- returns {{state}, deliveries}
+-- errors  E_NO_JOB, E_STALE_ATTEMPT
+CALLER = ARGV[1]
+local job_id = ARGV[2]
+local job, e = fenced_job(job_id, ARGV[3], ARGV[4])
+if e then return e end
+deliver(job.client, {'progress', job_id, tonumber(job.attempt), ARGV[5]})
+return {{job.state}, LOCAL}

@@ -1,0 +1,88 @@
+-- job_submit: accept a job, idempotent on job id, and place it in the same script.
+--   A resubmitted id returns the existing job (with its done message while retained) and moves
+--   its deliveries to the caller's instance; a different principal may not reuse the id.
+--   Placement: the session's node if it still qualifies, else the least loaded eligible member of
+--   the first candidate pool that has one; the slot is reserved and the assignment delivered. With
+--   no free slot the job is queued (priority, then age) until its queue deadline, or refused.
+-- KEYS[1] job hash                  K.job(job_id)
+-- KEYS[2] counts                    K.counts()
+-- derived: pools, liveness, node hashes/jobs/unavail, queues, deadlines, session, tried set,
+--          exclusions, inboxes
+-- ARGV[1]  caller instance
+-- ARGV[2]  principal (client identity)
+-- ARGV[3]  job id
+-- ARGV[4]  candidate pool keys, JSON array of strings, best first
+-- ARGV[5]  payload, raw JSON
+-- ARGV[6]  session id or ''
+-- ARGV[7]  priority (integer, higher first, -1000..1000)
+-- ARGV[8]  services the job needs, JSON array of strings
+-- ARGV[9]  ack timeout ms
+-- ARGV[10] run timeout ms
+-- ARGV[11] queue timeout ms
+-- ARGV[12] max attempts
+-- ARGV[13] '1' to queue when no slot is free, '0' to refuse
+-- ARGV[14] max queued jobs in the namespace
+-- ARGV[15] retention ms after a terminal state
+-- ARGV[16] session ttl ms
+-- returns {{'new'|'duplicate', state, attempt, done message JSON or ''}, deliveries}
+-- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
+CALLER = ARGV[1]
+local job_id = ARGV[3]
+local jkey = KEYS[1]
+local existing = hgetall(jkey)
+if existing then
+  if existing.principal ~= ARGV[2] then
+    return err('E_NOT_YOURS', 'job id ' .. job_id .. ' belongs to another client')
+  end
+  redis.call('HSET', jkey, 'client', CALLER)
+  local done = ''
+  if TERMINAL[existing.state] then done = cjson.encode(done_message(job_id, existing)) end
+  return {{'duplicate', existing.state, tonumber(existing.attempt), done}, {}}
+end
+local ok, pools = pcall(cjson.decode, ARGV[4])
+if not ok or type(pools) ~= 'table' or #pools == 0 then
+  return err('E_BAD_ARG', 'a job needs at least one candidate pool')
+end
+local ok2, services = pcall(cjson.decode, ARGV[8])
+if not ok2 or type(services) ~= 'table' then return err('E_BAD_ARG', 'services must be a JSON array') end
+local priority = tonumber(ARGV[7])
+if not priority or priority < -1000 or priority > 1000 or priority % 1 ~= 0 then
+  return err('E_BAD_ARG', 'priority must be an integer in -1000..1000')
+end
+for i = 9, 12 do
+  if not tonumber(ARGV[i]) or tonumber(ARGV[i]) <= 0 then
+    return err('E_BAD_ARG', 'timeouts and max_attempts must be > 0')
+  end
+end
+local now = now_ms()
+local node_id = select_node(job_id, pools, services, ARGV[6], now)
+if not node_id then
+  if ARGV[13] ~= '1' then
+    return err('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
+  end
+  local queued = tonumber(redis.call('HGET', KEYS[2], 'queued') or '0')
+  if queued >= tonumber(ARGV[14]) then
+    return err('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
+  end
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+redis.call('HINCRBY', KEYS[2], 'total:submitted', 1)
+local job = {
+  id = job_id, state = '', principal = ARGV[2], client = CALLER, pools = ARGV[4],
+  payload = ARGV[5], session = ARGV[6], priority = ARGV[7], services = ARGV[8],
+  ack_ms = ARGV[9], run_ms = ARGV[10], queue_ms = ARGV[11], max_attempts = ARGV[12],
+  retain_ms = ARGV[15], session_ms = ARGV[16], attempt = '0', node = '', seq = tostring(seq),
+  t_sub = tostring(now),
+}
+local flat = {}
+for k, v in pairs(job) do
+  flat[#flat + 1] = k
+  flat[#flat + 1] = v
+end
+redis.call('HSET', jkey, unpack(flat))
+if node_id then
+  assign(job_id, job, node_id, now)
+else
+  enqueue(job_id, job, now)
+end
+return {{'new', job.state, tonumber(job.attempt), ''}, LOCAL}

@@ -1,0 +1,75 @@
+-- reap: handle whatever has expired, in bounded batches; safe on every instance at once.
+--   * nodes whose liveness expired go offline; their jobs are retried elsewhere, queued, or
+--     failed at max_attempts;
+--   * a missed ack or run deadline frees the slot, tells the node's owner to cancel, and retries
+--     the job on another node (excluding this one) or fails it at max_attempts;
+--   * a missed queue deadline ends the job as timed_out;
+--   * finished jobs and offline nodes past retention are removed;
+--   * inboxes of instances whose presence expired are deleted.
+--   Everything is found by range queries on sorted sets: no SCAN, no KEYS, no per-node polling.
+-- KEYS[1] liveness                  K.alive()
+-- KEYS[2] deadlines                 K.deadlines()
+-- KEYS[3] gc                        K.gc()
+-- KEYS[4] instance presence         K.instances()
+-- derived: node and job keys, pools, queues, counts, inboxes
+-- ARGV[1] caller instance
+-- ARGV[2] batch size per kind
+-- ARGV[3] retain ms for offline node records
+-- returns {{nodes lost, deadlines handled, records removed, inboxes removed}, deliveries}
+-- errors  none
+CALLER = ARGV[1]
+local batch = tonumber(ARGV[2])
+local now = now_ms()
+
+local lost = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+for _, node_id in ipairs(lost) do
+  local node = hgetall(K.node(node_id))
+  if node and node.state ~= 'offline' then
+    node_down(node_id, node, 'liveness expired', now, tonumber(ARGV[3]))
+  else
+    redis.call('ZREM', KEYS[1], node_id)
+  end
+end
+
+local due = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+for _, job_id in ipairs(due) do
+  local job = hgetall(K.job(job_id))
+  if not job or TERMINAL[job.state] then
+    redis.call('ZREM', KEYS[2], job_id)
+  elseif job.state == 'queued' then
+    finish(job_id, job, 'timed_out', {ok = 0, error = cjson.encode({code = 'E_QUEUE_TIMEOUT',
+      message = 'no node took the job within its queue timeout'})}, now)
+  else
+    local node_id = job.node
+    local what = job.state == 'assigned' and 'ack' or 'run'
+    local owner = redis.call('HGET', K.node(node_id), 'owner')
+    deliver(owner, {'cancel', node_id, job_id, tonumber(job.attempt), what .. ' deadline missed'})
+    retry(job_id, job, what .. ' deadline missed on node ' .. node_id, now)
+    feed_node(node_id, now)
+  end
+end
+
+local old = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+for _, member in ipairs(old) do
+  local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
+  if kind == 'j' then
+    local state = redis.call('HGET', K.job(id), 'state')
+    if state and TERMINAL[state] then
+      redis.call('HINCRBY', K.counts(), state, -1)
+      redis.call('DEL', K.job(id), K.job_tried(id))
+    end
+  else
+    if redis.call('HGET', K.node(id), 'state') == 'offline' then
+      redis.call('DEL', K.node(id))
+      redis.call('ZREM', K.nodes(), id)
+    end
+  end
+  redis.call('ZREM', KEYS[3], member)
+end
+
+local gone = redis.call('ZRANGE', KEYS[4], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+for _, instance in ipairs(gone) do
+  redis.call('DEL', K.inbox(instance))
+  redis.call('ZREM', KEYS[4], instance)
+end
+return {{#lost, #due, #old, #gone}, LOCAL}

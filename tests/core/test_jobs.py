@@ -1,0 +1,258 @@
+"""Job scripts against the embedded store and a real redis-server (one parametrised suite)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+
+from schedd import errors
+from schedd.core import Assign, CancelJob, Done, Progress, Queries
+from schedd.store.base import Store
+from tests.core.helpers import make_core, spec
+
+
+async def test_full_lifecycle_delivers_one_done(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p", payload={"q": 1}), principal="alice")
+    assert (sub.state, sub.attempt, sub.duplicate) == ("assigned", 1, False)
+    assert await core.accept(sub.job_id, node_id="n1", attempt=1) is True
+    assert await core.accept(sub.job_id, node_id="n1", attempt=1) is False
+    await core.progress(sub.job_id, node_id="n1", attempt=1, data_json='{"pct": 50}')
+    (prog,) = rec.of(Progress)
+    assert prog.data_json == '{"pct": 50}'
+    state, dup = await core.result(sub.job_id, node_id="n1", attempt=1, ok=True,
+                                   output_json='{"a": 2}')
+    assert (state, dup) == ("done", False)
+    (done,) = rec.of(Done)
+    assert done.ok and orjson.loads(done.output_json) == {"a": 2} and done.node == "n1"
+    assert done.attempts == 1
+    t = done.timings
+    assert 0 < t["submitted"] <= t["assigned"] <= t["accepted"] <= t["finished"]
+    counts = await Queries(store, core.keys).counts()
+    assert counts["done"] == 1 and counts["running"] == 0 and counts["total:submitted"] == 1
+
+
+async def test_duplicate_result_is_reported_noop(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p"))
+    await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
+    assert await core.result(sub.job_id, node_id="n1", attempt=1, ok=True) == ("done", True)
+    assert len(rec.of(Done)) == 1
+
+
+async def test_failed_result(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p"))
+    state, _ = await core.result(sub.job_id, node_id="n1", attempt=1, ok=False,
+                                 error={"code": "OOM", "message": "out of memory"})
+    assert state == "failed"
+    (done,) = rec.of(Done)
+    assert not done.ok and done.error == {"code": "OOM", "message": "out of memory"}
+
+
+async def test_submit_is_idempotent_and_returns_result(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    first = await core.submit(spec("p", job_id="j1"), principal="alice")
+    again = await core.submit(spec("p", job_id="j1"), principal="alice")
+    assert again.duplicate and again.state == "assigned" and again.done is None
+    assert len(rec.of(Assign)) == 1
+    await core.result("j1", node_id="n1", attempt=1, ok=True, output_json="[1]")
+    final = await core.submit(spec("p", job_id="j1"), principal="alice")
+    assert final.duplicate and final.state == "done"
+    assert final.done is not None and final.done.output_json == "[1]"
+    assert first.job_id == "j1"
+    with pytest.raises(errors.NotYours):
+        await core.submit(spec("p", job_id="j1"), principal="mallory")
+    assert (await Queries(store, core.keys).counts())["total:submitted"] == 1
+
+
+async def test_submit_bad_arguments(store: Store) -> None:
+    core, _ = await make_core(store)
+    with pytest.raises(errors.BadArgument):
+        await core.submit(spec())
+    with pytest.raises(errors.BadArgument, match="priority"):
+        await core.submit(spec("p", priority=5000))
+    k = core.keys
+    base = ["A", "", "j", '["p"]', "null", "", 0, "[]", 1000, 1000, 1000, 3, 1, 10, 1000, 1000]
+    for index, value in ((4, "{}"), (8, "x"), (9, 0)):
+        bad = list(base)
+        bad[index - 1] = value
+        with pytest.raises(errors.BadArgument):
+            await core.scripts.call(store, "job_submit", [k.job("j"), k.counts], bad)
+    assert await Queries(store, core.keys).job("j") is None
+
+
+async def test_no_capacity_and_queue_full(store: Store) -> None:
+    off, _ = await make_core(store, queue=False)
+    with pytest.raises(errors.NoCapacity):
+        await off.submit(spec("p"))
+    small, _ = await make_core(store, max_queued=2)
+    await small.submit(spec("p"))
+    await small.submit(spec("p"))
+    with pytest.raises(errors.QueueFull):
+        await small.submit(spec("p"))
+    counts = await Queries(store, small.keys).counts()
+    assert counts["queued"] == 2
+
+
+async def test_selection_prefers_most_free_slots_and_pool_order(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="small", capacity=1, pools=["a"])
+    await core.register_node(node_id="big", capacity=3, pools=["a"])
+    await core.register_node(node_id="other", capacity=9, pools=["b"])
+    for _ in range(3):
+        await core.submit(spec("a", "b"))
+    # big (3 free) twice until it ties with small... then first-pool members fill before pool b
+    placed = [a.node_id for a in rec.of(Assign)]
+    assert placed[0] == "big"
+    assert "other" not in placed
+    await core.submit(spec("a", "b"))
+    await core.submit(spec("a", "b"))
+    placed = [a.node_id for a in rec.of(Assign)]
+    assert placed.count("big") == 3 and placed.count("small") == 1 and placed[-1] == "other"
+
+
+async def test_session_affinity(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=5, pools=["p"])
+    await core.register_node(node_id="n2", capacity=5, pools=["p"])
+    await core.submit(spec("p", session_id="s"))
+    first = rec.of(Assign)[-1].node_id
+    for _ in range(3):
+        await core.submit(spec("p", session_id="s"))
+        assert rec.of(Assign)[-1].node_id == first
+    assert rec.of(Assign)[-1].session_id == "s"
+
+
+async def test_queue_order_priority_then_age(store: Store) -> None:
+    core, rec = await make_core(store)
+    low = await core.submit(spec("p", job_id="low", priority=0))
+    high = await core.submit(spec("p", job_id="high", priority=5))
+    low2 = await core.submit(spec("p", job_id="low2", priority=0))
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    order = []
+    for _ in range(3):
+        job = rec.of(Assign)[-1]
+        order.append(job.job_id)
+        await core.result(job.job_id, node_id="n1", attempt=job.attempt, ok=True)
+    assert order == [high.job_id, low.job_id, low2.job_id]
+
+
+async def test_completion_hands_next_job_across_pools(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["a", "b"])
+    first = await core.submit(spec("a"))
+    queued = await core.submit(spec("b"))
+    assert queued.state == "queued"
+    await core.result(first.job_id, node_id="n1", attempt=1, ok=True)
+    assert rec.of(Assign)[-1].job_id == queued.job_id
+    pools = {p.pool: p for p in await Queries(store, core.keys).pools()}
+    assert pools["a"].queued == 0 and pools["b"].queued == 0
+
+
+async def test_fencing_stale_attempt_refused(store: Store) -> None:
+    core, rec = await make_core(store)
+    r1 = await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p"))
+    assert rec.of(Assign)[-1].node_id == "n1"
+    await core.register_node(node_id="n2", capacity=1, pools=["p"])
+    await core.node_offline("n1", epoch=r1.epoch, reason="lost")
+    new = rec.of(Assign)[-1]
+    assert (new.node_id, new.attempt) == ("n2", 2)
+    for call in (
+        core.accept(sub.job_id, node_id="n1", attempt=1),
+        core.progress(sub.job_id, node_id="n1", attempt=1, data_json="1"),
+        core.result(sub.job_id, node_id="n1", attempt=1, ok=True),
+        core.reject(sub.job_id, node_id="n1", attempt=1, reason="x"),
+        core.accept(sub.job_id, node_id="n2", attempt=1),
+    ):
+        with pytest.raises(errors.StaleAttempt):
+            await call
+    assert await core.result(sub.job_id, node_id="n2", attempt=2, ok=True) == ("done", False)
+    with pytest.raises(errors.StaleAttempt):
+        await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
+    with pytest.raises(errors.JobNotFound):
+        await core.accept("nope", node_id="n1", attempt=1)
+    assert len(rec.of(Done)) == 1
+
+
+async def test_reject_moves_job_and_fails_at_max_attempts(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    await core.register_node(node_id="n2", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p", max_attempts=2))
+    a1 = rec.of(Assign)[-1]
+    assert await core.reject(sub.job_id, node_id=a1.node_id, attempt=1, reason="busy") == "assigned"
+    a2 = rec.of(Assign)[-1]
+    assert a2.node_id != a1.node_id and a2.attempt == 2
+    assert await core.reject(sub.job_id, node_id=a2.node_id, attempt=2, reason="busy") == "failed"
+    (done,) = rec.of(Done)
+    assert done.state == "failed" and done.error["code"] == "E_ATTEMPTS"  # type: ignore[index]
+    pools = await Queries(store, core.keys).pools()
+    assert pools[0].free_slots == 2
+
+
+async def test_cancel_in_every_state(store: Store) -> None:
+    core, rec = await make_core(store)
+    queued = await core.submit(spec("p"), principal="alice")
+    await core.cancel(queued.job_id, principal="alice")
+    assert rec.of(Done)[-1].state == "canceled"
+    await core.register_node(node_id="n1", capacity=2, pools=["p"])
+    assigned = await core.submit(spec("p"), principal="alice")
+    running = await core.submit(spec("p"), principal="alice")
+    await core.accept(running.job_id, node_id="n1", attempt=1)
+    waiting = await core.submit(spec("p"), principal="alice")
+    assert waiting.state == "queued"
+    await core.cancel(assigned.job_id, principal="alice", reason="user abort")
+    assert rec.of(CancelJob)[-1].job_id == assigned.job_id
+    assert rec.of(Assign)[-1].job_id == waiting.job_id  # freed slot is reused at once
+    await core.cancel(running.job_id)  # operator
+    cancels = rec.of(CancelJob)
+    assert [c.job_id for c in cancels] == [assigned.job_id, running.job_id]
+    assert [d.state for d in rec.of(Done)] == ["canceled"] * 3
+    with pytest.raises(errors.InvalidState):
+        await core.cancel(running.job_id)
+    with pytest.raises(errors.NotYours):
+        await core.cancel(waiting.job_id, principal="mallory")
+    with pytest.raises(errors.JobNotFound):
+        await core.cancel("nope")
+    counts = await Queries(store, core.keys).counts()
+    assert counts["canceled"] == 3 and counts["assigned"] == 1
+
+
+async def test_follow_moves_deliveries_to_caller(store: Store) -> None:
+    a, rec_a = await make_core(store, "A")
+    b, rec_b = await make_core(store, "B")
+    await a.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await a.submit(spec("p"), principal="alice")
+    with pytest.raises(errors.NotYours):
+        await b.follow(sub.job_id, principal="mallory")
+    with pytest.raises(errors.JobNotFound):
+        await b.follow("nope", principal="alice")
+    assert await b.follow(sub.job_id, principal="alice") == ("assigned", 1, None)
+    await a.result(sub.job_id, node_id="n1", attempt=1, ok=True)
+    assert rec_a.of(Done) == []
+    reply = await b.store.execute("XLEN", b.keys.inbox("B"))
+    assert reply == 1
+    state, _, done = await b.follow(sub.job_id, principal="alice")
+    assert state == "done" and done is not None and done.ok
+    assert rec_b.items == []
+
+
+async def test_retention_removes_finished_jobs(store: Store) -> None:
+    core, _ = await make_core(store, retention=0.05)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p"))
+    await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
+    q = Queries(store, core.keys)
+    assert (await q.job(sub.job_id)) is not None
+    await trio.sleep(0.1)
+    assert (await core.reap())[2] == 1
+    assert await q.job(sub.job_id) is None
+    counts = await q.counts()
+    assert counts["done"] == 0 and counts["total:done"] == 1
