@@ -1,0 +1,281 @@
+"""JSON bytes to message objects and back: the one place the cattrs converter is built.
+
+Rules of this module:
+
+- A message on the wire is one JSON object whose ``type`` member names the message class
+  (:data:`~schedd.protocol.messages.MESSAGE_TYPES`); the other members are the class's fields.
+  :func:`encode` always writes ``type`` first and every field, ``null`` and empty ones included.
+  :func:`decode` accepts any member order and fills omitted optional fields with their defaults.
+- :func:`decode` raises only :class:`~schedd.errors.ProtocolError`, whatever the input, with one
+  of three codes: ``E_MALFORMED`` (not UTF-8 JSON, or not an object), ``E_UNKNOWN_TYPE``
+  (``type`` missing, not a string or not a message), ``E_BAD_FIELD`` (a field missing, unknown,
+  of the wrong JSON type or breaking a rule, with its path: ``must not be empty @ $.job_id``).
+  Shape problems (missing, unknown, non-object) are all listed, up to ten; value rules run in
+  the constructor and report the first one broken. ``E_TOO_LARGE`` is raised by
+  :mod:`schedd.protocol.framing`; ``E_VERSION`` by the daemon when ``hello.version`` is not one
+  it speaks.
+- cattrs only shapes data (objects into classes, extra keys refused); every value rule is an attrs
+  validator in :mod:`~schedd.protocol.messages`, so a value is checked once, and the same way
+  whether it came from the wire or from Python. Primitive fields therefore pass through cattrs
+  unconverted: the JSON number ``5`` is never turned into the string ``"5"``.
+- :func:`encode` raises ``TypeError`` if an opaque field (``payload``, ``output``, ``data``,
+  ``capabilities``...) holds something JSON cannot carry; that is a bug of the sender, not a
+  protocol error.
+- :data:`ERROR_CODES` is the one table of every ``error.code`` the daemon sends; docs/protocol.md
+  carries the same table and a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable
+from types import NoneType
+from typing import Any, Final, get_args, get_origin
+
+import attrs
+import cattrs
+import orjson
+from cattrs.errors import (
+    AttributeValidationNote,
+    BaseValidationError,
+    ClassValidationError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+from cattrs.strategies import configure_tagged_union
+from cattrs.v import format_exception, transform_error
+
+from schedd.errors import ProtocolError
+from schedd.protocol.messages import MESSAGE_TYPES, InvalidField, Message, _json_type
+
+__all__ = [
+    "ERROR_CODES",
+    "E_AUTH",
+    "E_BAD_FIELD",
+    "E_IDENTITY",
+    "E_INFLIGHT",
+    "E_INTERNAL",
+    "E_MALFORMED",
+    "E_RATE",
+    "E_ROLE",
+    "E_SHUTTING_DOWN",
+    "E_TOO_LARGE",
+    "E_UNAVAILABLE",
+    "E_UNKNOWN_TYPE",
+    "E_VERSION",
+    "converter",
+    "decode",
+    "encode",
+]
+
+# Codes of the protocol layer itself.
+E_MALFORMED: Final = "E_MALFORMED"
+E_UNKNOWN_TYPE: Final = "E_UNKNOWN_TYPE"
+E_BAD_FIELD: Final = "E_BAD_FIELD"
+E_TOO_LARGE: Final = "E_TOO_LARGE"
+E_VERSION: Final = "E_VERSION"
+# Codes the daemon's connection handling sends.
+E_AUTH: Final = "E_AUTH"
+E_ROLE: Final = "E_ROLE"
+E_IDENTITY: Final = "E_IDENTITY"
+E_RATE: Final = "E_RATE"
+E_INFLIGHT: Final = "E_INFLIGHT"
+E_UNAVAILABLE: Final = "E_UNAVAILABLE"
+E_SHUTTING_DOWN: Final = "E_SHUTTING_DOWN"
+E_INTERNAL: Final = "E_INTERNAL"
+
+ERROR_CODES: Final[dict[str, str]] = {
+    # Protocol: the message itself is wrong.
+    E_MALFORMED: "the frame is not UTF-8 JSON, is not a JSON object, or is an empty TCP frame",
+    E_UNKNOWN_TYPE: "the message has no `type` member, or it names no message of this protocol",
+    E_BAD_FIELD: "a field is missing, unknown, of the wrong JSON type or breaks a rule "
+    "(the message gives the path of each problem found)",
+    E_TOO_LARGE: "the frame is longer than the configured limit; the connection is closed",
+    E_VERSION: "`hello.version` is a protocol version this daemon does not speak",
+    # Connection: the message is well-formed but not allowed here.
+    E_AUTH: "the `hello` token is missing or not accepted; the connection is closed",
+    E_ROLE: "this message is not allowed for the connection's role or at this point "
+    "(before `hello`, a node before `register`, or a second `hello` or `register`)",
+    E_IDENTITY: "a node spoke for another node_id, or about a job not assigned to it",
+    E_RATE: "the connection sent more messages per second than allowed",
+    E_INFLIGHT: "the connection has too many submitted jobs not yet done",
+    E_UNAVAILABLE: "the daemon cannot reach its store right now; retry later",
+    E_SHUTTING_DOWN: "the daemon is shutting down and accepts no new submits; use another instance",
+    E_INTERNAL: "the daemon failed unexpectedly; the message may be retried",
+    # Scheduling: the store refused the operation (schedd.errors.SCRIPT_ERRORS).
+    "E_NO_NODE": "the node is not registered (its registration expired): reconnect and register",
+    "E_NO_JOB": "no job has this job_id (never submitted, or no longer retained)",
+    "E_STALE_EPOCH": "the node registered again since; this message belongs to an older "
+    "registration",
+    "E_STALE_ATTEMPT": "the job was reassigned since; this message is about an older attempt",
+    "E_WRONG_OWNER": "another daemon instance now holds this node's connection",
+    "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
+    "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
+    "E_DRAINING": "the node is draining and takes no new work",
+    "E_NOT_YOURS": "the job belongs to another principal",
+    "E_BAD_STATE": "the job is not in a state that allows this message "
+    "(e.g. `accept` for a job that is not assigned)",
+    "E_BAD_ARG": "the daemon rejected an argument of the request (e.g. an unknown pool)",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The converter.
+# --------------------------------------------------------------------------------------------
+
+
+def _passthrough(value: Any, _: Any) -> Any:
+    return value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _is_plain_value(type_: Any) -> bool:
+    """True for field types the attrs validators check on their own (all but attrs classes)."""
+    if type_ in (str, int, float, bool, Any, NoneType):
+        return True
+    origin = get_origin(type_)
+    if origin is typing.Literal:
+        return True
+    if origin in (dict, list):
+        return not any(attrs.has(arg) for arg in get_args(type_))
+    if origin in (types.UnionType, typing.Union):
+        # `str | None` and the like: the validator checks both cases, and skipping cattrs's
+        # generic optional hook (a dispatch per call) is most of the decode time saved.
+        return all(_is_plain_value(arg) for arg in get_args(type_))
+    return False
+
+
+def _is_list_of_classes(type_: Any) -> bool:
+    return get_origin(type_) is list and attrs.has(get_args(type_)[0])
+
+
+def _format_exception(exc: BaseException, type_: type | None) -> str:
+    if isinstance(exc, InvalidField):
+        return exc.reason
+    if isinstance(exc, TypeError) and exc.args and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return format_exception(exc, type_)
+
+
+def _class_hook(cls: type[Any], conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """Structure an attrs class from a JSON object, reporting validator failures with a path."""
+    generated = make_dict_structure_fn(
+        cls, conv, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True
+    )
+    name = cls.__name__
+
+    def structure(value: Any, _: Any) -> Any:
+        if value.__class__ is not dict:
+            raise TypeError(f"expected an object, got {_json_type(value)}")
+        try:
+            return generated(value, cls)
+        except ClassValidationError as exc:
+            # cattrs wraps an exception of the constructor (our validators) without a path;
+            # attach the field path the validator named, so transform_error reports it.
+            if len(exc.exceptions) == 1 and isinstance(exc.exceptions[0], InvalidField):
+                error = exc.exceptions[0]
+                if not getattr(error, "__notes__", None):
+                    error.add_note(AttributeValidationNote(f"Structuring {name}", error.path, None))
+                    raise ClassValidationError(exc.message, [error], cls) from None
+            raise
+
+    return structure
+
+
+def _list_of_classes_hook(type_: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    item_type = get_args(type_)[0]
+    item_hook = conv.get_structure_hook(item_type)
+
+    def structure(value: Any, _: Any) -> list[Any]:
+        if value.__class__ is not list:
+            raise TypeError(f"expected an array, got {_json_type(value)}")
+        items: list[Any] = []
+        errors: list[Exception] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(item_hook(item, item_type))
+            except Exception as exc:
+                exc.add_note(IterableValidationNote(f"Structuring @ {index}", index, item_type))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {type_!r}", errors, type_)
+        return items
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+    # Primitives have direct hooks in cattrs (`str(value)`, which would turn 5 into "5"); those
+    # must be replaced one by one, the predicate covers the rest.
+    for primitive in (str, int, float, bool):
+        conv.register_structure_hook(primitive, _passthrough)
+    conv.register_structure_hook_func(_is_plain_value, _passthrough)
+    conv.register_structure_hook_factory(_is_list_of_classes, _list_of_classes_hook)
+    conv.register_structure_hook_factory(attrs.has, _class_hook)
+    # Opaque JSON goes to orjson as it is; cattrs would otherwise copy every nested dict.
+    conv.register_unstructure_hook_func(_is_plain_value, _identity)
+    tags = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
+    configure_tagged_union(Message, conv, tag_generator=tags.__getitem__, tag_name="type")
+    return conv
+
+
+converter: Final = _make_converter()
+"""The protocol's converter; ``converter.structure(obj, Message)`` dispatches on ``type``."""
+
+_MAX_PROBLEMS: Final = 10
+
+_STRUCTURE: Final[dict[str, tuple[Callable[[Any, Any], Any], type[Any]]]] = {
+    tag: (converter.get_structure_hook(cls), cls) for tag, cls in MESSAGE_TYPES.items()
+}
+_UNSTRUCTURE: Final[dict[type[Any], tuple[str, Callable[[Any], dict[str, Any]]]]] = {
+    cls: (tag, make_dict_unstructure_fn(cls, converter)) for tag, cls in MESSAGE_TYPES.items()
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Encode and decode: the hot path. They skip the tagged-union hook to avoid a dict copy, put
+# `type` first on the wire, and turn an unknown tag into E_UNKNOWN_TYPE rather than E_BAD_FIELD.
+# --------------------------------------------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    """Serialize a message to compact UTF-8 JSON with ``type`` first."""
+    tag, unstructure = _UNSTRUCTURE[message.__class__]
+    obj = {"type": tag}
+    obj.update(unstructure(message))
+    return orjson.dumps(obj)
+
+
+def decode(data: bytes | bytearray | memoryview | str) -> Message:
+    """Parse one JSON message; raise :class:`~schedd.errors.ProtocolError` if it is not valid."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(E_MALFORMED, f"not valid JSON: {exc}") from None
+    if obj.__class__ is not dict:
+        raise ProtocolError(E_MALFORMED, f"a message must be a JSON object, not {_json_type(obj)}")
+    tag = obj.pop("type", None)
+    if tag is None:
+        raise ProtocolError(E_UNKNOWN_TYPE, "the message has no 'type'")
+    entry = _STRUCTURE.get(tag) if tag.__class__ is str else None
+    if entry is None:
+        shown = repr(tag)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise ProtocolError(E_UNKNOWN_TYPE, f"unknown message type {shown}")
+    structure, cls = entry
+    try:
+        message: Message = structure(obj, cls)
+    except BaseValidationError as exc:
+        problems = transform_error(exc, format_exception=_format_exception)
+        if len(problems) > _MAX_PROBLEMS:  # keep the error reply small whatever was sent
+            problems[_MAX_PROBLEMS:] = [f"and {len(problems) - _MAX_PROBLEMS} more"]
+        raise ProtocolError(E_BAD_FIELD, f"{tag}: {'; '.join(problems)}") from None
+    except Exception as exc:  # a validator or cattrs bug must still not escape as a crash
+        raise ProtocolError(E_BAD_FIELD, f"{tag}: {exc}") from None
+    return message
