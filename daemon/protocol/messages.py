@@ -48,9 +48,11 @@ __all__ = [
     "MESSAGE_TYPES",
     "NODE_SENDS",
     "PROTOCOL_VERSION",
+    "QUERY_SUBJECTS",
     "TERMINAL_STATES",
     "Accept",
     "Accepted",
+    "Answer",
     "Assign",
     "Cancel",
     "Done",
@@ -66,6 +68,7 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
+    "Query",
     "Progress",
     "Register",
     "Registered",
@@ -642,6 +645,32 @@ class Follow:
     ref: str | None = _ref()
 
 
+QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats"})
+
+
+@attrs.frozen(kw_only=True)
+class Query:
+    """A client asks for a global view (for the CLI); answered with ``answer``."""
+
+    TYPE: ClassVar[str] = "query"
+    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
+
+    what: str = attrs.field(validator=_one_of(QUERY_SUBJECTS))
+    ref: str | None = _ref()
+
+
+@attrs.frozen(kw_only=True)
+class Answer:
+    """The daemon's answer to ``query``, read from Redis (the same on every instance)."""
+
+    TYPE: ClassVar[str] = "answer"
+    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
+
+    what: str = attrs.field(validator=_one_of(QUERY_SUBJECTS))
+    data: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
+    ref: str | None = _ref()
+
+
 @attrs.frozen(kw_only=True)
 class Ping:
     """Keepalive; the other side answers ``pong`` with the same ``ref``."""
@@ -683,6 +712,8 @@ Message: TypeAlias = (
     | Status
     | Job
     | Follow
+    | Query
+    | Answer
     | Ping
     | Pong
 )

@@ -33,9 +33,11 @@ from schedd.protocol import (
     MESSAGE_TYPES,
     NODE_SENDS,
     PROTOCOL_VERSION,
+    QUERY_SUBJECTS,
     TERMINAL_STATES,
     Accept,
     Accepted,
+    Answer,
     Assign,
     Cancel,
     Done,
@@ -51,6 +53,7 @@ from schedd.protocol import (
     Ping,
     Pong,
     Progress,
+    Query,
     Register,
     Registered,
     Reject,
@@ -190,6 +193,11 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
     Done: st.composite(_done)(),
     Status: st.builds(Status, job_id=ids, ref=opt_ids),
+    Query: st.builds(Query, what=st.sampled_from(sorted(QUERY_SUBJECTS)), ref=opt_ids),
+    Answer: st.builds(
+        Answer, what=st.sampled_from(sorted(QUERY_SUBJECTS)),
+        data=st.dictionaries(short_ids, json_values, max_size=3), ref=opt_ids,
+    ),
     Job: st.builds(
         Job,
         job_id=ids,
@@ -269,6 +277,8 @@ EXAMPLES: dict[str, Message] = {
         job_id="j1", state="running", attempt=1, node="gpu-box-7", info={"pools": ["zh>en"]}
     ),
     "follow": Follow(job_id="j1", ref="f"),
+    "query": Query(what="nodes", ref="q"),
+    "answer": Answer(what="stats", data={"counts": {"done": 3}}, ref="q"),
     "ping": Ping(ref="p1"),
     "pong": Pong(ref="p1"),
 }
@@ -554,7 +564,7 @@ def test_senders() -> None:
         "ping",
         "pong",
     } == NODE_SENDS
-    assert {"hello", "submit", "cancel", "status", "follow", "ping", "pong"} == CLIENT_SENDS
+    assert {"hello", "submit", "cancel", "status", "follow", "query", "ping", "pong"} == CLIENT_SENDS
     assert "assign" in DAEMON_SENDS and "submit" not in DAEMON_SENDS
 
 
@@ -686,9 +696,11 @@ def test_public_api_is_pinned() -> None:
             "MESSAGE_TYPES",
             "NODE_SENDS",
             "PROTOCOL_VERSION",
+                "QUERY_SUBJECTS",
             "TERMINAL_STATES",
             "Accept",
             "Accepted",
+                "Answer",
             "Assign",
             "Cancel",
             "Done",
@@ -706,6 +718,7 @@ def test_public_api_is_pinned() -> None:
             "Ping",
             "Pong",
             "Progress",
+                "Query",
             "Register",
             "Registered",
             "Reject",
