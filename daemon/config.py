@@ -91,7 +91,8 @@ __all__ = [
 DEFAULT_PATH: Final = Path("sched.toml")
 ENV_PREFIX: Final = "SCHEDD_"
 #: ``SCHEDD_*`` variables that are not settings (read by the CLI, not by :func:`load_config`).
-NOT_OVERRIDES: Final = frozenset({"SCHEDD_CONFIG"})
+# SCHEDD_CONFIG names the file; SCHEDD_URL and SCHEDD_TOKEN belong to the CLI's client commands.
+NOT_OVERRIDES: Final = frozenset({"SCHEDD_CONFIG", "SCHEDD_URL", "SCHEDD_TOKEN"})
 #: Plugin names are entry-point names; lower-case so ``SCHEDD_PLUGINS__<NAME>__…`` can address them.
 PLUGIN_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 DEFAULT_PLUGINS: Final = ("transport_ws", "transport_tcp")
@@ -266,7 +267,7 @@ class NodesSection:
         3, "a node is dead after this many missed heartbeat intervals", _at_least(1)
     )
     heartbeat_flush: float = setting(
-        0.05,
+        0.1,
         "seconds heartbeats are coalesced before one script call (< heartbeat_interval)",
         _at_least(0),
     )

@@ -31,7 +31,7 @@ import attrs
 import pluggy
 
 from schedd import hookspecs
-from schedd.config import Config, converter, error_lines
+from schedd.config import AuthSection, Config, converter, error_lines
 from schedd.core_hooks import CoreHooks
 from schedd.errors import ConfigError, ProtocolError
 from schedd.hookspecs import App, Service
@@ -116,6 +116,11 @@ class PluginManager:
             raise ConfigError([f"$.plugins.enabled: {exc}"]) from None
         log.debug("plugins loaded: %s", ", ".join(manager._names) or "none")
         return manager
+
+    def reload_auth(self, auth: AuthSection) -> None:
+        """Swap the core's token check for one built from ``auth`` (SIGHUP)."""
+        self._pm.unregister(name=CORE_PLUGIN)
+        self._pm.register(CoreHooks(auth), name=CORE_PLUGIN)
 
     @staticmethod
     def _table_errors_for_disabled(config: Config) -> list[str]:

@@ -1,0 +1,39 @@
+"""What a transport gives the daemon for one connection: a channel of whole messages.
+
+Rules of this module: a transport only moves frames. It turns its connection into a
+:class:`Channel` (one ``receive`` = one complete message, one ``send`` = one message) and hands
+it to ``App.serve_channel``; everything about the protocol (handshake, auth, limits, routing)
+happens in the core. Transport failures are mapped to two exceptions, mirroring trio's split:
+:class:`ChannelClosed` when the peer or the network ended the connection, and
+:class:`~schedd.errors.ProtocolError` (code ``E_TOO_LARGE``/``E_MALFORMED``) when the peer sent
+a frame the transport cannot accept (the core replies with an error and closes).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ChannelClosed(Exception):
+    """The peer closed the connection or the network broke it."""
+
+
+class Channel(Protocol):
+    """One connection, message by message."""
+
+    @property
+    def peer(self) -> str:
+        """The remote address, for logs and authentication (``ip:port`` or a socket path)."""
+        ...
+
+    async def receive(self) -> bytes | str:
+        """The next whole message. Raises :class:`ChannelClosed` or ``ProtocolError``."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send one whole message (JSON bytes). Raises :class:`ChannelClosed`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection (idempotent, never raises)."""
+        ...

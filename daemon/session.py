@@ -1,0 +1,470 @@
+"""One connection, from ``hello`` to close: the protocol's rules on the daemon side.
+
+Rules of this module:
+  * A transport hands the core a :class:`~schedd.channel.Channel`; everything else (handshake,
+    authentication, roles, limits, identity, routing) happens here, the same for every transport.
+  * A connection speaks for one role. A node connection speaks only for the node id it
+    registered, and only for jobs assigned to that node; a client connection sees and cancels
+    only the jobs of its principal.
+  * Messages of one connection are handled in order, one at a time; replies and deliveries leave
+    through one bounded outbox drained by one sender task, so a slow peer cannot block the daemon
+    (a peer whose outbox overflows is disconnected; deadlines move its work on).
+  * Every malformed, unknown, unauthorised or over-limit message gets an ``error`` with a code;
+    repeated violations close the connection; nothing a peer sends can crash the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import orjson
+import trio
+
+from schedd import protocol as p
+from schedd.channel import Channel, ChannelClosed
+from schedd.core import Assign, CancelJob, Delivery, Done, DrainNode, JobSpec, Progress, new_id
+from schedd.errors import (
+    Fenced,
+    NodeNotFound,
+    ProtocolError,
+    ScriptError,
+    StaleAttempt,
+    StoreError,
+)
+
+if TYPE_CHECKING:
+    from schedd.app import App
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SIZE = 4096
+MAX_VIOLATIONS = 10
+
+
+class CloseConnection(Exception):
+    """Raised inside a session to end it after the error already sent."""
+
+
+@attrs.define
+class RateLimiter:
+    """Token bucket: ``rate`` messages per second with a burst of one second's worth."""
+
+    rate: float
+    tokens: float = 0.0
+    stamp: float = 0.0
+
+    def allow(self, now: float) -> bool:
+        if self.stamp == 0.0:
+            self.tokens, self.stamp = self.rate, now
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Session:
+    """The daemon's side of one connection."""
+
+    def __init__(self, app: App, channel: Channel) -> None:
+        self.app = app
+        self.channel = channel
+        self.peer = channel.peer
+        self.role: str | None = None
+        self.principal = ""
+        self.name: str | None = None
+        self.node_id: str | None = None
+        self.epoch: int | None = None
+        self.draining = False
+        self.inflight: set[str] = set()  # jobs this client submitted and has no done for yet
+        self.violations = 0
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+        self._cancel = trio.CancelScope()
+        self.rate = RateLimiter(float(app.limits.max_messages_per_second))
+        self._held: list[Delivery] | None = None
+
+    # -- outgoing ------------------------------------------------------------------------------
+
+    def post(self, message: p.Message) -> None:
+        """Queue a message for this peer; never blocks. Overflow disconnects the peer."""
+        try:
+            self._out_send.send_nowait(p.encode(message))
+        except trio.WouldBlock:
+            log.warning("%s %s is not reading; closing its connection", self.role, self.peer)
+            self._cancel.cancel()
+        except trio.ClosedResourceError:
+            pass
+
+    async def _sender(self) -> None:
+        async for data in self._out_recv:
+            try:
+                await self.channel.send(data)
+            except ChannelClosed:
+                self._cancel.cancel()
+                return
+
+    def _error(
+        self, code: str, message: str, *, ref: str | None = None, job_id: str | None = None
+    ) -> None:
+        self.post(p.Error(code=code, message=message, ref=ref, job_id=job_id))
+
+    def _violation(self, code: str, message: str, ref: str | None = None) -> None:
+        self.violations += 1
+        self._error(code, message, ref=ref)
+        if self.violations >= MAX_VIOLATIONS:
+            log.warning("closing %s %s after %d protocol violations (last: %s %s)",
+                        self.role or "peer", self.peer, self.violations, code, message)
+            raise CloseConnection
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender)
+                with self._cancel:  # cancels the receiving side: close() and overflow
+                    try:
+                        await self._handshake()
+                        await self._receive_loop()
+                    except (CloseConnection, ChannelClosed):
+                        pass
+                # Let what is queued (the last error, a final done) go out, for a second at most.
+                self._out_send.close()
+                nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        finally:
+            self.app.session_ended(self)
+            with trio.CancelScope(shield=True):
+                await self.channel.aclose()
+
+    def close(self) -> None:
+        """End this connection after what is already queued for it."""
+        self._cancel.cancel()
+
+    def refuse_stale(self) -> None:
+        """The node's registration is no longer current: say so and close (it will register
+        again, here or elsewhere)."""
+        node_id = self.node_id
+        self.node_id = None  # no longer speaks for the node: no offline when it closes
+        self._error("E_STALE_EPOCH", f"the registration of node {node_id} is no longer current "
+                    "(it registered again elsewhere, or the store lost it); register again")
+        self.close()
+
+    async def _receive(self) -> bytes | str:
+        try:
+            return await self.channel.receive()
+        except ProtocolError as exc:  # the transport refused a frame (too large, malformed)
+            self._error(exc.code, exc.message)
+            raise CloseConnection from None
+
+    async def _handshake(self) -> None:
+        limits = self.app.limits
+        with trio.move_on_after(limits.handshake_timeout) as scope:
+            raw = await self._receive()
+        if scope.cancelled_caught:
+            self._error(p.E_ROLE, f"no hello within {limits.handshake_timeout:g}s")
+            raise CloseConnection
+        try:
+            hello = p.decode(raw)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message)
+            raise CloseConnection from None
+        if not isinstance(hello, p.Hello):
+            self._error(p.E_ROLE, f"the first message must be hello, not {hello.TYPE}",
+                        ref=hello.ref)
+            raise CloseConnection
+        if hello.version != p.PROTOCOL_VERSION:
+            self._error(p.E_VERSION, f"protocol version {hello.version} is not supported "
+                        f"(this daemon speaks {p.PROTOCOL_VERSION})", ref=hello.ref)
+            raise CloseConnection
+        if not self.app.accepting:
+            self._error(p.E_SHUTTING_DOWN, "this daemon is shutting down; use another instance",
+                        ref=hello.ref)
+            raise CloseConnection
+        try:
+            principal = self.app.plugins.authenticate(hello.role, hello.token, self.peer)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, ref=hello.ref)
+            raise CloseConnection from None
+        if principal is None:
+            what = "no token" if hello.token is None else "a wrong token"
+            log.warning("refused %s %s: %s", hello.role, self.peer, what)
+            self._error(p.E_AUTH, f"{what} for role {hello.role}", ref=hello.ref)
+            raise CloseConnection
+        self.role, self.principal, self.name = hello.role, principal, hello.name
+        self.app.session_started(self)
+        self.post(p.Welcome(instance=self.app.instance, version=p.PROTOCOL_VERSION,
+                            heartbeat_interval=self.app.config.nodes.heartbeat_interval,
+                            principal=principal, ref=hello.ref))
+        log.debug("%s %s connected as %s", self.role, self.peer, principal)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            idle = self.app.limits.idle_timeout
+            with trio.move_on_after(idle) as scope:
+                raw = await self._receive()
+            if scope.cancelled_caught:
+                log.info("closing idle %s %s (nothing for %gs)", self.role, self.peer, idle)
+                raise CloseConnection
+            if not self.rate.allow(trio.current_time()):
+                self.rate.rate = float(self.app.limits.max_messages_per_second)
+                self._violation(p.E_RATE, "more than "
+                                f"{self.app.limits.max_messages_per_second} messages per second")
+                continue
+            try:
+                message = p.decode(raw)
+            except ProtocolError as exc:
+                self._violation(exc.code, exc.message)
+                continue
+            await self._handle(message)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def _handle(self, message: p.Message) -> None:
+        if isinstance(message, p.Ping):
+            self.post(p.Pong(ref=message.ref))
+            return
+        if isinstance(message, p.Pong):
+            return
+        allowed = p.NODE_SENDS if self.role == "node" else p.CLIENT_SENDS
+        handler = _HANDLERS.get((self.role or "", message.TYPE))
+        if message.TYPE not in allowed or handler is None:
+            self._violation(p.E_ROLE, f"a {self.role} may not send {message.TYPE}", message.ref)
+            return
+        job_id = getattr(message, "job_id", None)
+        try:
+            await handler(self, message)
+        except ScriptError as exc:
+            await self._script_error(exc, message, job_id)
+        except StoreError as exc:
+            log.warning("store unavailable while handling %s from %s: %s",
+                        message.TYPE, self.peer, exc)
+            self._error(p.E_UNAVAILABLE, "the store is unavailable, retry shortly",
+                        ref=message.ref, job_id=job_id)
+        except ProtocolError as exc:
+            self._violation(exc.code, exc.message, message.ref)
+
+    async def _script_error(
+        self, exc: ScriptError, message: p.Message, job_id: str | None
+    ) -> None:
+        code = exc.code
+        text = exc.message
+        if isinstance(exc, StaleAttempt) and self.node_id and job_id:
+            info = await self.app.queries.job(job_id)
+            if info is not None and info.node != self.node_id:
+                code, text = p.E_IDENTITY, f"job {job_id} is not assigned to node {self.node_id}"
+        self._error(code, text, ref=message.ref, job_id=job_id)
+        if self.role == "node" and isinstance(exc, Fenced | NodeNotFound) and not job_id:
+            # this connection no longer speaks for its node (re-registered elsewhere)
+            raise CloseConnection
+
+    # -- node messages -------------------------------------------------------------------------
+
+    def _need_registered(self, message: p.Message) -> tuple[str, int]:
+        if self.node_id is None or self.epoch is None:
+            raise ProtocolError(p.E_ROLE, f"register before sending {message.TYPE}")
+        return self.node_id, self.epoch
+
+    async def _register(self, m: p.Register) -> None:
+        if self.node_id is not None:
+            if m.node_id is not None and m.node_id != self.node_id:
+                self._error(p.E_IDENTITY, f"this connection speaks for node {self.node_id}, "
+                            f"not {m.node_id}", ref=m.ref)
+                return
+            raise ProtocolError(p.E_ROLE, "register is allowed once per connection")
+        node_id = m.node_id or new_id("node")
+        pools = self.app.plugins.node_pools(node_id, dict(m.capabilities), list(m.pools))
+        # Bind before the script runs (it may hand the node queued jobs at once), but hold those
+        # deliveries until `registered` has gone out, so the node learns its epoch first.
+        self._held = []
+        self.app.bind_node(node_id, self)
+        try:
+            reg = await self.app.core.register_node(
+                node_id=node_id, capacity=m.capacity, pools=pools,
+                capabilities_json=orjson.dumps(m.capabilities).decode(),
+                labels_json=orjson.dumps(m.labels).decode(),
+            )
+        except BaseException:
+            self.app.unbind_node(node_id, self)
+            self._held = None
+            raise
+        self.node_id, self.epoch = node_id, reg.epoch
+        self.post(p.Registered(node_id=node_id, epoch=reg.epoch, pools=list(reg.pools), ref=m.ref))
+        held, self._held = self._held, None
+        for delivery in held:
+            self.deliver(delivery)
+        self.app.plugins.node_registered(node_id, reg.epoch, list(reg.pools), self.app.instance)
+
+    async def _heartbeat(self, m: p.Heartbeat) -> None:
+        node_id, epoch = self._need_registered(m)
+        load = m.load if math.isfinite(m.load) else 0.0
+        self.app.batcher.beat(node_id, epoch, load, m.inflight)
+
+    async def _accept(self, m: p.Accept) -> None:
+        node_id, _ = self._need_registered(m)
+        await self.app.core.accept(m.job_id, node_id=node_id, attempt=m.attempt)
+        self.app.plugins.job_state_changed(m.job_id, "running", m.attempt, node_id)
+
+    async def _reject(self, m: p.Reject) -> None:
+        node_id, _ = self._need_registered(m)
+        await self.app.core.reject(m.job_id, node_id=node_id, attempt=m.attempt,
+                                   reason=m.reason or "rejected")
+
+    async def _progress(self, m: p.Progress) -> None:
+        node_id, _ = self._need_registered(m)
+        await self.app.core.progress(m.job_id, node_id=node_id, attempt=m.attempt,
+                                     data_json=orjson.dumps(m.data).decode())
+
+    async def _result(self, m: p.Result) -> None:
+        node_id, _ = self._need_registered(m)
+        error = {"code": m.error.code, "message": m.error.message} if m.error else None
+        state, duplicate = await self.app.core.result(
+            m.job_id, node_id=node_id, attempt=m.attempt, ok=m.ok,
+            output_json=orjson.dumps(m.output).decode(), error=error,
+        )
+        if not duplicate:
+            self.app.plugins.job_state_changed(m.job_id, state, m.attempt, node_id)
+
+    async def _unavailable(self, m: p.Unavailable) -> None:
+        node_id, epoch = self._need_registered(m)
+        await self.app.core.mark_unavailable(node_id, epoch=epoch, service=m.service, ttl=m.ttl)
+
+    async def _node_drain(self, m: p.Drain) -> None:
+        node_id, epoch = self._need_registered(m)
+        self.draining = True
+        await self.app.core.drain_node(node_id, epoch=epoch, reason=m.reason or "requested by node")
+        self.post(p.Drain(reason=m.reason or "requested by node", ref=m.ref))
+
+    # -- client messages -----------------------------------------------------------------------
+
+    async def _submit(self, m: p.Submit) -> None:
+        if not self.app.accepting:
+            self._error(p.E_SHUTTING_DOWN, "this daemon is shutting down; submit to another "
+                        "instance", ref=m.ref, job_id=m.job_id)
+            return
+        limit = self.app.limits.max_inflight_submits
+        if len(self.inflight) >= limit:
+            self._error(p.E_INFLIGHT, f"{limit} submits of this connection are still unfinished",
+                        ref=m.ref, job_id=m.job_id)
+            return
+        job_id = m.job_id or new_id("job")
+        pools = self.app.plugins.job_pools(job_id, dict(m.requirements), list(m.pools))
+        if not pools:
+            self._error("E_BAD_ARG", "the job names no candidate pool: give pools, or "
+                        "requirements that an enabled plugin maps to pools", ref=m.ref,
+                        job_id=job_id)
+            return
+        spec = JobSpec(
+            pools=tuple(pools), payload_json=orjson.dumps(m.payload).decode(), job_id=job_id,
+            session_id=m.session_id, priority=m.priority, services=tuple(m.services),
+            ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
+            max_attempts=m.max_attempts,
+        )
+        # Follow before the script runs: a done delivered during the call must find us.
+        previous = self.app.follow(job_id, self)
+        self.inflight.add(job_id)
+        try:
+            sub = await self.app.core.submit(spec, principal=self.principal)
+        except BaseException:
+            self.inflight.discard(job_id)
+            self.app.unfollow(job_id, self, restore=previous)
+            raise
+        self.post(p.Accepted(job_id=job_id, state=sub.state,  # type: ignore[arg-type]
+                             duplicate=sub.duplicate, ref=m.ref))
+        if not sub.duplicate:
+            self.app.plugins.job_state_changed(job_id, sub.state, sub.attempt, None)
+        if sub.done is not None:
+            self.deliver_done(sub.done)
+
+    async def _cancel_job(self, m: p.Cancel) -> None:
+        await self.app.core.cancel(m.job_id, principal=self.principal,
+                                   reason=f"canceled by client {self.name or self.principal}")
+
+    async def _status(self, m: p.Status) -> None:
+        info = await self.app.queries.job(m.job_id)
+        if info is None:
+            self._error("E_NO_JOB", f"job {m.job_id} does not exist (or its retention ended)",
+                        ref=m.ref, job_id=m.job_id)
+            return
+        if info.principal != self.principal:
+            self._error("E_NOT_YOURS", f"job {m.job_id} belongs to another client", ref=m.ref,
+                        job_id=m.job_id)
+            return
+        self.post(p.Job(job_id=m.job_id, state=info.state, attempt=info.attempt,  # type: ignore[arg-type]
+                        node=info.node, ref=m.ref, info={
+                            "pools": info.pools, "priority": info.priority,
+                            "max_attempts": info.max_attempts, "reason": info.reason,
+                            "timings": info.timings, "tried": info.tried,
+                        }))
+
+    async def _follow(self, m: p.Follow) -> None:
+        previous = self.app.follow(m.job_id, self)
+        try:
+            state, attempt, done = await self.app.core.follow(m.job_id, principal=self.principal)
+        except BaseException:
+            self.app.unfollow(m.job_id, self, restore=previous)
+            raise
+        self.post(p.Job(job_id=m.job_id, state=state, attempt=attempt, ref=m.ref))  # type: ignore[arg-type]
+        if done is not None:
+            self.deliver_done(done)
+
+    async def _query(self, m: p.Query) -> None:
+        data = await self.app.answer(m.what)
+        self.post(p.Answer(what=m.what, data=data, ref=m.ref))
+
+    # -- deliveries from the core --------------------------------------------------------------
+
+    def deliver(self, delivery: Delivery) -> None:
+        if self._held is not None:
+            self._held.append(delivery)
+            return
+        if isinstance(delivery, Assign):
+            self.post(p.Assign(job_id=delivery.job_id, attempt=delivery.attempt,
+                               deadline=delivery.deadline_ms, session_id=delivery.session_id,
+                               payload=orjson.Fragment(delivery.payload_json)))
+        elif isinstance(delivery, CancelJob):
+            self.post(p.Cancel(job_id=delivery.job_id, attempt=delivery.attempt))
+        elif isinstance(delivery, DrainNode):
+            if not self.draining:
+                self.draining = True
+                self.post(p.Drain(reason=delivery.reason or None))
+        elif isinstance(delivery, Progress):
+            self.post(p.Progress(job_id=delivery.job_id, attempt=delivery.attempt,
+                                 data=orjson.Fragment(delivery.data_json)))
+        elif isinstance(delivery, Done):
+            self.deliver_done(delivery)
+
+    def deliver_done(self, done: Done) -> None:
+        self.inflight.discard(done.job_id)
+        error = None
+        if done.error:
+            error = p.ErrorInfo(code=str(done.error.get("code") or "E_FAILED"),
+                                message=str(done.error.get("message") or ""))
+        elif not done.ok:
+            error = p.ErrorInfo(code="E_FAILED", message=f"job ended {done.state}")
+        self.post(p.Done(
+            job_id=done.job_id, state=done.state, ok=done.ok and done.state == "done",  # type: ignore[arg-type]
+            output=orjson.Fragment(done.output_json) if done.output_json else None,
+            error=error if done.state != "done" else None, node=done.node,
+            attempts=done.attempts, timings={k: v for k, v in done.timings.items() if v},
+        ))
+
+
+_HANDLERS: dict[tuple[str, str], Any] = {
+    ("node", "register"): Session._register,
+    ("node", "heartbeat"): Session._heartbeat,
+    ("node", "accept"): Session._accept,
+    ("node", "reject"): Session._reject,
+    ("node", "progress"): Session._progress,
+    ("node", "result"): Session._result,
+    ("node", "unavailable"): Session._unavailable,
+    ("node", "drain"): Session._node_drain,
+    ("client", "submit"): Session._submit,
+    ("client", "cancel"): Session._cancel_job,
+    ("client", "status"): Session._status,
+    ("client", "follow"): Session._follow,
+    ("client", "query"): Session._query,
+}

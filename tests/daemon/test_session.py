@@ -1,0 +1,262 @@
+"""The daemon's side of connections, over in-memory channels: handshake, roles, identity,
+limits, and jobs flowing from clients to nodes and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from schedd import protocol as p
+from schedd.core_hooks import token_principal
+from tests.daemon.harness import running_daemon
+
+TOKENS = {
+    "SCHEDD_AUTH__NODE_TOKENS": '["node-secret"]',
+    "SCHEDD_AUTH__CLIENT_TOKENS": '["alice-secret", "bob-secret"]',
+}
+
+
+async def test_job_flows_from_client_to_node_and_back(store_url: str) -> None:
+    async with running_daemon(store_url) as d:
+        node, reg = await d.node("echo", capacity=2, node_id="n1")
+        assert (reg.node_id, reg.pools) == ("n1", ["echo"])
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["echo"], payload={"hello": 1}, ref="s1"))
+        accepted = await client.expect(p.Accepted)
+        assert (accepted.state, accepted.duplicate, accepted.ref) == ("assigned", False, "s1")
+        assign = await node.expect(p.Assign)
+        assert (assign.job_id, assign.attempt, assign.payload) == (accepted.job_id, 1, {"hello": 1})
+        await node.send(p.Accept(job_id=assign.job_id, attempt=1))
+        await node.send(p.Progress(job_id=assign.job_id, attempt=1, data={"pct": 50}))
+        progress = await client.expect(p.Progress)
+        assert progress.data == {"pct": 50}
+        await node.send(p.Result(job_id=assign.job_id, attempt=1, ok=True, output={"echo": 1}))
+        done = await client.expect(p.Done)
+        assert (done.job_id, done.state, done.ok, done.output, done.node, done.attempts) == (
+            accepted.job_id, "done", True, {"echo": 1}, "n1", 1)
+        assert set(done.timings) == {"submitted", "assigned", "accepted", "finished"}
+        # a resubmit of the same id returns the job and its result, not a second job
+        await client.send(p.Submit(job_id=accepted.job_id, pools=["echo"], ref="s2"))
+        again = await client.expect(p.Accepted)
+        assert again.duplicate and again.state == "done"
+        assert (await client.expect(p.Done)).output == {"echo": 1}
+        await client.send(p.Status(job_id=accepted.job_id, ref="st"))
+        job = await client.expect(p.Job)
+        assert (job.state, job.node, job.ref) == ("done", "n1", "st")
+        await client.send(p.Query(what="pools", ref="q"))
+        answer = await client.expect(p.Answer)
+        assert answer.data["pools"][0]["members"] == {"n1": 2}
+
+
+async def test_handshake_refusals() -> None:
+    async with running_daemon(**TOKENS) as d:
+        cases = [
+            (p.Submit(pools=["x"]), "E_ROLE"),
+            (p.Hello(role="client", version=99, token="alice-secret"), "E_VERSION"),
+            (p.Hello(role="client", version=1), "E_AUTH"),
+            (p.Hello(role="client", version=1, token="wrong"), "E_AUTH"),
+            (p.Hello(role="node", version=1, token="alice-secret"), "E_AUTH"),
+            (b"\xff not json", "E_MALFORMED"),
+            (b'{"type": "hello", "role": "client"}', "E_BAD_FIELD"),
+            (b'{"type": "launch"}', "E_UNKNOWN_TYPE"),
+        ]
+        for message, code in cases:
+            conn = await d.connect()
+            await conn.send(message)
+            error = await conn.expect(p.Error)
+            assert error.code == code, (message, error)
+            assert await conn.closed()
+        ok = await d.connect("client", "alice-secret")
+        await ok.send(p.Ping(ref="x"))
+        assert (await ok.expect(p.Pong)).ref == "x"
+
+
+async def test_handshake_timeout(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path=tmp_path,
+                              toml="[limits]\nhandshake_timeout = 0.1\n") as d:
+        conn = await d.connect()
+        error = await conn.expect(p.Error)
+        assert error.code == "E_ROLE" and "no hello" in error.message
+        assert await conn.closed()
+
+
+async def test_principals_bind_to_tokens_and_jobs_to_principals() -> None:
+    async with running_daemon(**TOKENS) as d:
+        await d.node("p", node_id="n1", token="node-secret")
+        alice = await d.connect("client", "alice-secret")
+        bob = await d.connect("client", "bob-secret")
+        await alice.send(p.Submit(job_id="a1", pools=["p"]))
+        await alice.expect(p.Accepted)
+        for message in (p.Cancel(job_id="a1", ref="c"), p.Status(job_id="a1", ref="s"),
+                        p.Follow(job_id="a1", ref="f"), p.Submit(job_id="a1", pools=["p"])):
+            await bob.send(message)
+            error = await bob.expect(p.Error)
+            assert error.code == "E_NOT_YOURS", (message, error)
+        await alice.send(p.Cancel(job_id="a1"))
+        done = await alice.expect(p.Done)
+        assert done.state == "canceled" and done.error is not None
+        assert token_principal("alice-secret") != token_principal("bob-secret")
+
+
+async def test_roles_and_node_identity() -> None:
+    async with running_daemon() as d:
+        client = await d.connect("client")
+        await client.send(p.Register(capacity=1, ref="r"))
+        assert (await client.expect(p.Error)).code == "E_ROLE"
+        fresh = await d.connect("node")
+        await fresh.send(p.Heartbeat(inflight=0))
+        assert (await fresh.expect(p.Error)).code == "E_ROLE"
+        await fresh.send(p.Submit(pools=["p"]))
+        assert (await fresh.expect(p.Error)).code == "E_ROLE"
+        n1, _ = await d.node("p", node_id="n1")
+        n2, _ = await d.node("q", node_id="n2")
+        await n2.send(p.Register(node_id="n1", capacity=1))
+        assert (await n2.expect(p.Error)).code == "E_IDENTITY"
+        await client.send(p.Submit(pools=["p"], job_id="j"))
+        await client.expect(p.Accepted)
+        assign = await n1.expect(p.Assign)
+        # n2 speaks for a job that is n1's: refused, and n1's attempt is untouched
+        await n2.send(p.Result(job_id=assign.job_id, attempt=1, ok=True))
+        error = await n2.expect(p.Error)
+        assert (error.code, error.job_id) == ("E_IDENTITY", "j")
+        await n1.send(p.Result(job_id="j", attempt=1, ok=True, output=7))
+        assert (await client.expect(p.Done)).output == 7
+        # a stale attempt from the right node
+        await n1.send(p.Accept(job_id="j", attempt=3))
+        assert (await n1.expect(p.Error)).code == "E_STALE_ATTEMPT"
+
+
+async def test_garbage_gets_errors_then_close_and_others_keep_working() -> None:
+    async with running_daemon() as d:
+        other = await d.connect("client")
+        bad = await d.connect("client")
+        for i in range(10):
+            await bad.send(b"{garbage %d" % i)
+            assert (await bad.expect(p.Error)).code == "E_MALFORMED"
+        assert await bad.closed()
+        await other.send(p.Ping())
+        await other.expect(p.Pong)
+
+
+async def test_rate_limit(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path=tmp_path,
+                              toml="[limits]\nmax_messages_per_second = 10\n") as d:
+        conn = await d.connect("client")
+        for _ in range(12):
+            await conn.send(p.Ping())
+        codes = []
+        for _ in range(12):
+            message = await conn.recv()
+            codes.append(message.code if isinstance(message, p.Error) else message.TYPE)
+        # a burst of 10 passes (a little more if the bucket refilled meanwhile), the rest is refused
+        assert 10 <= codes.count("pong") <= 11
+        assert codes.count("E_RATE") == 12 - codes.count("pong")
+
+
+async def test_inflight_limit(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path=tmp_path, toml="[limits]\nmax_inflight_submits = 2\n") as d:
+        client = await d.connect("client")
+        for i in range(3):
+            await client.send(p.Submit(pools=["p"], job_id=f"j{i}"))
+        await client.expect(p.Accepted)
+        await client.expect(p.Accepted)
+        error = await client.expect(p.Error)
+        assert (error.code, error.job_id) == ("E_INFLIGHT", "j2")
+
+
+async def test_dropped_node_job_moves_on_and_client_gets_one_done(store_url: str) -> None:
+    async with running_daemon(store_url, SCHEDD_NODES__DISCONNECT_GRACE="0.05") as d:
+        n1, _ = await d.node("p", node_id="n1")
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["p"], job_id="j"))
+        await client.expect(p.Accepted)
+        await n1.expect(p.Assign)
+        await n1.send(p.Accept(job_id="j", attempt=1))
+        n2, _ = await d.node("p", node_id="n2")
+        await n1.channel.aclose()  # killed mid-job
+        assign = await n2.expect(p.Assign)
+        assert (assign.job_id, assign.attempt) == ("j", 2)
+        await n2.send(p.Result(job_id="j", attempt=2, ok=True, output="second"))
+        done = await client.expect(p.Done)
+        assert (done.output, done.node, done.attempts) == ("second", "n2", 2)
+        with trio.move_on_after(0.3):
+            extra = await client.recv()
+            pytest.fail(f"unexpected second message {extra!r}")
+
+
+async def test_reconnected_node_keeps_running_job(store_url: str) -> None:
+    async with running_daemon(store_url, SCHEDD_NODES__DISCONNECT_GRACE="0.5") as d:
+        n1, _ = await d.node("p", node_id="n1")
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["p"], job_id="j"))
+        await n1.expect(p.Assign)
+        await n1.send(p.Accept(job_id="j", attempt=1))
+        await n1.channel.aclose()
+        again, reg = await d.node("p", node_id="n1")  # back within the grace
+        await again.send(p.Result(job_id="j", attempt=1, ok=True, output="kept"))
+        await client.expect(p.Accepted)
+        done = await client.expect(p.Done)
+        assert (done.output, done.attempts) == ("kept", 1)
+        await trio.sleep(0.6)  # the old connection's offline is fenced out by the new epoch
+        await client.send(p.Query(what="nodes"))
+        nodes = (await client.expect(p.Answer)).data["nodes"]
+        assert [(n["node_id"], n["state"], n["epoch"]) for n in nodes] == [
+            ("n1", "online", reg.epoch)]
+
+
+async def test_follow_after_client_reconnect() -> None:
+    async with running_daemon() as d:
+        node, _ = await d.node("p", node_id="n1")
+        first = await d.connect("client")
+        await first.send(p.Submit(pools=["p"], job_id="j"))
+        await first.expect(p.Accepted)
+        await first.channel.aclose()
+        await node.expect(p.Assign)
+        second = await d.connect("client")
+        await second.send(p.Follow(job_id="j", ref="f"))
+        assert (await second.expect(p.Job)).state == "assigned"
+        await node.send(p.Result(job_id="j", attempt=1, ok=True, output=1))
+        assert (await second.expect(p.Done)).output == 1
+
+
+async def test_drain_refuses_submits_and_hands_back_unfinished_work(store_url: str) -> None:
+    async with running_daemon(store_url, SCHEDD_DRAIN__TIMEOUT="0.3") as d:
+        node, _ = await d.node("p", node_id="n1", capacity=2)
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["p"], job_id="finishes"))
+        await client.send(p.Submit(pools=["p"], job_id="hangs"))
+        await client.expect(p.Accepted)
+        await client.expect(p.Accepted)
+        await node.expect(p.Assign)
+        await node.expect(p.Assign)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(d.app.drain)
+            assert (await node.expect(p.Drain)).reason == "daemon shutting down"
+            await client.send(p.Submit(pools=["p"], job_id="late"))
+            assert (await client.expect(p.Error)).code == "E_SHUTTING_DOWN"
+            await node.send(p.Result(job_id="finishes", attempt=1, ok=True))
+            assert (await client.expect(p.Done)).job_id == "finishes"
+        info = await d.app.queries.job("hangs")
+        assert info is not None and info.state == "queued" and info.tried == ["n1"]
+        assert await client.closed()
+
+
+async def test_sighup_reload_swaps_tokens(tmp_path: Path) -> None:
+    toml = '[auth]\nclient_tokens = ["old"]\nnode_tokens = ["n"]\n'
+    async with running_daemon(tmp_path=tmp_path, toml=toml) as d:
+        await d.connect("client", "old")
+        assert d.app.config_path is not None
+        d.app.config_path.write_text(toml.replace('"old"', '"new"') +
+                                     "[limits]\nmax_inflight_submits = 7\n")
+        d.app.reload()
+        assert d.app.limits.max_inflight_submits == 7
+        conn = await d.connect()
+        await conn.send(p.Hello(role="client", version=1, token="old"))
+        assert (await conn.expect(p.Error)).code == "E_AUTH"
+        await d.connect("client", "new")
+        # a broken file is refused and the running settings stay
+        d.app.config_path.write_text("[limits]\nmax_inflight_submits = -1\n")
+        d.app.reload()
+        assert d.app.limits.max_inflight_submits == 7
