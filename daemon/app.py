@@ -15,6 +15,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import signal
@@ -168,10 +169,9 @@ class App:
         if node_id is None or epoch is None or not self.unbind_node(node_id, session):
             return
         if self._nursery is not None:
-            try:
+            # RuntimeError: shutting down, the drain already handed the node's work back
+            with contextlib.suppress(RuntimeError):
                 self._nursery.start_soon(self._node_gone, node_id, epoch)
-            except RuntimeError:  # shutting down: the drain already handed the work back
-                pass
 
     def bind_node(self, node_id: str, session: Session) -> None:
         old = self.nodes.get(node_id)
@@ -235,9 +235,11 @@ class App:
             return
         session.deliver(delivery)
 
-    def _on_stale(self, node_id: str) -> None:
+    def _on_stale(self, node_id: str, epoch: int) -> None:
         session = self.nodes.get(node_id)
-        if session is not None:
+        # A beat queued by an old connection before the node registered again is stale, but
+        # the node's current connection is not: only refuse a connection still at that epoch.
+        if session is not None and session.epoch == epoch:
             session.refuse_stale()
 
     # -- running -------------------------------------------------------------------------------

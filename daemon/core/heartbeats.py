@@ -22,9 +22,11 @@ Beat = tuple[str, int, float, int]
 
 
 class HeartbeatBatcher:
-    def __init__(self, core: Core, on_stale: Callable[[str], None] | None = None) -> None:
+    def __init__(self, core: Core, on_stale: Callable[[str, int], None] | None = None) -> None:
         self.core = core
-        self.on_stale = on_stale or (lambda node_id: None)
+        # called with (node id, epoch the refused beat spoke for): only a connection still at
+        # that epoch is stale; a newer registration of the same node is not
+        self.on_stale = on_stale or (lambda node_id, epoch: None)
         self._pending: dict[str, Beat] = {}
         self.flushes = 0
 
@@ -36,10 +38,10 @@ class HeartbeatBatcher:
         beats, self._pending = list(self._pending.values()), {}
         stale = await self.core.heartbeat_batch(beats)
         self.flushes += 1
+        epochs = {beat[0]: beat[1] for beat in beats}
         for node_id in stale:
-            log.info("heartbeat for node %s is stale: its connection must register again",
-                     node_id)
-            self.on_stale(node_id)
+            log.info("heartbeat for node %s at epoch %s is stale", node_id, epochs[node_id])
+            self.on_stale(node_id, epochs[node_id])
         return stale
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -116,9 +116,9 @@ async def test_services_keep_nodes_alive_and_reap_dead_ones(store: Store) -> Non
 @pytest.mark.parametrize("count", [1, 25])
 async def test_stale_heartbeats_are_reported(store: Store, count: int) -> None:
     core, _ = await make_core(store)
-    stale: list[str] = []
-    batcher = HeartbeatBatcher(core, on_stale=stale.append)
+    stale: list[tuple[str, int]] = []
+    batcher = HeartbeatBatcher(core, on_stale=lambda node_id, epoch: stale.append((node_id, epoch)))
     for i in range(count):
-        batcher.beat(f"ghost{i}", 1)
+        batcher.beat(f"ghost{i}", i + 1)
     await batcher.flush()
-    assert sorted(stale) == sorted(f"ghost{i}" for i in range(count))
+    assert sorted(stale) == sorted((f"ghost{i}", i + 1) for i in range(count))

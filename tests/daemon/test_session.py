@@ -260,3 +260,22 @@ async def test_sighup_reload_swaps_tokens(tmp_path: Path) -> None:
         d.app.config_path.write_text("[limits]\nmax_inflight_submits = -1\n")
         d.app.reload()
         assert d.app.limits.max_inflight_submits == 7
+
+
+async def test_old_connections_queued_heartbeat_does_not_refuse_new_registration() -> None:
+    async with running_daemon(SCHEDD_NODES__DISCONNECT_GRACE="0.5") as d:
+        old, first = await d.node("p", node_id="n1")
+        await old.send(p.Heartbeat(inflight=0))
+        await trio.sleep(0.01)
+        # the beat sits in the batcher with the old epoch while the node registers again
+        new, second = await d.node("p", node_id="n1")
+        assert second.epoch > first.epoch
+        assert await d.app.batcher.flush() == ["n1"]
+        await new.send(p.Ping(ref="alive"))
+        assert (await new.expect(p.Pong)).ref == "alive"
+        # the current connection's own stale registration is refused
+        await d.app.core.register_node(node_id="n1", capacity=1, pools=["p"])
+        d.app.batcher.beat("n1", second.epoch)
+        await d.app.batcher.flush()
+        assert (await new.expect(p.Error)).code == "E_STALE_EPOCH"
+        assert await new.closed()
