@@ -1,0 +1,617 @@
+"""Open a :class:`~schedd.channel.Channel` to a daemon from a URL; the channels both ends use.
+
+Rules of this module:
+
+- **URLs.** ``ws://host[:port][/path]``, ``wss://…`` (WebSocket, default ports 80 and 443),
+  ``tcp://host:port`` and ``tls://host:port`` (length-prefixed frames, see
+  :mod:`schedd.protocol.framing`; the port is required, there is no path). IPv6 hosts are written
+  in brackets: ``tcp://[::1]:8766``. The query parameter ``insecure=1`` (``wss``/``tls`` only)
+  turns certificate verification off, for self-signed test certificates; any other query
+  parameter of a ``ws``/``wss`` URL is sent to the server with the path. Anything else is a
+  ``ValueError`` that lists what is supported.
+- **Connecting.** Everything up to a usable channel (name lookup, TCP connect, TLS handshake and
+  certificate check, WebSocket upgrade) shares one deadline, ``connect_timeout``. Any failure is a
+  :class:`ConnectFailed` naming the URL and the reason, raised as soon as it is known (a refusal,
+  a rejected certificate or upgrade, a peer that hangs up) and at the deadline for silence.
+- **Channels.** :class:`StreamChannel` (TCP/TLS) and :class:`WebSocketChannel` implement
+  :class:`~schedd.channel.Channel` for the daemon's transports and for clients alike. Neither
+  runs a background task, so a channel holds no nursery and may be closed from any task. A
+  message over ``max_frame`` bytes raises :class:`~schedd.errors.ProtocolError` ``E_TOO_LARGE``
+  from ``receive`` (a TCP frame as soon as its 4-byte header is read, a WebSocket message as soon
+  as the part received goes over); a TCP frame of length 0 or a broken WebSocket frame (bad
+  opcode, invalid UTF-8 text...) raises ``E_MALFORMED``. After either, every later ``receive``
+  raises the same, while ``send`` still works, so the caller can send an ``error`` before closing.
+  The end of the connection, whoever caused it, raises :class:`~schedd.channel.ChannelClosed`
+  (after every message that arrived before it was returned). ``send`` is safe from several
+  tasks at once.
+- **WebSocket.** One WebSocket message is one protocol message; text and binary are both
+  accepted (text as ``str``). A :class:`WebSocketChannel` sends text messages (what
+  ``docs/protocol.md`` asks peers to send) until it receives a binary one, and from then on
+  answers in the kind it last received. Pings are answered while someone is in ``receive``.
+  No extension (compression) is negotiated. The WebSocket protocol is :mod:`wsproto`'s; this
+  module only moves its bytes.
+- **Closing.** ``aclose`` is idempotent and never raises. It closes gracefully, so that the last
+  bytes sent (an ``error`` before closing) reach the peer: a WebSocket close frame (code 1009
+  after ``E_TOO_LARGE``, the parser's code after ``E_MALFORMED``, else 1000), TLS
+  ``close_notify``, and for plain TCP a half-close followed by reading and discarding what the
+  peer still sends until it closes (closing a socket with unread input resets the connection,
+  which can destroy what the peer has not read yet). All of it is bounded by
+  :data:`CLOSE_TIMEOUT`, then the connection is cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Final, NoReturn, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import attrs
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from schedd.channel import Channel, ChannelClosed
+from schedd.errors import ProtocolError
+from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
+from schedd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "SUPPORTED_SCHEMES",
+    "ConnectFailed",
+    "StreamChannel",
+    "WebSocketChannel",
+    "close_stream",
+    "format_address",
+    "open_channel",
+    "peer_address",
+]
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_SCHEMES: Final = ("ws", "wss", "tcp", "tls")
+CLOSE_TIMEOUT: Final = 1.0
+"""Seconds a graceful close may take before the connection is cut."""
+RECEIVE_SIZE: Final = 65536
+"""Bytes asked of the socket per read."""
+_DEFAULT_PORTS: Final = {"ws": 80, "wss": 443}
+_TRUE: Final = frozenset({"1", "true", "yes"})
+_FALSE: Final = frozenset({"0", "false", "no"})
+_CLOSE_NORMAL: Final = 1000
+_CLOSE_TOO_BIG: Final = 1009
+_REJECT_BODY_SHOWN: Final = 200  # bytes of an HTTP refusal's body quoted in ConnectFailed
+
+
+class ConnectFailed(ChannelClosed):
+    """No channel could be opened: the host is unknown, unreachable, refused or too slow, its
+    certificate was not accepted, or it refused the WebSocket upgrade."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Addresses and closing
+# ---------------------------------------------------------------------------------------------
+
+
+def format_address(sockaddr: object) -> str:
+    """``ip:port`` for an IPv4 socket address, ``[ip]:port`` for IPv6, ``str()`` otherwise."""
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host, port = sockaddr[0], sockaddr[1]
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(sockaddr)
+
+
+def _socket_stream(stream: trio.abc.Stream) -> trio.SocketStream | None:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream if isinstance(stream, trio.SocketStream) else None
+
+
+def peer_address(stream: trio.abc.Stream) -> str:
+    """The remote address of a socket stream (through TLS) as :func:`format_address` writes it."""
+    socket_stream = _socket_stream(stream)
+    if socket_stream is None:
+        return repr(stream)
+    try:
+        return format_address(socket_stream.socket.getpeername())
+    except OSError:  # the peer is already gone
+        return "unknown peer"
+
+
+async def close_stream(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` so that what was sent last still reaches the peer; never raises.
+
+    A plain TCP stream is half-closed, then read and discarded until the peer closes; a TLS
+    stream sends ``close_notify``. After :data:`CLOSE_TIMEOUT` seconds, or at once when the caller
+    is cancelled, the stream is closed without further ado.
+    """
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        try:
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+                while await stream.receive_some(RECEIVE_SIZE):
+                    pass
+            else:
+                await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
+async def _acquire(lock: trio.Lock) -> None:
+    # Uncontended (the usual case: one sender task), skip the lock's own trip through the
+    # scheduler; the send that follows checkpoints anyway.
+    if lock.locked():
+        await lock.acquire()
+    else:
+        lock.acquire_nowait()
+
+
+# ---------------------------------------------------------------------------------------------
+# TCP / TLS
+# ---------------------------------------------------------------------------------------------
+
+
+class StreamChannel:
+    """A :class:`~schedd.channel.Channel` of length-prefixed frames over a byte stream.
+
+    :param stream: a connected ``trio.SocketStream`` or ``trio.SSLStream`` (owned from now on).
+    :param peer: the remote address, for logs and authentication.
+    :param max_frame: the largest payload accepted, in bytes.
+    """
+
+    __slots__ = ("_broken", "_closed", "_decoder", "_frames", "_send_lock", "_stream", "peer")
+
+    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int) -> None:
+        self._stream = stream
+        self.peer = peer
+        self._decoder = FrameDecoder(max_frame)
+        self._frames: deque[bytes] = deque()
+        self._send_lock = trio.Lock()
+        self._broken: tuple[str, str] | None = None
+        self._closed = False
+
+    async def receive(self) -> bytes:
+        """The next frame's payload.
+
+        Frames that arrived together are handed out one per call without reading again (only a
+        pending cancellation is honoured), so at most one read (64 KiB) is buffered.
+        """
+        frames = self._frames
+        if frames:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return frames.popleft()
+        if self._broken is not None:
+            raise ProtocolError(*self._broken)
+        while not frames:
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
+            if not data:
+                cut = " in the middle of a frame" if self._decoder.pending else ""
+                raise ChannelClosed(f"{self.peer} closed the connection{cut}")
+            try:
+                frames.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                # Frames completed before the bad header in this read are lost with the stream.
+                self._broken = (exc.code, exc.message)
+                raise
+        return frames.popleft()
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data`` as one frame, whole even when several tasks send at once."""
+        frame = encode_frame(data)
+        lock = self._send_lock
+        await _acquire(lock)
+        try:
+            await self._stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
+        finally:
+            lock.release()
+
+    async def aclose(self) -> None:
+        """Close gracefully (see :func:`close_stream`); idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        await close_stream(self._stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket
+# ---------------------------------------------------------------------------------------------
+
+
+class WebSocketChannel:
+    """A :class:`~schedd.channel.Channel` over a WebSocket whose handshake is complete.
+
+    Either end: the server side is made by the WebSocket transport after it accepted the
+    upgrade, the client side by :func:`open_channel`.
+
+    :param stream: the connected stream (owned from now on).
+    :param ws: the wsproto connection, in state ``OPEN``.
+    :param peer: the remote address.
+    :param max_frame: the largest message accepted, in bytes (UTF-8 bytes for text).
+    """
+
+    __slots__ = (
+        "_close_code",
+        "_closed",
+        "_ended",
+        "_fresh",
+        "_max_frame",
+        "_messages",
+        "_parts",
+        "_send_lock",
+        "_size",
+        "_stream",
+        "_text",
+        "_ws",
+        "peer",
+    )
+
+    def __init__(
+        self, stream: trio.abc.Stream, ws: WSConnection, peer: str, max_frame: int
+    ) -> None:
+        if ws.state is not ConnectionState.OPEN:
+            raise ValueError(f"the WebSocket is not open (state {ws.state.name})")
+        self._stream = stream
+        self._ws = ws
+        self.peer = peer
+        self._max_frame = max_frame
+        self._messages: deque[bytes | str] = deque()
+        self._parts: list[bytes | str] = []
+        self._size = 0
+        self._send_lock = trio.Lock()
+        self._text = True
+        # Once set, (error code or "", message) of what every later receive raises.
+        self._ended: tuple[str, str] | None = None
+        self._close_code = _CLOSE_NORMAL
+        self._closed = False
+        self._fresh = True
+
+    async def receive(self) -> bytes | str:
+        """The next message, text as ``str`` and binary as ``bytes``."""
+        messages = self._messages
+        if messages:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return messages.popleft()
+        if self._fresh:
+            self._fresh = False
+            await self._handle_events()  # frames that arrived with the handshake's last bytes
+        while not messages and self._ended is None:
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._ended = ("", f"connection with {self.peer} lost: {exc}")
+                break
+            if self._ws.state is ConnectionState.CLOSED:
+                # Our close was answered (aclose from another task); nothing more will come.
+                self._ended = ("", f"connection with {self.peer} closed")
+                break
+            self._ws.receive_data(bytes(data) if data else None)  # None: end of stream
+            await self._handle_events()
+        if messages:
+            return messages.popleft()
+        assert self._ended is not None
+        code, message = self._ended
+        if code:
+            raise ProtocolError(code, message)
+        raise ChannelClosed(message)
+
+    async def _handle_events(self) -> None:
+        for event in self._ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                if self._ended is None:
+                    self._add_part(event)
+            elif isinstance(event, Ping):
+                with suppress(ChannelClosed):  # the reading side finds out why
+                    await self._send_event(event.response())
+            elif isinstance(event, CloseConnection):
+                self._handle_close(event)
+                if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                    with suppress(ChannelClosed):
+                        await self._send_event(event.response())
+            # Pong needs nothing; handshake events do not occur once the socket is open.
+
+    def _add_part(self, event: TextMessage | BytesMessage) -> None:
+        raw = event.data
+        data = raw if isinstance(raw, str | bytes) else bytes(raw)
+        if isinstance(data, str):
+            self._text = True
+            size = len(data) if data.isascii() else len(data.encode())
+        else:
+            self._text = False
+            size = len(data)
+        total = self._size + size
+        if total > self._max_frame:
+            self._parts.clear()
+            self._size = 0
+            self._close_code = _CLOSE_TOO_BIG
+            self._ended = (
+                E_TOO_LARGE,
+                f"message of more than {self._max_frame} bytes exceeds the limit",
+            )
+            return
+        if not event.message_finished:
+            self._parts.append(data)
+            self._size = total
+            return
+        parts = self._parts
+        if parts:
+            parts.append(data)
+            if isinstance(data, str):
+                message: bytes | str = "".join(cast("list[str]", parts))
+            else:
+                message = b"".join(cast("list[bytes]", parts))
+            parts.clear()
+            self._size = 0
+        else:
+            message = data
+        self._messages.append(message)
+
+    def _handle_close(self, event: CloseConnection) -> None:
+        if self._ended is not None:
+            return
+        state = self._ws.state
+        reason = f" ({event.reason})" if event.reason else ""
+        if state is ConnectionState.OPEN:
+            # wsproto reports a frame it cannot parse as a close event without changing state.
+            self._close_code = event.code
+            self._ended = (E_MALFORMED, f"invalid WebSocket frame: {event.reason or event.code}")
+        elif event.code == 1006:  # end of stream without a close frame
+            self._ended = ("", f"{self.peer} closed the connection without a WebSocket close")
+        else:
+            self._ended = ("", f"{self.peer} closed the connection: {event.code}{reason}")
+
+    async def _send_event(self, event: Event) -> None:
+        lock = self._send_lock
+        await _acquire(lock)
+        try:
+            try:
+                data = self._ws.send(event)
+            except LocalProtocolError:
+                raise ChannelClosed(f"connection with {self.peer} is closing") from None
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
+        finally:
+            lock.release()
+
+    async def send(self, data: bytes) -> None:
+        """Send one message: text (``data`` is UTF-8 JSON) or binary, see the module rules."""
+        if self._text:
+            await self._send_event(TextMessage(data=data.decode()))
+        else:
+            await self._send_event(BytesMessage(data=data))
+
+    async def aclose(self) -> None:
+        """Send a close frame, then close the stream (see the module rules); never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                with suppress(ChannelClosed):
+                    await self._send_event(CloseConnection(code=self._close_code))
+        await close_stream(self._stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening a channel from a URL
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Target:
+    url: str
+    scheme: str
+    host: str
+    port: int
+    resource: str
+    ssl_context: ssl.SSLContext | None
+
+    @property
+    def websocket(self) -> bool:
+        return self.scheme in ("ws", "wss")
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == _DEFAULT_PORTS.get(self.scheme) else f"{host}:{self.port}"
+
+
+def _parse_url(url: str, ssl_context: ssl.SSLContext | None) -> _Target:
+    supported = ", ".join(f"{scheme}://" for scheme in SUPPORTED_SCHEMES)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid URL {url!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SUPPORTED_SCHEMES:
+        raise ValueError(f"unsupported URL scheme in {url!r}; supported: {supported}")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"URL {url!r} names no host")
+    insecure = False
+    rest: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key != "insecure":
+            rest.append((key, value))
+        elif value.lower() in _TRUE:
+            insecure = True
+        elif value.lower() not in _FALSE:
+            raise ValueError(f"URL {url!r}: insecure must be 1 or 0, not {value!r}")
+    secure = scheme in ("wss", "tls")
+    if insecure and not secure:
+        raise ValueError(f"URL {url!r}: insecure=1 applies to wss:// and tls:// only")
+    if insecure and ssl_context is not None:
+        raise ValueError(f"URL {url!r}: give either ssl_context or insecure=1, not both")
+    if scheme in ("tcp", "tls"):
+        if port is None:
+            raise ValueError(f"URL {url!r} needs a port: {scheme}://host:port")
+        if parts.path not in ("", "/") or rest or parts.fragment:
+            raise ValueError(f"URL {url!r}: a {scheme}:// URL has no path or query")
+        resource = ""
+    else:
+        resource = (parts.path or "/") + (f"?{urlencode(rest)}" if rest else "")
+    if secure and ssl_context is None:
+        ssl_context = ssl.create_default_context()
+        if insecure:
+            ssl_context.check_hostname = False
+            ssl_context.verify_mode = ssl.CERT_NONE
+    return _Target(
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port if port is not None else _DEFAULT_PORTS[scheme],
+        resource=resource,
+        ssl_context=ssl_context if secure else None,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """The most telling message in an exception and its causes."""
+    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+async def _connect_stream(target: _Target) -> trio.abc.Stream:
+    """TCP connect and, for wss/tls, the TLS handshake."""
+    try:
+        stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
+    except OSError as exc:
+        raise ConnectFailed(f"cannot connect to {target.url}: {_reason(exc)}") from exc
+    if target.ssl_context is None:
+        return stream
+    ssl_stream = trio.SSLStream(
+        stream,
+        target.ssl_context,
+        server_hostname=target.host,
+        https_compatible=target.websocket,
+    )
+    try:
+        await ssl_stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(ssl_stream)
+        raise ConnectFailed(f"cannot connect to {target.url}: {_reason(exc)}") from exc
+    except BaseException:
+        await trio.aclose_forcefully(ssl_stream)
+        raise
+    return ssl_stream
+
+
+def _refused(target: _Target, status: int, body: bytes) -> NoReturn:
+    text = body[:_REJECT_BODY_SHOWN].decode("utf-8", "replace").strip()
+    detail = f": {text}" if text else ""
+    raise ConnectFailed(
+        f"cannot connect to {target.url}: the server refused the WebSocket upgrade "
+        f"(HTTP {status}){detail}"
+    )
+
+
+async def _websocket_handshake(stream: trio.abc.Stream, target: _Target) -> WSConnection:
+    """Send the upgrade request and read the answer; the open connection or ConnectFailed."""
+    ws = WSConnection(ConnectionType.CLIENT)
+    status = 0
+    body = bytearray()
+    try:
+        await stream.send_all(ws.send(Request(host=target.host_header, target=target.resource)))
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            try:
+                ws.receive_data(bytes(data) if data else None)
+            except RemoteProtocolError as exc:
+                raise ConnectFailed(
+                    f"cannot connect to {target.url}: not a WebSocket server ({exc})"
+                ) from None
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    return ws
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    if not event.has_body:
+                        _refused(target, status, b"")
+                elif isinstance(event, RejectData):
+                    if len(body) < _REJECT_BODY_SHOWN:
+                        body += event.data
+                    if event.body_finished:
+                        _refused(target, status, bytes(body))
+            if not data:
+                raise ConnectFailed(
+                    f"cannot connect to {target.url}: the server closed the connection "
+                    "during the WebSocket handshake"
+                )
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise ConnectFailed(f"cannot connect to {target.url}: {_reason(exc)}") from exc
+
+
+async def _open(target: _Target, max_frame: int) -> StreamChannel | WebSocketChannel:
+    stream = await _connect_stream(target)
+    try:
+        peer = peer_address(stream)
+        if not target.websocket:
+            return StreamChannel(stream, peer, max_frame)
+        ws = await _websocket_handshake(stream, target)
+        return WebSocketChannel(stream, ws, peer, max_frame)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+@asynccontextmanager
+async def open_channel(
+    url: str,
+    *,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    connect_timeout: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[Channel]:
+    """Connect to a daemon and yield a channel; close it gracefully when the block ends.
+
+    :param url: ``ws://``, ``wss://``, ``tcp://host:port`` or ``tls://host:port`` (see the
+        module rules; ``?insecure=1`` skips certificate verification).
+    :param max_frame: the largest message accepted from the daemon, in bytes.
+    :param connect_timeout: seconds for everything up to a usable channel.
+    :param ssl_context: the TLS context for ``wss``/``tls`` (default: the system's trust store
+        with hostname checking).
+    :raises ValueError: for an unsupported or malformed URL.
+    :raises ConnectFailed: when no channel could be opened.
+    """
+    target = _parse_url(url, ssl_context)
+    try:
+        with trio.fail_after(connect_timeout):
+            channel = await _open(target, max_frame)
+    except trio.TooSlowError:
+        raise ConnectFailed(
+            f"cannot connect to {url}: no answer within {connect_timeout:g} s"
+        ) from None
+    try:
+        yield channel
+    finally:
+        await channel.aclose()

@@ -1,0 +1,1 @@
+"""schedd's built-in plugins, each registered through the ``schedd.plugins`` entry points."""

@@ -1,0 +1,94 @@
+"""The raw TCP transport: length-prefixed JSON frames, optionally inside TLS.
+
+Rules of this plugin:
+
+- Settings ``[plugins.transport_tcp]``: ``listen`` (default ``127.0.0.1:8766``), ``tls_cert`` and
+  ``tls_key`` (both or neither); see :mod:`schedd.plugins._listener` for what they accept and
+  the order of start-up. The URL reported to ``app.listening`` is ``tcp://…`` or ``tls://…``.
+- Each accepted connection becomes a :class:`~schedd.sdk.connect.StreamChannel` with
+  ``app.limits.max_frame``, read when the connection arrives, so a reload applies to new
+  connections. With TLS, the TLS handshake must end within ``app.limits.handshake_timeout``
+  seconds or the connection is dropped. The channel goes to ``app.serve_channel``, and when that
+  returns the connection is closed gracefully (the peer gets what was sent last).
+- Framing is :mod:`schedd.protocol.framing`'s: a frame header declaring more than
+  ``max_frame`` bytes (or zero) makes ``receive`` raise ``ProtocolError`` as soon as the header is
+  read; the body is never waited for.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+import trio
+
+from schedd.config import setting
+from schedd.hookspecs import App, Service, hookimpl
+from schedd.plugins._listener import (
+    LISTEN_DOC,
+    TLS_CERT_DOC,
+    TLS_KEY_DOC,
+    check_tls_pair,
+    existing_file,
+    serve_transport,
+    valid_listen,
+)
+from schedd.sdk.connect import StreamChannel
+
+__all__ = ["PLUGIN_NAME", "TcpSettings", "schedd_plugin_config", "schedd_services", "serve"]
+
+PLUGIN_NAME: Final = "transport_tcp"
+
+
+@attrs.frozen
+class TcpSettings:
+    """``[plugins.transport_tcp]``: where the TCP transport listens, and its TLS files."""
+
+    listen: str = setting("127.0.0.1:8766", LISTEN_DOC, valid_listen)
+    tls_cert: str = setting("", TLS_CERT_DOC, existing_file)
+    tls_key: str = setting("", TLS_KEY_DOC, existing_file)
+
+    def __attrs_post_init__(self) -> None:
+        check_tls_pair(self.tls_cert, self.tls_key)
+
+
+@hookimpl
+def schedd_plugin_config() -> type:
+    """Declare :class:`TcpSettings`."""
+    return TcpSettings
+
+
+@hookimpl
+def schedd_services(app: App) -> list[Service]:
+    """The listener."""
+    return [serve]
+
+
+async def _serve_connection(app: App, stream: trio.abc.Stream, peer: str) -> None:
+    limits = app.limits
+    if isinstance(stream, trio.SSLStream):
+        with trio.move_on_after(limits.handshake_timeout) as handshake:
+            await stream.do_handshake()
+        if handshake.cancelled_caught:
+            return  # the guard closes the stream
+    channel = StreamChannel(stream, peer, limits.max_frame)
+    try:
+        await app.serve_channel(channel)
+    finally:
+        await channel.aclose()
+
+
+async def serve(app: App, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on ``listen`` and hand every connection to ``app.serve_channel``; never returns."""
+    settings: TcpSettings = app.plugin_config(PLUGIN_NAME)
+    await serve_transport(
+        app,
+        PLUGIN_NAME,
+        listen=settings.listen,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        schemes=("tcp", "tls"),
+        https_compatible=False,
+        handler=_serve_connection,
+        task_status=task_status,
+    )
