@@ -1,0 +1,503 @@
+"""The Python client: submit jobs to a schedd daemon and wait for their results.
+
+::
+
+    async with Client.connect("ws://127.0.0.1:8765/", token="app-key") as client:
+        handle = await client.submit({"text": "你好"}, pools=["zh>en"])
+        async for partial in handle.progress():
+            print(partial)
+        done = await handle.result()
+
+Rules of this module:
+
+- Every job has a :class:`JobHandle`, registered *before* its ``submit`` or ``follow`` is sent,
+  so a ``done`` that arrives right behind the reply is never lost. The first ``done`` of a job
+  completes its handle; later ones (a duplicate submit, a re-follow after a reconnect) are
+  ignored: ``done`` is idempotent by ``job_id``.
+- ``submit`` always carries a ``job_id`` (generated here when the caller gives none), which makes
+  every client request idempotent: with ``reconnect=True`` a request whose connection drops is
+  sent again on the next connection, instead of failing. ``E_SHUTTING_DOWN`` on ``submit`` moves
+  the client to another daemon URL and submits again.
+- After a reconnect the client sends ``follow`` for every job it still waits for, so
+  :meth:`JobHandle.result` completes whichever instance the job finished on.
+- With ``reconnect=False``, or after a fatal error when reconnecting (``E_AUTH``...), waiting
+  requests and handles fail with :class:`RequestFailed`.
+- The first connection is tried once per URL: :meth:`Client.connect` raises if no daemon answers.
+  Later reconnects retry with backoff until they succeed (bound them with ``trio.fail_after``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Final, TypeVar
+
+import trio
+import trio.lowlevel
+
+from schedd.protocol import (
+    E_SHUTTING_DOWN,
+    E_UNAVAILABLE,
+    Accepted,
+    Answer,
+    Cancel,
+    Done,
+    Error,
+    Follow,
+    Job,
+    Message,
+    Pong,
+    Progress,
+    Query,
+    Status,
+    Submit,
+)
+from schedd.sdk._conn import (
+    E_CLIENT_CLOSED,
+    Backoff,
+    Dialer,
+    Link,
+    LinkLost,
+    RequestFailed,
+    reraise_sole,
+)
+
+__all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "RequestFailed"]
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_BUFFER: Final = 1024
+"""Progress messages kept per job for a slow (or absent) reader; later ones are dropped."""
+_RECONNECT_DELAY: Final = 0.2
+_FOLLOW_RETRIES: Final = 5
+"""Tries to re-follow a job after a reconnect when the daemon says "retry later"."""
+_GONE_CODES: Final = frozenset({"E_NO_JOB", "E_NOT_YOURS"})
+_M = TypeVar("_M", bound=Message)
+
+
+class JobHandle:
+    """One job this client submitted or follows: its state, progress stream and result.
+
+    ``state`` is the state the daemon last reported (``accepted``, ``job`` or ``done``).
+    ``duplicate`` is ``accepted.duplicate``: the ``job_id`` existed before this submit (after a
+    submit retried across a reconnect, that may be the job this very call created).
+    """
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.job_id = job_id
+        self.state: str = "queued"
+        self.duplicate = False
+        self._client = client
+        self._done: Done | None = None
+        self._failure: RequestFailed | None = None
+        self._finished = trio.Event()
+        self._progress_in, self._progress_out = trio.open_memory_channel[Any](_PROGRESS_BUFFER)
+        # True once the daemon has acknowledged the job (accepted / job): only such jobs are
+        # re-followed after a reconnect; an unacknowledged submit is retried by its caller.
+        self._acknowledged = False
+        self._dropped_progress = 0
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.job_id} {self.state}>"
+
+    @property
+    def finished(self) -> bool:
+        """True once the job's ``done`` arrived (or the handle failed)."""
+        return self._finished.is_set()
+
+    async def result(self) -> Done:
+        """Wait for the job's ``done`` and return it (whatever its state: check ``done.ok``).
+
+        Raises :class:`RequestFailed` if the answer can no longer come: the job is gone
+        (``E_NO_JOB`` when re-followed), the connection was lost with ``reconnect=False``
+        (``E_UNAVAILABLE``), or the client was closed (``E_CLIENT_CLOSED``).
+        """
+        await self._finished.wait()
+        if self._done is not None:
+            return self._done
+        assert self._failure is not None
+        raise self._failure.copy()
+
+    def progress(self) -> AsyncIterator[Any]:
+        """The ``data`` of each ``progress`` message, in order, until the job is done.
+
+        There is one stream per handle: two iterators share (split) it. Up to 1024 messages
+        are buffered for a slow reader; later ones are dropped (and logged).
+        """
+        return _ProgressIterator(self._progress_out)
+
+    async def cancel(self) -> None:
+        """Cancel the job; its ``done`` (state ``canceled``) then completes :meth:`result`."""
+        await self._client.cancel(self.job_id)
+
+    # The client's reader calls these; none of them blocks.
+
+    def _push_progress(self, data: Any) -> None:
+        if self.finished:
+            return
+        try:
+            self._progress_in.send_nowait(data)
+        except trio.WouldBlock:
+            self._dropped_progress += 1
+            if self._dropped_progress == 1:
+                log.warning("job %s: progress is not being read; dropping", self.job_id)
+
+    def _finish(self, done: Done) -> None:
+        if self.finished:
+            return
+        self._done = done
+        self.state = done.state
+        self._finished.set()
+        self._progress_in.close()
+
+    def _fail(self, failure: RequestFailed) -> None:
+        if self.finished:
+            return
+        self._failure = failure
+        self._finished.set()
+        self._progress_in.close()
+
+
+class _ProgressIterator:
+    def __init__(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> _ProgressIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+
+class Client:
+    """A connection (kept alive and re-established) to a schedd daemon, as a client.
+
+    Create it with :meth:`connect`; ``principal`` and ``instance`` come from ``welcome`` (of
+    the current connection).
+    """
+
+    principal: str
+    instance: str
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        token: str | None = None,
+        name: str | None = None,
+        connect_timeout: float = 5.0,
+        reconnect: bool = True,
+    ) -> None:
+        self._dialer = Dialer(
+            urls, role="client", token=token, name=name, connect_timeout=connect_timeout
+        )
+        self._reconnect = reconnect
+        self._link: Link | None = None
+        self._connected = trio.Event()
+        self._handles: dict[str, JobHandle] = {}
+        self._closed = False
+        self._broken: RequestFailed | None = None
+        self._nursery: trio.Nursery | None = None
+        self.principal = ""
+        self.instance = ""
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        urls: str | Sequence[str],
+        *,
+        token: str | None = None,
+        name: str | None = None,
+        connect_timeout: float = 5.0,
+        reconnect: bool = True,
+    ) -> AsyncIterator[Client]:
+        """Connect to the first of ``urls`` that answers; close everything on exit.
+
+        Raises :class:`RequestFailed` when a daemon refuses ``hello`` (``E_AUTH``,
+        ``E_VERSION``...) and ``ConnectFailed`` when no URL can be reached.
+        """
+        client = cls(
+            urls, token=token, name=name, connect_timeout=connect_timeout, reconnect=reconnect
+        )
+        # The first dial happens out of the nursery so that its errors reach the caller as
+        # they are, not wrapped in an ExceptionGroup.
+        stack, link = await client._dialer.dial()
+        client._attach(link)
+        # The first connection's channel is closed here, in the task that opened it (a ws://
+        # channel holds a nursery, which must be exited by the task that entered it).
+        async with stack:
+            try:
+                async with trio.open_nursery() as nursery:
+                    client._nursery = nursery
+                    nursery.start_soon(client._supervise, link)
+                    try:
+                        yield client
+                    finally:
+                        client._close()
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                reraise_sole(group)
+
+    # ----------------------------------------------------------------------------------------
+    # Requests.
+    # ----------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        payload: Any = None,
+        *,
+        pools: Sequence[str] = (),
+        requirements: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        session_id: str | None = None,
+        priority: int = 0,
+        services: Sequence[str] = (),
+        ack_timeout: float | None = None,
+        run_timeout: float | None = None,
+        queue_timeout: float | None = None,
+        max_attempts: int | None = None,
+    ) -> JobHandle:
+        """Submit a job and return its handle once the daemon has accepted it.
+
+        Without ``job_id`` one is generated, so the submit can be retried safely. Raises
+        ``ValueError`` (``InvalidField``) for an argument the protocol forbids and
+        :class:`RequestFailed` when the daemon refuses the job.
+        """
+        message = Submit(
+            job_id=job_id if job_id is not None else uuid.uuid4().hex,
+            pools=list(pools),
+            requirements=dict(requirements or {}),
+            payload=payload,
+            session_id=session_id,
+            priority=priority,
+            services=list(services),
+            ack_timeout=ack_timeout,
+            run_timeout=run_timeout,
+            queue_timeout=queue_timeout,
+            max_attempts=max_attempts,
+        )
+        assert message.job_id is not None
+        handle, created = self._handle(message.job_id)
+        try:
+            accepted = await self._request(message, Accepted)
+        except BaseException:
+            if created and not handle._acknowledged:
+                self._forget(handle)
+            raise
+        if not handle.finished:
+            handle.state = accepted.state
+        handle.duplicate = accepted.duplicate
+        handle._acknowledged = True
+        return handle
+
+    async def status(self, job_id: str) -> Job:
+        """A snapshot of the job (``E_NO_JOB``, ``E_NOT_YOURS`` raise :class:`RequestFailed`)."""
+        return await self._request(Status(job_id=job_id), Job)
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a job. Returns once the daemon has handled the request; the job's ``done``
+        (state ``canceled``) confirms the cancellation. A finished job is left as it is."""
+        message = Cancel(job_id=job_id)
+        while True:
+            link = await self._get_link()
+            try:
+                await link.send_confirmed(message)
+                return
+            except LinkLost:
+                self._check_retry()
+
+    async def follow(self, job_id: str) -> JobHandle:
+        """Attach to a job submitted earlier (by this principal); its progress and done come
+        to this client from now on."""
+        handle, created = self._handle(job_id)
+        try:
+            job = await self._request(Follow(job_id=job_id), Job)
+        except BaseException:
+            if created and not handle._acknowledged:
+                self._forget(handle)
+            raise
+        if not handle.finished:
+            handle.state = job.state
+        handle._acknowledged = True
+        return handle
+
+    async def query(self, what: str) -> dict[str, Any]:
+        """A global view from the daemon: ``nodes``, ``pools`` or ``stats`` (``answer.data``)."""
+        answer = await self._request(Query(what=what), Answer)
+        return answer.data
+
+    async def _request(self, message: Message, expect: type[_M]) -> _M:
+        # Every client request is idempotent (submits always carry a job_id), so a request cut
+        # off by a lost connection is sent again on the next one.
+        shutting_down_retries = 0
+        while True:
+            link = await self._get_link()
+            try:
+                return await link.request(message, expect)
+            except LinkLost:
+                self._check_retry()
+            except RequestFailed as exc:
+                if (
+                    exc.code == E_SHUTTING_DOWN
+                    and isinstance(message, Submit)
+                    and self._reconnect
+                    and shutting_down_retries < 2 * len(self._dialer.urls)
+                ):
+                    shutting_down_retries += 1
+                    log.info("%s is shutting down; moving to another daemon", link.url)
+                    await link.aclose()  # the supervisor reconnects to the next URL
+                    continue
+                raise
+
+    def _check_retry(self) -> None:
+        if not self._reconnect:
+            raise RequestFailed(E_UNAVAILABLE, "the connection was lost before the reply")
+
+    async def _get_link(self) -> Link:
+        while True:
+            if self._closed:
+                raise RequestFailed(E_CLIENT_CLOSED, "the client is closed")
+            if self._broken is not None:
+                raise self._broken.copy()
+            link = self._link
+            if link is None:
+                await self._connected.wait()
+            elif link.closed:
+                # Lost, but the supervisor has not noticed yet: wait for it to move on.
+                await link.wait_ended()
+                await trio.lowlevel.checkpoint()
+            else:
+                return link
+
+    # ----------------------------------------------------------------------------------------
+    # Handles.
+    # ----------------------------------------------------------------------------------------
+
+    def _handle(self, job_id: str) -> tuple[JobHandle, bool]:
+        handle = self._handles.get(job_id)
+        if handle is not None and not handle.finished:
+            return handle, False
+        handle = self._handles[job_id] = JobHandle(self, job_id)
+        return handle, True
+
+    def _forget(self, handle: JobHandle) -> None:
+        if self._handles.get(handle.job_id) is handle:
+            del self._handles[handle.job_id]
+
+    # ----------------------------------------------------------------------------------------
+    # The connection: reader, reconnects, re-follows.
+    # ----------------------------------------------------------------------------------------
+
+    async def _supervise(self, link: Link) -> None:
+        backoff = Backoff(_RECONNECT_DELAY)
+        # The first link's channel belongs to connect(); later ones are opened and closed here.
+        stack = AsyncExitStack()
+        first = True
+        while True:
+            async with stack:
+                self._attach(link)
+                if not first:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._refollow, link)
+                first = False
+                await link.serve(self._on_message, keepalive=link.welcome.heartbeat_interval)
+            self._detach(link)
+            if not self._reconnect:
+                self._break(RequestFailed(E_UNAVAILABLE, f"the connection to {link.url} was lost"))
+                return
+            log.warning("connection to %s lost; reconnecting", link.url)
+            self._dialer.rotate()
+            await backoff.sleep()
+            try:
+                stack, link = await self._dialer.dial_retrying(backoff)
+            except RequestFailed as exc:
+                log.error("cannot reconnect: %s", exc)
+                self._break(exc)
+                return
+            backoff.reset()
+
+    def _attach(self, link: Link) -> None:
+        self._link = link
+        self.principal = link.welcome.principal
+        self.instance = link.welcome.instance
+        self._connected.set()
+
+    def _detach(self, link: Link) -> None:
+        if self._link is link:
+            self._link = None
+            self._connected = trio.Event()
+
+    def _break(self, failure: RequestFailed) -> None:
+        """No connection will come back: fail every waiter and handle."""
+        self._broken = failure
+        self._fail_all(failure)
+
+    def _close(self) -> None:
+        self._closed = True
+        self._fail_all(RequestFailed(E_CLIENT_CLOSED, "the client is closed"))
+
+    def _fail_all(self, failure: RequestFailed) -> None:
+        for handle in list(self._handles.values()):
+            handle._fail(failure.copy())
+        self._handles.clear()
+        self._connected.set()
+
+    async def _refollow(self, link: Link) -> None:
+        handles = [h for h in self._handles.values() if h._acknowledged and not h.finished]
+        if handles:
+            log.info("re-following %d jobs on %s", len(handles), link.url)
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(self._refollow_one, link, handle)
+
+    async def _refollow_one(self, link: Link, handle: JobHandle) -> None:
+        backoff = Backoff(_RECONNECT_DELAY)
+        for _ in range(_FOLLOW_RETRIES):
+            try:
+                job = await link.request(Follow(job_id=handle.job_id), Job)
+            except LinkLost:
+                return  # the next connection follows it again
+            except RequestFailed as exc:
+                if exc.code in _GONE_CODES:
+                    log.warning("job %s cannot be followed any more: %s", handle.job_id, exc)
+                    handle._fail(exc)
+                    self._forget(handle)
+                    return
+                log.info("following job %s failed (%s); retrying", handle.job_id, exc)
+                await backoff.sleep()
+                continue
+            if not handle.finished:
+                handle.state = job.state
+            return
+        log.error(
+            "job %s could not be followed on %s; closing the connection", handle.job_id, link.url
+        )
+        await link.aclose()  # try another connection rather than wait forever for its done
+
+    async def _on_message(self, message: Message) -> None:
+        if isinstance(message, Done):
+            handle = self._handles.get(message.job_id)
+            if handle is None or handle.finished:
+                log.debug("ignoring done of job %s (not followed, or already done)", message.job_id)
+                return
+            handle._finish(message)
+            self._forget(handle)
+        elif isinstance(message, Progress):
+            handle = self._handles.get(message.job_id)
+            if handle is not None:
+                handle._push_progress(message.data)
+        elif isinstance(message, Error):
+            log.warning(
+                "daemon error not matching a request: %s %s (job %s)",
+                message.code,
+                message.message,
+                message.job_id,
+            )
+        elif not isinstance(message, Pong):
+            log.debug("ignoring unexpected %r", message)

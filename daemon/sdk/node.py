@@ -1,0 +1,563 @@
+"""The Python node (worker) library: run a handler for every job a schedd daemon assigns.
+
+::
+
+    async def translate(ctx: JobContext) -> Any:
+        await ctx.progress({"partial": "hel"})
+        return {"text": "hello"}
+
+    node = Node("tcp://127.0.0.1:7000", translate, capacity=2, capabilities={"asr_langs": ["zh"]})
+    await node.run()
+
+Rules of this module:
+
+- Jobs outlive connections. Each job runs in its own task, in :meth:`Node.run`'s nursery and
+  under its own cancel scope; a dropped connection does not stop it. The node reconnects (next
+  URL, backoff), registers again with the same ``node_id`` and lists in ``running`` every job it
+  still works on, including those whose result is not yet confirmed.
+- A ``result`` stays in the outbox until a ``pong`` sent after it confirms that the daemon handled
+  it; results finished while disconnected, or sent but unconfirmed when the connection dropped,
+  are sent again after the next ``registered`` (a repeated result is a no-op for the daemon).
+- Fencing: ``cancel`` {job_id, attempt}, or an ``error`` saying the job moved on
+  (``E_STALE_ATTEMPT``, ``E_NO_JOB``, ``E_IDENTITY``, ``E_BAD_STATE``) about the attempt the node
+  runs, cancels that attempt's task; nothing more is sent about it. Job messages carry a ``ref``
+  naming their attempt (``j<attempt>.<n>``) so an error is matched to the right attempt.
+- ``drain`` from the daemon is about this connection (the instance may be shutting down): the
+  node rejects new assigns ("draining") until it registers again. A drain the node asked for
+  (:meth:`Node.drain`) is asked again after every re-registration.
+- Errors that retrying cannot fix (``E_AUTH`` at hello; ``E_IDENTITY``, ``E_BAD_ARG``,
+  ``E_BAD_FIELD``, ``E_ROLE`` at register) end :meth:`Node.run` with :class:`RequestFailed`;
+  everything else is retried forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final
+
+import attrs
+import trio
+
+from schedd.protocol import (
+    DEFAULT_MAX_FRAME,
+    MAX_RUNNING,
+    MAX_TEXT_LEN,
+    Accept,
+    Assign,
+    Cancel,
+    Drain,
+    Error,
+    ErrorInfo,
+    Heartbeat,
+    Message,
+    Ping,
+    Pong,
+    Progress,
+    Register,
+    Registered,
+    Reject,
+    Result,
+    RunningJob,
+    Unavailable,
+    encode,
+)
+from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
+
+__all__ = ["E_NODE_EXCEPTION", "JobContext", "JobError", "Node"]
+
+log = logging.getLogger(__name__)
+
+E_NODE_EXCEPTION: Final = "E_NODE_EXCEPTION"
+"""``result.error.code`` when a handler raised something other than :class:`JobError`."""
+
+FATAL_REGISTER_CODES: Final[frozenset[str]] = frozenset(
+    {"E_IDENTITY", "E_BAD_ARG", "E_BAD_FIELD", "E_ROLE"}
+)
+"""``register`` refusals that another try cannot fix."""
+
+_JOB_GONE_CODES: Final[frozenset[str]] = frozenset(
+    {"E_STALE_ATTEMPT", "E_NO_JOB", "E_IDENTITY", "E_BAD_STATE"}
+)
+"""Errors about a job meaning "the world moved on": drop the attempt."""
+
+_REGISTRATION_GONE_CODES: Final[frozenset[str]] = frozenset(
+    {"E_NO_NODE", "E_STALE_EPOCH", "E_WRONG_OWNER"}
+)
+"""Errors meaning this connection's registration is gone: reconnect and register again."""
+
+_JOB_REF: Final = re.compile(r"j(\d+)\.")
+
+
+class JobError(Exception):
+    """Raise from a handler to fail the job with ``code`` (an id, e.g. ``OOM``) and ``message``."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+class JobContext:
+    """One attempt of one job, as the handler sees it.
+
+    ``deadline_ms`` is the ``assign`` deadline (unix ms); the node has already accepted the
+    attempt when the handler starts.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        job_id: str,
+        attempt: int,
+        payload: Any,
+        session_id: str | None,
+        deadline_ms: int,
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.payload = payload
+        self.session_id = session_id
+        self.deadline_ms = deadline_ms
+        self._node = node
+        # Created before the task starts, so a cancel that arrives first still takes effect.
+        self._scope = trio.CancelScope()
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.job_id} attempt {self.attempt}>"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the daemon cancelled this attempt (or it went stale)."""
+        return self._scope.cancel_called
+
+    async def progress(self, data: Any) -> None:
+        """Send intermediate output to the job's client. Best effort: while the node is
+        disconnected it is dropped. ``data`` must be JSON (``TypeError`` otherwise)."""
+        await self._node._send_progress(self, data)
+
+
+Handler = Callable[[JobContext], Awaitable[Any]]
+
+
+class Node:
+    """A worker connection to a schedd daemon: registers, heartbeats, and runs assigned jobs."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        handler: Handler,
+        *,
+        pools: Sequence[str] = (),
+        capacity: int = 1,
+        capabilities: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        node_id: str | None = None,
+        token: str | None = None,
+        name: str | None = None,
+        heartbeat_interval: float | None = None,
+        reconnect_delay: float = 0.2,
+    ) -> None:
+        self._dialer = Dialer(urls, role="node", token=token, name=name, connect_timeout=5.0)
+        self._handler = handler
+        self._pools = list(pools)
+        self._capabilities = dict(capabilities or {})
+        self._labels = dict(labels or {})
+        # Fail at construction on what register would refuse anyway.
+        Register(
+            capacity=capacity,
+            node_id=node_id,
+            capabilities=self._capabilities,
+            labels=self._labels,
+            pools=self._pools,
+        )
+        if heartbeat_interval is not None and not (
+            math.isfinite(heartbeat_interval) and heartbeat_interval > 0
+        ):
+            raise ValueError(f"heartbeat_interval must be > 0, not {heartbeat_interval}")
+        self.capacity = capacity
+        self.node_id: str | None = node_id
+        self.epoch: int | None = None
+        self.draining = False
+        self.running: dict[str, JobContext] = {}
+        self._heartbeat_interval = heartbeat_interval
+        self._backoff = Backoff(reconnect_delay)
+        self._link: Link | None = None  # set while registered
+        self._outbox: dict[tuple[str, int], Result] = {}
+        self._drain_requested = False
+        self._unavailable: dict[str, float] = {}  # service -> trio time its ttl ends
+        self._jobs: trio.Nursery | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # Public API.
+    # ----------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, register and serve jobs until cancelled; reconnect whenever needed.
+
+        Reports ``started()`` after the first ``registered``. Raises :class:`RequestFailed` for
+        an error no retry can fix (``E_AUTH``, ``E_IDENTITY``...).
+        """
+        if self._jobs is not None:
+            raise RuntimeError("this node is already running")
+        fatal: RequestFailed | None = None
+        status: trio.TaskStatus[None] | None = task_status
+        try:
+            async with trio.open_nursery() as jobs:
+                self._jobs = jobs
+                while True:
+                    try:
+                        stack, link = await self._dialer.dial_retrying(self._backoff)
+                        async with stack:
+                            registered = await self._session(link, status)
+                    except RequestFailed as exc:
+                        fatal = exc
+                        jobs.cancel_scope.cancel()
+                        break
+                    if registered:
+                        status = None
+                        log.warning("connection to %s lost; reconnecting", link.url)
+                    self._dialer.rotate()
+                    await self._backoff.sleep()
+        except BaseExceptionGroup as group:
+            reraise_sole(group)
+        finally:
+            self._jobs = None
+            self._link = None
+        if fatal is not None:
+            raise fatal
+
+    async def drain(self) -> None:
+        """Ask the daemon to stop assigning to this node; running jobs go on to their end.
+
+        The request is repeated after every reconnect. Raises :class:`RequestFailed` if the
+        daemon refuses it.
+        """
+        self.draining = True
+        self._drain_requested = True
+        link = self._link
+        if link is None:
+            return  # sent after the next registration
+        with contextlib.suppress(LinkLost):
+            await link.request(Drain(reason="requested by the node"), Drain)
+
+    async def mark_unavailable(self, service: str, ttl: float) -> None:
+        """Tell the daemon that ``service`` is unreachable from this node for ``ttl`` seconds.
+
+        While disconnected it is remembered and sent (with the remaining ttl) after the next
+        registration. Raises :class:`RequestFailed` if the daemon refuses it.
+        """
+        message = Unavailable(service=service, ttl=ttl)  # validates
+        self._unavailable[service] = trio.current_time() + ttl
+        link = self._link
+        if link is None:
+            return
+        with contextlib.suppress(LinkLost):
+            await link.send_confirmed(message)
+
+    # ----------------------------------------------------------------------------------------
+    # One connection.
+    # ----------------------------------------------------------------------------------------
+
+    async def _session(self, link: Link, status: trio.TaskStatus[None] | None) -> bool:
+        """Register on ``link`` and serve it until it ends; True if it got registered.
+
+        Raises :class:`RequestFailed` for a fatal refusal of ``register``.
+        """
+        registered: Registered | None = None
+        failure: RequestFailed | None = None
+        interval = self._heartbeat_interval or link.welcome.heartbeat_interval
+
+        async def serve(cancel_scope: trio.CancelScope) -> None:
+            await link.serve(
+                lambda message: self._on_message(link, message), keepalive=3 * interval
+            )
+            cancel_scope.cancel()
+
+        # A drain ordered by the daemon belonged to the previous connection (its instance may
+        # have been shutting down); one the node asked for stays. Reset before register: the
+        # daemon may send drain right behind registered.
+        self.draining = self._drain_requested
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, nursery.cancel_scope)
+            try:
+                registered = await link.request(self._register_message(), Registered)
+            except LinkLost:
+                nursery.cancel_scope.cancel()
+            except RequestFailed as exc:
+                failure = exc
+                await link.aclose()
+                nursery.cancel_scope.cancel()
+            else:
+                self._on_registered(link, registered)
+                if status is not None:
+                    status.started()
+                nursery.start_soon(self._heartbeats, link, interval)
+                # What the node asked for while it had no registration, taken now: from here
+                # on drain(), mark_unavailable() and finished jobs send on this link themselves.
+                nursery.start_soon(
+                    self._resume,
+                    link,
+                    self._drain_requested,
+                    dict(self._unavailable),
+                    list(self._outbox.values()),
+                )
+        self._link = None
+        if failure is not None:
+            if failure.code in FATAL_REGISTER_CODES:
+                raise failure
+            log.warning("daemon %s refused register: %s", link.url, failure)
+        return registered is not None
+
+    def _register_message(self) -> Register:
+        running = [
+            RunningJob(job_id=ctx.job_id, attempt=ctx.attempt) for ctx in self.running.values()
+        ]
+        # A job whose result is not confirmed is still ours: listing it keeps it from being
+        # given to another node before the result is sent again.
+        running += [RunningJob(job_id=job_id, attempt=attempt) for job_id, attempt in self._outbox]
+        return Register(
+            capacity=self.capacity,
+            node_id=self.node_id,
+            capabilities=self._capabilities,
+            labels=self._labels,
+            pools=self._pools,
+            running=running[:MAX_RUNNING],
+        )
+
+    def _on_registered(self, link: Link, registered: Registered) -> None:
+        self._backoff.reset()
+        self.node_id = registered.node_id
+        self.epoch = registered.epoch
+        self._link = link
+        log.info(
+            "registered as %s (epoch %d) on %s, pools %s",
+            registered.node_id,
+            registered.epoch,
+            link.url,
+            registered.pools,
+        )
+
+    async def _resume(
+        self, link: Link, drain: bool, unavailable: dict[str, float], results: list[Result]
+    ) -> None:
+        """After (re)registration: send again what an earlier connection may have missed."""
+        try:
+            if drain:
+                await link.request(Drain(reason="requested by the node"), Drain)
+            now = trio.current_time()
+            for service, until in unavailable.items():
+                if until > now:
+                    await link.send_confirmed(Unavailable(service=service, ttl=until - now))
+                elif self._unavailable.get(service) == until:
+                    del self._unavailable[service]
+            if results:
+                await self._flush(link, results)
+        except LinkLost:
+            pass
+        except RequestFailed as exc:
+            log.warning("resuming on %s: %s", link.url, exc)
+
+    async def _heartbeats(self, link: Link, interval: float) -> None:
+        while True:
+            inflight = len(self.running)
+            message = Heartbeat(
+                inflight=inflight,
+                running=list(self.running)[:MAX_RUNNING],
+                load=inflight / self.capacity,
+            )
+            try:
+                await link.send(message)
+            except LinkLost:
+                return
+            await trio.sleep(interval)
+
+    # ----------------------------------------------------------------------------------------
+    # Messages from the daemon.
+    # ----------------------------------------------------------------------------------------
+
+    async def _on_message(self, link: Link, message: Message) -> None:
+        if isinstance(message, Assign):
+            await self._on_assign(link, message)
+        elif isinstance(message, Cancel):
+            if self._drop(message.job_id, message.attempt):
+                log.info(
+                    "job %s attempt %s cancelled by the daemon", message.job_id, message.attempt
+                )
+        elif isinstance(message, Drain):
+            if not self.draining:
+                log.info("daemon %s drains this node: %s", link.url, message.reason)
+            self.draining = True
+        elif isinstance(message, Error):
+            await self._on_error(link, message)
+        elif not isinstance(message, Pong):
+            log.debug("ignoring unexpected %r", message)
+
+    async def _on_assign(self, link: Link, assign: Assign) -> None:
+        job_id, attempt = assign.job_id, assign.attempt
+        current = self.running.get(job_id)
+        if current is not None:
+            if current.attempt == attempt:  # a repeat: accepting again is harmless
+                await self._send_job(link, attempt, Accept(job_id=job_id, attempt=attempt))
+                return
+            if current.attempt > attempt:
+                log.warning(
+                    "ignoring assign of job %s attempt %d: attempt %d runs",
+                    job_id,
+                    attempt,
+                    current.attempt,
+                )
+                return
+            self._drop(job_id, current.attempt)  # superseded by the new attempt
+        if self.draining or len(self.running) >= self.capacity or self._jobs is None:
+            reason = "draining" if self.draining else "no free slot"
+            log.info("rejecting job %s attempt %d: %s", job_id, attempt, reason)
+            await self._send_job(
+                link, attempt, Reject(job_id=job_id, attempt=attempt, reason=reason)
+            )
+            return
+        ctx = JobContext(
+            self,
+            job_id=job_id,
+            attempt=attempt,
+            payload=assign.payload,
+            session_id=assign.session_id,
+            deadline_ms=assign.deadline,
+        )
+        self.running[job_id] = ctx
+        try:
+            await self._send_job(link, attempt, Accept(job_id=job_id, attempt=attempt))
+        except LinkLost:
+            # The accept may never have reached the daemon: do not start the job.
+            if self.running.get(job_id) is ctx:
+                del self.running[job_id]
+            raise
+        self._jobs.start_soon(self._run_job, ctx, name=f"job {job_id}#{attempt}")
+
+    async def _on_error(self, link: Link, error: Error) -> None:
+        attempt: int | None = None
+        if error.ref is not None and (match := _JOB_REF.match(error.ref)):
+            attempt = int(match.group(1))
+        if (
+            error.job_id is not None
+            and error.code in _JOB_GONE_CODES
+            and self._drop(error.job_id, attempt)
+        ):
+            log.warning(
+                "job %s attempt %s dropped: %s %s", error.job_id, attempt, error.code, error.message
+            )
+            return
+        log.warning(
+            "daemon %s: %s %s (job %s, ref %s)",
+            link.url,
+            error.code,
+            error.message,
+            error.job_id,
+            error.ref,
+        )
+        if error.code in _REGISTRATION_GONE_CODES:
+            # The registration is over; the daemon closes the connection, make sure of it.
+            await link.aclose()
+
+    def _drop(self, job_id: str, attempt: int | None) -> bool:
+        """Stop an attempt the node must not finish; True if it was running here."""
+        self._outbox = {
+            key: result
+            for key, result in self._outbox.items()
+            if not (key[0] == job_id and (attempt is None or key[1] == attempt))
+        }
+        ctx = self.running.get(job_id)
+        if ctx is None or (attempt is not None and ctx.attempt != attempt):
+            return False
+        ctx._scope.cancel()
+        del self.running[job_id]
+        return True
+
+    # ----------------------------------------------------------------------------------------
+    # Running a job.
+    # ----------------------------------------------------------------------------------------
+
+    async def _run_job(self, ctx: JobContext) -> None:
+        result: Result | None = None
+        with ctx._scope:
+            try:
+                output = await self._handler(ctx)
+            except JobError as exc:
+                result = _failure(ctx, exc.code, exc.message)
+            except Exception as exc:
+                log.exception("job %s attempt %d: the handler raised", ctx.job_id, ctx.attempt)
+                result = _failure(ctx, E_NODE_EXCEPTION, f"{type(exc).__name__}: {exc}")
+            else:
+                result = _success(ctx, output)
+        if self.running.get(ctx.job_id) is ctx:
+            del self.running[ctx.job_id]
+        if ctx._scope.cancel_called or result is None:
+            return  # cancelled or stale: send nothing more about this attempt
+        key = (ctx.job_id, ctx.attempt)
+        self._outbox[key] = result
+        link = self._link
+        if link is not None:
+            # On LinkLost the result stays in the outbox, sent again after the next registration.
+            with contextlib.suppress(LinkLost):
+                await self._flush(link, [result])
+
+    async def _flush(self, link: Link, results: list[Result]) -> None:
+        """Send results, then a ping; once the pong comes they are handled: drop them."""
+        for result in results:
+            await self._send_job(link, result.attempt, result)
+        await link.request(Ping(), Pong)
+        for result in results:
+            key = (result.job_id, result.attempt)
+            if self._outbox.get(key) is result:
+                del self._outbox[key]
+
+    async def _send_progress(self, ctx: JobContext, data: Any) -> None:
+        message = Progress(job_id=ctx.job_id, attempt=ctx.attempt, data=data)
+        encode(message)  # a TypeError for data JSON cannot carry, even while disconnected
+        link = self._link
+        if link is None or ctx._scope.cancel_called or self.running.get(ctx.job_id) is not ctx:
+            return
+        with contextlib.suppress(LinkLost):
+            await self._send_job(link, ctx.attempt, message)
+
+    async def _send_job(
+        self, link: Link, attempt: int, message: Accept | Reject | Progress | Result
+    ) -> None:
+        # The ref names the attempt, so an error about this message is matched to it.
+        await link.send(_with_ref(message, link.next_ref(f"j{attempt}.")))
+
+
+def _with_ref(message: Accept | Reject | Progress | Result, ref: str) -> Message:
+    return attrs.evolve(message, ref=ref)
+
+
+def _failure(ctx: JobContext, code: str, message: str) -> Result:
+    if len(message) > MAX_TEXT_LEN:
+        message = message[: MAX_TEXT_LEN - 3] + "..."
+    try:
+        error = ErrorInfo(code=code, message=message)
+    except ValueError:  # not an id: keep the node's error readable anyway
+        error = ErrorInfo(
+            code=E_NODE_EXCEPTION, message=f"bad error code {code!r}: {message}"[:MAX_TEXT_LEN]
+        )
+    return Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=False, error=error)
+
+
+def _success(ctx: JobContext, output: Any) -> Result:
+    result = Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=True, output=output)
+    try:
+        size = len(encode(result))
+    except TypeError as exc:
+        log.error("job %s attempt %d: output is not JSON: %s", ctx.job_id, ctx.attempt, exc)
+        return _failure(ctx, E_NODE_EXCEPTION, f"the output is not JSON: {exc}")
+    # An oversize frame would make the daemon close the connection on every resend.
+    if size > DEFAULT_MAX_FRAME:
+        log.error(
+            "job %s attempt %d: output of %d bytes is too large", ctx.job_id, ctx.attempt, size
+        )
+        return _failure(ctx, E_NODE_EXCEPTION, f"the output is too large ({size} bytes)")
+    return result
