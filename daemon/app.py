@@ -37,7 +37,10 @@ from schedd.core import (
     Delivery,
     Done,
     DrainNode,
+    Event,
     HeartbeatBatcher,
+    JobStateChanged,
+    NodeWentOffline,
     Progress,
     Queries,
     serve_inbox,
@@ -100,7 +103,8 @@ class App:
         self.instance = config.schedd.instance
         self.plugins = plugins
         self.store = store
-        self.core = Core(store, core_settings(config), on_delivery=self._on_delivery)
+        self.core = Core(store, core_settings(config), on_delivery=self._on_delivery,
+                         on_event=self._on_event)
         self.batcher = HeartbeatBatcher(self.core, on_stale=self._on_stale)
         self.queries = Queries(store, self.core.keys)
         self.accepting = True
@@ -215,7 +219,6 @@ class App:
         except StoreError as exc:
             log.warning("could not take node %s offline (%s); the reaper will", node_id, exc)
             return
-        self.plugins.node_offline(node_id, "connection lost")
         if moved:
             log.info("node %s connection lost: %s job(s) moved on", node_id, moved)
 
@@ -226,14 +229,18 @@ class App:
             session = self.followers.get(delivery.job_id)
             if isinstance(delivery, Done):
                 self.followers.pop(delivery.job_id, None)
-                self.plugins.job_state_changed(delivery.job_id, delivery.state,
-                                               delivery.attempts, delivery.node)
         else:  # pragma: no cover - exhaustive
             return
         if session is None:
             log.debug("no local connection for %s; dropped (deadlines cover it)", delivery)
             return
         session.deliver(delivery)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, JobStateChanged):
+            self.plugins.job_state_changed(event.job_id, event.state, event.attempt, event.node)
+        elif isinstance(event, NodeWentOffline):
+            self.plugins.node_offline(event.node_id, event.reason)
 
     def _on_stale(self, node_id: str, epoch: int) -> None:
         session = self.nodes.get(node_id)

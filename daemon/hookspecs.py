@@ -159,13 +159,13 @@ def schedd_node_registered(node_id: str, epoch: int, pools: list[str], instance:
 
 @hookspec
 def schedd_node_offline(node_id: str, reason: str) -> None:
-    """A node left every pool: its connection dropped, it went silent, or it drained.
+    """A node was taken offline: its connection dropped, it went silent, or its instance stopped.
 
     Called on the instance whose script took the node offline (the owner for a dropped
     connection, whichever instance's reaper found it for a silent node), once per registration.
 
     :param node_id: the node's stable id.
-    :param reason: why, e.g. ``"disconnected"``, ``"missed_heartbeats"``, ``"drained"``.
+    :param reason: why: ``"connection lost"``, ``"liveness expired"``, ``"daemon shut down"``.
     :returns: nothing.
     """
 

@@ -306,7 +306,6 @@ class Session:
     async def _accept(self, m: p.Accept) -> None:
         node_id, _ = self._need_registered(m)
         await self.app.core.accept(m.job_id, node_id=node_id, attempt=m.attempt)
-        self.app.plugins.job_state_changed(m.job_id, "running", m.attempt, node_id)
 
     async def _reject(self, m: p.Reject) -> None:
         node_id, _ = self._need_registered(m)
@@ -321,12 +320,10 @@ class Session:
     async def _result(self, m: p.Result) -> None:
         node_id, _ = self._need_registered(m)
         error = {"code": m.error.code, "message": m.error.message} if m.error else None
-        state, duplicate = await self.app.core.result(
+        await self.app.core.result(
             m.job_id, node_id=node_id, attempt=m.attempt, ok=m.ok,
             output_json=orjson.dumps(m.output).decode(), error=error,
         )
-        if not duplicate:
-            self.app.plugins.job_state_changed(m.job_id, state, m.attempt, node_id)
 
     async def _unavailable(self, m: p.Unavailable) -> None:
         node_id, epoch = self._need_registered(m)
@@ -374,8 +371,6 @@ class Session:
             raise
         self.post(p.Accepted(job_id=job_id, state=sub.state,  # type: ignore[arg-type]
                              duplicate=sub.duplicate, ref=m.ref))
-        if not sub.duplicate:
-            self.app.plugins.job_state_changed(job_id, sub.state, sub.attempt, None)
         if sub.done is not None:
             self.deliver_done(sub.done)
 

@@ -21,4 +21,4 @@ local deadline = now + tonumber(job.run_ms)
 redis.call('HSET', KEYS[1], 't_acc', now)
 set_state(job_id, job.state, 'running')
 redis.call('ZADD', KEYS[2], deadline, job_id)
-return {{'running', 'new', deadline}, {}}
+return {{'running', 'new', deadline}, LOCAL, EVENTS}

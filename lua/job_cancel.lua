@@ -29,4 +29,4 @@ end
 finish(job_id, job, 'canceled', {ok = 0, error = cjson.encode({code = 'E_CANCELED',
   message = ARGV[4]})}, now)
 if node_id and node_id ~= '' then feed_node(node_id, now) end
-return {{'canceled'}, LOCAL}
+return {{'canceled'}, LOCAL, EVENTS}

@@ -14,4 +14,4 @@ local job_id = ARGV[2]
 local job, e = fenced_job(job_id, ARGV[3], ARGV[4])
 if e then return e end
 deliver(job.client, {'progress', job_id, tonumber(job.attempt), ARGV[5]})
-return {{job.state}, LOCAL}
+return {{job.state}, LOCAL, EVENTS}

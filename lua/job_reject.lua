@@ -18,4 +18,4 @@ if e then return e end
 local now = now_ms()
 retry(job_id, job, 'rejected by ' .. node_id .. ': ' .. ARGV[5], now)
 feed_node(node_id, now)
-return {{job.state}, LOCAL}
+return {{job.state}, LOCAL, EVENTS}

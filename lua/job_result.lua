@@ -28,4 +28,4 @@ local okflag = ARGV[5] == '1' and 1 or 0
 finish(job_id, job, okflag == 1 and 'done' or 'failed',
   {ok = okflag, output = ARGV[6], error = ARGV[7]}, now)
 feed_node(node_id, now)
-return {{job.state, 'new'}, LOCAL}
+return {{job.state, 'new'}, LOCAL, EVENTS}

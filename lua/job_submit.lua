@@ -85,4 +85,4 @@ if node_id then
 else
   enqueue(job_id, job, now)
 end
-return {{'new', job.state, tonumber(job.attempt), ''}, LOCAL}
+return {{'new', job.state, tonumber(job.attempt), ''}, LOCAL, EVENTS}

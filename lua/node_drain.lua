@@ -22,4 +22,4 @@ if node.state == 'online' then
   redis.call('HSET', KEYS[1], 'state', 'draining', 'reason', ARGV[4])
   deliver(node.owner, {'drain', node_id, ARGV[4]})
 end
-return {{'draining', redis.call('SCARD', K.node_jobs(node_id))}, LOCAL}
+return {{'draining', redis.call('SCARD', K.node_jobs(node_id))}, LOCAL, EVENTS}

@@ -27,4 +27,4 @@ end
 if node.state == 'offline' then return {{-1}, {}} end
 local now = now_ms()
 local moved = node_down(node_id, node, ARGV[5], now, tonumber(ARGV[6]))
-return {{moved}, LOCAL}
+return {{moved}, LOCAL, EVENTS}

@@ -73,4 +73,4 @@ redis.call('ZADD', KEYS[3], now + tonumber(ARGV[7]), node_id)
 redis.call('ZREM', K.gc(), 'n:' .. node_id)
 
 feed_node(node_id, now)
-return {{epoch, tonumber(redis.call('HGET', nkey, 'used'))}, LOCAL}
+return {{epoch, tonumber(redis.call('HGET', nkey, 'used'))}, LOCAL, EVENTS}

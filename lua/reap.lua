@@ -72,4 +72,4 @@ for _, instance in ipairs(gone) do
   redis.call('DEL', K.inbox(instance))
   redis.call('ZREM', KEYS[4], instance)
 end
-return {{#lost, #due, #old, #gone}, LOCAL}
+return {{#lost, #due, #old, #gone}, LOCAL, EVENTS}

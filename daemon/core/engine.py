@@ -6,6 +6,8 @@ Rules of this module:
   * Every script returns ``{result, local deliveries}``. Deliveries for this instance come back in
     the reply and are handed to ``on_delivery`` at once (the fast path); deliveries for other
     instances were appended to their inbox streams by the same script.
+  * Every job state change and node taken offline comes back as an event for ``on_event``, on
+    the instance whose script made it, exactly once.
   * ``on_delivery`` is synchronous and must not block: it hands the delivery to a connection's
     send queue (or drops it if the connection is gone: deadlines are the safety net).
 """
@@ -23,10 +25,12 @@ from schedd.core.model import (
     CoreSettings,
     Delivery,
     Done,
+    Event,
     JobSpec,
     Registration,
     Submitted,
     decode_delivery,
+    decode_event,
 )
 from schedd.errors import BadArgument
 from schedd.store.base import Arg, Store
@@ -36,6 +40,7 @@ from schedd.store.scripts import Scripts
 log = logging.getLogger(__name__)
 
 DeliveryHandler = Callable[[Delivery], None]
+EventHandler = Callable[[Event], None]
 
 
 def _ms(seconds: float) -> int:
@@ -61,6 +66,7 @@ class Core:
         settings: CoreSettings,
         on_delivery: DeliveryHandler | None = None,
         scripts: Scripts | None = None,
+        on_event: EventHandler | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -68,6 +74,7 @@ class Core:
         self.keys = Keys(settings.namespace)
         self.scripts = scripts or Scripts()
         self.on_delivery: DeliveryHandler = on_delivery or (lambda delivery: None)
+        self.on_event: EventHandler = on_event or (lambda event: None)
 
     async def start(self) -> None:
         """Check Redis answers and load every script (so the first calls need no reload)."""
@@ -75,10 +82,16 @@ class Core:
         await self.scripts.load_all(self.store)
 
     async def _call(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        result, local = await self.scripts.call(self.store, name, keys, [self.instance, *args])
-        for raw in local:
+        reply = await self.scripts.call(self.store, name, keys, [self.instance, *args])
+        for raw in reply[1]:
             self.dispatch(raw)
-        return result
+        if len(reply) > 2:
+            for raw in reply[2]:
+                try:
+                    self.on_event(decode_event(raw))
+                except Exception:  # an event listener must not fail the call that caused it
+                    log.exception("event handler failed for %r", raw)
+        return reply[0]
 
     def dispatch(self, raw: bytes | str) -> None:
         """Decode one delivery (from a script reply or the inbox) and hand it on."""

@@ -127,6 +127,35 @@ class Done:
 Delivery = Assign | CancelJob | DrainNode | Progress | Done
 
 
+# Events: what a script changed, reported to the instance that ran it (for plugins' event hooks).
+
+
+@attrs.frozen(kw_only=True)
+class JobStateChanged:
+    job_id: str
+    state: str
+    attempt: int
+    node: str | None
+
+
+@attrs.frozen(kw_only=True)
+class NodeWentOffline:
+    node_id: str
+    reason: str
+
+
+Event = JobStateChanged | NodeWentOffline
+
+
+def decode_event(raw: bytes | str) -> Event:
+    f = orjson.loads(raw)
+    if f[0] == "job":
+        return JobStateChanged(job_id=f[1], state=f[2], attempt=int(f[3]), node=f[4] or None)
+    if f[0] == "node_offline":
+        return NodeWentOffline(node_id=f[1], reason=f[2])
+    raise ValueError(f"unknown event kind {f[0]!r}")
+
+
 def _done(f: list[Any]) -> Done:
     error = orjson.loads(f[5]) if f[5] else None
     return Done(

@@ -5,7 +5,9 @@
 --    always equal capacity - used for online nodes and nodes outside pools hold no score;
 --  * deliveries for the calling instance are returned in the reply (fast path); deliveries for
 --    any other instance are appended to its inbox stream in the same script, so nothing an
---    instance must deliver can be lost between scripts.
+--    instance must deliver can be lost between scripts;
+--  * every job state change and every node taken offline is also returned as an event, so the
+--    instance whose script made the change tells its plugins, exactly once.
 
 local cjson = cjson
 local unpack = unpack or table.unpack
@@ -31,6 +33,7 @@ end
 
 local CALLER = '' -- set by each script from its ARGV: the calling instance
 local LOCAL = {}  -- deliveries returned to the caller
+local EVENTS = {} -- {'job', id, state, attempt, node} / {'node_offline', id, reason}
 
 local function deliver(instance, msg)
   local encoded = cjson.encode(msg)
@@ -51,6 +54,10 @@ local function set_state(job_id, old, new)
   redis.call('HINCRBY', K.counts(), new, 1)
   redis.call('HSET', K.job(job_id), 'state', new)
   if TERMINAL[new] then redis.call('HINCRBY', K.counts(), 'total:' .. new, 1) end
+  local at = redis.call('HMGET', K.job(job_id), 'attempt', 'node')
+  local attempt = tonumber(at[1]) or 0
+  if new == 'queued' then attempt = attempt + 1 end -- a queued job waits for its next attempt
+  EVENTS[#EVENTS + 1] = cjson.encode({'job', job_id, new, attempt, at[2] or ''})
 end
 
 -- Pools ---------------------------------------------------------------------------------------
@@ -297,6 +304,7 @@ local function node_down(node_id, node, reason, now, retain_ms)
     end
   end
   redis.call('ZADD', K.gc(), now + retain_ms, 'n:' .. node_id)
+  EVENTS[#EVENTS + 1] = cjson.encode({'node_offline', node_id, reason})
   return #jobs
 end
 
