@@ -86,6 +86,11 @@ class Session:
         self._cancel = trio.CancelScope()
         self.rate = RateLimiter(float(app.limits.max_messages_per_second))
         self._held: list[Delivery] | None = None
+        # the node's last registration as this connection made it, and the job ids its last
+        # heartbeats listed (newest last): for reconciliation
+        self.registration: p.Register | None = None
+        self.pools: list[str] = []
+        self.running_seen: list[list[str]] = []
 
     # -- outgoing ------------------------------------------------------------------------------
 
@@ -292,6 +297,7 @@ class Session:
             self._held = None
             raise
         self.node_id, self.epoch = node_id, reg.epoch
+        self.registration, self.pools = m, list(reg.pools)
         self.post(p.Registered(node_id=node_id, epoch=reg.epoch, pools=list(reg.pools), ref=m.ref))
         held, self._held = self._held, None
         for delivery in held:
@@ -301,6 +307,7 @@ class Session:
     async def _heartbeat(self, m: p.Heartbeat) -> None:
         node_id, epoch = self._need_registered(m)
         load = m.load if math.isfinite(m.load) else 0.0
+        self.running_seen = [*self.running_seen[-1:], list(m.running)]
         self.app.batcher.beat(node_id, epoch, load, m.inflight)
 
     async def _accept(self, m: p.Accept) -> None:

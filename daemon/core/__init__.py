@@ -22,7 +22,7 @@ from schedd.core.model import (
     Registration,
     Submitted,
 )
-from schedd.core.queries import JobInfo, NodeInfo, PoolInfo, Queries
+from schedd.core.queries import FinishedJob, JobInfo, NodeInfo, PoolInfo, Queries
 from schedd.core.reaper import serve_reaper
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Done",
     "DrainNode",
     "Event",
+    "FinishedJob",
     "HeartbeatBatcher",
     "JobInfo",
     "JobSpec",

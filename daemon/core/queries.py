@@ -78,6 +78,19 @@ class JobInfo:
     tried: list[str]
 
 
+@attrs.frozen(kw_only=True)
+class FinishedJob:
+    """One entry of the recent-completions window (timestamps in unix ms, 0 when not reached)."""
+
+    job_id: str
+    state: str
+    node: str | None
+    submitted_ms: int
+    assigned_ms: int
+    accepted_ms: int
+    finished_ms: int
+
+
 def _json(text: str, default: Any) -> Any:
     if not text:
         return default
@@ -188,6 +201,15 @@ class Queries:
         h = _pairs(await self.store.execute("HGETALL", self.keys.counts))
         out = {state: _int(h.get(state, "0")) for state in JOB_STATES}
         out.update({k: _int(v) for k, v in h.items() if k.startswith("total:")})
+        return out
+
+    async def recent_finished(self, limit: int = 2000) -> list[FinishedJob]:
+        """The most recent finished jobs, newest first (at most 2000 are kept)."""
+        out = []
+        for raw in await self.store.execute("LRANGE", self.keys.finished, 0, limit - 1):
+            f = orjson.loads(raw)
+            out.append(FinishedJob(job_id=f[0], state=f[1], node=f[2] or None, submitted_ms=f[3],
+                                   assigned_ms=f[4], accepted_ms=f[5], finished_ms=f[6]))
         return out
 
     async def exclusions(self) -> dict[str, int]:

@@ -34,6 +34,7 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "session": ("session:{}", "string (PX ttl): node id that served the session last"),
     "counts": ("counts", "hash: jobs per current state, lifetime totals, epoch and order counters"),
     "exclusions": ("exclusions", "hash: selection exclusion reason -> count"),
+    "finished": ("finished", "list: the most recent finished jobs (id, state, node, timings)"),
     "inbox": ("inbox:{}", "stream: deliveries (assign, cancel, drain, progress, done)"),
     "instances": ("instances", "zset: instance id -> unix ms at which its presence expires"),
 }
@@ -107,6 +108,10 @@ class Keys:
     @property
     def counts(self) -> str:
         return self._k("counts")
+
+    @property
+    def finished(self) -> str:
+        return self._k("finished")
 
     @property
     def exclusions(self) -> str:

@@ -13,6 +13,7 @@ local cjson = cjson
 local unpack = unpack or table.unpack
 local TERMINAL = {done = true, failed = true, canceled = true, timed_out = true}
 local SCAN = 16 -- candidates looked at per pool or queue head: bounds every selection
+local FINISHED_KEPT = 2000 -- recent completions kept in K.finished()
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -218,6 +219,10 @@ local function finish(job_id, job, state, fields, now)
   set_state(job_id, job.state, state)
   job.state = state
   redis.call('ZADD', K.gc(), now + tonumber(job.retain_ms), 'j:' .. job_id)
+  -- a bounded window of recent completions: latency percentiles and rates for every instance
+  redis.call('LPUSH', K.finished(), cjson.encode({job_id, state, job.node or '',
+    tonumber(job.t_sub) or 0, tonumber(job.t_asg) or 0, tonumber(job.t_acc) or 0, now}))
+  redis.call('LTRIM', K.finished(), 0, FINISHED_KEPT - 1)
   deliver(job.client, done_message(job_id, job))
 end
 

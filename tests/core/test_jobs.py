@@ -256,3 +256,16 @@ async def test_retention_removes_finished_jobs(store: Store) -> None:
     assert await q.job(sub.job_id) is None
     counts = await q.counts()
     assert counts["done"] == 0 and counts["total:done"] == 1
+
+
+async def test_recent_finished_window(store: Store) -> None:
+    core, _ = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    first = await core.submit(spec("p"))
+    await core.result(first.job_id, node_id="n1", attempt=1, ok=True)
+    second = await core.submit(spec("q", queue_timeout=0.01))
+    await core.cancel(second.job_id)
+    recent = await Queries(store, core.keys).recent_finished()
+    assert [(f.job_id, f.state, f.node) for f in recent] == [
+        (second.job_id, "canceled", None), (first.job_id, "done", "n1")]
+    assert recent[1].submitted_ms <= recent[1].assigned_ms <= recent[1].finished_ms
