@@ -17,7 +17,6 @@
     │   ├── Refused
     │   │   ├── NoCapacity          E_NO_CAPACITY   (no free slot and queueing is off)
     │   │   ├── QueueFull           E_QUEUE_FULL
-    │   │   ├── NodeDraining        E_DRAINING
     │   │   └── NotYours            E_NOT_YOURS     (principal does not own the job)
     │   ├── InvalidState            E_BAD_STATE     (e.g. accept for a job that is not assigned)
     │   └── BadArgument             E_BAD_ARG
@@ -100,10 +99,6 @@ class QueueFull(Refused):
     code = "E_QUEUE_FULL"
 
 
-class NodeDraining(Refused):
-    code = "E_DRAINING"
-
-
 class NotYours(Refused):
     code = "E_NOT_YOURS"
 
@@ -143,7 +138,6 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
         WrongOwner,
         NoCapacity,
         QueueFull,
-        NodeDraining,
         NotYours,
         InvalidState,
         BadArgument,

@@ -251,6 +251,13 @@ class Session:
                         ref=message.ref, job_id=job_id)
         except ProtocolError as exc:
             self._violation(exc.code, exc.message, message.ref)
+        except (CloseConnection, ChannelClosed):
+            raise
+        except Exception:
+            log.exception("internal error handling %s from %s %s", message.TYPE, self.role,
+                          self.peer)
+            self._error(p.E_INTERNAL, f"internal error handling {message.TYPE}; see the "
+                        "daemon's log", ref=message.ref, job_id=job_id)
 
     async def _script_error(
         self, exc: ScriptError, message: p.Message, job_id: str | None

@@ -113,7 +113,6 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_WRONG_OWNER": "another daemon instance now holds this node's connection",
     "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
     "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
-    "E_DRAINING": "the node is draining and takes no new work",
     "E_NOT_YOURS": "the job belongs to another principal",
     "E_BAD_STATE": "the job is not in a state that allows this message "
     "(e.g. `accept` for a job that is not assigned)",

@@ -279,3 +279,18 @@ async def test_old_connections_queued_heartbeat_does_not_refuse_new_registration
         await d.app.batcher.flush()
         assert (await new.expect(p.Error)).code == "E_STALE_EPOCH"
         assert await new.closed()
+
+
+async def test_a_bug_while_handling_a_message_is_an_internal_error_not_a_crash() -> None:
+    async with running_daemon() as d:
+        client = await d.connect("client")
+
+        def broken(*args: object) -> list[str]:
+            raise RuntimeError("plugin bug")
+
+        d.app.plugins.job_pools = broken  # type: ignore[method-assign]
+        await client.send(p.Submit(pools=["p"], ref="s"))
+        error = await client.expect(p.Error)
+        assert (error.code, error.ref) == ("E_INTERNAL", "s")
+        await client.send(p.Ping(ref="still"))
+        assert (await client.expect(p.Pong)).ref == "still"
