@@ -225,6 +225,10 @@ class StreamChannel:
             await self._stream.send_all(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
+        except trio.BusyResourceError as exc:
+            # Sends are serialised by the lock, so the other party is aclose()'s send_eof: the
+            # channel is closing under us (found by the chaos run: a client's instance died).
+            raise ChannelClosed(f"connection with {self.peer} closed while sending") from exc
         finally:
             lock.release()
 

@@ -26,6 +26,11 @@ Rules of this module:
   50 ms to 2 s, with jitter), ``execute`` raises ``StoreUnavailable`` at once instead of waiting.
   Callers retry; they never have to reopen the store. Loss is logged once at WARNING, recovery at
   INFO.
+* **The address may move.** Given ``resolve_address`` (an async callable returning ``(host,
+  port)``), every connection attempt asks it where to go first: that is how the Sentinel and
+  Cluster stores (:mod:`schedd.store.sentinel`, :mod:`schedd.store.cluster`) follow a failover
+  while reusing this connection code. :meth:`RedisStore.reconnect` drops the shared connection on
+  purpose (the server answered ``READONLY`` or ``MOVED``) so the address is resolved again.
 * **Opening fails fast.** :func:`open_redis_store` connects before it yields and raises
   ``StoreUnavailable`` if the first attempt fails, so a misconfigured daemon stops at start-up
   instead of running against nothing.
@@ -54,7 +59,10 @@ from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, w
 from schedd.errors import ConfigError, SchedError, StoreUnavailable, error_from_reply
 from schedd.store.base import Arg, Store
 
-__all__ = ["RedisStore", "open_redis_store"]
+__all__ = ["AddressResolver", "RedisStore", "open_redis_store"]
+
+AddressResolver = Callable[[], Awaitable[tuple[str, int]]]
+"""Where to connect next: ``(host, port)``, or raise ``StoreUnavailable`` if nowhere is known."""
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +236,12 @@ class RedisStore(Store):
     """
 
     def __init__(
-        self, url: str, *, connect_timeout: float = 5.0, command_timeout: float = 5.0
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 5.0,
+        resolve_address: AddressResolver | None = None,
     ) -> None:
         if not connect_timeout > 0 or not command_timeout > 0:
             raise ValueError("connect_timeout and command_timeout must be positive")
@@ -253,6 +266,8 @@ class RedisStore(Store):
         if urlsplit(url).scheme == "rediss":
             self._ssl_context = self._make_ssl_context(options)
         self._handshake = self._handshake_commands(options)
+        self._resolve_address = resolve_address
+        self._serve_scope: trio.CancelScope | None = None
 
         self._conn: _Connection | None = None
         self._down_cause = "not connected yet"
@@ -347,6 +362,9 @@ class RedisStore(Store):
         where = self._address
         try:
             with trio.fail_after(self._connect_timeout):
+                if self._resolve_address is not None:
+                    self._host, self._port = await self._resolve_address()
+                    self._address = where = f"{self._host}:{self._port}"
                 stream = await self._open_stream()
                 try:
                     reader = hiredis.Reader(replyError=error_from_reply, notEnoughData=_INCOMPLETE)
@@ -416,8 +434,38 @@ class RedisStore(Store):
             )
             self._conn = conn
 
+    @property
+    def connected(self) -> bool:
+        """Whether the shared connection is up (``execute`` would not fail at once)."""
+        return self._conn is not None
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the shared connection is lost; names the connection a reply came on."""
+        return self._epoch
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (or socket path) of the current or last connection."""
+        return self._address
+
+    def reconnect(self, reason: str, *, generation: int | None = None) -> None:
+        """Drop the shared connection now; the maintainer reconnects (resolving the address
+        again) with the usual backoff. Callers still waiting get ``StoreUnavailable``.
+
+        With ``generation``, only if the connection is still the one of that generation, so many
+        callers reacting to the same ``MOVED`` drop one connection, not its replacements too.
+        """
+        conn = self._conn
+        if conn is None or (generation is not None and generation != self._epoch):
+            return
+        self._drop(conn, reason)
+        if self._serve_scope is not None:
+            self._serve_scope.cancel()
+
     async def _serve(self, conn: _Connection) -> None:
         async with trio.open_nursery() as nursery:
+            self._serve_scope = nursery.cancel_scope
 
             async def run(loop: Callable[[_Connection], Awaitable[str]]) -> None:
                 message = await loop(conn)
@@ -610,14 +658,23 @@ async def _read_reply(stream: trio.abc.Stream, reader: hiredis.Reader) -> Any:
 
 @asynccontextmanager
 async def open_redis_store(
-    url: str, *, connect_timeout: float = 5.0, command_timeout: float = 5.0
+    url: str,
+    *,
+    connect_timeout: float = 5.0,
+    command_timeout: float = 5.0,
+    resolve_address: AddressResolver | None = None,
 ) -> AsyncIterator[RedisStore]:
     """Connect to Redis at ``url`` and keep the connection alive until the block exits.
 
     Raises :class:`~schedd.errors.StoreUnavailable` at once if the first connection fails, and
     :class:`~schedd.errors.ConfigError` if the URL is not one this store understands.
     """
-    store = RedisStore(url, connect_timeout=connect_timeout, command_timeout=command_timeout)
+    store = RedisStore(
+        url,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+        resolve_address=resolve_address,
+    )
     conn = await store._connect()
     # Trio wraps anything raised inside a nursery body in an ExceptionGroup. The body here is the
     # caller's code, so its exception is carried out of the nursery and re-raised unwrapped.
