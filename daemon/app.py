@@ -247,6 +247,8 @@ class App:
         # A beat queued by an old connection before the node registered again is stale, but
         # the node's current connection is not: only refuse a connection still at that epoch.
         if session is not None and session.epoch == epoch:
+            if self.plugins.node_stale(self, node_id, epoch):
+                return  # a plugin (reconcile) registers it again in place, or closes it
             session.refuse_stale()
 
     # -- running -------------------------------------------------------------------------------
@@ -390,7 +392,8 @@ class App:
 async def _main(config: Config, plugins: PluginManager, config_path: Path | None) -> int:
     try:
         async with open_store(config.redis.url, connect_timeout=config.redis.connect_timeout,
-                              command_timeout=config.redis.command_timeout) as store:
+                              command_timeout=config.redis.command_timeout,
+                              namespace=config.schedd.namespace) as store:
             return await App(config, plugins, store, config_path=config_path).run()
     except StoreUnavailable as exc:
         log.error("cannot start: %s", exc)

@@ -137,6 +137,25 @@ def schedd_authenticate(role: str, token: str | None, peer: str) -> str | None:
     """
 
 
+@hookspec(firstresult=True)
+def schedd_node_stale(app: App, node_id: str, epoch: int) -> bool | None:
+    """Decide what becomes of a node connection whose registration the store no longer holds.
+
+    Called on the instance that holds the connection when a heartbeat flush finds the node's
+    registration stale (no record, offline, another owner or another epoch: the node registered
+    again elsewhere, or Redis was flushed, restarted without persistence or failed over) while
+    the connection is still at that epoch. It runs in the heartbeat flusher: do not block, hand
+    the work to a service. The core's default closes the connection with ``E_STALE_EPOCH`` so
+    the node registers again. Stops at first non-None result.
+
+    :param app: the daemon's public facade (``app.nodes[node_id]`` is the connection).
+    :param node_id: the node's stable id.
+    :param epoch: the epoch the refused heartbeat spoke for (the connection's epoch).
+    :returns: ``True`` when the plugin takes the connection over (it registers the node again
+        in place, or closes the connection itself), or ``None`` to defer.
+    """
+
+
 # -------------------------------------------------------------------------------------------------
 # Event hooks: fire-and-forget, after the fact
 # -------------------------------------------------------------------------------------------------

@@ -307,6 +307,19 @@ class PluginManager:
             return None
         return result
 
+    def node_stale(self, app: App, node_id: str, epoch: int) -> bool:
+        """True when a plugin takes over a node connection whose registration went stale.
+
+        An exception in a plugin is logged and counts as no answer (the core then closes the
+        connection, which is always safe).
+        """
+        try:
+            result = self._pm.hook.schedd_node_stale(app=app, node_id=node_id, epoch=epoch)
+        except Exception:
+            log.exception("schedd_node_stale failed for node %s; closing its connection", node_id)
+            return False
+        return result is True
+
     # ------------------------------------------------------------------------------------------
     # Event hooks
     # ------------------------------------------------------------------------------------------

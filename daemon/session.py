@@ -44,6 +44,18 @@ OUTBOX_SIZE = 4096
 MAX_VIOLATIONS = 10
 
 
+def checked_pools(pools: list[str], whose: str) -> list[str]:
+    """Pool keys from a decision hook must fit the protocol (they go back in ``registered``)."""
+    if len(pools) > p.MAX_LIST:
+        raise ProtocolError("E_BAD_ARG", f"{whose} maps to {len(pools)} pools; at most "
+                            f"{p.MAX_LIST} are allowed")
+    for pool in pools:
+        if not isinstance(pool, str) or not pool or len(pool) > p.MAX_ID_LEN \
+                or not pool.isprintable():
+            raise ProtocolError("E_BAD_ARG", f"{whose} maps to an invalid pool key {pool!r}")
+    return pools
+
+
 class CloseConnection(Exception):
     """Raised inside a session to end it after the error already sent."""
 
@@ -158,6 +170,43 @@ class Session:
                     "(it registered again elsewhere, or the store lost it); register again")
         self.close()
 
+    async def register_again(self) -> int:
+        """Store this connection's registration again, in place, and tell the node its new epoch.
+
+        For a registration the store lost or fenced while the node kept its connection (Redis
+        flushed, restarted without persistence or failed over; the node taken offline while it
+        kept beating). Same capacity, pools, capabilities and labels as the connection's
+        ``register``. The node gets a ``registered`` that answers no request (``ref`` null)
+        before any job the registration hands it. Returns the new epoch; raises
+        ``LookupError`` when this connection no longer speaks for a node, and what
+        ``Core.register_node`` raises.
+        """
+        node_id, m = self.node_id, self.registration
+        if node_id is None or m is None or self.app.nodes.get(node_id) is not self:
+            raise LookupError(f"{self.peer} speaks for no registered node")
+        self._held = []
+        try:
+            reg = await self.app.core.register_node(
+                node_id=node_id, capacity=m.capacity, pools=self.pools,
+                capabilities_json=orjson.dumps(m.capabilities).decode(),
+                labels_json=orjson.dumps(m.labels).decode(),
+            )
+        except BaseException:
+            held, self._held = self._held or [], None
+            for delivery in held:
+                self.deliver(delivery)
+            raise
+        held, self._held = self._held or [], None
+        if self.node_id == node_id:  # not replaced by a new connection of the node meanwhile
+            self.epoch, self.pools = reg.epoch, list(reg.pools)
+            self.post(p.Registered(node_id=node_id, epoch=reg.epoch, pools=list(reg.pools)))
+        for delivery in held:
+            self.deliver(delivery)
+        if self.node_id == node_id:
+            self.app.plugins.node_registered(node_id, reg.epoch, list(reg.pools),
+                                             self.app.instance)
+        return reg.epoch
+
     async def _receive(self) -> bytes | str:
         try:
             return await self.channel.receive()
@@ -250,7 +299,10 @@ class Session:
             self._error(p.E_UNAVAILABLE, "the store is unavailable, retry shortly",
                         ref=message.ref, job_id=job_id)
         except ProtocolError as exc:
-            self._violation(exc.code, exc.message, message.ref)
+            if exc.code == p.E_ROLE:  # breaking the protocol's rules counts toward a close
+                self._violation(exc.code, exc.message, message.ref)
+            else:  # a refusal (a plugin said no to an argument): answer, keep the connection
+                self._error(exc.code, exc.message, ref=message.ref, job_id=job_id)
         except (CloseConnection, ChannelClosed):
             raise
         except Exception:
@@ -288,7 +340,9 @@ class Session:
                 return
             raise ProtocolError(p.E_ROLE, "register is allowed once per connection")
         node_id = m.node_id or new_id("node")
-        pools = self.app.plugins.node_pools(node_id, dict(m.capabilities), list(m.pools))
+        pools = checked_pools(
+            self.app.plugins.node_pools(node_id, dict(m.capabilities), list(m.pools)),
+            f"node {node_id}")
         # Bind before the script runs (it may hand the node queued jobs at once), but hold those
         # deliveries until `registered` has gone out, so the node learns its epoch first.
         self._held = []
@@ -362,7 +416,9 @@ class Session:
                         ref=m.ref, job_id=m.job_id)
             return
         job_id = m.job_id or new_id("job")
-        pools = self.app.plugins.job_pools(job_id, dict(m.requirements), list(m.pools))
+        pools = checked_pools(
+            self.app.plugins.job_pools(job_id, dict(m.requirements), list(m.pools)),
+            f"job {job_id}")
         if not pools:
             self._error("E_BAD_ARG", "the job names no candidate pool: give pools, or "
                         "requirements that an enabled plugin maps to pools", ref=m.ref,

@@ -55,7 +55,7 @@ for i = 9, 12 do
   end
 end
 local now = now_ms()
-local node_id = select_node(job_id, pools, services, ARGV[6], now)
+local node_id = select_node(job_id, pools, services, ARGV[6], now, true)
 if not node_id then
   if ARGV[13] ~= '1' then
     return err('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
@@ -74,15 +74,15 @@ local job = {
   retain_ms = ARGV[15], session_ms = ARGV[16], attempt = '0', node = '', seq = tostring(seq),
   t_sub = tostring(now),
 }
+-- The job's fields go into the same HSET as the assignment's (or the queueing's).
 local flat = {}
 for k, v in pairs(job) do
   flat[#flat + 1] = k
   flat[#flat + 1] = v
 end
-redis.call('HSET', jkey, unpack(flat))
 if node_id then
-  assign(job_id, job, node_id, now)
+  assign(job_id, job, node_id, now, flat)
 else
-  enqueue(job_id, job, now)
+  enqueue(job_id, job, now, flat)
 end
 return {{'new', job.state, tonumber(job.attempt), ''}, LOCAL, EVENTS}

@@ -8,7 +8,8 @@
 -- KEYS[1] node hash                 K.node(node_id)
 -- KEYS[2] nodes index               K.nodes()
 -- KEYS[3] liveness                  K.alive()
--- derived: node jobs set, pool and pool-index zsets, queues, gc, counts, job hashes, inboxes
+-- derived: node jobs set, pool and pool-index zsets, queues, gc, counts, job hashes, inboxes,
+--          owned-node indexes (the caller's and the previous owner's)
 -- ARGV[1] caller instance (becomes the node's owner)
 -- ARGV[2] node id
 -- ARGV[3] capacity (slots, >= 1)
@@ -70,6 +71,11 @@ if free < 0 then free = 0 end
 for _, p in ipairs(pools) do pool_join(p, node_id, free) end
 redis.call('ZADD', KEYS[2], now, node_id)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[7]), node_id)
+-- the owner's index of its nodes (reconciliation finds an owned node with no connection by it)
+if old and old.owner and old.owner ~= '' and old.owner ~= CALLER then
+  redis.call('SREM', K.owned(old.owner), node_id)
+end
+redis.call('SADD', K.owned(CALLER), node_id)
 redis.call('ZREM', K.gc(), 'n:' .. node_id)
 
 feed_node(node_id, now)

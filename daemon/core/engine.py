@@ -283,3 +283,74 @@ class Core:
             [self.settings.reaper_batch, _ms(self.settings.node_retention)],
         )
         return int(lost), int(due), int(removed), int(inboxes)
+
+    # -- reconciliation ------------------------------------------------------------------------
+    # What an instance checks and corrects when the store and its connections disagree (Redis
+    # flushed, restarted without persistence, or failed over to a replica that missed writes).
+    # The reads here decide nothing; every correction is a fenced script.
+
+    async def owned_nodes(self) -> set[str]:
+        """Node ids this instance's owned-node index names (registered here, not offline)."""
+        members = await self.store.execute("SMEMBERS", self.keys.owned(self.instance))
+        return {_text(member) for member in members or ()}
+
+    async def reconcile_nodes(
+        self, connected: Sequence[tuple[str, int]], unconnected: Sequence[str] = ()
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, int]]]:
+        """Compare this instance's connections with the store (``node_reconcile``).
+
+        :param connected: (node id, epoch of its connection here) for nodes connected here.
+        :param unconnected: ids from :meth:`owned_nodes` with no connection here.
+        :returns: (node id, verdict) for each connected node the store disagrees about, and
+            (node id, epoch) for each unconnected node the store still has online under this
+            instance. Also raises the namespace epoch counter to the highest epoch given.
+        """
+        k = self.keys
+        args: list[Arg] = [len(connected)]
+        for node_id, epoch in connected:
+            args.extend((node_id, epoch))
+        args.extend(unconnected)
+        verdicts, owned = await self._call(
+            "node_reconcile", [k.alive, k.counts, k.owned(self.instance)], args
+        )
+        return (
+            [(_text(verdicts[i]), _text(verdicts[i + 1])) for i in range(0, len(verdicts), 2)],
+            [(_text(owned[i]), int(owned[i + 1])) for i in range(0, len(owned), 2)],
+        )
+
+    async def node_job_sets(self, node_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The job ids in each node's job set (assigned to or running on it), in one pipeline."""
+        replies = await self.store.execute_many(
+            [("SMEMBERS", self.keys.node_jobs(node_id)) for node_id in node_ids]
+        )
+        return {
+            node_id: {_text(job_id) for job_id in reply or ()}
+            for node_id, reply in zip(node_ids, replies, strict=True)
+        }
+
+    async def job_placements(self, job_ids: Sequence[str]) -> dict[str, tuple[str, str, int]]:
+        """(state, node, attempt) of each job that has a record, in one pipeline."""
+        replies = await self.store.execute_many(
+            [("HMGET", self.keys.job(job_id), "state", "node", "attempt") for job_id in job_ids]
+        )
+        return {
+            job_id: (_text(state), _text(node), int(attempt or 0))
+            for job_id, (state, node, attempt) in zip(job_ids, replies, strict=True)
+            if state is not None
+        }
+
+    async def job_lost(
+        self, job_id: str, *, node_id: str, epoch: int, attempt: int, reason: str
+    ) -> tuple[str, str]:
+        """A node held here does not run a job the store gives it (``job_lost``).
+
+        Fenced by the node's owner and epoch and the job's node and attempt. Returns
+        (``requeued`` | ``released`` | ``none``, the job's state after it).
+        """
+        k = self.keys
+        status, state = await self._call(
+            "job_lost",
+            [k.job(job_id), k.node(node_id), k.node_jobs(node_id)],
+            [job_id, node_id, epoch, attempt, reason],
+        )
+        return _text(status), _text(state)

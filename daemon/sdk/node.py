@@ -25,6 +25,9 @@ Rules of this module:
 - ``drain`` from the daemon is about this connection (the instance may be shutting down): the
   node rejects new assigns ("draining") until it registers again. A drain the node asked for
   (:meth:`Node.drain`) is asked again after every re-registration.
+- A ``registered`` that answers no request means the daemon registered the node again on the
+  same connection (its store had lost the registration): the node takes the new epoch and sends
+  again its unavailable marks and unconfirmed results.
 - Errors that retrying cannot fix (``E_AUTH`` at hello; ``E_IDENTITY``, ``E_BAD_ARG``,
   ``E_BAD_FIELD``, ``E_ROLE`` at register) end :meth:`Node.run` with :class:`RequestFailed`;
   everything else is retried forever.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -73,6 +77,9 @@ log = logging.getLogger(__name__)
 
 E_NODE_EXCEPTION: Final = "E_NODE_EXCEPTION"
 """``result.error.code`` when a handler raised something other than :class:`JobError`."""
+
+_RESEND_DELAY: Final = 0.3
+"""Seconds (±50 %) before a result the daemon could not store (``E_UNAVAILABLE``) goes again."""
 
 FATAL_REGISTER_CODES: Final[frozenset[str]] = frozenset(
     {"E_IDENTITY", "E_BAD_ARG", "E_BAD_FIELD", "E_ROLE"}
@@ -342,6 +349,26 @@ class Node:
             registered.pools,
         )
 
+    def _on_registered_again(self, link: Link, registered: Registered) -> None:
+        """A ``registered`` that answers no request: the daemon stored this connection's
+        registration again (its store had lost it). Take the new epoch, and send again what the
+        store may have lost with it: unavailable marks and unconfirmed results."""
+        if link is not self._link or registered.node_id != self.node_id:
+            log.warning("ignoring registered for %s on %s", registered.node_id, link.url)
+            return
+        self.epoch = registered.epoch
+        log.info(
+            "registered again as %s (epoch %d) on %s, pools %s",
+            registered.node_id,
+            registered.epoch,
+            link.url,
+            registered.pools,
+        )
+        if self._jobs is not None:
+            self._jobs.start_soon(
+                self._resume, link, False, dict(self._unavailable), list(self._outbox.values())
+            )
+
     async def _resume(
         self, link: Link, drain: bool, unavailable: dict[str, float], results: list[Result]
     ) -> None:
@@ -394,6 +421,8 @@ class Node:
             self.draining = True
         elif isinstance(message, Error):
             await self._on_error(link, message)
+        elif isinstance(message, Registered):
+            self._on_registered_again(link, message)
         elif not isinstance(message, Pong):
             log.debug("ignoring unexpected %r", message)
 
@@ -442,6 +471,17 @@ class Node:
         attempt: int | None = None
         if error.ref is not None and (match := _JOB_REF.match(error.ref)):
             attempt = int(match.group(1))
+        if error.code == "E_UNAVAILABLE" and error.job_id is not None and attempt is not None:
+            result = self._outbox.get((error.job_id, attempt))
+            if result is not None and self._jobs is not None:
+                # The daemon could not store the result (its Redis is failing over). A copy
+                # replaces it in the outbox, so the pong that follows does not count it as
+                # handled; it is sent again shortly (found by the chaos run: without this the
+                # job waited for its run timeout).
+                again = attrs.evolve(result)
+                self._outbox[(error.job_id, attempt)] = again
+                self._jobs.start_soon(self._resend_result, link, again)
+                return
         if (
             error.job_id is not None
             and error.code in _JOB_GONE_CODES
@@ -502,6 +542,13 @@ class Node:
         link = self._link
         if link is not None:
             # On LinkLost the result stays in the outbox, sent again after the next registration.
+            with contextlib.suppress(LinkLost):
+                await self._flush(link, [result])
+
+    async def _resend_result(self, link: Link, result: Result) -> None:
+        await trio.sleep(_RESEND_DELAY * (0.5 + random.random()))
+        key = (result.job_id, result.attempt)
+        if link is self._link and self._outbox.get(key) is result:
             with contextlib.suppress(LinkLost):
                 await self._flush(link, [result])
 

@@ -37,6 +37,7 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "finished": ("finished", "list: the most recent finished jobs (id, state, node, timings)"),
     "inbox": ("inbox:{}", "stream: deliveries (assign, cancel, drain, progress, done)"),
     "instances": ("instances", "zset: instance id -> unix ms at which its presence expires"),
+    "owned": ("owned:{}", "set: node ids an instance owns and has not taken offline"),
 }
 
 
@@ -84,6 +85,9 @@ class Keys:
 
     def inbox(self, instance: str) -> str:
         return self._k("inbox", instance)
+
+    def owned(self, instance: str) -> str:
+        return self._k("owned", instance)
 
     @property
     def nodes(self) -> str:

@@ -49,16 +49,23 @@ local function exclusion(reason)
   redis.call('HINCRBY', K.exclusions(), reason, 1)
 end
 
-local function set_state(job_id, old, new)
+-- The counts and the event of a state change whose 'state' field the caller has written
+-- itself (with the job's attempt and node as they now are in its hash).
+local function count_state(job_id, old, new, attempt, node)
   if old == new then return end
   if old and old ~= '' then redis.call('HINCRBY', K.counts(), old, -1) end
   redis.call('HINCRBY', K.counts(), new, 1)
-  redis.call('HSET', K.job(job_id), 'state', new)
   if TERMINAL[new] then redis.call('HINCRBY', K.counts(), 'total:' .. new, 1) end
-  local at = redis.call('HMGET', K.job(job_id), 'attempt', 'node')
-  local attempt = tonumber(at[1]) or 0
+  attempt = tonumber(attempt) or 0
   if new == 'queued' then attempt = attempt + 1 end -- a queued job waits for its next attempt
-  EVENTS[#EVENTS + 1] = cjson.encode({'job', job_id, new, attempt, at[2] or ''})
+  EVENTS[#EVENTS + 1] = cjson.encode({'job', job_id, new, attempt, node or ''})
+end
+
+local function set_state(job_id, old, new)
+  if old == new then return end
+  redis.call('HSET', K.job(job_id), 'state', new)
+  local at = redis.call('HMGET', K.job(job_id), 'attempt', 'node')
+  count_state(job_id, old, new, at[1], at[2])
 end
 
 -- Pools ---------------------------------------------------------------------------------------
@@ -84,14 +91,15 @@ local function pool_leave(pool, node_id)
 end
 
 -- Change a node's used slots by delta and refresh its score in every pool it serves.
-local function node_slots(node_id, delta)
+-- vals: the node's {state, capacity, pools} when the caller has just read them (else read here).
+local function node_slots(node_id, delta, vals)
   local nkey = K.node(node_id)
   local used = tonumber(redis.call('HINCRBY', nkey, 'used', delta))
   if used < 0 then
     redis.call('HSET', nkey, 'used', 0)
     used = 0
   end
-  local vals = redis.call('HMGET', nkey, 'state', 'capacity', 'pools')
+  vals = vals or redis.call('HMGET', nkey, 'state', 'capacity', 'pools')
   if vals[1] == 'online' then
     local free = tonumber(vals[2]) - used
     if free < 0 then free = 0 end
@@ -103,13 +111,14 @@ local function node_slots(node_id, delta)
 end
 
 -- Eligibility of a node for a job: alive, not failed it before, every needed service present.
-local function eligible(node_id, job_id, services, now)
+-- fresh: the job was never assigned (it has no tried set to look at).
+local function eligible(node_id, job_id, services, now, fresh)
   local exp = redis.call('ZSCORE', K.alive(), node_id)
   if not exp or tonumber(exp) <= now then
     exclusion('dead')
     return false
   end
-  if redis.call('SISMEMBER', K.job_tried(job_id), node_id) == 1 then
+  if not fresh and redis.call('SISMEMBER', K.job_tried(job_id), node_id) == 1 then
     exclusion('failed_before')
     return false
   end
@@ -128,13 +137,13 @@ end
 -- Pick a node for a job: the session's node if it still qualifies, else the member with the most
 -- free slots of the first candidate pool that has an eligible one. Looks at SCAN members per
 -- pool at most, so the cost does not grow with pool size.
-local function select_node(job_id, pools, services, session, now)
+local function select_node(job_id, pools, services, session, now, fresh)
   if session and session ~= '' then
     local sticky = redis.call('GET', K.session(session))
     if sticky then
       for _, pool in ipairs(pools) do
         local free = redis.call('ZSCORE', K.pool(pool), sticky)
-        if free and tonumber(free) >= 1 and eligible(sticky, job_id, services, now) then
+        if free and tonumber(free) >= 1 and eligible(sticky, job_id, services, now, fresh) then
           return sticky
         end
       end
@@ -143,7 +152,7 @@ local function select_node(job_id, pools, services, session, now)
   for _, pool in ipairs(pools) do
     local members = redis.call('ZRANGE', K.pool(pool), '+inf', 1, 'BYSCORE', 'REV', 'LIMIT', 0, SCAN)
     for _, node_id in ipairs(members) do
-      if eligible(node_id, job_id, services, now) then return node_id end
+      if eligible(node_id, job_id, services, now, fresh) then return node_id end
     end
     if #members == 0 then exclusion('no_free_slot') end
   end
@@ -164,15 +173,22 @@ local function dequeue_everywhere(job_id, job)
 end
 
 -- Record attempt n+1 of job on node and deliver the assignment to the node's owner.
-local function assign(job_id, job, node_id, now)
+-- fields: optional flat {field, value, ...} list written to the job hash in the same HSET.
+local function assign(job_id, job, node_id, now, fields)
   local attempt = tonumber(job.attempt) + 1
   local deadline = now + tonumber(job.ack_ms)
   local nkey = K.node(node_id)
-  local owner, epoch = unpack(redis.call('HMGET', nkey, 'owner', 'epoch'))
-  node_slots(node_id, 1)
+  local vals = redis.call('HMGET', nkey, 'owner', 'epoch', 'state', 'capacity', 'pools')
+  local owner, epoch = vals[1], vals[2]
+  node_slots(node_id, 1, {vals[3], vals[4], vals[5]})
   redis.call('SADD', K.node_jobs(node_id), job_id)
-  redis.call('HSET', K.job(job_id), 'attempt', attempt, 'node', node_id, 't_asg', now, 't_acc', '')
-  set_state(job_id, job.state, 'assigned')
+  local flat = fields or {}
+  local n = #flat
+  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'attempt', attempt, 'node', node_id
+  flat[n + 5], flat[n + 6], flat[n + 7], flat[n + 8] = 't_asg', now, 't_acc', ''
+  flat[n + 9], flat[n + 10] = 'state', 'assigned'
+  redis.call('HSET', K.job(job_id), unpack(flat))
+  count_state(job_id, job.state, 'assigned', attempt, node_id)
   redis.call('ZADD', K.deadlines(), deadline, job_id)
   if job.session and job.session ~= '' then
     redis.call('SET', K.session(job.session), node_id, 'PX', tonumber(job.session_ms))
@@ -184,15 +200,23 @@ local function assign(job_id, job, node_id, now)
   job.state = 'assigned'
 end
 
-local function enqueue(job_id, job, now)
+-- fields: optional flat {field, value, ...} list written to the job hash in the same HSET.
+local function enqueue(job_id, job, now, fields)
   local seq = tonumber(job.seq)
   local order = -tonumber(job.priority) * 1e12 + seq
   for _, pool in ipairs(cjson.decode(job.pools)) do
     redis.call('ZADD', K.queue(pool), order, job_id)
     redis.call('ZADD', K.pools(), 'NX', 0, pool)
   end
-  redis.call('HSET', K.job(job_id), 'node', '', 't_enq', now)
-  set_state(job_id, job.state, 'queued')
+  local flat = fields or {}
+  local n = #flat
+  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'node', '', 't_enq', now
+  if job.state ~= 'queued' then
+    flat[n + 5], flat[n + 6] = 'state', 'queued'
+  end
+  redis.call('HSET', K.job(job_id), unpack(flat))
+  local attempt = redis.call('HGET', K.job(job_id), 'attempt')
+  count_state(job_id, job.state, 'queued', attempt, '')
   redis.call('ZADD', K.deadlines(), now + tonumber(job.queue_ms), job_id)
   job.state = 'queued'
 end
@@ -296,6 +320,7 @@ local function node_down(node_id, node, reason, now, retain_ms)
   for _, pool in ipairs(node_pools(node)) do pool_leave(pool, node_id) end
   redis.call('ZREM', K.alive(), node_id)
   redis.call('DEL', K.node_unavail(node_id))
+  if node.owner and node.owner ~= '' then redis.call('SREM', K.owned(node.owner), node_id) end
   redis.call('HSET', K.node(node_id), 'state', 'offline', 'used', 0, 'reason', reason,
     't_off', now)
   local jobs = redis.call('SMEMBERS', K.node_jobs(node_id))

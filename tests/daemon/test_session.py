@@ -294,3 +294,24 @@ async def test_a_bug_while_handling_a_message_is_an_internal_error_not_a_crash()
         assert (error.code, error.ref) == ("E_INTERNAL", "s")
         await client.send(p.Ping(ref="still"))
         assert (await client.expect(p.Pong)).ref == "still"
+
+
+async def test_pool_keys_from_hooks_are_checked_before_anything_is_stored() -> None:
+    async with running_daemon() as d:
+        d.app.plugins.node_pools = lambda *a: [f"p{i}" for i in range(100)]  # type: ignore[method-assign]
+        node = await d.connect("node")
+        await node.send(p.Register(node_id="n1", capacity=1, ref="r"))
+        error = await node.expect(p.Error)
+        assert (error.code, error.ref) == ("E_BAD_ARG", "r") and "at most 64" in error.message
+        assert await d.app.queries.nodes() == []
+        d.app.plugins.node_pools = lambda *a: ["fine"]  # type: ignore[method-assign]
+        await node.send(p.Register(node_id="n1", capacity=1))
+        assert (await node.expect(p.Registered)).pools == ["fine"]
+        d.app.plugins.job_pools = lambda *a: [""]  # type: ignore[method-assign]
+        client = await d.connect("client")
+        for i in range(12):  # refusals are answered, not counted as abuse
+            await client.send(p.Submit(job_id=f"j{i}", pools=["x"]))
+            error = await client.expect(p.Error)
+            assert (error.code, error.job_id) == ("E_BAD_ARG", f"j{i}")
+        await client.send(p.Ping(ref="open"))
+        assert (await client.expect(p.Pong)).ref == "open"

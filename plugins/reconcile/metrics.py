@@ -1,0 +1,62 @@
+"""The reconciliation counts as Prometheus families, on the ui plugin's ``/metrics``.
+
+The ui plugin owns ``/metrics`` and lets other plugins add collectors
+(``schedd.plugins.ui.add_collector``); this module hands it one when the ui plugin is installed.
+Families (per instance, cumulative since start):
+
+- ``schedd_reconcile_corrections_total{kind}``: one sample per kind in
+  :data:`~schedd.plugins.reconcile.reconciler.CORRECTIONS`;
+- ``schedd_reconcile_passes_total{outcome}``: ``completed`` and ``failed`` passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from schedd.plugins.reconcile.reconciler import CORRECTIONS, ReconcileStats
+
+__all__ = ["ReconcileCollector", "expose"]
+
+log = logging.getLogger(__name__)
+
+
+class ReconcileCollector:
+    """A prometheus_client collector reading one instance's :class:`ReconcileStats`."""
+
+    def __init__(self, stats: ReconcileStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import CounterMetricFamily
+
+        corrections = CounterMetricFamily(
+            "schedd_reconcile_corrections",
+            "Corrections reconciliation made on this instance, by kind",
+            labels=["kind"],
+        )
+        for kind in CORRECTIONS:
+            corrections.add_metric([kind], self.stats.corrections[kind])
+        yield corrections
+        passes = CounterMetricFamily(
+            "schedd_reconcile_passes",
+            "Reconciliation passes on this instance, by outcome",
+            labels=["outcome"],
+        )
+        passes.add_metric(["completed"], self.stats.passes)
+        passes.add_metric(["failed"], self.stats.failed_passes)
+        yield passes
+
+
+def expose(app: Any, stats: ReconcileStats) -> bool:
+    """Add the collector to ``app``'s ``/metrics``; False when the ui plugin is not installed."""
+    try:
+        from schedd.plugins.ui import add_collector
+    except ImportError:
+        return False
+    except Exception:  # a broken ui plugin must not stop reconciliation
+        log.exception("reconcile: cannot add its metrics to the ui plugin")
+        return False
+    add_collector(app, ReconcileCollector(stats))
+    return True
