@@ -1,0 +1,292 @@
+"""The ui's ASGI application: a small router, the token check, and the endpoints.
+
+Rules of this module:
+
+- **Routes** (GET and HEAD only; anything else is 405): ``/healthz``, ``/``, ``/metrics``,
+  ``/api/v1/{nodes,pools,stats,instances}`` and ``/api/v1/jobs/<job id>`` (the id is the rest of
+  the path, percent-decoded, so ids holding ``/`` work when sent as ``%2F``).
+- **Authentication** happens before routing, so without the token every path but ``/healthz``
+  answers 401 (an unknown path too: nothing is revealed). The token comes from
+  ``Authorization: Bearer <token>`` or else from the ``token`` query parameter, and is compared in
+  constant time (:func:`hmac.compare_digest`).
+- **Errors are JSON**: ``{"error": {"code": ..., "message": ...}}`` with codes ``unauthorized``
+  (401), ``not_found`` (404), ``method_not_allowed`` (405), ``store_unavailable`` (503) and
+  ``internal`` (500, logged with its traceback).
+- **Headers**: every response is ``no-store`` with ``nosniff`` and ``no-referrer`` (the page URL
+  carries the token); the dashboard adds a Content-Security-Policy that allows exactly its own
+  inline style and script (by hash) and fetches to this origin, and forbids framing.
+- Lifespan events are acknowledged; WebSocket connections are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import attrs
+import orjson
+import trio
+
+from schedd.errors import StoreError
+from schedd.hookspecs import App
+from schedd.plugins.ui.metrics import SchedCollector, local_connections, new_registry, render
+from schedd.plugins.ui.stats import SnapshotReader, stats_view
+
+__all__ = ["API_PREFIX", "Dashboard", "Response", "UiApplication", "token_matches"]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+API_PREFIX: Final = "/api/v1/"
+JOB_PREFIX: Final = API_PREFIX + "jobs/"
+HEALTH_TIMEOUT: Final = 2.0
+JSON_TYPE: Final = "application/json"
+COMMON_HEADERS: Final = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+@attrs.frozen
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON_TYPE
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS))
+
+
+def error_response(
+    status: int, code: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> Response:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return Response(status, body, headers=headers)
+
+
+def token_matches(scope: Scope, token: bytes) -> bool:
+    """Whether the request carries ``token`` (bearer header first, else ``?token=``)."""
+    supplied: bytes | None = None
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, credentials = bytes(value).partition(b" ")
+            if scheme.lower() == b"bearer":
+                supplied = credentials.strip()
+            break
+    if supplied is None:
+        query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
+        values = query.get("token")
+        if values:
+            supplied = values[0].encode()
+    return supplied is not None and hmac.compare_digest(supplied, token)
+
+
+def _header(scope: Scope, wanted: bytes) -> str:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == wanted:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+@attrs.frozen
+class Dashboard:
+    """The dashboard page: one HTML document with its CSS and JS inlined, and its CSP."""
+
+    html: bytes
+    csp: bytes
+
+    @classmethod
+    def load(cls, refresh: float) -> Dashboard:
+        static = resources.files("schedd.plugins.ui") / "static"
+        template = (static / "dashboard.html").read_text(encoding="utf-8")
+        style = (static / "dashboard.css").read_text(encoding="utf-8")
+        script = (static / "dashboard.js").read_text(encoding="utf-8")
+        html = (
+            template.replace("{{REFRESH}}", f"{refresh:g}")
+            .replace("{{STYLE}}", style)
+            .replace("{{SCRIPT}}", script)
+        )
+
+        def digest(text: str) -> str:
+            return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+        csp = (
+            "default-src 'none'; "
+            f"style-src 'sha256-{digest(style)}'; script-src 'sha256-{digest(script)}'; "
+            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'"
+        )
+        return cls(html.encode(), csp.encode())
+
+
+class UiApplication:
+    """The ASGI callable served by hypercorn."""
+
+    def __init__(self, app: App, token: str, dashboard: Dashboard, label_limit: int) -> None:
+        self.app = app
+        self._token = token.encode()
+        self._dashboard = dashboard
+        self.reader = SnapshotReader(app.store, app.queries)
+        self.collector = SchedCollector(app, self.reader, label_limit)
+        self.registry = new_registry(self.collector)
+        self._routes: dict[str, Callable[[Scope], Awaitable[Response]]] = {
+            "/": self._page,
+            "/metrics": self._metrics,
+            API_PREFIX + "nodes": self._nodes,
+            API_PREFIX + "pools": self._pools,
+            API_PREFIX + "stats": self._stats,
+            API_PREFIX + "instances": self._instances,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            response = await self.respond(scope)
+            await self._send(scope, send, response)
+
+    async def respond(self, scope: Scope) -> Response:
+        path: str = scope["path"]
+        if scope["method"] not in ("GET", "HEAD"):
+            return error_response(405, "method_not_allowed", "only GET and HEAD are served",
+                                  ((b"allow", b"GET, HEAD"),))
+        if path == "/healthz":
+            return await self._health()
+        if not token_matches(scope, self._token):
+            return error_response(
+                401, "unauthorized",
+                "missing or wrong token: send 'Authorization: Bearer <token>' or open the "
+                "dashboard URL the daemon logged at start (…/?token=…)",
+                ((b"www-authenticate", b'Bearer realm="schedd"'),),
+            )  # fmt: skip
+        handler = self._routes.get(path)
+        if handler is None and path.startswith(JOB_PREFIX) and len(path) > len(JOB_PREFIX):
+            return await self._guarded(self._job, scope, path[len(JOB_PREFIX) :])
+        if handler is None:
+            return error_response(404, "not_found", f"no such path: {path}")
+        return await self._guarded(handler, scope)
+
+    async def _guarded(self, handler: Callable[..., Awaitable[Response]], *args: Any) -> Response:
+        try:
+            return await handler(*args)
+        except StoreError as exc:
+            log.warning("ui: Redis did not answer: %s", exc)
+            return error_response(503, "store_unavailable", f"Redis did not answer: {exc}")
+        except Exception:
+            log.exception("ui: request failed")
+            return error_response(500, "internal", "internal error (logged by the daemon)")
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def _health(self) -> Response:
+        error = f"no answer within {HEALTH_TIMEOUT:g}s"
+        with trio.move_on_after(HEALTH_TIMEOUT):
+            try:
+                await self.app.store.execute("PING")
+            except StoreError as exc:
+                error = str(exc)
+            else:
+                return json_response({"ok": True})
+        return json_response({"ok": False, "error": error}, 503)
+
+    async def _page(self, _scope: Scope) -> Response:
+        return Response(
+            200, self._dashboard.html, "text/html; charset=utf-8",
+            ((b"content-security-policy", self._dashboard.csp), (b"x-frame-options", b"DENY")),
+        )  # fmt: skip
+
+    async def _metrics(self, scope: Scope) -> Response:
+        body, content_type = await render(
+            self.collector, self.registry, _header(scope, b"accept")
+        )
+        return Response(200, body, content_type)
+
+    async def _nodes(self, _scope: Scope) -> Response:
+        snapshot = await self.reader.get()
+        nodes = []
+        for node in snapshot.nodes:
+            entry = attrs.asdict(node)
+            entry["heartbeat_age_s"] = (
+                max(0, snapshot.now_ms - node.last_heartbeat_ms) / 1000
+                if node.last_heartbeat_ms
+                else None
+            )
+            nodes.append(entry)
+        return json_response({"now_ms": snapshot.now_ms, "nodes": nodes})
+
+    async def _pools(self, _scope: Scope) -> Response:
+        snapshot = await self.reader.get()
+        pools = [{**attrs.asdict(pool), "size": len(pool.members)} for pool in snapshot.pools]
+        return json_response({"now_ms": snapshot.now_ms, "pools": pools})
+
+    async def _stats(self, _scope: Scope) -> Response:
+        return json_response(stats_view(await self.reader.get(), self.app.instance))
+
+    async def _instances(self, _scope: Scope) -> Response:
+        snapshot = await self.reader.get()
+        instances = [
+            {
+                "instance": name,
+                "expires_ms": expires,
+                "alive": expires > snapshot.now_ms,
+                "this": name == self.app.instance,
+            }
+            for name, expires in sorted(snapshot.instances.items())
+        ]
+        return json_response({
+            "now_ms": snapshot.now_ms,
+            "instances": instances,
+            "this": {
+                "instance": self.app.instance,
+                "listeners": dict(self.app.listeners),
+                "connections": local_connections(self.app.sessions),
+            },
+        })  # fmt: skip
+
+    async def _job(self, _scope: Scope, job_id: str) -> Response:
+        job = await self.app.queries.job(job_id)
+        if job is None:
+            return error_response(
+                404, "not_found", f"no job {job_id!r} (never submitted, or past its retention)"
+            )
+        return json_response({"job": attrs.asdict(job)})
+
+    # -- ASGI plumbing ---------------------------------------------------------------------
+
+    @staticmethod
+    async def _send(scope: Scope, send: Send, response: Response) -> None:
+        headers = [
+            (b"content-type", response.content_type.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+            *COMMON_HEADERS,
+            *response.headers,
+        ]
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        body = b"" if scope["method"] == "HEAD" else response.body
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
