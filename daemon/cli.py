@@ -399,6 +399,79 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
     node.add_argument("--capacity", type=_positive_int(), default=1, help="job slots (default: 1)")
     node.add_argument("--node-id", metavar="ID", help="stable node id (default: generated)")
     node.add_argument("--name", help="a name for logs (default: the host name)")
+    sim = add(
+        "sim",
+        cmd_sim,
+        "simulate a fleet of nodes",
+        """
+        Connect N simulated nodes from this one process (lean protocol peers, not the SDK's
+        Node: 10,000 fit on a small machine). Each registers with the given pools or language
+        capabilities, heartbeats, accepts every job and answers it after the simulated duration.
+        Prints a line of counters and rates every --stats-every seconds, to stderr. Runs until
+        Ctrl-C (or --for seconds) and exits 0.
+        """,
+        [
+            "schedd sim --nodes 1000 --pools demo",
+            "schedd sim --nodes 10000 --url tcp://127.0.0.1:8766 --pools a,b --capacity 4",
+            "schedd sim --nodes 50 --langs zh,en --duration exp:0.2 --fail-rate 0.01",
+            "schedd sim --nodes 100 --pools demo --disconnect-rate 0.01 --for 60",
+        ],
+        [client],
+    )
+    sim.add_argument("--nodes", type=_positive_int(), default=100, help="nodes (default: 100)")
+    sim.add_argument("--capacity", type=_positive_int(), default=1,
+                     help="job slots per node (default: 1)")
+    sim.add_argument("--pools", type=_names("--pools"), default=[], metavar="A,B",
+                     help="pool keys every node declares")
+    sim.add_argument("--langs", type=_names("--langs"), default=[], metavar="ZH,EN",
+                     help="languages every node serves for asr, semantic and tts "
+                     "(capabilities for the langset plugin)")
+    sim.add_argument("--duration", type=_duration, default="fixed:0", metavar="SPEC",
+                     help="job run time in seconds: fixed:S, uniform:A,B or exp:MEAN "
+                     "(default: fixed:0)")
+    sim.add_argument("--fail-rate", type=_fraction, default=0.0, metavar="F",
+                     help="fraction of jobs answered with ok: false (default: 0)")
+    sim.add_argument("--disconnect-rate", type=_fraction, default=0.0, metavar="F",
+                     help="per node and second, probability of dropping the connection and "
+                     "reconnecting (default: 0)")
+    sim.add_argument("--prefix", default="sim", help="node id prefix (default: sim)")
+    sim.add_argument("--stats-every", type=_positive_float(), default=5.0, metavar="SECONDS",
+                     help="seconds between stats lines (default: 5)")
+    sim.add_argument("--for", dest="run_for", type=_positive_float(), metavar="SECONDS",
+                     help="stop after this many seconds (default: run until Ctrl-C)")
+    bench = add(
+        "bench",
+        cmd_bench,
+        "measure latency, throughput and scale",
+        """
+        Start a throw-away redis-server and a `schedd run` daemon on free ports (one fresh
+        pair per scenario), drive them with simulated nodes and clients over the real transport
+        and print a table of the results (latency percentiles, throughput, daemon CPU and
+        memory, Redis script cost, failover times). Progress goes to stderr, the table to
+        stdout, every number to the JSON file. Scenarios: S1 dispatch latency, S2 throughput,
+        S3 heartbeat scale, S4 script cost, S5 failover (docs/benchmarks.md). --scale tiny runs
+        each in seconds (the CI smoke test); full takes several minutes.
+        """,
+        [
+            "schedd bench",
+            "schedd bench --scenarios S1,S4 --scale tiny",
+            "schedd bench --transport tcp --json results.json",
+            "schedd bench --scenarios S1,S2 --url ws://127.0.0.1:8765   # an existing daemon",
+        ],
+        [],
+    )
+    bench.add_argument("--scenarios", type=_scenarios, default=["S1", "S2", "S3", "S4", "S5"],
+                       metavar="S1,S2,...", help="scenarios to run (default: all)")
+    bench.add_argument("--scale", choices=("tiny", "full"), default="full",
+                       help="tiny: seconds per scenario (CI smoke); full: the documented "
+                       "measurement (default)")
+    bench.add_argument("--transport", choices=("ws", "tcp"), default="ws",
+                       help="transport of the simulated nodes and clients (default: ws)")
+    bench.add_argument("--url", metavar="URL",
+                       help="use this running daemon instead of starting one (S1, S2, S5; "
+                       "S3 needs its own daemon to measure it)")
+    bench.add_argument("--json", type=Path, metavar="FILE",
+                       help="write the results here (default: bench-results/bench-<time>.json)")
 
     if plugins is not None:
         try:
@@ -449,6 +522,48 @@ def _positive_int() -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _names(option: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"{option}: expected comma-separated names")
+        return names
+
+    return parse
+
+
+def _duration(text: str) -> str:
+    from schedd.sim import parse_duration
+
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _scenarios(text: str) -> list[str]:
+    from schedd.bench import SCENARIOS
+
+    names = [name.strip().upper() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or text!r}; choose from {','.join(SCENARIOS)}"
+        )
+    return names
 
 
 def _env_path(variable: str) -> Path | None:
@@ -1013,3 +1128,74 @@ async def _cancel_on_signal(scope: trio.CancelScope, logger: logging.Logger) -> 
 def _short(value: Any, limit: int = 120) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# sim, bench
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """``schedd sim``: simulated nodes until Ctrl-C, SIGTERM or ``--for``."""
+    from schedd.sim import Fleet, lang_capabilities, parse_duration, print_stats, raise_fd_limit
+
+    if not args.pools and not args.langs:
+        raise CommandError("sim: say what the nodes serve: --pools A,B or --langs ZH,EN")
+    setup_logging("debug" if args.verbose else "warning", "text")
+    limit = raise_fd_limit()
+    if args.nodes + 64 > limit:
+        print(f"schedd: warning: {args.nodes} nodes need more file descriptors than the "
+              f"limit of {limit}", file=sys.stderr)
+    urls = _urls(args)
+    fleet = Fleet(
+        urls, args.nodes, capacity=args.capacity, pools=args.pools,
+        capabilities=lang_capabilities(args.langs) if args.langs else {},
+        duration=parse_duration(args.duration), fail_rate=args.fail_rate,
+        disconnect_rate=args.disconnect_rate, token=args.token, prefix=args.prefix,
+    )
+    started = False
+
+    def say(line: str) -> None:
+        print(f"sim: {line}", file=sys.stderr, flush=True)
+
+    async def serve() -> None:
+        nonlocal started
+        await _check_reachable(urls)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_signal, nursery.cancel_scope, log)
+            begun = time.monotonic()
+            await nursery.start(fleet.run)
+            started = True
+            say(f"{args.nodes} nodes registered in {time.monotonic() - begun:.1f} s "
+                f"via {', '.join(urls)}; Ctrl-C stops")
+            nursery.start_soon(print_stats, fleet, args.stats_every, say)
+            if args.run_for:
+                await trio.sleep(args.run_for)
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(serve)
+    except BaseException as exc:
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc)):
+            return EXIT_OK
+        _raise_command_error(exc, urls, connected=started)
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``schedd bench``: run the scenarios, print the table, write the JSON."""
+    from schedd.bench import Options, default_json_path, run_bench, table, write_json
+    from schedd.redis_process import REDIS_SERVER
+
+    if REDIS_SERVER is None and args.url is None:
+        raise CommandError("bench: redis-server is not installed (it starts its own)")
+    if args.url is not None and "S3" in args.scenarios:
+        raise CommandError("bench: S3 measures the daemon process; run it without --url")
+    options = Options(scale=args.scale, transport=args.transport, url=args.url)
+    path = args.json or default_json_path()
+    document = trio.run(run_bench, args.scenarios, options,
+                        lambda document: write_json(document, path))
+    print(table(document))
+    print(f"schedd: results written to {path}", file=sys.stderr)
+    failed = [name for name, result in document["results"].items() if "failed" in result]
+    return EXIT_FAILED if failed else EXIT_OK

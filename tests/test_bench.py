@@ -1,0 +1,120 @@
+"""Smoke test of ``schedd bench`` and ``schedd sim``: every scenario at tiny scale, through the
+CLI, against a real redis-server and daemon process. Counts are asserted, timings never are."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from schedd.bench import DaemonProcess, percentiles
+from schedd.redis_process import REDIS_SERVER
+from schedd.sim import parse_duration
+from tests.e2e_daemon import SCHEDD
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+def _lifecycle_ok(result: dict[str, Any]) -> None:
+    assert result["submitted"] > 0
+    assert result["done"] == result["submitted"]
+    assert result["lost"] == 0
+    assert result["error_count"] == 0, result["errors"]
+
+
+def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [SCHEDD, "bench", "--scale", "tiny", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "S1" in proc.stdout and "S5" in proc.stdout  # the table
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["cpus"] >= 1
+    r = doc["results"]
+    assert set(r) == {"S1", "S2", "S3", "S4", "S5"}
+
+    s1 = r["S1"]
+    _lifecycle_ok(s1)
+    assert s1["submitted"] == s1["params"]["rate"] * s1["params"]["seconds"]
+    assert s1["ok"] == s1["submitted"]
+    assert s1["submit_to_node_ms"]["n"] == s1["submitted"]
+    lat = s1["submit_to_done_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+
+    s2 = r["S2"]
+    assert s2["lost"] == 0 and s2["done"] == s2["submitted"] > 0
+    assert s2["best_jobs_per_s"] > 0
+    assert [level["concurrency"] for level in s2["levels"]]
+
+    s3 = r["S3"]
+    _lifecycle_ok(s3)
+    assert s3["heartbeats_per_s"] > 0
+    assert s3["heartbeat_script_calls_per_s"] > 0
+    assert s3["daemon_rss_mb"] > 0 and s3["daemon_cpu_pct_heartbeats"] >= 0
+    assert s3["node_errors"] == 0
+
+    s4 = r["S4"]
+    assert [row["nodes_in_pool"] for row in s4["rows"]] == s4["params"]["sizes"]
+    assert all(row["select_reserve_calls"] == s4["params"]["calls"] for row in s4["rows"])
+
+    s5 = r["S5"]
+    assert s5["lost"] == 0 and s5["done"] == s5["submitted"] > 0
+    for how in ("drop", "silent"):
+        assert s5[how]["nodes_killed"] > 0
+        assert s5[how]["jobs_held"] > 0
+        assert s5[how]["not_reassigned"] == 0
+        assert s5[how]["kill_to_reassign_ms"]["n"] == s5[how]["jobs_held"]
+
+
+async def test_sim_command_registers_and_reports() -> None:
+    daemon = DaemonProcess()
+    try:
+        with trio.fail_after(30):
+            await daemon.start()
+            proc = await trio.run_process(
+                [SCHEDD, "sim", "--url", daemon.tcp, "--nodes", "20", "--pools", "p",
+                 "--capacity", "2", "--for", "1.5", "--stats-every", "0.5"],
+                capture_stdout=True, capture_stderr=True, check=False,
+            )
+    finally:
+        daemon.stop()
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr
+    assert "20 nodes registered" in stderr
+    assert "nodes 20/20 connected" in stderr
+
+
+def test_sim_refuses_a_fleet_with_no_pools() -> None:
+    proc = subprocess.run([SCHEDD, "sim", "--nodes", "1"], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert proc.returncode == 2
+    assert "--pools" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "low", "high"),
+    [("fixed:0", 0, 0), ("fixed:0.5", 0.5, 0.5), ("uniform:1,2", 1, 2), ("exp:0", 0, 0)],
+)
+def test_durations(spec: str, low: float, high: float) -> None:
+    sample = parse_duration(spec)
+    assert all(low <= sample() <= high for _ in range(100))
+
+
+@pytest.mark.parametrize("spec", ["fixed", "uniform:2,1", "exp:-1", "gauss:1", "fixed:x"])
+def test_bad_durations(spec: str) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration(spec)
+
+
+def test_percentiles() -> None:
+    values = [i / 1000 for i in range(1, 1001)]  # 1..1000 ms
+    p = percentiles(values)
+    assert p == {"n": 1000, "p50": 500.0, "p90": 900.0, "p99": 990.0, "p99.9": 999.0,
+                 "max": 1000.0}
+    assert percentiles([]) == {"n": 0}
