@@ -24,7 +24,7 @@ class CoreSettings:
     instance: str = "schedd-1"
     heartbeat_interval: float = 1.0
     liveness_intervals: int = 3
-    heartbeat_flush: float = 0.05
+    heartbeat_flush: float = 0.1
     ack_timeout: float = 5.0
     run_timeout: float = 300.0
     queue_timeout: float = 60.0
@@ -40,7 +40,16 @@ class CoreSettings:
 
     @property
     def liveness_ttl(self) -> float:
-        return self.heartbeat_interval * self.liveness_intervals
+        """How long a heartbeat keeps a node alive.
+
+        A silent node must be found within ``liveness_intervals`` heartbeat intervals of its
+        death, and finding it takes up to one flush window (the beat reaches Redis late) plus
+        one reaper interval after expiry; both come off the budget, but never below one full
+        interval more than the previous beat.
+        """
+        budget = self.heartbeat_interval * self.liveness_intervals
+        ttl = budget - self.heartbeat_flush - self.reaper_interval
+        return max(ttl, self.heartbeat_interval * max(self.liveness_intervals - 1, 1) + 0.05)
 
 
 @attrs.frozen(kw_only=True)

@@ -122,3 +122,14 @@ async def test_stale_heartbeats_are_reported(store: Store, count: int) -> None:
         batcher.beat(f"ghost{i}", i + 1)
     await batcher.flush()
     assert sorted(stale) == sorted((f"ghost{i}", i + 1) for i in range(count))
+
+
+def test_liveness_budget_includes_detection_delays() -> None:
+    from schedd.core import CoreSettings
+
+    default = CoreSettings()  # 1 s beats, 3 intervals, 0.1 s flush, 0.25 s reaper
+    assert default.liveness_ttl == pytest.approx(2.65)
+    assert default.liveness_ttl + default.heartbeat_flush + default.reaper_interval <= 3.0
+    # a slow reaper never makes a node expire before it has missed a beat
+    slow = CoreSettings(heartbeat_interval=1.0, liveness_intervals=2, reaper_interval=5.0)
+    assert slow.liveness_ttl == pytest.approx(1.05)
