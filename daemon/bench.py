@@ -49,7 +49,7 @@ from schedd.sim import Fleet, SimNode, parse_duration, raise_fd_limit
 
 __all__ = ["SCENARIOS", "BenchClient", "DaemonProcess", "Recorder", "run_bench"]
 
-SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5")
+SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5", "CHAOS")
 SCHEDD: Final = str(Path(sys.executable).parent / "schedd")
 POOL: Final = "p"
 PAYLOAD: Final = {"n": 1}
@@ -425,6 +425,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S4": {"sizes": [10, 1000, 10000], "calls": 5000},
         "S5": {"nodes": 200, "rate": 100, "seconds": 20, "duration": "uniform:0.5,1.5",
                "kills": 5, "heartbeat_interval": 1.0},
+        "CHAOS": {"nodes": 200, "jobs": 5000, "instances": 3, "settle": 120.0},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2},
@@ -434,6 +435,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S4": {"sizes": [10, 200], "calls": 200},
         "S5": {"nodes": 30, "rate": 50, "seconds": 3, "duration": "uniform:0.3,0.6",
                "kills": 2, "heartbeat_interval": 0.25},
+        "CHAOS": {"nodes": 20, "jobs": 200, "instances": 3, "settle": 60.0},
     },
 }
 
@@ -611,8 +613,24 @@ async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def chaos(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """The scale-out chaos run (schedd.benchmarks.chaos) on one real redis-server."""
+    from schedd.benchmarks.chaos import ChaosSettings, redis_topology, run_chaos
+
+    settings = ChaosSettings(nodes=p["nodes"], jobs=p["jobs"], instances=p["instances"],
+                             settle=p["settle"])
+    with redis_topology("single") as (url, topology):
+        report = await run_chaos(url, settings, topology=topology, topology_name="single")
+    for line in report.lines():
+        opt.say(f"  CHAOS {line}")
+    return {"accepted": report.accepted, "done_messages": report.done_messages,
+            "lost": report.lost, "duplicate_done": report.jobs_with_duplicate_done,
+            "stale_slots": report.stale_slots, "jobs_per_second": round(report.jobs_per_second),
+            "ok": report.ok, "report": report.lines()}
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
-                   "S4": s4_script_cost, "S5": s5_failover}
+                   "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos}
 
 
 async def run_bench(scenarios: Sequence[str], opt: Options,
@@ -694,6 +712,11 @@ def table(document: dict[str, Any]) -> str:
                          f"{_lat(k['kill_to_reassign_ms'])} ({k['jobs_held']} jobs on "
                          f"{k['nodes_killed']} nodes, {k['not_reassigned']} not reassigned)"))
         rows.append(("S5", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}"))
+    if "CHAOS" in r and "accepted" in r["CHAOS"]:
+        c = r["CHAOS"]
+        rows.append(("CHAOS", "accepted/done/lost/duplicate done",
+                     f"{c['accepted']}/{c['done_messages']}/{c['lost']}/{c['duplicate_done']}"
+                     f" ({c['jobs_per_second']} jobs/s, {'OK' if c['ok'] else 'FAILED'})"))
     width = [max(len(row[i]) for row in [("SCEN", "WHAT", "VALUE"), *rows]) for i in range(3)]
     lines = [("SCEN", "WHAT", "VALUE"), *rows]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, width, strict=True)).rstrip()

@@ -449,8 +449,9 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         and print a table of the results (latency percentiles, throughput, daemon CPU and
         memory, Redis script cost, failover times). Progress goes to stderr, the table to
         stdout, every number to the JSON file. Scenarios: S1 dispatch latency, S2 throughput,
-        S3 heartbeat scale, S4 script cost, S5 failover (docs/benchmarks.md). --scale tiny runs
-        each in seconds (the CI smoke test); full takes several minutes.
+        S3 heartbeat scale, S4 script cost, S5 failover, CHAOS (3 instances, nodes and one
+        instance killed; every job must end once) (docs/benchmarks.md). --scale tiny runs each
+        in seconds (the CI smoke test); full takes several minutes.
         """,
         [
             "schedd bench",
@@ -460,7 +461,8 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         ],
         [],
     )
-    bench.add_argument("--scenarios", type=_scenarios, default=["S1", "S2", "S3", "S4", "S5"],
+    bench.add_argument("--scenarios", type=_scenarios,
+                       default=["S1", "S2", "S3", "S4", "S5", "CHAOS"],
                        metavar="S1,S2,...", help="scenarios to run (default: all)")
     bench.add_argument("--scale", choices=("tiny", "full"), default="full",
                        help="tiny: seconds per scenario (CI smoke); full: the documented "
