@@ -369,7 +369,40 @@ class Session:
         node_id, epoch = self._need_registered(m)
         load = m.load if math.isfinite(m.load) else 0.0
         self.running_seen = [*self.running_seen[-1:], list(m.running)]
+        if m.capabilities is not None and self.registration is not None \
+                and m.capabilities != self.registration.capabilities:
+            await self._capabilities_changed(node_id, m.capabilities)
+            epoch = self.epoch or epoch
         self.app.batcher.beat(node_id, epoch, load, m.inflight)
+
+    async def _capabilities_changed(self, node_id: str, capabilities: dict[str, Any]) -> None:
+        """A heartbeat brought new capabilities: move the node's pools in one script."""
+        assert self.registration is not None
+        registration = attrs.evolve(self.registration, capabilities=capabilities, node_id=node_id)
+        pools = checked_pools(
+            self.app.plugins.node_pools(node_id, dict(capabilities), list(registration.pools)),
+            f"node {node_id}")
+        self.registration = registration
+        if pools == self.pools:
+            return  # nothing the pools depend on changed
+        self._held = []
+        try:
+            reg = await self.app.core.register_node(
+                node_id=node_id, capacity=registration.capacity, pools=pools,
+                capabilities_json=orjson.dumps(capabilities).decode(),
+                labels_json=orjson.dumps(registration.labels).decode(),
+            )
+        except BaseException:
+            self._held = None
+            raise
+        self.epoch, self.pools = reg.epoch, list(reg.pools)
+        log.info("node %s capabilities changed: pools now %s (epoch %s)", node_id, self.pools,
+                 reg.epoch)
+        self.post(p.Registered(node_id=node_id, epoch=reg.epoch, pools=self.pools))
+        held, self._held = self._held, None
+        for delivery in held:
+            self.deliver(delivery)
+        self.app.plugins.node_registered(node_id, reg.epoch, self.pools, self.app.instance)
 
     async def _accept(self, m: p.Accept) -> None:
         node_id, _ = self._need_registered(m)

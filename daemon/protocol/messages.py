@@ -286,6 +286,11 @@ def _json_object(_: object, attribute: attrs.Attribute[Any], value: object) -> N
     _check_mapping(value, attribute.name)
 
 
+def _opt_json_object(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _json_object(instance, attribute, value)
+
+
 def _labels(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     path = attribute.name
     for key, item in _check_mapping(value, path).items():
@@ -430,6 +435,7 @@ class Heartbeat:
     inflight: int = attrs.field(validator=_int(0))
     running: list[str] = attrs.field(factory=list, validator=_names(MAX_RUNNING))
     load: float = attrs.field(default=0.0, validator=_float(positive=False))
+    capabilities: dict[str, Any] | None = attrs.field(default=None, validator=_opt_json_object)
     ref: str | None = _ref()
 
 

@@ -173,6 +173,7 @@ class Node:
         self._handler = handler
         self._pools = list(pools)
         self._capabilities = dict(capabilities or {})
+        self._capabilities_changed = False
         self._labels = dict(labels or {})
         # Fail at construction on what register would refuse anyway.
         Register(
@@ -237,6 +238,15 @@ class Node:
             self._link = None
         if fatal is not None:
             raise fatal
+
+    def set_capabilities(self, capabilities: Mapping[str, Any]) -> None:
+        """Change what the node declares (languages learnt or lost, say).
+
+        The next heartbeat carries the new capabilities; the daemon moves the node's pools in one
+        step and answers with a new ``registered``. A reconnect registers with them anyway.
+        """
+        self._capabilities = dict(capabilities)
+        self._capabilities_changed = True
 
     async def drain(self) -> None:
         """Ask the daemon to stop assigning to this node; running jobs go on to their end.
@@ -392,10 +402,12 @@ class Node:
     async def _heartbeats(self, link: Link, interval: float) -> None:
         while True:
             inflight = len(self.running)
+            changed, self._capabilities_changed = self._capabilities_changed, False
             message = Heartbeat(
                 inflight=inflight,
                 running=list(self.running)[:MAX_RUNNING],
                 load=inflight / self.capacity,
+                capabilities=self._capabilities if changed else None,
             )
             try:
                 await link.send(message)

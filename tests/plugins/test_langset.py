@@ -522,3 +522,66 @@ def test_configure_keeps_learnt_sets_and_replaces_configured_ones() -> None:
     lp.configure(LangsetSettings(mode="langset", known_sets=(("en", "ja"),)))
     assert lp.registry.sets() == (("en", "ja"), ("en", "zh"))
     assert lp.registry.learnt() == (("en", "zh"),)
+
+
+async def test_languages_changed_by_heartbeat_move_the_node_atomically(
+    store_url: str, tmp_path: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with daemon(store_url, tmp_path) as d:
+            node, first = await register(d, "n1", asr_langs=["zh"], semantic_langs=["en"])
+            assert first.pools == ["zh>en"]
+            await node.send(p.Heartbeat(inflight=0, capabilities={
+                "asr_langs": ["ja"], "semantic_langs": ["en"]}))
+            moved = await node.expect(p.Registered)
+            assert (moved.pools, moved.ref) == (["ja>en"], None)
+            assert moved.epoch > first.epoch
+            client = await d.connect("client")
+            lost_pair = await submit(client, src_lang="zh", tgt_lang="en")
+            assert lost_pair.state == "queued"  # never lands on a node that lost the pair
+            new_pair = await submit(client, src_lang="ja", tgt_lang="en")
+            assert new_pair.state == "assigned"
+            assign = await node.expect(p.Assign)
+            assert assign.job_id == new_pair.job_id
+            # the node keeps working under its new epoch; an unchanged list moves nothing
+            await node.send(p.Heartbeat(inflight=1, capabilities={
+                "asr_langs": ["ja"], "semantic_langs": ["en"]}))
+            await node.send(p.Result(job_id=assign.job_id, attempt=1, ok=True, output=1))
+            done = await client.expect(p.Done)
+            assert done.ok and done.job_id == new_pair.job_id
+            await node.send(p.Ping(ref="quiet"))
+            assert (await node.expect(p.Pong)).ref == "quiet"
+
+
+async def test_sdk_node_set_capabilities_moves_its_pools(tmp_path: Path) -> None:
+    from schedd.plugins.transport_tcp import serve as tcp_serve  # noqa: F401 - installed
+    from schedd.sdk import JobContext, Node
+    from tests.e2e_daemon import DaemonProcess
+
+    async def echo(ctx: JobContext) -> Any:
+        return ctx.payload
+
+    proc = DaemonProcess(tmp_path, "memory://", plugins=("transport_tcp", "langset"))
+    try:
+        await proc.start()
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                node = Node(proc.tcp, echo, node_id="n1", heartbeat_interval=0.1,
+                            capabilities={"asr_langs": ["zh"], "semantic_langs": ["en"]})
+                await nursery.start(node.run)
+                first = node.epoch
+                node.set_capabilities({"asr_langs": ["de"], "semantic_langs": ["en"]})
+                while node.epoch == first:
+                    await trio.sleep(0.05)
+                from schedd.sdk import Client
+
+                async with Client.connect(proc.tcp) as client:
+                    pools = await client.query("pools")
+                    members = {pool["pool"]: pool["members"] for pool in pools["pools"]}
+                    assert members.get("de>en") == {"n1": 1} and not members.get("zh>en")
+                    handle = await client.submit("hi", requirements={"src_lang": "de",
+                                                                     "tgt_lang": "en"})
+                    assert (await handle.result()).output == "hi"
+                nursery.cancel_scope.cancel()
+    finally:
+        proc.stop()
