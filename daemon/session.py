@@ -385,24 +385,9 @@ class Session:
         self.registration = registration
         if pools == self.pools:
             return  # nothing the pools depend on changed
-        self._held = []
-        try:
-            reg = await self.app.core.register_node(
-                node_id=node_id, capacity=registration.capacity, pools=pools,
-                capabilities_json=orjson.dumps(capabilities).decode(),
-                labels_json=orjson.dumps(registration.labels).decode(),
-            )
-        except BaseException:
-            self._held = None
-            raise
-        self.epoch, self.pools = reg.epoch, list(reg.pools)
-        log.info("node %s capabilities changed: pools now %s (epoch %s)", node_id, self.pools,
-                 reg.epoch)
-        self.post(p.Registered(node_id=node_id, epoch=reg.epoch, pools=self.pools))
-        held, self._held = self._held, None
-        for delivery in held:
-            self.deliver(delivery)
-        self.app.plugins.node_registered(node_id, reg.epoch, self.pools, self.app.instance)
+        self.pools = pools
+        epoch = await self.register_again()
+        log.info("node %s capabilities changed: pools now %s (epoch %s)", node_id, pools, epoch)
 
     async def _accept(self, m: p.Accept) -> None:
         node_id, _ = self._need_registered(m)
