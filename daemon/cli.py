@@ -60,6 +60,7 @@ import trio
 from schedd.config import DEFAULT_PATH, load_config
 from schedd.errors import ConfigError
 from schedd.logs import setup_logging
+from schedd.runtime import tune_gc
 
 if TYPE_CHECKING:
     from schedd.plugin_manager import PluginManager
@@ -1175,6 +1176,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 await trio.sleep(args.run_for)
                 nursery.cancel_scope.cancel()
 
+    tune_gc()  # thousands of long-lived connections: see schedd.runtime
     try:
         trio.run(serve)
     except BaseException as exc:
@@ -1195,6 +1197,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CommandError("bench: S3 measures the daemon process; run it without --url")
     options = Options(scale=args.scale, transport=args.transport, url=args.url)
     path = args.json or default_json_path()
+    tune_gc()  # the bench's own fleets and clients: see schedd.runtime
     document = trio.run(run_bench, args.scenarios, options,
                         lambda document: write_json(document, path))
     print(table(document))
