@@ -97,6 +97,9 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         self._cancel = trio.CancelScope()
         self.rate = RateLimiter(float(app.limits.max_messages_per_second))
+        #: trio clock of the last message received; the app's idle sweep closes a session
+        #: silent for longer than ``idle_timeout`` (one sweep, not a deadline per message)
+        self.last_seen = trio.current_time()
         self._held: list[Delivery] | None = None
         # the node's last registration as this connection made it, and the job ids its last
         # heartbeats listed (newest last): for reconciliation
@@ -161,6 +164,14 @@ class Session:
         """End this connection after what is already queued for it."""
         self._cancel.cancel()
 
+    def close_if_idle(self, now: float, idle_timeout: float) -> bool:
+        """Close this connection if nothing arrived for ``idle_timeout`` seconds."""
+        if now - self.last_seen <= idle_timeout:
+            return False
+        log.info("closing idle %s %s (nothing for %gs)", self.role, self.peer, idle_timeout)
+        self.close()
+        return True
+
     def refuse_stale(self) -> None:
         """The node's registration is no longer current: say so and close (it will register
         again, here or elsewhere)."""
@@ -218,6 +229,7 @@ class Session:
         limits = self.app.limits
         with trio.move_on_after(limits.handshake_timeout) as scope:
             raw = await self._receive()
+        self.last_seen = trio.current_time()
         if scope.cancelled_caught:
             self._error(p.E_ROLE, f"no hello within {limits.handshake_timeout:g}s")
             raise CloseConnection
@@ -256,15 +268,12 @@ class Session:
         log.debug("%s %s connected as %s", self.role, self.peer, principal)
 
     async def _receive_loop(self) -> None:
+        rate = self.rate
         while True:
-            idle = self.app.limits.idle_timeout
-            with trio.move_on_after(idle) as scope:
-                raw = await self._receive()
-            if scope.cancelled_caught:
-                log.info("closing idle %s %s (nothing for %gs)", self.role, self.peer, idle)
-                raise CloseConnection
-            if not self.rate.allow(trio.current_time()):
-                self.rate.rate = float(self.app.limits.max_messages_per_second)
+            raw = await self._receive()
+            self.last_seen = now = trio.current_time()
+            if not rate.allow(now):
+                rate.rate = float(self.app.limits.max_messages_per_second)
                 self._violation(p.E_RATE, "more than "
                                 f"{self.app.limits.max_messages_per_second} messages per second")
                 continue

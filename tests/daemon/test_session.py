@@ -243,6 +243,36 @@ async def test_drain_refuses_submits_and_hands_back_unfinished_work(store_url: s
         assert await client.closed()
 
 
+async def test_drain_goes_past_a_node_the_store_already_took_offline(store_url: str) -> None:
+    async with running_daemon(store_url, SCHEDD_DRAIN__TIMEOUT="0.3") as d:
+        gone, reg = await d.node("p", node_id="gone")
+        kept, _ = await d.node("p", node_id="kept")
+        # the store took "gone" offline (the reaper, another instance) while its session lives
+        assert await d.app.core.node_offline("gone", epoch=reg.epoch, reason="test") == 0
+        await d.app.drain()
+        assert (await kept.expect(p.Drain)).reason == "daemon shutting down"
+        assert await kept.closed()
+        assert await gone.closed()
+
+
+async def test_silent_connection_is_closed_after_the_idle_timeout() -> None:
+    async with running_daemon(SCHEDD_NODES__HEARTBEAT_INTERVAL="0.1",
+                              SCHEDD_NODES__HEARTBEAT_FLUSH="0.05",
+                              SCHEDD_LIMITS__IDLE_TIMEOUT="0.4") as d:
+        silent = await d.connect("client")
+        talking = await d.connect("client")
+        started = trio.current_time()
+        with trio.move_on_after(0.8):
+            while True:  # one message every 0.1 s keeps this one open
+                await talking.send(p.Ping(ref="x"))
+                await talking.expect(p.Pong)
+                await trio.sleep(0.1)
+        assert await silent.closed()
+        assert trio.current_time() - started >= 0.4
+        await talking.send(p.Ping(ref="still"))
+        assert (await talking.expect(p.Pong)).ref == "still"
+
+
 async def test_sighup_reload_swaps_tokens(tmp_path: Path) -> None:
     toml = '[auth]\nclient_tokens = ["old"]\nnode_tokens = ["n"]\n'
     async with running_daemon(tmp_path=tmp_path, toml=toml) as d:
