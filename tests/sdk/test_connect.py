@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from schedd.errors import ProtocolError
 from schedd.plugins import transport_tcp, transport_ws
 from schedd.plugins.transport_tcp import TcpSettings
 from schedd.plugins.transport_ws import WebSocketSettings
+from schedd.protocol.framing import encode_frame
 from schedd.sdk.connect import (
     SUPPORTED_SCHEMES,
     ConnectFailed,
+    StreamChannel,
     WebSocketChannel,
     _parse_url,
     format_address,
@@ -279,3 +282,48 @@ async def test_ipv6_listen_and_url(plugin: str) -> None:
                 assert channel.peer.startswith("[::1]:")
             assert app.peers[0].startswith("[::1]:")
             nursery.cancel_scope.cancel()
+
+
+async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listener.accept()
+    await listener.aclose()
+    return client, server
+
+
+async def test_stream_channel_reads_frames_then_sees_the_peer_close() -> None:
+    ours, theirs = await _tcp_pair()
+    channel = StreamChannel(ours, "peer", 1024)
+    await theirs.send_all(encode_frame(b"one") + encode_frame(b"two"))
+    assert await channel.receive() == b"one"
+    assert await channel.receive() == b"two"
+    await theirs.aclose()
+    with pytest.raises(ChannelClosed, match="closed the connection"):
+        await channel.receive()
+    await channel.aclose()
+
+
+async def test_stream_channel_reset_by_the_peer_is_channel_closed() -> None:
+    ours, theirs = await _tcp_pair()
+    channel = StreamChannel(ours, "peer", 1024)
+    # SO_LINGER 0: close() sends a RST, so the read fails with ECONNRESET
+    theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await theirs.aclose()
+    with pytest.raises(ChannelClosed, match="lost"):
+        await channel.receive()
+    await channel.aclose()
+
+
+async def test_stream_channel_closed_while_a_task_waits_to_read() -> None:
+    ours, theirs = await _tcp_pair()
+    channel = StreamChannel(ours, "peer", 1024)
+    async with trio.open_nursery() as nursery:
+        async def read() -> None:
+            with pytest.raises(ChannelClosed):
+                await channel.receive()
+        nursery.start_soon(read)
+        await trio.sleep(0.05)
+        await channel.aclose()
+    await theirs.aclose()
