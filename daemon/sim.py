@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 CONNECT_CONCURRENCY: Final = 200
 #: Heartbeat ticks per interval: each tick beats 1/TICKS of the fleet.
 TICKS: Final = 10
+#: Nodes one heartbeat task sends for. Every send is a trio checkpoint that waits for one round
+#: of all runnable tasks; while thousands of nodes connect a round takes milliseconds, and one
+#: task beating a whole slice in turn fell seconds behind (nodes expired during the ramp).
+BEAT_CHUNK: Final = 10
 RECONNECT_DELAY: Final = 0.5
 #: Errors after which a node's connection no longer speaks for it: reconnect.
 _FINISHED: Final = frozenset({"E_NO_NODE", "E_STALE_EPOCH", "E_WRONG_OWNER"})
@@ -393,19 +397,25 @@ class Fleet:
         """Beat every registered node once per interval, 1/TICKS of them each tick."""
         tick = 0
         slices = [self.nodes[i::TICKS] for i in range(TICKS)]
+        chunks = [[nodes[j:j + BEAT_CHUNK] for j in range(0, len(nodes), BEAT_CHUNK)]
+                  for nodes in slices]
         next_at = trio.current_time()
         while True:
             interval = self.heartbeat_interval
             next_at += interval / TICKS
             await trio.sleep_until(next_at)
-            nodes = slices[tick]
+            assert self.nursery is not None
+            for chunk in chunks[tick]:
+                self.nursery.start_soon(self._beat, chunk)
             tick = (tick + 1) % TICKS
-            for node in nodes:
-                if (node in self.beating and not node.silent
-                        and await node.send(node.heartbeat_frame())):
-                    self.stats.heartbeats += 1
             if trio.current_time() > next_at + interval:
                 next_at = trio.current_time()  # fell behind: do not burst to catch up
+
+    async def _beat(self, nodes: list[SimNode]) -> None:
+        for node in nodes:
+            if (node in self.beating and not node.silent
+                    and await node.send(node.heartbeat_frame())):
+                self.stats.heartbeats += 1
 
     async def _chaos(self) -> None:
         """Drop random connections at ``disconnect_rate`` per node and second."""
