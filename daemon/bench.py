@@ -421,7 +421,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S2": {"nodes": 200, "capacity": 8, "seconds": 8,
                "concurrency": [4, 8, 16, 32, 64, 128, 256]},
         "S3": {"nodes": 10000, "idle_seconds": 40, "monitor_seconds": 10, "rate": 500,
-               "load_seconds": 20},
+               "load_seconds": 20, "clients": 4},
         "S4": {"sizes": [10, 1000, 10000], "calls": 5000},
         "S5": {"nodes": 200, "rate": 100, "seconds": 20, "duration": "uniform:0.5,1.5",
                "kills": 5, "heartbeat_interval": 1.0},
@@ -431,7 +431,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2},
         "S2": {"nodes": 20, "capacity": 4, "seconds": 1, "concurrency": [4, 16]},
         "S3": {"nodes": 300, "idle_seconds": 3, "monitor_seconds": 1.5, "rate": 100,
-               "load_seconds": 1.5},
+               "load_seconds": 1.5, "clients": 2},
         "S4": {"sizes": [10, 200], "calls": 200},
         "S5": {"nodes": 30, "rate": 50, "seconds": 3, "duration": "uniform:0.3,0.6",
                "kills": 2, "heartbeat_interval": 0.25},
@@ -519,20 +519,24 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
             settle = min(5.0, p["idle_seconds"] / 4)
             await trio.sleep(settle)
             cpu0, t0 = _proc_times(daemon.pid), time.perf_counter()
+            own0 = _proc_times(os.getpid())
             beats0 = fleet.stats.heartbeats
             calls = await daemon.count_script_calls(sha, p["monitor_seconds"])
             monitor_s = p["monitor_seconds"]
             rest = p["idle_seconds"] - settle - monitor_s
             await trio.sleep(max(0.0, rest))
             cpu1, t1 = _proc_times(daemon.pid), time.perf_counter()
+            own1 = _proc_times(os.getpid())
             beats = fleet.stats.heartbeats - beats0
             memory = _proc_memory(daemon.pid)
             opt.say(f"  S3: heartbeats only: daemon CPU {100 * (cpu1 - cpu0) / (t1 - t0):.1f} %, "
                     f"RSS {memory.get('VmRSS', 0) / 1024:.0f} MB")
-            async with open_clients(url, recorder, 4) as clients:
+            async with open_clients(url, recorder, p["clients"]) as clients:
                 cpu2, t2 = _proc_times(daemon.pid), time.perf_counter()
+                own2 = _proc_times(os.getpid())
                 await open_loop(clients, recorder, p["rate"], p["load_seconds"], opt.say, "S3")
                 cpu3, t3 = _proc_times(daemon.pid), time.perf_counter()
+                own3 = _proc_times(os.getpid())
                 await recorder.drain()
             memory_load = _proc_memory(daemon.pid)
             stats = fleet.stats.snapshot()
@@ -544,6 +548,9 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
         "daemon_rss_mb": round(memory.get("VmRSS", 0) / 1024, 1),
         "heartbeat_script_calls_per_s": round(calls / monitor_s, 2),
         "daemon_cpu_pct_with_jobs": round(100 * (cpu3 - cpu2) / (t3 - t2), 1),
+        # this process: the simulated fleet and the clients (the other side of the same cores)
+        "bench_cpu_pct_heartbeats": round(100 * (own1 - own0) / (t1 - t0), 1),
+        "bench_cpu_pct_with_jobs": round(100 * (own3 - own2) / (t3 - t2), 1),
         "daemon_rss_mb_with_jobs": round(memory_load.get("VmRSS", 0) / 1024, 1),
         "daemon_rss_peak_mb": round(memory_load.get("VmHWM", 0) / 1024, 1),
         "job_rate": p["rate"], **summary,
@@ -633,6 +640,21 @@ _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos}
 
 
+def _failure(exc: BaseException) -> str:
+    """The first underlying error of ``exc`` (groups opened), and how many there were."""
+    leaves: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(reversed(e.exceptions))
+        else:
+            leaves.append(e)
+    first = leaves[0] if leaves else exc
+    more = f" (and {len(leaves) - 1} more errors)" if len(leaves) > 1 else ""
+    return f"{type(first).__name__}: {first}{more}"
+
+
 async def run_bench(scenarios: Sequence[str], opt: Options,
                     checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the scenarios in order; returns the JSON document (machine, settings, results).
@@ -650,10 +672,7 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
         try:
             results[name] = await _RUNNERS[name](opt, params)
         except Exception as exc:
-            leaf = exc
-            while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-                leaf = leaf.exceptions[0]  # type: ignore[assignment]
-            results[name] = {"failed": f"{type(leaf).__name__}: {leaf}"}
+            results[name] = {"failed": _failure(exc)}
             opt.say(f"{name}: FAILED: {results[name]['failed']}")
         results[name]["params"] = params
         results[name]["wall_s"] = round(time.perf_counter() - started, 1)
@@ -698,6 +717,8 @@ def table(document: dict[str, Any]) -> str:
                  ("S3", "daemon RSS MB", f"{s['daemon_rss_mb']} (peak {s['daemon_rss_peak_mb']})"),
                  ("S3", "heartbeat script calls/s", str(s["heartbeat_script_calls_per_s"])),
                  ("S3", f"with {s['job_rate']} jobs/s: CPU %", str(s["daemon_cpu_pct_with_jobs"])),
+                 ("S3", "sim + clients CPU % (idle / jobs)",
+                  f"{s['bench_cpu_pct_heartbeats']} / {s['bench_cpu_pct_with_jobs']}"),
                  ("S3", "submit->node", _lat(s["submit_to_node_ms"])),
                  ("S3", "submit->done", _lat(s["submit_to_done_ms"])),
                  ("S3", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}")]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from schedd.bench import DaemonProcess, percentiles
+from schedd.bench import DaemonProcess, _failure, percentiles
 from schedd.redis_process import REDIS_SERVER
 from schedd.sim import parse_duration
 from tests.e2e_daemon import SCHEDD
@@ -119,3 +119,14 @@ def test_percentiles() -> None:
     assert p == {"n": 1000, "p50": 500.0, "p90": 900.0, "p99": 990.0, "p99.9": 999.0,
                  "max": 1000.0}
     assert percentiles([]) == {"n": 0}
+
+
+def test_failure_names_the_first_error_inside_nested_groups() -> None:
+    group = BaseExceptionGroup("nursery", [
+        ExceptionGroup("inner", [RuntimeError("node sim-1 could not register"), OSError("x")]),
+        ValueError("y"),
+    ])
+    assert _failure(group) == ("RuntimeError: node sim-1 could not register "
+                               "(and 2 more errors)")
+    assert _failure(ExceptionGroup("one", [KeyError("k")])) == "KeyError: 'k'"
+    assert _failure(ValueError("plain")) == "ValueError: plain"
