@@ -100,6 +100,12 @@ class Session:
         #: trio clock of the last message received; the app's idle sweep closes a session
         #: silent for longer than ``idle_timeout`` (one sweep, not a deadline per message)
         self.last_seen = trio.current_time()
+        # submits whose script is running (a client's submits run concurrently, see
+        # _receive_loop): their count, the ids they name, and an event set when none runs
+        self._submits = 0
+        self._submitting: set[str] = set()
+        self._submits_idle = trio.Event()
+        self._submits_idle.set()
         self._held: list[Delivery] | None = None
         # the node's last registration as this connection made it, and the job ids its last
         # heartbeats listed (newest last): for reconciliation
@@ -268,21 +274,65 @@ class Session:
         log.debug("%s %s connected as %s", self.role, self.peer, principal)
 
     async def _receive_loop(self) -> None:
+        """Read and handle messages until the peer goes.
+
+        A client's ``submit`` runs concurrently with the messages after it: each waits for its
+        own ``job_submit`` round trip, and handled one at a time they capped a connection at one
+        submit per round trip (~500/s per connection under heartbeat load; docs/benchmarks.md,
+        S3). Any other message (``ping`` included) first waits until every earlier submit has
+        finished, so it sees their effects (a ``cancel`` or ``follow`` right after the ``submit``
+        of the same job); a ``submit`` naming a job id already being submitted waits too. Replies
+        to consecutive submits may come in a different order (they carry ``ref`` and
+        ``job_id``); docs/protocol.md, "Order". When the peer closes, submits already read still
+        finish.
+        """
         rate = self.rate
-        while True:
-            raw = await self._receive()
-            self.last_seen = now = trio.current_time()
-            if not rate.allow(now):
-                rate.rate = float(self.app.limits.max_messages_per_second)
-                self._violation(p.E_RATE, "more than "
-                                f"{self.app.limits.max_messages_per_second} messages per second")
-                continue
+        async with trio.open_nursery() as submits:
             try:
-                message = p.decode(raw)
-            except ProtocolError as exc:
-                self._violation(exc.code, exc.message)
-                continue
+                while True:
+                    raw = await self._receive()
+                    self.last_seen = now = trio.current_time()
+                    if not rate.allow(now):
+                        rate.rate = float(self.app.limits.max_messages_per_second)
+                        self._violation(p.E_RATE, "more than "
+                                        f"{self.app.limits.max_messages_per_second} "
+                                        "messages per second")
+                        continue
+                    try:
+                        message = p.decode(raw)
+                    except ProtocolError as exc:
+                        self._violation(exc.code, exc.message)
+                        continue
+                    if isinstance(message, p.Submit) and self.role == "client":
+                        if message.job_id is not None and message.job_id in self._submitting:
+                            await self._submits_idle.wait()
+                        self._submit_started(message.job_id)
+                        submits.start_soon(self._concurrent_submit, message)
+                        continue
+                    if self._submits:  # a ping too: its pong confirms the submits before it
+                        await self._submits_idle.wait()
+                    await self._handle(message)
+            except (CloseConnection, ChannelClosed):
+                pass  # submits already read finish (the nursery waits for them)
+
+    def _submit_started(self, job_id: str | None) -> None:
+        if self._submits == 0:
+            self._submits_idle = trio.Event()
+        self._submits += 1
+        if job_id is not None:
+            self._submitting.add(job_id)
+
+    async def _concurrent_submit(self, message: p.Submit) -> None:
+        try:
             await self._handle(message)
+        except (CloseConnection, ChannelClosed):
+            self.close()  # as the reading loop would have ended: after what is queued
+        finally:
+            if message.job_id is not None:
+                self._submitting.discard(message.job_id)
+            self._submits -= 1
+            if self._submits == 0:
+                self._submits_idle.set()
 
     # -- dispatch ------------------------------------------------------------------------------
 

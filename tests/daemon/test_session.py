@@ -4,12 +4,15 @@ limits, and jobs flowing from clients to nodes and back."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from schedd import protocol as p
 from schedd.core_hooks import token_principal
+from schedd.errors import ProtocolError
+from schedd.session import MAX_VIOLATIONS
 from tests.daemon.harness import running_daemon
 
 TOKENS = {
@@ -160,9 +163,10 @@ async def test_inflight_limit(tmp_path: Path) -> None:
         client = await d.connect("client")
         for i in range(3):
             await client.send(p.Submit(pools=["p"], job_id=f"j{i}"))
-        await client.expect(p.Accepted)
-        await client.expect(p.Accepted)
-        error = await client.expect(p.Error)
+        # replies to concurrent submits come in any order
+        replies = [await client.recv() for _ in range(3)]
+        assert sorted(type(r).__name__ for r in replies) == ["Accepted", "Accepted", "Error"]
+        error = next(r for r in replies if isinstance(r, p.Error))
         assert (error.code, error.job_id) == ("E_INFLIGHT", "j2")
 
 
@@ -240,6 +244,109 @@ async def test_drain_refuses_submits_and_hands_back_unfinished_work(store_url: s
             assert (await client.expect(p.Done)).job_id == "finishes"
         info = await d.app.queries.job("hangs")
         assert info is not None and info.state == "queued" and info.tried == ["n1"]
+        assert await client.closed()
+
+
+class HeldSubmits:
+    """Wraps Core.submit: every call records its job id and waits for ``release``."""
+
+    def __init__(self, core: Any) -> None:
+        self.real = core.submit
+        self.entered: list[str] = []
+        self.finished: list[str] = []
+        self.release = trio.Event()
+        core.submit = self
+
+    async def __call__(self, spec: Any, **kwargs: Any) -> Any:
+        self.entered.append(spec.job_id)
+        await self.release.wait()
+        result = await self.real(spec, **kwargs)
+        self.finished.append(spec.job_id)
+        return result
+
+
+async def test_a_clients_submits_run_concurrently() -> None:
+    async with running_daemon() as d:
+        held = HeldSubmits(d.app.core)
+        client = await d.connect("client")
+        for job_id in ("a", "b", "c"):
+            await client.send(p.Submit(pools=["p"], job_id=job_id, ref=job_id))
+        with trio.fail_after(5):
+            while len(held.entered) < 3:  # all three scripts started before any finished
+                await trio.sleep(0.01)
+        held.release.set()
+        refs = {(await client.expect(p.Accepted)).ref for _ in range(3)}
+        assert refs == {"a", "b", "c"}
+
+
+async def test_a_message_after_submits_waits_for_them() -> None:
+    async with running_daemon() as d:
+        held = HeldSubmits(d.app.core)
+        cancels: list[str] = []
+        real_cancel = d.app.core.cancel
+
+        async def cancel(job_id: str, **kwargs: Any) -> None:
+            cancels.append(job_id)
+            await real_cancel(job_id, **kwargs)
+
+        d.app.core.cancel = cancel  # type: ignore[method-assign]
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["p"], job_id="j", ref="s"))
+        await client.send(p.Cancel(job_id="j", ref="c"))
+        await client.send(p.Ping(ref="ping"))
+        await trio.sleep(0.1)
+        assert cancels == []  # the cancel has not overtaken the submit
+        held.release.set()
+        assert (await client.expect(p.Accepted)).job_id == "j"
+        done = await client.expect(p.Done)
+        assert done.job_id == "j" and done.state == "canceled"
+        assert (await client.expect(p.Pong)).ref == "ping"  # after what came before it
+        assert cancels == ["j"]
+
+
+async def test_a_second_submit_of_the_same_id_waits_for_the_first() -> None:
+    async with running_daemon() as d:
+        held = HeldSubmits(d.app.core)
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["p"], job_id="j", ref="1"))
+        await client.send(p.Submit(pools=["p"], job_id="j", ref="2"))
+        await trio.sleep(0.1)
+        assert held.entered == ["j"]
+        held.release.set()
+        first, second = await client.expect(p.Accepted), await client.expect(p.Accepted)
+        assert (first.ref, first.duplicate) == ("1", False)
+        assert (second.ref, second.duplicate) == ("2", True)
+
+
+async def test_submits_read_before_the_client_went_still_finish() -> None:
+    async with running_daemon() as d:
+        held = HeldSubmits(d.app.core)
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["p"], job_id="kept", ref="s"))
+        with trio.fail_after(5):
+            while not held.entered:
+                await trio.sleep(0.01)
+        await client.channel.aclose()
+        await trio.sleep(0.05)
+        held.release.set()
+        with trio.fail_after(5):
+            while not held.finished:
+                await trio.sleep(0.01)
+        info = await d.app.queries.job("kept")
+        assert info is not None and info.state == "queued"
+
+
+async def test_repeated_rule_breaking_submits_close_the_connection() -> None:
+    async with running_daemon() as d:
+        def job_pools(*args: Any) -> list[str]:
+            raise ProtocolError(p.E_ROLE, "this plugin says the client broke a rule")
+
+        d.app.plugins.job_pools = job_pools  # type: ignore[method-assign]
+        client = await d.connect("client")
+        for i in range(MAX_VIOLATIONS):
+            await client.send(p.Submit(pools=["p"], job_id=f"j{i}"))
+        for _ in range(MAX_VIOLATIONS):
+            assert (await client.expect(p.Error)).code == p.E_ROLE
         assert await client.closed()
 
 
