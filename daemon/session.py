@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 4096
 MAX_VIOLATIONS = 10
+#: Most messages a session writes at once to a channel that can (``send_many``).
+SEND_BATCH = 64
 
 
 def checked_pools(pools: list[str], whose: str) -> list[str]:
@@ -126,9 +128,22 @@ class Session:
             pass
 
     async def _sender(self) -> None:
-        async for data in self._out_recv:
+        """Send what is posted, in order. A channel with ``send_many`` (TCP) gets everything
+        queued meanwhile in one write, up to SEND_BATCH messages."""
+        send_many = getattr(self.channel, "send_many", None)
+        out = self._out_recv
+        async for data in out:
             try:
-                await self.channel.send(data)
+                if send_many is None:
+                    await self.channel.send(data)
+                    continue
+                batch = [data]
+                while len(batch) < SEND_BATCH:
+                    try:
+                        batch.append(out.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await send_many(batch)
             except ChannelClosed:
                 self._cancel.cancel()
                 return

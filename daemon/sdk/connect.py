@@ -245,7 +245,13 @@ class StreamChannel:
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` as one frame, whole even when several tasks send at once."""
-        frame = encode_frame(data)
+        await self._send_frames(encode_frame(data))
+
+    async def send_many(self, messages: list[bytes]) -> None:
+        """Send each of ``messages`` as a frame, all in one write (in order, whole)."""
+        await self._send_frames(b"".join([encode_frame(data) for data in messages]))
+
+    async def _send_frames(self, frame: bytes) -> None:
         lock = self._send_lock
         await _acquire(lock)
         try:

@@ -13,7 +13,7 @@ from schedd import protocol as p
 from schedd.core_hooks import token_principal
 from schedd.errors import ProtocolError
 from schedd.session import MAX_VIOLATIONS
-from tests.daemon.harness import running_daemon
+from tests.daemon.harness import MemoryChannel, Peer, channel_pair, running_daemon
 
 TOKENS = {
     "SCHEDD_AUTH__NODE_TOKENS": '["node-secret"]',
@@ -348,6 +348,43 @@ async def test_repeated_rule_breaking_submits_close_the_connection() -> None:
         for _ in range(MAX_VIOLATIONS):
             assert (await client.expect(p.Error)).code == p.E_ROLE
         assert await client.closed()
+
+
+class BatchingChannel(MemoryChannel):
+    """A daemon-side channel with ``send_many``; its first write waits for ``gate``."""
+
+    def __init__(self, inner: MemoryChannel) -> None:
+        super().__init__(inner._send, inner._recv, inner.peer)
+        self.batches: list[int] = []
+        self.gate = trio.Event()
+
+    async def send_many(self, messages: list[bytes]) -> None:
+        if not self.batches:
+            self.batches.append(len(messages))
+            await self.gate.wait()
+        else:
+            self.batches.append(len(messages))
+        for data in messages:
+            await self.send(data)
+
+
+async def test_queued_messages_go_out_in_one_write_in_order() -> None:
+    async with running_daemon() as d:
+        ours, theirs = channel_pair()
+        daemon_side = BatchingChannel(theirs)
+        d.nursery.start_soon(d.app.serve_channel, daemon_side)
+        client = Peer(ours)
+        await client.send(p.Hello(role="client", version=p.PROTOCOL_VERSION))
+        for i in range(20):
+            await client.send(p.Ping(ref=str(i)))
+        with trio.fail_after(5):
+            while not daemon_side.batches:
+                await trio.sleep(0.01)
+        await trio.sleep(0.1)  # the pings are handled, their pongs queue behind the welcome
+        daemon_side.gate.set()
+        await client.expect(p.Welcome)
+        assert [(await client.expect(p.Pong)).ref for _ in range(20)] == [str(i) for i in range(20)]
+        assert daemon_side.batches == [1, 20]
 
 
 async def test_drain_goes_past_a_node_the_store_already_took_offline(store_url: str) -> None:

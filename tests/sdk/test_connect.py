@@ -327,3 +327,15 @@ async def test_stream_channel_closed_while_a_task_waits_to_read() -> None:
         await trio.sleep(0.05)
         await channel.aclose()
     await theirs.aclose()
+
+
+async def test_stream_channel_send_many_writes_whole_frames_in_order() -> None:
+    ours, theirs = await _tcp_pair()
+    sender, receiver = StreamChannel(ours, "a", 1024), StreamChannel(theirs, "b", 1024)
+    await sender.send_many([b"one", b"two", b"three"])
+    await sender.send(b"four")
+    assert [await receiver.receive() for _ in range(4)] == [b"one", b"two", b"three", b"four"]
+    await receiver.aclose()
+    await sender.aclose()
+    with pytest.raises(ChannelClosed):
+        await sender.send_many([b"late"])
