@@ -285,8 +285,20 @@ class SimNode:
         if fleet.on_assign is not None:
             fleet.on_assign(job_id, attempt, self)
         self.running[job_id] = attempt
-        await self.send({"type": "accept", "job_id": job_id, "attempt": attempt})
+        accept = orjson.dumps({"type": "accept", "job_id": job_id, "attempt": attempt})
         duration = fleet.duration()
+        channel = self.channel
+        if duration <= 0 and channel is not None and hasattr(channel, "send_many") \
+                and not self.silent:
+            # a zero-length job: accept and result in one write
+            result, ok = self._result(job_id, attempt)
+            try:
+                await channel.send_many([accept, result])
+            except ChannelClosed:
+                return
+            self._count_result(job_id, ok)
+            return
+        await self.send(accept)
         if duration <= 0:
             await self._finish(job_id, attempt)
         else:
@@ -303,23 +315,29 @@ class SimNode:
             await trio.sleep(0.05)
         await self._finish(job_id, attempt)
 
-    async def _finish(self, job_id: str, attempt: int) -> None:
+    def _result(self, job_id: str, attempt: int) -> tuple[bytes, bool]:
+        """The result frame of an attempt (failed at ``fail_rate``) and whether it is ok."""
         fleet = self.fleet
+        if fleet.fail_rate and random.random() < fleet.fail_rate:
+            return orjson.dumps({"type": "result", "job_id": job_id, "attempt": attempt,
+                                 "ok": False, "error": {"code": "E_SIM",
+                                                        "message": "simulated failure"}}), False
+        return orjson.dumps({"type": "result", "job_id": job_id, "attempt": attempt,
+                             "ok": True, "output": self.fleet.output}), True
+
+    def _count_result(self, job_id: str, ok: bool) -> None:
+        if ok:
+            self.fleet.stats.results_ok += 1
+        else:
+            self.fleet.stats.results_failed += 1
+        self.running.pop(job_id, None)
+
+    async def _finish(self, job_id: str, attempt: int) -> None:
         if self.running.get(job_id) != attempt:
             return  # cancelled meanwhile
-        if fleet.fail_rate and random.random() < fleet.fail_rate:
-            sent = await self.send({"type": "result", "job_id": job_id, "attempt": attempt,
-                                    "ok": False, "error": {"code": "E_SIM",
-                                                           "message": "simulated failure"}})
-            if sent:
-                fleet.stats.results_failed += 1
-        else:
-            sent = await self.send({"type": "result", "job_id": job_id, "attempt": attempt,
-                                    "ok": True, "output": fleet.output})
-            if sent:
-                fleet.stats.results_ok += 1
-        if sent:
-            self.running.pop(job_id, None)
+        result, ok = self._result(job_id, attempt)
+        if await self.send(result):
+            self._count_result(job_id, ok)
 
     def drop(self) -> None:
         """Close the connection (the node reconnects unless killed)."""

@@ -13,7 +13,8 @@ import trio
 
 from schedd.bench import DaemonProcess, _failure, percentiles
 from schedd.redis_process import REDIS_SERVER
-from schedd.sim import parse_duration
+from schedd.sdk import Client
+from schedd.sim import Fleet, parse_duration
 from tests.e2e_daemon import SCHEDD
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -130,3 +131,25 @@ def test_failure_names_the_first_error_inside_nested_groups() -> None:
                                "(and 2 more errors)")
     assert _failure(ExceptionGroup("one", [KeyError("k")])) == "KeyError: 'k'"
     assert _failure(ValueError("plain")) == "ValueError: plain"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_fleet_answers_zero_length_jobs_ok_and_failed(transport: str) -> None:
+    daemon = DaemonProcess()
+    try:
+        with trio.fail_after(60):
+            await daemon.start()
+            url = daemon.url(transport)
+            fleet = Fleet([url], 4, pools=["p"], fail_rate=0.5)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(fleet.run)
+                async with Client.connect(url) as client:
+                    handles = [await client.submit({"n": i}, pools=["p"]) for i in range(40)]
+                    outcomes = [(await handle.result()).ok for handle in handles]
+                nursery.cancel_scope.cancel()
+    finally:
+        daemon.stop()
+    # over TCP accept and result go out in one write (send_many); over ws one by one
+    assert fleet.stats.results_ok == outcomes.count(True) > 0
+    assert fleet.stats.results_failed == outcomes.count(False) > 0
+    assert fleet.stats.assigns == 40 and not fleet.nodes[0].running
