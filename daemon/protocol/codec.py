@@ -48,7 +48,13 @@ from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception, transform_error
 
 from schedd.errors import ProtocolError
-from schedd.protocol.messages import MESSAGE_TYPES, InvalidField, Message, _json_type
+from schedd.protocol.messages import (
+    MESSAGE_TYPES,
+    Heartbeat,
+    InvalidField,
+    Message,
+    _json_type,
+)
 
 __all__ = [
     "ERROR_CODES",
@@ -251,6 +257,24 @@ def encode(message: Message) -> bytes:
     return orjson.dumps(obj)
 
 
+_IDLE_BEAT_KEYS: Final = frozenset({"inflight", "running", "load"})
+
+
+def _idle_beat(obj: dict[str, Any]) -> Heartbeat | None:
+    """The heartbeat of an idle node, built without cattrs: ``inflight`` an int, ``running``
+    empty, ``load`` a number. Most of a large fleet sends exactly this every second; cattrs
+    took ~6 % of the daemon's CPU at 10,000 nodes. Anything else, or anything the message's
+    own validators refuse, returns None and takes the general path (and its error text)."""
+    inflight, running, load = obj["inflight"], obj["running"], obj["load"]
+    if (inflight.__class__ is not int or running.__class__ is not list or running
+            or load.__class__ not in (int, float)):
+        return None
+    try:
+        return Heartbeat(inflight=inflight, running=[], load=float(load))
+    except Exception:  # refused by a validator: the general path says why
+        return None
+
+
 def decode(data: bytes | bytearray | memoryview | str) -> Message:
     """Parse one JSON message; raise :class:`~schedd.errors.ProtocolError` if it is not valid."""
     try:
@@ -267,6 +291,10 @@ def decode(data: bytes | bytearray | memoryview | str) -> Message:
         shown = repr(tag)
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
         raise ProtocolError(E_UNKNOWN_TYPE, f"unknown message type {shown}")
+    if tag == "heartbeat" and obj.keys() == _IDLE_BEAT_KEYS:
+        beat = _idle_beat(obj)
+        if beat is not None:
+            return beat
     structure, cls = entry
     try:
         message: Message = structure(obj, cls)

@@ -754,3 +754,29 @@ def test_protocol_package_imports_no_io_library() -> None:
                 continue
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"type":"heartbeat","inflight":0,"running":[],"load":0.0}',
+    b'{"load":3,"running":[],"inflight":2,"type":"heartbeat"}',
+])
+def test_idle_heartbeat_fast_path_equals_the_general_path(raw: bytes) -> None:
+    obj = orjson.loads(raw)
+    obj.pop("type")
+    assert schedd.protocol.codec._idle_beat(dict(obj)) is not None  # the fast path is taken
+    general = schedd.protocol.codec._STRUCTURE["heartbeat"][0](obj, Heartbeat)
+    assert schedd.protocol.decode(raw) == general
+    assert isinstance(schedd.protocol.decode(raw).load, float)
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    (b'{"type":"heartbeat","inflight":-1,"running":[],"load":0}', "inflight"),
+    (b'{"type":"heartbeat","inflight":true,"running":[],"load":0}', "inflight"),
+    (b'{"type":"heartbeat","inflight":0,"running":[],"load":"x"}', "load"),
+    (b'{"type":"heartbeat","inflight":0,"running":[],"load":-1}', "load"),
+    (b'{"type":"heartbeat","inflight":0,"running":{},"load":0}', "running"),
+])
+def test_idle_heartbeat_refusals_keep_the_general_errors(raw: bytes, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        schedd.protocol.decode(raw)
+    assert info.value.code == "E_BAD_FIELD" and fragment in info.value.message
