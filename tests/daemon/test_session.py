@@ -384,7 +384,10 @@ async def test_queued_messages_go_out_in_one_write_in_order() -> None:
         daemon_side.gate.set()
         await client.expect(p.Welcome)
         assert [(await client.expect(p.Pong)).ref for _ in range(20)] == [str(i) for i in range(20)]
-        assert daemon_side.batches == [1, 20]
+        # the first write (the welcome, and any pong queued before the sender ran) waited at
+        # the gate; everything queued meanwhile went out in one more write
+        assert sum(daemon_side.batches) == 21 and len(daemon_side.batches) <= 2
+        assert max(daemon_side.batches) > 1
 
 
 async def test_drain_goes_past_a_node_the_store_already_took_offline(store_url: str) -> None:
