@@ -43,8 +43,14 @@ local ok, pools = pcall(cjson.decode, ARGV[4])
 if not ok or type(pools) ~= 'table' or #pools == 0 then
   return err('E_BAD_ARG', 'a job needs at least one candidate pool')
 end
-local ok2, services = pcall(cjson.decode, ARGV[8])
-if not ok2 or type(services) ~= 'table' then return err('E_BAD_ARG', 'services must be a JSON array') end
+local services = {}
+if ARGV[8] ~= '[]' then
+  local ok2
+  ok2, services = pcall(cjson.decode, ARGV[8])
+  if not ok2 or type(services) ~= 'table' then
+    return err('E_BAD_ARG', 'services must be a JSON array')
+  end
+end
 local priority = tonumber(ARGV[7])
 if not priority or priority < -1000 or priority > 1000 or priority % 1 ~= 0 then
   return err('E_BAD_ARG', 'priority must be an integer in -1000..1000')
@@ -65,24 +71,27 @@ if not node_id then
     return err('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
   end
 end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('HINCRBY', KEYS[2], 'total:submitted', 1)
+-- seq orders the queues and counts every job ever accepted (read as total:submitted)
+local seq_s = int_s(redis.call('HINCRBY', KEYS[2], 'seq', 1))
+local now_s = int_s(now)
+-- What the helpers read of the job; its hash gets the flat list below in one HSET together
+-- with the assignment's (or the queueing's) fields. Both are built by constructors: a table
+-- filled field by field, then flattened, costs more than the rest of the script.
 local job = {
-  id = job_id, state = '', principal = ARGV[2], client = CALLER, pools = ARGV[4],
-  payload = ARGV[5], session = ARGV[6], priority = ARGV[7], services = ARGV[8],
-  ack_ms = ARGV[9], run_ms = ARGV[10], queue_ms = ARGV[11], max_attempts = ARGV[12],
-  retain_ms = ARGV[15], session_ms = ARGV[16], attempt = '0', node = '', seq = tostring(seq),
-  t_sub = tostring(now),
+  state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
+  priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
 }
--- The job's fields go into the same HSET as the assignment's (or the queueing's).
-local flat = {}
-for k, v in pairs(job) do
-  flat[#flat + 1] = k
-  flat[#flat + 1] = v
-end
+local flat = {
+  'id', job_id, 'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
+  'session', ARGV[6], 'priority', ARGV[7], 'services', ARGV[8], 'ack_ms', ARGV[9],
+  'run_ms', ARGV[10], 'queue_ms', ARGV[11], 'max_attempts', ARGV[12], 'retain_ms', ARGV[15],
+  'session_ms', ARGV[16], 'seq', seq_s, 't_sub', now_s,
+}
 if node_id then
-  assign(job_id, job, node_id, now, flat)
+  assign(job_id, job, node_id, now, flat, now_s)
 else
+  local n = #flat
+  flat[n + 1], flat[n + 2] = 'attempt', '0'
   enqueue(job_id, job, now, flat)
 end
 return {{'new', job.state, tonumber(job.attempt), ''}, LOCAL, EVENTS}

@@ -201,6 +201,8 @@ class Queries:
         h = _pairs(await self.store.execute("HGETALL", self.keys.counts))
         out = {state: _int(h.get(state, "0")) for state in JOB_STATES}
         out.update({k: _int(v) for k, v in h.items() if k.startswith("total:")})
+        # job_submit counts accepted jobs once, in the queue-order sequence
+        out["total:submitted"] = _int(h.get("seq", "0"))
         return out
 
     async def recent_finished(self, limit: int = 2000) -> list[FinishedJob]:

@@ -20,6 +20,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- An integer as the decimal string Redis and the JSON decoder expect. Cheaper than letting Lua
+-- format a number (tostring and a number argument to redis.call both go through '%.14g').
+local function int_s(n)
+  return string.format('%d', n)
+end
+
 local function err(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
 end
@@ -36,8 +42,9 @@ local CALLER = '' -- set by each script from its ARGV: the calling instance
 local LOCAL = {}  -- deliveries returned to the caller
 local EVENTS = {} -- {'job', id, state, attempt, node} / {'node_offline', id, reason}
 
+-- msg: a table to encode, or a message already encoded as JSON text.
 local function deliver(instance, msg)
-  local encoded = cjson.encode(msg)
+  local encoded = type(msg) == 'string' and msg or cjson.encode(msg)
   if instance == CALLER then
     LOCAL[#LOCAL + 1] = encoded
   elseif instance and instance ~= '' then
@@ -58,7 +65,9 @@ local function count_state(job_id, old, new, attempt, node)
   if TERMINAL[new] then redis.call('HINCRBY', K.counts(), 'total:' .. new, 1) end
   attempt = tonumber(attempt) or 0
   if new == 'queued' then attempt = attempt + 1 end -- a queued job waits for its next attempt
-  EVENTS[#EVENTS + 1] = cjson.encode({'job', job_id, new, attempt, node or ''})
+  -- built as text: cjson formats numbers with '%.14g', which costs more than the whole string
+  EVENTS[#EVENTS + 1] = '["job",' .. cjson.encode(job_id) .. ',"' .. new .. '",' .. int_s(attempt)
+    .. ',' .. cjson.encode(node or '') .. ']'
 end
 
 local function set_state(job_id, old, new)
@@ -136,7 +145,8 @@ end
 
 -- Pick a node for a job: the session's node if it still qualifies, else the member with the most
 -- free slots of the first candidate pool that has an eligible one. Looks at SCAN members per
--- pool at most, so the cost does not grow with pool size.
+-- pool at most, so the cost does not grow with pool size. The head of each pool is read alone
+-- first (the common case: it is eligible), the next SCAN - 1 members only when it is not.
 local function select_node(job_id, pools, services, session, now, fresh)
   if session and session ~= '' then
     local sticky = redis.call('GET', K.session(session))
@@ -150,11 +160,18 @@ local function select_node(job_id, pools, services, session, now, fresh)
     end
   end
   for _, pool in ipairs(pools) do
-    local members = redis.call('ZRANGE', K.pool(pool), '+inf', 1, 'BYSCORE', 'REV', 'LIMIT', 0, SCAN)
-    for _, node_id in ipairs(members) do
-      if eligible(node_id, job_id, services, now, fresh) then return node_id end
+    local head = redis.call('ZRANGE', K.pool(pool), 0, 0, 'REV', 'WITHSCORES')
+    if #head == 0 or tonumber(head[2]) < 1 then
+      exclusion('no_free_slot')
+    elseif eligible(head[1], job_id, services, now, fresh) then
+      return head[1]
+    else
+      local members = redis.call('ZRANGE', K.pool(pool), '+inf', 1, 'BYSCORE', 'REV', 'LIMIT', 1,
+        SCAN - 1)
+      for _, node_id in ipairs(members) do
+        if eligible(node_id, job_id, services, now, fresh) then return node_id end
+      end
     end
-    if #members == 0 then exclusion('no_free_slot') end
   end
   return nil
 end
@@ -174,9 +191,11 @@ end
 
 -- Record attempt n+1 of job on node and deliver the assignment to the node's owner.
 -- fields: optional flat {field, value, ...} list written to the job hash in the same HSET.
-local function assign(job_id, job, node_id, now, fields)
+-- now_s: now as text when the caller has it already.
+local function assign(job_id, job, node_id, now, fields, now_s)
   local attempt = tonumber(job.attempt) + 1
-  local deadline = now + tonumber(job.ack_ms)
+  local attempt_s = int_s(attempt)
+  local deadline_s = int_s(now + tonumber(job.ack_ms))
   local nkey = K.node(node_id)
   local vals = redis.call('HMGET', nkey, 'owner', 'epoch', 'state', 'capacity', 'pools')
   local owner, epoch = vals[1], vals[2]
@@ -184,18 +203,24 @@ local function assign(job_id, job, node_id, now, fields)
   redis.call('SADD', K.node_jobs(node_id), job_id)
   local flat = fields or {}
   local n = #flat
-  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'attempt', attempt, 'node', node_id
-  flat[n + 5], flat[n + 6], flat[n + 7], flat[n + 8] = 't_asg', now, 't_acc', ''
-  flat[n + 9], flat[n + 10] = 'state', 'assigned'
+  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'attempt', attempt_s, 'node', node_id
+  flat[n + 5], flat[n + 6], flat[n + 7], flat[n + 8] = 't_asg', now_s or int_s(now), 'state',
+    'assigned'
+  if attempt > 1 then -- an earlier attempt's acceptance time goes
+    flat[n + 9], flat[n + 10] = 't_acc', ''
+  end
   redis.call('HSET', K.job(job_id), unpack(flat))
   count_state(job_id, job.state, 'assigned', attempt, node_id)
-  redis.call('ZADD', K.deadlines(), deadline, job_id)
+  redis.call('ZADD', K.deadlines(), deadline_s, job_id)
   if job.session and job.session ~= '' then
-    redis.call('SET', K.session(job.session), node_id, 'PX', tonumber(job.session_ms))
+    redis.call('SET', K.session(job.session), node_id, 'PX', job.session_ms)
   end
-  deliver(owner, {'assign', node_id, job_id, attempt, job.payload, job.session or '', deadline,
-    tonumber(epoch)})
-  job.attempt = tostring(attempt)
+  -- {'assign', node, job, attempt, payload, session, deadline, epoch}, built as text (see
+  -- count_state); epoch is the integer the node record holds
+  deliver(owner, '["assign",' .. cjson.encode(node_id) .. ',' .. cjson.encode(job_id) .. ','
+    .. attempt_s .. ',' .. cjson.encode(job.payload) .. ',' .. cjson.encode(job.session or '')
+    .. ',' .. deadline_s .. ',' .. (tonumber(epoch) and epoch or 'null') .. ']')
+  job.attempt = attempt_s
   job.node = node_id
   job.state = 'assigned'
 end
@@ -210,13 +235,12 @@ local function enqueue(job_id, job, now, fields)
   end
   local flat = fields or {}
   local n = #flat
-  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'node', '', 't_enq', now
+  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'node', '', 't_enq', int_s(now)
   if job.state ~= 'queued' then
     flat[n + 5], flat[n + 6] = 'state', 'queued'
   end
   redis.call('HSET', K.job(job_id), unpack(flat))
-  local attempt = redis.call('HGET', K.job(job_id), 'attempt')
-  count_state(job_id, job.state, 'queued', attempt, '')
+  count_state(job_id, job.state, 'queued', job.attempt, '')
   redis.call('ZADD', K.deadlines(), now + tonumber(job.queue_ms), job_id)
   job.state = 'queued'
 end
