@@ -15,10 +15,25 @@ from pathlib import Path
 REDIS_SERVER = shutil.which("redis-server")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on now, never the same one twice in this process."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
+PORT_ARGS = ("--cluster-port", "--port")
+
+
+class PortTaken(RuntimeError):
+    """redis-server could not bind its port (or cluster bus port)."""
 
 
 class RedisServer:
@@ -27,6 +42,9 @@ class RedisServer:
     def __init__(self, port: int | None = None, extra_args: list[str] | None = None) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
+        # a port picked here may be taken by another process before the server binds it: then
+        # start() picks new ones (this one and any in PORT_ARGS of extra_args), once started never
+        self.auto_ports = port is None
         self.port = port or free_port()
         self.extra_args = extra_args or []
         self.dir = Path(tempfile.mkdtemp(prefix="schedd-redis-"))
@@ -37,7 +55,32 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        for _ in range(4):
+            try:
+                self._start_once()
+                self.auto_ports = False  # a restart keeps the port its clients know
+                return self
+            except PortTaken:
+                if not self.auto_ports:
+                    raise
+            self.port = free_port()
+            self.extra_args = [
+                str(free_port()) if i > 0 and self.extra_args[i - 1] in PORT_ARGS else arg
+                for i, arg in enumerate(self.extra_args)
+            ]
+        return self._start_once()
+
+    def _log_tail(self) -> str:
+        try:
+            lines = (self.dir / "redis.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(lines[-3:])
+
+    def _start_once(self) -> RedisServer:
         assert REDIS_SERVER is not None
+        if self.auto_ports:  # no line of an attempt on a taken port may be read as this one's
+            (self.dir / "redis.log").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [
                 REDIS_SERVER,
@@ -63,7 +106,12 @@ class RedisServer:
             except OSError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                tail = self._log_tail()
+                if "Address already in use" in tail:
+                    raise PortTaken(tail)
+                raise RuntimeError(
+                    f"redis-server on port {self.port} exited with {self.proc.returncode}: {tail}"
+                )
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
 
