@@ -212,15 +212,16 @@ class DaemonProcess:
             reply: bytes = await store.execute(*args)
             return reply
 
-    async def count_script_calls(self, sha: str, seconds: float) -> int:
-        """EVALSHA calls of one script during ``seconds``, counted from ``redis-cli MONITOR``
-        (a C process: parsing the stream here would load the bench process)."""
+    async def count_script_calls(self, names: Sequence[str], seconds: float) -> int:
+        """Calls of one script (``FCALL`` by function name or ``EVALSHA`` by SHA: ``names``)
+        during ``seconds``, counted from ``redis-cli MONITOR`` (a C process: parsing the stream
+        here would load the bench process)."""
         monitor = subprocess.Popen(  # noqa: ASYNC220
             ["redis-cli", "-p", str(self.redis.port), "monitor"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert monitor.stdout is not None
         grep = subprocess.Popen(  # noqa: ASYNC220
-            ["grep", "-c", "-F", f'"{sha}"'], stdin=monitor.stdout,
+            ["grep", "-c", "-F", *(f"-e\"{name}\"" for name in names)], stdin=monitor.stdout,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         monitor.stdout.close()
         try:
@@ -509,7 +510,7 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
 
     if opt.url is not None:
         raise ValueError("S3 measures the daemon's process: it needs its own daemon (no --url)")
-    sha = Scripts()["heartbeat_batch"].sha
+    script = Scripts()["heartbeat_batch"]
     async with running_daemon() as daemon:
         url = daemon.url(opt.transport)
         recorder = Recorder()
@@ -521,7 +522,8 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
             cpu0, t0 = _proc_times(daemon.pid), time.perf_counter()
             own0 = _proc_times(os.getpid())
             beats0 = fleet.stats.heartbeats
-            calls = await daemon.count_script_calls(sha, p["monitor_seconds"])
+            calls = await daemon.count_script_calls(
+                (script.function, script.sha), p["monitor_seconds"])
             monitor_s = p["monitor_seconds"]
             rest = p["idle_seconds"] - settle - monitor_s
             await trio.sleep(max(0.0, rest))

@@ -52,7 +52,8 @@ async def measure(store: Store, nodes: int, calls: int) -> dict[str, Any]:
     await store.execute("CONFIG", "RESETSTAT")
     for i in range(calls):
         await core.submit(JobSpec(pools=("p",), job_id=f"job-{i:06d}", payload_json='{"n": 1}'))
-    stats = _stats(await store.execute("INFO", "commandstats"))["evalsha"]
+    commandstats = _stats(await store.execute("INFO", "commandstats"))
+    stats = commandstats.get("fcall") or commandstats["evalsha"]
     job_id = "job-000000"
     node_id = (await store.execute("HGET", k.job(job_id), "node")).decode()
     await core.result(job_id, node_id=node_id, attempt=1, ok=True, output_json='{"text": "ok"}')

@@ -9,8 +9,11 @@
 --  * every job state change and every node taken offline is also returned as an event, so the
 --    instance whose script made the change tells its plugins, exactly once.
 
-local cjson = cjson
-local unpack = unpack or table.unpack
+-- No global is read at load time (a Redis Function library may not): cjson, string, table and
+-- the rest are looked up when a function runs.
+local function unpack_list(list)
+  return (table.unpack or unpack)(list)
+end
 local TERMINAL = {done = true, failed = true, canceled = true, timed_out = true}
 local SCAN = 16 -- candidates looked at per pool or queue head: bounds every selection
 local FINISHED_KEPT = 2000 -- recent completions kept in K.finished()
@@ -132,7 +135,7 @@ local function eligible(node_id, job_id, services, now, fresh)
     return false
   end
   if #services > 0 then
-    local marks = redis.call('HMGET', K.node_unavail(node_id), unpack(services))
+    local marks = redis.call('HMGET', K.node_unavail(node_id), unpack_list(services))
     for i = 1, #services do
       if marks[i] and tonumber(marks[i]) > now then
         exclusion('unavailable:' .. services[i])
@@ -209,7 +212,7 @@ local function assign(job_id, job, node_id, now, fields, now_s)
   if attempt > 1 then -- an earlier attempt's acceptance time goes
     flat[n + 9], flat[n + 10] = 't_acc', ''
   end
-  redis.call('HSET', K.job(job_id), unpack(flat))
+  redis.call('HSET', K.job(job_id), unpack_list(flat))
   count_state(job_id, job.state, 'assigned', attempt, node_id)
   redis.call('ZADD', K.deadlines(), deadline_s, job_id)
   if job.session and job.session ~= '' then
@@ -239,7 +242,7 @@ local function enqueue(job_id, job, now, fields)
   if job.state ~= 'queued' then
     flat[n + 5], flat[n + 6] = 'state', 'queued'
   end
-  redis.call('HSET', K.job(job_id), unpack(flat))
+  redis.call('HSET', K.job(job_id), unpack_list(flat))
   count_state(job_id, job.state, 'queued', job.attempt, '')
   redis.call('ZADD', K.deadlines(), now + tonumber(job.queue_ms), job_id)
   job.state = 'queued'

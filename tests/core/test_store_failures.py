@@ -13,13 +13,16 @@ from schedd.store.base import Store
 from tests.core.helpers import make_core, spec
 
 
-async def test_scripts_reload_after_script_flush(store: Store) -> None:
+@pytest.mark.parametrize("flush", ["SCRIPT", "FUNCTION"])
+async def test_scripts_reload_after_a_flush(store: Store, flush: str) -> None:
     core, rec = await make_core(store)
     await core.register_node(node_id="n1", capacity=1, pools=["p"])
-    await store.execute("SCRIPT", "FLUSH")
+    await store.execute(flush, "FLUSH")
     sub = await core.submit(spec("p"))
     await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
     assert rec.of(Done)[0].state == "done"
+    # the library is back (FUNCTION FLUSH removed it; SCRIPT FLUSH never touched it)
+    assert await store.execute("FUNCTION", "LIST", "LIBRARYNAME", core.scripts.library_name)
 
 
 @pytest.mark.redis_server
