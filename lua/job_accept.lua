@@ -11,14 +11,14 @@
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
 local job_id = ARGV[2]
-local job, e = fenced_job(job_id, ARGV[3], ARGV[4])
+local job, e = fenced_job(job_id, ARGV[3], ARGV[4], {'state', 'node', 'attempt', 'run_ms'})
 if e then return e end
 if job.state == 'running' then
   return {{'running', 'duplicate', tonumber(redis.call('ZSCORE', KEYS[2], job_id) or 0)}, {}}
 end
 local now = now_ms()
 local deadline = now + tonumber(job.run_ms)
-redis.call('HSET', KEYS[1], 't_acc', now)
-set_state(job_id, job.state, 'running')
-redis.call('ZADD', KEYS[2], deadline, job_id)
+redis.call('HSET', KEYS[1], 't_acc', int_s(now), 'state', 'running')
+count_state(job_id, job.state, 'running', job.attempt, job.node)
+redis.call('ZADD', KEYS[2], int_s(deadline), job_id)
 return {{'running', 'new', deadline}, LOCAL, EVENTS}

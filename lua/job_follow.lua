@@ -15,5 +15,5 @@ if ARGV[2] ~= '' and job.principal ~= ARGV[2] then
 end
 redis.call('HSET', KEYS[1], 'client', CALLER)
 local done = ''
-if TERMINAL[job.state] then done = cjson.encode(done_message(job_id, job)) end
+if TERMINAL[job.state] then done = done_message(job_id, job) end
 return {{job.state, tonumber(job.attempt), done}, {}}

@@ -11,7 +11,9 @@
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
 local job_id = ARGV[2]
-local job, e = fenced_job(job_id, ARGV[3], ARGV[4])
+local job, e = fenced_job(job_id, ARGV[3], ARGV[4], {'state', 'node', 'attempt', 'client'})
 if e then return e end
-deliver(job.client, {'progress', job_id, tonumber(job.attempt), ARGV[5]})
+-- {'progress', job, attempt, progress JSON text}, built as text (lib.lua count_state)
+deliver(job.client, '["progress",' .. cjson.encode(job_id) .. ',' .. job.attempt .. ','
+  .. cjson.encode(ARGV[5]) .. ']')
 return {{job.state}, LOCAL, EVENTS}

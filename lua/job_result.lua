@@ -15,17 +15,19 @@
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
 local job_id, node_id, attempt = ARGV[2], ARGV[3], ARGV[4]
-local job = hgetall(KEYS[1])
+-- what fencing, releasing and finishing read (not the payload, which may be large)
+local job = hmget(KEYS[1], {'state', 'node', 'attempt', 'client', 'pools', 'retain_ms', 't_sub',
+  't_asg', 't_acc'})
 if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt then
   return {{job.state, 'duplicate'}, {}}
 end
 local e
-job, e = fenced_job(job_id, node_id, attempt)
+job, e = fenced_job(job_id, node_id, attempt, job)
 if e then return e end
 local now = now_ms()
-release(job_id, job)
-local okflag = ARGV[5] == '1' and 1 or 0
-finish(job_id, job, okflag == 1 and 'done' or 'failed',
-  {ok = okflag, output = ARGV[6], error = ARGV[7]}, now)
-feed_node(node_id, now)
+local _, node_now = release(job_id, job)
+local ok = ARGV[5] == '1'
+finish(job_id, job, ok and 'done' or 'failed',
+  {ok = ok and '1' or '0', output = ARGV[6], error = ARGV[7]}, now)
+feed_node(node_id, now, node_now)
 return {{job.state, 'new'}, LOCAL, EVENTS}

@@ -36,7 +36,7 @@ if existing then
   end
   redis.call('HSET', jkey, 'client', CALLER)
   local done = ''
-  if TERMINAL[existing.state] then done = cjson.encode(done_message(job_id, existing)) end
+  if TERMINAL[existing.state] then done = done_message(job_id, existing) end
   return {{'duplicate', existing.state, tonumber(existing.attempt), done}, {}}
 end
 local ok, pools = pcall(cjson.decode, ARGV[4])

@@ -1,6 +1,6 @@
 -- Shared helpers included (by the script registry) at the top of every script after the key
 -- prelude. Rules of this file:
---  * every state change of a job goes through set_state, so the per-state counts stay exact;
+--  * every state change of a job is counted by count_state, so the per-state counts stay exact;
 --  * every change of a node's used slots goes through node_slots, so pool scores (free slots)
 --    always equal capacity - used for online nodes and nodes outside pools hold no score;
 --  * deliveries for the calling instance are returned in the reply (fast path); deliveries for
@@ -16,7 +16,14 @@ local function unpack_list(list)
 end
 local TERMINAL = {done = true, failed = true, canceled = true, timed_out = true}
 local SCAN = 16 -- candidates looked at per pool or queue head: bounds every selection
-local FINISHED_KEPT = 2000 -- recent completions kept in K.finished()
+local FINISHED_KEPT = 2000 -- recent completions kept in K.finished() (at least)
+local FINISHED_SLACK = 500  -- trimmed back to FINISHED_KEPT once this many more have come
+
+-- A stored integer field (written by these scripts as decimal text) as JSON: '0' when absent.
+local function num_s(v)
+  if v == nil or v == '' then return '0' end
+  return v
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -31,6 +38,17 @@ end
 
 local function err(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
+end
+
+-- The named fields of a hash as a table (absent fields stay nil); nil when the first is absent.
+local function hmget(key, names)
+  local vals = redis.call('HMGET', key, unpack_list(names))
+  if not vals[1] then return nil end
+  local h = {}
+  for i = 1, #names do
+    if vals[i] then h[names[i]] = vals[i] end
+  end
+  return h
 end
 
 local function hgetall(key)
@@ -73,13 +91,6 @@ local function count_state(job_id, old, new, attempt, node)
     .. ',' .. cjson.encode(node or '') .. ']'
 end
 
-local function set_state(job_id, old, new)
-  if old == new then return end
-  redis.call('HSET', K.job(job_id), 'state', new)
-  local at = redis.call('HMGET', K.job(job_id), 'attempt', 'node')
-  count_state(job_id, old, new, at[1], at[2])
-end
-
 -- Pools ---------------------------------------------------------------------------------------
 
 local function node_pools(node)
@@ -104,7 +115,7 @@ end
 
 -- Change a node's used slots by delta and refresh its score in every pool it serves.
 -- vals: the node's {state, capacity, pools} when the caller has just read them (else read here).
-local function node_slots(node_id, delta, vals)
+local function node_slots(node_id, delta, vals)  -- returns used, {state, capacity, pools}
   local nkey = K.node(node_id)
   local used = tonumber(redis.call('HINCRBY', nkey, 'used', delta))
   if used < 0 then
@@ -115,11 +126,12 @@ local function node_slots(node_id, delta, vals)
   if vals[1] == 'online' then
     local free = tonumber(vals[2]) - used
     if free < 0 then free = 0 end
+    local free_s = int_s(free)
     for _, pool in ipairs(cjson.decode(vals[3])) do
-      redis.call('ZADD', K.pool(pool), 'XX', free, node_id)
+      redis.call('ZADD', K.pool(pool), 'XX', free_s, node_id)
     end
   end
-  return used
+  return used, vals
 end
 
 -- Eligibility of a node for a job: alive, not failed it before, every needed service present.
@@ -248,58 +260,80 @@ local function enqueue(job_id, job, now, fields)
   job.state = 'queued'
 end
 
+-- The done message as JSON text: {'done', job, state, ok, output, error, node, attempt, t_sub,
+-- t_asg, t_acc, t_fin}; output and error are JSON texts carried as strings.
 local function done_message(job_id, job)
-  return {'done', job_id, job.state, tonumber(job.ok or 0), job.output or 'null',
-    job.error or 'null', job.node or '', tonumber(job.attempt),
-    tonumber(job.t_sub) or 0, tonumber(job.t_asg) or 0, tonumber(job.t_acc) or 0,
-    tonumber(job.t_fin) or 0}
+  return '["done",' .. cjson.encode(job_id) .. ',"' .. job.state .. '",' .. num_s(job.ok) .. ','
+    .. cjson.encode(job.output or 'null') .. ',' .. cjson.encode(job.error or 'null') .. ','
+    .. cjson.encode(job.node or '') .. ',' .. num_s(job.attempt) .. ',' .. num_s(job.t_sub) .. ','
+    .. num_s(job.t_asg) .. ',' .. num_s(job.t_acc) .. ',' .. num_s(job.t_fin) .. ']'
 end
 
 -- Move a job to a terminal state: it leaves every queue and index, is retained for its
 -- retention time, and its client's instance gets exactly one done.
+-- job: the job's fields as read (the state, node, attempt, client, retain_ms, t_sub, t_asg and
+-- t_acc at least; pools if it is queued).
 local function finish(job_id, job, state, fields, now)
   local jkey = K.job(job_id)
   if job.state == 'queued' then dequeue_everywhere(job_id, job) end
   redis.call('ZREM', K.deadlines(), job_id)
-  job.t_fin = tostring(now)
-  redis.call('HSET', jkey, 't_fin', now)
+  local now_s = int_s(now)
+  local flat = {'t_fin', now_s, 'state', state}
   for k, v in pairs(fields) do
-    redis.call('HSET', jkey, k, v)
+    if type(v) == 'number' then v = int_s(v) end
+    flat[#flat + 1] = k
+    flat[#flat + 1] = v
     job[k] = v
   end
-  set_state(job_id, job.state, state)
+  redis.call('HSET', jkey, unpack_list(flat))
+  -- the event names the node the attempt ran on, also when the caller cleared job.node
+  local node = job.node
+  if not node or node == '' then node = redis.call('HGET', jkey, 'node') end
+  count_state(job_id, job.state, state, job.attempt, node)
+  job.t_fin = now_s
   job.state = state
-  redis.call('ZADD', K.gc(), now + tonumber(job.retain_ms), 'j:' .. job_id)
+  redis.call('ZADD', K.gc(), int_s(now + tonumber(job.retain_ms)), 'j:' .. job_id)
   -- a bounded window of recent completions: latency percentiles and rates for every instance
-  redis.call('LPUSH', K.finished(), cjson.encode({job_id, state, job.node or '',
-    tonumber(job.t_sub) or 0, tonumber(job.t_asg) or 0, tonumber(job.t_acc) or 0, now}))
-  redis.call('LTRIM', K.finished(), 0, FINISHED_KEPT - 1)
+  local kept = redis.call('LPUSH', K.finished(), '[' .. cjson.encode(job_id) .. ',"' .. state
+    .. '",' .. cjson.encode(job.node or '') .. ',' .. num_s(job.t_sub) .. ',' .. num_s(job.t_asg)
+    .. ',' .. num_s(job.t_acc) .. ',' .. now_s .. ']')
+  if kept > FINISHED_KEPT + FINISHED_SLACK then
+    redis.call('LTRIM', K.finished(), 0, FINISHED_KEPT - 1)
+  end
   deliver(job.client, done_message(job_id, job))
 end
 
--- Free the slot a job holds on its node (if any).
+-- Free the slot a job holds on its node (if any). Returns the node, and when a slot was freed
+-- the node's {state, capacity, used, pools} as they now are.
 local function release(job_id, job)
   local node_id = job.node
   if node_id and node_id ~= '' then
     if redis.call('SREM', K.node_jobs(node_id), job_id) == 1 then
-      node_slots(node_id, -1)
+      local used, vals = node_slots(node_id, -1)
+      return node_id, {vals[1], vals[2], used, vals[3]}
     end
   end
-  return node_id
+  return node_id, nil
 end
 
 -- Hand a node queued jobs of its pools while it has free slots (work conservation).
-local function feed_node(node_id, now)
-  local node = hgetall(K.node(node_id))
-  if not node or node.state ~= 'online' then return end
-  local exp = redis.call('ZSCORE', K.alive(), node_id)
-  if not exp or tonumber(exp) <= now then return end
-  local free = tonumber(node.capacity) - tonumber(node.used)
-  local pools = node_pools(node)
+-- known: the node's {state, capacity, used, pools} when the caller has just read them.
+local function feed_node(node_id, now, known)
+  local vals = known or redis.call('HMGET', K.node(node_id), 'state', 'capacity', 'used', 'pools')
+  if vals[1] ~= 'online' then return end
+  local free = tonumber(vals[2]) - tonumber(vals[3])
+  if free <= 0 then return end
+  local pools = (vals[4] and vals[4] ~= '') and cjson.decode(vals[4]) or {}
+  local alive = nil -- looked up once, when a queue has a job for it
   while free > 0 do
     local best_id, best_order = nil, nil
     for _, pool in ipairs(pools) do
       local heads = redis.call('ZRANGE', K.queue(pool), 0, SCAN - 1, 'WITHSCORES')
+      if #heads > 0 and alive == nil then
+        local exp = redis.call('ZSCORE', K.alive(), node_id)
+        alive = exp and tonumber(exp) > now or false
+      end
+      if alive == false then return end
       for i = 1, #heads, 2 do
         local order = tonumber(heads[i + 1])
         if best_order and order >= best_order then break end
@@ -366,8 +400,17 @@ local function node_down(node_id, node, reason, now, retain_ms)
 end
 
 -- Fence a node-side message: the job exists, is not terminal and attempt n on this node.
-local function fenced_job(job_id, node_id, attempt)
-  local job = hgetall(K.job(job_id))
+-- fields: the fields to read (state, node and attempt among them; nil: all of them), or the job
+-- as the caller has read it.
+local function fenced_job(job_id, node_id, attempt, fields)
+  local job
+  if fields and fields.state then
+    job = fields
+  elseif fields then
+    job = hmget(K.job(job_id), fields)
+  else
+    job = hgetall(K.job(job_id))
+  end
   if not job then return nil, err('E_NO_JOB', 'job ' .. job_id .. ' does not exist') end
   if job.node ~= node_id or job.attempt ~= attempt or TERMINAL[job.state] then
     return job, err('E_STALE_ATTEMPT', 'job ' .. job_id .. ' attempt ' .. attempt ..

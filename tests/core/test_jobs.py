@@ -269,3 +269,22 @@ async def test_recent_finished_window(store: Store) -> None:
     assert [(f.job_id, f.state, f.node) for f in recent] == [
         (second.job_id, "canceled", None), (first.job_id, "done", "n1")]
     assert recent[1].submitted_ms <= recent[1].assigned_ms <= recent[1].finished_ms
+
+
+async def test_recent_finished_is_trimmed_in_batches(store: Store) -> None:
+    core, _ = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    old = orjson.dumps(["old", "done", "", 0, 0, 0, 0]).decode()
+    await store.execute("LPUSH", core.keys.finished, *([old] * 2499))
+
+    async def finish_one() -> str:
+        sub = await core.submit(spec("p"))
+        await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
+        return sub.job_id
+
+    await finish_one()  # 2,500: within the slack, not trimmed
+    assert await store.execute("LLEN", core.keys.finished) == 2500
+    newest = await finish_one()  # 2,501: back to the 2,000 most recent
+    assert await store.execute("LLEN", core.keys.finished) == 2000
+    recent = await Queries(store, core.keys).recent_finished()
+    assert len(recent) == 2000 and recent[0].job_id == newest
