@@ -4,7 +4,9 @@ CLI, against a real redis-server and daemon process. Counts are asserted, timing
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 import trio
 
 from schedd.bench import DaemonProcess, _failure, percentiles
+from schedd.benchmarks.script_cost import FIRST_CPU, pinned
 from schedd.redis_process import REDIS_SERVER
 from schedd.sdk import Client
 from schedd.sim import Fleet, parse_duration
@@ -64,6 +67,7 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     s4 = r["S4"]
     assert [row["nodes_in_pool"] for row in s4["rows"]] == s4["params"]["sizes"]
     assert all(row["select_reserve_calls"] == s4["params"]["calls"] for row in s4["rows"])
+    assert all(len(row["pinned_cpu"]) == 1 for row in s4["rows"])  # one CPU, see script_cost
 
     s5 = r["S5"]
     assert s5["lost"] == 0 and s5["done"] == s5["submitted"] > 0
@@ -112,6 +116,25 @@ def test_durations(spec: str, low: float, high: float) -> None:
 def test_bad_durations(spec: str) -> None:
     with pytest.raises(ValueError, match="bad duration"):
         parse_duration(spec)
+
+
+def test_script_cost_pins_to_one_cpu_and_restores() -> None:
+    before = os.sched_getaffinity(0)
+    with pinned(FIRST_CPU):
+        assert os.sched_getaffinity(0) == {min(before)}
+    assert os.sched_getaffinity(0) == before
+    with pinned(None):
+        assert os.sched_getaffinity(0) == before
+
+
+def test_script_cost_refuses_a_cpu_it_may_not_use() -> None:
+    with pytest.raises(ValueError, match="cpu 4096 is not one"), pinned(4096):
+        pass
+    proc = subprocess.run(
+        [sys.executable, "-m", "schedd.benchmarks.script_cost", "--cpu", "4096"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2 and "cpu 4096 is not one" in proc.stderr
 
 
 def test_percentiles() -> None:
