@@ -169,8 +169,11 @@ class DaemonProcess:
         notify_path = str(self.dir / "notify.sock")
         sock = self.notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         await sock.bind(notify_path)
-        env = {**os.environ, "NOTIFY_SOCKET": notify_path}
-        env.pop("SCHEDD_CONFIG", None)
+        # configured by the generated sched.toml only: an override from the caller's shell
+        # (SCHEDD_REDIS__URL, say) must not point the bench daemon elsewhere, and the bench's
+        # own variables (SCHEDD_BENCH_KEEP) are not settings the daemon would accept
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDD_")}
+        env["NOTIFY_SOCKET"] = notify_path
         # A start-up step (not on a measured path): blocking calls are fine here.
         with open(self.log, "wb") as log:  # noqa: ASYNC230
             self.proc = subprocess.Popen(  # noqa: ASYNC220

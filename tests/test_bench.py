@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,21 @@ async def test_fleet_answers_zero_length_jobs_ok_and_failed(transport: str) -> N
     assert fleet.stats.results_ok == outcomes.count(True) > 0
     assert fleet.stats.results_failed == outcomes.count(False) > 0
     assert fleet.stats.assigns == 40 and not fleet.nodes[0].running
+
+
+async def test_the_bench_daemon_ignores_schedd_variables_of_the_shell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # neither the bench's own variable nor an override meant for a production daemon reaches it
+    monkeypatch.setenv("SCHEDD_BENCH_KEEP", "1")
+    monkeypatch.setenv("SCHEDD_REDIS__URL", "redis://127.0.0.1:1/0")
+    daemon = DaemonProcess()
+    try:
+        with trio.fail_after(30):
+            await daemon.start()  # a daemon that read either would exit (bad key, no Redis)
+        await trio.sleep(0.5)
+        assert daemon.proc is not None and daemon.proc.poll() is None
+    finally:
+        daemon.stop()
+    assert daemon.dir.exists()  # SCHEDD_BENCH_KEEP still applies to the bench itself
+    shutil.rmtree(daemon.dir)
