@@ -22,7 +22,7 @@ if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attemp
   return {{job.state, 'duplicate'}, {}}
 end
 local e
-job, e = fenced_job(job_id, node_id, attempt, job)
+job, e = fence(job_id, node_id, attempt, job)
 if e then return e end
 local now = now_ms()
 local _, node_now = release(job_id, job)

@@ -399,18 +399,9 @@ local function node_down(node_id, node, reason, now, retain_ms)
   return #jobs
 end
 
--- Fence a node-side message: the job exists, is not terminal and attempt n on this node.
--- fields: the fields to read (state, node and attempt among them; nil: all of them), or the job
--- as the caller has read it.
-local function fenced_job(job_id, node_id, attempt, fields)
-  local job
-  if fields and fields.state then
-    job = fields
-  elseif fields then
-    job = hmget(K.job(job_id), fields)
-  else
-    job = hgetall(K.job(job_id))
-  end
+-- Fence a node-side message: the job (as read, nil if absent) exists, is not terminal and is
+-- attempt n on this node. Returns the job and nil, or the job and an error reply.
+local function fence(job_id, node_id, attempt, job)
   if not job then return nil, err('E_NO_JOB', 'job ' .. job_id .. ' does not exist') end
   if job.node ~= node_id or job.attempt ~= attempt or TERMINAL[job.state] then
     return job, err('E_STALE_ATTEMPT', 'job ' .. job_id .. ' attempt ' .. attempt ..
@@ -418,4 +409,12 @@ local function fenced_job(job_id, node_id, attempt, fields)
       (job.node or '') .. ', state ' .. job.state .. ')')
   end
   return job, nil
+end
+
+-- Read the job and fence: fields, the fields the caller needs (state, node and attempt among
+-- them), or nil for all of them.
+local function fenced_job(job_id, node_id, attempt, fields)
+  local job
+  if fields then job = hmget(K.job(job_id), fields) else job = hgetall(K.job(job_id)) end
+  return fence(job_id, node_id, attempt, job)
 end
