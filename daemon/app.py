@@ -56,7 +56,7 @@ from schedd.errors import (
 )
 from schedd.logs import set_level, setup_logging
 from schedd.plugin_manager import PluginManager
-from schedd.runtime import tune_gc
+from schedd.runtime import serve_gc_settler, tune_gc
 from schedd.session import Session
 from schedd.store import open_store
 from schedd.store.base import Store
@@ -117,6 +117,8 @@ class App:
         self.queries = Queries(store, self.core.keys)
         self.accepting = True
         self.sessions: set[Session] = set()
+        #: connections opened since start (schedd.runtime.serve_gc_settler)
+        self.sessions_opened = 0
         self.nodes: dict[str, Session] = {}
         self.followers: dict[str, Session] = {}
         self.listeners: dict[str, str] = {}
@@ -172,6 +174,7 @@ class App:
 
     def session_started(self, session: Session) -> None:
         self.sessions.add(session)
+        self.sessions_opened += 1
 
     def session_ended(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -273,6 +276,8 @@ class App:
                 await nursery.start(service, self)
             nursery.start_soon(systemd.serve_watchdog, self._healthy)
             nursery.start_soon(self._sweep_idle)
+            nursery.start_soon(serve_gc_settler, lambda: len(self.sessions),
+                               lambda: self.sessions_opened)
             self.ready.set()
             task_status.started()
 

@@ -35,6 +35,7 @@ import trio
 from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ProtocolError
 from schedd.protocol import PROTOCOL_VERSION
+from schedd.runtime import SETTLE_MINIMUM, settle_gc
 from schedd.sdk.connect import open_channel
 
 __all__ = [
@@ -407,6 +408,10 @@ class Fleet:
                 for node in self.nodes:
                     starting.start_soon(nursery.start, node.run)
             self.stop_on_failure = False
+            if len(self.nodes) >= SETTLE_MINIMUM:
+                # the fleet's objects live until it stops: out of every later pass (and out of
+                # the dispatch latencies measured next to it), see schedd.runtime
+                settle_gc()
             if self.disconnect_rate > 0:
                 nursery.start_soon(self._chaos)
             task_status.started()
