@@ -11,7 +11,7 @@
 -- KEYS[2] deadlines                 K.deadlines()
 -- KEYS[3] gc                        K.gc()
 -- KEYS[4] instance presence         K.instances()
--- derived: node and job keys, pools, queues, counts, inboxes
+-- derived: node and job keys, heartbeat times, pools, queues, counts, inboxes
 -- ARGV[1] caller instance
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records
@@ -62,6 +62,7 @@ for _, member in ipairs(old) do
     if redis.call('HGET', K.node(id), 'state') == 'offline' then
       redis.call('DEL', K.node(id))
       redis.call('ZREM', K.nodes(), id)
+      redis.call('HDEL', K.beats(), id)
     end
   end
   redis.call('ZREM', KEYS[3], member)

@@ -111,11 +111,11 @@ class Queries:
             return []
         replies = await self.store.execute_many(
             [("HGETALL", self.keys.node(n)) for n in ids]
-            + [("ZMSCORE", self.keys.alive, *ids)]
+            + [("ZMSCORE", self.keys.alive, *ids), ("HMGET", self.keys.beats, *ids)]
         )
-        alive = replies[-1]
+        alive, beats = replies[-2], replies[-1]
         out = []
-        for node_id, flat, until in zip(ids, replies[:-1], alive, strict=True):
+        for node_id, flat, until, beat in zip(ids, replies[:-2], alive, beats, strict=True):
             h = _pairs(flat)
             if not h:
                 continue
@@ -129,7 +129,7 @@ class Queries:
                     used=_int(h.get("used", "0")),
                     pools=_json(h.get("pools", ""), []),
                     load=float(h.get("load") or 0),
-                    last_heartbeat_ms=_int(h.get("t_hb", "0")),
+                    last_heartbeat_ms=_int(_s(beat)) if beat is not None else 0,
                     alive_until_ms=_int(_s(until)) if until is not None else None,
                     capabilities=_json(h.get("caps", ""), {}),
                     labels=_json(h.get("labels", ""), {}),

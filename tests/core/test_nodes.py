@@ -96,6 +96,45 @@ async def test_heartbeat_batch_refreshes_and_reports_stale(store: Store) -> None
                                 [core.keys.alive, core.keys.instances], ["A", 1000, 1000, "n1"])
 
 
+async def test_heartbeat_times_and_load_changes(store: Store) -> None:
+    core, _ = await make_core(store)
+    reg = await core.register_node(node_id="n1", capacity=2, pools=["p"])
+    (node,) = await Queries(store, core.keys).nodes()
+    registered = node.last_heartbeat_ms
+    assert registered > 0 and (node.load, await store.execute("HGET", core.keys.node("n1"),
+                                                              "inflight")) == (0.0, b"0")
+    await trio.sleep(0.01)
+    await core.heartbeat_batch([("n1", reg.epoch, 0.25, 1)])
+    (node,) = await Queries(store, core.keys).nodes()
+    assert node.last_heartbeat_ms > registered and node.load == 0.25
+    assert await store.execute("HGET", core.keys.node("n1"), "inflight") == b"1"
+    # an unchanged load is not written again, but the heartbeat time still moves
+    first = node.last_heartbeat_ms
+    await trio.sleep(0.01)
+    await core.heartbeat_batch([("n1", reg.epoch, 0.25, 1)])
+    (node,) = await Queries(store, core.keys).nodes()
+    assert node.last_heartbeat_ms > first and node.load == 0.25
+    await core.heartbeat_batch([("n1", reg.epoch, 0.0, 0)])
+    (node,) = await Queries(store, core.keys).nodes()
+    assert node.load == 0.0
+
+
+async def test_heartbeat_batch_larger_than_one_write(store: Store) -> None:
+    """1,200 nodes: the script writes liveness and heartbeat times in chunks of 500 nodes."""
+    core, _ = await make_core(store)
+    epochs = {}
+    for i in range(1200):
+        reg = await core.register_node(node_id=f"n{i}", capacity=1, pools=["p"])
+        epochs[f"n{i}"] = reg.epoch
+    await store.execute("DEL", core.keys.alive, core.keys.beats)
+    beats = [(node_id, epoch, 0.0, 0) for node_id, epoch in epochs.items()]
+    beats.insert(600, ("ghost", 1, 0.0, 0))
+    assert await core.heartbeat_batch(beats) == ["ghost"]
+    assert await store.execute("ZCARD", core.keys.alive) == 1200
+    assert await store.execute("HLEN", core.keys.beats) == 1200
+    assert await store.execute("ZSCORE", core.keys.alive, "ghost") is None
+
+
 async def test_heartbeat_from_other_owner_is_stale(store: Store) -> None:
     a, _ = await make_core(store, "A")
     b, _ = await make_core(store, "B")

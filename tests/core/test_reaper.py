@@ -84,6 +84,7 @@ async def test_offline_node_records_and_dead_inboxes_are_collected(store: Store)
     assert removed == 1 and inboxes == 1
     assert await Queries(store, core.keys).nodes() == []
     assert await store.execute("EXISTS", core.keys.inbox("B")) == 0
+    assert await store.execute("HEXISTS", core.keys.beats, "n1") == 0
 
 
 async def test_reap_works_in_bounded_batches(store: Store) -> None:
