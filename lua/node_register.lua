@@ -9,7 +9,8 @@
 -- KEYS[2] nodes index               K.nodes()
 -- KEYS[3] liveness                  K.alive()
 -- derived: node jobs set, pool and pool-index zsets, queues, gc, counts, job hashes, inboxes,
---          owned-node indexes (the caller's and the previous owner's), heartbeat times
+--          owned-node indexes (the caller's and the previous owner's), fencing index,
+--          heartbeat times
 -- ARGV[1] caller instance (becomes the node's owner)
 -- ARGV[2] node id
 -- ARGV[3] capacity (slots, >= 1)
@@ -65,12 +66,13 @@ end
 local used = redis.call('SCARD', K.node_jobs(node_id))
 redis.call('HSET', nkey, 'id', node_id, 'epoch', epoch, 'owner', CALLER, 'capacity', capacity,
   'used', used, 'state', 'online', 'pools', cjson.encode(pools), 'caps', ARGV[5],
-  'labels', ARGV[6], 't_reg', now, 'load', 0, 'inflight', used, 'reason', '')
+  'labels', ARGV[6], 't_reg', now, 'reason', '')
 local free = capacity - used
 if free < 0 then free = 0 end
 for _, p in ipairs(pools) do pool_join(p, node_id, free) end
 redis.call('ZADD', KEYS[2], now, node_id)
-redis.call('HSET', K.beats(), node_id, now)
+redis.call('HSET', K.fence(), node_id, int_s(epoch) .. ' ' .. CALLER)
+redis.call('HSET', K.beats(), node_id, int_s(now) .. ' 0 ' .. int_s(used))
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[7]), node_id)
 -- the owner's index of its nodes (reconciliation finds an owned node with no connection by it)
 if old and old.owner and old.owner ~= '' and old.owner ~= CALLER then

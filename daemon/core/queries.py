@@ -26,6 +26,13 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
     return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+def _float(value: str, default: float = 0.0) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return default
+
+
 def _int(value: str, default: int = 0) -> int:
     try:
         return int(float(value))
@@ -119,6 +126,8 @@ class Queries:
             h = _pairs(flat)
             if not h:
                 continue
+            # '<unix ms> <load> <inflight>' (heartbeat_batch.lua)
+            beat_ms, load, _inflight = [*_s(beat).split(" "), "0", "0", "0"][:3]
             out.append(
                 NodeInfo(
                     node_id=node_id,
@@ -128,8 +137,8 @@ class Queries:
                     capacity=_int(h.get("capacity", "0")),
                     used=_int(h.get("used", "0")),
                     pools=_json(h.get("pools", ""), []),
-                    load=float(h.get("load") or 0),
-                    last_heartbeat_ms=_int(_s(beat)) if beat is not None else 0,
+                    load=_float(load),
+                    last_heartbeat_ms=_int(beat_ms),
                     alive_until_ms=_int(_s(until)) if until is not None else None,
                     capabilities=_json(h.get("caps", ""), {}),
                     labels=_json(h.get("labels", ""), {}),

@@ -380,6 +380,7 @@ end
 local function node_down(node_id, node, reason, now, retain_ms)
   for _, pool in ipairs(node_pools(node)) do pool_leave(pool, node_id) end
   redis.call('ZREM', K.alive(), node_id)
+  redis.call('HDEL', K.fence(), node_id) -- its heartbeats are stale from now on
   redis.call('DEL', K.node_unavail(node_id))
   if node.owner and node.owner ~= '' then redis.call('SREM', K.owned(node.owner), node_id) end
   redis.call('HSET', K.node(node_id), 'state', 'offline', 'used', 0, 'reason', reason,

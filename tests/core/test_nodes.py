@@ -96,27 +96,25 @@ async def test_heartbeat_batch_refreshes_and_reports_stale(store: Store) -> None
                                 [core.keys.alive, core.keys.instances], ["A", 1000, 1000, "n1"])
 
 
-async def test_heartbeat_times_and_load_changes(store: Store) -> None:
+async def test_heartbeat_times_and_load(store: Store) -> None:
     core, _ = await make_core(store)
+    reg = await core.register_node(node_id="n1", capacity=2, pools=["p"])
+    sub = await core.submit(spec("p"))
+    await core.accept(sub.job_id, node_id="n1", attempt=1)
     reg = await core.register_node(node_id="n1", capacity=2, pools=["p"])
     (node,) = await Queries(store, core.keys).nodes()
     registered = node.last_heartbeat_ms
-    assert registered > 0 and (node.load, await store.execute("HGET", core.keys.node("n1"),
-                                                              "inflight")) == (0.0, b"0")
+    assert registered > 0 and node.load == 0.0
+    beat = (await store.execute("HGET", core.keys.beats, "n1")).decode()
+    assert beat == f"{registered} 0 1"  # registration: no load yet, one job held
     await trio.sleep(0.01)
     await core.heartbeat_batch([("n1", reg.epoch, 0.25, 1)])
     (node,) = await Queries(store, core.keys).nodes()
     assert node.last_heartbeat_ms > registered and node.load == 0.25
-    assert await store.execute("HGET", core.keys.node("n1"), "inflight") == b"1"
-    # an unchanged load is not written again, but the heartbeat time still moves
-    first = node.last_heartbeat_ms
-    await trio.sleep(0.01)
-    await core.heartbeat_batch([("n1", reg.epoch, 0.25, 1)])
-    (node,) = await Queries(store, core.keys).nodes()
-    assert node.last_heartbeat_ms > first and node.load == 0.25
-    await core.heartbeat_batch([("n1", reg.epoch, 0.0, 0)])
-    (node,) = await Queries(store, core.keys).nodes()
-    assert node.load == 0.0
+    beat = (await store.execute("HGET", core.keys.beats, "n1")).decode()
+    assert beat == f"{node.last_heartbeat_ms} 0.25 1"
+    # the node hash is not written by heartbeats
+    assert await store.execute("HMGET", core.keys.node("n1"), "load", "t_hb") == [None, None]
 
 
 async def test_heartbeat_batch_larger_than_one_write(store: Store) -> None:
@@ -133,6 +131,20 @@ async def test_heartbeat_batch_larger_than_one_write(store: Store) -> None:
     assert await store.execute("ZCARD", core.keys.alive) == 1200
     assert await store.execute("HLEN", core.keys.beats) == 1200
     assert await store.execute("ZSCORE", core.keys.alive, "ghost") is None
+
+
+async def test_heartbeat_of_an_offline_node_is_stale(store: Store) -> None:
+    core, _ = await make_core(store)
+    reg = await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    assert await store.execute("HGET", core.keys.fence, "n1") == f"{reg.epoch} A".encode()
+    await core.node_offline("n1", epoch=reg.epoch, reason="bye")
+    assert await store.execute("HEXISTS", core.keys.fence, "n1") == 0
+    assert await core.heartbeat_batch([("n1", reg.epoch, 0, 0)]) == ["n1"]
+    assert await store.execute("ZSCORE", core.keys.alive, "n1") is None
+    # draining keeps the registration: its beats still count
+    reg = await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    await core.drain_node("n1", epoch=reg.epoch)
+    assert await core.heartbeat_batch([("n1", reg.epoch, 0, 0)]) == []
 
 
 async def test_heartbeat_from_other_owner_is_stale(store: Store) -> None:
