@@ -281,8 +281,8 @@ class StreamChannel:
 class WebSocketChannel:
     """A :class:`~schedd.channel.Channel` over a WebSocket whose handshake is complete.
 
-    Either end: the server side is made by the WebSocket transport after it accepted the
-    upgrade, the client side by :func:`open_channel`.
+    Either end of a WebSocket works; :func:`open_channel` makes the client side. (The
+    daemon's WebSocket transport uses trio-websocket's connection instead.)
 
     :param stream: the connected stream (owned from now on).
     :param ws: the wsproto connection, in state ``OPEN``.
