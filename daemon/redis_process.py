@@ -5,6 +5,7 @@ Nothing here touches a Redis that the test suite did not start itself.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,7 @@ def free_port() -> int:
 
 
 PORT_ARGS = ("--cluster-port", "--port")
+_PROCESS_ID = re.compile(rb"\r\nprocess_id:(\d+)\r\n")
 
 
 class PortTaken(RuntimeError):
@@ -55,6 +57,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        """Start the server (a no-op while it runs); returns once it answers on its port."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         for _ in range(4):
             try:
                 self._start_once()
@@ -77,6 +82,24 @@ class RedisServer:
             return ""
         return " | ".join(lines[-3:])
 
+    def _answers(self, pid: int) -> bool:
+        """Whether the server on our port is process ``pid``: another one answering there (the
+        port was taken) must not pass for ours, which is about to fail to bind."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return False
+                reply += chunk
+                if reply.startswith(b"-"):
+                    # -NOAUTH: up and wants a password (--requirepass); whose, it cannot say
+                    return reply.startswith(b"-NOAUTH")
+                found = _PROCESS_ID.search(reply)
+                if found:
+                    return int(found.group(1)) == pid
+
     def _start_once(self) -> RedisServer:
         assert REDIS_SERVER is not None
         if self.auto_ports:  # no line of an attempt on a taken port may be read as this one's
@@ -98,11 +121,8 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    # -NOAUTH: the server is up and wants a password (--requirepass)
-                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
-                        return self
+                if self._answers(self.proc.pid):
+                    return self
             except OSError:
                 pass
             if self.proc.poll() is not None:

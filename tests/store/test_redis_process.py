@@ -49,6 +49,26 @@ def test_a_port_the_caller_chose_is_not_changed(taken: int) -> None:
     assert server.port == taken
 
 
+def test_a_port_another_redis_server_holds_is_taken() -> None:
+    """The other server answers on the port, but it is not this one's process."""
+    with RedisServer() as first:
+        second = RedisServer(port=first.port)
+        with pytest.raises(PortTaken, match="Address already in use"):
+            second.start()
+        assert second.proc is not None and second.proc.poll() is not None
+
+
+def test_start_while_running_is_one_process() -> None:
+    server = RedisServer()
+    with server:
+        assert server.proc is not None
+        pid = server.proc.pid
+        server.start()
+        assert server.proc.pid == pid
+    with pytest.raises(OSError):
+        _ping(server.port)  # stopped: nothing left listening
+
+
 def test_other_start_failures_say_so() -> None:
     server = RedisServer(extra_args=["--maxmemory-policy", "no-such-policy"])
     with pytest.raises(RuntimeError, match=f"port {server.port} exited with"):

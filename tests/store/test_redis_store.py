@@ -471,7 +471,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, int, Path]]:
     except RuntimeError:
         server.stop()
         pytest.skip("redis-server was built without TLS")
-    with server:
+    with server:  # started already: stops it on the way out
         yield server, tls_port, cert
 
 
