@@ -53,11 +53,11 @@ log = logging.getLogger(__name__)
 #: Nodes connecting at the same time while a fleet starts (a connection storm of 10,000 would
 #: overflow the daemon's listen backlog).
 CONNECT_CONCURRENCY: Final = 200
-#: Heartbeat ticks per interval: each tick beats 1/TICKS of the fleet. Real nodes beat at
-#: independent phases, a smooth stream; 10 ticks made 10,000 nodes a burst of 1,000 beats every
-#: 100 ms, which kept the daemon busy for ~30 ms per burst and put that wait on the p99 of every
-#: job submitted during one (S3). At 100 ticks a burst is 100 beats, ~3 ms of daemon work.
-TICKS: Final = 100
+#: Most heartbeat ticks per interval; each tick beats 1/ticks of the fleet, about BEAT_CHUNK
+#: nodes (fleet_ticks). Real nodes beat at independent phases, a smooth stream; ticks of 1,000
+#: beats every 100 ms (10,000 nodes in 10 ticks) kept the daemon busy for ~30 ms each, and every
+#: job submitted meanwhile waited (S3 p99 28.5 ms). Ticks of ~10 beats: p99 7.4 ms.
+MAX_TICKS: Final = 1000
 #: Nodes one heartbeat task sends for. Every send is a trio checkpoint that waits for one round
 #: of all runnable tasks; while thousands of nodes connect a round takes milliseconds, and one
 #: task beating a whole slice in turn fell seconds behind (nodes expired during the ramp).
@@ -69,6 +69,12 @@ _IDLE_BEAT: Final = b'{"type":"heartbeat","inflight":0,"running":[],"load":0.0}'
 
 Duration = Callable[[], float]
 AssignHook = Callable[[str, int, "SimNode"], None]
+
+
+def fleet_ticks(nodes: int) -> int:
+    """Heartbeat ticks per interval for a fleet: about BEAT_CHUNK beats each, at most
+    MAX_TICKS."""
+    return max(1, min(MAX_TICKS, nodes // BEAT_CHUNK))
 
 
 def parse_duration(spec: str) -> Duration:
@@ -420,20 +426,21 @@ class Fleet:
             task_status.started()
 
     async def _heartbeats(self) -> None:
-        """Beat every registered node once per interval, 1/TICKS of them each tick."""
+        """Beat every registered node once per interval, 1/ticks of them each tick."""
         tick = 0
-        slices = [self.nodes[i::TICKS] for i in range(TICKS)]
+        ticks = fleet_ticks(len(self.nodes))
+        slices = [self.nodes[i::ticks] for i in range(ticks)]
         chunks = [[nodes[j:j + BEAT_CHUNK] for j in range(0, len(nodes), BEAT_CHUNK)]
                   for nodes in slices]
         next_at = trio.current_time()
         while True:
             interval = self.heartbeat_interval
-            next_at += interval / TICKS
+            next_at += interval / ticks
             await trio.sleep_until(next_at)
             assert self.nursery is not None
             for chunk in chunks[tick]:
                 self.nursery.start_soon(self._beat, chunk)
-            tick = (tick + 1) % TICKS
+            tick = (tick + 1) % ticks
             if trio.current_time() > next_at + interval:
                 next_at = trio.current_time()  # fell behind: do not burst to catch up
 

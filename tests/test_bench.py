@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from schedd.bench import DaemonProcess, _failure, percentiles
 from schedd.benchmarks.script_cost import FIRST_CPU, pinned
 from schedd.redis_process import REDIS_SERVER
 from schedd.sdk import Client
-from schedd.sim import Fleet, parse_duration
+from schedd.sim import MAX_TICKS, Fleet, SimNode, fleet_ticks, parse_duration
 from tests.e2e_daemon import SCHEDD
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -155,6 +156,35 @@ def test_failure_names_the_first_error_inside_nested_groups() -> None:
                                "(and 2 more errors)")
     assert _failure(ExceptionGroup("one", [KeyError("k")])) == "KeyError: 'k'"
     assert _failure(ValueError("plain")) == "ValueError: plain"
+
+
+def test_fleet_ticks_hold_about_ten_beats() -> None:
+    assert [fleet_ticks(n) for n in (1, 9, 10, 200, 1000, 10_000, 50_000)] == [
+        1, 1, 1, 20, 100, MAX_TICKS, MAX_TICKS]
+
+
+async def test_fleet_spreads_its_heartbeats_over_the_interval(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock,
+) -> None:
+    beats: list[tuple[float, str]] = []
+
+    async def send(node: SimNode, message: Any) -> bool:
+        beats.append((trio.current_time(), node.node_id))
+        return True
+
+    monkeypatch.setattr(SimNode, "send", send)
+    fleet = Fleet(["tcp://127.0.0.1:1"], 40, pools=["p"])  # never connects: beats faked
+    fleet.beating.update(fleet.nodes)
+    async with trio.open_nursery() as nursery:
+        fleet.nursery = nursery
+        start = trio.current_time()
+        nursery.start_soon(fleet._heartbeats)
+        await trio.sleep(fleet.heartbeat_interval * 1.1)  # ticks at 1/4, 2/4, 3/4 and 4/4
+        nursery.cancel_scope.cancel()
+    assert sorted(node for _, node in beats) == sorted(n.node_id for n in fleet.nodes)
+    times = sorted({round(t - start, 6) for t, _ in beats})
+    assert len(times) == fleet_ticks(40) == 4  # four ticks of ten beats
+    assert times[-1] - times[0] == pytest.approx(0.75 * fleet.heartbeat_interval)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
