@@ -6,11 +6,12 @@ ever flushed. Nothing here touches port 6379.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from schedd.errors import (
     StoreUnavailable,
 )
 from schedd.redis_process import REDIS_SERVER, RedisServer, free_port
-from schedd.store.redis_store import RedisStore, open_redis_store
+from schedd.store.base import Arg
+from schedd.store.redis_store import RedisStore, _encode, _encode_each, open_redis_store
 
 pytestmark = [
     pytest.mark.redis_server,
@@ -120,6 +122,21 @@ async def test_unsendable_arguments_are_refused_before_sending(store: RedisStore
         with pytest.raises(ValueError):
             await store.execute()
         assert await store.execute("PING") == b"PONG"
+
+
+def test_encoding_is_the_same_in_c_and_python() -> None:
+    class Code(int, enum.Enum):
+        X = 3
+
+    cases: list[Sequence[Arg]] = [
+        ("SET", b"k", 1, -7, 2.5, 0.1, 1e20, float("inf"), "é", "x" * 100_000),
+        ["FCALL", "f", 0, Code.X],
+    ]
+    for args in cases:
+        assert _encode(args) == _encode_each(args)
+    assert _encode(["A", Code.X]) == b"*2\r\n$1\r\nA\r\n$1\r\n3\r\n"  # not "Code.X"
+    with pytest.raises(TypeError, match="bool"):
+        _encode(["SET", "k", False])
 
 
 async def test_execute_many(store: RedisStore) -> None:
