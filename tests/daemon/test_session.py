@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 
+from schedd import app as app_module
 from schedd import protocol as p
 from schedd.core_hooks import token_principal
 from schedd.errors import ProtocolError
@@ -418,6 +419,40 @@ async def test_silent_connection_is_closed_after_the_idle_timeout() -> None:
         assert trio.current_time() - started >= 0.4
         await talking.send(p.Ping(ref="still"))
         assert (await talking.expect(p.Pong)).ref == "still"
+
+
+class IdleSession:
+    role = "client"
+
+    def close_if_idle(self, now: float, idle_timeout: float) -> bool:
+        return False
+
+
+async def test_a_scan_over_all_sessions_lets_other_tasks_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(app_module, "SCAN_SLICE", 2)
+    fake: list[Any] = [IdleSession() for _ in range(6)]
+    seen: list[tuple[Any, int]] = []
+    steps = 0
+
+    async def other_task() -> None:
+        nonlocal steps
+        while True:
+            steps += 1
+            await trio.lowlevel.checkpoint()
+
+    async with running_daemon() as d:
+        d.app.sessions.update(fake)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await trio.lowlevel.checkpoint()
+            await d.app.visit_sessions(
+                lambda session: seen.append((session, steps)) if session in fake else None)
+            nursery.cancel_scope.cancel()
+        d.app.sessions.difference_update(fake)
+    assert sorted(map(id, (s for s, _ in seen))) == sorted(map(id, fake))
+    assert len({at for _, at in seen}) == 3  # three slices of two, the other task between
 
 
 async def test_sighup_reload_swaps_tokens(tmp_path: Path) -> None:
