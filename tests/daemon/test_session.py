@@ -493,6 +493,34 @@ async def test_old_connections_queued_heartbeat_does_not_refuse_new_registration
         assert await new.closed()
 
 
+async def test_a_node_registered_before_the_fence_index_registers_again_keeping_its_job(
+) -> None:
+    """After an upgrade a node registered by the previous version has no entry in the fencing
+    index: its beat is stale, its connection closes without taking it offline, and it comes
+    back with its job (docs/operations.md)."""
+    async with running_daemon() as d:
+        node, reg = await d.node("p", node_id="n1")
+        client = await d.connect("client")
+        await client.send(p.Submit(job_id="j1", pools=["p"]))
+        await client.expect(p.Accepted)
+        assign = await node.expect(p.Assign)
+        await node.send(p.Accept(job_id="j1", attempt=1))
+        await trio.sleep(0.01)
+        await d.app.store.execute("HDEL", d.app.core.keys.fence, "n1")
+        await node.send(p.Heartbeat(inflight=1, running=["j1"]))
+        await trio.sleep(0.01)
+        assert await d.app.batcher.flush() == ["n1"]
+        assert (await node.expect(p.Error)).code == "E_STALE_EPOCH"
+        assert await node.closed()
+        (record,) = await d.app.queries.nodes()
+        assert record.state == "online" and record.used == 1
+        again, second = await d.node("p", node_id="n1")
+        assert second.epoch > reg.epoch
+        assert await d.app.batcher.flush() == []
+        await again.send(p.Result(job_id=assign.job_id, attempt=1, ok=True))
+        assert (await client.expect(p.Done)).state == "done"
+
+
 async def test_a_bug_while_handling_a_message_is_an_internal_error_not_a_crash() -> None:
     async with running_daemon() as d:
         client = await d.connect("client")
