@@ -352,14 +352,17 @@ class App:
     async def _status_updates(self) -> None:
         while True:
             await trio.sleep(5)
-            clients: list[Session] = []
+            systemd.status(self.status_line(await self.count_clients()))
 
-            def count(session: Session, found: list[Session] = clients) -> None:
-                if session.role == "client":
-                    found.append(session)
+    async def count_clients(self) -> int:
+        """Open client connections, counted without holding the event loop (visit_sessions)."""
+        clients = [0]
 
-            await self.visit_sessions(count)
-            systemd.status(self.status_line(len(clients)))
+        def count(session: Session) -> None:
+            clients[0] += session.role == "client"
+
+        await self.visit_sessions(count)
+        return clients[0]
 
     def close_all(self) -> None:
         for session in list(self.sessions):

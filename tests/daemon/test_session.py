@@ -440,6 +440,16 @@ async def test_a_scan_over_all_sessions_lets_other_tasks_run(
     assert events == ["visit", "visit", "yield"] * 2 + ["visit", "yield"]
 
 
+async def test_clients_are_counted_for_the_status_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_module, "SCAN_SLICE", 1)
+    async with running_daemon() as d:
+        await d.connect("client")
+        await d.connect("client")
+        await d.node("p")
+        assert await d.app.count_clients() == 2
+        assert d.app.status_line(await d.app.count_clients()).startswith("1 nodes, 2 clients")
+
+
 async def test_sighup_reload_swaps_tokens(tmp_path: Path) -> None:
     toml = '[auth]\nclient_tokens = ["old"]\nnode_tokens = ["n"]\n'
     async with running_daemon(tmp_path=tmp_path, toml=toml) as d:
