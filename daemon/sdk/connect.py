@@ -42,12 +42,13 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Final, NoReturn, cast
+from typing import Final, NoReturn, cast, final
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
@@ -76,12 +77,14 @@ __all__ = [
     "CLOSE_TIMEOUT",
     "SUPPORTED_SCHEMES",
     "ConnectFailed",
+    "ReadyReadStream",
     "StreamChannel",
     "WebSocketChannel",
     "close_stream",
     "format_address",
     "open_channel",
     "peer_address",
+    "read_when_ready",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,8 +123,8 @@ def format_address(sockaddr: object) -> str:
 
 
 def _socket_stream(stream: trio.abc.Stream) -> trio.SocketStream | None:
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
+    while isinstance(stream, trio.SSLStream | ReadyReadStream):
+        stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream.stream
     return stream if isinstance(stream, trio.SocketStream) else None
 
 
@@ -134,6 +137,64 @@ def peer_address(stream: trio.abc.Stream) -> str:
         return format_address(socket_stream.socket.getpeername())
     except OSError:  # the peer is already gone
         return "unknown peer"
+
+
+async def read_when_ready(sock: trio.socket.SocketType, max_bytes: int) -> bytes:
+    """Wait until ``sock`` is readable, then read at most ``max_bytes`` without blocking.
+
+    ``SocketStream.receive_some`` tries a ``recv`` first and waits only after it fails: right for
+    a busy stream, but a node's connection carries one heartbeat a second, so the first try
+    almost always fails (a syscall and an exception per message; measured with py-spy at
+    10,000 nodes, docs/benchmarks.md). Returns ``b""`` at the end of the stream. A closed socket
+    raises ``trio.ClosedResourceError`` (also when it is closed during the wait, through trio's
+    ``notify_closing``); a failed read raises ``trio.BrokenResourceError``.
+    """
+    while True:
+        if sock.fileno() < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return os.read(sock.fileno(), max_bytes)
+        except BlockingIOError:
+            continue  # woken without data (spurious readiness)
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+
+@final
+class ReadyReadStream(trio.abc.HalfCloseableStream):
+    """A ``trio.SocketStream`` whose ``receive_some`` is :func:`read_when_ready`.
+
+    For code that reads a mostly idle socket through the generic stream interface (the
+    daemon's WebSocket library). Everything else is delegated to the wrapped stream, which
+    stays the owner of the socket. A second task calling ``receive_some`` while one waits gets
+    ``trio.BusyResourceError`` from trio's ``wait_readable``, as with the wrapped stream.
+    """
+
+    __slots__ = ("socket", "stream")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.socket = stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = RECEIVE_SIZE
+        elif operator.index(max_bytes) < 1:  # TypeError for a non-integer, as trio's
+            raise ValueError("max_bytes must be >= 1")
+        return await read_when_ready(self.socket, operator.index(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 async def close_stream(stream: trio.abc.Stream) -> None:
@@ -183,7 +244,7 @@ class StreamChannel:
 
     def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int) -> None:
         self._stream = stream
-        # A plain socket is read with wait_readable + os.read (see _read_socket).
+        # A plain socket is read with wait_readable + os.read (see read_when_ready).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self.peer = peer
         self._decoder = FrameDecoder(max_frame)
@@ -207,7 +268,7 @@ class StreamChannel:
         while not frames:
             try:
                 if self._socket is not None:
-                    data = await self._read_socket(self._socket)
+                    data = await read_when_ready(self._socket, RECEIVE_SIZE)
                 else:
                     data = bytes(await self._stream.receive_some(RECEIVE_SIZE))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -222,26 +283,6 @@ class StreamChannel:
                 self._broken = (exc.code, exc.message)
                 raise
         return frames.popleft()
-
-    async def _read_socket(self, sock: trio.socket.SocketType) -> bytes:
-        """Wait until readable, then read without blocking.
-
-        ``SocketStream.receive_some`` tries a ``recv`` first and waits only after it fails:
-        right for a busy stream, but a node's connection carries one heartbeat a second, so the
-        first try always failed (a syscall and an exception per message; measured with py-spy
-        at 10,000 nodes, docs/benchmarks.md). A closed socket wakes the wait with
-        ``ClosedResourceError`` (trio's ``notify_closing``).
-        """
-        while True:
-            if sock.fileno() < 0:
-                raise trio.ClosedResourceError("the socket was closed")
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                return os.read(sock.fileno(), RECEIVE_SIZE)
-            except BlockingIOError:
-                continue  # woken without data (spurious readiness)
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` as one frame, whole even when several tasks send at once."""

@@ -6,7 +6,9 @@ Rules of this plugin:
   (default ``/``), ``tls_cert`` and ``tls_key`` (both or neither); see
   :mod:`schedd.plugins._listener` for what they accept and the order of start-up. The URL
   reported to ``app.listening`` is ``ws://…`` or ``wss://…`` (with the path when it is not ``/``).
-- The WebSocket protocol is trio-websocket's (``wrap_server_stream`` on the shared listener).
+- The WebSocket protocol is trio-websocket's (``wrap_server_stream`` on the shared listener). A
+  plain TCP connection is given to it as a :class:`~schedd.sdk.connect.ReadyReadStream`, which
+  waits for input before reading (a node's connection is idle between heartbeats).
   The opening handshake (TLS, then the HTTP upgrade) must end within
   ``app.limits.handshake_timeout`` seconds, read when the connection arrives; an upgrade request
   for another path is answered HTTP 404; anything else that never completes an upgrade is closed
@@ -40,7 +42,7 @@ from schedd.plugins._listener import (
     valid_listen,
 )
 from schedd.protocol import E_TOO_LARGE
-from schedd.sdk.connect import close_stream
+from schedd.sdk.connect import ReadyReadStream, close_stream
 
 MESSAGE_TOO_BIG: Final = 1009  # RFC 6455 close code trio-websocket uses for oversize messages
 CLOSE_TIMEOUT: Final = 1.0
@@ -116,8 +118,10 @@ async def _serve_connection(app: App, path: str, stream: trio.abc.Stream, peer: 
         with trio.move_on_after(limits.handshake_timeout):
             if isinstance(stream, trio.SSLStream):
                 await stream.do_handshake()
+            # Read idle connections the cheap way (see ReadyReadStream); not through TLS.
+            ws_stream = ReadyReadStream(stream) if isinstance(stream, trio.SocketStream) else stream
             request = await trio_websocket.wrap_server_stream(
-                nursery, stream, message_queue_size=64, max_message_size=limits.max_frame)
+                nursery, ws_stream, message_queue_size=64, max_message_size=limits.max_frame)
             if request.path.partition("?")[0] != path:
                 await request.reject(404, body=b"no schedd endpoint here")
             else:

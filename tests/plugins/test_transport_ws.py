@@ -277,3 +277,34 @@ def test_tls_key_without_cert(tmp_path: Path) -> None:
         {"listen": "[::1]:0", "tls_cert": tls.cert, "tls_key": tls.key}, WebSocketSettings
     )
     assert settings.listen == "[::1]:0"
+
+
+async def test_plain_connections_are_read_only_when_input_is_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a node's connection is idle between heartbeats: the transport waits for input, then reads
+    # (schedd.sdk.connect.ReadyReadStream), instead of trying a read that fails first
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, size: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, size)
+
+    monkeypatch.setattr("schedd.sdk.connect.os.read", counting_read)
+    app = app_for()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await start(nursery, transport_ws.serve, app, PLUGIN)
+            async with open_channel(url) as channel:
+                await channel.send(b'{"n": 1}')
+                assert await channel.receive() == '{"n": 1}'
+                handshake_reads = len(reads)
+                assert handshake_reads >= 2  # the upgrade request and the message
+                for index in range(3):
+                    await trio.sleep(0.05)  # idle, as between heartbeats
+                    await channel.send(b'{"n": %d}' % index)
+                    assert await channel.receive() == f'{{"n": {index}}}'
+                # one read per message: none was tried before the input came
+                assert len(reads) == handshake_reads + 3
+            nursery.cancel_scope.cancel()

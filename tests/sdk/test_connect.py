@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
+from trio.testing import check_half_closeable_stream
 from wsproto import ConnectionType, WSConnection
 
 from schedd.channel import ChannelClosed
@@ -16,13 +19,16 @@ from schedd.plugins.transport_tcp import TcpSettings
 from schedd.plugins.transport_ws import WebSocketSettings
 from schedd.protocol.framing import encode_frame
 from schedd.sdk.connect import (
+    RECEIVE_SIZE,
     SUPPORTED_SCHEMES,
     ConnectFailed,
+    ReadyReadStream,
     StreamChannel,
     WebSocketChannel,
     _parse_url,
     format_address,
     open_channel,
+    peer_address,
 )
 from tests.plugins import FakeApp, make_tls_files, start
 
@@ -339,3 +345,74 @@ async def test_stream_channel_send_many_writes_whole_frames_in_order() -> None:
     await sender.aclose()
     with pytest.raises(ChannelClosed):
         await sender.send_many([b"late"])
+
+
+async def _ready_read_pair() -> tuple[ReadyReadStream, ReadyReadStream]:
+    ours, theirs = await _tcp_pair()
+    return ReadyReadStream(ours), ReadyReadStream(theirs)
+
+
+async def _clogged_ready_read_pair() -> tuple[ReadyReadStream, ReadyReadStream]:
+    left, right = await _ready_read_pair()
+    # fill the send buffers, as trio's own SocketStream conformance test does
+    for stream in (left, right):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+    for stream in (left, right):  # both ways: the suite checks each direction
+        while True:
+            try:
+                os.write(stream.socket.fileno(), b"x" * 10000)
+            except BlockingIOError:
+                break
+    return left, right
+
+
+async def test_ready_read_stream_keeps_the_half_closeable_stream_contract() -> None:
+    # trio's conformance suite: receive_some sizes, EOF, busy and closed errors, send_eof...
+    await check_half_closeable_stream(_ready_read_pair, _clogged_ready_read_pair)
+
+
+async def test_ready_read_stream_waits_for_input_instead_of_trying_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[int] = []  # every read tried, including any that would have failed
+    real_read = os.read
+
+    def counting_read(fd: int, size: int) -> bytes:
+        reads.append(size)
+        return real_read(fd, size)
+
+    monkeypatch.setattr("schedd.sdk.connect.os.read", counting_read)
+    ours, theirs = await _tcp_pair()
+    stream = ReadyReadStream(ours)
+    assert stream.socket is ours.socket
+    assert peer_address(stream) == peer_address(ours)
+    async with trio.open_nursery() as nursery:
+        got: list[bytes] = []
+
+        async def read() -> None:
+            got.append(await stream.receive_some(3))
+            got.append(await stream.receive_some())
+
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        assert reads == []  # parked in wait_readable: no read was tried before input came
+        await theirs.send_all(b"hello")
+    assert got == [b"hel", b"lo"]
+    assert reads == [3, RECEIVE_SIZE]  # one read per call, none tried before input came
+    await theirs.aclose()
+    assert await stream.receive_some() == b""
+    await stream.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.receive_some()
+
+
+async def test_ready_read_stream_reset_by_the_peer_is_broken() -> None:
+    ours, theirs = await _tcp_pair()
+    stream = ReadyReadStream(ours)
+    theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await theirs.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.receive_some()
+    await stream.aclose()
