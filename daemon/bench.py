@@ -421,7 +421,7 @@ async def open_loop(clients: Sequence[BenchClient], recorder: Recorder, rate: fl
 
 SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
     "full": {
-        "S1": {"nodes": 1000, "rate": 500, "seconds": 30, "clients": 4, "warmup": 7.0},
+        "S1": {"nodes": 1000, "rate": 500, "seconds": 30, "clients": 4, "warmup": 3.0},
         "S2": {"nodes": 200, "capacity": 8, "seconds": 8,
                "concurrency": [4, 8, 16, 32, 64, 128, 256]},
         "S3": {"nodes": 10000, "idle_seconds": 40, "monitor_seconds": 10, "rate": 500,
@@ -458,9 +458,9 @@ async def s1_dispatch(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
         recorder = Recorder()
         async with open_fleet(url, p["nodes"], opt.say, on_assign=recorder.on_assign), \
                 open_clients(url, recorder, p["clients"]) as clients:
-            # Steady state: 5 s after the connection count stopped changing the daemon runs
-            # one full collection and freezes the fleet's objects (schedd.runtime; ~80 ms at
-            # 1,000 nodes): a one-time pause S1 leaves out (docs/benchmarks.md gives its length).
+            # Steady state: the daemon and the fleet freeze the fleet's objects out of the
+            # collector's passes within a second of the last connection (schedd.runtime); that
+            # last young-generation pass is a one-time pause S1 leaves out.
             await trio.sleep(p["warmup"])
             await open_loop(clients, recorder, p["rate"], p["seconds"], opt.say, "S1")
             await recorder.drain()

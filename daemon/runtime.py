@@ -9,13 +9,24 @@ Reference counting frees almost everything the hot paths allocate; the collector
 needed for cycles, so it can run far less often.
 
 Raising the thresholds is not enough on its own: every object a connection keeps (its task,
-coroutines, cancel scopes, socket, about fifty per connection) is walked again by each middle
-and full pass until it reaches the oldest generation, and a pass over the objects of thousands
-of connections that arrived together stops the process for hundreds of milliseconds, at a
-moment nobody chose. :func:`serve_gc_settler` chooses the moment: once the number of
-connections has changed by a fifth and then held steady for a few seconds, it runs one full
-collection (reclaiming the cycles of connections that ended) and freezes every survivor out
-of later passes (:func:`settle_gc`). Later passes then walk only what is newer than that.
+coroutines, cancel scopes, socket, about a hundred per connection) is walked again by each
+middle and full pass until it reaches the oldest generation, and a pass over the objects of
+thousands of connections stops the process for up to a second, at a moment nobody chose. A
+stop that long delays the heartbeats queued behind it past the liveness deadline, so live
+nodes are reaped (seen at 10,000 nodes on a 2-vCPU host, docs/benchmarks.md).
+:func:`serve_gc_settler` keeps those objects out of the passes while they arrive, and pays for
+a full pass only when it is worth it:
+
+- each time :data:`FREEZE_STEP` more connections have opened, it collects the young
+  generations and freezes what survived (:func:`freeze_young`): a pass over what is newer than
+  the last freeze only, a few milliseconds, so a fleet that connects is frozen as it comes;
+- once the connections that *ended* since the last full pass amount to a fifth of the count
+  (at least :data:`SETTLE_MINIMUM`) and the count has then held steady for a few seconds, it
+  runs one full collection, frozen objects included, to reclaim their cycles, and freezes the
+  survivors again (:func:`settle_gc`).
+
+Cycles that become garbage while frozen wait for the next full pass; the second rule bounds
+them to about a fifth of the connections.
 """
 
 from __future__ import annotations
@@ -29,16 +40,18 @@ from typing import Final
 
 import trio
 
-__all__ = ["GC_THRESHOLDS", "SETTLE_CHANGE", "SETTLE_MINIMUM", "serve_gc_settler", "settle_gc",
-           "tune_gc"]
+__all__ = ["FREEZE_STEP", "GC_THRESHOLDS", "SETTLE_CHANGE", "SETTLE_MINIMUM", "freeze_young",
+           "serve_gc_settler", "settle_gc", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
 #: Young-generation pass every 50,000 net allocations; older generations as by default.
 GC_THRESHOLDS: Final = (50_000, 10, 10)
-#: Settle once connections changed by this fraction of the count at the last settle …
+#: Freeze the young generations each time this many more connections have opened.
+FREEZE_STEP: Final = 500
+#: A full pass once the connections ended since the last one are this fraction of the count …
 SETTLE_CHANGE: Final = 0.2
-#: … and by at least this many (below it a full pass is short anyway).
+#: … and at least this many (below it a full pass is short anyway).
 SETTLE_MINIMUM: Final = 500
 
 
@@ -50,49 +63,71 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def settle_gc() -> tuple[int, float]:
+def freeze_young() -> float:
+    """Collect the two young generations, then freeze every survivor out of later passes.
+
+    Walks only what is not frozen yet (about 1 µs per object). Returns the seconds it took.
+    """
+    started = time.perf_counter()
+    gc.collect(1)
+    gc.freeze()
+    return time.perf_counter() - started
+
+
+def settle_gc() -> float:
     """One full collection over every object, frozen ones included, then freeze the survivors.
 
     Cycles that were frozen earlier and have become garbage since (the tasks of a connection
-    that ended, say) are reclaimed here. Returns (objects frozen, seconds the pass took).
+    that ended, say) are reclaimed here. Returns the seconds the pass took. (The number of
+    frozen objects is not counted: ``gc.get_freeze_count`` walks them all, 170 ms for a
+    million.)
     """
     started = time.perf_counter()
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count(), time.perf_counter() - started
+    return time.perf_counter() - started
 
 
 async def serve_gc_settler(
     population: Callable[[], int], arrivals: Callable[[], int], *, check: float = 1.0,
     steady: float = 5.0, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run :func:`settle_gc` after each large change of the connection count; never returns.
+    """Freeze connections as they arrive and settle after many ended (module rules); never
+    returns.
 
     :param population: the number of open connections now.
-    :param arrivals: connections opened since start (monotonic): replaced connections leave
-        garbage without changing the count, so they count as change too.
+    :param arrivals: connections opened since start (monotonic). Those that ended are
+        ``arrivals - population`` plus what was open at the start.
     :param check: seconds between looks.
-    :param steady: the change must have stopped for this long (at most 1 % more arrivals or
-        difference in count, or 10), so that a fleet still connecting is not walked again and
-        again.
+    :param steady: before a full pass the count must have stopped moving for this long (at
+        most 1 % more arrivals or difference in count, or 10), so that a fleet still
+        reconnecting is not walked again and again.
     """
     task_status.started()
-    base_count, base_arrivals = 0, arrivals()
+    base_count, base_arrivals = population(), arrivals()
+    frozen_arrivals = base_arrivals
     window: deque[tuple[int, int]] = deque(maxlen=max(2, round(steady / check) + 1))
     while True:
         await trio.sleep(check)
         count, arrived = population(), arrivals()
         window.append((count, arrived))
-        change = max(abs(count - base_count), arrived - base_arrivals)
-        if len(window) < (window.maxlen or 0) or change < max(SETTLE_MINIMUM,
-                                                             SETTLE_CHANGE * base_count):
+        if arrived - frozen_arrivals >= FREEZE_STEP:
+            took = freeze_young()
+            frozen_arrivals = arrived
+            log.debug("gc: %d connections: young generations collected and frozen in %.0f ms",
+                      count, took * 1000)
+        ended = (arrived - base_arrivals) - (count - base_count)
+        if len(window) < (window.maxlen or 0) or ended < max(
+                SETTLE_MINIMUM, SETTLE_CHANGE * max(count, base_count)):
             continue
         quiet = max(10, count // 100)
         counts = [c for c, _ in window]
         if window[-1][1] - window[0][1] > quiet or max(counts) - min(counts) > quiet:
             continue
-        frozen, took = settle_gc()
-        log.info("gc: %d connections (was %d): full collection took %.0f ms, %d objects "
-                 "frozen out of later passes", count, base_count, took * 1000, frozen)
+        took = settle_gc()
+        log.info("gc: %d connections, %d ended since the last full collection: full "
+                 "collection took %.0f ms, survivors frozen out of later passes", count, ended,
+                 took * 1000)
         base_count, base_arrivals = count, arrived
+        frozen_arrivals = arrived

@@ -35,7 +35,7 @@ import trio
 from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ProtocolError
 from schedd.protocol import PROTOCOL_VERSION
-from schedd.runtime import SETTLE_MINIMUM, settle_gc
+from schedd.runtime import serve_gc_settler
 from schedd.sdk.connect import open_channel
 
 __all__ = [
@@ -413,14 +413,14 @@ class Fleet:
             # Beat from the start: a node registered early must not expire while the rest of a
             # large fleet is still connecting.
             nursery.start_soon(self._heartbeats)
+            # the fleet's objects live until it stops: frozen out of the collector's passes as
+            # they arrive (and out of the latencies measured next to it), see schedd.runtime
+            nursery.start_soon(serve_gc_settler, lambda: self.stats.connected,
+                               lambda: self.stats.registered)
             async with trio.open_nursery() as starting:
                 for node in self.nodes:
                     starting.start_soon(nursery.start, node.run)
             self.stop_on_failure = False
-            if len(self.nodes) >= SETTLE_MINIMUM:
-                # the fleet's objects live until it stops: out of every later pass (and out of
-                # the dispatch latencies measured next to it), see schedd.runtime
-                settle_gc()
             if self.disconnect_rate > 0:
                 nursery.start_soon(self._chaos)
             task_status.started()
