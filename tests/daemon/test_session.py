@@ -555,3 +555,39 @@ async def test_pool_keys_from_hooks_are_checked_before_anything_is_stored() -> N
             assert (error.code, error.job_id) == ("E_BAD_ARG", f"j{i}")
         await client.send(p.Ping(ref="open"))
         assert (await client.expect(p.Pong)).ref == "open"
+
+
+async def test_a_repeated_heartbeat_is_decoded_once_and_every_beat_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[Any] = []
+    real_decode = p.decode
+
+    def counting_decode(raw: bytes | str) -> p.Message:
+        message = real_decode(raw)
+        decoded.append(message)
+        return message
+
+    monkeypatch.setattr(p, "decode", counting_decode)
+    async with running_daemon() as d:
+        node, reg = await d.node("p", node_id="n1")
+        beats: list[tuple[str, int, float, int]] = []
+        monkeypatch.setattr(d.app.batcher, "beat", lambda *args: beats.append(args))
+
+        async def beat(message: p.Heartbeat, ref: str) -> None:
+            await node.send(message)
+            await node.send(p.Ping(ref=ref))  # answered once the beat was handled
+            assert (await node.expect(p.Pong)).ref == ref
+
+        same = p.Heartbeat(inflight=0, load=0.5)
+        for index in range(3):
+            await beat(same, f"same{index}")
+        await beat(p.Heartbeat(inflight=1, running=["j1"], load=0.7), "changed")
+        await beat(same, "back")
+        heartbeats = [m for m in decoded if isinstance(m, p.Heartbeat)]
+        assert [(m.load, m.inflight) for m in heartbeats] == [(0.5, 0), (0.7, 1), (0.5, 0)]
+        assert beats == [("n1", reg.epoch, 0.5, 0)] * 3 + [("n1", reg.epoch, 0.7, 1),
+                                                           ("n1", reg.epoch, 0.5, 0)]
+        # what follows a cached beat is still checked: a broken message is refused
+        await node.send(b'{"type": "heartbeat", "inflight": -1, "running": [], "load": 0}')
+        assert (await node.expect(p.Error)).code == p.E_BAD_FIELD
