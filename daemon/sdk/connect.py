@@ -150,11 +150,13 @@ async def read_when_ready(sock: trio.socket.SocketType, max_bytes: int) -> bytes
     ``notify_closing``); a failed read raises ``trio.BrokenResourceError``.
     """
     while True:
-        if sock.fileno() < 0:
+        fd = sock.fileno()
+        if fd < 0:
             raise trio.ClosedResourceError("the socket was closed")
-        await trio.lowlevel.wait_readable(sock)
+        # a close during the wait raises from it, before the number could be reused
+        await trio.lowlevel.wait_readable(fd)
         try:
-            return os.read(sock.fileno(), max_bytes)
+            return os.read(fd, max_bytes)
         except BlockingIOError:
             continue  # woken without data (spurious readiness)
         except OSError as exc:
