@@ -101,6 +101,26 @@ def _proc_memory(pid: int) -> dict[str, int]:
     return out
 
 
+def _reference_loop(n: int) -> int:
+    total, seen = 0, {}
+    for i in range(n):
+        seen[i & 1023] = i
+        total += len(str(i)) + seen[i & 511]
+    return total
+
+
+def host_speed(rounds: int = 5, n: int = 300_000) -> float:
+    """Milliseconds a fixed pure-Python loop (integers, a dict, str) takes here, best of
+    ``rounds``: lower is faster. Hosts that report the same CPU model have differed threefold
+    in every figure (docs/benchmarks.md); this puts each run's host on one scale."""
+    best = math.inf
+    for _ in range(rounds):
+        started = time.perf_counter()
+        _reference_loop(n)
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -112,7 +132,7 @@ def machine() -> dict[str, Any]:
     redis = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
                            check=False).stdout.strip()
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "redis": redis, "platform": platform.platform()}
+            "redis": redis, "platform": platform.platform(), "python_loop_ms": host_speed()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,6 +726,9 @@ def _lat(d: dict[str, Any]) -> str:
 def table(document: dict[str, Any]) -> str:
     """One line per measured figure: scenario, what, value."""
     rows: list[tuple[str, str, str]] = []
+    speed = document.get("machine", {}).get("python_loop_ms")
+    if speed is not None:
+        rows.append(("HOST", "reference Python loop (lower: faster)", f"{speed} ms"))
     r = {name: res for name, res in document["results"].items() if "failed" not in res}
     rows += [(name, "FAILED", res["failed"]) for name, res in document["results"].items()
              if "failed" in res]

@@ -43,6 +43,8 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert "S1" in proc.stdout and "S5" in proc.stdout  # the table
     doc = json.loads(out.read_text())
     assert doc["machine"]["cpus"] >= 1
+    assert doc["machine"]["python_loop_ms"] > 0  # the host's speed, to compare runs
+    assert f"{doc['machine']['python_loop_ms']} ms" in proc.stdout
     r = doc["results"]
     assert set(r) == {"S1", "S2", "S3", "S4", "S5"}
 
