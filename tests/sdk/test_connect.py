@@ -416,3 +416,58 @@ async def test_ready_read_stream_reset_by_the_peer_is_broken() -> None:
     with pytest.raises(trio.BrokenResourceError):
         await stream.receive_some()
     await stream.aclose()
+
+
+async def test_stream_channel_sends_a_frame_in_one_write_without_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, theirs = await _tcp_pair()
+    sender, receiver = StreamChannel(ours, "a", 1024), StreamChannel(theirs, "b", 1024)
+
+    async def no_send_all(data: bytes) -> None:
+        raise AssertionError("the idle socket took the frame in one write")
+
+    monkeypatch.setattr(ours, "send_all", no_send_all)
+    await sender.send(b"one")
+    await sender.send_many([b"two", b"three"])
+    assert [await receiver.receive() for _ in range(3)] == [b"one", b"two", b"three"]
+    await receiver.aclose()
+    await sender.aclose()
+
+
+@pytest.mark.parametrize("taken", [0, 3, None], ids=["full", "partial", "would-block"])
+async def test_stream_channel_sends_what_one_write_left_before_anything_else(
+    monkeypatch: pytest.MonkeyPatch, taken: int | None,
+) -> None:
+    real_write = os.write
+    writes: list[int] = []
+
+    def short_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        if taken is None:
+            raise BlockingIOError
+        return real_write(fd, data[:taken]) if taken else 0
+
+    ours, theirs = await _tcp_pair()
+    sender, receiver = StreamChannel(ours, "a", 1024), StreamChannel(theirs, "b", 1024)
+    monkeypatch.setattr("schedd.sdk.connect.os.write", short_write)
+    async with trio.open_nursery() as nursery:
+        # two tasks at once: the second must not get between the parts of the first
+        nursery.start_soon(sender.send, b"first frame")
+        nursery.start_soon(sender.send, b"second frame")
+    assert {await receiver.receive() for _ in range(2)} == {b"first frame", b"second frame"}
+    assert writes  # the one write was tried
+    await receiver.aclose()
+    await sender.aclose()
+
+
+async def test_stream_channel_write_to_a_reset_connection_is_channel_closed() -> None:
+    ours, theirs = await _tcp_pair()
+    sender = StreamChannel(ours, "a", 1024)
+    theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await theirs.aclose()
+    with pytest.raises(ChannelClosed):
+        for _ in range(100):  # the first write may still be accepted; the reset follows
+            await sender.send(b"x" * 1000)
+            await trio.sleep(0.01)
+    await sender.aclose()
