@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -40,3 +41,18 @@ async def store(store_url: str) -> AsyncIterator[object]:
 
     async with open_store(store_url) as opened:
         yield opened
+
+
+@pytest.fixture
+def socket_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size asked of every ``os.read`` that schedd.sdk.connect tries (read_when_ready),
+    including any that would fail: a read tried before input came shows up here."""
+    tried: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, size: int) -> bytes:
+        tried.append(size)
+        return real_read(fd, size)
+
+    monkeypatch.setattr("schedd.sdk.connect.os.read", counting_read)
+    return tried

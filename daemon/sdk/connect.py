@@ -228,6 +228,26 @@ async def _acquire(lock: trio.Lock) -> None:
         lock.acquire_nowait()
 
 
+def _write_now(sock: trio.socket.SocketType, data: bytes, peer: str) -> int:
+    """Write ``data`` to the plain socket without waiting; returns the bytes it took (0 when
+    it would block or the socket is closed, and the stream's own send then says why).
+
+    For a caller that checked that no other send is in progress and sends what is left through
+    the stream before it yields: trio's ``send_all`` around the syscall cost the simulated
+    fleet a third of its CPU at 10,000 nodes (docs/benchmarks.md). Raises
+    :class:`~schedd.channel.ChannelClosed` when the connection is broken.
+    """
+    fd = sock.fileno()
+    if fd < 0:
+        return 0
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise ChannelClosed(f"connection with {peer} lost: {exc}") from exc
+
+
 # ---------------------------------------------------------------------------------------------
 # TCP / TLS
 # ---------------------------------------------------------------------------------------------
@@ -305,16 +325,10 @@ class StreamChannel:
         sock = self._socket
         if sock is not None and not lock.locked():
             # A plain socket with room for the frame (almost always: a node's heartbeat, a
-            # reply) takes it in one non-blocking write, without trio's stream machinery; a
-            # write that takes part or nothing leaves the rest to send_all below, before any
-            # other task can send (nothing here yields until the lock is held).
-            fd = sock.fileno()
-            try:
-                sent = os.write(fd, frame) if fd >= 0 else 0
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
+            # reply) takes it in one non-blocking write; a write that takes part or nothing
+            # leaves the rest to send_all below, before any other task can send (nothing here
+            # yields until the lock is held).
+            sent = _write_now(sock, frame, self.peer)
             if sent == len(frame):
                 await trio.lowlevel.checkpoint()
                 return
@@ -366,6 +380,7 @@ class WebSocketChannel:
         "_parts",
         "_send_lock",
         "_size",
+        "_socket",
         "_stream",
         "_text",
         "_ws",
@@ -378,6 +393,9 @@ class WebSocketChannel:
         if ws.state is not ConnectionState.OPEN:
             raise ValueError(f"the WebSocket is not open (state {ws.state.name})")
         self._stream = stream
+        # A plain socket is read with read_when_ready and written with _write_now, as the
+        # TCP channel's.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._ws = ws
         self.peer = peer
         self._max_frame = max_frame
@@ -403,7 +421,10 @@ class WebSocketChannel:
             await self._handle_events()  # frames that arrived with the handshake's last bytes
         while not messages and self._ended is None:
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                if self._socket is not None:
+                    data: bytes | bytearray = await read_when_ready(self._socket, RECEIVE_SIZE)
+                else:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._ended = ("", f"connection with {self.peer} lost: {exc}")
                 break
@@ -486,15 +507,28 @@ class WebSocketChannel:
         else:
             self._ended = ("", f"{self.peer} closed the connection: {event.code}{reason}")
 
+    def _event_bytes(self, event: Event) -> bytes:
+        try:
+            return self._ws.send(event)
+        except LocalProtocolError:
+            raise ChannelClosed(f"connection with {self.peer} is closing") from None
+
     async def _send_event(self, event: Event) -> None:
         lock = self._send_lock
+        sock = self._socket
+        rest: bytes | None = None
+        if sock is not None and not lock.locked():
+            # one non-blocking write, the rest (if any) below before anything else: see
+            # StreamChannel._send_frames
+            data = self._event_bytes(event)
+            sent = _write_now(sock, data, self.peer)
+            if sent == len(data):
+                await trio.lowlevel.checkpoint()
+                return
+            rest = data[sent:]
         await _acquire(lock)
         try:
-            try:
-                data = self._ws.send(event)
-            except LocalProtocolError:
-                raise ChannelClosed(f"connection with {self.peer} is closing") from None
-            await self._stream.send_all(data)
+            await self._stream.send_all(self._event_bytes(event) if rest is None else rest)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
         finally:

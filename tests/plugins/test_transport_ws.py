@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, Request
+from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from schedd.channel import ChannelClosed
 from schedd.config import Config, converter
@@ -280,31 +280,33 @@ def test_tls_key_without_cert(tmp_path: Path) -> None:
 
 
 async def test_plain_connections_are_read_only_when_input_is_there(
-    monkeypatch: pytest.MonkeyPatch,
+    socket_reads: list[int],
 ) -> None:
     # a node's connection is idle between heartbeats: the transport waits for input, then reads
     # (schedd.sdk.connect.ReadyReadStream), instead of trying a read that fails first
-    reads: list[int] = []
-    real_read = os.read
-
-    def counting_read(fd: int, size: int) -> bytes:
-        reads.append(fd)
-        return real_read(fd, size)
-
-    monkeypatch.setattr("schedd.sdk.connect.os.read", counting_read)
     app = app_for()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             url = await start(nursery, transport_ws.serve, app, PLUGIN)
-            async with open_channel(url) as channel:
-                await channel.send(b'{"n": 1}')
-                assert await channel.receive() == '{"n": 1}'
-                handshake_reads = len(reads)
-                assert handshake_reads >= 2  # the upgrade request and the message
-                for index in range(3):
-                    await trio.sleep(0.05)  # idle, as between heartbeats
-                    await channel.send(b'{"n": %d}' % index)
-                    assert await channel.receive() == f'{{"n": {index}}}'
-                # one read per message: none was tried before the input came
-                assert len(reads) == handshake_reads + 3
+            # a client that reads with trio's own receive_some: only the daemon counts
+            stream, ws = await raw_websocket(url)
+
+            async def round_trip(index: int) -> None:
+                await stream.send_all(ws.send(TextMessage(data=f'{{"n": {index}}}')))
+                while True:
+                    ws.receive_data(await stream.receive_some(65536))
+                    texts = [e.data for e in ws.events() if isinstance(e, TextMessage)]
+                    if texts:
+                        assert texts == [f'{{"n": {index}}}']
+                        return
+
+            await round_trip(0)
+            handshake_reads = len(socket_reads)
+            assert handshake_reads >= 2  # the upgrade request and the message
+            for index in range(1, 4):
+                await trio.sleep(0.05)  # idle, as between heartbeats
+                await round_trip(index)
+            # one read per message: none was tried before the input came
+            assert len(socket_reads) == handshake_reads + 3
+            await stream.aclose()
             nursery.cancel_scope.cancel()

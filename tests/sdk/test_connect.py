@@ -11,6 +11,7 @@ import trio
 import trio.testing
 from trio.testing import check_half_closeable_stream
 from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request
 
 from schedd.channel import ChannelClosed
 from schedd.errors import ProtocolError
@@ -373,16 +374,8 @@ async def test_ready_read_stream_keeps_the_half_closeable_stream_contract() -> N
 
 
 async def test_ready_read_stream_waits_for_input_instead_of_trying_first(
-    monkeypatch: pytest.MonkeyPatch,
+    socket_reads: list[int],
 ) -> None:
-    reads: list[int] = []  # every read tried, including any that would have failed
-    real_read = os.read
-
-    def counting_read(fd: int, size: int) -> bytes:
-        reads.append(size)
-        return real_read(fd, size)
-
-    monkeypatch.setattr("schedd.sdk.connect.os.read", counting_read)
     ours, theirs = await _tcp_pair()
     stream = ReadyReadStream(ours)
     assert stream.socket is ours.socket
@@ -397,10 +390,10 @@ async def test_ready_read_stream_waits_for_input_instead_of_trying_first(
         nursery.start_soon(read)
         await trio.testing.wait_all_tasks_blocked()
         assert got == []
-        assert reads == []  # parked in wait_readable: no read was tried before input came
+        assert socket_reads == []  # parked in wait_readable: no read tried before input came
         await theirs.send_all(b"hello")
     assert got == [b"hel", b"lo"]
-    assert reads == [3, RECEIVE_SIZE]  # one read per call, none tried before input came
+    assert socket_reads == [3, RECEIVE_SIZE]  # one read per call, none tried before input came
     await theirs.aclose()
     assert await stream.receive_some() == b""
     await stream.aclose()
@@ -471,3 +464,58 @@ async def test_stream_channel_write_to_a_reset_connection_is_channel_closed() ->
             await sender.send(b"x" * 1000)
             await trio.sleep(0.01)
     await sender.aclose()
+
+
+async def _websocket_pair() -> tuple[WebSocketChannel, WebSocketChannel]:
+    """Both ends of a WebSocket over a real TCP connection, the upgrade done in memory."""
+    ours, theirs = await _tcp_pair()
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="localhost", target="/")))
+    assert any(isinstance(event, Request) for event in server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    assert any(isinstance(event, AcceptConnection) for event in client.events())
+    return (WebSocketChannel(ours, client, "server", 1 << 20),
+            WebSocketChannel(theirs, server, "client", 1 << 20))
+
+
+async def test_websocket_channel_sends_in_one_write_and_reads_when_input_is_there(
+    monkeypatch: pytest.MonkeyPatch, socket_reads: list[int],
+) -> None:
+    client, server = await _websocket_pair()
+
+    async def no_send_all(data: bytes) -> None:
+        raise AssertionError("the idle socket took the frame in one write")
+
+    monkeypatch.setattr(client._stream, "send_all", no_send_all)
+    for index in range(3):
+        await client.send(b'{"n": %d}' % index)
+        assert await server.receive() == f'{{"n": {index}}}'
+    assert len(socket_reads) == 3  # one read per message on the server side, none tried early
+    await server.send(b'{"back": 1}')
+    assert await client.receive() == '{"back": 1}'
+    monkeypatch.undo()
+    await client.aclose()
+    await server.aclose()
+
+
+@pytest.mark.parametrize("taken", [0, 3, None], ids=["full", "partial", "would-block"])
+async def test_websocket_channel_sends_what_one_write_left_before_anything_else(
+    monkeypatch: pytest.MonkeyPatch, taken: int | None,
+) -> None:
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        if taken is None:
+            raise BlockingIOError
+        return real_write(fd, data[:taken]) if taken else 0
+
+    client, server = await _websocket_pair()
+    monkeypatch.setattr("schedd.sdk.connect.os.write", short_write)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send, b'{"first": "message"}')
+        nursery.start_soon(client.send, b'{"second": "message"}')
+    monkeypatch.undo()
+    assert {await server.receive() for _ in range(2)} == {'{"first": "message"}',
+                                                          '{"second": "message"}'}
+    await client.aclose()
+    await server.aclose()
