@@ -749,6 +749,8 @@ def table(document: dict[str, Any]) -> str:
                  ("S3", "daemon CPU % (heartbeats only)", str(s["daemon_cpu_pct_heartbeats"])),
                  ("S3", "daemon RSS MB", f"{s['daemon_rss_mb']} (peak {s['daemon_rss_peak_mb']})"),
                  ("S3", "heartbeat script calls/s", str(s["heartbeat_script_calls_per_s"])),
+                 ("S3", "node errors / reconnects (live nodes reaped)",
+                  f"{s['node_errors']} / {s['reconnects']}"),
                  ("S3", f"with {s['job_rate']} jobs/s: CPU %", str(s["daemon_cpu_pct_with_jobs"])),
                  ("S3", "sim + clients CPU % (idle / jobs)",
                   f"{s['bench_cpu_pct_heartbeats']} / {s['bench_cpu_pct_with_jobs']}"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert s3["heartbeats_per_s"] > 0
     assert s3["heartbeat_script_calls_per_s"] > 0
     assert s3["daemon_rss_mb"] > 0 and s3["daemon_cpu_pct_heartbeats"] >= 0
-    assert s3["node_errors"] == 0
+    assert s3["node_errors"] == 0 and s3["reconnects"] == 0
+    assert re.search(r"S3\s+node errors / reconnects \(live nodes reaped\)\s+0 / 0\n", proc.stdout)
 
     s4 = r["S4"]
     assert [row["nodes_in_pool"] for row in s4["rows"]] == s4["params"]["sizes"]
