@@ -46,7 +46,7 @@ import operator
 import os
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Final, NoReturn, cast, final
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -180,11 +180,11 @@ class ReadyReadStream(trio.abc.HalfCloseableStream):
         self.socket = stream.socket
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is None:
-            max_bytes = RECEIVE_SIZE
-        elif operator.index(max_bytes) < 1:  # TypeError for a non-integer, as trio's
+        # TypeError for a non-integer, as trio's
+        size = RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
+        if size < 1:
             raise ValueError("max_bytes must be >= 1")
-        return await read_when_ready(self.socket, operator.index(max_bytes))
+        return await read_when_ready(self.socket, size)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.stream.send_all(data)
@@ -246,6 +246,37 @@ def _write_now(sock: trio.socket.SocketType, data: bytes, peer: str) -> int:
         return 0
     except OSError as exc:
         raise ChannelClosed(f"connection with {peer} lost: {exc}") from exc
+
+
+async def _send_in_order(stream: trio.abc.Stream, sock: trio.socket.SocketType | None,
+                         lock: trio.Lock, peer: str, encode: Callable[[], bytes]) -> None:
+    """Send the bytes ``encode()`` makes (called once) whole, in the order of the calls.
+
+    With a plain socket (``sock``) and no other send in progress, one non-blocking write
+    (:func:`_write_now`) almost always takes it all; what it leaves goes through ``send_all``
+    under ``lock``, taken before anything yields, so no other send can come between. Otherwise
+    ``encode`` runs under the lock. Either way this is a checkpoint. Transport failures raise
+    :class:`~schedd.channel.ChannelClosed`.
+    """
+    rest: bytes | None = None
+    if sock is not None and not lock.locked():
+        data = encode()
+        sent = _write_now(sock, data, peer)
+        if sent == len(data):
+            await trio.lowlevel.checkpoint()
+            return
+        rest = data[sent:]
+    await _acquire(lock)
+    try:
+        await stream.send_all(encode() if rest is None else rest)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise ChannelClosed(f"connection with {peer} lost: {exc}") from exc
+    except trio.BusyResourceError as exc:
+        # Sends are serialised by the lock, so the other party is aclose()'s send_eof: the
+        # channel is closing under us (found by the chaos run: a client's instance died).
+        raise ChannelClosed(f"connection with {peer} closed while sending") from exc
+    finally:
+        lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,29 +352,8 @@ class StreamChannel:
         await self._send_frames(b"".join([encode_frame(data) for data in messages]))
 
     async def _send_frames(self, frame: bytes) -> None:
-        lock = self._send_lock
-        sock = self._socket
-        if sock is not None and not lock.locked():
-            # A plain socket with room for the frame (almost always: a node's heartbeat, a
-            # reply) takes it in one non-blocking write; a write that takes part or nothing
-            # leaves the rest to send_all below, before any other task can send (nothing here
-            # yields until the lock is held).
-            sent = _write_now(sock, frame, self.peer)
-            if sent == len(frame):
-                await trio.lowlevel.checkpoint()
-                return
-            frame = frame[sent:]
-        await _acquire(lock)
-        try:
-            await self._stream.send_all(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
-        except trio.BusyResourceError as exc:
-            # Sends are serialised by the lock, so the other party is aclose()'s send_eof: the
-            # channel is closing under us (found by the chaos run: a client's instance died).
-            raise ChannelClosed(f"connection with {self.peer} closed while sending") from exc
-        finally:
-            lock.release()
+        await _send_in_order(self._stream, self._socket, self._send_lock, self.peer,
+                             lambda: frame)
 
     async def aclose(self) -> None:
         """Close gracefully (see :func:`close_stream`); idempotent, never raises."""
@@ -393,7 +403,7 @@ class WebSocketChannel:
         if ws.state is not ConnectionState.OPEN:
             raise ValueError(f"the WebSocket is not open (state {ws.state.name})")
         self._stream = stream
-        # A plain socket is read with read_when_ready and written with _write_now, as the
+        # A plain socket is read with read_when_ready and written by _send_in_order, as the
         # TCP channel's.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._ws = ws
@@ -514,25 +524,8 @@ class WebSocketChannel:
             raise ChannelClosed(f"connection with {self.peer} is closing") from None
 
     async def _send_event(self, event: Event) -> None:
-        lock = self._send_lock
-        sock = self._socket
-        rest: bytes | None = None
-        if sock is not None and not lock.locked():
-            # one non-blocking write, the rest (if any) below before anything else: see
-            # StreamChannel._send_frames
-            data = self._event_bytes(event)
-            sent = _write_now(sock, data, self.peer)
-            if sent == len(data):
-                await trio.lowlevel.checkpoint()
-                return
-            rest = data[sent:]
-        await _acquire(lock)
-        try:
-            await self._stream.send_all(self._event_bytes(event) if rest is None else rest)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
-        finally:
-            lock.release()
+        await _send_in_order(self._stream, self._socket, self._send_lock, self.peer,
+                             lambda: self._event_bytes(event))
 
     async def send(self, data: bytes) -> None:
         """Send one message: text (``data`` is UTF-8 JSON) or binary, see the module rules."""
