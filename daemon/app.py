@@ -58,6 +58,8 @@ from schedd.errors import (
 from schedd.logs import set_level, setup_logging
 from schedd.plugin_manager import PluginManager
 from schedd.runtime import serve_gc_settler, tune_gc
+from schedd.sdk.readiness import ReadinessHub
+from schedd.sdk.readiness import available as readiness_available
 from schedd.session import Session
 from schedd.store import open_store
 from schedd.store.base import Store
@@ -118,6 +120,9 @@ class App:
         self.core = Core(store, core_settings(config), on_delivery=self._on_delivery,
                          on_event=self._on_event)
         self.batcher = HeartbeatBatcher(self.core, on_stale=self._on_stale)
+        #: reads plain TCP connections for their channels (schedd.sdk.readiness); running
+        #: while the app serves, on Linux
+        self.readiness = ReadinessHub()
         self.queries = Queries(store, self.core.keys)
         self.accepting = True
         self.sessions: set[Session] = set()
@@ -274,6 +279,8 @@ class App:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.batcher.serve)
+            if readiness_available():
+                await nursery.start(self.readiness.serve)
             await nursery.start(serve_reaper, self.core)
             await nursery.start(serve_inbox, self.core)
             for service in self.plugins.services(self):

@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import select
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -72,6 +73,7 @@ from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ProtocolError
 from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
 from schedd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from schedd.sdk.readiness import ReadinessHub
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -95,6 +97,8 @@ CLOSE_TIMEOUT: Final = 1.0
 RECEIVE_SIZE: Final = 65536
 """Bytes asked of the socket per read."""
 _DEFAULT_PORTS: Final = {"ws": 80, "wss": 443}
+_PEER_GONE: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR if hasattr(
+    select, "epoll") else 0
 _TRUE: Final = frozenset({"1", "true", "yes"})
 _FALSE: Final = frozenset({"0", "false", "no"})
 _CLOSE_NORMAL: Final = 1000
@@ -290,12 +294,18 @@ class StreamChannel:
     :param stream: a connected ``trio.SocketStream`` or ``trio.SSLStream`` (owned from now on).
     :param peer: the remote address, for logs and authentication.
     :param max_frame: the largest payload accepted, in bytes.
+    :param hub: a running :class:`~schedd.sdk.readiness.ReadinessHub`: a plain socket is then
+        read by the hub's task when input arrives while someone waits in ``receive``, and the
+        frames go first to the consumer set with :meth:`set_inline` (the daemon's node
+        connections: docs/benchmarks.md, S3). Without it, or over TLS, ``receive`` waits with
+        trio (:func:`read_when_ready`).
     """
 
-    __slots__ = ("_broken", "_closed", "_decoder", "_frames", "_send_lock", "_socket", "_stream",
-                 "peer")
+    __slots__ = ("_broken", "_closed", "_decoder", "_end", "_frames", "_hub", "_hup", "_inline",
+                 "_ready", "_send_lock", "_socket", "_stream", "_waiter", "peer")
 
-    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int,
+                 hub: ReadinessHub | None = None) -> None:
         self._stream = stream
         # A plain socket is read with wait_readable + os.read (see read_when_ready).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
@@ -305,6 +315,32 @@ class StreamChannel:
         self._send_lock = trio.Lock()
         self._broken: tuple[str, str] | None = None
         self._closed = False
+        self._inline: Callable[[bytes], bool] | None = None
+        # with a hub: the task parked in receive(), whether the socket may have unread input
+        # (edge-triggered: nobody is told again), and the end of the input once read
+        self._hub: ReadinessHub | None = None
+        self._waiter: trio.lowlevel.Task | None = None
+        self._ready = True
+        self._hup = False  # the peer's end arrived: read until it is read
+        self._end: ChannelClosed | None = None
+        if hub is not None and hub.running and self._socket is not None:
+            try:
+                hub.watch(self._socket.fileno(), self._on_input)
+                self._hub = hub
+            except OSError as exc:  # e.g. already closed: receive() will say so
+                log.debug("reading %s without the readiness hub: %s", peer, exc)
+
+    def set_inline(self, consume: Callable[[bytes], bool] | None) -> None:
+        """Offer frames to ``consume`` before ``receive`` returns them (only with a hub).
+
+        ``consume(frame)`` is called from the hub's task, for a frame that arrives while a task
+        waits in ``receive`` with nothing before it; ``True`` means it handled the frame (which
+        ``receive`` then never returns), ``False`` that ``receive`` returns it as usual. It
+        must not block; if it raises, the exception is logged and the frame goes to
+        ``receive``. Frames are offered in order, and none after one it refused until
+        ``receive`` returned that one.
+        """
+        self._inline = consume
 
     async def receive(self) -> bytes:
         """The next frame's payload.
@@ -318,6 +354,8 @@ class StreamChannel:
             return frames.popleft()
         if self._broken is not None:
             raise ProtocolError(*self._broken)
+        if self._hub is not None or self._end is not None:
+            return await self._receive_from_hub()
         while not frames:
             try:
                 if self._socket is not None:
@@ -326,16 +364,110 @@ class StreamChannel:
                     data = bytes(await self._stream.receive_some(RECEIVE_SIZE))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
-            if not data:
-                cut = " in the middle of a frame" if self._decoder.pending else ""
-                raise ChannelClosed(f"{self.peer} closed the connection{cut}")
-            try:
-                frames.extend(self._decoder.feed(data))
-            except ProtocolError as exc:
-                # Frames completed before the bad header in this read are lost with the stream.
-                self._broken = (exc.code, exc.message)
-                raise
+            self._feed(data)
         return frames.popleft()
+
+    def _feed(self, data: bytes) -> None:
+        """Decode what one read returned; raise at the end of the stream or a bad header."""
+        if not data:
+            cut = " in the middle of a frame" if self._decoder.pending else ""
+            raise ChannelClosed(f"{self.peer} closed the connection{cut}")
+        try:
+            self._frames.extend(self._decoder.feed(data))
+        except ProtocolError as exc:
+            # Frames completed before the bad header in this read are lost with the stream.
+            self._broken = (exc.code, exc.message)
+            raise
+
+    def _read_ready(self) -> None:
+        """Read what the socket has (with a hub), into frames, ``_end`` or ``_broken``."""
+        assert self._socket is not None
+        self._ready = False
+        fd = self._socket.fileno()
+        if fd < 0:
+            self._end = ChannelClosed(f"connection with {self.peer} lost: the socket was closed")
+            return
+        try:
+            data = os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return  # readiness without input (it came and went)
+        except OSError as exc:
+            self._end = ChannelClosed(f"connection with {self.peer} lost: {exc}")
+            return
+        # a full read may have left input behind, and the end may be behind the data: no new
+        # edge will say so
+        self._ready = len(data) == RECEIVE_SIZE or self._hup
+        try:
+            self._feed(data)
+        except ChannelClosed as exc:
+            self._end = exc
+        except ProtocolError:
+            pass  # in _broken
+
+    async def _receive_from_hub(self) -> bytes:
+        frames = self._frames
+        while True:
+            if self._end is not None:
+                await trio.lowlevel.checkpoint()
+                raise self._end
+            if self._ready:
+                self._read_ready()
+                if frames or self._broken is not None:
+                    await trio.lowlevel.checkpoint()
+                    return self._next_frame()
+                continue
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            if frames or self._broken is not None:
+                return self._next_frame()
+
+    def _next_frame(self) -> bytes:
+        if self._frames:
+            return self._frames.popleft()
+        assert self._broken is not None
+        raise ProtocolError(*self._broken)
+
+    def _on_input(self, flags: int) -> None:
+        """The hub's callback: input arrived. Read it now if a task waits in ``receive``
+        (after anything earlier was handed out), offer the frames to the inline consumer, and
+        wake the task for the rest; otherwise only remember it for the next ``receive``."""
+        self._ready = True
+        if flags & _PEER_GONE:
+            self._hup = True
+        task = self._waiter
+        if task is None:
+            return
+        self._read_ready()
+        frames, consume = self._frames, self._inline
+        if consume is not None:
+            while frames:
+                try:
+                    if not consume(frames[0]):
+                        break
+                except Exception:
+                    log.exception("inline consumer failed on a frame from %s; it goes to "
+                                  "receive", self.peer)
+                    break
+                frames.popleft()
+        if frames or self._broken is not None or self._end is not None or self._ready:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
+
+    def _wake_closed(self) -> None:
+        """Closing: a task waiting in ``receive`` gets ``ChannelClosed``."""
+        if self._end is None:
+            self._end = ChannelClosed(f"connection with {self.peer} lost: the channel was closed")
+        if self._hub is not None and self._socket is not None:
+            self._hub.unwatch(self._socket.fileno())
+            self._hub = None
+        task, self._waiter = self._waiter, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` as one frame, whole even when several tasks send at once.
@@ -360,6 +492,8 @@ class StreamChannel:
         if self._closed:
             return
         self._closed = True
+        if self._hub is not None:
+            self._wake_closed()
         await close_stream(self._stream)
 
 

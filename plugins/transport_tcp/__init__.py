@@ -10,6 +10,9 @@ Rules of this plugin:
   connections. With TLS, the TLS handshake must end within ``app.limits.handshake_timeout``
   seconds or the connection is dropped. The channel goes to ``app.serve_channel``, and when that
   returns the connection is closed gracefully (the peer gets what was sent last).
+- A plain (not TLS) connection is read by the app's readiness hub (``app.readiness``, see
+  :mod:`schedd.sdk.readiness`): its task reads the sockets that have input and hands a node's
+  unchanged heartbeat to the session inline, without a task switch per message.
 - Framing is :mod:`schedd.protocol.framing`'s: a frame header declaring more than
   ``max_frame`` bytes (or zero) makes ``receive`` raise ``ProtocolError`` as soon as the header is
   read; the body is never waited for.
@@ -71,7 +74,7 @@ async def _serve_connection(app: App, stream: trio.abc.Stream, peer: str) -> Non
             await stream.do_handshake()
         if handshake.cancelled_caught:
             return  # the guard closes the stream
-    channel = StreamChannel(stream, peer, limits.max_frame)
+    channel = StreamChannel(stream, peer, limits.max_frame, hub=app.readiness)
     try:
         await app.serve_channel(channel)
     finally:

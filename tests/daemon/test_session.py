@@ -3,6 +3,7 @@ limits, and jobs flowing from clients to nodes and back."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +15,7 @@ from schedd import app as app_module
 from schedd import protocol as p
 from schedd.core_hooks import token_principal
 from schedd.errors import ProtocolError
+from schedd.sdk.connect import StreamChannel
 from schedd.session import MAX_VIOLATIONS
 from tests.daemon.harness import MemoryChannel, Peer, channel_pair, running_daemon
 
@@ -591,3 +593,91 @@ async def test_a_repeated_heartbeat_is_decoded_once_and_every_beat_counts(
         # what follows a cached beat is still checked: a broken message is refused
         await node.send(b'{"type": "heartbeat", "inflight": -1, "running": [], "load": 0}')
         assert (await node.expect(p.Error)).code == p.E_BAD_FIELD
+
+
+async def hub_node(d: Any, node_id: str) -> tuple[StreamChannel, p.Registered]:
+    """A node connected over a real socket that the daemon reads through its readiness hub."""
+    assert d.app.readiness.running
+    ours, theirs = socket.socketpair()
+    daemon_side = StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)),
+                                "127.0.0.1:40001", 1 << 20, hub=d.app.readiness)
+    d.nursery.start_soon(d.app.serve_channel, daemon_side)
+    node = StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), "daemon", 1 << 20)
+    await node.send(p.encode(p.Hello(role="node", version=p.PROTOCOL_VERSION)))
+    assert isinstance(p.decode(await node.receive()), p.Welcome)
+    await node.send(p.encode(p.Register(node_id=node_id, capacity=1, pools=["p"])))
+    registered = p.decode(await node.receive())
+    assert isinstance(registered, p.Registered)
+    return node, registered
+
+
+async def test_a_repeated_heartbeat_read_by_the_hub_is_handled_inline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_daemon() as d:
+        node, reg = await hub_node(d, "n1")
+        beats: list[tuple[str, int, float, int]] = []
+        monkeypatch.setattr(d.app.batcher, "beat", lambda *args: beats.append(args))
+        session = d.app.nodes["n1"]
+        inline: list[bool] = []
+        real_inline = session._inline
+
+        def recording_inline(raw: bytes | str) -> bool:
+            inline.append(real_inline(raw))
+            return inline[-1]
+
+        node_channel = session.channel
+        node_channel.set_inline(recording_inline)
+
+        async def beat(message: p.Heartbeat, ref: str) -> None:
+            await node.send(p.encode(message))
+            await trio.sleep(0.01)  # arrives alone, while the session waits
+            await node.send(p.encode(p.Ping(ref=ref)))  # answered once the beat was handled
+            pong = p.decode(await node.receive())
+            assert isinstance(pong, p.Pong) and pong.ref == ref
+
+        with trio.fail_after(10):
+            same = p.Heartbeat(inflight=0, running=["j9"], load=0.5)
+            for index in range(3):
+                await beat(same, f"same{index}")
+            before = session.last_seen
+            await beat(p.Heartbeat(inflight=1, running=["j1"], load=0.7), "changed")
+            await beat(same, "back")
+            await beat(same, "again")
+        # the first of each kind goes through the loop (decoded there), its repeats inline;
+        # pings are refused (the loop answers them)
+        assert inline == [False, False, True, False, True, False,
+                                                 False, False, False, False, True, False]
+        assert beats == [("n1", reg.epoch, 0.5, 0)] * 3 + [("n1", reg.epoch, 0.7, 1)] + [
+            ("n1", reg.epoch, 0.5, 0)] * 2
+        assert session.last_seen > before
+        assert session.running_seen[-1] == ["j9"]
+        await node.aclose()
+
+
+async def test_heartbeats_over_the_rate_limit_are_refused_even_inline(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path=tmp_path,
+                              toml="[limits]\nmax_messages_per_second = 10\n") as d:
+        node, _ = await hub_node(d, "n1")
+        session = d.app.nodes["n1"]
+        session.rate.tokens = 0.0  # as if the burst was spent just now
+        session.rate.stamp = trio.current_time()
+        with trio.fail_after(10):
+            beat = p.encode(p.Heartbeat(inflight=0, load=0.0))
+            session._beat_raw, session._beat = beat, p.decode(beat)  # type: ignore[assignment]
+            assert not session._inline(beat)  # no token: the loop refuses it and says why
+            await node.send(beat)
+            error = p.decode(await node.receive())
+            assert isinstance(error, p.Error) and error.code == p.E_RATE
+        await node.aclose()
+
+
+async def test_a_heartbeat_with_new_capabilities_is_not_handled_inline() -> None:
+    async with running_daemon() as d:
+        node, _ = await hub_node(d, "n1")
+        session = d.app.nodes["n1"]
+        beat = p.encode(p.Heartbeat(inflight=0, capabilities={"gpu": "a100"}))
+        session._beat_raw, session._beat = beat, p.decode(beat)  # type: ignore[assignment]
+        assert not session._inline(beat)  # the loop moves the node's pools first
+        assert not session._inline(b"something else")
+        await node.aclose()

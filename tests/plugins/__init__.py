@@ -18,6 +18,7 @@ import trio
 
 from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ConfigError, ProtocolError
+from schedd.sdk.readiness import ReadinessHub
 
 
 @attrs.define
@@ -54,6 +55,8 @@ class FakeApp:
         self.closed: list[str] = []
         self.served = 0
         self._changed = trio.Event()
+        #: started by start(), as the daemon runs it (the TCP transport reads through it)
+        self.readiness = ReadinessHub()
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; it is checked whenever serve_channel records."""
@@ -104,7 +107,9 @@ class FakeApp:
 
 
 async def start(nursery: trio.Nursery, serve: Any, app: FakeApp, plugin: str) -> str:
-    """Start a transport service as the daemon does; return the URL it reported."""
+    """Start a transport service as the daemon does (after the readiness hub); return the URL
+    it reported."""
+    await nursery.start(app.readiness.serve)
     await nursery.start(serve, app)
     return app.urls[plugin]
 
