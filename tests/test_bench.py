@@ -191,6 +191,48 @@ async def test_fleet_spreads_its_heartbeats_over_the_interval(
     assert times[-1] - times[0] == pytest.approx(0.75 * fleet.heartbeat_interval)
 
 
+class _Rounds(trio.abc.Instrument):
+    """Counts the scheduler's rounds (one I/O check per round of runnable tasks)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+async def test_fleet_sends_every_due_tick_in_one_round_after_a_stall(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock,
+) -> None:
+    # While thousands of nodes connect, one trio round takes milliseconds: a ticker that
+    # sent one tick per round fell a second behind and the daemon reaped live nodes.
+    rounds = _Rounds()
+    sent: list[tuple[int, str]] = []
+
+    async def send(node: SimNode, message: Any) -> bool:
+        sent.append((rounds.count, node.node_id))
+        return True
+
+    monkeypatch.setattr(SimNode, "send", send)
+    fleet = Fleet(["tcp://127.0.0.1:1"], 40, pools=["p"])  # never connects: beats faked
+    fleet.beating.update(fleet.nodes)
+    trio.lowlevel.add_instrument(rounds)
+    try:
+        async with trio.open_nursery() as nursery:
+            fleet.nursery = nursery
+            nursery.start_soon(fleet._heartbeats)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sent == []
+            mock_clock.jump(0.6 * fleet.heartbeat_interval)  # the ticks at 1/4 and 2/4 are due
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(rounds)
+    assert sorted(node for _, node in sent) == sorted(
+        n.node_id for n in fleet.nodes[0::4] + fleet.nodes[1::4])  # two ticks of ten
+    assert len({sent_in for sent_in, _ in sent}) == 1, "the due ticks went out round by round"
+
+
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
 async def test_fleet_answers_zero_length_jobs_ok_and_failed(transport: str) -> None:
     daemon = DaemonProcess()
