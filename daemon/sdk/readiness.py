@@ -31,17 +31,12 @@ import logging
 import select
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Final
 
 import trio
 
-__all__ = ["MAX_EVENTS", "ReadinessHub", "available"]
+__all__ = ["ReadinessHub", "available"]
 
 log = logging.getLogger(__name__)
-
-#: Events taken from the set per wake; more stay ready and come with the next turn.
-MAX_EVENTS: Final = 1024
-
 
 def available() -> bool:
     """Whether this platform has ``epoll`` (Linux)."""
@@ -95,7 +90,8 @@ class ReadinessHub:
             task_status.started()
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                events = epoll.poll(0, MAX_EVENTS)
+                # every ready socket in one turn, as trio's own loop does
+                events = epoll.poll(0, max(1, len(callbacks)))
                 self.calls += len(events)
                 for fd, flags in events:
                     callback = callbacks.get(fd)
