@@ -15,7 +15,9 @@ Rules of this module:
   a rejected certificate or upgrade, a peer that hangs up) and at the deadline for silence.
 - **Channels.** :class:`StreamChannel` (TCP/TLS) and :class:`WebSocketChannel` implement
   :class:`~schedd.channel.Channel` for the daemon's transports and for clients alike. Neither
-  runs a background task, so a channel holds no nursery and may be closed from any task. A
+  runs a background task, so a channel holds no nursery and may be closed from any task (a
+  ``StreamChannel`` given a running :class:`~schedd.sdk.readiness.ReadinessHub` is read by
+  the hub's task while someone waits in ``receive``; closing it unwatches the socket). A
   message over ``max_frame`` bytes raises :class:`~schedd.errors.ProtocolError` ``E_TOO_LARGE``
   from ``receive`` (a TCP frame as soon as its 4-byte header is read, a WebSocket message as soon
   as the part received goes over); a TCP frame of length 0 or a broken WebSocket frame (bad
