@@ -24,6 +24,7 @@ from schedd.plugins import reconcile
 from schedd.plugins.reconcile import ReconcileStats
 from schedd.sdk.node import JobContext, Node
 from tests.daemon.harness import Daemon, Peer, running_daemon
+from tests.polling import until
 
 PERIOD = 0.5
 BEAT = 0.05  # raw nodes' heartbeat interval
@@ -106,11 +107,6 @@ def stats_of(d: Daemon) -> ReconcileStats:
     found = reconcile.stats(d.app)
     assert found is not None
     return found
-
-
-async def until(predicate: Callable[[], Any]) -> None:
-    while not predicate():
-        await trio.sleep(0.01)
 
 
 async def node_field(d: Daemon, node_id: str, field: str) -> str | None:

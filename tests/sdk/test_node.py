@@ -28,6 +28,7 @@ from schedd.protocol import (
 )
 from schedd.sdk.client import RequestFailed
 from schedd.sdk.node import JobContext, JobError, Node
+from tests.polling import until
 from tests.sdk import FakeDaemon, FakePeer, closed_port_url, start_fake_daemon
 
 Handler = Callable[[JobContext], Awaitable[Any]]
@@ -56,12 +57,6 @@ def assign(job_id: str = "j1", attempt: int = 1, payload: Any = None) -> Assign:
 
 async def start_node(nursery: trio.Nursery, node: Node) -> None:
     await nursery.start(node.run)
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Wait for a condition of the node's local state (set by its tasks, with no event)."""
-    while not predicate():
-        await trio.sleep(0.005)
 
 
 class Gate:

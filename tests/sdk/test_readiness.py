@@ -16,6 +16,7 @@ from schedd.errors import ProtocolError
 from schedd.protocol.framing import encode_frame
 from schedd.sdk.connect import RECEIVE_SIZE, StreamChannel
 from schedd.sdk.readiness import ReadinessHub
+from tests.polling import until
 
 
 @asynccontextmanager
@@ -35,12 +36,6 @@ def socket_pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-async def until(condition: object) -> None:
-    with trio.fail_after(5):
-        while not condition():  # type: ignore[operator]
-            await trio.sleep(0.001)
-
-
 async def test_watch_needs_a_running_hub() -> None:
     a, b = socket_pair()
     with a, b, pytest.raises(RuntimeError, match="not running"):
@@ -56,20 +51,20 @@ async def test_one_call_per_arrival_not_while_input_stays_unread() -> None:
         hub.watch(c.fileno(), lambda flags: calls.__setitem__("c", calls["c"] + 1))
         assert hub.watched == 2
         b.send(b"x")
-        await until(lambda: calls["a"] == 1)
+        await until(lambda: calls["a"] == 1, timeout=5)
         # a's input stays unread; two more rounds of the hub (for c) do not report a again
         for expected in (1, 2):
             d.send(b"y")
-            await until(lambda expected=expected: calls["c"] == expected)  # type: ignore[misc]
+            await until(lambda expected=expected: calls["c"] == expected, timeout=5)  # type: ignore[misc]
         assert calls["a"] == 1
         b.send(b"more")  # a new arrival is reported again
-        await until(lambda: calls["a"] == 2)
+        await until(lambda: calls["a"] == 2, timeout=5)
         hub.unwatch(a.fileno())
         hub.unwatch(a.fileno())  # twice: ignored
         hub.unwatch(12345)  # never watched: ignored
         b.send(b"unwatched")
         d.send(b"z")
-        await until(lambda: calls["c"] == 3)
+        await until(lambda: calls["c"] == 3, timeout=5)
         assert calls["a"] == 2 and hub.watched == 1
     for s in (a, b, c, d):
         s.close()
@@ -90,11 +85,11 @@ async def test_a_failing_callback_is_logged_and_unwatched_the_others_go_on(
         hub.watch(c.fileno(), lambda flags: seen.append("c"))
         with caplog.at_level(logging.ERROR, "schedd.sdk.readiness"):
             b.send(b"x")
-            await until(lambda: hub.watched == 1)
+            await until(lambda: hub.watched == 1, timeout=5)
         assert f"readiness callback for descriptor {a.fileno()} failed" in caplog.text
         assert "boom" in caplog.text
         d.send(b"y")
-        await until(lambda: seen == ["c"])
+        await until(lambda: seen == ["c"], timeout=5)
     for s in (a, b, c, d):
         s.close()
 
@@ -172,7 +167,7 @@ async def test_the_inline_consumer_takes_frames_in_order_and_refuses_to_receive(
                 nursery.start_soon(receive, 2)
                 await trio.sleep(0.01)  # parked in receive: the hub reads
                 await peer.send_all(encode_frame(b"beat1") + encode_frame(b"beat2"))
-                await until(lambda: offered == [b"beat1", b"beat2"])
+                await until(lambda: offered == [b"beat1", b"beat2"], timeout=5)
                 assert received == []
                 await peer.send_all(
                     encode_frame(b"beat3") + encode_frame(b"other") + encode_frame(b"beat4"))
@@ -209,7 +204,7 @@ async def test_input_that_comes_while_nobody_receives_waits_unread(
             tried = len(socket_reads)
             calls = hub.calls
             await peer.send_all(encode_frame(b"later"))
-            await until(lambda: hub.calls > calls)
+            await until(lambda: hub.calls > calls, timeout=5)
             assert len(socket_reads) == tried  # the hub did not read for nobody
             assert await channel.receive() == b"later"
 
@@ -243,7 +238,7 @@ async def test_the_end_that_came_with_the_last_data_is_not_missed() -> None:
             # both before the hub can run: one event
             os.write(peer.socket.fileno(), encode_frame(b"cut")[:5])
             peer.socket.shutdown(socket.SHUT_WR)
-            await until(lambda: hub.calls > 0)
+            await until(lambda: hub.calls > 0, timeout=5)
             with pytest.raises(ChannelClosed, match="in the middle of a frame"):
                 await channel.receive()
 
