@@ -44,14 +44,13 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import select
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Final, NoReturn, cast, final
+from typing import Final, Generic, NoReturn, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
@@ -79,9 +78,9 @@ from schedd.sdk.readiness import ReadinessHub
 
 __all__ = [
     "CLOSE_TIMEOUT",
+    "RECEIVE_SIZE",
     "SUPPORTED_SCHEMES",
     "ConnectFailed",
-    "ReadyReadStream",
     "StreamChannel",
     "WebSocketChannel",
     "close_stream",
@@ -106,6 +105,7 @@ _FALSE: Final = frozenset({"0", "false", "no"})
 _CLOSE_NORMAL: Final = 1000
 _CLOSE_TOO_BIG: Final = 1009
 _REJECT_BODY_SHOWN: Final = 200  # bytes of an HTTP refusal's body quoted in ConnectFailed
+_M = TypeVar("_M", bytes, bytes | str)  # what a channel's receive returns
 
 
 class ConnectFailed(ChannelClosed):
@@ -129,8 +129,8 @@ def format_address(sockaddr: object) -> str:
 
 
 def _socket_stream(stream: trio.abc.Stream) -> trio.SocketStream | None:
-    while isinstance(stream, trio.SSLStream | ReadyReadStream):
-        stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream.stream
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     return stream if isinstance(stream, trio.SocketStream) else None
 
 
@@ -167,42 +167,6 @@ async def read_when_ready(sock: trio.socket.SocketType, max_bytes: int) -> bytes
             continue  # woken without data (spurious readiness)
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
-
-
-@final
-class ReadyReadStream(trio.abc.HalfCloseableStream):
-    """A ``trio.SocketStream`` whose ``receive_some`` is :func:`read_when_ready`.
-
-    For code that reads a mostly idle socket through the generic stream interface (the
-    daemon's WebSocket library). Everything else is delegated to the wrapped stream, which
-    stays the owner of the socket. A second task calling ``receive_some`` while one waits gets
-    ``trio.BusyResourceError`` from trio's ``wait_readable``, as with the wrapped stream.
-    """
-
-    __slots__ = ("socket", "stream")
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.socket = stream.socket
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        # TypeError for a non-integer, as trio's
-        size = RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
-        if size < 1:
-            raise ValueError("max_bytes must be >= 1")
-        return await read_when_ready(self.socket, size)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 async def close_stream(stream: trio.abc.Stream) -> None:
@@ -286,11 +250,158 @@ async def _send_in_order(stream: trio.abc.Stream, sock: trio.socket.SocketType |
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading through a readiness hub (both channels)
+# ---------------------------------------------------------------------------------------------
+
+
+class _HubReader(Generic[_M]):
+    """How a channel is read by a :class:`~schedd.sdk.readiness.ReadinessHub`: shared by
+    :class:`StreamChannel` and :class:`WebSocketChannel`.
+
+    The subclass keeps received messages in ``_items`` and says how one read's bytes are taken
+    (``_take``), how the input ends for a reason (``_lose``; the first reason stays) and whether
+    a task waiting in ``receive`` has something to wake for (``_news``: a message, the end, or
+    work only the task can do). It calls ``_attach`` last in ``__init__``.
+    """
+
+    __slots__ = ("_hub", "_hup", "_inline", "_items", "_ready", "_socket", "_stream", "_waiter",
+                 "peer")
+    _hub: ReadinessHub | None
+    _stream: trio.abc.Stream
+    _socket: trio.socket.SocketType | None
+    _waiter: trio.lowlevel.Task | None  # the task parked in receive()
+    _ready: bool  # the socket may have unread input (edge-triggered: nobody says so again)
+    _hup: bool  # the peer's end arrived: read until it is read
+    _inline: Callable[[_M], bool] | None
+    _items: deque[_M]
+    peer: str
+
+    def _attach(self, hub: ReadinessHub | None) -> None:
+        self._hub = None
+        self._waiter = None
+        self._ready = True
+        self._hup = False
+        self._inline = None
+        if hub is not None and hub.running and self._socket is not None:
+            try:
+                hub.watch(self._socket.fileno(), self._on_input)
+                self._hub = hub
+            except OSError as exc:  # e.g. already closed: receive() will say so
+                log.debug("reading %s without the readiness hub: %s", self.peer, exc)
+
+    def set_inline(self, consume: Callable[[_M], bool] | None) -> None:
+        """Offer messages to ``consume`` before ``receive`` returns them (only with a hub).
+
+        ``consume(message)`` is called from the hub's task, for a message that arrives while a
+        task waits in ``receive`` with nothing before it; ``True`` means it handled the message
+        (which ``receive`` then never returns), ``False`` that ``receive`` returns it as usual.
+        It must not block; if it raises, the exception is logged and the message goes to
+        ``receive``. Messages are offered in order, and none after one it refused until
+        ``receive`` returned that one.
+        """
+        self._inline = consume
+
+    def _take(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _lose(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _news(self) -> bool:
+        raise NotImplementedError
+
+    async def _read(self) -> bytes:
+        """One read waiting with trio (no hub, or TLS): ``b""`` at the end of the stream;
+        ``ChannelClosed`` when the connection broke."""
+        try:
+            if self._socket is not None:
+                return await read_when_ready(self._socket, RECEIVE_SIZE)
+            return bytes(await self._stream.receive_some(RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
+
+    def _read_ready(self) -> None:
+        """Read what the socket has and take it (or lose the input)."""
+        assert self._socket is not None
+        self._ready = False
+        fd = self._socket.fileno()
+        if fd < 0:
+            self._lose(f"connection with {self.peer} lost: the socket was closed")
+            return
+        try:
+            data = os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return  # readiness without input (it came and went)
+        except OSError as exc:
+            self._lose(f"connection with {self.peer} lost: {exc}")
+            return
+        # a full read may have left input behind, and the end may be behind the data: no new
+        # edge will say so
+        self._ready = len(data) == RECEIVE_SIZE or self._hup
+        self._take(data)
+
+    async def _hub_input(self) -> None:
+        """Return once there is news, reading what the socket has or parking until the hub's
+        task brings some; a checkpoint."""
+        parked = False
+        while not self._news():
+            if self._ready:
+                self._read_ready()
+                continue
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            parked = True
+        if not parked:
+            await trio.lowlevel.checkpoint()
+
+    def _on_input(self, flags: int) -> None:
+        """The hub's callback: input arrived. Read it now if a task waits in ``receive``
+        (after anything earlier was handed out), offer the messages to the inline consumer, and
+        wake the task for the rest; otherwise only remember it for the next ``receive``."""
+        self._ready = True
+        if flags & _PEER_GONE:
+            self._hup = True
+        task = self._waiter
+        if task is None:
+            return
+        self._read_ready()
+        items, consume = self._items, self._inline
+        if consume is not None:
+            while items:
+                try:
+                    if not consume(items[0]):
+                        break
+                except Exception:
+                    log.exception("inline consumer failed on a message from %s; it goes to "
+                                  "receive", self.peer)
+                    break
+                items.popleft()
+        if self._ready or self._news():
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
+
+    def _wake_closed(self) -> None:
+        """Closing: stop watching; a task waiting in ``receive`` gets ``ChannelClosed``."""
+        self._lose(f"connection with {self.peer} lost: the channel was closed")
+        if self._hub is not None and self._socket is not None:
+            self._hub.unwatch(self._socket.fileno())
+            self._hub = None
+        task, self._waiter = self._waiter, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+
+# ---------------------------------------------------------------------------------------------
 # TCP / TLS
 # ---------------------------------------------------------------------------------------------
 
 
-class StreamChannel:
+class StreamChannel(_HubReader[bytes]):
     """A :class:`~schedd.channel.Channel` of length-prefixed frames over a byte stream.
 
     :param stream: a connected ``trio.SocketStream`` or ``trio.SSLStream`` (owned from now on).
@@ -303,8 +414,7 @@ class StreamChannel:
         trio (:func:`read_when_ready`).
     """
 
-    __slots__ = ("_broken", "_closed", "_decoder", "_end", "_frames", "_hub", "_hup", "_inline",
-                 "_ready", "_send_lock", "_socket", "_stream", "_waiter", "peer")
+    __slots__ = ("_broken", "_closed", "_decoder", "_end", "_send_lock")
 
     def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int,
                  hub: ReadinessHub | None = None) -> None:
@@ -313,36 +423,12 @@ class StreamChannel:
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self.peer = peer
         self._decoder = FrameDecoder(max_frame)
-        self._frames: deque[bytes] = deque()
+        self._items: deque[bytes] = deque()
         self._send_lock = trio.Lock()
         self._broken: tuple[str, str] | None = None
         self._closed = False
-        self._inline: Callable[[bytes], bool] | None = None
-        # with a hub: the task parked in receive(), whether the socket may have unread input
-        # (edge-triggered: nobody is told again), and the end of the input once read
-        self._hub: ReadinessHub | None = None
-        self._waiter: trio.lowlevel.Task | None = None
-        self._ready = True
-        self._hup = False  # the peer's end arrived: read until it is read
-        self._end: ChannelClosed | None = None
-        if hub is not None and hub.running and self._socket is not None:
-            try:
-                hub.watch(self._socket.fileno(), self._on_input)
-                self._hub = hub
-            except OSError as exc:  # e.g. already closed: receive() will say so
-                log.debug("reading %s without the readiness hub: %s", peer, exc)
-
-    def set_inline(self, consume: Callable[[bytes], bool] | None) -> None:
-        """Offer frames to ``consume`` before ``receive`` returns them (only with a hub).
-
-        ``consume(frame)`` is called from the hub's task, for a frame that arrives while a task
-        waits in ``receive`` with nothing before it; ``True`` means it handled the frame (which
-        ``receive`` then never returns), ``False`` that ``receive`` returns it as usual. It
-        must not block; if it raises, the exception is logged and the frame goes to
-        ``receive``. Frames are offered in order, and none after one it refused until
-        ``receive`` returned that one.
-        """
-        self._inline = consume
+        self._end: ChannelClosed | None = None  # the end of the input once read (with a hub)
+        self._attach(hub)
 
     async def receive(self) -> bytes:
         """The next frame's payload.
@@ -350,23 +436,22 @@ class StreamChannel:
         Frames that arrived together are handed out one per call without reading again (only a
         pending cancellation is honoured), so at most one read (64 KiB) is buffered.
         """
-        frames = self._frames
+        frames = self._items
         if frames:
             await trio.lowlevel.checkpoint_if_cancelled()
             return frames.popleft()
         if self._broken is not None:
             raise ProtocolError(*self._broken)
         if self._hub is not None or self._end is not None:
-            return await self._receive_from_hub()
+            await self._hub_input()
+            if frames:
+                return frames.popleft()
+            if self._broken is not None:
+                raise ProtocolError(*self._broken)
+            assert self._end is not None
+            raise self._end
         while not frames:
-            try:
-                if self._socket is not None:
-                    data = await read_when_ready(self._socket, RECEIVE_SIZE)
-                else:
-                    data = bytes(await self._stream.receive_some(RECEIVE_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ChannelClosed(f"connection with {self.peer} lost: {exc}") from exc
-            self._feed(data)
+            self._feed(await self._read())
         return frames.popleft()
 
     def _feed(self, data: bytes) -> None:
@@ -375,30 +460,13 @@ class StreamChannel:
             cut = " in the middle of a frame" if self._decoder.pending else ""
             raise ChannelClosed(f"{self.peer} closed the connection{cut}")
         try:
-            self._frames.extend(self._decoder.feed(data))
+            self._items.extend(self._decoder.feed(data))
         except ProtocolError as exc:
             # Frames completed before the bad header in this read are lost with the stream.
             self._broken = (exc.code, exc.message)
             raise
 
-    def _read_ready(self) -> None:
-        """Read what the socket has (with a hub), into frames, ``_end`` or ``_broken``."""
-        assert self._socket is not None
-        self._ready = False
-        fd = self._socket.fileno()
-        if fd < 0:
-            self._end = ChannelClosed(f"connection with {self.peer} lost: the socket was closed")
-            return
-        try:
-            data = os.read(fd, RECEIVE_SIZE)
-        except BlockingIOError:
-            return  # readiness without input (it came and went)
-        except OSError as exc:
-            self._end = ChannelClosed(f"connection with {self.peer} lost: {exc}")
-            return
-        # a full read may have left input behind, and the end may be behind the data: no new
-        # edge will say so
-        self._ready = len(data) == RECEIVE_SIZE or self._hup
+    def _take(self, data: bytes) -> None:
         try:
             self._feed(data)
         except ChannelClosed as exc:
@@ -406,70 +474,12 @@ class StreamChannel:
         except ProtocolError:
             pass  # in _broken
 
-    async def _receive_from_hub(self) -> bytes:
-        frames = self._frames
-        while True:
-            if self._end is not None:
-                await trio.lowlevel.checkpoint()
-                raise self._end
-            if self._ready:
-                self._read_ready()
-                if frames or self._broken is not None:
-                    await trio.lowlevel.checkpoint()
-                    return self._next_frame()
-                continue
-            self._waiter = trio.lowlevel.current_task()
-
-            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-                self._waiter = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-            if frames or self._broken is not None:
-                return self._next_frame()
-
-    def _next_frame(self) -> bytes:
-        if self._frames:
-            return self._frames.popleft()
-        assert self._broken is not None
-        raise ProtocolError(*self._broken)
-
-    def _on_input(self, flags: int) -> None:
-        """The hub's callback: input arrived. Read it now if a task waits in ``receive``
-        (after anything earlier was handed out), offer the frames to the inline consumer, and
-        wake the task for the rest; otherwise only remember it for the next ``receive``."""
-        self._ready = True
-        if flags & _PEER_GONE:
-            self._hup = True
-        task = self._waiter
-        if task is None:
-            return
-        self._read_ready()
-        frames, consume = self._frames, self._inline
-        if consume is not None:
-            while frames:
-                try:
-                    if not consume(frames[0]):
-                        break
-                except Exception:
-                    log.exception("inline consumer failed on a frame from %s; it goes to "
-                                  "receive", self.peer)
-                    break
-                frames.popleft()
-        if frames or self._broken is not None or self._end is not None or self._ready:
-            self._waiter = None
-            trio.lowlevel.reschedule(task)
-
-    def _wake_closed(self) -> None:
-        """Closing: a task waiting in ``receive`` gets ``ChannelClosed``."""
+    def _lose(self, reason: str) -> None:
         if self._end is None:
-            self._end = ChannelClosed(f"connection with {self.peer} lost: the channel was closed")
-        if self._hub is not None and self._socket is not None:
-            self._hub.unwatch(self._socket.fileno())
-            self._hub = None
-        task, self._waiter = self._waiter, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
+            self._end = ChannelClosed(reason)
+
+    def _news(self) -> bool:
+        return bool(self._items) or self._broken is not None or self._end is not None
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` as one frame, whole even when several tasks send at once.
@@ -504,48 +514,50 @@ class StreamChannel:
 # ---------------------------------------------------------------------------------------------
 
 
-class WebSocketChannel:
+class WebSocketChannel(_HubReader[bytes | str]):
     """A :class:`~schedd.channel.Channel` over a WebSocket whose handshake is complete.
 
-    Either end of a WebSocket works; :func:`open_channel` makes the client side. (The
-    daemon's WebSocket transport uses trio-websocket's connection instead.)
+    Either end of a WebSocket works: :func:`open_channel` makes the client side, the daemon's
+    WebSocket transport (:mod:`schedd.plugins.transport_ws`) the server side.
 
     :param stream: the connected stream (owned from now on).
     :param ws: the wsproto connection, in state ``OPEN``.
     :param peer: the remote address.
     :param max_frame: the largest message accepted, in bytes (UTF-8 bytes for text).
+    :param hub: a running :class:`~schedd.sdk.readiness.ReadinessHub`, as for
+        :class:`StreamChannel`: a plain socket is then read by the hub's task and messages go
+        first to the consumer set with :meth:`set_inline`. Pings and the peer's close are
+        answered by the task in ``receive``.
     """
 
     __slots__ = (
         "_close_code",
         "_closed",
+        "_control",
         "_ended",
-        "_fresh",
         "_max_frame",
-        "_messages",
         "_parts",
         "_send_lock",
         "_size",
-        "_socket",
-        "_stream",
         "_text",
         "_ws",
-        "peer",
     )
 
     def __init__(
-        self, stream: trio.abc.Stream, ws: WSConnection, peer: str, max_frame: int
+        self, stream: trio.abc.Stream, ws: WSConnection, peer: str, max_frame: int,
+        hub: ReadinessHub | None = None,
     ) -> None:
         if ws.state is not ConnectionState.OPEN:
             raise ValueError(f"the WebSocket is not open (state {ws.state.name})")
         self._stream = stream
-        # A plain socket is read with read_when_ready and written by _send_in_order, as the
-        # TCP channel's.
+        # A plain socket is read with read_when_ready (or the hub) and written by
+        # _send_in_order, as the TCP channel's.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._ws = ws
         self.peer = peer
         self._max_frame = max_frame
-        self._messages: deque[bytes | str] = deque()
+        self._items: deque[bytes | str] = deque()
+        self._control: list[Event] = []  # answers to send before receive returns (pong, close)
         self._parts: list[bytes | str] = []
         self._size = 0
         self._send_lock = trio.Lock()
@@ -554,54 +566,69 @@ class WebSocketChannel:
         self._ended: tuple[str, str] | None = None
         self._close_code = _CLOSE_NORMAL
         self._closed = False
-        self._fresh = True
+        self._attach(hub)
+        self._handle_events()  # frames that arrived with the handshake's last bytes
 
     async def receive(self) -> bytes | str:
         """The next message, text as ``str`` and binary as ``bytes``."""
-        messages = self._messages
-        if messages:
+        messages = self._items
+        if messages and not self._control:
             await trio.lowlevel.checkpoint_if_cancelled()
             return messages.popleft()
-        if self._fresh:
-            self._fresh = False
-            await self._handle_events()  # frames that arrived with the handshake's last bytes
-        while not messages and self._ended is None:
+        while True:
+            if self._control:
+                await self._answer_control()
+            if messages:
+                return messages.popleft()
+            if self._ended is not None:
+                break
+            if self._hub is not None:
+                await self._hub_input()
+                continue
             try:
-                if self._socket is not None:
-                    data: bytes | bytearray = await read_when_ready(self._socket, RECEIVE_SIZE)
-                else:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._ended = ("", f"connection with {self.peer} lost: {exc}")
-                break
-            if self._ws.state is ConnectionState.CLOSED:
-                # Our close was answered (aclose from another task); nothing more will come.
-                self._ended = ("", f"connection with {self.peer} closed")
-                break
-            self._ws.receive_data(bytes(data) if data else None)  # None: end of stream
-            await self._handle_events()
-        if messages:
-            return messages.popleft()
-        assert self._ended is not None
+                data = await self._read()
+            except ChannelClosed as exc:
+                self._lose(str(exc))
+                continue
+            self._take(data)
         code, message = self._ended
         if code:
             raise ProtocolError(code, message)
         raise ChannelClosed(message)
 
-    async def _handle_events(self) -> None:
+    def _take(self, data: bytes) -> None:
+        if self._ws.state is ConnectionState.CLOSED:
+            # Our close was answered (aclose from another task); nothing more will come.
+            self._lose(f"connection with {self.peer} closed")
+            return
+        self._ws.receive_data(data or None)  # None: end of stream
+        self._handle_events()
+
+    def _lose(self, reason: str) -> None:
+        if self._ended is None:
+            self._ended = ("", reason)
+
+    def _news(self) -> bool:
+        return bool(self._items) or bool(self._control) or self._ended is not None
+
+    def _handle_events(self) -> None:
         for event in self._ws.events():
             if isinstance(event, TextMessage | BytesMessage):
                 if self._ended is None:
                     self._add_part(event)
             elif isinstance(event, Ping):
-                with suppress(ChannelClosed):  # the reading side finds out why
-                    await self._send_event(event.response())
+                self._control.append(event.response())
             elif isinstance(event, CloseConnection):
                 self._handle_close(event)
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                    with suppress(ChannelClosed):
-                        await self._send_event(event.response())
+                    self._control.append(event.response())
             # Pong needs nothing; handshake events do not occur once the socket is open.
+
+    async def _answer_control(self) -> None:
+        control, self._control = self._control, []
+        for event in control:
+            with suppress(ChannelClosed):  # the reading side finds out why
+                await self._send_event(event)
 
     def _add_part(self, event: TextMessage | BytesMessage) -> None:
         raw = event.data
@@ -637,7 +664,7 @@ class WebSocketChannel:
             self._size = 0
         else:
             message = data
-        self._messages.append(message)
+        self._items.append(message)
 
     def _handle_close(self, event: CloseConnection) -> None:
         if self._ended is not None:
@@ -665,16 +692,24 @@ class WebSocketChannel:
 
     async def send(self, data: bytes) -> None:
         """Send one message: text (``data`` is UTF-8 JSON) or binary, see the module rules."""
-        if self._text:
-            await self._send_event(TextMessage(data=data.decode()))
-        else:
-            await self._send_event(BytesMessage(data=data))
+        await self._send_event(self._message(data))
+
+    async def send_many(self, messages: list[bytes]) -> None:
+        """Send each of ``messages`` as ``send`` would, all in one write (in order, whole)."""
+        await _send_in_order(
+            self._stream, self._socket, self._send_lock, self.peer,
+            lambda: b"".join([self._event_bytes(self._message(data)) for data in messages]))
+
+    def _message(self, data: bytes) -> Event:
+        return TextMessage(data=data.decode()) if self._text else BytesMessage(data=data)
 
     async def aclose(self) -> None:
         """Send a close frame, then close the stream (see the module rules); never raises."""
         if self._closed:
             return
         self._closed = True
+        if self._hub is not None:
+            self._wake_closed()
         with trio.move_on_after(CLOSE_TIMEOUT):
             if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 with suppress(ChannelClosed):

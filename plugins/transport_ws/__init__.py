@@ -6,31 +6,36 @@ Rules of this plugin:
   (default ``/``), ``tls_cert`` and ``tls_key`` (both or neither); see
   :mod:`schedd.plugins._listener` for what they accept and the order of start-up. The URL
   reported to ``app.listening`` is ``ws://…`` or ``wss://…`` (with the path when it is not ``/``).
-- The WebSocket protocol is trio-websocket's (``wrap_server_stream`` on the shared listener). A
-  plain TCP connection is given to it as a :class:`~schedd.sdk.connect.ReadyReadStream`, which
-  waits for input before reading (a node's connection is idle between heartbeats).
+- The WebSocket protocol is wsproto's: this plugin answers the HTTP upgrade
+  (:func:`accept_upgrade`) and serves the connection as a
+  :class:`~schedd.sdk.connect.WebSocketChannel`, the channel the SDK's clients use, read by
+  ``app.readiness`` on a plain connection (docs/architecture.md, "Reading connections").
   The opening handshake (TLS, then the HTTP upgrade) must end within
-  ``app.limits.handshake_timeout`` seconds, read when the connection arrives; an upgrade request
-  for another path is answered HTTP 404; anything else that never completes an upgrade is closed
-  at the handshake timeout. The query string is ignored.
-- An accepted connection becomes a :class:`TrioWebSocketChannel` limited to
-  ``app.limits.max_frame`` and goes to ``app.serve_channel``; an oversize message closes the
-  connection with code 1009 (Message Too Big), surfaced to the session as ``E_TOO_LARGE``.
+  ``app.limits.handshake_timeout`` seconds, read when the connection arrives. An upgrade
+  request for another path is answered HTTP 404, a request that is not a WebSocket upgrade (or
+  not HTTP) HTTP 400; anything that never completes an upgrade is closed at the handshake
+  timeout. The query string is ignored. No extension (compression) or subprotocol is accepted.
+- The channel is limited to ``app.limits.max_frame`` bytes per message (UTF-8 bytes for text)
+  and goes to ``app.serve_channel``. An oversize message or a broken frame (bad UTF-8 text...)
+  reaches the session as ``E_TOO_LARGE`` or ``E_MALFORMED``; the session answers with an
+  ``error`` and the connection closes with code 1009 (Message Too Big) or the parser's code.
 - Text and binary messages are both accepted; the daemon answers in the kind the peer last sent
   (text until the peer's first message).
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import suppress
 from typing import Any, Final
 
 import attrs
 import trio
-import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from schedd.channel import ChannelClosed
 from schedd.config import InvalidSetting, setting
-from schedd.errors import ProtocolError
 from schedd.hookspecs import App, Service, hookimpl
 from schedd.plugins._listener import (
     LISTEN_DOC,
@@ -41,15 +46,21 @@ from schedd.plugins._listener import (
     serve_transport,
     valid_listen,
 )
-from schedd.protocol import E_TOO_LARGE
-from schedd.sdk.connect import ReadyReadStream, close_stream
+from schedd.sdk.connect import RECEIVE_SIZE, WebSocketChannel, close_stream, read_when_ready
 
-MESSAGE_TOO_BIG: Final = 1009  # RFC 6455 close code trio-websocket uses for oversize messages
-CLOSE_TIMEOUT: Final = 1.0
+__all__ = [
+    "PLUGIN_NAME",
+    "WebSocketSettings",
+    "accept_upgrade",
+    "schedd_plugin_config",
+    "schedd_services",
+    "serve",
+]
 
-__all__ = ["PLUGIN_NAME", "WebSocketSettings", "schedd_plugin_config", "schedd_services", "serve"]
+log = logging.getLogger(__name__)
 
 PLUGIN_NAME: Final = "transport_ws"
+NOT_FOUND_BODY: Final = b"no schedd endpoint here\n"
 
 
 def _valid_path(_instance: Any, _attribute: Any, value: str) -> None:
@@ -82,60 +93,65 @@ def schedd_services(app: App) -> list[Service]:
     return [serve]
 
 
-class TrioWebSocketChannel:
-    """A :class:`~schedd.channel.Channel` over a trio-websocket server connection."""
+async def accept_upgrade(stream: trio.abc.Stream, path: str, peer: str) -> WSConnection | None:
+    """Read the HTTP upgrade request from ``stream`` and answer it.
 
-    def __init__(self, conn: trio_websocket.WebSocketConnection, peer: str) -> None:
-        self._conn = conn
-        self.peer = peer
-        self._binary = False  # answer in the kind the peer last sent: text until it sends bytes
-
-    async def receive(self) -> bytes | str:
+    Returns the open connection, or ``None`` once the request was refused (HTTP 404 for another
+    path, 400 for anything that is not a WebSocket upgrade) or the peer left without one. The
+    caller bounds the time and closes the stream after a refusal. Bytes that came after the
+    request stay in the returned connection (the channel reads them first).
+    """
+    ws = WSConnection(ConnectionType.SERVER)
+    sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+    while True:
+        if sock is not None:
+            data = await read_when_ready(sock, RECEIVE_SIZE)
+        else:
+            data = bytes(await stream.receive_some(RECEIVE_SIZE))
         try:
-            message = await self._conn.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            if exc.reason is not None and exc.reason.code == MESSAGE_TOO_BIG:
-                raise ProtocolError(E_TOO_LARGE, "message over the frame limit") from None
-            raise ChannelClosed(str(exc.reason)) from None
-        self._binary = isinstance(message, bytes | bytearray)
-        return message
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if not isinstance(event, Request):
+                    continue
+                if event.target.partition("?")[0] != path:
+                    log.debug("%s: WebSocket upgrade for %r refused: not %r", peer, event.target,
+                              path)
+                    await stream.send_all(_not_found(ws))
+                    return None
+                await stream.send_all(ws.send(AcceptConnection()))
+                return ws
+        except RemoteProtocolError as exc:
+            log.debug("%s: not a WebSocket upgrade: %s", peer, exc)
+            if isinstance(exc.event_hint, RejectConnection):
+                with suppress(LocalProtocolError):  # too far gone for an HTTP answer
+                    await stream.send_all(ws.send(exc.event_hint))  # 400
+            return None
+        if not data:
+            return None
 
-    async def send(self, data: bytes) -> None:
-        try:
-            await self._conn.send_message(data if self._binary else data.decode())
-        except trio_websocket.ConnectionClosed as exc:
-            raise ChannelClosed(str(exc.reason)) from None
 
-    async def aclose(self) -> None:
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            await self._conn.aclose()
+def _not_found(ws: WSConnection) -> bytes:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"),
+               (b"content-length", str(len(NOT_FOUND_BODY)).encode())]
+    return ws.send(RejectConnection(status_code=404, headers=headers, has_body=True)) + ws.send(
+        RejectData(data=NOT_FOUND_BODY, body_finished=True))
 
 
 async def _serve_connection(app: App, path: str, stream: trio.abc.Stream, peer: str) -> None:
     limits = app.limits
-    async with trio.open_nursery() as nursery:
-        conn: trio_websocket.WebSocketConnection | None = None
-        with trio.move_on_after(limits.handshake_timeout):
-            if isinstance(stream, trio.SSLStream):
-                await stream.do_handshake()
-            # Read idle connections the cheap way (see ReadyReadStream); not through TLS.
-            ws_stream = ReadyReadStream(stream) if isinstance(stream, trio.SocketStream) else stream
-            request = await trio_websocket.wrap_server_stream(
-                nursery, ws_stream, message_queue_size=64, max_message_size=limits.max_frame)
-            if request.path.partition("?")[0] != path:
-                await request.reject(404, body=b"no schedd endpoint here")
-            else:
-                conn = await request.accept()
-        if conn is None:
-            await close_stream(stream)
-            nursery.cancel_scope.cancel()
-            return
-        channel = TrioWebSocketChannel(conn, peer)
-        try:
-            await app.serve_channel(channel)
-        finally:
-            await channel.aclose()
-            nursery.cancel_scope.cancel()
+    ws: WSConnection | None = None
+    with trio.move_on_after(limits.handshake_timeout):
+        if isinstance(stream, trio.SSLStream):
+            await stream.do_handshake()
+        ws = await accept_upgrade(stream, path, peer)
+    if ws is None:
+        await close_stream(stream)
+        return
+    channel = WebSocketChannel(stream, ws, peer, limits.max_frame, hub=app.readiness)
+    try:
+        await app.serve_channel(channel)
+    finally:
+        await channel.aclose()
 
 
 async def serve(app: App, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

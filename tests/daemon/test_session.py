@@ -15,9 +15,10 @@ from schedd import app as app_module
 from schedd import protocol as p
 from schedd.core_hooks import token_principal
 from schedd.errors import ProtocolError
-from schedd.sdk.connect import StreamChannel
+from schedd.sdk.connect import StreamChannel, WebSocketChannel
 from schedd.session import MAX_VIOLATIONS
 from tests.daemon.harness import MemoryChannel, Peer, channel_pair, running_daemon
+from tests.websockets import websocket_channels
 
 TOKENS = {
     "SCHEDD_AUTH__NODE_TOKENS": '["node-secret"]',
@@ -595,14 +596,22 @@ async def test_a_repeated_heartbeat_is_decoded_once_and_every_beat_counts(
         assert (await node.expect(p.Error)).code == p.E_BAD_FIELD
 
 
-async def hub_node(d: Any, node_id: str) -> tuple[StreamChannel, p.Registered]:
-    """A node connected over a real socket that the daemon reads through its readiness hub."""
+async def hub_node(d: Any, node_id: str, transport: str = "tcp",
+                   ) -> tuple[StreamChannel | WebSocketChannel, p.Registered]:
+    """A node connected over a real socket that the daemon reads through its readiness hub,
+    with the TCP transport's channel or the WebSocket transport's."""
     assert d.app.readiness.running
-    ours, theirs = socket.socketpair()
-    daemon_side = StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)),
-                                "127.0.0.1:40001", 1 << 20, hub=d.app.readiness)
+    node: StreamChannel | WebSocketChannel
+    if transport == "tcp":
+        ours, theirs = socket.socketpair()
+        daemon_side: StreamChannel | WebSocketChannel = StreamChannel(
+            trio.SocketStream(trio.socket.from_stdlib_socket(theirs)), "127.0.0.1:40001",
+            1 << 20, hub=d.app.readiness)
+        node = StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), "daemon",
+                             1 << 20)
+    else:
+        daemon_side, node = websocket_channels(d.app.readiness)
     d.nursery.start_soon(d.app.serve_channel, daemon_side)
-    node = StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), "daemon", 1 << 20)
     await node.send(p.encode(p.Hello(role="node", version=p.PROTOCOL_VERSION)))
     assert isinstance(p.decode(await node.receive()), p.Welcome)
     await node.send(p.encode(p.Register(node_id=node_id, capacity=1, pools=["p"])))
@@ -611,11 +620,12 @@ async def hub_node(d: Any, node_id: str) -> tuple[StreamChannel, p.Registered]:
     return node, registered
 
 
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
 async def test_a_repeated_heartbeat_read_by_the_hub_is_handled_inline(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, transport: str,
 ) -> None:
     async with running_daemon() as d:
-        node, reg = await hub_node(d, "n1")
+        node, reg = await hub_node(d, "n1", transport)
         beats: list[tuple[str, int, float, int]] = []
         monkeypatch.setattr(d.app.batcher, "beat", lambda *args: beats.append(args))
         session = d.app.nodes["n1"]

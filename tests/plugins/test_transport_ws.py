@@ -10,7 +10,13 @@ import pytest
 import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Request,
+    TextMessage,
+)
 
 from schedd.channel import ChannelClosed
 from schedd.config import Config, converter
@@ -129,42 +135,51 @@ async def test_oversize_message_is_too_large() -> None:
             url = await start(nursery, transport_ws.serve, app, PLUGIN)
             async with open_channel(url) as channel:
                 await channel.send(b'"' + b"x" * 2000 + b'"')
-                # trio-websocket closes at once with 1009 (Message Too Big)
+                # the session's error reaches the peer, then the close with 1009 (Too Big)
+                error = orjson.loads(await channel.receive())
+                assert error["code"] == "E_TOO_LARGE"
                 with pytest.raises(ChannelClosed, match="1009"):
                     await channel.receive()
             nursery.cancel_scope.cancel()
     assert [exc.code for exc in app.errors] == ["E_TOO_LARGE"]
 
 
-async def test_text_limit_counts_characters() -> None:
-    """trio-websocket measures text messages in characters (documented in docs/protocol.md)."""
+async def test_text_limit_counts_utf8_bytes() -> None:
+    """Text is measured in UTF-8 bytes, as the TCP transport measures frames."""
     app = app_for(max_frame=1024)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             url = await start(nursery, transport_ws.serve, app, PLUGIN)
             async with open_channel(url) as channel:  # sends text
+                await channel.send(orjson.dumps("é" * 500))  # 1002 bytes
+                assert orjson.loads(await channel.receive()) == "é" * 500
                 await channel.send(orjson.dumps("é" * 600))  # 602 characters, 1202 bytes
-                assert orjson.loads(await channel.receive()) == "é" * 600
-                await channel.send(orjson.dumps("x" * 1100))
+                error = orjson.loads(await channel.receive())
+                assert error["code"] == "E_TOO_LARGE"
                 with pytest.raises(ChannelClosed, match="1009"):
                     await channel.receive()
             nursery.cancel_scope.cancel()
 
 
-async def test_invalid_utf8_text_closes_the_connection() -> None:
+async def test_invalid_utf8_text_is_malformed_and_closes_the_connection() -> None:
     app = app_for()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             url = await start(nursery, transport_ws.serve, app, PLUGIN)
-            stream, _ws = await raw_websocket(url)
+            stream, ws = await raw_websocket(url)
             payload, mask = b"\xff\xfe", os.urandom(4)
             masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
             await stream.send_all(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
-            reply = await read_all(stream)  # trio-websocket drops the connection
-            assert b"E_MALFORMED" not in reply and not app.received
+            ws.receive_data(await read_all(stream))
+            events = list(ws.events())
+            texts = [orjson.loads(e.data) for e in events if isinstance(e, TextMessage)]
+            assert [text["code"] for text in texts] == ["E_MALFORMED"]
+            [close] = [e for e in events if isinstance(e, CloseConnection)]
+            assert close.code == 1007  # Invalid frame payload data
+            assert not app.received
             await stream.aclose()
             nursery.cancel_scope.cancel()
-    assert app.errors == [] and len(app.closed) == 1
+    assert [exc.code for exc in app.errors] == ["E_MALFORMED"]
 
 
 async def test_garbage_and_broken_handlers_do_not_stop_the_listener() -> None:
@@ -283,7 +298,7 @@ async def test_plain_connections_are_read_only_when_input_is_there(
     socket_reads: list[int],
 ) -> None:
     # a node's connection is idle between heartbeats: the transport waits for input, then reads
-    # (schedd.sdk.connect.ReadyReadStream), instead of trying a read that fails first
+    # (the readiness hub), instead of trying a read that fails first
     app = app_for()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -308,5 +323,61 @@ async def test_plain_connections_are_read_only_when_input_is_there(
                 await round_trip(index)
             # one read per message: none was tried before the input came
             assert len(socket_reads) == handshake_reads + 3
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_upgrade_request_split_across_reads() -> None:
+    app = app_for()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await start(nursery, transport_ws.serve, app, PLUGIN)
+            stream = await trio.open_tcp_stream(*address(url))
+            ws = WSConnection(ConnectionType.CLIENT)
+            request = ws.send(Request(host="localhost", target="/"))
+            for cut in (request[:10], request[10:40], request[40:]):
+                await stream.send_all(cut)
+                await trio.sleep(0.02)
+            events: list[object] = []
+            while not events:
+                ws.receive_data(await stream.receive_some(65536))
+                events.extend(ws.events())
+            assert isinstance(events[0], AcceptConnection)
+            await stream.send_all(ws.send(TextMessage(data='{"after": 1}')))
+            await app.wait_until(lambda: bool(app.received))
+            assert app.received == ['{"after": 1}']
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_leaves_during_the_upgrade_is_answered_and_closed() -> None:
+    app = app_for()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await start(nursery, transport_ws.serve, app, PLUGIN)
+            stream = await trio.open_tcp_stream(*address(url))
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgr")
+            await stream.send_eof()
+            # half a request, then the end: a Bad Request, and the connection is closed
+            assert (await read_all(stream)).startswith(b"HTTP/1.1 400 ")
+            await stream.aclose()
+            assert app.served == 0
+            async with open_channel(url) as channel:  # the listener goes on
+                await channel.send(b"{}")
+                assert await channel.receive() == "{}"
+            nursery.cancel_scope.cancel()
+
+
+async def test_not_found_has_a_body_that_says_so() -> None:
+    app = app_for(path="/nodes")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await start(nursery, transport_ws.serve, app, PLUGIN)
+            stream = await trio.open_tcp_stream(*address(url))
+            ws = WSConnection(ConnectionType.CLIENT)
+            await stream.send_all(ws.send(Request(host="localhost", target="/elsewhere")))
+            reply = await read_all(stream)
+            assert reply.startswith(b"HTTP/1.1 404 ")
+            assert reply.endswith(b"\r\n\r\nno schedd endpoint here\n")
             await stream.aclose()
             nursery.cancel_scope.cancel()

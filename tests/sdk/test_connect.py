@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from trio.testing import check_half_closeable_stream
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 
@@ -24,15 +23,15 @@ from schedd.sdk.connect import (
     RECEIVE_SIZE,
     SUPPORTED_SCHEMES,
     ConnectFailed,
-    ReadyReadStream,
     StreamChannel,
     WebSocketChannel,
     _parse_url,
     format_address,
     open_channel,
-    peer_address,
+    read_when_ready,
 )
 from tests.plugins import FakeApp, make_tls_files, start
+from tests.websockets import websocket_channels
 
 
 def free_port() -> int:
@@ -221,8 +220,7 @@ async def test_daemon_closing_is_channel_closed_after_its_last_message(plugin: s
             url = await start(nursery, serve, app, plugin)
             async with open_channel(url) as channel:
                 await channel.send(b"x" * 5000)  # the fake daemon answers with an error, closes
-                if plugin == "transport_tcp":  # (WebSocket: trio-websocket closes with 1009 first)
-                    assert b"E_TOO_LARGE" in str(await channel.receive()).encode()
+                assert b"E_TOO_LARGE" in str(await channel.receive()).encode()
                 with pytest.raises(ChannelClosed) as caught:
                     await channel.receive()
                 assert not isinstance(caught.value, ConnectFailed)
@@ -349,44 +347,16 @@ async def test_stream_channel_send_many_writes_whole_frames_in_order() -> None:
         await sender.send_many([b"late"])
 
 
-async def _ready_read_pair() -> tuple[ReadyReadStream, ReadyReadStream]:
-    ours, theirs = await _tcp_pair()
-    return ReadyReadStream(ours), ReadyReadStream(theirs)
-
-
-async def _clogged_ready_read_pair() -> tuple[ReadyReadStream, ReadyReadStream]:
-    left, right = await _ready_read_pair()
-    # fill the send buffers, as trio's own SocketStream conformance test does
-    for stream in (left, right):
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
-    for stream in (left, right):  # both ways: the suite checks each direction
-        while True:
-            try:
-                os.write(stream.socket.fileno(), b"x" * 10000)
-            except BlockingIOError:
-                break
-    return left, right
-
-
-async def test_ready_read_stream_keeps_the_half_closeable_stream_contract() -> None:
-    # trio's conformance suite: receive_some sizes, EOF, busy and closed errors, send_eof...
-    await check_half_closeable_stream(_ready_read_pair, _clogged_ready_read_pair)
-
-
-async def test_ready_read_stream_waits_for_input_instead_of_trying_first(
+async def test_read_when_ready_waits_for_input_instead_of_trying_first(
     socket_reads: list[int],
 ) -> None:
     ours, theirs = await _tcp_pair()
-    stream = ReadyReadStream(ours)
-    assert stream.socket is ours.socket
-    assert peer_address(stream) == peer_address(ours)
     async with trio.open_nursery() as nursery:
         got: list[bytes] = []
 
         async def read() -> None:
-            got.append(await stream.receive_some(3))
-            got.append(await stream.receive_some())
+            got.append(await read_when_ready(ours.socket, 3))
+            got.append(await read_when_ready(ours.socket, RECEIVE_SIZE))
 
         nursery.start_soon(read)
         await trio.testing.wait_all_tasks_blocked()
@@ -396,20 +366,19 @@ async def test_ready_read_stream_waits_for_input_instead_of_trying_first(
     assert got == [b"hel", b"lo"]
     assert socket_reads == [3, RECEIVE_SIZE]  # one read per call, none tried before input came
     await theirs.aclose()
-    assert await stream.receive_some() == b""
-    await stream.aclose()
+    assert await read_when_ready(ours.socket, RECEIVE_SIZE) == b""
+    await ours.aclose()
     with pytest.raises(trio.ClosedResourceError):
-        await stream.receive_some()
+        await read_when_ready(ours.socket, RECEIVE_SIZE)
 
 
-async def test_ready_read_stream_reset_by_the_peer_is_broken() -> None:
+async def test_read_when_ready_reset_by_the_peer_is_broken() -> None:
     ours, theirs = await _tcp_pair()
-    stream = ReadyReadStream(ours)
     theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await theirs.aclose()
     with pytest.raises(trio.BrokenResourceError):
-        await stream.receive_some()
-    await stream.aclose()
+        await read_when_ready(ours.socket, RECEIVE_SIZE)
+    await ours.aclose()
 
 
 async def test_stream_channel_sends_a_frame_in_one_write_without_the_stream(
@@ -507,3 +476,21 @@ async def test_channel_sends_what_one_write_left_before_anything_else(
         b'{"first": "message"}', b'{"second": "message"}'}
     await receiver.aclose()
     await sender.aclose()
+
+
+async def test_websocket_send_many_writes_whole_messages_in_order_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, client = websocket_channels()
+
+    async def no_send_all(data: bytes) -> None:
+        raise AssertionError("the idle socket took the messages in one write")
+
+    monkeypatch.setattr(server._stream, "send_all", no_send_all)
+    await server.send_many([b'{"n": 1}', b'{"n": 2}', b'{"n": 3}'])
+    assert [await client.receive() for _ in range(3)] == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
+    monkeypatch.undo()
+    await client.aclose()
+    with pytest.raises(ChannelClosed):
+        await server.send_many([b"late"])
+    await server.aclose()

@@ -1,22 +1,25 @@
-"""The readiness hub, and StreamChannel reading through it (schedd.sdk.readiness)."""
+"""The readiness hub, and the channels reading through it (schedd.sdk.readiness)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from wsproto import WSConnection
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 
 from schedd.channel import ChannelClosed
 from schedd.errors import ProtocolError
 from schedd.protocol.framing import encode_frame
-from schedd.sdk.connect import RECEIVE_SIZE, StreamChannel
+from schedd.sdk.connect import RECEIVE_SIZE, StreamChannel, WebSocketChannel
 from schedd.sdk.readiness import ReadinessHub
 from tests.polling import until
+from tests.websockets import open_websockets
 
 
 @asynccontextmanager
@@ -121,8 +124,9 @@ async def hub_channel(max_frame: int = 1 << 20) -> AsyncIterator[
         try:
             yield hub, channel, peer
         finally:
-            await channel.aclose()
-            await peer.aclose()
+            async with trio.open_nursery() as closing:  # together: each waits for the other
+                closing.start_soon(channel.aclose)
+                closing.start_soon(peer.aclose)
         assert hub.watched == 0  # aclose unwatched it
 
 
@@ -145,19 +149,36 @@ async def test_frames_come_through_the_hub_in_order() -> None:
         assert hub.calls > 0
 
 
-async def test_the_inline_consumer_takes_frames_in_order_and_refuses_to_receive() -> None:
-    offered: list[bytes] = []
+@asynccontextmanager
+async def hub_pair(kind: str) -> AsyncIterator[tuple[
+        StreamChannel | WebSocketChannel, trio.SocketStream, Callable[[str], bytes],
+        Callable[[str], bytes | str]]]:
+    """``hub_channel`` (``"tcp"``) or ``hub_websocket`` (``"ws"``), with how the peer puts a
+    text on the wire and what ``receive`` returns for it."""
+    if kind == "tcp":
+        async with hub_channel() as (_, channel, peer):
+            yield channel, peer, lambda text: encode_frame(text.encode()), str.encode
+    else:
+        async with hub_websocket() as (_, ws_channel, peer, ws):
+            yield ws_channel, peer, lambda text: ws.send(TextMessage(data=text)), str
 
-    def consume(frame: bytes) -> bool:
-        offered.append(frame)
-        if frame == b"raise":
-            raise RuntimeError("consumer broke")
-        return frame.startswith(b"beat")
 
-    async with hub_channel() as (_, channel, peer):
+@pytest.mark.parametrize("kind", ["tcp", "ws"])
+async def test_the_inline_consumer_takes_messages_in_order_and_refuses_to_receive(
+    kind: str,
+) -> None:
+    offered: list[bytes | str] = []
+
+    async with hub_pair(kind) as (channel, peer, wire, item):
+        def consume(message: bytes | str) -> bool:
+            offered.append(message)
+            if message == item("raise"):
+                raise RuntimeError("consumer broke")
+            return message.startswith(item("beat"))  # type: ignore[arg-type]
+
         channel.set_inline(consume)
         with trio.fail_after(5):
-            received: list[bytes] = []
+            received: list[bytes | str] = []
 
             async def receive(count: int) -> None:
                 for _ in range(count):
@@ -166,19 +187,18 @@ async def test_the_inline_consumer_takes_frames_in_order_and_refuses_to_receive(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(receive, 2)
                 await trio.sleep(0.01)  # parked in receive: the hub reads
-                await peer.send_all(encode_frame(b"beat1") + encode_frame(b"beat2"))
-                await until(lambda: offered == [b"beat1", b"beat2"], timeout=5)
+                await peer.send_all(wire("beat1") + wire("beat2"))
+                await until(lambda: offered == [item("beat1"), item("beat2")], timeout=5)
                 assert received == []
-                await peer.send_all(
-                    encode_frame(b"beat3") + encode_frame(b"other") + encode_frame(b"beat4"))
+                await peer.send_all(wire("beat3") + wire("other") + wire("beat4"))
             # beat3 consumed; "other" refused, so it and what follows it go to receive
-            assert offered == [b"beat1", b"beat2", b"beat3", b"other"]
-            assert received == [b"other", b"beat4"]
+            assert offered == [item(text) for text in ("beat1", "beat2", "beat3", "other")]
+            assert received == [item("other"), item("beat4")]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(receive, 1)
                 await trio.sleep(0.01)
-                await peer.send_all(encode_frame(b"raise"))
-            assert received[-1] == b"raise"  # a consumer that raises does not lose the frame
+                await peer.send_all(wire("raise"))
+            assert received[-1] == item("raise")  # a consumer that raises does not lose it
 
 
 async def test_consumer_exception_is_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -191,7 +211,7 @@ async def test_consumer_exception_is_logged(caplog: pytest.LogCaptureFixture) ->
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(peer.send_all, encode_frame(b"x"))
                 assert await channel.receive() == b"x"
-        assert "inline consumer failed on a frame from peer" in caplog.text
+        assert "inline consumer failed on a message from peer" in caplog.text
 
 
 async def test_input_that_comes_while_nobody_receives_waits_unread(
@@ -243,21 +263,27 @@ async def test_the_end_that_came_with_the_last_data_is_not_missed() -> None:
                 await channel.receive()
 
 
+async def close_while_receiving(hub: ReadinessHub, channel: StreamChannel | WebSocketChannel,
+                                ) -> None:
+    """Close ``channel`` while a task waits in its ``receive``: that task is woken."""
+    async with trio.open_nursery() as nursery:
+
+        async def close_soon() -> None:
+            await trio.sleep(0.01)
+            await channel.aclose()
+
+        nursery.start_soon(close_soon)
+        with pytest.raises(ChannelClosed, match="the channel was closed"):
+            await channel.receive()
+    assert hub.watched == 0
+    with pytest.raises(ChannelClosed):
+        await channel.receive()
+
+
 async def test_closing_wakes_a_waiting_receive() -> None:
     async with hub_channel() as (hub, channel, _):
         with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-
-                async def close_soon() -> None:
-                    await trio.sleep(0.01)
-                    await channel.aclose()
-
-                nursery.start_soon(close_soon)
-                with pytest.raises(ChannelClosed, match="the channel was closed"):
-                    await channel.receive()
-            assert hub.watched == 0
-            with pytest.raises(ChannelClosed):
-                await channel.receive()
+            await close_while_receiving(hub, channel)
 
 
 async def test_without_a_running_hub_the_channel_reads_with_trio() -> None:
@@ -272,3 +298,120 @@ async def test_without_a_running_hub_the_channel_reads_with_trio() -> None:
         assert await channel.receive() == b"plain"
     await channel.aclose()
     await peer.aclose()
+
+
+# -- WebSocketChannel through the hub ---------------------------------------------------------
+
+
+@asynccontextmanager
+async def hub_websocket(max_frame: int = 1 << 20) -> AsyncIterator[
+        tuple[ReadinessHub, WebSocketChannel, trio.SocketStream, WSConnection]]:
+    """A server-side WebSocket channel read through a running hub; the peer's raw stream and
+    its wsproto connection (to send frames by hand and see what the channel sent)."""
+    a, b = socket_pair()
+    server_ws, client_ws = open_websockets()
+    async with running_hub() as hub:
+        ours = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+        peer = trio.SocketStream(trio.socket.from_stdlib_socket(b))
+        channel = WebSocketChannel(ours, server_ws, "peer", max_frame, hub=hub)
+        assert hub.watched == 1
+        try:
+            yield hub, channel, peer, client_ws
+        finally:
+            async with trio.open_nursery() as closing:  # together: each waits for the other
+                closing.start_soon(channel.aclose)
+                closing.start_soon(peer.aclose)
+        assert hub.watched == 0  # aclose unwatched it
+
+
+async def peer_events(peer: trio.SocketStream, ws: WSConnection, count: int) -> list[Event]:
+    """The next ``count`` events the peer's side sees."""
+    events: list[Event] = []
+    while len(events) < count:
+        data = await peer.receive_some(RECEIVE_SIZE)
+        ws.receive_data(data or None)
+        events.extend(ws.events())
+    return events
+
+
+async def test_websocket_messages_come_through_the_hub_in_order() -> None:
+    async with hub_websocket() as (hub, channel, peer, ws):
+        with trio.fail_after(5):
+            await peer.send_all(b"".join(ws.send(TextMessage(data=f"m{n}")) for n in range(3)))
+            assert [await channel.receive() for _ in range(3)] == ["m0", "m1", "m2"]
+            # one message in two frames, the first cut in two arrivals; then a binary one
+            data = ws.send(TextMessage(data="frag", message_finished=False))
+            for cut in (data[:3], data[3:], ws.send(TextMessage(data="ment"))):
+                await peer.send_all(cut)
+                await trio.sleep(0.01)
+            assert await channel.receive() == "fragment"
+            await peer.send_all(ws.send(BytesMessage(data=b"\x00\x01")))
+            assert await channel.receive() == b"\x00\x01"
+            big = bytes(range(256)) * 2000  # several full reads, with no new arrival between
+            assert len(big) > 3 * RECEIVE_SIZE
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.send_all, ws.send(BytesMessage(data=big)))
+                assert await channel.receive() == big
+        assert hub.calls > 0
+
+
+async def test_websocket_pings_are_answered_even_when_every_message_is_taken_inline() -> None:
+    async with hub_websocket() as (_, channel, peer, ws):
+        channel.set_inline(lambda message: True)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(channel.receive)  # never returns: all is taken inline
+                await trio.sleep(0.01)
+                await peer.send_all(ws.send(TextMessage(data="beat"))
+                                    + ws.send(Ping(payload=b"are you there")))
+                [pong] = await peer_events(peer, ws, 1)
+                assert isinstance(pong, Pong) and pong.payload == b"are you there"
+                nursery.cancel_scope.cancel()
+
+
+async def test_websocket_close_from_the_peer_is_answered_and_ends_receive() -> None:
+    async with hub_websocket() as (_, channel, peer, ws):
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+
+                async def receive_until_closed() -> None:
+                    assert await channel.receive() == "last"
+                    with pytest.raises(ChannelClosed, match="closed the connection: 1001"):
+                        await channel.receive()
+
+                nursery.start_soon(receive_until_closed)
+                await trio.sleep(0.01)
+                await peer.send_all(ws.send(TextMessage(data="last"))
+                                    + ws.send(CloseConnection(code=1001, reason="going away")))
+                [answer] = await peer_events(peer, ws, 1)
+                assert isinstance(answer, CloseConnection) and answer.code == 1001
+    async with hub_websocket() as (_, channel, peer, ws):
+        with trio.fail_after(5):
+            await peer.send_eof()  # no close frame
+            for _ in range(2):  # and again on every later call
+                with pytest.raises(ChannelClosed, match="without a WebSocket close"):
+                    await channel.receive()
+
+
+async def test_websocket_closing_wakes_a_waiting_receive() -> None:
+    async with hub_websocket() as (hub, channel, peer, ws):
+        with trio.fail_after(5):
+            await close_while_receiving(hub, channel)
+            [close] = await peer_events(peer, ws, 1)
+            assert isinstance(close, CloseConnection) and close.code == 1000
+
+
+async def test_websocket_messages_behind_the_handshake_come_first() -> None:
+    # the client's first message came in the same read as its upgrade request
+    a, b = socket_pair()
+    server_ws, client = open_websockets()
+    server_ws.receive_data(client.send(TextMessage(data="early")))
+    async with running_hub() as hub:
+        ours = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+        channel = WebSocketChannel(ours, server_ws, "peer", 1024, hub=hub)
+        with trio.fail_after(5):
+            os.write(b.fileno(), client.send(TextMessage(data="later")))
+            assert await channel.receive() == "early"
+            assert await channel.receive() == "later"
+        await channel.aclose()
+    b.close()
