@@ -338,7 +338,11 @@ class _HubReader(Generic[_M]):
         # a full read may have left input behind, and the end may be behind the data: no new
         # edge will say so
         self._ready = len(data) == RECEIVE_SIZE or self._hup
-        self._take(data)
+        try:
+            self._take(data)
+        except Exception as exc:  # a parser's bug: end the input rather than leave the hub
+            log.exception("reading from %s failed; closing the connection", self.peer)
+            self._lose(f"connection with {self.peer} lost: reading failed: {exc!r}")
 
     async def _hub_input(self) -> None:
         """Return once there is news, reading what the socket has or parking until the hub's

@@ -415,3 +415,22 @@ async def test_websocket_messages_behind_the_handshake_come_first() -> None:
             assert await channel.receive() == "later"
         await channel.aclose()
     b.close()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ws"])
+async def test_a_failure_while_taking_input_ends_the_input_instead_of_hanging(
+    kind: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with hub_pair(kind) as (channel, peer, wire, _):
+
+        def broken_take(data: bytes) -> None:
+            raise RuntimeError("parser bug")
+
+        monkeypatch.setattr(type(channel), "_take", lambda self, data: broken_take(data))
+        with trio.fail_after(5), caplog.at_level(logging.ERROR, "schedd.sdk.connect"):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.send_all, wire("anything"))
+                with pytest.raises(ChannelClosed, match="reading failed: RuntimeError"):
+                    await channel.receive()
+        assert "reading from peer failed" in caplog.text
+        monkeypatch.undo()
