@@ -68,8 +68,11 @@ class MemoryStore(Store):
             del plain[index : index + 2]
         deadline = trio.current_time() + (timeout_ms / 1000 if timeout_ms else float("inf"))
         while True:
-            changed = self._changed
             reply = self._run(tuple(plain))
+            # The event the next command sets, taken after this poll (which set the previous
+            # one itself; waiting on that returned at once, and an idle reader spun a core).
+            # No checkpoint since the poll: no write can have come between.
+            changed = self._changed
             if reply or timeout_ms is None:
                 return reply
             with trio.move_on_at(deadline):
