@@ -77,6 +77,7 @@ def core_settings(config: Config) -> CoreSettings:
         heartbeat_interval=config.nodes.heartbeat_interval,
         liveness_intervals=config.nodes.liveness_intervals,
         heartbeat_flush=config.nodes.heartbeat_flush,
+        liveness_refresh=config.nodes.liveness_refresh,
         ack_timeout=config.jobs.ack_timeout,
         run_timeout=config.jobs.run_timeout,
         queue_timeout=config.jobs.queue_timeout,

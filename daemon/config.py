@@ -271,6 +271,12 @@ class NodesSection:
         "seconds heartbeats are coalesced before one script call (< heartbeat_interval)",
         _at_least(0),
     )
+    liveness_refresh: int = setting(
+        2,
+        "an unchanged node's heartbeat goes to Redis once every this many beats (1: every "
+        "beat); a silent node is still found after liveness_intervals by its instance",
+        _between(1, 10),
+    )
     disconnect_grace: float = setting(
         0.5,
         "seconds before a dropped connection's node is taken offline",

@@ -7,6 +7,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from schedd.app import core_settings
 from schedd.config import (
     Config,
     JobsSection,
@@ -160,6 +161,17 @@ def test_checks_across_settings(tmp_path: Path) -> None:
 def test_disconnect_grace_is_at_most_one_second(tmp_path: Path) -> None:
     errors = errors_of(write(tmp_path, "[nodes]\ndisconnect_grace = 1.5\n"))
     assert errors == ["$.nodes.disconnect_grace: expected a number between 0 and 1, got 1.5"]
+
+
+@pytest.mark.parametrize("value, shown", [("0", "0"), ("11", "11"), ("1.5", "1.5")])
+def test_liveness_refresh_is_a_beat_count_from_1_to_10(tmp_path: Path, value: str,
+                                                        shown: str) -> None:
+    errors = errors_of(write(tmp_path, f"[nodes]\nliveness_refresh = {value}\n"))
+    expected = ("expected an integer, got 1.5" if value == "1.5"
+                else f"expected an integer between 1 and 10, got {shown}")
+    assert errors == [f"$.nodes.liveness_refresh: {expected}"]
+    config = load_config(write(tmp_path, "[nodes]\nliveness_refresh = 1\n"))
+    assert core_settings(config).liveness_refresh == 1
 
 
 def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:

@@ -132,12 +132,23 @@ class Core:
                  list(pools), capacity)
         return Registration(node_id=node_id, epoch=int(epoch), pools=tuple(pools), used=int(used))
 
-    async def heartbeat_batch(self, beats: Sequence[tuple[str, int, float, int]]) -> list[str]:
-        """Refresh liveness and load of many nodes in one call; returns stale node ids."""
+    async def heartbeat_batch(
+        self,
+        beats: Sequence[tuple[str, int, float, int]],
+        silent: Sequence[tuple[str, int]] = (),
+    ) -> list[str]:
+        """Refresh liveness and load of many nodes in one call; returns stale node ids.
+
+        ``silent`` names nodes (with the epoch of their last beat) that stopped beating: their
+        liveness ends now, where this instance still holds their registration.
+        """
         args: list[Arg] = [
-            _ms(self.settings.liveness_ttl),
+            _ms(self.settings.liveness_horizon),
             _ms(self.settings.instance_ttl),
+            len(silent),
         ]
+        for node_id, epoch in silent:
+            args.extend((node_id, epoch))
         for node_id, epoch, load, inflight in beats:
             args.extend((node_id, epoch, load, inflight))
         stale = await self._call("heartbeat_batch", [self.keys.alive, self.keys.instances], args)

@@ -1,9 +1,26 @@
-"""Heartbeat coalescing: every beat received in one flush window goes to Redis in one call.
+"""Heartbeat coalescing: the beats of one flush window go to Redis in one call, and only the
+ones Redis needs.
 
-Node connections call :meth:`HeartbeatBatcher.beat` (sync, O(1)); :meth:`serve` flushes the
-latest beat of each node every ``heartbeat_flush`` seconds with one ``heartbeat_batch`` script
-call, so Redis calls for heartbeats do not grow with the node count. The same call refreshes the
-instance's presence, so an instance without nodes still flushes once per heartbeat interval.
+Node connections call :meth:`HeartbeatBatcher.beat` (sync, O(1)); :meth:`serve` flushes every
+``heartbeat_flush`` seconds with one ``heartbeat_batch`` script call, so Redis calls for
+heartbeats do not grow with the node count. The same call refreshes the instance's presence, so
+an instance without nodes still flushes once per heartbeat interval.
+
+Of the latest beat of each node in the window, the flush sends:
+
+* a beat whose epoch, load or in-flight count differs from the node's last sent beat (and the
+  first beat this instance sees of a node);
+* an unchanged beat once ``refresh_after`` has passed since the node's last sent beat: every
+  ``liveness_refresh`` beats. The liveness a sent beat writes reaches ``liveness_horizon``, the
+  ttl plus the beats left out, so a live node keeps the margin it would have if every beat
+  were written.
+
+Left-out beats still count here: a node none of whose beats arrived for ``liveness_ttl`` is
+*silent*, and the next flush ends its liveness at once, fenced by the epoch of its last beat,
+so the reaper takes it offline within ``liveness_intervals`` heartbeat intervals as before. The
+horizon only decides when the instance itself is gone. Redis work per second then falls with
+``liveness_refresh`` (about half of it with the default 2), and so does the time each flush
+holds Redis, which is what bounds dispatch latency at 10,000 nodes (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,6 +36,12 @@ from schedd.errors import StoreError
 log = logging.getLogger(__name__)
 
 Beat = tuple[str, int, float, int]
+#: what the batcher knows of a node: (when its last beat was flushed, its last sent beat,
+#: when that was sent); the dict holding them is in order of the last beat, oldest first
+Seen = tuple[float, Beat, float]
+
+#: a sent time that makes the node's next beat go to Redis
+NEVER = float("-inf")
 
 
 class HeartbeatBatcher:
@@ -28,19 +51,77 @@ class HeartbeatBatcher:
         # that epoch is stale; a newer registration of the same node is not
         self.on_stale = on_stale or (lambda node_id, epoch: None)
         self._pending: dict[str, Beat] = {}
+        self._seen: dict[str, Seen] = {}
+        self._silent: list[tuple[str, int]] = []  # found silent, not yet flushed
         self.flushes = 0
+        #: beats received, beats sent to Redis, nodes found silent (since start)
+        self.beats = self.sent = self.silenced = 0
 
     def beat(self, node_id: str, epoch: int, load: float = 0.0, inflight: int = 0) -> None:
         """Record a node's heartbeat; the latest one per node wins within a window."""
         self._pending[node_id] = (node_id, epoch, load, inflight)
 
-    async def flush(self) -> list[str]:
-        beats, self._pending = list(self._pending.values()), {}
-        stale = await self.core.heartbeat_batch(beats)
+    def _select(self, now: float) -> list[Beat]:
+        """The window's beats Redis needs; records every beat as seen at ``now``."""
+        pending, self._pending = self._pending, {}
+        seen, due = self._seen, now - self.core.settings.refresh_after
+        send: list[Beat] = []
+        for node_id, beat in pending.items():
+            last = seen.pop(node_id, None)
+            if last is None or last[1] != beat or last[2] <= due:
+                send.append(beat)
+                seen[node_id] = (now, beat, now)
+            else:
+                seen[node_id] = (now, last[1], last[2])
+        self.beats += len(pending)
+        return send
+
+    def _find_silent(self, now: float) -> None:
+        """Move nodes with no beat for the liveness ttl from ``_seen`` to ``_silent``."""
+        seen, ttl = self._seen, self.core.settings.liveness_ttl
+        found: list[tuple[str, int]] = []
+        for node_id, (last, beat, _sent) in seen.items():
+            if now - last < ttl:
+                break
+            found.append((node_id, beat[1]))
+        for node_id, _epoch in found:
+            del seen[node_id]
+        self._silent.extend(found)
+
+    async def flush(self, now: float | None = None) -> list[str]:
+        """Send what the window needs (see the module); returns the stale node ids.
+
+        ``now`` is the trio clock the beats count as received at (default: now). When the call
+        fails, the beats it carried are sent again with the nodes' next beats and the silent
+        nodes with the next flush.
+        """
+        now = trio.current_time() if now is None else now
+        beats = self._select(now)
+        self._find_silent(now)
+        # (a node found silent by a flush that failed and beating again since is not)
+        silent = [s for s in self._silent if s[0] not in self._seen]
+        self._silent = []
+        try:
+            stale = await self.core.heartbeat_batch(beats, silent)
+        except BaseException:
+            self._silent = silent + self._silent
+            for beat in beats:
+                last = self._seen.get(beat[0])
+                if last is not None and last[1] is beat:
+                    self._seen[beat[0]] = (last[0], beat, NEVER)
+            raise
         self.flushes += 1
+        self.sent += len(beats)
+        if silent:
+            self.silenced += len(silent)
+            log.info("%d node(s) sent no heartbeat for %gs; their liveness ends now: %s",
+                     len(silent), self.core.settings.liveness_ttl,
+                     ", ".join(node_id for node_id, _ in silent[:10])
+                     + (" ..." if len(silent) > 10 else ""))
         epochs = {beat[0]: beat[1] for beat in beats}
         for node_id in stale:
             log.info("heartbeat for node %s at epoch %s is stale", node_id, epochs[node_id])
+            self._seen.pop(node_id, None)  # whatever comes next from it is sent
             self.on_stale(node_id, epochs[node_id])
         return stale
 
@@ -52,10 +133,16 @@ class HeartbeatBatcher:
         while True:
             await trio.sleep(settings.heartbeat_flush)
             now = trio.current_time()
-            if not self._pending and now - last < presence_every:
+            if (not self._pending and not self._silent and now - last < presence_every
+                    and not self._silence_due(now)):
                 continue
             try:
-                await self.flush()
+                await self.flush(now)
                 last = now
             except StoreError as exc:
                 log.warning("heartbeat flush failed, will retry: %s", exc)
+
+    def _silence_due(self, now: float) -> bool:
+        for last, _beat, _sent in self._seen.values():
+            return now - last >= self.core.settings.liveness_ttl
+        return False

@@ -25,6 +25,7 @@ class CoreSettings:
     heartbeat_interval: float = 1.0
     liveness_intervals: int = 3
     heartbeat_flush: float = 0.1
+    liveness_refresh: int = 2
     ack_timeout: float = 5.0
     run_timeout: float = 300.0
     queue_timeout: float = 60.0
@@ -50,6 +51,23 @@ class CoreSettings:
         budget = self.heartbeat_interval * self.liveness_intervals
         ttl = budget - self.heartbeat_flush - self.reaper_interval
         return max(ttl, self.heartbeat_interval * max(self.liveness_intervals - 1, 1) + 0.05)
+
+    @property
+    def liveness_horizon(self) -> float:
+        """How far the liveness a sent beat writes reaches: the ttl plus the beats not sent.
+
+        An unchanged node's beat is sent every ``liveness_refresh`` beats, so between two writes
+        a node keeps the same margin as if every beat were written; the instance holding the
+        connection finds a silent node itself after ``liveness_ttl`` (``HeartbeatBatcher``),
+        and this horizon only matters when that instance is gone.
+        """
+        return self.liveness_ttl + (self.liveness_refresh - 1) * self.heartbeat_interval
+
+    @property
+    def refresh_after(self) -> float:
+        """Seconds after its last write an unchanged node's beat is sent again: half an
+        interval before the ``liveness_refresh``-th beat is due, so beat jitter cannot skip it."""
+        return (self.liveness_refresh - 0.5) * self.heartbeat_interval
 
 
 @attrs.frozen(kw_only=True)

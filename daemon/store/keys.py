@@ -24,7 +24,7 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "node_unavail": ("node:{}:unavail", "hash: service -> unix ms until which the node lacks it"),
     "nodes": ("nodes", "zset: node id -> unix ms of its last registration (index for queries)"),
     "alive": ("alive", "zset: node id -> unix ms at which its liveness expires"),
-    "beats": ("beats", "hash: node id -> '<unix ms> <load> <inflight>' of its last heartbeat"),
+    "beats": ("beats", "hash: node id -> '<unix ms> <load> <inflight>' of its last sent heartbeat"),
     "fence": ("fence", "hash: node id -> '<epoch> <owner>' while the node is not offline"),
     "pool": ("pool:{}", "zset: live, non-draining member node id -> free slots"),
     "pools": ("pools", "zset: pool key -> member count (index for queries)"),
