@@ -140,13 +140,42 @@ def machine() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+#: one ``--set``: (section, key, TOML value as written)
+Setting = tuple[str, str, str]
+#: sections the bench sets itself and ``--set`` may not change
+_FIXED_SECTIONS: Final = ("redis", "plugins")
+
+
+def parse_setting(text: str) -> Setting:
+    """``SECTION.KEY=VALUE`` (VALUE in TOML: ``0.05``, ``true``, ``"text"``) as a
+    :data:`Setting`. Raises ``ValueError`` saying what is wrong; whether the daemon knows the
+    setting and accepts the value it says itself when it starts."""
+    import tomllib
+
+    name, equals, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    section, key, value = section.strip(), key.strip(), value.strip()
+    if not equals or not dot or not section or not key or not value or "." in key:
+        raise ValueError(f"expected SECTION.KEY=VALUE (nodes.heartbeat_flush=0.05), got {text!r}")
+    if section in _FIXED_SECTIONS:
+        raise ValueError(f"[{section}] is set by the bench itself; --set cannot change it")
+    try:
+        tomllib.loads(f"v = {value}")
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{name.strip()}: {value!r} is not a TOML value ({exc}); "
+                         'quote text: key="text"') from None
+    return section, key, value
+
+
 class DaemonProcess:
     """A redis-server and a ``schedd run`` process using it, from a temporary sched.toml.
 
-    :param settings: extra TOML (sections) appended to the generated configuration.
+    :param settings: ``(section, key, TOML value)`` set in the generated configuration over
+        the bench's own values (``schedd bench --set``; :func:`parse_setting`).
     """
 
-    def __init__(self, settings: str = "", *, heartbeat_interval: float = 1.0) -> None:
+    def __init__(self, settings: Sequence[Setting] = (), *,
+                 heartbeat_interval: float = 1.0) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="schedd-bench-"))
         self.redis = RedisServer()
         self.ws_port, self.tcp_port = free_port(), free_port()
@@ -169,14 +198,20 @@ class DaemonProcess:
     def _config(self) -> str:
         # Limits meant for one abusive peer are raised: the bench's few client connections
         # carry the whole load on purpose.
-        return (
-            "[schedd]\nlog_level = \"warning\"\n"
-            f"[redis]\nurl = \"{self.redis.url}\"\n"
-            f"[nodes]\nheartbeat_interval = {self.heartbeat_interval}\n"
-            "[limits]\nmax_inflight_submits = 100000\nmax_messages_per_second = 1000000\n"
-            "idle_timeout = 600\n"
-            "[jobs]\nqueue_timeout = 120\n"
-            f"{self.settings}\n"
+        sections: dict[str, dict[str, str]] = {
+            "schedd": {"log_level": '"warning"'},
+            "redis": {"url": f'"{self.redis.url}"'},
+            "nodes": {"heartbeat_interval": repr(self.heartbeat_interval)},
+            "limits": {"max_inflight_submits": "100000", "max_messages_per_second": "1000000",
+                       "idle_timeout": "600"},
+            "jobs": {"queue_timeout": "120"},
+        }
+        for section, key, value in self.settings:
+            sections.setdefault(section, {})[key] = value
+        return "".join(
+            f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items())
+            for section, keys in sections.items()
+        ) + (
             "[plugins]\nenabled = [\"transport_ws\", \"transport_tcp\"]\n"
             f"[plugins.transport_ws]\nlisten = \"127.0.0.1:{self.ws_port}\"\n"
             f"[plugins.transport_tcp]\nlisten = \"127.0.0.1:{self.tcp_port}\"\n"
@@ -235,6 +270,28 @@ class DaemonProcess:
             reply: bytes = await store.execute(*args)
             return reply
 
+    async def script_holds(self, names: Sequence[str], seconds: float) -> list[float]:
+        """How long Redis ran each call of one script (``names`` as for
+        :meth:`count_script_calls`) during ``seconds``, in seconds, from its SLOWLOG (every
+        command logged for the window): Redis runs nothing else meanwhile, so this is how long
+        each call held it."""
+        from schedd.store import open_store
+
+        wanted = {name.encode() for name in names}
+        async with open_store(self.redis.url) as store:
+            await store.execute("CONFIG", "SET", "slowlog-max-len", "1000000")
+            await store.execute("CONFIG", "SET", "slowlog-log-slower-than", "0")
+            await store.execute("SLOWLOG", "RESET")
+            try:
+                await trio.sleep(seconds)
+            finally:
+                await store.execute("CONFIG", "SET", "slowlog-log-slower-than", "-1")
+            entries = await store.execute("SLOWLOG", "GET", "-1")
+            await store.execute("SLOWLOG", "RESET")
+        # an entry: id, unix time, microseconds, [command, args...], client address, name
+        return [entry[2] / 1e6 for entry in entries
+                if len(entry[3]) > 1 and entry[3][1] in wanted]
+
     async def count_script_calls(self, names: Sequence[str], seconds: float) -> int:
         """Calls of one script (``FCALL`` by function name or ``EVALSHA`` by SHA: ``names``)
         during ``seconds``, counted from ``redis-cli MONITOR`` (a C process: parsing the stream
@@ -257,7 +314,7 @@ class DaemonProcess:
 
 
 @asynccontextmanager
-async def running_daemon(settings: str = "", *, heartbeat_interval: float = 1.0,
+async def running_daemon(settings: Sequence[Setting] = (), *, heartbeat_interval: float = 1.0,
                          url: str | None = None) -> Any:
     """A fresh daemon (or none when ``url`` names an existing one: yields None)."""
     if url is not None:
@@ -469,11 +526,13 @@ class Options:
     scale: str = "tiny"
     transport: str = "ws"
     url: str | None = None
+    #: settings of the daemons the bench starts (S1, S2, S3, S5): ``--set``
+    settings: tuple[Setting, ...] = ()
     say: Say = _say
 
 
 async def s1_dispatch(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
-    async with running_daemon(url=opt.url) as daemon:
+    async with running_daemon(opt.settings, url=opt.url) as daemon:
         url = opt.url or daemon.url(opt.transport)
         recorder = Recorder()
         async with open_fleet(url, p["nodes"], opt.say, on_assign=recorder.on_assign), \
@@ -493,7 +552,7 @@ async def s1_dispatch(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
 
 async def s2_throughput(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     levels = []
-    async with running_daemon(url=opt.url) as daemon:
+    async with running_daemon(opt.settings, url=opt.url) as daemon:
         url = opt.url or daemon.url(opt.transport)
         recorder = Recorder()
         async with open_fleet(url, p["nodes"], opt.say, capacity=p["capacity"],
@@ -539,7 +598,7 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     if opt.url is not None:
         raise ValueError("S3 measures the daemon's process: it needs its own daemon (no --url)")
     script = Scripts()["heartbeat_batch"]
-    async with running_daemon() as daemon:
+    async with running_daemon(opt.settings) as daemon:
         url = daemon.url(opt.transport)
         recorder = Recorder()
         started = time.perf_counter()
@@ -553,8 +612,8 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
             calls = await daemon.count_script_calls(
                 (script.function, script.sha), p["monitor_seconds"])
             monitor_s = p["monitor_seconds"]
-            rest = p["idle_seconds"] - settle - monitor_s
-            await trio.sleep(max(0.0, rest))
+            rest = max(0.0, p["idle_seconds"] - settle - monitor_s)
+            holds = await daemon.script_holds((script.function, script.sha), rest)
             cpu1, t1 = _proc_times(daemon.pid), time.perf_counter()
             own1 = _proc_times(os.getpid())
             beats = fleet.stats.heartbeats - beats0
@@ -577,6 +636,9 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
         "daemon_cpu_pct_heartbeats": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
         "daemon_rss_mb": round(memory.get("VmRSS", 0) / 1024, 1),
         "heartbeat_script_calls_per_s": round(calls / monitor_s, 2),
+        # Redis runs nothing else while a call runs: what a dispatch may wait behind
+        "heartbeat_call_ms": percentiles(holds),
+        "redis_heartbeat_ms_per_s": round(1000 * sum(holds) / rest, 2) if rest else None,
         "daemon_cpu_pct_with_jobs": round(100 * (cpu3 - cpu2) / (t3 - t2), 1),
         # this process: the simulated fleet and the clients (the other side of the same cores)
         "bench_cpu_pct_heartbeats": round(100 * (own1 - own0) / (t1 - t0), 1),
@@ -600,7 +662,7 @@ async def s4_script_cost(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
 async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     interval = p["heartbeat_interval"]
     kills: list[dict[str, Any]] = []
-    async with running_daemon(heartbeat_interval=interval, url=opt.url) as daemon:
+    async with running_daemon(opt.settings, heartbeat_interval=interval, url=opt.url) as daemon:
         url = opt.url or daemon.url(opt.transport)
         recorder = Recorder()
         async with open_fleet(url, p["nodes"], opt.say, duration=parse_duration(p["duration"]),
@@ -694,6 +756,7 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
     """
     results: dict[str, Any] = {}
     document = {"machine": machine(), "scale": opt.scale, "transport": opt.transport,
+                "settings": [f"{section}.{key}={value}" for section, key, value in opt.settings],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}
     for name in scenarios:
         params = SCALES[opt.scale][name]
@@ -723,12 +786,22 @@ def _lat(d: dict[str, Any]) -> str:
     return f"p50 {d['p50']} / p99 {d['p99']} / max {d['max']} ms"
 
 
+def _holds(s: dict[str, Any]) -> str:
+    held = s.get("heartbeat_call_ms") or {}
+    if not held.get("n"):
+        return "-"
+    return (f"{held['p50']} / {held['max']} ms, {s['redis_heartbeat_ms_per_s']} ms per s "
+            f"({held['n']} calls)")
+
+
 def table(document: dict[str, Any]) -> str:
     """One line per measured figure: scenario, what, value."""
     rows: list[tuple[str, str, str]] = []
     speed = document.get("machine", {}).get("python_loop_ms")
     if speed is not None:
         rows.append(("HOST", "reference Python loop (lower: faster)", f"{speed} ms"))
+    if document.get("settings"):
+        rows.append(("HOST", "daemon settings (--set)", ", ".join(document["settings"])))
     r = {name: res for name, res in document["results"].items() if "failed" not in res}
     rows += [(name, "FAILED", res["failed"]) for name, res in document["results"].items()
              if "failed" in res]
@@ -749,6 +822,7 @@ def table(document: dict[str, Any]) -> str:
                  ("S3", "daemon CPU % (heartbeats only)", str(s["daemon_cpu_pct_heartbeats"])),
                  ("S3", "daemon RSS MB", f"{s['daemon_rss_mb']} (peak {s['daemon_rss_peak_mb']})"),
                  ("S3", "heartbeat script calls/s", str(s["heartbeat_script_calls_per_s"])),
+                 ("S3", "heartbeat call holds Redis (p50 / max)", _holds(s)),
                  ("S3", "node errors / reconnects (live nodes reaped)",
                   f"{s['node_errors']} / {s['reconnects']}"),
                  ("S3", f"with {s['job_rate']} jobs/s: CPU %", str(s["daemon_cpu_pct_with_jobs"])),

@@ -459,6 +459,8 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
             "schedd bench --scenarios S1,S4 --scale tiny",
             "schedd bench --transport tcp --json results.json",
             "schedd bench --scenarios S1,S2 --url ws://127.0.0.1:8765   # an existing daemon",
+            "schedd bench --scenarios S3 --set nodes.liveness_refresh=1 --set "
+            "nodes.heartbeat_flush=0.05",
         ],
         [],
     )
@@ -475,6 +477,10 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
                        "S3 needs its own daemon to measure it)")
     bench.add_argument("--json", type=Path, metavar="FILE",
                        help="write the results here (default: bench-results/bench-<time>.json)")
+    bench.add_argument("--set", type=_bench_setting, action="append", default=[],
+                       dest="settings", metavar="SECTION.KEY=VALUE",
+                       help="a setting of the daemons the bench starts (S1, S2, S3, S5; "
+                       "repeatable; VALUE in TOML), e.g. nodes.heartbeat_flush=0.05")
 
     if plugins is not None:
         try:
@@ -555,6 +561,15 @@ def _fraction(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+def _bench_setting(text: str) -> tuple[str, str, str]:
+    from schedd.bench import parse_setting
+
+    try:
+        return parse_setting(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _scenarios(text: str) -> list[str]:
@@ -1195,7 +1210,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CommandError("bench: redis-server is not installed (it starts its own)")
     if args.url is not None and "S3" in args.scenarios:
         raise CommandError("bench: S3 measures the daemon process; run it without --url")
-    options = Options(scale=args.scale, transport=args.transport, url=args.url)
+    if args.url is not None and args.settings:
+        raise CommandError("bench: --set configures the daemons the bench starts; with --url "
+                           "it uses yours")
+    options = Options(scale=args.scale, transport=args.transport, url=args.url,
+                      settings=tuple(args.settings))
     path = args.json or default_json_path()
     tune_gc()  # the bench's own fleets and clients: see schedd.runtime
     document = trio.run(run_bench, args.scenarios, options,

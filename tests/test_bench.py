@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from schedd.bench import DaemonProcess, _failure, percentiles
+from schedd.bench import DaemonProcess, _failure, parse_setting, percentiles
 from schedd.benchmarks.script_cost import FIRST_CPU, pinned
 from schedd.redis_process import REDIS_SERVER
 from schedd.sdk import Client
@@ -37,7 +38,8 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         # CHAOS is covered by tests/scale/test_chaos.py (the CI-sized chaos run)
-        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "S1,S2,S3,S4,S5", "--json", str(out)],
+        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "S1,S2,S3,S4,S5", "--json", str(out),
+         "--set", "nodes.liveness_refresh=2"],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,6 +48,8 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert doc["machine"]["cpus"] >= 1
     assert doc["machine"]["python_loop_ms"] > 0  # the host's speed, to compare runs
     assert f"{doc['machine']['python_loop_ms']} ms" in proc.stdout
+    assert doc["settings"] == ["nodes.liveness_refresh=2"]
+    assert re.search(r"HOST\s+daemon settings \(--set\)\s+nodes.liveness_refresh=2\n", proc.stdout)
     r = doc["results"]
     assert set(r) == {"S1", "S2", "S3", "S4", "S5"}
 
@@ -66,6 +70,10 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     _lifecycle_ok(s3)
     assert s3["heartbeats_per_s"] > 0
     assert s3["heartbeat_script_calls_per_s"] > 0
+    held = s3["heartbeat_call_ms"]  # from Redis's SLOWLOG: one entry per heartbeat call
+    assert held["n"] > 0 and 0 < held["p50"] <= held["max"]
+    assert s3["redis_heartbeat_ms_per_s"] > 0
+    assert re.search(r"S3\s+heartbeat call holds Redis \(p50 / max\)\s+\S+ / \S+ ms", proc.stdout)
     assert s3["daemon_rss_mb"] > 0 and s3["daemon_cpu_pct_heartbeats"] >= 0
     assert s3["node_errors"] == 0 and s3["reconnects"] == 0
     assert re.search(r"S3\s+node errors / reconnects \(live nodes reaped\)\s+0 / 0\n", proc.stdout)
@@ -82,6 +90,51 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
         assert s5[how]["jobs_held"] > 0
         assert s5[how]["not_reassigned"] == 0
         assert s5[how]["kill_to_reassign_ms"]["n"] == s5[how]["jobs_held"]
+
+
+def test_set_overrides_the_bench_daemons_configuration() -> None:
+    daemon = DaemonProcess([("nodes", "heartbeat_flush", "0.05"), ("limits", "idle_timeout", "30"),
+                            ("drain", "timeout", "1")])
+    try:
+        config = tomllib.loads(daemon._config())  # one table per section, or this fails
+    finally:
+        daemon.stop()
+    assert config["nodes"] == {"heartbeat_interval": 1.0, "heartbeat_flush": 0.05}
+    assert config["limits"]["idle_timeout"] == 30  # over the bench's own 600
+    assert config["drain"] == {"timeout": 1}
+    assert config["redis"]["url"] == daemon.redis.url
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("nodes.heartbeat_flush", "expected SECTION.KEY=VALUE"),
+    ("heartbeat_flush=0.05", "expected SECTION.KEY=VALUE"),
+    ("nodes.=1", "expected SECTION.KEY=VALUE"),
+    ("nodes.heartbeat_flush=", "expected SECTION.KEY=VALUE"),
+    ("plugins.transport_ws.listen=1", "expected SECTION.KEY=VALUE"),
+    ("redis.url=\"redis://elsewhere\"", "set by the bench itself"),
+    ("plugins.enabled=[]", "set by the bench itself"),
+    ("schedd.log_level=debug", "not a TOML value"),
+])
+def test_set_refuses_what_it_cannot_use(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_setting(text)
+    proc = subprocess.run([SCHEDD, "bench", "--scale", "tiny", "--set", text],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    assert "argument --set: " in proc.stderr and message in proc.stderr
+
+
+def test_set_with_url_is_refused() -> None:
+    proc = subprocess.run([SCHEDD, "bench", "--scenarios", "S1", "--url", "ws://127.0.0.1:1",
+                           "--set", "nodes.heartbeat_flush=0.05"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode != 0
+    assert "--set configures the daemons the bench starts" in proc.stderr
+
+
+def test_parse_setting_keeps_the_toml_value() -> None:
+    assert parse_setting(" nodes.heartbeat_flush = 0.05 ") == ("nodes", "heartbeat_flush", "0.05")
+    assert parse_setting('schedd.log_level="debug"') == ("schedd", "log_level", '"debug"')
 
 
 async def test_sim_command_registers_and_reports() -> None:
