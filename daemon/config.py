@@ -272,7 +272,7 @@ class NodesSection:
         _at_least(0),
     )
     liveness_refresh: int = setting(
-        2,
+        3,
         "an unchanged node's heartbeat goes to Redis once every this many beats (1: every "
         "beat); a silent node is still found after liveness_intervals by its instance",
         _between(1, 10),

@@ -19,7 +19,7 @@ Left-out beats still count here: a node none of whose beats arrived for ``livene
 *silent*, and the next flush ends its liveness at once, fenced by the epoch of its last beat,
 so the reaper takes it offline within ``liveness_intervals`` heartbeat intervals as before. The
 horizon only decides when the instance itself is gone. Redis work per second then falls with
-``liveness_refresh`` (about half of it with the default 2), and so does the time each flush
+``liveness_refresh`` (to about a third with the default 3), and so does the time each flush
 holds Redis, which is what bounds dispatch latency at 10,000 nodes (docs/benchmarks.md).
 """
 

@@ -25,7 +25,7 @@ class CoreSettings:
     heartbeat_interval: float = 1.0
     liveness_intervals: int = 3
     heartbeat_flush: float = 0.1
-    liveness_refresh: int = 2
+    liveness_refresh: int = 3
     ack_timeout: float = 5.0
     run_timeout: float = 300.0
     queue_timeout: float = 60.0

@@ -16,7 +16,8 @@ from tests.core.helpers import make_core
 # one-second beats, found dead after 3 intervals, the liveness of an unchanged node written
 # every 2 beats
 SETTINGS: dict[str, Any] = {"heartbeat_interval": 1.0, "liveness_intervals": 3,
-                            "heartbeat_flush": 0.1, "reaper_interval": 0.25}
+                            "heartbeat_flush": 0.1, "reaper_interval": 0.25,
+                            "liveness_refresh": 2}
 
 
 async def _redis_ms(store: Store) -> int:
@@ -79,12 +80,15 @@ async def _two_nodes_beating(
 
 
 def test_settings_derive_the_refresh_and_the_horizon() -> None:
+    default = CoreSettings()
+    assert default.liveness_refresh == 3
+    assert default.refresh_after == pytest.approx(2.5)  # sent on every third 1 s beat
+    assert default.liveness_horizon == pytest.approx(2.65 + 2.0)
     two = CoreSettings(**SETTINGS)
-    assert two.liveness_refresh == 2  # the default
     assert two.refresh_after == pytest.approx(1.5)
     # the ttl plus the one beat left out: a live node keeps the margin it had before
     assert two.liveness_horizon == pytest.approx(two.liveness_ttl + 1.0)
-    every = CoreSettings(liveness_refresh=1, **SETTINGS)
+    every = CoreSettings(**{**SETTINGS, "liveness_refresh": 1})
     assert every.liveness_horizon == pytest.approx(every.liveness_ttl)
     assert every.refresh_after == pytest.approx(0.5)  # every beat is due
 
@@ -139,6 +143,17 @@ async def test_liveness_refresh_1_sends_every_beat(store: Store) -> None:
         batcher.beat("n1", reg.epoch)
         await batcher.flush(now=100.0 + second)
         assert calls.sent == [("n1", reg.epoch, 0.0, 0)]
+
+
+async def test_the_default_sends_every_third_unchanged_beat(store: Store) -> None:
+    default = CoreSettings().liveness_refresh
+    _, batcher, calls, reg = await _one_node(store, liveness_refresh=default)
+    sent = []
+    for second in range(7):
+        batcher.beat("n1", reg.epoch)
+        await batcher.flush(now=100.0 + second)
+        sent.append(bool(calls.sent))
+    assert sent == [True, False, False, True, False, False, True]
 
 
 async def test_a_silent_node_is_ended_by_its_instance_and_reaped(store: Store) -> None:

@@ -217,7 +217,10 @@
 
   const STATE_ORDER = { online: 0, draining: 1, offline: 2 };
 
-  function renderNodes(nodes, staleAfterS) {
+  // An online node is marked when its liveness has run out (the reaper is about to take it
+  // offline): its heartbeat age alone says little, an unchanged node's beat is written to Redis
+  // only every [nodes] liveness_refresh beats.
+  function renderNodes(nodes, nowMs) {
     const sorted = [...nodes].sort((a, b) =>
       (STATE_ORDER[a.state] ?? 3) - (STATE_ORDER[b.state] ?? 3) || a.node_id.localeCompare(b.node_id));
     const rows = [];
@@ -241,7 +244,7 @@
       tr.append(el("td", { class: "num" }, fmtNum(n.load, 2)));
       tr.append(el("td", { class: "pools" }, n.pools.join(", ") || "–"));
       const age = el("td", null, fmtAge(n.heartbeat_age_s));
-      if (n.state === "online" && n.heartbeat_age_s !== null && n.heartbeat_age_s > staleAfterS) age.className = "stale";
+      if (n.state === "online" && n.alive_until_ms !== null && n.alive_until_ms < nowMs) age.className = "stale";
       tr.append(age);
       tr.append(el("td", { class: "id" }, n.owner || "–"));
       rows.push(tr);
@@ -325,7 +328,7 @@
     const { stats, nodes, pools, instances } = lastData;
     renderTiles(stats, instances);
     drawCharts(stats.now_ms);
-    renderNodes(nodes.nodes, Math.max(3, 3 * refreshMs / 1000));
+    renderNodes(nodes.nodes, nodes.now_ms);
     renderPools(pools.pools);
     renderInstances(instances);
     renderExclusions(stats.exclusions);
