@@ -61,6 +61,7 @@ __all__ = [
     "capped",
     "exported_sample_names",
     "local_connections",
+    "local_heartbeats",
     "new_registry",
     "render",
 ]
@@ -122,7 +123,17 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
                "Jobs finished per second over the last 60 s"),
     MetricSpec("schedd_local_connections", "gauge", ("role",),
                "This instance's open connections by role (pending: no hello yet)"),
+    MetricSpec("schedd_local_heartbeats_total", "counter", ("outcome",),
+               "Node heartbeats this instance flushed: written to Redis, or unchanged and "
+               "not written ([nodes] liveness_refresh)"),
+    MetricSpec("schedd_local_nodes_silenced_total", "counter", (),
+               "Nodes this instance found silent (no heartbeat for the liveness ttl)"),
 )
+#: Outcomes of a node's heartbeat at this instance's flush (schedd.core.heartbeats).
+HEARTBEAT_OUTCOMES: Final = ("written", "unchanged")
+#: The families built from this instance alone: exposed even when Redis does not answer.
+LOCAL_FAMILIES: Final = ("schedd_redis_up", "schedd_local_connections",
+                         "schedd_local_heartbeats_total", "schedd_local_nodes_silenced_total")
 def exported_sample_names() -> set[str]:
     """Every sample name this module exposes (what PromQL expressions refer to)."""
     return {spec.name for spec in METRICS}
@@ -157,16 +168,30 @@ def local_connections(sessions: Iterable[Any]) -> dict[str, int]:
     return {role: by_role.get(role, 0) for role in CONNECTION_ROLES}
 
 
+def local_heartbeats(batcher: Any) -> dict[str, int]:
+    """This instance's heartbeat counters from its ``HeartbeatBatcher`` (zeros without one):
+    beats flushed per :data:`HEARTBEAT_OUTCOMES`, and ``silenced``."""
+    beats, sent = getattr(batcher, "beats", 0), getattr(batcher, "sent", 0)
+    return {"written": sent, "unchanged": max(beats - sent, 0),
+            "silenced": getattr(batcher, "silenced", 0)}
+
+
 def build_families(
-    snapshot: Snapshot | None, connections: Mapping[str, int], label_limit: int
+    snapshot: Snapshot | None, connections: Mapping[str, int], label_limit: int,
+    heartbeats: Mapping[str, int] | None = None,
 ) -> list[Metric]:
-    """Every family of :data:`METRICS` from one snapshot (``None``: Redis did not answer)."""
+    """Every family of :data:`METRICS` from one snapshot (``None``: Redis did not answer, and
+    only :data:`LOCAL_FAMILIES` are built) and this instance's own figures."""
     fam = {spec.name: spec.family() for spec in METRICS}
     fam["schedd_redis_up"].add_metric([], 0 if snapshot is None else 1)
     for role, open_count in connections.items():
         fam["schedd_local_connections"].add_metric([role], open_count)
+    heartbeats = heartbeats or {}
+    for outcome in HEARTBEAT_OUTCOMES:
+        fam["schedd_local_heartbeats_total"].add_metric([outcome], heartbeats.get(outcome, 0))
+    fam["schedd_local_nodes_silenced_total"].add_metric([], heartbeats.get("silenced", 0))
     if snapshot is None:
-        return [fam["schedd_redis_up"], fam["schedd_local_connections"]]
+        return [fam[name] for name in LOCAL_FAMILIES]
 
     counts = snapshot.counts
     for state in JOB_STATES:
@@ -261,7 +286,8 @@ class SchedCollector:
 
     def collect(self) -> Iterable[Metric]:
         families = build_families(
-            self._snapshot, local_connections(self._app.sessions), self._label_limit
+            self._snapshot, local_connections(self._app.sessions), self._label_limit,
+            local_heartbeats(getattr(self._app, "batcher", None)),
         )
         seen = {family.name for family in families}
         yield from families

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -35,6 +36,7 @@ from schedd.plugins.ui.metrics import (
     build_families,
     capped,
     exported_sample_names,
+    local_heartbeats,
 )
 from schedd.plugins.ui.stats import Snapshot, latency_ms, percentile, throughput
 from schedd.redis_process import RedisServer
@@ -543,7 +545,33 @@ async def test_redis_down_healthz_503_and_metrics_still_answer() -> None:
     found = samples(metrics.body.decode())
     assert found[("schedd_redis_up", ())] == 0
     assert found[("schedd_local_connections", (("role", "node"),))] == 0
-    assert {name for name, _ in found} == {"schedd_redis_up", "schedd_local_connections"}
+    assert found[("schedd_local_heartbeats_total", (("outcome", "written"),))] == 0
+    assert {name for name, _ in found} == {
+        "schedd_redis_up", "schedd_local_connections", "schedd_local_heartbeats_total",
+        "schedd_local_nodes_silenced_total"}
+
+
+def test_local_heartbeat_counters_come_from_the_batcher() -> None:
+    batcher = SimpleNamespace(beats=10, sent=4, silenced=2)
+    families = {f.name: f for f in build_families(None, {}, label_limit=10,
+                                                  heartbeats=local_heartbeats(batcher))}
+    beats = {s.labels["outcome"]: s.value for s in families["schedd_local_heartbeats"].samples}
+    assert beats == {"written": 4, "unchanged": 6}
+    assert families["schedd_local_nodes_silenced"].samples[0].value == 2
+    assert local_heartbeats(None) == {"written": 0, "unchanged": 0, "silenced": 0}
+
+
+async def test_a_nodes_heartbeats_are_counted_at_its_instance() -> None:
+    async with ui_daemon() as (d, url):
+        node, _ = await d.node("p", node_id="n1")
+        await node.send(p.Heartbeat(inflight=0))
+        await node.send(p.Ping(ref="after"))  # answered once the beat is recorded
+        assert (await node.expect(p.Pong)).ref == "after"
+        await d.app.batcher.flush()  # (or the batcher's own flush was first)
+        response = await http(url, "/metrics", token=TOKEN)
+        found = samples(response.body.decode())
+        assert found[("schedd_local_heartbeats_total", (("outcome", "written"),))] >= 1
+        assert found[("schedd_local_nodes_silenced_total", ())] == 0
 
 
 async def test_other_plugins_add_collectors() -> None:
