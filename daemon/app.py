@@ -193,6 +193,7 @@ class App:
         node_id, epoch = session.node_id, session.epoch
         if node_id is None or epoch is None or not self.unbind_node(node_id, session):
             return
+        self.batcher.forget(node_id, epoch)
         if self._nursery is not None:
             # RuntimeError: shutting down, the drain already handed the node's work back
             with contextlib.suppress(RuntimeError):

@@ -61,6 +61,17 @@ class HeartbeatBatcher:
         """Record a node's heartbeat; the latest one per node wins within a window."""
         self._pending[node_id] = (node_id, epoch, load, inflight)
 
+    def forget(self, node_id: str, epoch: int) -> None:
+        """The node's connection here ended (at ``epoch``): drop its waiting beat and what is
+        known of it, so it is not found silent later; taking it offline is the disconnect's
+        business. Another epoch's (a newer registration's) is kept."""
+        beat = self._pending.get(node_id)
+        if beat is not None and beat[1] == epoch:
+            del self._pending[node_id]
+        seen = self._seen.get(node_id)
+        if seen is not None and seen[1][1] == epoch:
+            del self._seen[node_id]
+
     def _select(self, now: float) -> list[Beat]:
         """The window's beats Redis needs; records every beat as seen at ``now``."""
         pending, self._pending = self._pending, {}

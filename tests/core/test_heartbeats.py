@@ -260,3 +260,14 @@ async def test_the_script_refuses_a_bad_silent_count(store: Store) -> None:
     with pytest.raises(errors.BadArgument, match="groups of four"):
         await core.scripts.call(store, "heartbeat_batch", keys,
                                 ["A", 1000, 1000, 1, "n1", 1, "n2", 1, 0])
+
+
+async def test_a_forgotten_node_is_not_found_silent(store: Store) -> None:
+    core, batcher, calls, (r1, r2) = await _two_nodes_beating(store)
+    batcher.beat("n1", r1.epoch, 0.5, 0)  # its last beat, still waiting when it disconnects
+    batcher.forget("n1", r1.epoch)
+    batcher.forget("n2", r2.epoch + 1)  # another epoch's connection ended: n2's stays
+    await batcher.flush(now=100.0 + core.settings.liveness_ttl)
+    assert calls.sent == []
+    assert calls.silent == [("n2", r2.epoch)]
+    assert batcher.silenced == 1

@@ -195,6 +195,33 @@ async def test_dropped_node_job_moves_on_and_client_gets_one_done(store_url: str
             pytest.fail(f"unexpected second message {extra!r}")
 
 
+async def test_a_silent_node_is_found_by_its_instance_and_a_dropped_one_is_not() -> None:
+    async with running_daemon(SCHEDD_NODES__DISCONNECT_GRACE="0.05") as d:
+        silent, _ = await d.node("p", node_id="silent")
+        dropped, _ = await d.node("p", node_id="dropped")
+        for node in (silent, dropped):
+            await node.send(p.Heartbeat(inflight=0))
+            await node.send(p.Ping(ref="beat"))  # answered once the beat is recorded
+            assert (await node.expect(p.Pong)).ref == "beat"
+        await d.app.batcher.flush()  # the beats count as received now
+        await dropped.channel.aclose()
+        with trio.fail_after(5):
+            while "dropped" in d.app.nodes:
+                await trio.sleep(0.01)
+        # both send nothing more; a flush one liveness ttl later finds only the connected one
+        later = trio.current_time() + d.app.core.settings.liveness_ttl + 1
+        await d.app.batcher.flush(now=later)
+        assert d.app.batcher.silenced == 1
+        with trio.fail_after(5):
+            while True:
+                nodes = {n.node_id: n for n in await d.app.queries.nodes()}
+                if nodes["silent"].state == "offline":
+                    break
+                await trio.sleep(0.02)
+        assert nodes["silent"].reason == "liveness expired"
+        assert nodes["dropped"].reason == "connection lost"
+
+
 async def test_reconnected_node_keeps_running_job(store_url: str) -> None:
     async with running_daemon(store_url, SCHEDD_NODES__DISCONNECT_GRACE="0.5") as d:
         n1, _ = await d.node("p", node_id="n1")
