@@ -75,6 +75,7 @@ from schedd.errors import ProtocolError
 from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
 from schedd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from schedd.sdk.readiness import ReadinessHub
+from schedd.sdk.wsframes import FrameSplitter
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -539,6 +540,7 @@ class WebSocketChannel(_HubReader[bytes | str]):
         "_closed",
         "_control",
         "_ended",
+        "_frames",
         "_max_frame",
         "_parts",
         "_send_lock",
@@ -570,8 +572,15 @@ class WebSocketChannel(_HubReader[bytes | str]):
         self._ended: tuple[str, str] | None = None
         self._close_code = _CLOSE_NORMAL
         self._closed = False
+        self._frames: FrameSplitter | None = None
         self._attach(hub)
         self._handle_events()  # frames that arrived with the handshake's last bytes
+        # A server decodes its peers' common frames itself (schedd.sdk.wsframes) from a frame
+        # boundary: wsproto's server keeps no bytes that followed the upgrade request. Not a
+        # client (wsproto keeps what followed the response, maybe the start of a frame), nor a
+        # connection that was handed frames after its handshake.
+        if not ws.client and not self._news():
+            self._frames = FrameSplitter(max_frame)
 
     async def receive(self) -> bytes | str:
         """The next message, text as ``str`` and binary as ``bytes``."""
@@ -601,12 +610,41 @@ class WebSocketChannel(_HubReader[bytes | str]):
         raise ChannelClosed(message)
 
     def _take(self, data: bytes) -> None:
-        if self._ws.state is ConnectionState.CLOSED:
+        ws = self._ws
+        if ws.state is ConnectionState.CLOSED:
             # Our close was answered (aclose from another task); nothing more will come.
             self._lose(f"connection with {self.peer} closed")
             return
-        self._ws.receive_data(data or None)  # None: end of stream
+        frames = self._frames
+        if frames is not None:
+            if data and ws.state is ConnectionState.OPEN:
+                self._split(frames, data)
+                return
+            # closing or ended: wsproto reads the rest, after what the splitter held back
+            self._frames = None
+            held = frames.release()
+            if held:
+                ws.receive_data(held)
+        ws.receive_data(data or None)  # None: end of stream
         self._handle_events()
+
+    def _split(self, frames: FrameSplitter, data: bytes) -> None:
+        """Messages the splitter decoded go to ``_items`` as wsproto's would; the rest through
+        wsproto, whose events are handled before any later message, so the order holds."""
+        fed = False
+        for decoded, value in frames.feed(data):
+            if not decoded:
+                self._ws.receive_data(cast("bytes", value))
+                fed = True
+                continue
+            if fed:
+                self._handle_events()
+                fed = False
+            if self._ended is None:
+                self._text = isinstance(value, str)
+                self._items.append(value)
+        if fed:
+            self._handle_events()
 
     def _lose(self, reason: str) -> None:
         if self._ended is None:

@@ -1,0 +1,219 @@
+"""The WebSocket server's own decoding of common frames (schedd.sdk.wsframes), checked against
+wsproto: the same messages, in the same order, whatever the reads."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Request,
+    TextMessage,
+)
+
+from schedd.sdk.wsframes import FrameSplitter, unmask
+
+LIMIT = 1 << 20
+
+
+def _pair() -> tuple[WSConnection, WSConnection]:
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="h", target="/")))
+    assert any(isinstance(e, Request) for e in server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    assert any(isinstance(e, AcceptConnection) for e in client.events())
+    return client, server
+
+
+def _stream(client: WSConnection) -> tuple[bytes, list[Any]]:
+    """A client's bytes holding every kind of frame, and what a server should make of them."""
+    big = "x" * 70_000  # a 64-bit length: wsproto's
+    parts = [
+        client.send(TextMessage(data='{"type":"heartbeat"}')),
+        client.send(Ping(payload=b"p1")),
+        client.send(TextMessage(data="é" * 70)),  # 140 bytes: a 16-bit length
+        client.send(BytesMessage(data=b"\x00\x01binary")),
+        client.send(TextMessage(data="frag-", message_finished=False)),
+        client.send(Ping(payload=b"p2")),  # a control frame inside a fragmented message
+        client.send(TextMessage(data="mented", message_finished=True)),
+        client.send(TextMessage(data="")),
+        client.send(TextMessage(data=big)),
+        client.send(TextMessage(data="after")),
+        client.send(CloseConnection(code=1000)),
+    ]
+    expected = ['{"type":"heartbeat"}', ("ping", b"p1"), "é" * 70, b"\x00\x01binary",
+                ("ping", b"p2"), "frag-mented", "", big, "after", ("close", 1000)]
+    return b"".join(parts), expected
+
+
+def _serve(server: WSConnection, chunks: list[bytes], limit: int = LIMIT) -> tuple[list[Any], int]:
+    """What a server makes of ``chunks`` through the splitter and wsproto, as the channel
+    does; and how many bytes went to wsproto."""
+    splitter = FrameSplitter(limit)
+    got: list[Any] = []
+    parts: list[Any] = []
+    to_wsproto = 0
+
+    def drain() -> None:
+        for event in server.events():
+            if isinstance(event, Message):
+                parts.append(event.data)
+                if event.message_finished:
+                    got.append(type(parts[0])().join(parts))
+                    parts.clear()
+            elif isinstance(event, Ping):
+                got.append(("ping", bytes(event.payload)))
+            elif isinstance(event, CloseConnection):
+                got.append(("close", event.code))
+
+    for chunk in chunks:
+        for decoded, value in splitter.feed(chunk):
+            if decoded:
+                drain()  # what wsproto has goes first
+                got.append(value)
+            else:
+                assert isinstance(value, bytes)
+                to_wsproto += len(value)
+                server.receive_data(value)
+        drain()
+    return got, to_wsproto
+
+
+def test_whole_stream_in_one_read() -> None:
+    client, server = _pair()
+    data, expected = _stream(client)
+    got, _ = _serve(server, [data])
+    assert got == expected
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_any_split_of_the_reads(seed: int) -> None:
+    client, server = _pair()
+    data, expected = _stream(client)
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 40)))
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    got, _ = _serve(server, chunks)
+    assert got == expected
+
+
+def test_every_split_of_one_small_frame_keeps_it_whole() -> None:
+    client, _ = _pair()
+    frame = client.send(TextMessage(data="hello"))
+    for cut in range(1, len(frame)):
+        _, server = _pair()
+        got, _ = _serve(server, [frame[:cut], frame[cut:]])
+        assert got == ["hello"], cut
+
+
+def test_complete_small_messages_never_reach_wsproto() -> None:
+    client, server = _pair()
+    data = b"".join(client.send(TextMessage(data=f"m{i}")) for i in range(50))
+    data += client.send(BytesMessage(data=b"\xff" * 300))
+    got, to_wsproto = _serve(server, [data])
+    assert got == [f"m{i}" for i in range(50)] + [b"\xff" * 300]
+    assert to_wsproto == 0
+
+
+def _frame(first: int, payload: bytes, *, masked: bool = True) -> bytes:
+    key = b"\x01\x02\x03\x04"
+    assert len(payload) < 126
+    if not masked:
+        return bytes((first, len(payload))) + payload
+    return bytes((first, 0x80 | len(payload))) + key + unmask(payload, key)
+
+
+@pytest.mark.parametrize(("frame", "close_code"), [
+    (_frame(0x81, b"\xc3\x28"), 1007),  # invalid UTF-8
+    (_frame(0x81, b"plain", masked=False), 1002),  # a client's frame must be masked
+    (_frame(0xC1, b"rsv1"), 1002),  # an extension bit nobody negotiated
+    (_frame(0x83, b"op3"), 1002),  # a reserved opcode
+    (_frame(0x80, b"cont"), 1002),  # a continuation with nothing to continue
+])
+def test_what_wsproto_refuses_still_goes_to_wsproto(frame: bytes, close_code: int) -> None:
+    _, server = _pair()
+    got, to_wsproto = _serve(server, [frame])
+    assert to_wsproto == len(frame)
+    assert got == [("close", close_code)]
+
+
+def test_a_message_above_the_limit_goes_to_wsproto() -> None:
+    client, server = _pair()
+    frame = client.send(TextMessage(data="x" * 100))
+    got, to_wsproto = _serve(server, [frame], limit=99)
+    assert got == ["x" * 100] and to_wsproto == len(frame)  # the channel then refuses it
+
+
+def test_release_returns_a_held_header() -> None:
+    client, _ = _pair()
+    frame = client.send(TextMessage(data="x" * 200))  # a 4-byte header, then the mask
+    splitter = FrameSplitter(LIMIT)
+    assert splitter.feed(frame[:3]) == []
+    assert splitter.release() == frame[:3]
+    assert splitter.release() == b""
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 1000])
+def test_unmask_is_its_own_inverse(size: int) -> None:
+    payload = bytes(random.Random(size).getrandbits(8) for _ in range(size))
+    key = b"\xa1\xb2\xc3\xd4"
+    masked = unmask(payload, key)
+    assert len(masked) == size
+    assert unmask(masked, key) == payload
+    if size:
+        assert masked[0] == payload[0] ^ 0xA1
+
+
+# -- the server channel ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hub", [False, True])
+async def test_the_server_channel_decodes_simple_frames_itself_and_keeps_the_order(
+        hub: bool) -> None:
+    import socket
+
+    import trio
+
+    from schedd.sdk.connect import WebSocketChannel
+    from schedd.sdk.readiness import ReadinessHub
+
+    ours, theirs = socket.socketpair()
+    client, server_ws = _pair()
+    fed: list[bytes] = []
+    real = server_ws.receive_data
+
+    def counting(data: bytes | None) -> None:
+        fed.append(b"" if data is None else bytes(data))
+        real(data)
+
+    server_ws.receive_data = counting  # type: ignore[method-assign]
+    readiness = ReadinessHub()
+    async with trio.open_nursery() as nursery:
+        if hub:
+            await nursery.start(readiness.serve)
+        channel = WebSocketChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
+                                   server_ws, "peer", LIMIT, hub=readiness if hub else None)
+        with trio.fail_after(5):
+            theirs.sendall(b"".join(client.send(TextMessage(data=f"m{i}")) for i in range(3)))
+            assert [await channel.receive() for _ in range(3)] == ["m0", "m1", "m2"]
+            assert fed == []  # none of it went through wsproto
+            theirs.sendall(
+                client.send(TextMessage(data="frag-", message_finished=False))
+                + client.send(Ping(payload=b"p"))
+                + client.send(TextMessage(data="mented", message_finished=True))
+                + client.send(BytesMessage(data=b"after")))
+            assert await channel.receive() == "frag-mented"
+            assert await channel.receive() == b"after"
+            assert fed  # the fragments and the ping did
+            client.receive_data(theirs.recv(65536))  # the pong, answered by receive
+            assert [type(e).__name__ for e in client.events()] == ["Pong"]
+        await channel.aclose()
+        nursery.cancel_scope.cancel()
+    theirs.close()
