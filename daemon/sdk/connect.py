@@ -75,7 +75,7 @@ from schedd.errors import ProtocolError
 from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
 from schedd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from schedd.sdk.readiness import ReadinessHub
-from schedd.sdk.wsframes import FrameSplitter
+from schedd.sdk.wsframes import FrameSplitter, encode_message
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -734,16 +734,24 @@ class WebSocketChannel(_HubReader[bytes | str]):
 
     async def send(self, data: bytes) -> None:
         """Send one message: text (``data`` is UTF-8 JSON) or binary, see the module rules."""
-        await self._send_event(self._message(data))
+        await _send_in_order(self._stream, self._socket, self._send_lock, self.peer,
+                             lambda: self._message(data))
 
     async def send_many(self, messages: list[bytes]) -> None:
         """Send each of ``messages`` as ``send`` would, all in one write (in order, whole)."""
         await _send_in_order(
             self._stream, self._socket, self._send_lock, self.peer,
-            lambda: b"".join([self._event_bytes(self._message(data)) for data in messages]))
+            lambda: b"".join([self._message(data) for data in messages]))
 
-    def _message(self, data: bytes) -> Event:
-        return TextMessage(data=data.decode()) if self._text else BytesMessage(data=data)
+    def _message(self, data: bytes) -> bytes:
+        """``data`` as one frame (schedd.sdk.wsframes.encode_message); ``ChannelClosed`` once
+        the connection is closing, as wsproto would refuse it."""
+        if self._ws.state is not ConnectionState.OPEN:
+            raise ChannelClosed(f"connection with {self.peer} is closing")
+        text = self._text
+        if text and not data.isascii():
+            data.decode()  # text must be UTF-8: raises UnicodeDecodeError as wsproto's str did
+        return encode_message(data, text=text, masked=self._ws.client)
 
     async def aclose(self) -> None:
         """Send a close frame, then close the stream (see the module rules); never raises."""

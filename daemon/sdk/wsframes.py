@@ -23,9 +23,10 @@ Rules of this module:
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
-__all__ = ["FrameSplitter"]
+__all__ = ["FrameSplitter", "encode_message", "unmask"]
 
 _FIN: Final = 0x80
 _RSV: Final = 0x70
@@ -44,6 +45,29 @@ def unmask(payload: bytes, key: bytes) -> bytes:
         return b""
     keys = key * (n // 4 + 1)
     return (int.from_bytes(payload, "big") ^ int.from_bytes(keys[:n], "big")).to_bytes(n, "big")
+
+
+def encode_message(payload: bytes, *, text: bool, masked: bool) -> bytes:
+    """One complete (final, unfragmented) text or binary frame carrying ``payload`` (text:
+    UTF-8 the caller vouches for), masked with a fresh random key when ``masked`` (a client's).
+
+    What wsproto makes of a whole message, without its per-message events and str round trip
+    (~5 µs against ~1.3 µs for a heartbeat); wsproto keeps no state about complete messages it
+    sends, so both may be used on one connection.
+    """
+    n = len(payload)
+    first = _FIN | (_TEXT if text else _BINARY)
+    mask_bit = _MASKED if masked else 0
+    if n < 126:
+        header = bytes((first, mask_bit | n))
+    elif n < 65536:
+        header = bytes((first, mask_bit | 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((first, mask_bit | 127)) + n.to_bytes(8, "big")
+    if not masked:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + unmask(payload, key)
 
 
 class FrameSplitter:

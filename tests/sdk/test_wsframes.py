@@ -18,7 +18,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from schedd.sdk.wsframes import FrameSplitter, unmask
+from schedd.sdk.wsframes import FrameSplitter, encode_message, unmask
 
 LIMIT = 1 << 20
 
@@ -217,3 +217,45 @@ async def test_the_server_channel_decodes_simple_frames_itself_and_keeps_the_ord
         await channel.aclose()
         nursery.cancel_scope.cancel()
     theirs.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70_000])
+@pytest.mark.parametrize("text", [True, False])
+def test_encoded_messages_are_read_by_wsproto_both_ways(size: int, text: bool) -> None:
+    payload = ("é" * (size // 2) + "x" * (size % 2)).encode() if text else bytes(size)
+    client, server = _pair()
+    for sender, receiver, masked in ((client, server, True), (server, client, False)):
+        frame = encode_message(payload, text=text, masked=masked)
+        assert bool(frame[1] & 0x80) == masked
+        receiver.receive_data(frame)
+        parts = [e for e in receiver.events() if isinstance(e, Message)]
+        assert parts and parts[-1].message_finished
+        data = type(parts[0].data)().join(p.data for p in parts)
+        assert data == (payload.decode() if text else payload)
+        assert isinstance(parts[0], TextMessage if text else BytesMessage)
+        # wsproto keeps sending on the same connection: it holds no state about our frames
+        receiver.receive_data(sender.send(TextMessage(data="next")))
+        assert [e.data for e in receiver.events() if isinstance(e, Message)] == ["next"]
+
+
+def test_masking_keys_differ_per_frame() -> None:
+    frames = {encode_message(b"same", text=True, masked=True) for _ in range(20)}
+    assert len(frames) > 1
+    assert encode_message(b"same", text=True, masked=False) == b"\x81\x04same"
+
+
+async def test_the_channel_refuses_to_send_bad_text_or_on_a_closing_connection() -> None:
+    from schedd.channel import ChannelClosed
+    from tests.websockets import websocket_channels
+
+    server, client = websocket_channels()
+    with pytest.raises(UnicodeDecodeError):
+        await client.send(b"\xff\xfe")  # text must be UTF-8
+    await client.send("é".encode())
+    assert await server.receive() == "é"
+    await server.aclose()  # sends its close: the client's wsproto is closing once it reads it
+    with pytest.raises(ChannelClosed):
+        await client.receive()
+    with pytest.raises(ChannelClosed, match="closing"):
+        await client.send(b"{}")
+    await client.aclose()
