@@ -154,6 +154,6 @@ class HeartbeatBatcher:
                 log.warning("heartbeat flush failed, will retry: %s", exc)
 
     def _silence_due(self, now: float) -> bool:
-        for last, _beat, _sent in self._seen.values():
-            return now - last >= self.core.settings.liveness_ttl
-        return False
+        """Whether the node heard from longest ago (the first in ``_seen``) is silent."""
+        oldest = next(iter(self._seen.values()), None)
+        return oldest is not None and now - oldest[0] >= self.core.settings.liveness_ttl

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from schedd.plugin_manager import PluginManager
 from schedd.plugins import transport_ws
 from schedd.plugins.transport_ws import WebSocketSettings
 from schedd.sdk.connect import ConnectFailed, open_channel
+from schedd.sdk.wsframes import encode_message
 from tests.plugins import FakeApp, make_tls_files, start
 
 PLUGIN = "transport_ws"
@@ -167,9 +166,8 @@ async def test_invalid_utf8_text_is_malformed_and_closes_the_connection() -> Non
         async with trio.open_nursery() as nursery:
             url = await start(nursery, transport_ws.serve, app, PLUGIN)
             stream, ws = await raw_websocket(url)
-            payload, mask = b"\xff\xfe", os.urandom(4)
-            masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-            await stream.send_all(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
+            # a masked text frame whose payload is not UTF-8 (encode_message does not check)
+            await stream.send_all(encode_message(b"\xff\xfe", text=True, masked=True))
             ws.receive_data(await read_all(stream))
             events = list(ws.events())
             texts = [orjson.loads(e.data) for e in events if isinstance(e, TextMessage)]
