@@ -452,7 +452,9 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         stdout, every number to the JSON file. Scenarios: S1 dispatch latency, S2 throughput,
         S3 heartbeat scale, S4 script cost, S5 failover, CHAOS (3 instances, nodes and one
         instance killed; every job must end once) (docs/benchmarks.md). --scale tiny runs each
-        in seconds (the CI smoke test); full takes several minutes.
+        in seconds (the CI smoke test); full takes several minutes. Ctrl-C, SIGTERM or SIGHUP
+        stop the run and every process it started (exit 128 + the signal's number); the JSON
+        file keeps the scenarios that finished.
         """,
         [
             "schedd bench",
@@ -1143,6 +1145,15 @@ async def _cancel_on_signal(scope: trio.CancelScope, logger: logging.Logger) -> 
             return
 
 
+async def _record_signal(scope: trio.CancelScope, stopped_by: list[signal.Signals]) -> None:
+    """Cancel ``scope`` at the first Ctrl-C, SIGTERM or SIGHUP, noting which it was."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            stopped_by.append(signal.Signals(signum))
+            scope.cancel()
+            return
+
+
 def _short(value: Any, limit: int = 120) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -1216,9 +1227,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = Options(scale=args.scale, transport=args.transport, url=args.url,
                       settings=tuple(args.settings))
     path = args.json or default_json_path()
+    stopped_by: list[signal.Signals] = []
+    finished: list[str] = []
+
+    def checkpoint(document: dict[str, Any]) -> None:
+        write_json(document, path)
+        finished[:] = list(document["results"])
+
+    async def bench() -> dict[str, Any] | None:
+        # Ctrl-C, SIGTERM and SIGHUP cancel the run: every daemon, redis-server and helper
+        # process the scenarios started is stopped on the way out (a signal's default action
+        # would leave them running).
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_record_signal, nursery.cancel_scope, stopped_by)
+            document = await run_bench(args.scenarios, options, checkpoint)
+            nursery.cancel_scope.cancel()
+            return document
+        return None  # cancelled by a signal
+
     tune_gc()  # the bench's own fleets and clients: see schedd.runtime
-    document = trio.run(run_bench, args.scenarios, options,
-                        lambda document: write_json(document, path))
+    document = trio.run(bench)
+    if document is None:
+        name = stopped_by[0].name if stopped_by else "a signal"
+        done = (f"the scenarios that finished ({', '.join(finished)}) are in {path}"
+                if finished else "no scenario had finished")
+        print(f"schedd: bench stopped by {name}; the processes it started are stopped; {done}",
+              file=sys.stderr)
+        return 128 + (stopped_by[0].value if stopped_by else signal.SIGTERM.value)
     print(table(document))
     print(f"schedd: results written to {path}", file=sys.stderr)
     failed = [name for name, result in document["results"].items() if "failed" in result]

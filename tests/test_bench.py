@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -130,6 +131,56 @@ def test_set_with_url_is_refused() -> None:
                           capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode != 0
     assert "--set configures the daemons the bench starts" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan nobody reaped has stopped running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_sigterm_stops_the_processes_the_bench_started(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    started: list[int] = []
+    proc = subprocess.Popen(
+        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "S4,S3", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # S4 finishes; S3 has its daemon and redis-server running
+            seen.append(line)
+            if "registered in" in line:
+                break
+        else:
+            pytest.fail("S3 never registered its fleet:\n" + "".join(seen)[-3000:])
+        started = _children(proc.pid)
+        assert len(started) >= 2, started  # the daemon and its redis-server at least
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = [pid for pid in started if _running(pid)]
+    for pid in left:  # not to leave them behind when this fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert "schedd: bench stopped by SIGTERM; the processes it started are stopped; the " \
+           f"scenarios that finished (S4) are in {out}" in rest
+    assert set(json.loads(out.read_text())["results"]) == {"S4"}
+    assert proc.stdout is not None and proc.stdout.read() == ""  # no table of a partial run
 
 
 def test_parse_setting_keeps_the_toml_value() -> None:
