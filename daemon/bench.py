@@ -655,8 +655,12 @@ async def s4_script_cost(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     from schedd.benchmarks.script_cost import run as script_cost
 
     rows = await script_cost(p["sizes"], p["calls"])
-    return {"rows": rows, "usec_per_call": {str(r["nodes_in_pool"]):
-                                            r["select_reserve_usec_per_call"] for r in rows}}
+    return {"rows": rows,
+            "usec_per_call": {str(r["nodes_in_pool"]): r["select_reserve_usec_per_call"]
+                              for r in rows},
+            "usec_per_call_back_to_back": {
+                str(r["nodes_in_pool"]): r["select_reserve_usec_per_call_back_to_back"]
+                for r in rows}}
 
 
 async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
@@ -832,8 +836,11 @@ def table(document: dict[str, Any]) -> str:
                  ("S3", "submit->done", _lat(s["submit_to_done_ms"])),
                  ("S3", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}")]
     if "S4" in r:
+        back_to_back = r["S4"].get("usec_per_call_back_to_back", {})
         for size, usec in r["S4"]["usec_per_call"].items():
-            rows.append(("S4", f"select+reserve, {size} nodes", f"{usec} us/call"))
+            rows.append(("S4", f"select+reserve, {size} nodes", f"{usec} us/call"
+                         + (f" ({back_to_back[size]} back to back)" if size in back_to_back
+                            else "")))
     if "S5" in r:
         s = r["S5"]
         for how in ("drop", "silent"):

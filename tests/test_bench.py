@@ -83,6 +83,9 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert [row["nodes_in_pool"] for row in s4["rows"]] == s4["params"]["sizes"]
     assert all(row["select_reserve_calls"] == s4["params"]["calls"] for row in s4["rows"])
     assert all(len(row["pinned_cpu"]) == 1 for row in s4["rows"])  # one CPU, see script_cost
+    assert all(row["select_reserve_usec_per_call_back_to_back"] > 0 for row in s4["rows"])
+    assert re.search(r"S4\s+select\+reserve, 10 nodes\s+[\d.]+ us/call \([\d.]+ back to back\)\n",
+                     proc.stdout)
 
     s5 = r["S5"]
     assert s5["lost"] == 0 and s5["done"] == s5["submitted"] > 0
@@ -235,6 +238,31 @@ def test_script_cost_pins_to_one_cpu_and_restores() -> None:
     assert os.sched_getaffinity(0) == before
     with pinned(None):
         assert os.sched_getaffinity(0) == before
+
+
+async def test_script_cost_runs_back_to_back_off_the_servers_cpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The back-to-back calls run with this process on the CPUs the server does not use, and
+    its affinity is restored after."""
+    from schedd.benchmarks import script_cost
+
+    before = os.sched_getaffinity(0)
+    seen: list[set[int]] = []
+    submit = script_cost.Core.submit
+
+    async def spy(self: Any, spec: Any, **kwargs: Any) -> Any:
+        if spec.job_id.startswith("b2b-"):
+            seen.append(os.sched_getaffinity(0))
+        return await submit(self, spec, **kwargs)
+
+    monkeypatch.setattr(script_cost.Core, "submit", spy)
+    (row,) = await script_cost.run([3], 40)
+    assert os.sched_getaffinity(0) == before
+    assert row["select_reserve_calls"] == 40
+    assert row["select_reserve_usec_per_call_back_to_back"] > 0
+    assert len(seen) == 40
+    others = before - {min(before)}
+    assert all(cpus == (others or before) for cpus in seen)
 
 
 def test_script_cost_refuses_a_cpu_it_may_not_use() -> None:
