@@ -36,6 +36,7 @@ def websocket_channels(
     server_ws, client_ws = open_websockets()
     server = WebSocketChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), server_ws,
                               "peer", max_frame, hub=hub)
+    # the client's wsproto was fed the response's head only, as _websocket_handshake does
     client = WebSocketChannel(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)),
-                              client_ws, "daemon", max_frame)
+                              client_ws, "daemon", max_frame, leftover=b"")
     return server, client

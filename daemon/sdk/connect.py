@@ -75,7 +75,7 @@ from schedd.errors import ProtocolError
 from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
 from schedd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from schedd.sdk.readiness import ReadinessHub
-from schedd.sdk.wsframes import FrameSplitter, encode_message
+from schedd.sdk.wsframes import FrameSplitter, HeadSplitter, encode_message
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -551,7 +551,7 @@ class WebSocketChannel(_HubReader[bytes | str]):
 
     def __init__(
         self, stream: trio.abc.Stream, ws: WSConnection, peer: str, max_frame: int,
-        hub: ReadinessHub | None = None,
+        hub: ReadinessHub | None = None, *, leftover: bytes | None = None,
     ) -> None:
         if ws.state is not ConnectionState.OPEN:
             raise ValueError(f"the WebSocket is not open (state {ws.state.name})")
@@ -574,13 +574,17 @@ class WebSocketChannel(_HubReader[bytes | str]):
         self._closed = False
         self._frames: FrameSplitter | None = None
         self._attach(hub)
-        self._handle_events()  # frames that arrived with the handshake's last bytes
-        # A server decodes its peers' common frames itself (schedd.sdk.wsframes) from a frame
-        # boundary: wsproto's server keeps no bytes that followed the upgrade request. Not a
-        # client (wsproto keeps what followed the response, maybe the start of a frame), nor a
-        # connection that was handed frames after its handshake.
-        if not ws.client and not self._news():
-            self._frames = FrameSplitter(max_frame)
+        self._handle_events()  # frames wsproto was fed with the handshake
+        # Common frames are decoded here (schedd.sdk.wsframes), from a frame boundary: where
+        # the handshake's HTTP head ended. The handshakes (_websocket_handshake, the daemon's
+        # transport) feed wsproto the head only and pass what followed it as ``leftover``; a
+        # server's wsproto keeps nothing after the request anyway. Not a client handed no
+        # leftover (its wsproto may hold the start of a frame), nor a connection whose wsproto
+        # was fed frames.
+        if (leftover is not None or not ws.client) and not self._news():
+            self._frames = FrameSplitter(max_frame, server=not ws.client)
+        if leftover:
+            self._take(leftover)
 
     async def receive(self) -> bytes | str:
         """The next message, text as ``str`` and binary as ``bytes``."""
@@ -886,33 +890,47 @@ def _refused(target: _Target, status: int, body: bytes) -> NoReturn:
     )
 
 
-async def _websocket_handshake(stream: trio.abc.Stream, target: _Target) -> WSConnection:
-    """Send the upgrade request and read the answer; the open connection or ConnectFailed."""
+def _after_head(head: HeadSplitter, rest: list[bytes | None]) -> bytes | None:
+    """What followed the handshake's head (``rest``: the chunks not fed to wsproto), for the
+    channel to read first; None if the head's end was not found (a head ended by bare line
+    feeds, which wsproto accepts): wsproto may then hold the start of a frame."""
+    return b"".join(chunk for chunk in rest if chunk) if head.done else None
+
+
+async def _websocket_handshake(
+    stream: trio.abc.Stream, target: _Target,
+) -> tuple[WSConnection, bytes | None]:
+    """Send the upgrade request and read the answer: the open connection and the bytes that
+    followed the response (for the channel to read first; see _after_head), or
+    ConnectFailed."""
     ws = WSConnection(ConnectionType.CLIENT)
     status = 0
     body = bytearray()
+    head = HeadSplitter()
     try:
         await stream.send_all(ws.send(Request(host=target.host_header, target=target.resource)))
         while True:
-            data = await stream.receive_some(RECEIVE_SIZE)
-            try:
-                ws.receive_data(bytes(data) if data else None)
-            except RemoteProtocolError as exc:
-                raise ConnectFailed(
-                    f"cannot connect to {target.url}: not a WebSocket server ({exc})"
-                ) from None
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    return ws
-                if isinstance(event, RejectConnection):
-                    status = event.status_code
-                    if not event.has_body:
-                        _refused(target, status, b"")
-                elif isinstance(event, RejectData):
-                    if len(body) < _REJECT_BODY_SHOWN:
-                        body += event.data
-                    if event.body_finished:
-                        _refused(target, status, bytes(body))
+            data = bytes(await stream.receive_some(RECEIVE_SIZE))
+            chunks = head.chunks(data)
+            for i, chunk in enumerate(chunks):
+                try:
+                    ws.receive_data(chunk)
+                except RemoteProtocolError as exc:
+                    raise ConnectFailed(
+                        f"cannot connect to {target.url}: not a WebSocket server ({exc})"
+                    ) from None
+                for event in ws.events():
+                    if isinstance(event, AcceptConnection):
+                        return ws, _after_head(head, chunks[i + 1:])
+                    if isinstance(event, RejectConnection):
+                        status = event.status_code
+                        if not event.has_body:
+                            _refused(target, status, b"")
+                    elif isinstance(event, RejectData):
+                        if len(body) < _REJECT_BODY_SHOWN:
+                            body += event.data
+                        if event.body_finished:
+                            _refused(target, status, bytes(body))
             if not data:
                 raise ConnectFailed(
                     f"cannot connect to {target.url}: the server closed the connection "
@@ -928,8 +946,8 @@ async def _open(target: _Target, max_frame: int) -> StreamChannel | WebSocketCha
         peer = peer_address(stream)
         if not target.websocket:
             return StreamChannel(stream, peer, max_frame)
-        ws = await _websocket_handshake(stream, target)
-        return WebSocketChannel(stream, ws, peer, max_frame)
+        ws, leftover = await _websocket_handshake(stream, target)
+        return WebSocketChannel(stream, ws, peer, max_frame, leftover=leftover)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

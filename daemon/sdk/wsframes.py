@@ -1,24 +1,26 @@
-"""Decoding a WebSocket server's common frames without wsproto (sans-io).
+"""Decoding common WebSocket frames without wsproto (sans-io).
 
 Rules of this module:
 
 - **Why.** Nodes send small complete text messages (a heartbeat a second each); wsproto parses
   every frame in pure Python through generators and events, ~10 µs a message, ~10 % of the
-  daemon's CPU at 10,000 nodes (docs/benchmarks.md). :class:`FrameSplitter` decodes those
+  daemon's CPU at 10,000 nodes (docs/benchmarks.md); the SDK's nodes and clients receive as
+  many (assignments, acknowledgements, done messages). :class:`FrameSplitter` decodes those
   frames itself, ~1.5 µs, and hands everything else to wsproto, whole and in order.
 - **What is decoded here:** a frame that is complete in the bytes at hand, final (FIN), has no
-  RSV bits (no extension), is masked (a client's), is text or binary, is not inside a
-  fragmented message, carries at most ``limit`` bytes and a length below 65,536, and (text)
-  is valid UTF-8. Anything else (control frames, fragments, continuation frames, oversize or
-  invalid frames, frames split across reads) goes to wsproto, which answers, reassembles or
-  refuses them as before.
+  RSV bits (no extension), is masked if the reader is a server and unmasked if it is a client
+  (as RFC 6455 requires of each peer), is text or binary, is not inside a fragmented message,
+  carries at most ``limit`` bytes and a length below 65,536, and (text) is valid UTF-8.
+  Anything else (control frames, fragments, continuation frames, oversize or invalid frames,
+  frames split across reads) goes to wsproto, which answers, reassembles or refuses them as
+  before.
 - **Alignment.** wsproto must only ever hold whole frames or the start of the frame it is
   being fed, so the splitter reads every header itself: it keeps a header split across reads
   until it is whole, and feeds a frame it does not decode to wsproto to its last byte (across
-  reads) before it looks at the next. It must start at a frame boundary: a server's wsproto
-  connection right after the handshake (it keeps no bytes that followed the request). A
-  client's may hold the start of a frame that came with the handshake response: do not use it
-  there.
+  reads) before it looks at the next. It must start at a frame boundary: right after the HTTP
+  head of the handshake. So both handshakes (the SDK's client, the daemon's transport) feed
+  wsproto the head only (:class:`HeadSplitter` finds where it ends) and hand what followed it
+  to the channel, which reads it first.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
-__all__ = ["FrameSplitter", "encode_message", "unmask"]
+__all__ = ["FrameSplitter", "HeadSplitter", "encode_message", "unmask"]
 
 _FIN: Final = 0x80
 _RSV: Final = 0x70
@@ -36,6 +38,37 @@ _TEXT: Final = 0x1
 _BINARY: Final = 0x2
 _CONTINUATION: Final = 0x0
 _CONTROL: Final = 0x8
+
+
+class HeadSplitter:
+    """Splits what a handshake reads into the HTTP head, fed to wsproto as it arrives, and what
+    follows it: the first frames, which a channel reads from a frame boundary (see the module).
+    wsproto keeps what follows a response's head and drops what follows a request's."""
+
+    __slots__ = ("_tail", "done")
+
+    def __init__(self) -> None:
+        self._tail = b""  # the last bytes of the head so far: its end may span two reads
+        self.done = False  # the head has ended
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes]:
+        """(the part of ``data`` that belongs to the head, the part after it)."""
+        if self.done:
+            return b"", data
+        probe = self._tail + data
+        end = probe.find(b"\r\n\r\n")
+        if end < 0:
+            self._tail = probe[-3:]
+            return data, b""
+        self.done = True
+        cut = end + 4 - len(self._tail)
+        return data[:cut], data[cut:]
+
+    def chunks(self, data: bytes) -> list[bytes | None]:
+        """What to feed wsproto, in order, for one read: the head's part, what followed it,
+        then the end of the stream (None) when ``data`` is empty."""
+        head, rest = self.feed(data)
+        return [part for part in (head, rest) if part] + ([] if data else [None])
 
 
 def unmask(payload: bytes, key: bytes) -> bytes:
@@ -71,16 +104,20 @@ def encode_message(payload: bytes, *, text: bool, masked: bool) -> bytes:
 
 
 class FrameSplitter:
-    """Splits what a WebSocket server reads into messages it decoded and bytes for wsproto.
+    """Splits what one end of a WebSocket reads into messages it decoded and bytes for wsproto.
 
     :param limit: the largest message decoded here, in bytes; larger ones go to wsproto (whose
         events the channel checks against its own limit).
+    :param server: the reader is the server, whose peer masks every frame (True), or the
+        client, whose peer masks none (False). A frame masked the other way goes to wsproto,
+        which refuses it.
     """
 
-    __slots__ = ("_fragmented", "_head", "_left", "limit")
+    __slots__ = ("_fragmented", "_head", "_left", "limit", "masked")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, server: bool = True) -> None:
         self.limit = limit
+        self.masked = _MASKED if server else 0  # the mask bit of the frames decoded here
         self._head = b""  # the start of a frame header, incomplete
         self._left = 0  # bytes of the current frame still to go to wsproto
         self._fragmented = False  # wsproto is inside a fragmented message
@@ -127,10 +164,11 @@ class FrameSplitter:
                 break
             stop = start + size
             opcode = b0 & _OPCODE
-            if (stop <= end and b0 & (_FIN | _RSV) == _FIN and masked and size < 65536
-                    and size <= self.limit and not self._fragmented
+            if (stop <= end and b0 & (_FIN | _RSV) == _FIN and masked == self.masked
+                    and size < 65536 and size <= self.limit and not self._fragmented
                     and opcode in (_TEXT, _BINARY)):
-                payload = unmask(buf[start:stop], buf[start - 4:start])
+                payload = (unmask(buf[start:stop], buf[start - 4:start]) if masked
+                           else buf[start:stop])
                 if opcode == _BINARY:
                     out.append((True, payload))
                     pos = stop

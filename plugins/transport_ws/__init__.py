@@ -47,6 +47,7 @@ from schedd.plugins._listener import (
     valid_listen,
 )
 from schedd.sdk.connect import RECEIVE_SIZE, WebSocketChannel, close_stream, read_when_ready
+from schedd.sdk.wsframes import HeadSplitter
 
 __all__ = [
     "PLUGIN_NAME",
@@ -93,33 +94,39 @@ def schedd_services(app: App) -> list[Service]:
     return [serve]
 
 
-async def accept_upgrade(stream: trio.abc.Stream, path: str, peer: str) -> WSConnection | None:
+async def accept_upgrade(
+    stream: trio.abc.Stream, path: str, peer: str,
+) -> tuple[WSConnection, bytes] | None:
     """Read the HTTP upgrade request from ``stream`` and answer it.
 
-    Returns the open connection, or ``None`` once the request was refused (HTTP 404 for another
-    path, 400 for anything that is not a WebSocket upgrade) or the peer left without one. The
-    caller bounds the time and closes the stream after a refusal. Bytes that came after the
-    request stay in the returned connection (the channel reads them first).
+    Returns the open connection and the bytes that came after the request (frames a client
+    sent early: ``WebSocketChannel(..., leftover=...)`` reads them first), or ``None`` once the
+    request was refused (HTTP 404 for another path, 400 for anything that is not a WebSocket
+    upgrade) or the peer left without one. The caller bounds the time and closes the stream
+    after a refusal.
     """
     ws = WSConnection(ConnectionType.SERVER)
     sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+    head = HeadSplitter()
     while True:
         if sock is not None:
             data = await read_when_ready(sock, RECEIVE_SIZE)
         else:
             data = bytes(await stream.receive_some(RECEIVE_SIZE))
+        chunks = head.chunks(data)  # wsproto gets the request's head only: it drops the rest
         try:
-            ws.receive_data(data or None)
-            for event in ws.events():
-                if not isinstance(event, Request):
-                    continue
-                if event.target.partition("?")[0] != path:
-                    log.debug("%s: WebSocket upgrade for %r refused: not %r", peer, event.target,
-                              path)
-                    await stream.send_all(_not_found(ws))
-                    return None
-                await stream.send_all(ws.send(AcceptConnection()))
-                return ws
+            for i, chunk in enumerate(chunks):
+                ws.receive_data(chunk)
+                for event in ws.events():
+                    if not isinstance(event, Request):
+                        continue
+                    if event.target.partition("?")[0] != path:
+                        log.debug("%s: WebSocket upgrade for %r refused: not %r", peer,
+                                  event.target, path)
+                        await stream.send_all(_not_found(ws))
+                        return None
+                    await stream.send_all(ws.send(AcceptConnection()))
+                    return ws, b"".join(rest for rest in chunks[i + 1:] if rest)
         except RemoteProtocolError as exc:
             log.debug("%s: not a WebSocket upgrade: %s", peer, exc)
             if isinstance(exc.event_hint, RejectConnection):
@@ -139,15 +146,17 @@ def _not_found(ws: WSConnection) -> bytes:
 
 async def _serve_connection(app: App, path: str, stream: trio.abc.Stream, peer: str) -> None:
     limits = app.limits
-    ws: WSConnection | None = None
+    upgraded: tuple[WSConnection, bytes] | None = None
     with trio.move_on_after(limits.handshake_timeout):
         if isinstance(stream, trio.SSLStream):
             await stream.do_handshake()
-        ws = await accept_upgrade(stream, path, peer)
-    if ws is None:
+        upgraded = await accept_upgrade(stream, path, peer)
+    if upgraded is None:
         await close_stream(stream)
         return
-    channel = WebSocketChannel(stream, ws, peer, limits.max_frame, hub=app.readiness)
+    ws, leftover = upgraded
+    channel = WebSocketChannel(stream, ws, peer, limits.max_frame, hub=app.readiness,
+                               leftover=leftover)
     try:
         await app.serve_channel(channel)
     finally:

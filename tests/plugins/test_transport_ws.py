@@ -78,6 +78,30 @@ async def test_round_trip_reports_the_real_port() -> None:
     assert app.closed and "1000" in app.closed[0]  # the client's close frame was seen
 
 
+async def test_both_ends_give_wsproto_only_the_handshake_heads_of_a_plain_exchange(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fed: list[tuple[bool, bytes | None]] = []
+    real = WSConnection.receive_data
+
+    def spy(self: WSConnection, data: bytes | None) -> None:
+        fed.append((self.client, data))
+        real(self, data)
+
+    monkeypatch.setattr(WSConnection, "receive_data", spy)
+    app = app_for()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await start(nursery, transport_ws.serve, app, PLUGIN)
+            async with open_channel(url) as channel:
+                for index in range(20):
+                    await channel.send(b'{"n": %d}' % index)
+                    assert await channel.receive() == f'{{"n": {index}}}'
+                # the request's head to the server's wsproto, the response's to the client's
+                assert [client for client, _ in fed] == [False, True]
+                assert all(data is not None and data.endswith(b"\r\n\r\n") for _, data in fed)
+            nursery.cancel_scope.cancel()
+
+
 async def test_text_and_binary_are_answered_in_kind() -> None:
     app = app_for()
     with trio.fail_after(10):

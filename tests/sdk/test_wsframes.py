@@ -1,5 +1,5 @@
-"""The WebSocket server's own decoding of common frames (schedd.sdk.wsframes), checked against
-wsproto: the same messages, in the same order, whatever the reads."""
+"""The channels' own decoding of common WebSocket frames (schedd.sdk.wsframes), checked against
+wsproto: the same messages, in the same order, whatever the reads, on either end."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from schedd.sdk.wsframes import FrameSplitter, encode_message, unmask
+from schedd.sdk.wsframes import FrameSplitter, HeadSplitter, encode_message, unmask
 
 LIMIT = 1 << 20
 
@@ -33,7 +33,8 @@ def _pair() -> tuple[WSConnection, WSConnection]:
 
 
 def _stream(client: WSConnection) -> tuple[bytes, list[Any]]:
-    """A client's bytes holding every kind of frame, and what a server should make of them."""
+    """A peer's bytes holding every kind of frame (masked if ``client`` is a client's), and
+    what the other end should make of them."""
     big = "x" * 70_000  # a 64-bit length: wsproto's
     parts = [
         client.send(TextMessage(data='{"type":"heartbeat"}')),
@@ -54,9 +55,9 @@ def _stream(client: WSConnection) -> tuple[bytes, list[Any]]:
 
 
 def _serve(server: WSConnection, chunks: list[bytes], limit: int = LIMIT) -> tuple[list[Any], int]:
-    """What a server makes of ``chunks`` through the splitter and wsproto, as the channel
-    does; and how many bytes went to wsproto."""
-    splitter = FrameSplitter(limit)
+    """What ``server`` (either end, despite the name) makes of ``chunks`` through the splitter
+    and wsproto, as the channel does; and how many bytes went to wsproto."""
+    splitter = FrameSplitter(limit, server=not server.client)
     got: list[Any] = []
     parts: list[Any] = []
     to_wsproto = 0
@@ -93,9 +94,16 @@ def test_whole_stream_in_one_read() -> None:
     assert got == expected
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_any_split_of_the_reads(seed: int) -> None:
+def _ends(side: str) -> tuple[WSConnection, WSConnection]:
+    """(sender, reader): a client's frames read by a server, or the other way round."""
     client, server = _pair()
+    return (client, server) if side == "server" else (server, client)
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("seed", range(30))
+def test_any_split_of_the_reads(seed: int, side: str) -> None:
+    client, server = _ends(side)
     data, expected = _stream(client)
     rng = random.Random(seed)
     cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 40)))
@@ -113,8 +121,9 @@ def test_every_split_of_one_small_frame_keeps_it_whole() -> None:
         assert got == ["hello"], cut
 
 
-def test_complete_small_messages_never_reach_wsproto() -> None:
-    client, server = _pair()
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_complete_small_messages_never_reach_wsproto(side: str) -> None:
+    client, server = _ends(side)
     data = b"".join(client.send(TextMessage(data=f"m{i}")) for i in range(50))
     data += client.send(BytesMessage(data=b"\xff" * 300))
     got, to_wsproto = _serve(server, [data])
@@ -144,6 +153,17 @@ def test_what_wsproto_refuses_still_goes_to_wsproto(frame: bytes, close_code: in
     assert got == [("close", close_code)]
 
 
+@pytest.mark.parametrize(("frame", "close_code"), [
+    (_frame(0x81, b"masked"), 1002),  # a server's frame must not be masked
+    (b"\x81\x02\xc3\x28", 1007),  # invalid UTF-8
+])
+def test_what_a_client_must_refuse_goes_to_wsproto(frame: bytes, close_code: int) -> None:
+    client, _ = _pair()
+    got, to_wsproto = _serve(client, [frame])
+    assert to_wsproto == len(frame)
+    assert got == [("close", close_code)]
+
+
 def test_a_message_above_the_limit_goes_to_wsproto() -> None:
     client, server = _pair()
     frame = client.send(TextMessage(data="x" * 100))
@@ -158,6 +178,43 @@ def test_release_returns_a_held_header() -> None:
     assert splitter.feed(frame[:3]) == []
     assert splitter.release() == frame[:3]
     assert splitter.release() == b""
+
+
+def _handshake_bytes() -> tuple[bytes, bytes]:
+    """A real upgrade request and its 101 response."""
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    request = client.send(Request(host="h", target="/"))
+    server.receive_data(request)
+    assert any(isinstance(e, Request) for e in server.events())
+    return request, server.send(AcceptConnection())
+
+
+@pytest.mark.parametrize("which", ["request", "response"])
+def test_the_head_splitter_cuts_at_the_end_of_the_head_at_every_split(which: str) -> None:
+    request, response = _handshake_bytes()
+    head = request if which == "request" else response
+    frames = encode_message(b"m0", text=True, masked=False) + b"\x81\x02m1"
+    data = head + frames
+    for cut in range(len(data) + 1):
+        splitter = HeadSplitter()
+        parts = [splitter.feed(data[:cut]), splitter.feed(data[cut:])]
+        assert b"".join(p[0] for p in parts) == head, cut
+        assert b"".join(p[1] for p in parts) == frames, cut
+        assert splitter.done
+        assert splitter.feed(b"later") == (b"", b"later")
+
+
+def test_the_head_splitter_feeds_the_end_of_the_stream_and_never_invents_an_end() -> None:
+    splitter = HeadSplitter()
+    assert splitter.chunks(b"HTTP/1.1 101 OK\r\n") == [b"HTTP/1.1 101 OK\r\n"]
+    assert splitter.chunks(b"") == [None]  # the peer left: wsproto says what that means
+    assert not splitter.done
+    bare = HeadSplitter()  # a head ended by bare line feeds is not found: all goes to wsproto
+    assert bare.chunks(b"HTTP/1.1 101 OK\nUpgrade: websocket\n\n\x81\x01x") == [
+        b"HTTP/1.1 101 OK\nUpgrade: websocket\n\n\x81\x01x"]
+    assert not bare.done
+    ended = HeadSplitter()
+    assert ended.chunks(b"GET / HTTP/1.1\r\n\r\nrest") == [b"GET / HTTP/1.1\r\n\r\n", b"rest"]
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 1000])
@@ -259,3 +316,102 @@ async def test_the_channel_refuses_to_send_bad_text_or_on_a_closing_connection()
     with pytest.raises(ChannelClosed, match="closing"):
         await client.send(b"{}")
     await client.aclose()
+
+
+# -- what comes with the handshake -------------------------------------------------------------
+
+
+async def test_a_client_decodes_the_frames_that_came_with_the_handshake_response() -> None:
+    """The response's head goes to wsproto, the frames behind it (same write) to the channel,
+    which decodes them itself, in order, before what comes later."""
+    import socket
+
+    import trio
+
+    from schedd.sdk.connect import WebSocketChannel, _parse_url, _websocket_handshake
+
+    ours, theirs = socket.socketpair()
+    server = WSConnection(ConnectionType.SERVER)
+    first = b"".join(encode_message(f"m{i}".encode(), text=True, masked=False) for i in range(3))
+
+    async def serve() -> None:
+        peer = trio.socket.from_stdlib_socket(theirs)
+        while not any(isinstance(e, Request) for e in server.events()):
+            server.receive_data(await peer.recv(65536))
+        await peer.send(server.send(AcceptConnection()) + first)  # one write
+
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            ws, leftover = await _websocket_handshake(stream, _parse_url("ws://h/", None))
+        assert leftover == first
+        channel = WebSocketChannel(stream, ws, "server", LIMIT, leftover=leftover)
+        fed: list[bytes | None] = []
+        real = ws.receive_data
+        ws.receive_data = lambda data: (fed.append(data), real(data))[1]  # type: ignore[method-assign]
+        theirs.sendall(encode_message(b"m3", text=True, masked=False))
+        assert [await channel.receive() for _ in range(4)] == ["m0", "m1", "m2", "m3"]
+        assert fed == []  # none of it went through wsproto
+        await channel.aclose()
+    theirs.close()
+
+
+async def test_a_client_without_the_bytes_behind_the_head_leaves_decoding_to_wsproto() -> None:
+    """A client channel not told what followed the handshake (its wsproto may hold the start
+    of a frame) decodes with wsproto only."""
+    import socket
+
+    import trio
+
+    from schedd.sdk.connect import WebSocketChannel
+
+    ours, theirs = socket.socketpair()
+    client, _ = _pair()
+    client.receive_data(encode_message(b"held", text=True, masked=False)[:3])  # half a frame
+    channel = WebSocketChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), client,
+                               "server", LIMIT)
+    theirs.sendall(encode_message(b"held", text=True, masked=False)[3:]
+                   + encode_message(b"next", text=True, masked=False))
+    with trio.fail_after(5):
+        assert [await channel.receive() for _ in range(2)] == ["held", "next"]
+    await channel.aclose()
+    theirs.close()
+
+
+@pytest.mark.parametrize("hub", [False, True])
+async def test_a_server_reads_frames_sent_right_behind_the_upgrade_request(hub: bool) -> None:
+    """wsproto's server drops what follows the request in the same read; the transport's
+    handshake feeds it the head only and the channel reads the rest first."""
+    import socket
+
+    import trio
+
+    from schedd.plugins.transport_ws import accept_upgrade
+    from schedd.sdk.connect import WebSocketChannel
+    from schedd.sdk.readiness import ReadinessHub
+
+    ours, theirs = socket.socketpair()
+    client = WSConnection(ConnectionType.CLIENT)
+    # (wsproto will not send frames before the answer: built by hand)
+    early = encode_message(b"early", text=True, masked=True) + _frame(0x89, b"p")
+    theirs.sendall(client.send(Request(host="h", target="/")) + early)  # one write
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    readiness = ReadinessHub()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            if hub:
+                await nursery.start(readiness.serve)
+            upgraded = await accept_upgrade(stream, "/", "peer")
+            assert upgraded is not None
+            ws, leftover = upgraded
+            assert leftover == early
+            channel = WebSocketChannel(stream, ws, "peer", LIMIT, hub=readiness if hub else None,
+                                       leftover=leftover)
+            theirs.sendall(encode_message(b"later", text=True, masked=True))
+            assert [await channel.receive() for _ in range(2)] == ["early", "later"]
+            client.receive_data(theirs.recv(65536))  # the 101, then the pong
+            assert [type(e).__name__ for e in client.events()] == ["AcceptConnection", "Pong"]
+            await channel.aclose()
+            nursery.cancel_scope.cancel()
+    theirs.close()
