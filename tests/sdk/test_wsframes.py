@@ -357,6 +357,40 @@ async def test_a_client_decodes_the_frames_that_came_with_the_handshake_response
     theirs.close()
 
 
+async def test_a_response_head_ended_by_bare_line_feeds_leaves_the_frames_to_wsproto() -> None:
+    """wsproto accepts a head whose lines end in a bare LF; its end is not found, wsproto keeps
+    what followed it, and the client channel decodes with wsproto only: nothing is lost."""
+    import socket
+
+    import trio
+
+    from schedd.sdk.connect import WebSocketChannel, _parse_url, _websocket_handshake
+
+    ours, theirs = socket.socketpair()
+    server = WSConnection(ConnectionType.SERVER)
+    m0 = encode_message(b"m0" * 10, text=True, masked=False)
+
+    async def serve() -> None:
+        peer = trio.socket.from_stdlib_socket(theirs)
+        while not any(isinstance(e, Request) for e in server.events()):
+            server.receive_data(await peer.recv(65536))
+        response = server.send(AcceptConnection()).replace(b"\r\n", b"\n")
+        await peer.send(response + m0[:3])  # and the start of a frame
+
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            ws, leftover = await _websocket_handshake(stream, _parse_url("ws://h/", None))
+        assert leftover is None
+        channel = WebSocketChannel(stream, ws, "server", LIMIT, leftover=leftover)
+        assert channel._frames is None  # wsproto alone: it holds the start of a frame
+        theirs.sendall(m0[3:] + encode_message(b"m1", text=True, masked=False))
+        assert [await channel.receive() for _ in range(2)] == ["m0" * 10, "m1"]
+        await channel.aclose()
+    theirs.close()
+
+
 async def test_a_client_without_the_bytes_behind_the_head_leaves_decoding_to_wsproto() -> None:
     """A client channel not told what followed the handshake (its wsproto may hold the start
     of a frame) decodes with wsproto only."""
@@ -371,6 +405,7 @@ async def test_a_client_without_the_bytes_behind_the_head_leaves_decoding_to_wsp
     client.receive_data(encode_message(b"held", text=True, masked=False)[:3])  # half a frame
     channel = WebSocketChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), client,
                                "server", LIMIT)
+    assert channel._frames is None  # (misaligned, the splitter could misread a frame)
     theirs.sendall(encode_message(b"held", text=True, masked=False)[3:]
                    + encode_message(b"next", text=True, masked=False))
     with trio.fail_after(5):
