@@ -1137,19 +1137,17 @@ async def _check_reachable(urls: Sequence[str]) -> None:
     raise failure
 
 
-async def _cancel_on_signal(scope: trio.CancelScope, logger: logging.Logger) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _cancel_on_signal(
+    scope: trio.CancelScope, logger: logging.Logger,
+    signums: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+    stopped_by: list[signal.Signals] | None = None,
+) -> None:
+    """Cancel ``scope`` at the first of ``signums``, noting it in ``stopped_by`` if given."""
+    with trio.open_signal_receiver(*signums) as signals:
         async for signum in signals:
             logger.info("%s: stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return
-
-
-async def _record_signal(scope: trio.CancelScope, stopped_by: list[signal.Signals]) -> None:
-    """Cancel ``scope`` at the first Ctrl-C, SIGTERM or SIGHUP, noting which it was."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            stopped_by.append(signal.Signals(signum))
+            if stopped_by is not None:
+                stopped_by.append(signal.Signals(signum))
             scope.cancel()
             return
 
@@ -1239,7 +1237,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         # process the scenarios started is stopped on the way out (a signal's default action
         # would leave them running).
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_record_signal, nursery.cancel_scope, stopped_by)
+            nursery.start_soon(_cancel_on_signal, nursery.cancel_scope, log,
+                               (signal.SIGINT, signal.SIGTERM, signal.SIGHUP), stopped_by)
             document = await run_bench(args.scenarios, options, checkpoint)
             nursery.cancel_scope.cancel()
             return document

@@ -48,7 +48,7 @@ import os
 import select
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from typing import Final, Generic, NoReturn, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -86,6 +86,7 @@ __all__ = [
     "WebSocketChannel",
     "close_stream",
     "format_address",
+    "handshake_events",
     "open_channel",
     "peer_address",
     "read_when_ready",
@@ -890,18 +891,27 @@ def _refused(target: _Target, status: int, body: bytes) -> NoReturn:
     )
 
 
-def _after_head(head: HeadSplitter, rest: list[bytes | None]) -> bytes | None:
-    """What followed the handshake's head (``rest``: the chunks not fed to wsproto), for the
-    channel to read first; None if the head's end was not found (a head ended by bare line
-    feeds, which wsproto accepts): wsproto may then hold the start of a frame."""
-    return b"".join(chunk for chunk in rest if chunk) if head.done else None
+def handshake_events(
+    ws: WSConnection, head: HeadSplitter, data: bytes,
+) -> Iterator[tuple[Event, bytes | None]]:
+    """Feed one handshake read to ``ws`` (the HTTP head only, see schedd.sdk.wsframes) and
+    yield each event with what followed the head and was not fed: the bytes a channel built
+    on that event reads first (``leftover``). None if the head's end was not found (a head
+    ended by bare line feeds, which wsproto accepts): wsproto may then hold the start of a
+    frame. Raises wsproto's ``RemoteProtocolError`` as ``receive_data`` does."""
+    chunks = head.chunks(data)
+    for i, chunk in enumerate(chunks):
+        ws.receive_data(chunk)
+        for event in ws.events():
+            rest = b"".join(c for c in chunks[i + 1:] if c) if head.done else None
+            yield event, rest
 
 
 async def _websocket_handshake(
     stream: trio.abc.Stream, target: _Target,
 ) -> tuple[WSConnection, bytes | None]:
     """Send the upgrade request and read the answer: the open connection and the bytes that
-    followed the response (for the channel to read first; see _after_head), or
+    followed the response (for the channel to read first; see handshake_events), or
     ConnectFailed."""
     ws = WSConnection(ConnectionType.CLIENT)
     status = 0
@@ -911,17 +921,10 @@ async def _websocket_handshake(
         await stream.send_all(ws.send(Request(host=target.host_header, target=target.resource)))
         while True:
             data = bytes(await stream.receive_some(RECEIVE_SIZE))
-            chunks = head.chunks(data)
-            for i, chunk in enumerate(chunks):
-                try:
-                    ws.receive_data(chunk)
-                except RemoteProtocolError as exc:
-                    raise ConnectFailed(
-                        f"cannot connect to {target.url}: not a WebSocket server ({exc})"
-                    ) from None
-                for event in ws.events():
+            try:
+                for event, leftover in handshake_events(ws, head, data):
                     if isinstance(event, AcceptConnection):
-                        return ws, _after_head(head, chunks[i + 1:])
+                        return ws, leftover
                     if isinstance(event, RejectConnection):
                         status = event.status_code
                         if not event.has_body:
@@ -931,6 +934,10 @@ async def _websocket_handshake(
                             body += event.data
                         if event.body_finished:
                             _refused(target, status, bytes(body))
+            except RemoteProtocolError as exc:
+                raise ConnectFailed(
+                    f"cannot connect to {target.url}: not a WebSocket server ({exc})"
+                ) from None
             if not data:
                 raise ConnectFailed(
                     f"cannot connect to {target.url}: the server closed the connection "

@@ -46,7 +46,13 @@ from schedd.plugins._listener import (
     serve_transport,
     valid_listen,
 )
-from schedd.sdk.connect import RECEIVE_SIZE, WebSocketChannel, close_stream, read_when_ready
+from schedd.sdk.connect import (
+    RECEIVE_SIZE,
+    WebSocketChannel,
+    close_stream,
+    handshake_events,
+    read_when_ready,
+)
 from schedd.sdk.wsframes import HeadSplitter
 
 __all__ = [
@@ -96,7 +102,7 @@ def schedd_services(app: App) -> list[Service]:
 
 async def accept_upgrade(
     stream: trio.abc.Stream, path: str, peer: str,
-) -> tuple[WSConnection, bytes] | None:
+) -> tuple[WSConnection, bytes | None] | None:
     """Read the HTTP upgrade request from ``stream`` and answer it.
 
     Returns the open connection and the bytes that came after the request (frames a client
@@ -113,20 +119,17 @@ async def accept_upgrade(
             data = await read_when_ready(sock, RECEIVE_SIZE)
         else:
             data = bytes(await stream.receive_some(RECEIVE_SIZE))
-        chunks = head.chunks(data)  # wsproto gets the request's head only: it drops the rest
-        try:
-            for i, chunk in enumerate(chunks):
-                ws.receive_data(chunk)
-                for event in ws.events():
-                    if not isinstance(event, Request):
-                        continue
-                    if event.target.partition("?")[0] != path:
-                        log.debug("%s: WebSocket upgrade for %r refused: not %r", peer,
-                                  event.target, path)
-                        await stream.send_all(_not_found(ws))
-                        return None
-                    await stream.send_all(ws.send(AcceptConnection()))
-                    return ws, b"".join(rest for rest in chunks[i + 1:] if rest)
+        try:  # wsproto gets the request's head only: it would drop what follows
+            for event, leftover in handshake_events(ws, head, data):
+                if not isinstance(event, Request):
+                    continue
+                if event.target.partition("?")[0] != path:
+                    log.debug("%s: WebSocket upgrade for %r refused: not %r", peer, event.target,
+                              path)
+                    await stream.send_all(_not_found(ws))
+                    return None
+                await stream.send_all(ws.send(AcceptConnection()))
+                return ws, leftover
         except RemoteProtocolError as exc:
             log.debug("%s: not a WebSocket upgrade: %s", peer, exc)
             if isinstance(exc.event_hint, RejectConnection):
@@ -146,7 +149,7 @@ def _not_found(ws: WSConnection) -> bytes:
 
 async def _serve_connection(app: App, path: str, stream: trio.abc.Stream, peer: str) -> None:
     limits = app.limits
-    upgraded: tuple[WSConnection, bytes] | None = None
+    upgraded: tuple[WSConnection, bytes | None] | None = None
     with trio.move_on_after(limits.handshake_timeout):
         if isinstance(stream, trio.SSLStream):
             await stream.do_handshake()
