@@ -51,6 +51,13 @@ def _stats(info: bytes) -> dict[str, dict[str, float]]:
     return out
 
 
+async def _script_stats(store: Store) -> dict[str, float]:
+    """calls, usec and usec_per_call of the scripts since ``CONFIG RESETSTAT`` (FCALL, or
+    EVALSHA where the server runs no functions)."""
+    commandstats = _stats(await store.execute("INFO", "commandstats"))
+    return commandstats.get("fcall") or commandstats["evalsha"]
+
+
 async def _memory_usage(store: Store, key: str) -> int:
     return int(await store.execute("MEMORY", "USAGE", key, "SAMPLES", "0") or 0)
 
@@ -79,8 +86,7 @@ async def _back_to_back(store: Store, core: Core, calls: int,
                 nursery.start_soon(submit_every, first)
     finally:
         os.sched_setaffinity(0, before)
-    commandstats = _stats(await store.execute("INFO", "commandstats"))
-    stats = commandstats.get("fcall") or commandstats["evalsha"]
+    stats = await _script_stats(store)
     assert int(stats["calls"]) == calls, stats
     return round(stats["usec_per_call"], 2)
 
@@ -102,8 +108,7 @@ async def measure(store: Store, nodes: int, calls: int,
     await store.execute("CONFIG", "RESETSTAT")
     for i in range(calls):
         await core.submit(JobSpec(pools=("p",), job_id=f"job-{i:06d}", payload_json='{"n": 1}'))
-    commandstats = _stats(await store.execute("INFO", "commandstats"))
-    stats = commandstats.get("fcall") or commandstats["evalsha"]
+    stats = await _script_stats(store)
     job_id = "job-000000"
     node_id = (await store.execute("HGET", k.job(job_id), "node")).decode()
     await core.result(job_id, node_id=node_id, attempt=1, ok=True, output_json='{"text": "ok"}')
