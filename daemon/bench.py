@@ -17,6 +17,10 @@ Scenarios: S1 dispatch latency (open loop), S2 throughput (closed loop, concurre
 p99 passes 50 ms), S3 heartbeat scale (daemon CPU, RSS, heartbeat script calls per second,
 dispatch p99 under that load), S4 script cost (:mod:`schedd.benchmarks.script_cost`), S5
 failover (nodes dropped or silenced while jobs run: time to reassignment, jobs lost).
+
+Before the scenarios, with nothing of the bench running, :mod:`schedd.benchmarks.host_probe`
+looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put
+a floor under every latency tail measured here.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import attrs
 import orjson
 import trio
 
+from schedd.benchmarks import host_probe
 from schedd.channel import Channel, ChannelClosed
 from schedd.protocol import PROTOCOL_VERSION
 from schedd.redis_process import RedisServer, free_port
@@ -53,6 +58,8 @@ SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5", "CHAOS")
 SCHEDD: Final = str(Path(sys.executable).parent / "schedd")
 POOL: Final = "p"
 PAYLOAD: Final = {"n": 1}
+#: Seconds the host probe runs before the scenarios, by scale.
+HOST_PROBE_SECONDS: Final = {"full": 10.0, "tiny": 1.0}
 #: Seconds to wait for the last jobs' done after a load ends; later ones count as lost.
 DRAIN_TIMEOUT: Final = 15.0
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -133,6 +140,27 @@ def machine() -> dict[str, Any]:
                            check=False).stdout.strip()
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
             "redis": redis, "platform": platform.platform(), "python_loop_ms": host_speed()}
+
+
+async def probe_host(seconds: float) -> dict[str, Any]:
+    """Run :mod:`schedd.benchmarks.host_probe` for ``seconds`` in a process of its own (in the
+    real-time class where allowed); its result, or ``{"failed": reason}``: a probe that cannot
+    run must not stop the bench."""
+    command = [sys.executable, "-m", "schedd.benchmarks.host_probe", "--seconds", f"{seconds:g}"]
+    try:
+        proc = await trio.run_process(command, capture_stdout=True, capture_stderr=True,
+                                      check=False)
+    except OSError as exc:
+        return {"failed": f"cannot start {command[0]}: {exc}"}
+    lines = proc.stdout.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        reason = proc.stderr.decode(errors="replace").strip().splitlines()
+        return {"failed": f"exit {proc.returncode}: {reason[-1] if reason else 'no output'}"}
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except ValueError:
+        return {"failed": f"not JSON: {lines[-1][:200]!r}"}
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -763,9 +791,14 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
     ``checkpoint`` receives the document after every scenario (the CLI writes the JSON file).
     """
     results: dict[str, Any] = {}
-    document = {"machine": machine(), "scale": opt.scale, "transport": opt.transport,
+    host = machine()
+    document: dict[str, Any] = {"machine": host, "scale": opt.scale, "transport": opt.transport,
                 "settings": [f"{section}.{key}={value}" for section, key, value in opt.settings],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}
+    seconds = HOST_PROBE_SECONDS[opt.scale]
+    opt.say(f"HOST: probing for stalls of the CPUs, {seconds:g} s")
+    host["host_stalls"] = stalls = await probe_host(seconds)
+    opt.say(f"HOST: {host_probe.describe(stalls)}")
     for name in scenarios:
         params = SCALES[opt.scale][name]
         opt.say(f"{name}: {json.dumps(params)}")
@@ -808,6 +841,10 @@ def table(document: dict[str, Any]) -> str:
     speed = document.get("machine", {}).get("python_loop_ms")
     if speed is not None:
         rows.append(("HOST", "reference Python loop (lower: faster)", f"{speed} ms"))
+    stalls = document.get("machine", {}).get("host_stalls")
+    if stalls is not None:
+        rows.append(("HOST", "CPU stalls (host_probe, before the scenarios)",
+                     host_probe.describe(stalls)))
     if document.get("settings"):
         rows.append(("HOST", "daemon settings (--set)", ", ".join(document["settings"])))
     r = {name: res for name, res in document["results"].items() if "failed" not in res}

@@ -49,6 +49,11 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert doc["machine"]["cpus"] >= 1
     assert doc["machine"]["python_loop_ms"] > 0  # the host's speed, to compare runs
     assert f"{doc['machine']['python_loop_ms']} ms" in proc.stdout
+    stalls = doc["machine"]["host_stalls"]  # the host probe ran before the scenarios
+    assert "failed" not in stalls, stalls
+    assert stalls["samples"] > 0 and stalls["stalls"] >= 0
+    assert re.search(r"HOST\s+CPU stalls \(host_probe, before the scenarios\)\s+\d+ stalls in ",
+                     proc.stdout)
     assert doc["settings"] == ["nodes.liveness_refresh=2"]
     assert re.search(r"HOST\s+daemon settings \(--set\)\s+nodes.liveness_refresh=2\n", proc.stdout)
     r = doc["results"]

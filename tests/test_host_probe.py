@@ -1,0 +1,143 @@
+"""The host probe of ``schedd bench``: what it counts as a stall and a burst, its CLI, and the
+bench's handling of a probe that cannot run. Counts are asserted, never this host's timings."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from schedd.bench import probe_host
+from schedd.benchmarks import host_probe
+from schedd.benchmarks.host_probe import Sample, describe, sample, summarize
+
+BASE = 0.0005  # a slice's usual length in these synthetic runs: 0.5 ms
+
+
+def _run(seconds: float, slow: dict[float, float], base: float = BASE) -> list[Sample]:
+    """A slice every 20 ms for ``seconds``; ``slow`` maps a start (rounded to 10 ms) to its
+    length, the others take ``base``."""
+    return [(i * 0.02, slow.get(round(i * 0.02, 2), base)) for i in range(round(seconds / 0.02))]
+
+
+def test_stalls_are_grouped_into_bursts_and_the_period_is_the_median_gap() -> None:
+    samples = _run(6.0, {1.0: 0.008, 1.04: 0.011,  # one burst of two stalls
+                         2.5: 0.006,  # the next, 1.5 s later
+                         4.0: 0.005, 4.2: 0.004,  # 1.5 s later again; 0.2 s apart: one burst
+                         5.8: 0.0045})  # 1.8 s later
+    result = summarize(samples)
+    assert result["samples"] == 300
+    assert result["work_ms"] == 0.5
+    assert result["stalls"] == 6
+    assert result["bursts"] == 4
+    assert result["burst_period_s"] == 1.5  # median of 1.5, 1.5, 1.8
+    assert result["longest_stall_ms"] == 10.5  # 11 ms less the usual 0.5
+
+
+def test_a_slice_is_a_stall_only_when_both_many_times_and_milliseconds_longer() -> None:
+    # 0.5 ms slices: the milliseconds decide
+    short = summarize(_run(2.0, {
+        1.0: 0.0019,  # 3.8 times
+        1.2: 0.0021,  # 4.2 times, but only 1.6 ms longer
+        1.4: 0.0024,  # 4.8 times, 1.9 ms longer
+    }))
+    assert short["stalls"] == 0
+    assert short["bursts"] == 0 and short["burst_period_s"] is None
+    assert short["longest_stall_ms"] == 0.0
+    stalled = summarize(_run(2.0, {1.2: 0.0026}))  # 5.2 times and 2.1 ms longer
+    assert stalled["stalls"] == 1 and stalled["bursts"] == 1
+    assert stalled["burst_period_s"] is None  # one burst has no period
+    assert stalled["longest_stall_ms"] == 2.1
+
+    # 2 ms slices: the factor decides
+    slow_cpu = summarize(_run(2.0, {1.0: 0.0079}, base=0.002))  # 5.9 ms longer, 3.95 times
+    assert slow_cpu["stalls"] == 0
+    assert summarize(_run(2.0, {1.0: 0.0081}, base=0.002))["stalls"] == 1  # 4.05 times
+
+
+def test_no_samples_is_an_error_not_a_clean_host() -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        summarize([])
+
+
+def test_sample_runs_one_slice_per_period_until_the_time_is_up() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def clock() -> float:
+        now[0] += 0.001  # every reading 1 ms after the last: a slice "takes" 1 ms
+        return now[0]
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    samples = sample(0.09, every=0.02, iterations=10, clock=clock, sleep=sleep)
+    assert len(samples) == 5
+    assert all(d == pytest.approx(0.001) for _, d in samples)
+    starts = [t for t, _ in samples]
+    # on a 20 ms grid from the second on (the first is late by the fake clock's reads)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(starts[1:])] == [0.02] * 3
+    assert len(slept) == 4 and all(0 < s < 0.02 for s in slept)  # no sleep before the first
+
+
+def test_describe_names_the_figures_and_a_failure() -> None:
+    result = summarize(_run(4.0, {1.0: 0.008, 2.5: 0.006})) | {"realtime": False}
+    text = describe(result)
+    assert text == "2 stalls in 3.98 s idle (longest 7.5 ms), 2 bursts every 1.5 s (not real-time)"
+    assert describe({"failed": "exit 1: boom"}) == "probe failed: exit 1: boom"
+
+
+def test_cli_prints_one_json_line_and_writes_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "probe.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "schedd.benchmarks.host_probe", "--seconds", "0.2",
+         "--json", str(out)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result == json.loads(out.read_text())
+    assert result["samples"] >= 1
+    assert isinstance(result["realtime"], bool)
+    assert set(result) == {"samples", "seconds", "work_ms", "stalls", "longest_stall_ms",
+                           "bursts", "burst_period_s", "realtime"}
+
+
+def test_cli_refuses_a_duration_that_is_not_positive() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "schedd.benchmarks.host_probe", "--seconds", "0"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "--seconds must be > 0, not 0" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_realtime_is_false_where_the_class_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(host_probe.os, "sched_setscheduler", refuse)
+    assert host_probe.realtime() is False
+
+
+@pytest.mark.parametrize(("executable", "reason"), [
+    ("/nonexistent/python", "cannot start /nonexistent/python: "),
+    ("/bin/false", "exit 1: no output"),
+    ("/bin/echo", "not JSON: '-m schedd.benchmarks.host_probe --seconds 0.1'"),
+])
+def test_the_bench_records_a_probe_that_cannot_run_and_goes_on(
+        monkeypatch: pytest.MonkeyPatch, executable: str, reason: str) -> None:
+    monkeypatch.setattr(sys, "executable", executable)
+    result = trio.run(probe_host, 0.1)
+    assert set(result) == {"failed"}
+    assert result["failed"].startswith(reason)
+
+
+def test_the_bench_reads_the_probe_result() -> None:
+    result = trio.run(probe_host, 0.1)
+    assert "failed" not in result, result
+    assert result["samples"] >= 1 and result["stalls"] >= 0
