@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -142,25 +142,75 @@ def machine() -> dict[str, Any]:
             "redis": redis, "platform": platform.platform(), "python_loop_ms": host_speed()}
 
 
-async def probe_host(seconds: float) -> dict[str, Any]:
-    """Run :mod:`schedd.benchmarks.host_probe` for ``seconds`` in a process of its own (in the
-    real-time class where allowed); its result, or ``{"failed": reason}``: a probe that cannot
-    run must not stop the bench."""
-    command = [sys.executable, "-m", "schedd.benchmarks.host_probe", "--seconds", f"{seconds:g}"]
-    try:
-        proc = await trio.run_process(command, capture_stdout=True, capture_stderr=True,
-                                      check=False)
-    except OSError as exc:
-        return {"failed": f"cannot start {command[0]}: {exc}"}
-    lines = proc.stdout.decode(errors="replace").strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        reason = proc.stderr.decode(errors="replace").strip().splitlines()
-        return {"failed": f"exit {proc.returncode}: {reason[-1] if reason else 'no output'}"}
+_PROBE_MODULE: Final = "schedd.benchmarks.host_probe"
+
+
+def _probe_result(returncode: int | None, stdout: bytes, stderr: bytes) -> dict[str, Any]:
+    lines = stdout.decode(errors="replace").strip().splitlines()
+    if returncode != 0 or not lines:
+        reason = stderr.decode(errors="replace").strip().splitlines()
+        return {"failed": f"exit {returncode}: {reason[-1] if reason else 'no output'}"}
     try:
         result: dict[str, Any] = json.loads(lines[-1])
     except ValueError:
         return {"failed": f"not JSON: {lines[-1][:200]!r}"}
     return result
+
+
+async def probe_host(seconds: float) -> dict[str, Any]:
+    """Run :mod:`schedd.benchmarks.host_probe` for ``seconds`` in a process of its own (in the
+    real-time class where allowed); its result, or ``{"failed": reason}``: a probe that cannot
+    run must not stop the bench."""
+    command = [sys.executable, "-m", _PROBE_MODULE, "--seconds", f"{seconds:g}"]
+    try:
+        proc = await trio.run_process(command, capture_stdout=True, capture_stderr=True,
+                                      check=False)
+    except OSError as exc:
+        return {"failed": f"cannot start {command[0]}: {exc}"}
+    return _probe_result(proc.returncode, proc.stdout, proc.stderr)
+
+
+async def _read_all(stream: trio.abc.ReceiveStream | None) -> bytes:
+    chunks = []
+    while stream is not None and (chunk := await stream.receive_some()):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@asynccontextmanager
+async def probing(into: dict[str, Any]) -> AsyncIterator[None]:
+    """Run the host probe beside the block (``--until-stopped``); when the block ends, however
+    it ends, stop it and put its result, or ``{"failed": reason}``, in ``into``."""
+    command = [sys.executable, "-m", _PROBE_MODULE, "--until-stopped"]
+    try:
+        proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE)
+    except OSError as exc:
+        into["failed"] = f"cannot start {command[0]}: {exc}"
+        yield
+        return
+    stdout = stderr = b""
+    try:
+        # until it says "probing", a SIGTERM would kill it before it reports
+        with trio.move_on_after(10):
+            while proc.stdout is not None and b"\n" not in stdout:
+                chunk = await proc.stdout.receive_some()
+                if not chunk:
+                    break
+                stdout += chunk
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(10):
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)  # it reports and exits
+                stdout += await _read_all(proc.stdout)
+                stderr = await _read_all(proc.stderr)
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        into.update(_probe_result(proc.returncode, stdout, stderr))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,6 +606,8 @@ class Options:
     url: str | None = None
     #: settings of the daemons the bench starts (S1, S2, S3, S5): ``--set``
     settings: tuple[Setting, ...] = ()
+    #: run the host probe beside every scenario (``--probe-during``)
+    probe_during: bool = False
     say: Say = _say
 
 
@@ -803,11 +855,19 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
         params = SCALES[opt.scale][name]
         opt.say(f"{name}: {json.dumps(params)}")
         started = time.perf_counter()
+        during: dict[str, Any] = {}
         try:
-            results[name] = await _RUNNERS[name](opt, params)
+            if opt.probe_during:
+                async with probing(during):
+                    results[name] = await _RUNNERS[name](opt, params)
+            else:
+                results[name] = await _RUNNERS[name](opt, params)
         except Exception as exc:
             results[name] = {"failed": _failure(exc)}
             opt.say(f"{name}: FAILED: {results[name]['failed']}")
+        if during:
+            results[name]["host_stalls_during"] = during
+            opt.say(f"{name}: host: {host_probe.describe(during)}")
         results[name]["params"] = params
         results[name]["wall_s"] = round(time.perf_counter() - started, 1)
         opt.say(f"{name}: finished in {results[name]['wall_s']} s")
@@ -843,7 +903,7 @@ def table(document: dict[str, Any]) -> str:
         rows.append(("HOST", "reference Python loop (lower: faster)", f"{speed} ms"))
     stalls = document.get("machine", {}).get("host_stalls")
     if stalls is not None:
-        rows.append(("HOST", "CPU stalls (host_probe, before the scenarios)",
+        rows.append(("HOST", "CPU stalls (host_probe, idle, before the scenarios)",
                      host_probe.describe(stalls)))
     if document.get("settings"):
         rows.append(("HOST", "daemon settings (--set)", ", ".join(document["settings"])))
@@ -895,6 +955,9 @@ def table(document: dict[str, Any]) -> str:
         rows.append(("CHAOS", "accepted/done/lost/duplicate done",
                      f"{c['accepted']}/{c['done_messages']}/{c['lost']}/{c['duplicate_done']}"
                      f" ({c['jobs_per_second']} jobs/s, {'OK' if c['ok'] else 'FAILED'})"))
+    rows += [(name, "CPU stalls during the run (--probe-during)",
+              host_probe.describe(res["host_stalls_during"]))
+             for name, res in document["results"].items() if "host_stalls_during" in res]
     width = [max(len(row[i]) for row in [("SCEN", "WHAT", "VALUE"), *rows]) for i in range(3)]
     lines = [("SCEN", "WHAT", "VALUE"), *rows]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, width, strict=True)).rstrip()

@@ -52,8 +52,8 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     stalls = doc["machine"]["host_stalls"]  # the host probe ran before the scenarios
     assert "failed" not in stalls, stalls
     assert stalls["samples"] > 0 and stalls["stalls"] >= 0
-    assert re.search(r"HOST\s+CPU stalls \(host_probe, before the scenarios\)\s+\d+ stalls in ",
-                     proc.stdout)
+    assert re.search(r"HOST\s+CPU stalls \(host_probe, idle, before the scenarios\)\s+"
+                     r"\d+ stalls? in ", proc.stdout)
     assert doc["settings"] == ["nodes.liveness_refresh=2"]
     assert re.search(r"HOST\s+daemon settings \(--set\)\s+nodes.liveness_refresh=2\n", proc.stdout)
     r = doc["results"]
@@ -142,8 +142,15 @@ def test_set_with_url_is_refused() -> None:
 
 
 def _children(pid: int) -> list[int]:
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return [int(child) for child in text.split()]
+    """Every child of the process, whichever of its threads started it (trio starts processes
+    from a worker thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return found
 
 
 def _running(pid: int) -> bool:
@@ -160,7 +167,8 @@ def test_sigterm_stops_the_processes_the_bench_started(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     started: list[int] = []
     proc = subprocess.Popen(
-        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "S4,S3", "--json", str(out)],
+        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "S4,S3", "--json", str(out),
+         "--probe-during"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -173,7 +181,10 @@ def test_sigterm_stops_the_processes_the_bench_started(tmp_path: Path) -> None:
         else:
             pytest.fail("S3 never registered its fleet:\n" + "".join(seen)[-3000:])
         started = _children(proc.pid)
-        assert len(started) >= 2, started  # the daemon and its redis-server at least
+        # the daemon, its redis-server and the host probe beside S3 at least
+        assert len(started) >= 3, started
+        assert any(b"schedd.benchmarks.host_probe" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   for pid in started), started
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
@@ -187,7 +198,9 @@ def test_sigterm_stops_the_processes_the_bench_started(tmp_path: Path) -> None:
     assert left == []
     assert "schedd: bench stopped by SIGTERM; the processes it started are stopped; the " \
            f"scenarios that finished (S4) are in {out}" in rest
-    assert set(json.loads(out.read_text())["results"]) == {"S4"}
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"S4"}
+    assert results["S4"]["host_stalls_during"]["samples"] >= 1  # the probe beside S4 reported
     assert proc.stdout is not None and proc.stdout.read() == ""  # no table of a partial run
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from schedd.bench import probe_host
+from schedd.bench import probe_host, probing, table
 from schedd.benchmarks import host_probe
 from schedd.benchmarks.host_probe import Sample, describe, sample, summarize
 
@@ -89,7 +92,9 @@ def test_sample_runs_one_slice_per_period_until_the_time_is_up() -> None:
 def test_describe_names_the_figures_and_a_failure() -> None:
     result = summarize(_run(4.0, {1.0: 0.008, 2.5: 0.006})) | {"realtime": False}
     text = describe(result)
-    assert text == "2 stalls in 3.98 s idle (longest 7.5 ms), 2 bursts every 1.5 s (not real-time)"
+    assert text == "2 stalls in 3.98 s (longest 7.5 ms), 2 bursts every 1.5 s (not real-time)"
+    one = summarize(_run(4.0, {1.0: 0.008})) | {"realtime": True}
+    assert describe(one) == "1 stall in 3.98 s (longest 7.5 ms), 1 burst"
     assert describe({"failed": "exit 1: boom"}) == "probe failed: exit 1: boom"
 
 
@@ -141,3 +146,118 @@ def test_the_bench_reads_the_probe_result() -> None:
     result = trio.run(probe_host, 0.1)
     assert "failed" not in result, result
     assert result["samples"] >= 1 and result["stalls"] >= 0
+
+
+def test_sample_stops_after_the_slice_in_which_stop_says_so() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    samples = sample(float("inf"), every=0.02, iterations=10, clock=clock,
+                     sleep=lambda s: None, stop=stop)
+    assert len(samples) == 3
+
+
+def test_cli_until_stopped_reports_on_sigterm(tmp_path: Path) -> None:
+    out = tmp_path / "probe.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "schedd.benchmarks.host_probe", "--until-stopped",
+         "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "probing\n"
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.3)  # it runs until told
+        proc.send_signal(signal.SIGTERM)
+        rest, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    result = json.loads(rest)
+    assert result["samples"] >= 1 and result == json.loads(out.read_text())
+
+
+def test_cli_takes_a_duration_or_until_stopped_not_both() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "schedd.benchmarks.host_probe", "--seconds", "1",
+         "--until-stopped"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "not allowed with argument" in proc.stderr
+
+
+def _probe_children() -> list[int]:
+    """This process's children running the host probe."""
+    found = []
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:  # every thread's: trio starts processes from a worker thread
+            children = Path(f"/proc/{os.getpid()}/task/{task}/children").read_text().split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for pid in children:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"schedd.benchmarks.host_probe" in cmdline:
+                found.append(int(pid))
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc (Linux)")
+async def test_probing_reports_what_ran_beside_the_block_and_stops_the_probe() -> None:
+    into: dict[str, object] = {}
+    async with probing(into):
+        await trio.sleep(0.3)
+        assert len(_probe_children()) == 1
+        assert into == {}  # filled in when the block ends
+    assert "failed" not in into, into
+    assert isinstance(into["samples"], int) and into["samples"] >= 1
+    assert _probe_children() == []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc (Linux)")
+async def test_probing_stops_the_probe_when_the_block_fails() -> None:
+    into: dict[str, object] = {}
+    with pytest.raises(RuntimeError, match="scenario broke"):
+        async with probing(into):
+            await trio.sleep(0.2)
+            raise RuntimeError("scenario broke")
+    assert "failed" not in into and _probe_children() == []
+
+
+@pytest.mark.parametrize(("executable", "reason"), [
+    ("/nonexistent/python", "cannot start /nonexistent/python: "),
+    ("/bin/false", "exit 1: no output"),
+])
+async def test_probing_records_a_probe_that_cannot_run_and_lets_the_block_run(
+        monkeypatch: pytest.MonkeyPatch, executable: str, reason: str) -> None:
+    monkeypatch.setattr(sys, "executable", executable)
+    into: dict[str, str] = {}
+    ran = []
+    async with probing(into):
+        ran.append(1)
+    assert ran == [1]
+    assert set(into) == {"failed"} and into["failed"].startswith(reason)
+
+
+def test_the_table_has_a_row_for_the_stalls_during_each_scenario() -> None:
+    during = summarize(_run(4.0, {1.0: 0.008})) | {"realtime": True}
+    document = {"machine": {}, "results": {
+        "S4": {"usec_per_call": {"10": 30.0}, "host_stalls_during": during},
+        "S5": {"failed": "boom", "host_stalls_during": {"failed": "exit 1: no output"}},
+    }}
+    text = table(document)
+    assert re.search(r"S4\s+CPU stalls during the run \(--probe-during\)\s+1 stall in 3.98 s ",
+                     text)
+    assert re.search(r"S5\s+CPU stalls during the run \(--probe-during\)\s+probe failed: "
+                     r"exit 1: no output", text)

@@ -8,12 +8,18 @@ stalls set a floor under every latency tail the bench measures, whatever the dae
 The probe runs a fixed slice of pure-Python work (about half a millisecond) every 20 ms and
 times each slice. A slice that takes many times the fastest ones overlapped a stall. Run as its
 own process, it asks for the real-time scheduling class first (``SCHED_FIFO``, when the caller
-may have it), so that no ordinary process of the guest can delay it: a slow slice then means the
-vCPU itself was not running (or was busy with interrupts). Without the real-time class (``"realtime": false``) a slice can
-also wait behind another process of the guest, which the probe cannot tell from a stall; the
-bench runs it while nothing else of its own runs. It reports::
+may have it), so that no ordinary process of the guest can delay it: a slow slice then means
+the vCPU itself was not running (or was busy with interrupts). Without the real-time class
+(``"realtime": false``) a slice can also wait behind another process of the guest, which the
+probe cannot tell from a stall. The bench runs it before the scenarios, while nothing else of
+its own runs, and beside every scenario on request (it then takes ~2.5 % of one CPU, at a
+priority above everything it measures). It reports::
 
-    python -m schedd.benchmarks.host_probe [--seconds 10] [--json FILE]
+    python -m schedd.benchmarks.host_probe [--seconds 10 | --until-stopped] [--json FILE]
+
+(``--until-stopped``: until SIGTERM or SIGINT, then report; it prints a line ``probing`` first,
+once a signal no longer kills it. ``schedd bench --probe-during`` runs it so beside every
+scenario.)
 
 ``samples`` slices, the fastest slice's ``work_ms`` (its 5th percentile), the ``stalls`` (slices
 at least :data:`STALL_FACTOR` times that and :data:`MIN_STALL_MS` longer), the longest stall's
@@ -28,7 +34,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
+import signal
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -60,9 +68,10 @@ def work(n: int = WORK_ITERATIONS) -> int:
 
 def sample(seconds: float, *, every: float = EVERY, iterations: int = WORK_ITERATIONS,
            clock: Callable[[], float] = time.perf_counter,
-           sleep: Callable[[float], None] = time.sleep) -> list[Sample]:
-    """Time one slice every ``every`` seconds for ``seconds`` (slice starts on a fixed grid, so a
-    stall does not shift the later ones)."""
+           sleep: Callable[[float], None] = time.sleep,
+           stop: Callable[[], bool] = lambda: False) -> list[Sample]:
+    """Time one slice every ``every`` seconds for ``seconds``, or until ``stop()`` says so
+    after a slice (slice starts on a fixed grid, so a stall does not shift the later ones)."""
     samples: list[Sample] = []
     due = clock()
     end = due + seconds
@@ -73,6 +82,8 @@ def sample(seconds: float, *, every: float = EVERY, iterations: int = WORK_ITERA
         started = clock()
         work(iterations)
         samples.append((started, clock() - started))
+        if stop():
+            break
         due += every
     return samples
 
@@ -117,8 +128,9 @@ def describe(result: dict[str, Any]) -> str:
     """One line for the bench's table."""
     if "failed" in result:
         return f"probe failed: {result['failed']}"
-    text = (f"{result['stalls']} stalls in {result['seconds']} s idle (longest "
-            f"{result['longest_stall_ms']} ms), {result['bursts']} bursts")
+    stalls, bursts = result["stalls"], result["bursts"]
+    text = (f"{stalls} stall{'' if stalls == 1 else 's'} in {result['seconds']} s (longest "
+            f"{result['longest_stall_ms']} ms), {bursts} burst{'' if bursts == 1 else 's'}")
     if result["burst_period_s"] is not None:
         text += f" every {result['burst_period_s']} s"
     if not result["realtime"]:
@@ -128,14 +140,27 @@ def describe(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="how long to probe")
+    how_long = parser.add_mutually_exclusive_group()
+    how_long.add_argument("--seconds", type=float, default=10.0,
+                          help="how long to probe (default: 10)")
+    how_long.add_argument("--until-stopped", action="store_true",
+                          help="probe until SIGTERM or SIGINT, then report")
     parser.add_argument("--json", help="write the result here (default: stdout only)")
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error(f"--seconds must be > 0, not {args.seconds:g}")
+    stopped: list[int] = []
+    seconds = args.seconds
+    if args.until_stopped:
+        seconds = math.inf
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # noted, not raised: the slice in progress ends, and the result is still printed
+            signal.signal(signum, lambda signum, frame: stopped.append(signum))
     rt = realtime()
+    if args.until_stopped:
+        print("probing", flush=True)
     try:
-        result = summarize(sample(args.seconds)) | {"realtime": rt}
+        result = summarize(sample(seconds, stop=lambda: bool(stopped))) | {"realtime": rt}
     except ValueError as exc:
         parser.error(str(exc))
     text = json.dumps(result)
