@@ -844,9 +844,10 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
     """
     results: dict[str, Any] = {}
     host = machine()
-    document: dict[str, Any] = {"machine": host, "scale": opt.scale, "transport": opt.transport,
-                "settings": [f"{section}.{key}={value}" for section, key, value in opt.settings],
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}
+    document: dict[str, Any] = {
+        "machine": host, "scale": opt.scale, "transport": opt.transport,
+        "settings": [f"{section}.{key}={value}" for section, key, value in opt.settings],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}
     seconds = HOST_PROBE_SECONDS[opt.scale]
     opt.say(f"HOST: probing for stalls of the CPUs, {seconds:g} s")
     host["host_stalls"] = stalls = await probe_host(seconds)
