@@ -52,7 +52,7 @@ while first < beats_from do
   for i = first, stop, 2 do
     j = j + 1
     if fences[j] == ARGV[i + 1] .. owner then
-      ended[#ended + 1], ended[#ended + 2] = now, ARGV[i]
+      ended[#ended + 1], ended[#ended + 2] = now_s, ARGV[i]
     end
   end
   if #ended > 0 then redis.call('ZADD', KEYS[1], 'XX', unpack_list(ended)) end

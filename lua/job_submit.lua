@@ -56,7 +56,8 @@ if not priority or priority < -1000 or priority > 1000 or priority % 1 ~= 0 then
   return err('E_BAD_ARG', 'priority must be an integer in -1000..1000')
 end
 for i = 9, 12 do
-  if not tonumber(ARGV[i]) or tonumber(ARGV[i]) <= 0 then
+  local v = tonumber(ARGV[i])
+  if not v or v <= 0 then
     return err('E_BAD_ARG', 'timeouts and max_attempts must be > 0')
   end
 end
@@ -72,7 +73,7 @@ if not node_id then
   end
 end
 -- seq orders the queues and counts every job ever accepted (read as total:submitted)
-local seq_s = int_s(redis.call('HINCRBY', KEYS[2], 'seq', 1))
+local seq_s = int_s(redis.call('HINCRBY', KEYS[2], 'seq', '1'))
 local now_s = int_s(now)
 -- What the helpers read of the job; its hash gets the flat list below in one HSET together
 -- with the assignment's (or the queueing's) fields. Both are built by constructors: a table

@@ -32,7 +32,7 @@ end
 local now = now_ms()
 local nkey = KEYS[1]
 local old = hgetall(nkey)
-local epoch = redis.call('HINCRBY', K.counts(), 'epoch', 1)
+local epoch = redis.call('HINCRBY', K.counts(), 'epoch', '1')
 
 -- leave the pools the node no longer serves
 local keep = {}

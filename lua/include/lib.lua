@@ -15,7 +15,9 @@ local function unpack_list(list)
   return (table.unpack or unpack)(list)
 end
 local TERMINAL = {done = true, failed = true, canceled = true, timed_out = true}
-local SCAN = 16 -- candidates looked at per pool or queue head: bounds every selection
+-- Candidates looked at per pool or queue head: 16, which bounds every selection. Given to
+-- redis.call as the last index of a range (0..15), as text.
+local SCAN_LAST = '15'
 local FINISHED_KEPT = 2000 -- recent completions kept in K.finished() (at least)
 local FINISHED_SLACK = 500  -- trimmed back to FINISHED_KEPT once this many more have come
 
@@ -35,6 +37,8 @@ end
 local function int_s(n)
   return string.format('%d', n)
 end
+-- Constant and integer arguments of redis.call are given as text here: a Lua number is formatted
+-- with '%.17g' on every call, four times the cost of int_s (callgrind, docs/benchmarks.md).
 
 local function err(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
@@ -74,16 +78,16 @@ local function deliver(instance, msg)
 end
 
 local function exclusion(reason)
-  redis.call('HINCRBY', K.exclusions(), reason, 1)
+  redis.call('HINCRBY', K.exclusions(), reason, '1')
 end
 
 -- The counts and the event of a state change whose 'state' field the caller has written
 -- itself (with the job's attempt and node as they now are in its hash).
 local function count_state(job_id, old, new, attempt, node)
   if old == new then return end
-  if old and old ~= '' then redis.call('HINCRBY', K.counts(), old, -1) end
-  redis.call('HINCRBY', K.counts(), new, 1)
-  if TERMINAL[new] then redis.call('HINCRBY', K.counts(), 'total:' .. new, 1) end
+  if old and old ~= '' then redis.call('HINCRBY', K.counts(), old, '-1') end
+  redis.call('HINCRBY', K.counts(), new, '1')
+  if TERMINAL[new] then redis.call('HINCRBY', K.counts(), 'total:' .. new, '1') end
   attempt = tonumber(attempt) or 0
   if new == 'queued' then attempt = attempt + 1 end -- a queued job waits for its next attempt
   -- built as text: cjson formats numbers with '%.14g', which costs more than the whole string
@@ -100,13 +104,13 @@ end
 
 local function pool_join(pool, node_id, free)
   if redis.call('ZADD', K.pool(pool), free, node_id) == 1 then
-    redis.call('ZINCRBY', K.pools(), 1, pool)
+    redis.call('ZINCRBY', K.pools(), '1', pool)
   end
 end
 
 local function pool_leave(pool, node_id)
   if redis.call('ZREM', K.pool(pool), node_id) == 1 then
-    if tonumber(redis.call('ZINCRBY', K.pools(), -1, pool)) <= 0
+    if tonumber(redis.call('ZINCRBY', K.pools(), '-1', pool)) <= 0
         and redis.call('EXISTS', K.queue(pool)) == 0 then
       redis.call('ZREM', K.pools(), pool)
     end
@@ -117,9 +121,9 @@ end
 -- vals: the node's {state, capacity, pools} when the caller has just read them (else read here).
 local function node_slots(node_id, delta, vals)  -- returns used, {state, capacity, pools}
   local nkey = K.node(node_id)
-  local used = tonumber(redis.call('HINCRBY', nkey, 'used', delta))
+  local used = tonumber(redis.call('HINCRBY', nkey, 'used', int_s(delta)))
   if used < 0 then
-    redis.call('HSET', nkey, 'used', 0)
+    redis.call('HSET', nkey, 'used', '0')
     used = 0
   end
   vals = vals or redis.call('HMGET', nkey, 'state', 'capacity', 'pools')
@@ -159,9 +163,9 @@ local function eligible(node_id, job_id, services, now, fresh)
 end
 
 -- Pick a node for a job: the session's node if it still qualifies, else the member with the most
--- free slots of the first candidate pool that has an eligible one. Looks at SCAN members per
--- pool at most, so the cost does not grow with pool size. The head of each pool is read alone
--- first (the common case: it is eligible), the next SCAN - 1 members only when it is not.
+-- free slots of the first candidate pool that has an eligible one. Looks at 16 members per pool
+-- at most, so the cost does not grow with pool size. The head of each pool is read alone first
+-- (the common case: it is eligible), the next 15 (SCAN_LAST) members only when it is not.
 local function select_node(job_id, pools, services, session, now, fresh)
   if session and session ~= '' then
     local sticky = redis.call('GET', K.session(session))
@@ -175,14 +179,14 @@ local function select_node(job_id, pools, services, session, now, fresh)
     end
   end
   for _, pool in ipairs(pools) do
-    local head = redis.call('ZRANGE', K.pool(pool), 0, 0, 'REV', 'WITHSCORES')
+    local head = redis.call('ZRANGE', K.pool(pool), '0', '0', 'REV', 'WITHSCORES')
     if #head == 0 or tonumber(head[2]) < 1 then
       exclusion('no_free_slot')
     elseif eligible(head[1], job_id, services, now, fresh) then
       return head[1]
     else
-      local members = redis.call('ZRANGE', K.pool(pool), '+inf', 1, 'BYSCORE', 'REV', 'LIMIT', 1,
-        SCAN - 1)
+      local members = redis.call('ZRANGE', K.pool(pool), '+inf', '1', 'BYSCORE', 'REV',
+        'LIMIT', '1', SCAN_LAST)
       for _, node_id in ipairs(members) do
         if eligible(node_id, job_id, services, now, fresh) then return node_id end
       end
@@ -246,7 +250,7 @@ local function enqueue(job_id, job, now, fields)
   local order = -tonumber(job.priority) * 1e12 + seq
   for _, pool in ipairs(cjson.decode(job.pools)) do
     redis.call('ZADD', K.queue(pool), order, job_id)
-    redis.call('ZADD', K.pools(), 'NX', 0, pool)
+    redis.call('ZADD', K.pools(), 'NX', '0', pool)
   end
   local flat = fields or {}
   local n = #flat
@@ -328,7 +332,7 @@ local function feed_node(node_id, now, known)
   while free > 0 do
     local best_id, best_order = nil, nil
     for _, pool in ipairs(pools) do
-      local heads = redis.call('ZRANGE', K.queue(pool), 0, SCAN - 1, 'WITHSCORES')
+      local heads = redis.call('ZRANGE', K.queue(pool), '0', SCAN_LAST, 'WITHSCORES')
       if #heads > 0 and alive == nil then
         local exp = redis.call('ZSCORE', K.alive(), node_id)
         alive = exp and tonumber(exp) > now or false
@@ -383,7 +387,7 @@ local function node_down(node_id, node, reason, now, retain_ms)
   redis.call('HDEL', K.fence(), node_id) -- its heartbeats are stale from now on
   redis.call('DEL', K.node_unavail(node_id))
   if node.owner and node.owner ~= '' then redis.call('SREM', K.owned(node.owner), node_id) end
-  redis.call('HSET', K.node(node_id), 'state', 'offline', 'used', 0, 'reason', reason,
+  redis.call('HSET', K.node(node_id), 'state', 'offline', 'used', '0', 'reason', reason,
     't_off', now)
   local jobs = redis.call('SMEMBERS', K.node_jobs(node_id))
   redis.call('DEL', K.node_jobs(node_id))
