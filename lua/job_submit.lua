@@ -83,11 +83,22 @@ local job = {
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
 }
 local flat = {
-  'id', job_id, 'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
-  'session', ARGV[6], 'priority', ARGV[7], 'services', ARGV[8], 'ack_ms', ARGV[9],
-  'run_ms', ARGV[10], 'queue_ms', ARGV[11], 'max_attempts', ARGV[12], 'retain_ms', ARGV[15],
-  'session_ms', ARGV[16], 'seq', seq_s, 't_sub', now_s,
+  'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
+  'priority', ARGV[7], 'ack_ms', ARGV[9], 'run_ms', ARGV[10], 'queue_ms', ARGV[11],
+  'max_attempts', ARGV[12], 'retain_ms', ARGV[15], 'seq', seq_s, 't_sub', now_s,
 }
+-- A session and services are written only when the job has them (every reader, of this version
+-- and of the ones before, takes an absent session as '' and absent services as []): the hash
+-- is a listpack, where each new field is looked up among the ones before it, so every field
+-- costs the HSET more than the one before (docs/benchmarks.md).
+local n = #flat
+if ARGV[6] ~= '' then
+  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'session', ARGV[6], 'session_ms', ARGV[16]
+  n = n + 4
+end
+if ARGV[8] ~= '[]' then
+  flat[n + 1], flat[n + 2] = 'services', ARGV[8]
+end
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)
 else

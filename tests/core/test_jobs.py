@@ -9,6 +9,7 @@ import trio
 from schedd import errors
 from schedd.core import Assign, CancelJob, Done, Progress, Queries
 from schedd.store.base import Store
+from schedd.store.keys import Keys
 from tests.core.helpers import make_core, spec
 
 
@@ -141,6 +142,32 @@ async def test_queue_order_priority_then_age(store: Store) -> None:
         order.append(job.job_id)
         await core.result(job.job_id, node_id="n1", attempt=job.attempt, ok=True)
     assert order == [high.job_id, low.job_id, low2.job_id]
+
+
+async def _job_fields(store: Store, keys: Keys, job_id: str) -> dict[str, str]:
+    flat = await store.execute("HGETALL", keys.job(job_id))
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
+async def test_job_record_leaves_out_fields_at_their_defaults(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=2, pools=["p"])
+    plain = await core.submit(spec("p", job_id="plain"))
+    fields = await _job_fields(store, core.keys, plain.job_id)
+    assert {"id", "session", "session_ms", "services"}.isdisjoint(fields), fields
+    assert fields["state"] == "assigned" and fields["pools"] == '["p"]'
+    assert fields["priority"] == "0"  # always: versions before this one read it unguarded
+    info = await Queries(store, core.keys).job(plain.job_id)
+    assert info is not None and info.priority == 0 and info.session_id is None
+
+    full = await core.submit(spec("p", job_id="full", session_id="s", priority=5,
+                                  services=("ocr",)))
+    fields = await _job_fields(store, core.keys, full.job_id)
+    assert fields["session"] == "s" and int(fields["session_ms"]) > 0
+    assert fields["priority"] == "5" and fields["services"] == '["ocr"]'
+    info = await Queries(store, core.keys).job(full.job_id)
+    assert info is not None and info.priority == 5 and info.session_id == "s"
+    assert rec.of(Assign)[-1].session_id == "s"
 
 
 async def test_completion_hands_next_job_across_pools(store: Store) -> None:
