@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Final
 
@@ -108,14 +108,6 @@ def _proc_memory(pid: int) -> dict[str, int]:
     return out
 
 
-def _reference_loop(n: int) -> int:
-    total, seen = 0, {}
-    for i in range(n):
-        seen[i & 1023] = i
-        total += len(str(i)) + seen[i & 511]
-    return total
-
-
 def host_speed(rounds: int = 5, n: int = 300_000) -> float:
     """Milliseconds a fixed pure-Python loop (integers, a dict, str) takes here, best of
     ``rounds``: lower is faster. Hosts that report the same CPU model have differed threefold
@@ -123,7 +115,7 @@ def host_speed(rounds: int = 5, n: int = 300_000) -> float:
     best = math.inf
     for _ in range(rounds):
         started = time.perf_counter()
-        _reference_loop(n)
+        host_probe.work(n)
         best = min(best, time.perf_counter() - started)
     return round(best * 1000, 1)
 
@@ -858,10 +850,7 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
         started = time.perf_counter()
         during: dict[str, Any] = {}
         try:
-            if opt.probe_during:
-                async with probing(during):
-                    results[name] = await _RUNNERS[name](opt, params)
-            else:
+            async with probing(during) if opt.probe_during else nullcontext():
                 results[name] = await _RUNNERS[name](opt, params)
         except Exception as exc:
             results[name] = {"failed": _failure(exc)}

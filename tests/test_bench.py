@@ -24,6 +24,7 @@ from schedd.redis_process import REDIS_SERVER
 from schedd.sdk import Client
 from schedd.sim import MAX_TICKS, Fleet, SimNode, fleet_ticks, parse_duration
 from tests.e2e_daemon import SCHEDD
+from tests.procs import children, cmdline, running
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
@@ -141,27 +142,6 @@ def test_set_with_url_is_refused() -> None:
     assert "--set configures the daemons the bench starts" in proc.stderr
 
 
-def _children(pid: int) -> list[int]:
-    """Every child of the process, whichever of its threads started it (trio starts processes
-    from a worker thread)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found += [int(child) for child in (task / "children").read_text().split()]
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-    return found
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie (an orphan nobody reaped has stopped running)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
 def test_sigterm_stops_the_processes_the_bench_started(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -180,11 +160,10 @@ def test_sigterm_stops_the_processes_the_bench_started(tmp_path: Path) -> None:
                 break
         else:
             pytest.fail("S3 never registered its fleet:\n" + "".join(seen)[-3000:])
-        started = _children(proc.pid)
+        started = children(proc.pid)
         # the daemon, its redis-server and the host probe beside S3 at least
         assert len(started) >= 3, started
-        assert any(b"schedd.benchmarks.host_probe" in Path(f"/proc/{pid}/cmdline").read_bytes()
-                   for pid in started), started
+        assert any(b"schedd.benchmarks.host_probe" in cmdline(pid) for pid in started), started
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
@@ -192,7 +171,7 @@ def test_sigterm_stops_the_processes_the_bench_started(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    left = [pid for pid in started if _running(pid)]
+    left = [pid for pid in started if running(pid)]
     for pid in left:  # not to leave them behind when this fails
         os.kill(pid, signal.SIGKILL)
     assert left == []

@@ -18,6 +18,7 @@ import trio
 from schedd.bench import probe_host, probing, table
 from schedd.benchmarks import host_probe
 from schedd.benchmarks.host_probe import Sample, describe, sample, summarize
+from tests.procs import children, cmdline
 
 BASE = 0.0005  # a slice's usual length in these synthetic runs: 0.5 ms
 
@@ -197,20 +198,8 @@ def test_cli_takes_a_duration_or_until_stopped_not_both() -> None:
 
 def _probe_children() -> list[int]:
     """This process's children running the host probe."""
-    found = []
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        try:  # every thread's: trio starts processes from a worker thread
-            children = Path(f"/proc/{os.getpid()}/task/{task}/children").read_text().split()
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-        for pid in children:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except FileNotFoundError:
-                continue
-            if b"schedd.benchmarks.host_probe" in cmdline:
-                found.append(int(pid))
-    return found
+    return [pid for pid in children(os.getpid())
+            if b"schedd.benchmarks.host_probe" in cmdline(pid)]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc (Linux)")
