@@ -734,6 +734,9 @@ async def s4_script_cost(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows,
             "usec_per_call": {str(r["nodes_in_pool"]): r["select_reserve_usec_per_call"]
                               for r in rows},
+            "usec_per_call_through_core": {
+                str(r["nodes_in_pool"]): r["select_reserve_usec_per_call_through_core"]
+                for r in rows},
             "usec_per_call_back_to_back": {
                 str(r["nodes_in_pool"]): r["select_reserve_usec_per_call_back_to_back"]
                 for r in rows}}
@@ -927,11 +930,13 @@ def table(document: dict[str, Any]) -> str:
                  ("S3", "submit->done", _lat(s["submit_to_done_ms"])),
                  ("S3", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}")]
     if "S4" in r:
-        back_to_back = r["S4"].get("usec_per_call_back_to_back", {})
+        others = [(r["S4"].get("usec_per_call_through_core", {}), "through the core"),
+                  (r["S4"].get("usec_per_call_back_to_back", {}), "back to back")]
         for size, usec in r["S4"]["usec_per_call"].items():
-            rows.append(("S4", f"select+reserve, {size} nodes", f"{usec} us/call"
-                         + (f" ({back_to_back[size]} back to back)" if size in back_to_back
-                            else "")))
+            notes = "; ".join(f"{values[size]} {what}" for values, what in others
+                              if size in values)
+            rows.append(("S4", f"select+reserve, {size} nodes",
+                         f"{usec} us/call" + (f" ({notes})" if notes else "")))
     if "S5" in r:
         s = r["S5"]
         for how in ("drop", "silent"):

@@ -8,21 +8,26 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
 import trio
 import trio.testing
 
 from schedd.bench import DaemonProcess, _failure, parse_setting, percentiles
-from schedd.benchmarks.script_cost import FIRST_CPU, pinned
+from schedd.benchmarks.script_cost import FIRST_CPU, pinned, send_one_at_a_time, submit_command
+from schedd.core import Core, CoreSettings, JobSpec
 from schedd.redis_process import REDIS_SERVER
 from schedd.sdk import Client
 from schedd.sim import MAX_TICKS, Fleet, SimNode, fleet_ticks, parse_duration
+from schedd.store import open_store
 from tests.e2e_daemon import SCHEDD
 from tests.procs import children, cmdline, running
 
@@ -89,9 +94,10 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert [row["nodes_in_pool"] for row in s4["rows"]] == s4["params"]["sizes"]
     assert all(row["select_reserve_calls"] == s4["params"]["calls"] for row in s4["rows"])
     assert all(len(row["pinned_cpu"]) == 1 for row in s4["rows"])  # one CPU, see script_cost
-    assert all(row["select_reserve_usec_per_call_back_to_back"] > 0 for row in s4["rows"])
-    assert re.search(r"S4\s+select\+reserve, 10 nodes\s+[\d.]+ us/call \([\d.]+ back to back\)\n",
-                     proc.stdout)
+    for figure in ("", "_through_core", "_back_to_back"):
+        assert all(row[f"select_reserve_usec_per_call{figure}"] > 0 for row in s4["rows"])
+    assert re.search(r"S4\s+select\+reserve, 10 nodes\s+[\d.]+ us/call "
+                     r"\([\d.]+ through the core; [\d.]+ back to back\)\n", proc.stdout)
 
     s5 = r["S5"]
     assert s5["lost"] == 0 and s5["done"] == s5["submitted"] > 0
@@ -260,6 +266,58 @@ async def test_script_cost_runs_back_to_back_off_the_servers_cpu(
     assert len(seen) == 40
     others = before - {min(before)}
     assert all(cpus == (others or before) for cpus in seen)
+
+
+async def test_submit_command_is_the_command_the_core_sends(redis_server: Any) -> None:
+    """The lean driver's command for a job is byte for byte what Core.submit sends for it,
+    and sent on its own it takes that job; a second send of it is refused as not new."""
+
+    def spec(job_id: str = "") -> JobSpec:
+        return JobSpec(pools=("p",), job_id=job_id, payload_json='{"n": 1}')
+
+    address = ("127.0.0.1", redis_server.port)
+    async with open_store(redis_server.url) as store:
+        await store.execute("FLUSHALL")
+        core = Core(store, CoreSettings(namespace="sc", instance="sc-1", heartbeat_interval=600))
+        await core.start()
+        await core.register_node(node_id="n1", capacity=10, pools=["p"])
+        from_a = await submit_command(core, spec("a"))
+        from_b = await submit_command(core, spec("b"))
+        assert from_a("b") == from_b("b")  # from_b("b") is the command recorded for "b"
+        assert from_a("c") == from_b("c") != from_a("d")
+        assert b"$1\r\nc\r\n" in from_a("c") and core.keys.job("c").encode() in from_a("c")
+
+        send_one_at_a_time(address, [from_a("c"), from_a("d")])
+        for job_id in ("a", "b", "c", "d"):
+            assert await store.execute("HGET", core.keys.job(job_id), "state") == b"assigned"
+        assert (await store.execute("HGET", core.keys.counts, "assigned")) == b"4"
+
+        with pytest.raises(RuntimeError, match="did not take a new job"):
+            send_one_at_a_time(address, [from_a("c")])
+        with pytest.raises(hiredis.ReplyError, match="Function not found"):
+            send_one_at_a_time(address, [b"*3\r\n$5\r\nFCALL\r\n$4\r\nnope\r\n$1\r\n0\r\n"])
+        with pytest.raises(ValueError, match="names its job"):
+            await submit_command(core, spec())
+        # a job id that is also another argument (the instance) cannot be told apart
+        with pytest.raises(ValueError, match="exactly as its key and as one argument"):
+            await submit_command(core, spec("sc-1"))
+
+
+def test_the_lean_driver_reports_a_closed_connection() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def close_the_first() -> None:
+            conn, _ = listener.accept()
+            conn.recv(1024)
+            conn.close()
+
+        closer = threading.Thread(target=close_the_first)
+        closer.start()
+        with pytest.raises(ConnectionError, match="closed the connection"):
+            send_one_at_a_time(listener.getsockname(), [b"*1\r\n$4\r\nPING\r\n"])
+        closer.join()
 
 
 def test_script_cost_refuses_a_cpu_it_may_not_use() -> None:

@@ -7,20 +7,27 @@ Starts its own ``redis-server`` on a free port (never touches another Redis). Ru
     python -m schedd.benchmarks.script_cost [--sizes 10,1000,10000] [--calls 2000]
                                             [--cpu N | --no-pin] [--json FILE]
 
-Two figures per pool size:
+Three figures per pool size, each the server's own ``usec_per_call`` for the same number of
+calls of the daemon's own command:
 
 * **one call at a time** (``select_reserve_usec_per_call``, the S4 figure): this process and its
   ``redis-server`` run on one CPU, the first this process may use (``--cpu N``: that one;
   ``--no-pin``: anywhere). One call at a time leaves the server idle between calls; on a virtual
   machine an idle vCPU is halted and woken again for the next call, which adds ~40 % to the
   measured time of the call itself (docs/benchmarks.md, "Script cost"). Sharing one CPU, the two
-  processes take turns and the server runs its calls on a CPU that has not gone to sleep; but
-  this process runs on that CPU between any two calls, so each call starts with the caches
-  holding this process's data, not Redis's.
+  processes take turns and the server runs its calls on a CPU that has not gone to sleep. The
+  commands are the ones ``Core.submit`` sends (recorded from it, with the job id changed),
+  encoded before the clock starts and sent over a plain socket, so that between two calls
+  this process runs only a send and a receive: the call finds the caches as the server left
+  them.
+* **through the core** (``select_reserve_usec_per_call_through_core``): the same, each call
+  made by ``Core.submit`` (trio, the store's connection, the reply's decoding), as the daemon
+  makes it. That much Python running on the server's CPU between any two calls evicts the
+  server's data from the caches, and each call pays for it: the difference from the first
+  figure is the driver's, not work of the script (docs/benchmarks.md).
 * **back to back** (``select_reserve_usec_per_call_back_to_back``): the same number of calls,
-  IN_FLIGHT at a time, this process moved to the other CPUs (when there are any): Redis runs
-  the calls one after another, as it does under load. The difference between the two is what
-  the caches cost a lone call, not work of the script.
+  IN_FLIGHT at a time through the core, this process moved to the other CPUs (when there are
+  any): Redis runs the calls one after another, as it does under load.
 """
 
 from __future__ import annotations
@@ -28,17 +35,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import hiredis
 import trio
 
 from schedd.core import Core, CoreSettings, JobSpec
 from schedd.redis_process import RedisServer
 from schedd.store import open_store
-from schedd.store.base import Store
+from schedd.store.base import Arg, Store
+from schedd.store.redis_store import _encode as encode_command
 
 
 def _stats(info: bytes) -> dict[str, dict[str, float]]:
@@ -56,6 +66,77 @@ async def _script_stats(store: Store) -> dict[str, float]:
     EVALSHA where the server runs no functions)."""
     commandstats = _stats(await store.execute("INFO", "commandstats"))
     return commandstats.get("fcall") or commandstats["evalsha"]
+
+
+class _Recorder(Store):
+    """A store that forwards every command to ``store`` and keeps the script calls it sent."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.url = store.url
+        self.script_calls: list[tuple[Arg, ...]] = []
+
+    async def execute(self, *args: Arg) -> Any:
+        if args and args[0] in ("FCALL", "EVALSHA"):
+            self.script_calls.append(args)
+        return await self.store.execute(*args)
+
+    async def execute_blocking(self, *args: Arg) -> Any:
+        return await self.store.execute_blocking(*args)
+
+    async def aclose(self) -> None:
+        """Nothing: the wrapped store belongs to the caller."""
+
+
+async def submit_command(core: Core, spec: JobSpec) -> Callable[[str], bytes]:
+    """The command ``core.submit(spec)`` sends, as RESP bytes for any job id.
+
+    Submits ``spec`` (which must name its job) once through ``core``'s scripts over a recording
+    store, then returns a function that puts another job id where that one was: as the job's
+    key and as the job id argument; every other argument stays the daemon's own."""
+    job_id = spec.job_id
+    if not job_id:
+        raise ValueError("submit_command needs a spec that names its job")
+    recorder = _Recorder(core.store)
+    await Core(recorder, core.settings, scripts=core.scripts).submit(spec)
+    (command,) = recorder.script_calls
+    job_key = core.keys.job(job_id)
+    places: dict[int, Callable[[str], str]] = {
+        i: core.keys.job for i, arg in enumerate(command) if arg == job_key}
+    places.update({i: lambda other: other for i, arg in enumerate(command) if arg == job_id})
+    if len(places) != 2:
+        raise ValueError(f"job id {job_id!r} is not in the command exactly as its key and as "
+                         f"one argument: {command!r}")
+
+    def for_job(other: str) -> bytes:
+        args = list(command)
+        for i, make in places.items():
+            args[i] = make(other)
+        return encode_command(args)
+
+    return for_job
+
+
+def send_one_at_a_time(address: tuple[str, int], commands: list[bytes]) -> None:
+    """Send each command and wait for its reply before the next, over a plain blocking socket:
+    between two calls this process does nothing else. Blocks the caller's thread (and so trio's
+    loop, on purpose: no other task runs on this CPU meanwhile). Every reply must be a new job's."""
+    reader = hiredis.Reader()
+    with socket.create_connection(address) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for command in commands:
+            sock.sendall(command)
+            reply = reader.gets()
+            while reply is False:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("redis-server closed the connection")
+                reader.feed(data)
+                reply = reader.gets()
+            if isinstance(reply, hiredis.ReplyError):
+                raise reply
+            if reply[0][0] != b"new":
+                raise RuntimeError(f"job_submit did not take a new job: {reply!r}")
 
 
 async def _memory_usage(store: Store, key: str) -> int:
@@ -91,7 +172,7 @@ async def _back_to_back(store: Store, core: Core, calls: int,
     return round(stats["usec_per_call"], 2)
 
 
-async def measure(store: Store, nodes: int, calls: int,
+async def measure(store: Store, address: tuple[str, int], nodes: int, calls: int,
                   driver_cpus: set[int] | None = None) -> dict[str, Any]:
     await store.execute("FLUSHALL")
     core = Core(store, CoreSettings(namespace="bench", instance="bench-1", heartbeat_interval=600))
@@ -105,9 +186,21 @@ async def measure(store: Store, nodes: int, calls: int,
     # sets (pool membership, liveness, node index), before any job lands on it
     node_bytes = await _memory_usage(store, k.node("node-00000"))
     shared = sum([await _memory_usage(store, key) for key in (k.pool("p"), k.alive, k.nodes)])
+
+    def spec(job_id: str) -> JobSpec:
+        return JobSpec(pools=("p",), job_id=job_id, payload_json='{"n": 1}')
+
+    # one at a time, lean: the daemon's own command, encoded before the clock starts
+    for_job = await submit_command(core, spec("template"))
+    commands = [for_job(f"lean-{i:06d}") for i in range(calls)]
+    await store.execute("CONFIG", "RESETSTAT")
+    send_one_at_a_time(address, commands)
+    lean = await _script_stats(store)
+    assert int(lean["calls"]) == calls, lean
+    # one at a time through the core: the daemon's whole call path runs between two calls
     await store.execute("CONFIG", "RESETSTAT")
     for i in range(calls):
-        await core.submit(JobSpec(pools=("p",), job_id=f"job-{i:06d}", payload_json='{"n": 1}'))
+        await core.submit(spec(f"job-{i:06d}"))
     stats = await _script_stats(store)
     job_id = "job-000000"
     node_id = (await store.execute("HGET", k.job(job_id), "node")).decode()
@@ -117,7 +210,8 @@ async def measure(store: Store, nodes: int, calls: int,
     return {
         "nodes_in_pool": nodes,
         "select_reserve_calls": int(stats["calls"]),
-        "select_reserve_usec_per_call": round(stats["usec_per_call"], 2),
+        "select_reserve_usec_per_call": round(lean["usec_per_call"], 2),
+        "select_reserve_usec_per_call_through_core": round(stats["usec_per_call"], 2),
         "select_reserve_usec_per_call_back_to_back": back_to_back,
         "node_record_bytes": node_bytes,
         "node_share_of_indexes_bytes": round(shared / nodes, 1),
@@ -161,7 +255,7 @@ async def run(
             )
             rows = []
             for size in sizes:
-                row = await measure(store, size, calls, driver_cpus)
+                row = await measure(store, ("127.0.0.1", server.port), size, calls, driver_cpus)
                 row["redis_version"] = redis_version.strip()
                 row["pinned_cpu"] = sorted(os.sched_getaffinity(0)) if cpu is not None else None
                 rows.append(row)
@@ -185,11 +279,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = trio.run(run, [int(s) for s in args.sizes.split(",")], args.calls, cpu)
     except ValueError as exc:
         parser.error(str(exc))
-    header = (f"{'nodes':>7} {'select+reserve us/call':>23} {'back to back':>13} {'node B':>7} "
-              f"{'index B/node':>13} {'job B':>6}")
+    header = (f"{'nodes':>7} {'select+reserve us/call':>23} {'through the core':>17} "
+              f"{'back to back':>13} {'node B':>7} {'index B/node':>13} {'job B':>6}")
     print(header)
     for r in rows:
         print(f"{r['nodes_in_pool']:>7} {r['select_reserve_usec_per_call']:>23} "
+              f"{r['select_reserve_usec_per_call_through_core']:>17} "
               f"{r['select_reserve_usec_per_call_back_to_back']:>13} "
               f"{r['node_record_bytes']:>7} {r['node_share_of_indexes_bytes']:>13} "
               f"{r['retained_job_bytes']:>6}")
