@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import random
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from schedd.errors import (
     ConfigError,
@@ -240,6 +242,111 @@ async def test_caller_cancelled_before_sending_withdraws_its_command(store: Redi
             await store.execute("SET", "withdrawn", 1)
         assert await store.execute("EXISTS", "withdrawn") == 0
         assert await store.execute("PING") == b"PONG"
+
+
+# -- the caller writes on an idle connection ------------------------------------------------------
+
+
+class _Writes:
+    """os.write as redis_store calls it, recorded; ``limit`` caps what one write takes and
+    ``fail`` raises instead of writing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.limit: int | None = None
+        self.fail: OSError | None = None
+        real = os.write
+
+        def write(fd: int, data: bytes) -> int:
+            self.calls.append((trio.lowlevel.current_task().name, bytes(data)))
+            if self.fail is not None:
+                raise self.fail
+            return real(fd, data[: self.limit] if self.limit is not None else data)
+
+        monkeypatch.setattr("schedd.store.redis_store.os.write", write)
+
+
+async def test_a_command_on_an_idle_connection_is_written_by_its_caller(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = _Writes(monkeypatch)
+    with trio.fail_after(10):
+        assert await store.execute("ECHO", "alone") == b"alone"
+        assert await store.execute_many([("ECHO", "a"), ("ECHO", "b")]) == [b"a", b"b"]
+    assert [data for _, data in writes.calls] == [
+        _encode(("ECHO", "alone")), _encode(("ECHO", "a")) + _encode(("ECHO", "b"))]
+    me = trio.lowlevel.current_task().name
+    assert [name for name, _ in writes.calls] == [me, me], (me, writes.calls)
+
+
+async def test_commands_behind_a_pending_one_go_to_the_writer(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a reply is outstanding, later callers queue for the writer, which sends what
+    queued meanwhile in one write (pipelining), and every caller gets its own reply."""
+    writes = _Writes(monkeypatch)
+    got: dict[int, Any] = {}
+
+    async def echo(i: int) -> None:
+        got[i] = await store.execute("ECHO", f"e{i}")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(writes.calls) == 1  # the first went out directly and is pending
+            for i in range(1, 20):
+                nursery.start_soon(echo, i)
+    assert got == {i: f"e{i}".encode() for i in range(20)}
+    assert len(writes.calls) == 1  # the other 19 went through the writer's stream
+    assert await store.execute("ECHO", "idle again") == b"idle again"
+    assert len(writes.calls) == 2
+
+
+async def test_a_command_written_in_part_is_finished_by_the_writer(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = _Writes(monkeypatch)
+    writes.limit = 5  # "*2\r\n$" of an ECHO: the rest must follow before anything else
+    got: dict[int, Any] = {}
+
+    async def echo(i: int) -> None:
+        got[i] = await store.execute("ECHO", f"part-{i}")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(echo, i)
+    assert got == {i: f"part-{i}".encode() for i in range(10)}
+    assert len(writes.calls) == 1 and len(writes.calls[0][1]) > 5
+    writes.limit = None
+    assert await store.execute("ECHO", "whole") == b"whole"
+
+
+async def test_a_direct_write_that_would_block_queues_for_the_writer(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = _Writes(monkeypatch)
+    writes.fail = BlockingIOError()
+    with trio.fail_after(10):
+        assert await store.execute("ECHO", "later") == b"later"
+        assert await store.execute_many([("ECHO", "x")]) == [b"x"]
+    assert len(writes.calls) == 2  # each tried once, then sent by the writer's stream
+
+
+async def test_a_broken_socket_found_by_a_direct_write_fails_the_call(
+        own_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with trio.fail_after(10):
+        async with open_redis_store(own_server.url) as store:
+            writes = _Writes(monkeypatch)
+            writes.fail = BrokenPipeError(32, "Broken pipe")
+            own_server.stop()
+            with pytest.raises(StoreUnavailable, match="lost connection to redis"):
+                await store.execute("ECHO", "into the void")
+
+
+async def test_a_reply_larger_than_one_read_arrives_whole(store: RedisStore) -> None:
+    big = os.urandom(300_000).hex()  # 600 kB: several reads of the socket
+    with trio.fail_after(10):
+        assert await store.execute("SET", "big", big) == b"OK"
+        replies = await store.execute_many([("GET", "big"), ("ECHO", "after")])
+    assert replies == [big.encode(), b"after"]
 
 
 async def test_body_exception_propagates_unwrapped(redis_server: RedisServer) -> None:
