@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Final
 
 import trio
 
@@ -42,6 +43,10 @@ Seen = tuple[float, Beat, float]
 
 #: a sent time that makes the node's next beat go to Redis
 NEVER = float("-inf")
+#: Beats a flush looks at between two checkpoints. At 10,000 nodes a flush window holds ~1,000
+#: beats, and looking at them in one go kept every other task of the daemon (a dispatch
+#: included) waiting ~1-2 ms, ten times a second (docs/benchmarks.md, S3).
+SELECT_SLICE: Final = 100
 
 
 class HeartbeatBatcher:
@@ -51,6 +56,7 @@ class HeartbeatBatcher:
         # that epoch is stale; a newer registration of the same node is not
         self.on_stale = on_stale or (lambda node_id, epoch: None)
         self._pending: dict[str, Beat] = {}
+        self._selecting: dict[str, Beat] = {}  # the beats a flush is looking at
         self._seen: dict[str, Seen] = {}
         self._silent: list[tuple[str, int]] = []  # found silent, not yet flushed
         self.flushes = 0
@@ -65,27 +71,39 @@ class HeartbeatBatcher:
         """The node's connection here ended (at ``epoch``): drop its waiting beat and what is
         known of it, so it is not found silent later; taking it offline is the disconnect's
         business. Another epoch's (a newer registration's) is kept."""
-        beat = self._pending.get(node_id)
-        if beat is not None and beat[1] == epoch:
-            del self._pending[node_id]
+        for beats in (self._pending, self._selecting):
+            beat = beats.get(node_id)
+            if beat is not None and beat[1] == epoch:
+                del beats[node_id]
         seen = self._seen.get(node_id)
         if seen is not None and seen[1][1] == epoch:
             del self._seen[node_id]
 
-    def _select(self, now: float) -> list[Beat]:
-        """The window's beats Redis needs; records every beat as seen at ``now``."""
+    async def _select(self, now: float, send: list[Beat]) -> None:
+        """Append the window's beats Redis needs to ``send``; records every beat as seen at
+        ``now``. Checkpoints every SELECT_SLICE beats and after the last: a beat whose node is
+        forgotten meanwhile is skipped, and beats arriving meanwhile wait for the next window."""
         pending, self._pending = self._pending, {}
+        self._selecting = pending
         seen, due = self._seen, now - self.core.settings.refresh_after
-        send: list[Beat] = []
-        for node_id, beat in pending.items():
-            last = seen.pop(node_id, None)
-            if last is None or last[1] != beat or last[2] <= due:
-                send.append(beat)
-                seen[node_id] = (now, beat, now)
-            else:
-                seen[node_id] = (now, last[1], last[2])
-        self.beats += len(pending)
-        return send
+        try:
+            for i, beat in enumerate(list(pending.values())):
+                if i and not i % SELECT_SLICE:
+                    await trio.lowlevel.checkpoint()
+                node_id = beat[0]
+                if pending.get(node_id) is not beat:
+                    continue  # forgotten at the checkpoint
+                self.beats += 1
+                last = seen.pop(node_id, None)
+                if last is None or last[1] != beat or last[2] <= due:
+                    send.append(beat)
+                    seen[node_id] = (now, beat, now)
+                else:
+                    seen[node_id] = (now, last[1], last[2])
+            if pending:  # the call is built and encoded in a step of its own
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._selecting = {}
 
     def _find_silent(self, now: float) -> None:
         """Move nodes with no beat for the liveness ttl from ``_seen`` to ``_silent``."""
@@ -107,12 +125,14 @@ class HeartbeatBatcher:
         nodes with the next flush.
         """
         now = trio.current_time() if now is None else now
-        beats = self._select(now)
-        self._find_silent(now)
-        # (a node found silent by a flush that failed and beating again since is not)
-        silent = [s for s in self._silent if s[0] not in self._seen]
-        self._silent = []
+        beats: list[Beat] = []
+        silent: list[tuple[str, int]] = []
         try:
+            await self._select(now, beats)
+            self._find_silent(now)
+            # (a node found silent by a flush that failed and beating again since is not)
+            silent = [s for s in self._silent if s[0] not in self._seen]
+            self._silent = []
             stale = await self.core.heartbeat_batch(beats, silent)
         except BaseException:
             self._silent = silent + self._silent
