@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Final
 
 import trio
+from trio.lowlevel import checkpoint
 
 from schedd.core.engine import Core
 from schedd.errors import StoreError
@@ -89,7 +90,7 @@ class HeartbeatBatcher:
         try:
             for i, beat in enumerate(list(pending.values())):
                 if i and not i % SELECT_SLICE:
-                    await trio.lowlevel.checkpoint()
+                    await checkpoint()
                 node_id = beat[0]
                 if pending.get(node_id) is not beat:
                     continue  # forgotten at the checkpoint
@@ -101,7 +102,7 @@ class HeartbeatBatcher:
                 else:
                     seen[node_id] = (now, last[1], last[2])
             if pending:  # the call is built and encoded in a step of its own
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
         finally:
             self._selecting = {}
 

@@ -275,10 +275,30 @@ async def test_a_forgotten_node_is_not_found_silent(store: Store) -> None:
     assert batcher.silenced == 1
 
 
-async def test_a_large_window_is_looked_at_in_slices(store: Store) -> None:
-    """A flush looks at SELECT_SLICE beats between two checkpoints, so other tasks run while it
-    selects; a node forgotten meanwhile is skipped (its beat is not sent, and it is not found
-    silent later); a beat arriving meanwhile waits for the next flush."""
+def _at_checkpoint(monkeypatch: pytest.MonkeyPatch,
+                   hook: Callable[[int], None]) -> list[int]:
+    """Call ``hook(n)`` at the batcher's n-th checkpoint (from 1), before it yields; returns
+    the list of checkpoints taken."""
+    from schedd.core import heartbeats
+
+    taken: list[int] = []
+    real = heartbeats.checkpoint
+
+    async def checkpoint() -> None:
+        taken.append(len(taken) + 1)
+        hook(len(taken))
+        await real()
+
+    monkeypatch.setattr(heartbeats, "checkpoint", checkpoint)
+    return taken
+
+
+async def test_a_large_window_is_looked_at_in_slices(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush looks at SELECT_SLICE beats between two checkpoints (and takes one more before
+    the call), so other tasks run while it selects; a node forgotten at a checkpoint is skipped
+    (its beat is not sent, and it is not found silent later); a beat arriving there waits for
+    the next flush."""
     core, _ = await make_core(store, **SETTINGS)
     nodes = 2 * SELECT_SLICE + 10
     regs = [await core.register_node(node_id=f"n{i:04d}", capacity=1, pools=["p"])
@@ -287,24 +307,21 @@ async def test_a_large_window_is_looked_at_in_slices(store: Store) -> None:
     calls = Recording(core)
     for reg in regs:
         batcher.beat(reg.node_id, reg.epoch)
-    ran_meanwhile: list[int] = []
+    looked_at: list[int] = []
 
-    async def during_the_first_slice_boundary() -> None:
-        # runs at the flush's first checkpoint: SELECT_SLICE beats looked at, the rest not
-        while batcher.beats == 0:
-            await trio.lowlevel.checkpoint()
-        ran_meanwhile.append(batcher.beats)
-        batcher.forget(regs[-1].node_id, regs[-1].epoch)  # not looked at yet
-        batcher.forget(regs[0].node_id, regs[0].epoch)  # looked at already
-        batcher.beat(regs[1].node_id, regs[1].epoch, 0.5, 1)  # for the next window
+    def at(n: int) -> None:
+        looked_at.append(batcher.beats)
+        if n == 1:
+            batcher.forget(regs[-1].node_id, regs[-1].epoch)  # not looked at yet
+            batcher.forget(regs[0].node_id, regs[0].epoch)  # looked at already
+            batcher.beat(regs[1].node_id, regs[1].epoch, 0.5, 1)  # for the next window
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(batcher.flush, 100.0)
-        nursery.start_soon(during_the_first_slice_boundary)
-    assert ran_meanwhile == [SELECT_SLICE]
-    sent = {beat[0] for beat in calls.sent}
+    taken = _at_checkpoint(monkeypatch, at)
+    await batcher.flush(now=100.0)
+    assert taken == [1, 2, 3]
+    assert looked_at == [SELECT_SLICE, 2 * SELECT_SLICE, nodes - 1]
     # n0 was looked at before it was forgotten, the last node after: not sent
-    assert sent == {reg.node_id for reg in regs[:-1]}
+    assert {beat[0] for beat in calls.sent} == {reg.node_id for reg in regs[:-1]}
     assert batcher.beats == nodes - 1 and batcher.sent == nodes - 1
     await batcher.flush(now=100.5)
     assert calls.sent == [(regs[1].node_id, regs[1].epoch, 0.5, 1)]
@@ -314,7 +331,7 @@ async def test_a_large_window_is_looked_at_in_slices(store: Store) -> None:
 
 
 async def test_a_flush_cancelled_while_it_selects_sends_those_beats_next_time(
-        store: Store) -> None:
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     core, _ = await make_core(store, **SETTINGS)
     regs = [await core.register_node(node_id=f"n{i:04d}", capacity=1, pools=["p"])
             for i in range(SELECT_SLICE + 5)]
@@ -322,14 +339,12 @@ async def test_a_flush_cancelled_while_it_selects_sends_those_beats_next_time(
     calls = Recording(core)
     for reg in regs:
         batcher.beat(reg.node_id, reg.epoch)
-    async def cancel(scope: trio.CancelScope) -> None:
-        scope.cancel()
-
     with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(batcher.flush, 100.0)
-            nursery.start_soon(cancel, scope)  # at the first checkpoint of the selection
+        _at_checkpoint(monkeypatch, lambda n: scope.cancel())
+        await batcher.flush(now=100.0)
+    assert scope.cancelled_caught
     assert calls.calls == []  # nothing was sent
+    monkeypatch.undo()
     # the beats looked at before the cancel are not taken as sent: the next ones go out
     for reg in regs[:SELECT_SLICE]:
         batcher.beat(reg.node_id, reg.epoch)
