@@ -866,6 +866,13 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
         opt.say(f"{name}: finished in {results[name]['wall_s']} s")
         if checkpoint is not None:
             checkpoint(document)
+    # again after the scenarios: a host that slowed down during the run (without stopping)
+    # shows as a longer slice here than before (docs/benchmarks.md, "What S3's tail is made of")
+    opt.say(f"HOST: probing again after the scenarios, {seconds:g} s")
+    host["host_stalls_after"] = after = await probe_host(seconds)
+    opt.say(f"HOST: {host_probe.describe(after)}")
+    if checkpoint is not None:
+        checkpoint(document)
     return document
 
 
@@ -894,10 +901,11 @@ def table(document: dict[str, Any]) -> str:
     speed = document.get("machine", {}).get("python_loop_ms")
     if speed is not None:
         rows.append(("HOST", "reference Python loop (lower: faster)", f"{speed} ms"))
-    stalls = document.get("machine", {}).get("host_stalls")
-    if stalls is not None:
-        rows.append(("HOST", "CPU stalls (host_probe, idle, before the scenarios)",
-                     host_probe.describe(stalls)))
+    for key, when in (("host_stalls", "before"), ("host_stalls_after", "after")):
+        stalls = document.get("machine", {}).get(key)
+        if stalls is not None:
+            rows.append(("HOST", f"CPU stalls (host_probe, idle, {when} the scenarios)",
+                         host_probe.describe(stalls)))
     if document.get("settings"):
         rows.append(("HOST", "daemon settings (--set)", ", ".join(document["settings"])))
     r = {name: res for name, res in document["results"].items() if "failed" not in res}

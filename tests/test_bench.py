@@ -55,11 +55,13 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert doc["machine"]["cpus"] >= 1
     assert doc["machine"]["python_loop_ms"] > 0  # the host's speed, to compare runs
     assert f"{doc['machine']['python_loop_ms']} ms" in proc.stdout
-    stalls = doc["machine"]["host_stalls"]  # the host probe ran before the scenarios
-    assert "failed" not in stalls, stalls
-    assert stalls["samples"] > 0 and stalls["stalls"] >= 0
-    assert re.search(r"HOST\s+CPU stalls \(host_probe, idle, before the scenarios\)\s+"
-                     r"\d+ stalls? in ", proc.stdout)
+    for when in ("before", "after"):  # the host probe ran before and after the scenarios
+        stalls = doc["machine"]["host_stalls" if when == "before" else "host_stalls_after"]
+        assert "failed" not in stalls, stalls
+        assert stalls["samples"] > 0 and stalls["work_ms"] > 0
+        assert re.search(rf"HOST\s+CPU stalls \(host_probe, idle, {when} the scenarios\)\s+"
+                         rf"\d+ stalls? in .*; slice {re.escape(str(stalls['work_ms']))} ms",
+                         proc.stdout)
     assert doc["settings"] == ["nodes.liveness_refresh=2"]
     assert re.search(r"HOST\s+daemon settings \(--set\)\s+nodes.liveness_refresh=2\n", proc.stdout)
     r = doc["results"]

@@ -93,9 +93,11 @@ def test_sample_runs_one_slice_per_period_until_the_time_is_up() -> None:
 def test_describe_names_the_figures_and_a_failure() -> None:
     result = summarize(_run(4.0, {1.0: 0.008, 2.5: 0.006})) | {"realtime": False}
     text = describe(result)
-    assert text == "2 stalls in 3.98 s (longest 7.5 ms), 2 bursts every 1.5 s (not real-time)"
+    slice_ms = result["work_ms"]
+    assert text == ("2 stalls in 3.98 s (longest 7.5 ms), 2 bursts every 1.5 s; "
+                    f"slice {slice_ms} ms (not real-time)")
     one = summarize(_run(4.0, {1.0: 0.008})) | {"realtime": True}
-    assert describe(one) == "1 stall in 3.98 s (longest 7.5 ms), 1 burst"
+    assert describe(one) == f"1 stall in 3.98 s (longest 7.5 ms), 1 burst; slice {slice_ms} ms"
     assert describe({"failed": "exit 1: boom"}) == "probe failed: exit 1: boom"
 
 
@@ -250,3 +252,15 @@ def test_the_table_has_a_row_for_the_stalls_during_each_scenario() -> None:
                      text)
     assert re.search(r"S5\s+CPU stalls during the run \(--probe-during\)\s+probe failed: "
                      r"exit 1: no output", text)
+
+
+def test_the_table_has_a_row_for_each_probe_of_the_host() -> None:
+    before = summarize(_run(4.0, {})) | {"realtime": True}
+    document = {"machine": {"host_stalls": before,
+                            "host_stalls_after": {"failed": "exit 1: no output"}},
+                "results": {}}
+    text = table(document)
+    assert re.search(r"HOST\s+CPU stalls \(host_probe, idle, before the scenarios\)\s+0 stalls in "
+                     rf"3.98 s .*; slice {re.escape(str(before['work_ms']))} ms\n", text)
+    assert re.search(r"HOST\s+CPU stalls \(host_probe, idle, after the scenarios\)\s+probe "
+                     r"failed: exit 1: no output", text)

@@ -133,6 +133,9 @@ def describe(result: dict[str, Any]) -> str:
             f"{result['longest_stall_ms']} ms), {bursts} burst{'' if bursts == 1 else 's'}")
     if result["burst_period_s"] is not None:
         text += f" every {result['burst_period_s']} s"
+    # the fixed slice's usual time: how fast the host ran (a slower host without stalls shows
+    # here only; compare it between the probes of a run)
+    text += f"; slice {result['work_ms']} ms"
     if not result["realtime"]:
         text += " (not real-time)"
     return text
