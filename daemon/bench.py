@@ -20,7 +20,9 @@ failover (nodes dropped or silenced while jobs run: time to reassignment, jobs l
 
 Before the scenarios, with nothing of the bench running, :mod:`schedd.benchmarks.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put
-a floor under every latency tail measured here.
+a floor under every latency tail measured here. It runs again after the scenarios
+(``machine.host_stalls_after``): a longer usual slice then than before means the host ran
+slower during the run.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5", "CHAOS")
 SCHEDD: Final = str(Path(sys.executable).parent / "schedd")
 POOL: Final = "p"
 PAYLOAD: Final = {"n": 1}
-#: Seconds the host probe runs before the scenarios, by scale.
+#: Seconds the host probe runs before the scenarios (and again after them), by scale.
 HOST_PROBE_SECONDS: Final = {"full": 10.0, "tiny": 1.0}
 #: Seconds to wait for the last jobs' done after a load ends; later ones count as lost.
 DRAIN_TIMEOUT: Final = 15.0

@@ -488,7 +488,7 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
                        help="also run the host probe beside every scenario and report the "
                        "CPU stalls the host caused during it (it takes ~2.5%% of one CPU at "
                        "real-time priority where allowed, so it is off by default; the probe "
-                       "always runs once before the scenarios)")
+                       "always runs before the scenarios and again after them)")
 
     if plugins is not None:
         try:
