@@ -21,8 +21,8 @@ failover (nodes dropped or silenced while jobs run: time to reassignment, jobs l
 Before the scenarios, with nothing of the bench running, :mod:`schedd.benchmarks.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put
 a floor under every latency tail measured here. It runs again after the scenarios
-(``machine.host_stalls_after``): a longer usual slice then than before means the host ran
-slower during the run.
+(``machine.host_stalls_after``): a longer usual slice then than before means the host still
+runs slower at the end of the run (a slowdown that has passed by then does not show).
 """
 
 from __future__ import annotations
@@ -868,7 +868,7 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
         opt.say(f"{name}: finished in {results[name]['wall_s']} s")
         if checkpoint is not None:
             checkpoint(document)
-    # again after the scenarios: a host that slowed down during the run (without stopping)
+    # again after the scenarios: a host still running slower at the end (without stopping)
     # shows as a longer slice here than before (docs/benchmarks.md, "What S3's tail is made of")
     opt.say(f"HOST: probing again after the scenarios, {seconds:g} s")
     host["host_stalls_after"] = after = await probe_host(seconds)
