@@ -19,7 +19,13 @@ class ChannelClosed(Exception):
 
 
 class Channel(Protocol):
-    """One connection, message by message."""
+    """One connection, message by message.
+
+    A transport's channel may also offer ``receive_nowait() -> bytes | str | None``: the next
+    message if it has already arrived, else ``None``, without reading or yielding. The daemon
+    uses it, where present, to find a node's ``result`` right behind its ``accept`` and record
+    both in one script call (``schedd.session``); the channels of ``schedd.sdk.connect`` have it.
+    """
 
     @property
     def peer(self) -> str:

@@ -119,6 +119,9 @@ class Session:
         # copies what it keeps). ~11 % of the daemon's CPU at 10,000 idle nodes.
         self._beat_raw: bytes | str = b""
         self._beat: p.Heartbeat | None = None
+        # a message taken from the channel ahead of its turn and handed back (see _accept): the
+        # receiving loop handles it next
+        self._next: bytes | str | None = None
         set_inline = getattr(channel, "set_inline", None)
         if set_inline is not None:
             set_inline(self._inline)
@@ -248,6 +251,10 @@ class Session:
         return reg.epoch
 
     async def _receive(self) -> bytes | str:
+        raw = self._next
+        if raw is not None:
+            self._next = None
+            return raw
         try:
             return await self.channel.receive()
         except ProtocolError as exc:  # the transport refused a frame (too large, malformed)
@@ -501,8 +508,47 @@ class Session:
         log.info("node %s capabilities changed: pools now %s (epoch %s)", node_id, pools, epoch)
 
     async def _accept(self, m: p.Accept) -> None:
+        """Record the accept; when the attempt's ``result`` arrived with it (a job that took no
+        time: the node sent both in one write), record both in one script call.
+
+        Two calls cost a second round trip to Redis before the client's ``done``, and a second
+        script run (docs/benchmarks.md, "Accept and result in one call"). If the joint call
+        fails, the accept is answered as its own call would have been, and the result is handled
+        next, alone, as if nothing had been tried (the script fences before it writes, so a
+        refused call changed nothing).
+        """
         node_id, _ = self._need_registered(m)
-        await self.app.core.accept(m.job_id, node_id=node_id, attempt=m.attempt)
+        behind = self._result_behind(m)
+        if behind is None:
+            await self.app.core.accept(m.job_id, node_id=node_id, attempt=m.attempt)
+            return
+        raw, result = behind
+        try:
+            await self._record_result(node_id, result, accepted=True)
+        except Exception:
+            self._next = raw
+            raise
+
+    def _result_behind(self, accept: p.Accept) -> tuple[bytes | str, p.Result] | None:
+        """The next message if it already arrived (no wait) and is the ``result`` of the
+        accepted attempt, within the rate limit; anything else is handed back to the loop."""
+        receive_nowait = getattr(self.channel, "receive_nowait", None)
+        if receive_nowait is None:
+            return None
+        raw: bytes | str | None = receive_nowait()
+        if raw is None:
+            return None
+        try:
+            message = p.decode(raw)
+        except ProtocolError:
+            message = None  # the loop says why
+        now = trio.current_time()
+        if isinstance(message, p.Result) and message.job_id == accept.job_id \
+                and message.attempt == accept.attempt and self.rate.allow(now):
+            self.last_seen = now
+            return raw, message
+        self._next = raw
+        return None
 
     async def _reject(self, m: p.Reject) -> None:
         node_id, _ = self._need_registered(m)
@@ -516,10 +562,13 @@ class Session:
 
     async def _result(self, m: p.Result) -> None:
         node_id, _ = self._need_registered(m)
+        await self._record_result(node_id, m)
+
+    async def _record_result(self, node_id: str, m: p.Result, *, accepted: bool = False) -> None:
         error = {"code": m.error.code, "message": m.error.message} if m.error else None
         await self.app.core.result(
             m.job_id, node_id=node_id, attempt=m.attempt, ok=m.ok,
-            output_json=orjson.dumps(m.output).decode(), error=error,
+            output_json=orjson.dumps(m.output).decode(), error=error, accepted=accepted,
         )
 
     async def _unavailable(self, m: p.Unavailable) -> None:

@@ -11,14 +11,20 @@
 -- ARGV[5] '1' ok, '0' failed
 -- ARGV[6] output, raw JSON
 -- ARGV[7] error, raw JSON ({code, message}) or 'null'
+-- ARGV[8] '1': the node's accept of this attempt came with the result and was not sent on its
+--         own; the job passes through running as job_accept would have made it (its counts,
+--         its event, t_acc), and a finished attempt is an error as job_accept's would be.
+--         '' or absent: no accept implied.
 -- returns {{state, 'new'|'duplicate'}, deliveries}
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
 local job_id, node_id, attempt = ARGV[2], ARGV[3], ARGV[4]
+local accepted = ARGV[8] == '1'
 -- what fencing, releasing and finishing read (not the payload, which may be large)
 local job = hmget(KEYS[1], {'state', 'node', 'attempt', 'client', 'pools', 'retain_ms', 't_sub',
   't_asg', 't_acc'})
-if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt then
+if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt
+    and not accepted then
   return {{job.state, 'duplicate'}, {}}
 end
 local e
@@ -27,7 +33,13 @@ if e then return e end
 local now = now_ms()
 local _, node_now = release(job_id, job)
 local ok = ARGV[5] == '1'
-finish(job_id, job, ok and 'done' or 'failed',
-  {ok = ok and '1' or '0', output = ARGV[6], error = ARGV[7]}, now)
+local fields = {ok = ok and '1' or '0', output = ARGV[6], error = ARGV[7]}
+if accepted and job.state ~= 'running' then
+  -- job_accept's effects; its run deadline would be removed at once by finish
+  count_state(job_id, job.state, 'running', job.attempt, job.node)
+  job.state = 'running'
+  fields.t_acc = now
+end
+finish(job_id, job, ok and 'done' or 'failed', fields, now)
 feed_node(node_id, now, node_now)
 return {{job.state, 'new'}, LOCAL, EVENTS}

@@ -259,14 +259,20 @@ class Core:
         ok: bool,
         output_json: str = "null",
         error: dict[str, Any] | None = None,
+        accepted: bool = False,
     ) -> tuple[str, bool]:
-        """Record the attempt's result; returns (state, duplicate)."""
-        state, status = await self._call(
-            "job_result",
-            [self.keys.job(job_id)],
-            [job_id, node_id, attempt, "1" if ok else "0", output_json,
-             orjson.dumps(error) if error is not None else "null"],
-        )
+        """Record the attempt's result; returns (state, duplicate).
+
+        ``accepted``: the node's ``accept`` of the attempt came with the result and is recorded
+        by this call, exactly as :meth:`accept` would have recorded it first (one script call
+        instead of two). A finished attempt is then refused as :meth:`accept` refuses it
+        (``StaleAttempt``), not reported as a duplicate.
+        """
+        args: list[Arg] = [job_id, node_id, attempt, "1" if ok else "0", output_json,
+                           orjson.dumps(error) if error is not None else "null"]
+        if accepted:
+            args.append("1")
+        state, status = await self._call("job_result", [self.keys.job(job_id)], args)
         return _text(state), _text(status) == "duplicate"
 
     async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> None:

@@ -460,6 +460,11 @@ class StreamChannel(_HubReader[bytes]):
             self._feed(await self._read())
         return frames.popleft()
 
+    def receive_nowait(self) -> bytes | None:
+        """The next frame's payload if it has arrived already, else ``None``: no read, no
+        checkpoint (the daemon looks for a node's ``result`` right behind its ``accept``)."""
+        return self._items.popleft() if self._items else None
+
     def _feed(self, data: bytes) -> None:
         """Decode what one read returned; raise at the end of the stream or a bad header."""
         if not data:
@@ -613,6 +618,12 @@ class WebSocketChannel(_HubReader[bytes | str]):
         if code:
             raise ProtocolError(code, message)
         raise ChannelClosed(message)
+
+    def receive_nowait(self) -> bytes | str | None:
+        """The next message if it has arrived already and no control frame waits to be answered
+        before it, else ``None``: no read, no checkpoint (see ``StreamChannel``)."""
+        messages = self._items
+        return messages.popleft() if messages and not self._control else None
 
     def _take(self, data: bytes) -> None:
         ws = self._ws

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import attrs
 import orjson
 import pytest
 import trio
 
 from schedd import errors
-from schedd.core import Assign, CancelJob, Done, Progress, Queries
+from schedd.core import Assign, CancelJob, Core, Done, Progress, Queries
 from schedd.store.base import Store
 from schedd.store.keys import Keys
-from tests.core.helpers import make_core, spec
+from tests.core.helpers import Recorder, make_core, spec
 
 
 async def test_full_lifecycle_delivers_one_done(store: Store) -> None:
@@ -315,3 +316,98 @@ async def test_recent_finished_is_trimmed_in_batches(store: Store) -> None:
     assert await store.execute("LLEN", core.keys.finished) == 2000
     recent = await Queries(store, core.keys).recent_finished()
     assert len(recent) == 2000 and recent[0].job_id == newest
+
+
+async def _record_one_way(core: Core, rec: Recorder, node_id: str, joint: bool,
+                          ) -> dict[str, object]:
+    """One job of a node of its own through accept and an ok result, as two calls or as one;
+    what it left behind."""
+    queries = Queries(core.store, core.keys)
+    counts_before = await queries.counts()
+    events: list[object] = []
+    core.on_event = events.append
+    await core.register_node(node_id=node_id, capacity=1, pools=[node_id])
+    sub = await core.submit(spec(node_id))
+    if joint:
+        outcome = await core.result(sub.job_id, node_id=node_id, attempt=1, ok=True,
+                                    output_json='{"a": 1}', accepted=True)
+    else:
+        await core.accept(sub.job_id, node_id=node_id, attempt=1)
+        outcome = await core.result(sub.job_id, node_id=node_id, attempt=1, ok=True,
+                                    output_json='{"a": 1}')
+    info = await queries.job(sub.job_id)
+    assert info is not None
+    done = rec.of(Done)[-1]
+    finished = (await queries.recent_finished())[0]
+    (node,) = [n for n in await queries.nodes() if n.node_id == node_id]
+    counts = await queries.counts()
+    return {
+        "outcome": outcome,
+        "events": [{k: ("<job>" if v == sub.job_id else "<node>" if v == node_id else v)
+                    for k, v in attrs.asdict(e).items()} for e in events],
+        "state": (info.state, info.ok, info.output, info.attempt),
+        "timings": sorted(k for k, v in info.timings.items() if v),
+        "done": (done.job_id == sub.job_id, done.state, done.ok, orjson.loads(done.output_json),
+                 sorted(k for k, v in done.timings.items() if v)),
+        "finished": (finished.job_id == sub.job_id, finished.accepted_ms > 0),
+        "counts": {k: v - counts_before.get(k, 0) for k, v in counts.items()},
+        "deadlines": await core.store.execute("ZCARD", core.keys.deadlines),
+        "slots used": node.used,
+    }
+
+
+async def test_result_with_its_accept_records_what_accept_then_result_would(
+        store: Store) -> None:
+    core, rec = await make_core(store)
+    apart = await _record_one_way(core, rec, "n1", joint=False)
+    joint = await _record_one_way(core, rec, "n2", joint=True)
+    assert joint == apart
+    assert [e["state"] for e in joint["events"]] == ["assigned", "running", "done"]  # type: ignore[attr-defined]
+    assert joint["timings"] == ["accepted", "assigned", "finished", "submitted"]
+    assert joint["finished"] == (True, True) and joint["deadlines"] == 0
+    assert joint["slots used"] == 0
+
+
+async def test_result_with_its_accept_after_a_separate_accept(store: Store) -> None:
+    core, rec = await make_core(store)
+    events: list[object] = []
+    core.on_event = events.append
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p"))
+    await core.accept(sub.job_id, node_id="n1", attempt=1)
+    assert await core.result(sub.job_id, node_id="n1", attempt=1, ok=False,
+                             accepted=True) == ("failed", False)
+    assert [getattr(e, "state", None) for e in events] == ["assigned", "running", "failed"]
+    counts = await Queries(store, core.keys).counts()
+    assert counts["running"] == 0 and counts["failed"] == 1
+    assert len(rec.of(Done)) == 1
+
+
+async def test_result_with_its_accept_is_refused_as_accept_would_be(store: Store) -> None:
+    core, rec = await make_core(store)
+    r1 = await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p"))
+    queries = Queries(store, core.keys)
+    # a finished attempt: a duplicate without the accept, refused with it (as job_accept is)
+    other = await core.submit(spec("p"))  # queued: n1's one slot is taken
+    assert other.state == "queued"
+    await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
+    before = (await queries.counts(), await queries.job(sub.job_id))
+    with pytest.raises(errors.StaleAttempt):
+        await core.result(sub.job_id, node_id="n1", attempt=1, ok=True, accepted=True)
+    with pytest.raises(errors.StaleAttempt):
+        await core.accept(sub.job_id, node_id="n1", attempt=1)
+    assert (await queries.counts(), await queries.job(sub.job_id)) == before
+    # the attempt moved to another node: refused, and nothing changes
+    assert rec.of(Assign)[-1].job_id == other.job_id
+    await core.register_node(node_id="n2", capacity=1, pools=["p"])
+    await core.node_offline("n1", epoch=r1.epoch, reason="lost")
+    moved = rec.of(Assign)[-1]
+    assert (moved.job_id, moved.node_id, moved.attempt) == (other.job_id, "n2", 2)
+    before = (await queries.counts(), await queries.job(other.job_id))
+    with pytest.raises(errors.StaleAttempt):
+        await core.result(other.job_id, node_id="n1", attempt=1, ok=True, accepted=True)
+    assert (await queries.counts(), await queries.job(other.job_id)) == before
+    with pytest.raises(errors.JobNotFound):
+        await core.result("nope", node_id="n1", attempt=1, ok=True, accepted=True)
+    assert len(rec.of(Done)) == 1

@@ -4,6 +4,8 @@ limits, and jobs flowing from clients to nodes and back."""
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -718,3 +720,133 @@ async def test_a_heartbeat_with_new_capabilities_is_not_handled_inline() -> None
         assert not session._inline(beat)  # the loop moves the node's pools first
         assert not session._inline(b"something else")
         await node.aclose()
+
+
+def record_scripts(monkeypatch: pytest.MonkeyPatch, d: Any) -> list[tuple[str, list[Any]]]:
+    """Every script the daemon's core calls from now on: its name and arguments."""
+    calls: list[tuple[str, list[Any]]] = []
+    scripts = d.app.core.scripts
+    real_call = scripts.call
+
+    async def call(store: Any, name: str, keys: Any, args: Any) -> Any:
+        calls.append((name, list(args)))
+        return await real_call(store, name, keys, args)
+
+    monkeypatch.setattr(scripts, "call", call)
+    return calls
+
+
+@asynccontextmanager
+async def node_holding_a_job(
+    transport: str = "tcp", **daemon: Any,
+) -> AsyncIterator[tuple[Any, StreamChannel | WebSocketChannel, Peer, p.Assign]]:
+    """A daemon, node n1 read through its readiness hub, a client, and the client's job
+    assigned to the node: (daemon, node, client, assign)."""
+    async with running_daemon(**daemon) as d:
+        node, _ = await hub_node(d, "n1", transport)
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["p"], ref="s"))
+        await client.expect(p.Accepted)
+        assign = p.decode(await node.receive())
+        assert isinstance(assign, p.Assign)
+        yield d, node, client, assign
+        await node.aclose()
+
+
+async def pong(node: StreamChannel | WebSocketChannel, ref: str) -> list[p.Message]:
+    """What the daemon sends the node up to the pong of a ping sent now (so, everything it
+    answers to the messages before the ping)."""
+    await node.send(p.encode(p.Ping(ref=ref)))
+    seen = []
+    while True:
+        message = p.decode(await node.receive())
+        if isinstance(message, p.Pong) and message.ref == ref:
+            return seen
+        seen.append(message)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_an_accept_and_its_result_in_one_write_take_one_script_call(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    async with node_holding_a_job(transport) as (d, node, client, assign):
+        events: list[Any] = []
+        d.app.core.on_event = events.append
+        calls = record_scripts(monkeypatch, d)
+        with trio.fail_after(10):
+            await node.send_many([
+                p.encode(p.Accept(job_id=assign.job_id, attempt=1, ref="a")),
+                p.encode(p.Result(job_id=assign.job_id, attempt=1, ok=True, output={"x": 1},
+                                  ref="r"))])
+            done = await client.expect(p.Done)
+            assert await pong(node, "after") == []  # nothing to answer: no error
+        assert (done.state, done.ok, done.output) == ("done", True, {"x": 1})
+        assert set(done.timings) == {"submitted", "assigned", "accepted", "finished"}
+        assert [(name, args[-1]) for name, args in calls] == [("job_result", "1")]
+        assert [(e.state, e.attempt, e.node) for e in events] == [
+            ("running", 1, "n1"), ("done", 1, "n1")]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_an_accept_and_result_refused_together_are_answered_as_apart(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    async with node_holding_a_job(transport) as (d, node, client, assign):
+        job_id = assign.job_id
+        with trio.fail_after(10):
+            await node.send(p.encode(p.Result(job_id=job_id, attempt=1, ok=True, ref="r0")))
+            await client.expect(p.Done)
+            assert await pong(node, "finished") == []
+            calls = record_scripts(monkeypatch, d)
+            # the node says both again (a replay): the accept of a finished attempt is refused,
+            # the result is a reported no-op, as when they come apart
+            await node.send_many([p.encode(p.Accept(job_id=job_id, attempt=1, ref="a")),
+                                  p.encode(p.Result(job_id=job_id, attempt=1, ok=True, ref="r"))])
+            answers = await pong(node, "replayed")
+        assert [(type(m), getattr(m, "code", None), m.ref) for m in answers] == [
+            (p.Error, "E_STALE_ATTEMPT", "a")]
+        assert [(name, len(args)) for name, args in calls] == [("job_result", 8),
+                                                                ("job_result", 7)]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_what_follows_an_accept_other_than_its_result_is_handled_in_turn(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    async with node_holding_a_job(transport) as (d, node, client, assign):
+        job_id = assign.job_id
+        calls = record_scripts(monkeypatch, d)
+        with trio.fail_after(10):
+            await node.send_many([
+                p.encode(p.Accept(job_id=job_id, attempt=1)),
+                p.encode(p.Result(job_id=job_id, attempt=2, ok=True, ref="other-attempt")),
+                p.encode(p.Accept(job_id=job_id, attempt=1)),
+                b"{not json",
+                p.encode(p.Accept(job_id=job_id, attempt=1)),
+                p.encode(p.Progress(job_id=job_id, attempt=1, data={"pct": 1})),
+                p.encode(p.Result(job_id=job_id, attempt=1, ok=True)),
+            ])
+            answers = await pong(node, "after")
+            assert (await client.expect(p.Progress)).data == {"pct": 1}
+            assert (await client.expect(p.Done)).state == "done"
+        assert [(type(m), getattr(m, "code", None), m.ref) for m in answers] == [
+            (p.Error, "E_STALE_ATTEMPT", "other-attempt"), (p.Error, p.E_MALFORMED, None)]
+        assert [(name, len(args)) for name, args in calls] == [
+            ("job_accept", 4), ("job_result", 7), ("job_accept", 4), ("job_accept", 4),
+            ("job_progress", 5), ("job_result", 7)]
+
+
+async def test_a_result_behind_an_accept_over_the_rate_limit_is_refused(tmp_path: Path) -> None:
+    async with node_holding_a_job(tmp_path=tmp_path,
+                                  toml="[limits]\nmax_messages_per_second = 1\n",
+                                  ) as (d, node, _, assign):
+        session = d.app.nodes["n1"]
+        session.rate.tokens = 1.0  # one message's worth: the accept's
+        session.rate.stamp = trio.current_time()
+        with trio.fail_after(10):
+            await node.send_many([p.encode(p.Accept(job_id=assign.job_id, attempt=1)),
+                                  p.encode(p.Result(job_id=assign.job_id, attempt=1, ok=True))])
+            error = p.decode(await node.receive())
+        assert isinstance(error, p.Error) and error.code == p.E_RATE
+        info = await d.app.queries.job(assign.job_id)
+        assert info is not None and info.state == "running"

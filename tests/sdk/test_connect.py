@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request
+from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
 from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ProtocolError
@@ -493,4 +493,38 @@ async def test_websocket_send_many_writes_whole_messages_in_order_in_one_write(
     await client.aclose()
     with pytest.raises(ChannelClosed):
         await server.send_many([b"late"])
+    await server.aclose()
+
+
+async def test_stream_channel_receive_nowait_hands_out_only_what_arrived() -> None:
+    sender, receiver = await _stream_channel_pair()
+    assert receiver.receive_nowait() is None  # nothing read yet, and it does not read
+    await sender.send_many([b"one", b"two"])
+    assert await receiver.receive() == b"one"
+    assert receiver.receive_nowait() == b"two"
+    assert receiver.receive_nowait() is None
+    await sender.send(b"three")
+    assert await receiver.receive() == b"three"
+    await receiver.aclose()
+    await sender.aclose()
+
+
+async def test_websocket_receive_nowait_leaves_a_message_behind_a_control_frame() -> None:
+    client, server = await _websocket_pair()
+    # one write: a message, a ping, a message, a message
+    data = b"".join([client._event_bytes(event) for event in (
+        TextMessage('{"n": 1}'), Ping(b"p"), TextMessage('{"n": 2}'), TextMessage('{"n": 3}'))])
+    assert client._socket is not None
+    assert os.write(client._socket.fileno(), data) == len(data)
+    assert await server.receive() == '{"n": 1}'  # the pong went first
+    # an answer still owed holds the messages back (receive answers before it returns one, so
+    # put one there by hand)
+    server._control.append(Pong(b"q"))
+    assert server.receive_nowait() is None
+    assert await server.receive() == '{"n": 2}'
+    assert server.receive_nowait() == '{"n": 3}'
+    assert server.receive_nowait() is None
+    await server.send(b'{"back": 1}')
+    assert await client.receive() == '{"back": 1}'  # behind the two pongs, which it took
+    await client.aclose()
     await server.aclose()
