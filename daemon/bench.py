@@ -364,6 +364,22 @@ class DaemonProcess:
         return [entry[2] / 1e6 for entry in entries
                 if len(entry[3]) > 1 and entry[3][1] in wanted]
 
+    async def command_counts(self) -> dict[str, int]:
+        """Calls of every command Redis ran so far (INFO commandstats: ``fcall``, ``evalsha``,
+        ...; the one connection this opens adds a ``hello``/``ping`` and the ``info``)."""
+        text = (await self.redis_command("INFO", "commandstats")).decode()
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, rest = line.partition(":")
+            if name.startswith("cmdstat_") and rest.startswith("calls="):
+                counts[name.removeprefix("cmdstat_")] = int(rest.split(",")[0].split("=")[1])
+        return counts
+
+    def processes(self) -> dict[str, int]:
+        """The pids of the daemon and of its redis-server."""
+        assert self.redis.proc is not None
+        return {"daemon": self.pid, "redis": self.redis.proc.pid}
+
     async def count_script_calls(self, names: Sequence[str], seconds: float) -> int:
         """Calls of one script (``FCALL`` by function name or ``EVALSHA`` by SHA: ``names``)
         during ``seconds``, counted from ``redis-cli MONITOR`` (a C process: parsing the stream
@@ -615,11 +631,24 @@ async def s1_dispatch(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
             # collector's passes within a second of the last connection (schedd.runtime); that
             # last young-generation pass is a one-time pause S1 leaves out.
             await trio.sleep(p["warmup"])
+            pids = {**(daemon.processes() if daemon is not None else {}), "bench": os.getpid()}
+            commands0 = await daemon.command_counts() if daemon is not None else {}
+            cpu0 = {name: _proc_times(pid) for name, pid in pids.items()}
             await open_loop(clients, recorder, p["rate"], p["seconds"], opt.say, "S1")
+            cpu1 = {name: _proc_times(pid) for name, pid in pids.items()}
+            commands1 = await daemon.command_counts() if daemon is not None else {}
             await recorder.drain()
+        jobs = len(recorder.jobs)
         result = {"nodes": p["nodes"], "rate": p["rate"], "seconds": p["seconds"],
                   "warmup_s": p["warmup"],
                   **recorder.summary(list(recorder.jobs.values())),
+                  # what a job costs, whatever the host's speed did to the latencies: the CPU
+                  # each process spent during the open loop, and the script calls Redis ran
+                  "cpu_us_per_job": {name: round(1e6 * (cpu1[name] - cpu0[name]) / jobs, 1)
+                                     for name in pids},
+                  "script_calls_per_job": round(sum(
+                      commands1.get(name, 0) - commands0.get(name, 0)
+                      for name in ("fcall", "evalsha")) / jobs, 3) if commands1 else None,
                   "errors": recorder.errors[:5], "error_count": len(recorder.errors)}
     return result
 
@@ -917,6 +946,9 @@ def table(document: dict[str, Any]) -> str:
         s = r["S1"]
         rows += [("S1", "submit->node", _lat(s["submit_to_node_ms"])),
                  ("S1", "submit->done", _lat(s["submit_to_done_ms"])),
+                 ("S1", "CPU per job (" + " / ".join(s["cpu_us_per_job"]) + "); script calls",
+                  " / ".join(f"{v:g}" for v in s["cpu_us_per_job"].values()) + " us; "
+                  f"{s['script_calls_per_job']}"),
                  ("S1", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}")]
     if "S2" in r:
         s = r["S2"]

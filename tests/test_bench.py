@@ -74,6 +74,13 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert s1["submit_to_node_ms"]["n"] == s1["submitted"]
     lat = s1["submit_to_done_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+    assert set(s1["cpu_us_per_job"]) == {"daemon", "redis", "bench"}
+    assert all(us > 0 for us in s1["cpu_us_per_job"].values())
+    # a no-op job's script calls: job_submit, then the node's accept and result together in one
+    # job_result; the heartbeat flushes and the reaper add a few hundredths
+    assert 2.0 <= s1["script_calls_per_job"] < 2.5
+    assert re.search(r"S1\s+CPU per job \(daemon / redis / bench\); script calls\s+\S+ / \S+ / "
+                     r"\S+ us; 2\.\d+\n", proc.stdout)
 
     s2 = r["S2"]
     assert s2["lost"] == 0 and s2["done"] == s2["submitted"] > 0
