@@ -24,7 +24,11 @@ class Channel(Protocol):
     A transport's channel may also offer ``receive_nowait() -> bytes | str | None``: the next
     message if it has already arrived, else ``None``, without reading or yielding. The daemon
     uses it, where present, to find a node's ``result`` right behind its ``accept`` and record
-    both in one script call (``schedd.session``); the channels of ``schedd.sdk.connect`` have it.
+    both in one script call (``schedd.session``). And ``write_nowait(data) -> bool`` with
+    ``write_pending``: write a message at once without waiting when no send is in progress
+    (``False``: nothing was written), keeping what a short write left for the next send; a
+    session's ``post`` uses it while its sender is idle. The channels of ``schedd.sdk.connect``
+    have both.
     """
 
     @property

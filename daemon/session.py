@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -97,6 +98,11 @@ class Session:
         self.inflight: set[str] = set()  # jobs this client submitted and has no done for yet
         self.violations = 0
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+        # The sender task waits with nothing queued and nothing of its own in flight: a message
+        # posted now may be written at once by the poster (see post)
+        self._sender_idle = False
+        self._write_nowait: Callable[[bytes], bool] | None = getattr(
+            channel, "write_nowait", None)
         self._cancel = trio.CancelScope()
         self.rate = RateLimiter(float(app.limits.max_messages_per_second))
         #: trio clock of the last message received; the app's idle sweep closes a session
@@ -129,9 +135,25 @@ class Session:
     # -- outgoing ------------------------------------------------------------------------------
 
     def post(self, message: p.Message) -> None:
-        """Queue a message for this peer; never blocks. Overflow disconnects the peer."""
+        """Send a message to this peer, in order; never blocks. Overflow disconnects the peer.
+
+        While the sender task waits with nothing queued, the message is written here and now
+        when the channel can (``write_nowait``: a plain socket, no send in progress): no trip
+        through the queue and the sender's task, which cost a task switch per message and held
+        an ``assign`` or a ``done`` for a scheduling round (docs/benchmarks.md, "Messages
+        written by their poster"). Anything else is queued for the sender, and from then on
+        every message is until the sender has sent the queue and waits again, so the order
+        holds. What a short write left waits for the sender, woken with an empty marker.
+        """
+        data = p.encode(message)
+        write = self._write_nowait
+        if self._sender_idle and write is not None and write(data):
+            if not getattr(self.channel, "write_pending", False):
+                return
+            data = b""  # the marker: the sender sends what the write left
+        self._sender_idle = False
         try:
-            self._out_send.send_nowait(p.encode(message))
+            self._out_send.send_nowait(data)
         except trio.WouldBlock:
             log.warning("%s %s is not reading; closing its connection", self.role, self.peer)
             self._cancel.cancel()
@@ -139,22 +161,37 @@ class Session:
             pass
 
     async def _sender(self) -> None:
-        """Send what is posted, in order. A channel with ``send_many`` (TCP) gets everything
-        queued meanwhile in one write, up to SEND_BATCH messages."""
+        """Send what is posted and queued, in order. A channel with ``send_many`` (TCP) gets
+        everything queued meanwhile in one write, up to SEND_BATCH messages."""
         send_many = getattr(self.channel, "send_many", None)
         out = self._out_recv
-        async for data in out:
+        while True:
+            try:
+                data = out.receive_nowait()
+            except trio.WouldBlock:
+                self._sender_idle = True
+                try:
+                    data = await out.receive()
+                except trio.EndOfChannel:
+                    return
+                finally:
+                    self._sender_idle = False
+            except trio.EndOfChannel:
+                return
             try:
                 if send_many is None:
-                    await self.channel.send(data)
+                    if data:
+                        await self.channel.send(data)
                     continue
-                batch = [data]
+                batch = [data] if data else []
                 while len(batch) < SEND_BATCH:
                     try:
-                        batch.append(out.receive_nowait())
+                        more = out.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                await send_many(batch)
+                    if more:
+                        batch.append(more)
+                await send_many(batch)  # also what a short write of post left, first
             except ChannelClosed:
                 self._cancel.cancel()
                 return
@@ -185,6 +222,7 @@ class Session:
                     except (CloseConnection, ChannelClosed):
                         pass
                 # Let what is queued (the last error, a final done) go out, for a second at most.
+                self._sender_idle = False  # and nothing more: later posts are dropped
                 self._out_send.close()
                 nursery.cancel_scope.deadline = trio.current_time() + 1.0
         finally:

@@ -50,7 +50,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
-from typing import Final, Generic, NoReturn, TypeVar, cast
+from typing import Final, Generic, NoReturn, Protocol, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
@@ -220,18 +220,30 @@ def _write_now(sock: trio.socket.SocketType, data: bytes, peer: str) -> int:
         raise ChannelClosed(f"connection with {peer} lost: {exc}") from exc
 
 
-async def _send_in_order(stream: trio.abc.Stream, sock: trio.socket.SocketType | None,
-                         lock: trio.Lock, peer: str, encode: Callable[[], bytes]) -> None:
+class _Sends(Protocol):
+    """What :func:`_send_in_order` and :func:`_write_nowait` use of a channel."""
+
+    _stream: trio.abc.Stream
+    _socket: trio.socket.SocketType | None
+    _send_lock: trio.Lock
+    #: the end of a message a short :func:`_write_nowait` left: it goes out before anything else
+    _rest: bytes
+    peer: str
+
+
+async def _send_in_order(channel: _Sends, encode: Callable[[], bytes]) -> None:
     """Send the bytes ``encode()`` makes (called once) whole, in the order of the calls.
 
-    With a plain socket (``sock``) and no other send in progress, one non-blocking write
+    With a plain socket and no other send in progress, one non-blocking write
     (:func:`_write_now`) almost always takes it all; what it leaves goes through ``send_all``
-    under ``lock``, taken before anything yields, so no other send can come between. Otherwise
-    ``encode`` runs under the lock. Either way this is a checkpoint. Transport failures raise
+    under the channel's lock, taken before anything yields, so no other send can come between.
+    Otherwise ``encode`` runs under the lock, after what a short :func:`_write_nowait` left.
+    Either way this is a checkpoint. Transport failures raise
     :class:`~schedd.channel.ChannelClosed`.
     """
+    sock, lock, peer = channel._socket, channel._send_lock, channel.peer
     rest: bytes | None = None
-    if sock is not None and not lock.locked():
+    if sock is not None and not lock.locked() and not channel._rest:
         data = encode()
         sent = _write_now(sock, data, peer)
         if sent == len(data):
@@ -240,7 +252,12 @@ async def _send_in_order(stream: trio.abc.Stream, sock: trio.socket.SocketType |
         rest = data[sent:]
     await _acquire(lock)
     try:
-        await stream.send_all(encode() if rest is None else rest)
+        held, channel._rest = channel._rest, b""
+        if held:
+            await channel._stream.send_all(held)
+        data = encode() if rest is None else rest
+        if data:
+            await channel._stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise ChannelClosed(f"connection with {peer} lost: {exc}") from exc
     except trio.BusyResourceError as exc:
@@ -249,6 +266,27 @@ async def _send_in_order(stream: trio.abc.Stream, sock: trio.socket.SocketType |
         raise ChannelClosed(f"connection with {peer} closed while sending") from exc
     finally:
         lock.release()
+
+
+def _write_nowait(channel: _Sends, encode: Callable[[], bytes]) -> bool:
+    """Write the bytes ``encode()`` makes at once, from any task, without waiting: True when
+    they are on their way, False when nothing was written (no plain socket, another send in
+    progress, the socket full, closing or broken, or ``encode`` refused: send as usual, which
+    says why). What a short write leaves is kept in ``_rest`` and goes out first with the next
+    send (``send_many([])`` sends only that)."""
+    sock = channel._socket
+    if sock is None or channel._send_lock.locked() or channel._rest:
+        return False
+    try:
+        data = encode()
+        sent = _write_now(sock, data, channel.peer)
+    except Exception:  # closing, broken or refused: the usual send says why
+        return False
+    if sent == 0 and data:
+        return False
+    if sent < len(data):
+        channel._rest = data[sent:]
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +458,7 @@ class StreamChannel(_HubReader[bytes]):
         trio (:func:`read_when_ready`).
     """
 
-    __slots__ = ("_broken", "_closed", "_decoder", "_end", "_send_lock")
+    __slots__ = ("_broken", "_closed", "_decoder", "_end", "_rest", "_send_lock")
 
     def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int,
                  hub: ReadinessHub | None = None) -> None:
@@ -431,6 +469,7 @@ class StreamChannel(_HubReader[bytes]):
         self._decoder = FrameDecoder(max_frame)
         self._items: deque[bytes] = deque()
         self._send_lock = trio.Lock()
+        self._rest = b""
         self._broken: tuple[str, str] | None = None
         self._closed = False
         self._end: ChannelClosed | None = None  # the end of the input once read (with a hub)
@@ -507,8 +546,20 @@ class StreamChannel(_HubReader[bytes]):
         await self._send_frames(b"".join([encode_frame(data) for data in messages]))
 
     async def _send_frames(self, frame: bytes) -> None:
-        await _send_in_order(self._stream, self._socket, self._send_lock, self.peer,
-                             lambda: frame)
+        await _send_in_order(self, lambda: frame)
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write ``data`` as one frame now, without waiting, if no other send is in progress:
+        True when it is on its way (what a short write left goes out first with the next send:
+        see :attr:`write_pending`), False when nothing was written (use :meth:`send`). For the
+        daemon, whose sessions post messages from other connections' tasks."""
+        return _write_nowait(self, lambda: encode_frame(data))
+
+    @property
+    def write_pending(self) -> bool:
+        """Whether a short :meth:`write_nowait` left bytes that wait for the next send
+        (``send_many([])`` sends just them)."""
+        return bool(self._rest)
 
     async def aclose(self) -> None:
         """Close gracefully (see :func:`close_stream`); idempotent, never raises."""
@@ -549,6 +600,7 @@ class WebSocketChannel(_HubReader[bytes | str]):
         "_frames",
         "_max_frame",
         "_parts",
+        "_rest",
         "_send_lock",
         "_size",
         "_text",
@@ -573,6 +625,7 @@ class WebSocketChannel(_HubReader[bytes | str]):
         self._parts: list[bytes | str] = []
         self._size = 0
         self._send_lock = trio.Lock()
+        self._rest = b""
         self._text = True
         # Once set, (error code or "", message) of what every later receive raises.
         self._ended: tuple[str, str] | None = None
@@ -745,19 +798,24 @@ class WebSocketChannel(_HubReader[bytes | str]):
             raise ChannelClosed(f"connection with {self.peer} is closing") from None
 
     async def _send_event(self, event: Event) -> None:
-        await _send_in_order(self._stream, self._socket, self._send_lock, self.peer,
-                             lambda: self._event_bytes(event))
+        await _send_in_order(self, lambda: self._event_bytes(event))
 
     async def send(self, data: bytes) -> None:
         """Send one message: text (``data`` is UTF-8 JSON) or binary, see the module rules."""
-        await _send_in_order(self._stream, self._socket, self._send_lock, self.peer,
-                             lambda: self._message(data))
+        await _send_in_order(self, lambda: self._message(data))
 
     async def send_many(self, messages: list[bytes]) -> None:
         """Send each of ``messages`` as ``send`` would, all in one write (in order, whole)."""
-        await _send_in_order(
-            self._stream, self._socket, self._send_lock, self.peer,
-            lambda: b"".join([self._message(data) for data in messages]))
+        await _send_in_order(self, lambda: b"".join([self._message(data) for data in messages]))
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write one message now, without waiting, as ``StreamChannel.write_nowait``."""
+        return _write_nowait(self, lambda: self._message(data))
+
+    @property
+    def write_pending(self) -> bool:
+        """As ``StreamChannel.write_pending``."""
+        return bool(self._rest)
 
     def _message(self, data: bytes) -> bytes:
         """``data`` as one frame (schedd.sdk.wsframes.encode_message); ``ChannelClosed`` once

@@ -3,6 +3,7 @@ limits, and jobs flowing from clients to nodes and back."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -850,3 +851,108 @@ async def test_a_result_behind_an_accept_over_the_rate_limit_is_refused(tmp_path
         assert isinstance(error, p.Error) and error.code == p.E_RATE
         info = await d.app.queries.job(assign.job_id)
         assert info is not None and info.state == "running"
+
+
+def record_direct_writes(monkeypatch: pytest.MonkeyPatch, session: Any,
+                         refuse: int = 0) -> list[bool]:
+    """The outcome of every direct write ``session.post`` tries from now on (the first
+    ``refuse`` of them refused, as a busy channel would)."""
+    outcomes: list[bool] = []
+    real = session._write_nowait
+
+    def write_nowait(data: bytes) -> bool:
+        outcomes.append(len(outcomes) >= refuse and real(data))
+        return outcomes[-1]
+
+    monkeypatch.setattr(session, "_write_nowait", write_nowait)
+    return outcomes
+
+
+async def settled(session: Any) -> None:
+    """Until the session's sender waits with nothing queued."""
+    with trio.fail_after(5):
+        while not session._sender_idle:
+            await trio.sleep(0.001)
+
+
+@asynccontextmanager
+async def idle_node(transport: str = "tcp") -> AsyncIterator[
+        tuple[Any, StreamChannel | WebSocketChannel, Any]]:
+    """A daemon, node n1 read through its readiness hub, and n1's session, its sender idle:
+    (daemon, node, session)."""
+    async with running_daemon() as d:
+        node, _ = await hub_node(d, "n1", transport)
+        session = d.app.nodes["n1"]
+        await settled(session)
+        yield d, node, session
+        await node.aclose()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_an_assign_is_written_to_an_idle_node_by_its_poster(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    async with idle_node(transport) as (d, node, session):
+        writes = record_direct_writes(monkeypatch, session)
+        client = await d.connect("client")
+        await client.send(p.Submit(pools=["p"], ref="s"))
+        with trio.fail_after(10):
+            assign = p.decode(await node.receive())
+        assert isinstance(assign, p.Assign)
+        assert writes == [True]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_after_a_refused_direct_write_messages_keep_their_order(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    async with idle_node(transport) as (_, node, session):
+        writes = record_direct_writes(monkeypatch, session, refuse=1)
+        for ref in ("1", "2", "3"):
+            session.post(p.Pong(ref=ref))
+        # the first was refused and queued: the rest queue behind it, no direct write tried
+        assert writes == [False]
+        with trio.fail_after(10):
+            refs = [p.decode(await node.receive()).ref for _ in range(3)]
+        assert refs == ["1", "2", "3"]
+        await settled(session)  # then idle again: the next message is written directly
+        session.post(p.Pong(ref="4"))
+        assert writes == [False, True]
+        with trio.fail_after(10):
+            assert p.decode(await node.receive()).ref == "4"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_what_a_short_direct_write_left_is_sent_before_later_messages(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    async with idle_node(transport) as (_, node, session):
+        real_write = os.write
+        short = [True]
+
+        def write(fd: int, data: bytes) -> int:
+            if short and short.pop():
+                return real_write(fd, data[:4])
+            return real_write(fd, data)
+
+        monkeypatch.setattr("schedd.sdk.connect.os.write", write)
+        session.post(p.Pong(ref="first"))
+        assert session.channel.write_pending and not session._sender_idle
+        session.post(p.Pong(ref="second"))
+        with trio.fail_after(10):
+            refs = [p.decode(await node.receive()).ref for _ in range(2)]
+        assert refs == ["first", "second"]
+        assert not session.channel.write_pending
+
+
+async def test_nothing_is_written_directly_once_the_session_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with idle_node() as (d, node, session):
+        writes = record_direct_writes(monkeypatch, session)
+        await node.aclose()
+        with trio.fail_after(10):
+            while "n1" in d.app.nodes:
+                await trio.sleep(0.005)
+        session.post(p.Pong(ref="late"))  # dropped, as it always was
+        assert writes == []

@@ -6,6 +6,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -528,3 +529,72 @@ async def test_websocket_receive_nowait_leaves_a_message_behind_a_control_frame(
     assert await client.receive() == '{"back": 1}'  # behind the two pongs, which it took
     await client.aclose()
     await server.aclose()
+
+
+@pytest.mark.parametrize("make_pair", [_stream_channel_pair, _websocket_pair],
+                         ids=["tcp", "websocket"])
+async def test_write_nowait_writes_a_message_at_once_unless_a_send_is_in_progress(
+    make_pair: Callable[[], Awaitable[tuple[Any, Any]]],
+) -> None:
+    sender, receiver = await make_pair()
+    assert sender.write_nowait(b'{"n": 1}') and not sender.write_pending
+    assert await receiver.receive() in (b'{"n": 1}', '{"n": 1}')
+    sender._send_lock.acquire_nowait()  # a send in progress (its rest not yet written)
+    assert not sender.write_nowait(b'{"n": 2}')
+    sender._send_lock.release()
+    await _close_both(sender, receiver)
+    assert not sender.write_nowait(b'{"n": 3}')  # closed: the usual send says why
+    with pytest.raises(ChannelClosed):
+        await sender.send(b'{"n": 3}')
+
+
+@pytest.mark.parametrize("make_pair", [_stream_channel_pair, _websocket_pair],
+                         ids=["tcp", "websocket"])
+async def test_what_a_short_write_nowait_left_goes_out_before_the_next_send(
+    monkeypatch: pytest.MonkeyPatch, make_pair: Callable[[], Awaitable[tuple[Any, Any]]],
+) -> None:
+    real_write = os.write
+    sender, receiver = await make_pair()
+    monkeypatch.setattr("schedd.sdk.connect.os.write",
+                        lambda fd, data: real_write(fd, data[:3]))
+    assert sender.write_nowait(b'{"first": "message"}') and sender.write_pending
+    assert not sender.write_nowait(b'{"second": "message"}')  # the rest goes first
+    monkeypatch.setattr("schedd.sdk.connect.os.write", _would_block)
+    assert not sender.write_nowait(b'{"second": "message"}')
+    monkeypatch.undo()
+    await sender.send_many([])  # just the rest
+    assert not sender.write_pending
+    assert sender.write_nowait(b'{"second": "message"}')
+    received = [await receiver.receive() for _ in range(2)]
+    assert [m.encode() if isinstance(m, str) else m for m in received] == [
+        b'{"first": "message"}', b'{"second": "message"}']
+    await _close_both(sender, receiver)
+
+
+@pytest.mark.parametrize("make_pair", [_stream_channel_pair, _websocket_pair],
+                         ids=["tcp", "websocket"])
+async def test_a_send_after_a_short_write_nowait_sends_the_rest_first(
+    monkeypatch: pytest.MonkeyPatch, make_pair: Callable[[], Awaitable[tuple[Any, Any]]],
+) -> None:
+    real_write = os.write
+    sender, receiver = await make_pair()
+    monkeypatch.setattr("schedd.sdk.connect.os.write",
+                        lambda fd, data: real_write(fd, data[:5]))
+    assert sender.write_nowait(b'{"first": "message"}') and sender.write_pending
+    monkeypatch.undo()
+    await sender.send(b'{"second": "message"}')
+    assert not sender.write_pending
+    received = [await receiver.receive() for _ in range(2)]
+    assert [m.encode() if isinstance(m, str) else m for m in received] == [
+        b'{"first": "message"}', b'{"second": "message"}']
+    await _close_both(sender, receiver)
+
+
+def _would_block(fd: int, data: bytes) -> int:
+    raise BlockingIOError
+
+
+async def _close_both(*channels: Any) -> None:
+    async with trio.open_nursery() as nursery:  # each end's close waits for the other's
+        for channel in channels:
+            nursery.start_soon(channel.aclose)
