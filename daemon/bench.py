@@ -367,13 +367,10 @@ class DaemonProcess:
     async def command_counts(self) -> dict[str, int]:
         """Calls of every command Redis ran so far (INFO commandstats: ``fcall``, ``evalsha``,
         ...; the one connection this opens adds a ``hello``/``ping`` and the ``info``)."""
-        text = (await self.redis_command("INFO", "commandstats")).decode()
-        counts: dict[str, int] = {}
-        for line in text.splitlines():
-            name, _, rest = line.partition(":")
-            if name.startswith("cmdstat_") and rest.startswith("calls="):
-                counts[name.removeprefix("cmdstat_")] = int(rest.split(",")[0].split("=")[1])
-        return counts
+        from schedd.benchmarks.script_cost import command_stats
+
+        stats = command_stats(await self.redis_command("INFO", "commandstats"))
+        return {name: int(stat["calls"]) for name, stat in stats.items()}
 
     def processes(self) -> dict[str, int]:
         """The pids of the daemon and of its redis-server."""

@@ -167,6 +167,8 @@ class Session:
         out = self._out_recv
         while True:
             try:
+                # idle only when nothing is queued: awaiting receive() on a queue that holds
+                # something still yields once, and a direct write then would overtake it
                 data = out.receive_nowait()
             except trio.WouldBlock:
                 self._sender_idle = True

@@ -51,7 +51,8 @@ from schedd.store.base import Arg, Store
 from schedd.store.redis_store import _encode as encode_command
 
 
-def _stats(info: bytes) -> dict[str, dict[str, float]]:
+def command_stats(info: bytes) -> dict[str, dict[str, float]]:
+    """``INFO commandstats`` as {command: {calls, usec, usec_per_call}} (``fcall``, ...)."""
     out: dict[str, dict[str, float]] = {}
     for line in info.decode().splitlines():
         if line.startswith("cmdstat_"):
@@ -64,7 +65,7 @@ def _stats(info: bytes) -> dict[str, dict[str, float]]:
 async def _script_stats(store: Store) -> dict[str, float]:
     """calls, usec and usec_per_call of the scripts since ``CONFIG RESETSTAT`` (FCALL, or
     EVALSHA where the server runs no functions)."""
-    commandstats = _stats(await store.execute("INFO", "commandstats"))
+    commandstats = command_stats(await store.execute("INFO", "commandstats"))
     return commandstats.get("fcall") or commandstats["evalsha"]
 
 
