@@ -379,10 +379,15 @@ async def test_capacity_full_rejects_and_heartbeats_report_load(
             await peer.recv(Accept)
             reject = await peer.recv(Reject)
             assert reject.job_id == "j2" and reject.reason == "no free slot"
+            answered.set()
 
+        # the peer's messages are read by one task at a time: the script until it has the
+        # reject, then the test (two readers could each take the other's message)
+        answered = trio.Event()
         nursery.start_soon(script)
         await start_node(nursery, node)
-        await until(lambda: len(node.running) == 2)
+        await answered.wait()
+        assert len(node.running) == 2
         peer = peers[0]
         while True:
             beat = await peer.recv(Heartbeat, skip=(Accept, Reject))
