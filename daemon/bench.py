@@ -16,7 +16,8 @@ Rules of this module:
 Scenarios: S1 dispatch latency (open loop), S2 throughput (closed loop, concurrency raised until
 p99 passes 50 ms), S3 heartbeat scale (daemon CPU, RSS, heartbeat script calls per second,
 dispatch p99 under that load), S4 script cost (:mod:`schedd.benchmarks.script_cost`), S5
-failover (nodes dropped or silenced while jobs run: time to reassignment, jobs lost).
+failover (S1's load with jobs that take time, nodes dropped or silenced while they run: time
+to reassignment, jobs lost).
 
 Before the scenarios, with nothing of the bench running, :mod:`schedd.benchmarks.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put
@@ -589,8 +590,10 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S3": {"nodes": 10000, "idle_seconds": 40, "monitor_seconds": 10, "rate": 500,
                "load_seconds": 20, "clients": 4},
         "S4": {"sizes": [10, 1000, 10000], "calls": 5000},
-        "S5": {"nodes": 200, "rate": 100, "seconds": 20, "duration": "uniform:0.5,1.5",
-               "kills": 5, "heartbeat_interval": 1.0},
+        # S1's fleet, rate, length and clients, with jobs that take time so that a killed node
+        # holds work: "nodes killed during S1"
+        "S5": {"nodes": 1000, "rate": 500, "seconds": 30, "clients": 4, "warmup": 3.0,
+               "duration": "uniform:0.5,1.5", "kills": 10, "heartbeat_interval": 1.0},
         "CHAOS": {"nodes": 200, "jobs": 5000, "instances": 3, "settle": 120.0},
     },
     "tiny": {
@@ -599,8 +602,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S3": {"nodes": 300, "idle_seconds": 3, "monitor_seconds": 1.5, "rate": 100,
                "load_seconds": 1.5, "clients": 2},
         "S4": {"sizes": [10, 200], "calls": 200},
-        "S5": {"nodes": 30, "rate": 50, "seconds": 3, "duration": "uniform:0.3,0.6",
-               "kills": 2, "heartbeat_interval": 0.25},
+        "S5": {"nodes": 30, "rate": 50, "seconds": 3, "clients": 2, "warmup": 0.0,
+               "duration": "uniform:0.3,0.6", "kills": 2, "heartbeat_interval": 0.25},
         "CHAOS": {"nodes": 20, "jobs": 200, "instances": 3, "settle": 60.0},
     },
 }
@@ -778,7 +781,8 @@ async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
         recorder = Recorder()
         async with open_fleet(url, p["nodes"], opt.say, duration=parse_duration(p["duration"]),
                               on_assign=recorder.on_assign) as fleet, \
-                open_clients(url, recorder, 2) as clients:
+                open_clients(url, recorder, p["clients"]) as clients:
+            await trio.sleep(p["warmup"])  # as S1: past the fleet's last collector freeze
 
             async def killer() -> None:
                 await trio.sleep(p["seconds"] / 3)
@@ -797,7 +801,8 @@ async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
                 nursery.start_soon(killer)
                 await open_loop(clients, recorder, p["rate"], p["seconds"], opt.say, "S5")
             await recorder.drain(DRAIN_TIMEOUT + 10 * interval)
-    out: dict[str, Any] = {"nodes": p["nodes"], "heartbeat_interval_s": interval,
+    out: dict[str, Any] = {"nodes": p["nodes"], "rate": p["rate"], "seconds": p["seconds"],
+                           "warmup_s": p["warmup"], "heartbeat_interval_s": interval,
                            **recorder.summary(list(recorder.jobs.values()))}
     for how in ("drop", "silent"):
         delays = []
@@ -983,6 +988,7 @@ def table(document: dict[str, Any]) -> str:
             rows.append(("S5", f"{how}: kill->reassign",
                          f"{_lat(k['kill_to_reassign_ms'])} ({k['jobs_held']} jobs on "
                          f"{k['nodes_killed']} nodes, {k['not_reassigned']} not reassigned)"))
+        rows.append(("S5", "submit->node, kills included", _lat(s["submit_to_node_ms"])))
         rows.append(("S5", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}"))
     if "CHAOS" in r and "accepted" in r["CHAOS"]:
         c = r["CHAOS"]

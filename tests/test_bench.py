@@ -115,6 +115,9 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
         assert s5[how]["jobs_held"] > 0
         assert s5[how]["not_reassigned"] == 0
         assert s5[how]["kill_to_reassign_ms"]["n"] == s5[how]["jobs_held"]
+    assert s5["submit_to_node_ms"]["n"] == s5["submitted"]
+    assert re.search(r"S5\s+submit->node, kills included\s+"
+                     r"p50 [\d.]+ / p99 [\d.]+ / max [\d.]+ ms\n", proc.stdout)
 
 
 def test_set_overrides_the_bench_daemons_configuration() -> None:
