@@ -328,7 +328,9 @@ class RedisStore(Store):
         self._conn: _Connection | None = None
         self._down_cause = "not connected yet"
         self._closed = False
-        self._nursery: trio.Nursery | None = None
+        # The scope of the store's own tasks (open_redis_store's nursery also holds the caller's
+        # block): aclose() cancels this one, so closing ends the store, not the caller's code.
+        self._tasks_scope = trio.CancelScope()
         self._blocking: _Connection | None = None
         self._blocking_lock = trio.Lock()
         # Bumped whenever the shared connection is lost; the blocking connection remembers the
@@ -448,9 +450,12 @@ class RedisStore(Store):
         return await trio.open_tcp_stream(self._host, self._port)
 
     def _start(self, nursery: trio.Nursery, conn: _Connection) -> None:
-        self._nursery = nursery
         self._conn = conn
-        nursery.start_soon(self._maintain, conn)
+        nursery.start_soon(self._run_tasks, conn)
+
+    async def _run_tasks(self, conn: _Connection) -> None:
+        with self._tasks_scope:  # cancelled before it is entered, it cancels at once
+            await self._maintain(conn)
 
     async def _maintain(self, conn: _Connection) -> None:
         """Serve a connection until it breaks, then reconnect with backoff; forever."""
@@ -719,8 +724,7 @@ class RedisStore(Store):
         if self._blocking is not None:
             streams.append(self._blocking.stream)
             self._blocking = None
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        self._tasks_scope.cancel()
         # Shielded so that closing from an already-cancelled context still releases the sockets;
         # aclose_forcefully cannot block, so the shield cannot hang.
         with trio.CancelScope(shield=True):

@@ -626,6 +626,21 @@ def test_url_is_masked_and_validated() -> None:
 # -- closing -----------------------------------------------------------------------------------
 
 
+async def test_aclose_inside_the_block_ends_the_store_not_the_block(
+    redis_server: RedisServer,
+) -> None:
+    # The store's tasks share a nursery with the caller's block; closing must end only theirs.
+    with trio.fail_after(10):
+        async with open_redis_store(redis_server.url) as store:
+            await store.aclose()
+            try:
+                await trio.lowlevel.checkpoint()
+            except trio.Cancelled:
+                pytest.fail("aclose() cancelled the block that opened the store")
+            with pytest.raises(StoreUnavailable, match="store is closed"):
+                await store.execute("PING")
+
+
 async def test_aclose_fails_pending_and_later_calls(redis_server: RedisServer) -> None:
     with trio.fail_after(10):
         async with open_redis_store(redis_server.url) as store:
