@@ -1,12 +1,50 @@
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from typing import Any
 
 import pytest
+import trio
 
 from schedd.redis_process import REDIS_SERVER, RedisServer
+
+# -- a cancelled test fails ---------------------------------------------------------------------
+#
+# pytest-trio runs a test inside a nursery that it cancels on the way out, so a trio.Cancelled
+# escaping the test's body (a scope the test does not own cancelled it, and everything after
+# that point was skipped) is absorbed there and the test counts as passed. Here it fails.
+
+
+def _fail_if_cancelled(
+    test: Callable[..., Awaitable[None]],
+) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(test)
+    async def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            await test(*args, **kwargs)
+        except trio.Cancelled as exc:
+            raise AssertionError(
+                "trio.Cancelled escaped the test: a cancel scope it does not own cancelled its "
+                "body, so the rest of the test did not run"
+            ) from exc
+
+    return guarded
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    # before pytest-trio's wrapper (a hookwrapper too) replaces the test function with its runner
+    test = getattr(item, "obj", None)
+    inner = getattr(getattr(test, "hypothesis", None), "inner_test", None)
+    if inspect.iscoroutinefunction(inner):
+        test.hypothesis.inner_test = _fail_if_cancelled(inner)  # type: ignore[union-attr]
+    elif inspect.iscoroutinefunction(test):
+        item.obj = _fail_if_cancelled(test)  # type: ignore[attr-defined]
+    yield
 
 
 @pytest.fixture(scope="session")
