@@ -1,0 +1,1 @@
+../../daemon/__init__.py

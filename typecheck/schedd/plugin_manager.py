@@ -1,0 +1,1 @@
+../../daemon/plugin_manager.py

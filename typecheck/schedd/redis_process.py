@@ -1,0 +1,1 @@
+../../daemon/redis_process.py
