@@ -260,17 +260,18 @@ async def test_script_cost_runs_back_to_back_off_the_servers_cpu(
     """The back-to-back calls run with this process on the CPUs the server does not use, and
     its affinity is restored after."""
     from schedd.benchmarks import script_cost
+    from schedd.core import Core
 
     before = os.sched_getaffinity(0)
     seen: list[set[int]] = []
-    submit = script_cost.Core.submit
+    submit = Core.submit
 
     async def spy(self: Any, spec: Any, **kwargs: Any) -> Any:
         if spec.job_id.startswith("b2b-"):
             seen.append(os.sched_getaffinity(0))
         return await submit(self, spec, **kwargs)
 
-    monkeypatch.setattr(script_cost.Core, "submit", spy)
+    monkeypatch.setattr(Core, "submit", spy)  # the class script_cost drives
     (row,) = await script_cost.run([3], 40)
     assert os.sched_getaffinity(0) == before
     assert row["select_reserve_calls"] == 40

@@ -128,7 +128,7 @@ def test_realtime_is_false_where_the_class_is_refused(monkeypatch: pytest.Monkey
     def refuse(*args: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(host_probe.os, "sched_setscheduler", refuse)
+    monkeypatch.setattr("schedd.benchmarks.host_probe.os.sched_setscheduler", refuse)
     assert host_probe.realtime() is False
 
 

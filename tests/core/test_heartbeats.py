@@ -255,8 +255,10 @@ async def test_a_stale_node_is_forgotten_so_its_next_beat_is_sent(store: Store) 
 async def test_the_script_refuses_a_bad_silent_count(store: Store) -> None:
     core, _ = await make_core(store)
     keys = [core.keys.alive, core.keys.instances]
-    for args in (["A", 1000, 1000], ["A", 1000, 1000, "x"], ["A", 1000, 1000, -1],
-                 ["A", 1000, 1000, 1.5], ["A", 1000, 1000, 2, "n1", 1]):
+    cases: list[list[str | int | float]] = [
+        ["A", 1000, 1000], ["A", 1000, 1000, "x"], ["A", 1000, 1000, -1],
+        ["A", 1000, 1000, 1.5], ["A", 1000, 1000, 2, "n1", 1]]
+    for args in cases:
         with pytest.raises(errors.BadArgument, match="silent"):
             await core.scripts.call(store, "heartbeat_batch", keys, args)
     with pytest.raises(errors.BadArgument, match="groups of four"):
@@ -282,7 +284,7 @@ def _at_checkpoint(monkeypatch: pytest.MonkeyPatch,
     from schedd.core import heartbeats
 
     taken: list[int] = []
-    real = heartbeats.checkpoint
+    real = heartbeats.checkpoint  # type: ignore[attr-defined]  # the module's own import
 
     async def checkpoint() -> None:
         taken.append(len(taken) + 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import orjson
 import pytest
@@ -80,7 +82,8 @@ async def test_submit_bad_arguments(store: Store) -> None:
     with pytest.raises(errors.BadArgument, match="priority"):
         await core.submit(spec("p", priority=5000))
     k = core.keys
-    base = ["A", "", "j", '["p"]', "null", "", 0, "[]", 1000, 1000, 1000, 3, 1, 10, 1000, 1000]
+    base: list[str | int] = ["A", "", "j", '["p"]', "null", "", 0, "[]", 1000, 1000, 1000, 3, 1,
+                             10, 1000, 1000]
     for index, value in ((4, "{}"), (8, "x"), (9, 0)):
         bad = list(base)
         bad[index - 1] = value
@@ -220,7 +223,7 @@ async def test_reject_moves_job_and_fails_at_max_attempts(store: Store) -> None:
     assert a2.node_id != a1.node_id and a2.attempt == 2
     assert await core.reject(sub.job_id, node_id=a2.node_id, attempt=2, reason="busy") == "failed"
     (done,) = rec.of(Done)
-    assert done.state == "failed" and done.error["code"] == "E_ATTEMPTS"  # type: ignore[index]
+    assert done.state == "failed" and done.error["code"] == "E_ATTEMPTS"
     pools = await Queries(store, core.keys).pools()
     assert pools[0].free_slots == 2
 
@@ -324,7 +327,7 @@ async def _record_one_way(core: Core, rec: Recorder, node_id: str, joint: bool,
     what it left behind."""
     queries = Queries(core.store, core.keys)
     counts_before = await queries.counts()
-    events: list[object] = []
+    events: list[Any] = []
     core.on_event = events.append
     await core.register_node(node_id=node_id, capacity=1, pools=[node_id])
     sub = await core.submit(spec(node_id))

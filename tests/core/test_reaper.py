@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
@@ -9,7 +11,7 @@ from schedd.core import Assign, CancelJob, Done, HeartbeatBatcher, Queries, serv
 from schedd.store.base import Store
 from tests.core.helpers import make_core, spec
 
-FAST = {"heartbeat_interval": 0.05, "liveness_intervals": 3}
+FAST: dict[str, Any] = {"heartbeat_interval": 0.05, "liveness_intervals": 3}
 
 
 async def test_silent_node_expires_and_its_job_moves(store: Store) -> None:
@@ -54,7 +56,7 @@ async def test_missed_run_deadline_fails_at_max_attempts(store: Store) -> None:
     await trio.sleep(0.1)
     await core.reap()
     (done,) = rec.of(Done)
-    assert done.state == "failed" and "run deadline" in done.error["message"]  # type: ignore[index]
+    assert done.state == "failed" and "run deadline" in done.error["message"]
     (pool,) = await Queries(store, core.keys).pools()
     assert pool.free_slots == 1
 

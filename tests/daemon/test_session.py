@@ -63,7 +63,7 @@ async def test_job_flows_from_client_to_node_and_back(store_url: str) -> None:
 
 async def test_handshake_refusals() -> None:
     async with running_daemon(**TOKENS) as d:
-        cases = [
+        cases: list[tuple[p.Message | bytes, str]] = [
             (p.Submit(pools=["x"]), "E_ROLE"),
             (p.Hello(role="client", version=99, token="alice-secret"), "E_VERSION"),
             (p.Hello(role="client", version=1), "E_AUTH"),
@@ -376,7 +376,7 @@ async def test_repeated_rule_breaking_submits_close_the_connection() -> None:
         def job_pools(*args: Any) -> list[str]:
             raise ProtocolError(p.E_ROLE, "this plugin says the client broke a rule")
 
-        d.app.plugins.job_pools = job_pools  # type: ignore[method-assign]
+        d.app.plugins.job_pools = job_pools  # type: ignore[method-assign,assignment]
         client = await d.connect("client")
         for i in range(MAX_VIOLATIONS):
             await client.send(p.Submit(pools=["p"], job_id=f"j{i}"))
@@ -561,7 +561,7 @@ async def test_a_bug_while_handling_a_message_is_an_internal_error_not_a_crash()
         def broken(*args: object) -> list[str]:
             raise RuntimeError("plugin bug")
 
-        d.app.plugins.job_pools = broken  # type: ignore[method-assign]
+        d.app.plugins.job_pools = broken  # type: ignore[method-assign,assignment]
         await client.send(p.Submit(pools=["p"], ref="s"))
         error = await client.expect(p.Error)
         assert (error.code, error.ref) == ("E_INTERNAL", "s")
@@ -667,6 +667,7 @@ async def test_a_repeated_heartbeat_read_by_the_hub_is_handled_inline(
             return inline[-1]
 
         node_channel = session.channel
+        assert isinstance(node_channel, StreamChannel | WebSocketChannel)
         node_channel.set_inline(recording_inline)
 
         async def beat(message: p.Heartbeat, ref: str) -> None:
@@ -758,7 +759,7 @@ async def pong(node: StreamChannel | WebSocketChannel, ref: str) -> list[p.Messa
     """What the daemon sends the node up to the pong of a ping sent now (so, everything it
     answers to the messages before the ping)."""
     await node.send(p.encode(p.Ping(ref=ref)))
-    seen = []
+    seen: list[p.Message] = []
     while True:
         message = p.decode(await node.receive())
         if isinstance(message, p.Pong) and message.ref == ref:

@@ -365,7 +365,7 @@ async def test_directed_jobs_land_on_the_nodes_that_serve_them(
                                           semantic_langs=["en", "zh"], tts_langs=["zh"])
             assert reg.pools == ["de>en", "de>zh", "de>zh+tts", "en>zh", "en>zh+tts"]
             client = await d.connect("client")
-            cases = [
+            cases: list[tuple[dict[str, Any], str, Any]] = [
                 ({"src_lang": "zh", "tgt_lang": "en"}, "zh-en", zh_en),
                 ({"src_lang": "de", "tgt_lang": "en"}, "speaker", speaker),
                 ({"src_lang": "en", "tgt_lang": "zh", "speech": True}, "speaker", speaker),
@@ -393,11 +393,12 @@ async def test_bad_requirements_and_capabilities_get_an_error_reply(
     with trio.fail_after(TIMEOUT):
         async with daemon(store_url, tmp_path, 'languages = ["zh", "en"]\n') as d:
             client = await d.connect("client")
-            for reqs, text in [
+            bad: list[tuple[dict[str, Any], str]] = [
                 ({"src_lang": "ZH", "tgt_lang": "en"}, "requirements.src_lang: 'ZH' is not"),
                 ({"src_lang": "zh", "tgt_lang": "fr"}, "'fr' is not one of the languages"),
                 ({"src_lang": "zh", "tgt_lang": "en", "speech": 1}, "requirements.speech"),
-            ]:
+            ]
+            for reqs, text in bad:
                 await client.send(p.Submit(job_id="j1", requirements=reqs, ref="bad"))
                 error = await client.expect(p.Error)
                 assert (error.code, error.ref) == ("E_BAD_ARG", "bad"), error
@@ -460,13 +461,14 @@ async def test_langset_jobs_take_the_smallest_superset(store_url: str, tmp_path:
             small, reg = await register(d, "small", semantic_langs=["en", "zh"])
             assert reg.pools == ["langset:en,zh"]
             client = await d.connect("client")
-            for reqs, node, name in [
+            routes: list[tuple[dict[str, Any], Any, str]] = [
                 ({"src_lang": "zh", "tgt_lang": "en"}, small, "small"),
                 ({"lang_a": "en", "lang_b": "zh"}, small, "small"),
                 ({"src_lang": "de", "tgt_lang": "en"}, big, "big"),
                 ({"src_lang": "zh", "tgt_lang": "en", "speech": True}, big, "big"),
                 ({"src_lang": "auto", "tgt_lang": "zh"}, big, "big"),
-            ]:
+            ]
+            for reqs, node, name in routes:
                 accepted = await submit(client, **reqs)
                 assert (await node.expect(p.Assign)).job_id == accepted.job_id
                 assert await placed_on(client, accepted.job_id) == name, reqs

@@ -766,7 +766,8 @@ def test_idle_heartbeat_fast_path_equals_the_general_path(raw: bytes) -> None:
     assert schedd.protocol.codec._idle_beat(dict(obj)) is not None  # the fast path is taken
     general = schedd.protocol.codec._STRUCTURE["heartbeat"][0](obj, Heartbeat)
     assert schedd.protocol.decode(raw) == general
-    assert isinstance(schedd.protocol.decode(raw).load, float)
+    decoded = schedd.protocol.decode(raw)
+    assert isinstance(decoded, Heartbeat) and isinstance(decoded.load, float)
 
 
 @pytest.mark.parametrize(("raw", "fragment"), [

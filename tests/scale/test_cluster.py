@@ -76,7 +76,8 @@ async def test_manual_failover_moves_the_slot_and_the_store_follows(
             for attempt in range(3):
                 # (a ResponseError: the previous attempt completed meanwhile, it is a master)
                 with contextlib.suppress(redis.ResponseError):
-                    redis.Redis(port=replica.port).execute_command("CLUSTER", "FAILOVER")
+                    redis.Redis(port=replica.port).execute_command(  # type: ignore[no-untyped-call]
+                        "CLUSTER", "FAILOVER")
                 try:
                     await trio.to_thread.run_sync(own_cluster.wait_failover, slot, old, 10.0)
                     break

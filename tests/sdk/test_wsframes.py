@@ -349,7 +349,12 @@ async def test_a_client_decodes_the_frames_that_came_with_the_handshake_response
         channel = WebSocketChannel(stream, ws, "server", LIMIT, leftover=leftover)
         fed: list[bytes | None] = []
         real = ws.receive_data
-        ws.receive_data = lambda data: (fed.append(data), real(data))[1]  # type: ignore[method-assign]
+
+        def spy(data: bytes | None) -> None:
+            fed.append(data)
+            return real(data)
+
+        ws.receive_data = spy  # type: ignore[method-assign]
         theirs.sendall(encode_message(b"m3", text=True, masked=False))
         assert [await channel.receive() for _ in range(4)] == ["m0", "m1", "m2", "m3"]
         assert fed == []  # none of it went through wsproto
