@@ -787,7 +787,10 @@ async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
             async def killer() -> None:
                 await trio.sleep(p["seconds"] / 3)
                 for how in ("drop", "silent"):
-                    victims = [n for n in fleet.nodes if n.running and not n.killed][:p["kills"]]
+                    # spread over the fleet, so over the beat phases (a node's phase follows its
+                    # place in the fleet): the first nodes holding jobs would all beat together
+                    holding = [n for n in fleet.nodes if n.running and not n.killed]
+                    victims = holding[::max(1, len(holding) // p["kills"])][:p["kills"]]
                     for node in victims:
                         held = dict(node.running)
                         fleet.kill(node, how)
