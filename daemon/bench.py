@@ -429,6 +429,7 @@ class JobRecord:
     done_at: float = 0.0
     state: str = ""
     attempts: int = 0
+    done_node: str = ""  # the node whose result finished the job
     reassigned: list[tuple[float, int, str]] = attrs.field(factory=list)  # (t, attempt, node)
     event: trio.Event | None = None
 
@@ -466,6 +467,7 @@ class Recorder:
         record.done_at = time.perf_counter()
         record.state = message.get("state", "")
         record.attempts = message.get("attempts", 0)
+        record.done_node = message.get("node") or ""
         if record.event is not None:
             record.event.set()
 
@@ -773,6 +775,33 @@ async def s4_script_cost(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
                 for r in rows}}
 
 
+def held_jobs_after_kills(recorder: Recorder, kills: Sequence[dict[str, Any]]
+                          ) -> tuple[dict[str, Any], list[float]]:
+    """What became of the jobs the killed nodes held, and each reassignment's delay (s).
+
+    A held job is reassigned (a later attempt reached another node), finished before the kill
+    (the killed node's own attempt finished it: its result had left when the kill came, the
+    node's send written, its task not yet resumed), or not reassigned: the failure."""
+    delays: list[float] = []
+    unreassigned = finished_before = held_jobs = 0
+    for kill in kills:
+        for job_id, attempt in kill["held"].items():
+            held_jobs += 1
+            record = recorder.jobs.get(job_id)
+            later = [t for t, a, node in (record.reassigned if record else ())
+                     if a > attempt and node != kill["node"]]
+            if later:
+                delays.append(min(later) - kill["at"])
+            elif record is not None and record.done_at and record.done_node == kill["node"] \
+                    and record.attempts == attempt:
+                finished_before += 1
+            else:
+                unreassigned += 1
+    return {"nodes_killed": len(kills), "jobs_held": held_jobs, "not_reassigned": unreassigned,
+            "finished_before_kill": finished_before,
+            "kill_to_reassign_ms": percentiles(delays)}, delays
+
+
 async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     interval = p["heartbeat_interval"]
     kills: list[dict[str, Any]] = []
@@ -808,22 +837,7 @@ async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
                            "warmup_s": p["warmup"], "heartbeat_interval_s": interval,
                            **recorder.summary(list(recorder.jobs.values()))}
     for how in ("drop", "silent"):
-        delays = []
-        unreassigned = 0
-        held_jobs = 0
-        for kill in (k for k in kills if k["how"] == how):
-            for job_id, attempt in kill["held"].items():
-                held_jobs += 1
-                record = recorder.jobs.get(job_id)
-                later = [t for t, a, node in (record.reassigned if record else ())
-                         if a > attempt and node != kill["node"]]
-                if later:
-                    delays.append(min(later) - kill["at"])
-                else:
-                    unreassigned += 1
-        out[how] = {"nodes_killed": sum(1 for k in kills if k["how"] == how),
-                    "jobs_held": held_jobs, "not_reassigned": unreassigned,
-                    "kill_to_reassign_ms": percentiles(delays)}
+        out[how], delays = held_jobs_after_kills(recorder, [k for k in kills if k["how"] == how])
         if delays:
             out[how]["kill_to_reassign_intervals_max"] = round(max(delays) / interval, 2)
     out["errors"] = recorder.errors[:5]
@@ -990,7 +1004,9 @@ def table(document: dict[str, Any]) -> str:
             k = s[how]
             rows.append(("S5", f"{how}: kill->reassign",
                          f"{_lat(k['kill_to_reassign_ms'])} ({k['jobs_held']} jobs on "
-                         f"{k['nodes_killed']} nodes, {k['not_reassigned']} not reassigned)"))
+                         f"{k['nodes_killed']} nodes, {k['not_reassigned']} not reassigned"
+                         + (f", {k['finished_before_kill']} finished before the kill"
+                            if k.get("finished_before_kill") else "") + ")"))
         rows.append(("S5", "submit->node, kills included", _lat(s["submit_to_node_ms"])))
         rows.append(("S5", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}"))
     if "CHAOS" in r and "accepted" in r["CHAOS"]:

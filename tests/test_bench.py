@@ -21,7 +21,15 @@ import pytest
 import trio
 import trio.testing
 
-from schedd.bench import DaemonProcess, _failure, parse_setting, percentiles
+from schedd.bench import (
+    DaemonProcess,
+    JobRecord,
+    Recorder,
+    _failure,
+    held_jobs_after_kills,
+    parse_setting,
+    percentiles,
+)
 from schedd.benchmarks.script_cost import FIRST_CPU, pinned, send_one_at_a_time, submit_command
 from schedd.core import Core, CoreSettings, JobSpec
 from schedd.redis_process import REDIS_SERVER
@@ -114,7 +122,10 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
         assert s5[how]["nodes_killed"] > 0
         assert s5[how]["jobs_held"] > 0
         assert s5[how]["not_reassigned"] == 0
-        assert s5[how]["kill_to_reassign_ms"]["n"] == s5[how]["jobs_held"]
+        # every held job was reassigned, but for one whose result had already left the node
+        assert s5[how]["kill_to_reassign_ms"]["n"] + s5[how]["finished_before_kill"] \
+            == s5[how]["jobs_held"]
+    assert s5["drop"]["kill_to_reassign_ms"]["n"] + s5["silent"]["kill_to_reassign_ms"]["n"] > 0
     assert s5["submit_to_node_ms"]["n"] == s5["submitted"]
     assert re.search(r"S5\s+submit->node, kills included\s+"
                      r"p50 [\d.]+ / p99 [\d.]+ / max [\d.]+ ms\n", proc.stdout)
@@ -349,6 +360,32 @@ def test_percentiles() -> None:
     assert p == {"n": 1000, "p50": 500.0, "p90": 900.0, "p99": 990.0, "p99.9": 999.0,
                  "max": 1000.0}
     assert percentiles([]) == {"n": 0}
+
+
+def test_s5_tells_a_reassigned_job_from_one_that_finished_and_one_left_behind() -> None:
+    recorder = Recorder()
+    # held by the killed node n-1 on attempt 1:
+    recorder.jobs["moved"] = JobRecord(submitted=0.0, done_at=12.0, state="done", attempts=2,
+                                       done_node="n-2", reassigned=[(10.4, 2, "n-2")])
+    # its result had left n-1 when the kill came: done by n-1's own attempt
+    recorder.jobs["finished"] = JobRecord(submitted=0.0, done_at=10.1, state="done", attempts=1,
+                                          done_node="n-1")
+    # done by n-1 but on an earlier attempt than the one it held: not this kill's result
+    recorder.jobs["stale"] = JobRecord(submitted=0.0, done_at=10.1, state="done", attempts=1,
+                                       done_node="n-1")
+    # never reassigned, never done: what S5 exists to catch
+    recorder.jobs["stuck"] = JobRecord(submitted=0.0)
+    # reassigned only back to the killed node: not a reassignment
+    recorder.jobs["same-node"] = JobRecord(submitted=0.0, reassigned=[(10.2, 2, "n-1")])
+    kills = [{"how": "drop", "node": "n-1", "at": 10.0,
+              "held": {"moved": 1, "finished": 1, "stale": 2, "stuck": 1, "same-node": 1}},
+             {"how": "drop", "node": "n-3", "at": 10.0, "held": {"gone": 1}}]  # no record
+    summary, delays = held_jobs_after_kills(recorder, kills)
+    assert delays == [pytest.approx(0.4)]
+    assert summary["nodes_killed"] == 2 and summary["jobs_held"] == 6
+    assert summary["finished_before_kill"] == 1
+    assert summary["not_reassigned"] == 4  # stale, stuck, same-node, gone
+    assert summary["kill_to_reassign_ms"]["n"] == 1
 
 
 def test_failure_names_the_first_error_inside_nested_groups() -> None:
