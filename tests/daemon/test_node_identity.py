@@ -19,7 +19,6 @@ from schedd.core_hooks import token_principal
 from schedd.errors import NotYourNode
 from schedd.sdk.connect import open_channel
 from tests.daemon.harness import Daemon, Peer, running_daemon
-from tests.polling import until
 
 NODE_A, NODE_B, CLIENT = "node-a-secret", "node-b-secret", "client-secret"
 TOKENS = {
@@ -117,7 +116,7 @@ async def test_an_offline_nodes_id_stays_its_principals_while_retained(
     async with wire(transport, tmp_path, SCHEDD_NODES__DISCONNECT_GRACE="0") as w:
         owner = await w.node(NODE_A, "n1")
         await owner.expect(p.Registered)
-        await owner.channel.aclose()  # type: ignore[attr-defined]
+        await owner.channel.aclose()
         queries = w.d.app.queries
         states: list[str] = []
 
@@ -234,8 +233,7 @@ async def test_node_id_patterns_limit_the_ids_a_token_may_register(tmp_path: Pat
         # a principal without an entry may register any id, a generated one too
         assert isinstance(await register(d, NODE_B, "cpu-1"), p.Registered)
         assert isinstance(await register(d, NODE_B, None), p.Registered)
-        assert not any(node_id.startswith("cpu-1") for node_id in d.app.nodes
-                       if d.app.nodes[node_id].principal == token_principal(NODE_A))
+        assert d.app.nodes["cpu-1"].principal == token_principal(NODE_B)
 
 
 async def test_a_generated_node_id_is_given_when_the_patterns_allow_it(tmp_path: Path) -> None:
@@ -256,12 +254,11 @@ async def test_node_id_patterns_are_reloaded_on_sighup(tmp_path: Path) -> None:
         assert isinstance(await register(d, NODE_B, "cpu-2"), p.Registered)
 
 
-async def test_refused_registrations_wait_for_nothing(tmp_path: Path) -> None:
-    """A refusal keeps the connection open for a registration it may make."""
+async def test_a_refused_connection_may_register_an_id_it_may_use(tmp_path: Path) -> None:
     async with running_daemon(toml=PATTERNS, tmp_path=tmp_path) as d:
         conn = await d.connect("node", NODE_A)
         await conn.send(p.Register(node_id="cpu-1", capacity=1, pools=["p"], ref="no"))
         assert (await conn.expect(p.Error)).code == p.E_IDENTITY
         await conn.send(p.Register(node_id="gpu-1", capacity=1, pools=["p"], ref="yes"))
         assert (await conn.expect(p.Registered)).ref == "yes"
-        await until(lambda: "gpu-1" in d.app.nodes, timeout=5)
+        assert d.app.nodes["gpu-1"].principal == token_principal(NODE_A)
