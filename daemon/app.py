@@ -199,20 +199,30 @@ class App:
             with contextlib.suppress(RuntimeError):
                 self._nursery.start_soon(self._node_gone, node_id, epoch)
 
-    def bind_node(self, node_id: str, session: Session) -> None:
-        old = self.nodes.get(node_id)
+    def bind_node(self, node_id: str, session: Session) -> Session | None:
+        """Route the node's deliveries to ``session``; returns who had them before, untouched
+        (its registration may still be refused: :meth:`unbind_node` with ``restore``)."""
+        previous = self.nodes.get(node_id)
         self.nodes[node_id] = session
-        if old is not None and old is not session:
-            log.info("node %s reconnected from %s; closing its old connection from %s",
-                     node_id, session.peer, old.peer)
-            old.node_id = None  # the old connection no longer speaks for the node
-            old.close()
+        return previous if previous is not session else None
 
-    def unbind_node(self, node_id: str, session: Session) -> bool:
-        if self.nodes.get(node_id) is session:
+    def unbind_node(
+        self, node_id: str, session: Session, restore: Session | None = None
+    ) -> bool:
+        """Stop routing the node to ``session`` (back to ``restore`` when it is still open and
+        speaks for the node). Returns whether ``session`` had the node."""
+        if self.nodes.get(node_id) is not session:
+            return False
+        if restore is not None and restore in self.sessions and restore.speaks_for(node_id):
+            self.nodes[node_id] = restore
+        else:
             del self.nodes[node_id]
-            return True
-        return False
+        return True
+
+    def reroute(self, deliveries: list[Delivery]) -> None:
+        """Route deliveries again (ones a refused registration held for the node)."""
+        for delivery in deliveries:
+            self._on_delivery(delivery)
 
     def follow(self, job_id: str, session: Session) -> Session | None:
         """Route the job's progress and done to ``session``; returns who had it before."""

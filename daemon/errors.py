@@ -17,7 +17,8 @@
     │   ├── Refused
     │   │   ├── NoCapacity          E_NO_CAPACITY   (no free slot and queueing is off)
     │   │   ├── QueueFull           E_QUEUE_FULL
-    │   │   └── NotYours            E_NOT_YOURS     (principal does not own the job)
+    │   │   ├── NotYours            E_NOT_YOURS     (principal does not own the job)
+    │   │   └── NotYourNode         E_IDENTITY      (the node id belongs to another principal)
     │   ├── InvalidState            E_BAD_STATE     (e.g. accept for a job that is not assigned)
     │   └── BadArgument             E_BAD_ARG
     ├── ConfigError                 sched.toml or environment overrides are invalid
@@ -103,6 +104,10 @@ class NotYours(Refused):
     code = "E_NOT_YOURS"
 
 
+class NotYourNode(Refused):
+    code = "E_IDENTITY"
+
+
 class InvalidState(ScriptError):
     code = "E_BAD_STATE"
 
@@ -139,6 +144,7 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
         NoCapacity,
         QueueFull,
         NotYours,
+        NotYourNode,
         InvalidState,
         BadArgument,
     )

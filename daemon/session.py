@@ -35,6 +35,7 @@ from schedd.errors import (
     StaleAttempt,
     StoreError,
 )
+from schedd.node_ids import node_id_allowed, refusal
 
 if TYPE_CHECKING:
     from schedd.app import App
@@ -115,6 +116,7 @@ class Session:
         self._submits_idle = trio.Event()
         self._submits_idle.set()
         self._held: list[Delivery] | None = None
+        self._registering: str | None = None  # the node id of a register whose script runs
         # the node's last registration as this connection made it, and the job ids its last
         # heartbeats listed (newest last): for reconciliation
         self.registration: p.Register | None = None
@@ -244,13 +246,20 @@ class Session:
         self.close()
         return True
 
-    def refuse_stale(self) -> None:
-        """The node's registration is no longer current: say so and close (it will register
-        again, here or elsewhere)."""
+    def speaks_for(self, node_id: str) -> bool:
+        """Whether this connection holds the node's registration, or is registering it."""
+        return node_id in (self.node_id, self._registering)
+
+    def refuse_stale(self, why: str | None = None) -> None:
+        """The node's registration is no longer current: say so (``E_STALE_EPOCH``, with
+        ``why`` when given) and close (it will register again, here or elsewhere)."""
         node_id = self.node_id
         self.node_id = None  # no longer speaks for the node: no offline when it closes
-        self._error("E_STALE_EPOCH", f"the registration of node {node_id} is no longer current "
-                    "(it registered again elsewhere, or the store lost it); register again")
+        if node_id is not None:
+            self.app.unbind_node(node_id, self)
+        self._error("E_STALE_EPOCH", why or f"the registration of node {node_id} is no longer "
+                    "current (it registered again elsewhere, or the store lost it); register "
+                    "again")
         self.close()
 
     async def register_again(self) -> int:
@@ -272,7 +281,7 @@ class Session:
             reg = await self.app.core.register_node(
                 node_id=node_id, capacity=m.capacity, pools=self.pools,
                 capabilities_json=orjson.dumps(m.capabilities).decode(),
-                labels_json=orjson.dumps(m.labels).decode(),
+                labels_json=orjson.dumps(m.labels).decode(), principal=self.principal,
             )
         except BaseException:
             held, self._held = self._held or [], None
@@ -474,23 +483,34 @@ class Session:
                 return
             raise ProtocolError(p.E_ROLE, "register is allowed once per connection")
         node_id = m.node_id or new_id("node")
+        self._check_node_id(node_id, chosen=m.node_id is None)
         pools = checked_pools(
             self.app.plugins.node_pools(node_id, dict(m.capabilities), list(m.pools)),
             f"node {node_id}")
-        # Bind before the script runs (it may hand the node queued jobs at once), but hold those
-        # deliveries until `registered` has gone out, so the node learns its epoch first.
-        self._held = []
-        self.app.bind_node(node_id, self)
+        # Route the node here before the script runs (it may hand the node queued jobs at once),
+        # but hold those deliveries until `registered` has gone out, so the node learns its epoch
+        # first. A connection the node had here keeps its registration until the script has
+        # accepted this one; if it refuses, what was held goes back to that connection.
+        self._held, self._registering = [], node_id
+        previous = self.app.bind_node(node_id, self)
         try:
             reg = await self.app.core.register_node(
                 node_id=node_id, capacity=m.capacity, pools=pools,
                 capabilities_json=orjson.dumps(m.capabilities).decode(),
-                labels_json=orjson.dumps(m.labels).decode(),
+                labels_json=orjson.dumps(m.labels).decode(), principal=self.principal,
             )
         except BaseException:
-            self.app.unbind_node(node_id, self)
-            self._held = None
+            self.app.unbind_node(node_id, self, restore=previous)
+            held, self._held = self._held, None
+            self.app.reroute(held)
             raise
+        finally:
+            self._registering = None
+        if previous is not None:
+            log.info("node %s registered again from %s; closing its old connection from %s",
+                     node_id, self.peer, previous.peer)
+            previous.refuse_stale(f"node {node_id} registered again on another connection "
+                                  f"(epoch {reg.epoch}); this one no longer speaks for it")
         self.node_id, self.epoch = node_id, reg.epoch
         self.registration, self.pools = m, list(reg.pools)
         self.post(p.Registered(node_id=node_id, epoch=reg.epoch, pools=list(reg.pools), ref=m.ref))
@@ -498,6 +518,19 @@ class Session:
         for delivery in held:
             self.deliver(delivery)
         self.app.plugins.node_registered(node_id, reg.epoch, list(reg.pools), self.app.instance)
+
+    def _check_node_id(self, node_id: str, *, chosen: bool) -> None:
+        """Refuse (``E_IDENTITY``) a node id this connection's principal may not register: one
+        ``[auth] node_id_patterns`` does not allow it, or one a connection of another principal
+        holds here (the script refuses one held elsewhere). Nothing is touched before."""
+        patterns = self.app.config.auth.node_id_patterns
+        if not node_id_allowed(patterns, self.principal, node_id):
+            raise ProtocolError(p.E_IDENTITY,
+                                refusal(patterns, self.principal, node_id, chosen=chosen))
+        holder = self.app.nodes.get(node_id)
+        if holder is not None and holder is not self and holder.principal != self.principal:
+            raise ProtocolError(p.E_IDENTITY,
+                                f"node {node_id} is registered by another principal")
 
     async def _heartbeat(self, m: p.Heartbeat) -> None:
         node_id, epoch = self._need_registered(m)

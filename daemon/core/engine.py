@@ -112,8 +112,13 @@ class Core:
         pools: Sequence[str],
         capabilities_json: str = "{}",
         labels_json: str = "{}",
+        principal: str = "anonymous",
     ) -> Registration:
-        """Register or re-register a node owned by this instance; queued work may follow."""
+        """Register or re-register a node owned by this instance; queued work may follow.
+
+        ``principal`` is who registers it (the connection's): a node id held by another
+        principal is refused (:class:`~schedd.errors.NotYourNode`, ``E_IDENTITY``).
+        """
         node_id = node_id or new_id("node")
         k = self.keys
         epoch, used = await self._call(
@@ -126,6 +131,7 @@ class Core:
                 capabilities_json,
                 labels_json,
                 _ms(self.settings.liveness_ttl),
+                principal,
             ],
         )
         log.info("node %s registered: epoch %s, pools %s, capacity %s", node_id, epoch,

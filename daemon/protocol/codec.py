@@ -104,7 +104,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     E_AUTH: "the `hello` token is missing or not accepted; the connection is closed",
     E_ROLE: "this message is not allowed for the connection's role or at this point "
     "(before `hello`, a node before `register`, or a second `hello` or `register`)",
-    E_IDENTITY: "a node spoke for another node_id, or about a job not assigned to it",
+    E_IDENTITY: "a node spoke for another node_id or about a job not assigned to it, or "
+    "registered a node_id its principal may not use",
     E_RATE: "the connection sent more messages per second than allowed",
     E_INFLIGHT: "the connection has too many submitted jobs not yet done",
     E_UNAVAILABLE: "the daemon cannot reach its store right now; retry later",
