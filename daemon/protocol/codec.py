@@ -103,7 +103,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     # Connection: the message is well-formed but not allowed here.
     E_AUTH: "the `hello` token is missing or not accepted; the connection is closed",
     E_ROLE: "this message is not allowed for the connection's role or at this point "
-    "(before `hello`, a node before `register`, or a second `hello` or `register`)",
+    "(before `hello`, a node before `register`, or a second `hello` or `register`), or no "
+    "`hello` came within the handshake timeout",
     E_IDENTITY: "a node spoke for a node_id that is not its own (not its connection's, or "
     "another principal's)",
     E_RATE: "the connection sent more messages per second than allowed",
