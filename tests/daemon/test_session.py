@@ -326,9 +326,9 @@ async def test_a_message_after_submits_waits_for_them() -> None:
         cancels: list[str] = []
         real_cancel = d.app.core.cancel
 
-        async def cancel(job_id: str, **kwargs: Any) -> None:
+        async def cancel(job_id: str, **kwargs: Any) -> str:
             cancels.append(job_id)
-            await real_cancel(job_id, **kwargs)
+            return await real_cancel(job_id, **kwargs)
 
         d.app.core.cancel = cancel  # type: ignore[method-assign]
         client = await d.connect("client")
