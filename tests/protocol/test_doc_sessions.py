@@ -14,6 +14,7 @@ import orjson
 import pytest
 import trio
 
+from schedd.channel import ChannelClosed
 from schedd.sdk import open_channel
 from tests.e2e_daemon import DaemonProcess
 from tests.protocol.test_docs import DOC
@@ -84,3 +85,22 @@ async def test_example_sessions_replay_against_the_shipped_configuration(
                 await replay(url, client, trio.Event())
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize("transport", ["ws", "tcp"])
+async def test_no_hello_within_the_handshake_timeout_gets_the_documented_error(
+    tmp_path: Path, transport: str
+) -> None:
+    daemon = DaemonProcess.shipped(tmp_path, {"SCHEDD_LIMITS__HANDSHAKE_TIMEOUT": "0.2"})
+    try:
+        await daemon.start()
+        with trio.fail_after(10):
+            async with open_channel(daemon.ws if transport == "ws" else daemon.tcp) as channel:
+                error = orjson.loads(await channel.receive())
+                assert (error["type"], error["code"]) == ("error", "E_ROLE")
+                assert error["message"] == "no hello within 0.2s"
+                with pytest.raises(ChannelClosed):
+                    await channel.receive()
+    finally:
+        daemon.stop()
+    assert "`E_ROLE` (`no hello within 5s`" in DOC

@@ -24,6 +24,7 @@ from schedd.protocol import (
     RunningJob,
     decode,
 )
+from schedd.sdk.client import _LOST_CHECK_INTERVAL
 from schedd.session import MAX_VIOLATIONS
 
 DOC_PATH = pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -193,6 +194,7 @@ def test_documented_defaults_are_the_configuration_defaults() -> None:
     handshake = _sections(3)["Handshake"]
     assert f"within the handshake timeout ({LimitsSection().handshake_timeout:g} s" in handshake
     assert f"`E_ROLE` (`no hello within {LimitsSection().handshake_timeout:g}s`" in handshake
+    assert f"`lost_check_interval`, {_LOST_CHECK_INTERVAL:g} s by default" in DOC
 
 
 #: Codes only a client can get; the node checklist says what to do with every other one.
