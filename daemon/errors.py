@@ -12,14 +12,14 @@
     │   │   └── JobNotFound         E_NO_JOB
     │   ├── Fenced                  the caller speaks for a stale registration or attempt
     │   │   ├── StaleEpoch          E_STALE_EPOCH   (node re-registered since)
-    │   │   ├── StaleAttempt        E_STALE_ATTEMPT (job was reassigned since)
+    │   │   ├── StaleAttempt        E_STALE_ATTEMPT (not this node's current attempt)
     │   │   └── WrongOwner          E_WRONG_OWNER   (another instance owns the node's connection)
     │   ├── Refused
     │   │   ├── NoCapacity          E_NO_CAPACITY   (no free slot and queueing is off)
     │   │   ├── QueueFull           E_QUEUE_FULL
     │   │   ├── NotYours            E_NOT_YOURS     (principal does not own the job)
     │   │   └── NotYourNode         E_IDENTITY      (the node id belongs to another principal)
-    │   ├── InvalidState            E_BAD_STATE     (e.g. accept for a job that is not assigned)
+    │   ├── InvalidState            E_BAD_STATE     (e.g. drain from a node taken offline)
     │   └── BadArgument             E_BAD_ARG
     ├── ConfigError                 sched.toml or environment overrides are invalid
     └── ProtocolError               a peer sent something the protocol does not allow

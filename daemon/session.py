@@ -32,7 +32,6 @@ from schedd.errors import (
     NodeNotFound,
     ProtocolError,
     ScriptError,
-    StaleAttempt,
     StoreError,
 )
 from schedd.node_ids import node_id_allowed, refusal
@@ -435,7 +434,7 @@ class Session:
         try:
             await handler(self, message)
         except ScriptError as exc:
-            await self._script_error(exc, message, job_id)
+            self._script_error(exc, message, job_id)
         except StoreError as exc:
             log.warning("store unavailable while handling %s from %s: %s",
                         message.TYPE, self.peer, exc)
@@ -454,16 +453,13 @@ class Session:
             self._error(p.E_INTERNAL, f"internal error handling {message.TYPE}; see the "
                         "daemon's log", ref=message.ref, job_id=job_id)
 
-    async def _script_error(
+    def _script_error(
         self, exc: ScriptError, message: p.Message, job_id: str | None
     ) -> None:
-        code = exc.code
-        text = exc.message
-        if isinstance(exc, StaleAttempt) and self.node_id and job_id:
-            info = await self.app.queries.job(job_id)
-            if info is not None and info.node != self.node_id:
-                code, text = p.E_IDENTITY, f"job {job_id} is not assigned to node {self.node_id}"
-        self._error(code, text, ref=message.ref, job_id=job_id)
+        # A job message about an attempt that is not this node's current one (older attempt,
+        # job moved to another node, queued again or finished) is E_STALE_ATTEMPT as the script
+        # says: the node drops that attempt.
+        self._error(exc.code, exc.message, ref=message.ref, job_id=job_id)
         if self.role == "node" and isinstance(exc, Fenced | NodeNotFound) and not job_id:
             # this connection no longer speaks for its node (re-registered elsewhere)
             raise CloseConnection

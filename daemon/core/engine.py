@@ -281,13 +281,15 @@ class Core:
         state, status = await self._call("job_result", [self.keys.job(job_id)], args)
         return _text(state), _text(status) == "duplicate"
 
-    async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> None:
-        """Cancel a job in any non-terminal state (``principal`` '' = operator)."""
-        await self._call(
+    async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> str:
+        """Cancel a job in any non-terminal state (``principal`` '' = operator); returns
+        ``canceled``, or the terminal state of a job that had already finished (a no-op)."""
+        (state,) = await self._call(
             "job_cancel",
             [self.keys.job(job_id)],
             [principal, job_id, reason or "canceled"],
         )
+        return _text(state)
 
     async def follow(self, job_id: str, *, principal: str = "") -> tuple[str, int, Done | None]:
         """Route the job's progress and done to this instance; returns (state, attempt, done)."""

@@ -103,9 +103,10 @@ ERROR_CODES: Final[dict[str, str]] = {
     # Connection: the message is well-formed but not allowed here.
     E_AUTH: "the `hello` token is missing or not accepted; the connection is closed",
     E_ROLE: "this message is not allowed for the connection's role or at this point "
-    "(before `hello`, a node before `register`, or a second `hello` or `register`)",
-    E_IDENTITY: "a node spoke for another node_id or about a job not assigned to it, or "
-    "registered a node_id its principal may not use",
+    "(before `hello`, a node before `register`, or a second `hello` or `register`), or no "
+    "`hello` came within the handshake timeout",
+    E_IDENTITY: "a node spoke for a node_id that is not its connection's, or registered a "
+    "node_id its principal may not use (another principal's, or outside its allowed patterns)",
     E_RATE: "the connection sent more messages per second than allowed",
     E_INFLIGHT: "the connection has too many submitted jobs not yet done",
     E_UNAVAILABLE: "the daemon cannot reach its store right now; retry later",
@@ -116,13 +117,15 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_NO_JOB": "no job has this job_id (never submitted, or no longer retained)",
     "E_STALE_EPOCH": "the node registered again since; this message belongs to an older "
     "registration",
-    "E_STALE_ATTEMPT": "the job was reassigned since; this message is about an older attempt",
+    "E_STALE_ATTEMPT": "this message is about a job attempt that is not current for this node "
+    "(an older attempt, or the job moved to another node, was queued again or finished): drop "
+    "that attempt",
     "E_WRONG_OWNER": "another daemon instance now holds this node's connection",
     "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
     "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
     "E_NOT_YOURS": "the job belongs to another principal",
-    "E_BAD_STATE": "the job is not in a state that allows this message "
-    "(e.g. `accept` for a job that is not assigned)",
+    "E_BAD_STATE": "the node is not in a state that allows this message (`drain` from a node "
+    "taken offline)",
     "E_BAD_ARG": "the daemon rejected an argument of the request (e.g. an unknown pool)",
 }
 

@@ -409,9 +409,11 @@ end
 local function fence(job_id, node_id, attempt, job)
   if not job then return nil, err('E_NO_JOB', 'job ' .. job_id .. ' does not exist') end
   if job.node ~= node_id or job.attempt ~= attempt or TERMINAL[job.state] then
+    -- The text names no other node: the job's holder is not this node's business.
+    local current = job.node == node_id and ('attempt ' .. job.attempt .. ', state ' .. job.state)
+      or 'the job is not on this node'
     return job, err('E_STALE_ATTEMPT', 'job ' .. job_id .. ' attempt ' .. attempt ..
-      ' on node ' .. node_id .. ' is not current (attempt ' .. job.attempt .. ', node ' ..
-      (job.node or '') .. ', state ' .. job.state .. ')')
+      ' on node ' .. node_id .. ' is not current (' .. current .. '): drop that attempt')
   end
   return job, nil
 end

@@ -246,14 +246,18 @@ async def test_cancel_in_every_state(store: Store) -> None:
     cancels = rec.of(CancelJob)
     assert [c.job_id for c in cancels] == [assigned.job_id, running.job_id]
     assert [d.state for d in rec.of(Done)] == ["canceled"] * 3
-    with pytest.raises(errors.InvalidState):
-        await core.cancel(running.job_id)
+    # a finished job: a no-op (no error, no second done, no cancel to the node)
+    assert await core.cancel(running.job_id) == "canceled"
+    await core.result(waiting.job_id, node_id="n1", attempt=1, ok=True)
+    assert await core.cancel(waiting.job_id, principal="alice") == "done"
+    assert [d.state for d in rec.of(Done)] == ["canceled"] * 3 + ["done"]
+    assert len(rec.of(CancelJob)) == 2
     with pytest.raises(errors.NotYours):
         await core.cancel(waiting.job_id, principal="mallory")
     with pytest.raises(errors.JobNotFound):
         await core.cancel("nope")
     counts = await Queries(store, core.keys).counts()
-    assert counts["canceled"] == 3 and counts["assigned"] == 1
+    assert counts["canceled"] == 3 and counts["done"] == 1 and counts.get("assigned", 0) == 0
 
 
 async def test_follow_moves_deliveries_to_caller(store: Store) -> None:
