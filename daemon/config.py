@@ -291,7 +291,12 @@ class JobsSection:
     ack_timeout: float = setting(
         5.0, "seconds a node has to accept an assignment", _greater_than(0)
     )
-    run_timeout: float = setting(300.0, "seconds a job may run once accepted", _greater_than(0))
+    run_timeout: float = setting(
+        300.0, "seconds a job may run once accepted, or since its last progress",
+        _greater_than(0))
+    max_run: float = setting(
+        86400.0, "seconds after its accept beyond which progress no longer extends a job's "
+        "run deadline", _greater_than(0))
     queue_timeout: float = setting(60.0, "seconds a job may wait for a free slot", _greater_than(0))
     max_attempts: int = setting(3, "assignments before a job fails", _at_least(1))
     queue: bool = setting(True, "queue jobs when no slot is free (false: refuse them)")
