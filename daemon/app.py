@@ -80,6 +80,7 @@ def core_settings(config: Config) -> CoreSettings:
         liveness_refresh=config.nodes.liveness_refresh,
         ack_timeout=config.jobs.ack_timeout,
         run_timeout=config.jobs.run_timeout,
+        max_run=config.jobs.max_run,
         queue_timeout=config.jobs.queue_timeout,
         max_attempts=config.jobs.max_attempts,
         queue=config.jobs.queue,

@@ -65,6 +65,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, override
 
 from schedd.errors import ConfigError
+from schedd.protocol import MAX_SECONDS
 
 __all__ = [
     "DEFAULT_PATH",
@@ -162,6 +163,9 @@ def _between(low: float, high: float) -> _Validator:
             )
 
     return check
+
+
+_DURATION: Final = (_greater_than(0), _between(0, MAX_SECONDS))
 
 
 def _one_of(*choices: str) -> _Validator:
@@ -308,11 +312,16 @@ class NodesSection:
 class JobsSection:
     """``[jobs]``: defaults for submitted jobs and the queue."""
 
+    # durations a job's deadlines add up: bounded as the protocol bounds a submit's own
     ack_timeout: float = setting(
-        5.0, "seconds a node has to accept an assignment", _greater_than(0)
+        5.0, "seconds a node has to accept an assignment", *_DURATION
     )
-    run_timeout: float = setting(300.0, "seconds a job may run once accepted", _greater_than(0))
-    queue_timeout: float = setting(60.0, "seconds a job may wait for a free slot", _greater_than(0))
+    run_timeout: float = setting(
+        300.0, "seconds a job may run once accepted, or since its last progress", *_DURATION)
+    max_run: float = setting(
+        86400.0, "seconds after its accept beyond which progress no longer extends a job's "
+        "run deadline", *_DURATION)
+    queue_timeout: float = setting(60.0, "seconds a job may wait for a free slot", *_DURATION)
     max_attempts: int = setting(3, "assignments before a job fails", _at_least(1))
     queue: bool = setting(True, "queue jobs when no slot is free (false: refuse them)")
     max_queued: int = setting(100000, "queued jobs per namespace before refusing", _at_least(0))

@@ -5,7 +5,8 @@
     SchedError
     ├── StoreError                  something went wrong talking to Redis
     │   ├── StoreUnavailable        cannot reach Redis (refused, dropped, timed out)
-    │   └── StoreResponseError      Redis answered with an error we do not map (a bug or misuse)
+    │   └── StoreResponseError      Redis answered with an error we do not map: the server
+    │                               cannot serve now (``transient``), or a bug or misuse
     ├── ScriptError                 a Lua script refused the operation with a named code
     │   ├── NotFound
     │   │   ├── NodeNotFound        E_NO_NODE
@@ -44,7 +45,17 @@ class StoreUnavailable(StoreError):
 
 
 class StoreResponseError(StoreError):
-    """Redis replied with an error that is not one of schedd's script codes."""
+    """Redis replied with an error that is not one of schedd's script codes.
+
+    Either the server cannot serve right now (:attr:`transient`: loading, busy, out of memory,
+    a replica, a cluster slot moving), or a command or script was given something it refused:
+    a bug of schedd, never "the store is unavailable".
+    """
+
+    @property
+    def transient(self) -> bool:
+        """True when the reply says the server cannot serve now (:data:`TRANSIENT_REPLIES`)."""
+        return str(self).split(" ", 1)[0].lstrip("-") in TRANSIENT_REPLIES
 
 
 class ScriptError(SchedError):
@@ -149,6 +160,14 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
         BadArgument,
     )
 }
+
+
+TRANSIENT_REPLIES: frozenset[str] = frozenset(
+    {"LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN",
+     "CLUSTERDOWN", "MISCONF"}
+)
+"""Error prefixes with which a Redis server says it cannot serve the command now (it did not run
+or changed nothing); the same command may succeed later."""
 
 
 def error_from_reply(text: str) -> SchedError:

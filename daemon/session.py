@@ -33,6 +33,7 @@ from schedd.errors import (
     ProtocolError,
     ScriptError,
     StoreError,
+    StoreResponseError,
 )
 from schedd.node_ids import node_id_allowed, refusal
 
@@ -436,6 +437,13 @@ class Session:
         except ScriptError as exc:
             self._script_error(exc, message, job_id)
         except StoreError as exc:
+            if isinstance(exc, StoreResponseError) and not exc.transient:
+                # a command or script refused what it was given: a bug, not an outage
+                log.error("the store refused %s from %s %s: %s", message.TYPE, self.role,
+                          self.peer, exc)
+                self._error(p.E_INTERNAL, f"internal error handling {message.TYPE}; see the "
+                            "daemon's log", ref=message.ref, job_id=job_id)
+                return
             log.warning("store unavailable while handling %s from %s: %s",
                         message.TYPE, self.peer, exc)
             self._error(p.E_UNAVAILABLE, "the store is unavailable, retry shortly",

@@ -158,6 +158,15 @@ def test_checks_across_settings(tmp_path: Path) -> None:
     assert len(errors) == 2
 
 
+@pytest.mark.parametrize("key", ["ack_timeout", "run_timeout", "queue_timeout", "max_run"])
+def test_job_durations_are_bounded_as_a_submit_s_own(tmp_path: Path, key: str) -> None:
+    # a default of 1e308 s overflowed when a submit left the field null (E_INTERNAL)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, f"[jobs]\n{key} = 1e308\n"), env={})
+    [error] = caught.value.errors
+    assert error.startswith(f"$.jobs.{key}: expected a number between 0 and 2592000, got 1000")
+
+
 def test_disconnect_grace_is_at_most_one_second(tmp_path: Path) -> None:
     errors = errors_of(write(tmp_path, "[nodes]\ndisconnect_grace = 1.5\n"))
     assert errors == ["$.nodes.disconnect_grace: expected a number between 0 and 1, got 1.5"]

@@ -252,8 +252,11 @@ class Core:
         return _text(state)
 
     async def progress(self, job_id: str, *, node_id: str, attempt: int, data_json: str) -> None:
+        """Forward the progress of a running attempt; it extends the attempt's run deadline to
+        its run timeout from now, up to ``max_run`` after its accept."""
         await self._call(
-            "job_progress", [self.keys.job(job_id)], [job_id, node_id, attempt, data_json]
+            "job_progress", [self.keys.job(job_id), self.keys.deadlines],
+            [job_id, node_id, attempt, data_json, _ms(self.settings.max_run)],
         )
 
     async def result(

@@ -28,6 +28,7 @@ class CoreSettings:
     liveness_refresh: int = 3
     ack_timeout: float = 5.0
     run_timeout: float = 300.0
+    max_run: float = 86400.0
     queue_timeout: float = 60.0
     max_attempts: int = 3
     queue: bool = True

@@ -251,6 +251,22 @@ async def test_unavailable_errors(store: Store) -> None:
         await b.mark_unavailable("n1", epoch=reg.epoch, service="s", ttl=1)
 
 
+async def test_unavailable_mark_of_any_length_is_written_as_whole_ms(store: Store) -> None:
+    # 1e15 s is 1e18 ms: Lua formats such a number '1e+18', which PEXPIRE refused, and the
+    # script's failure reached the node as "store unavailable"
+    core, _ = await make_core(store)
+    reg = await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    before = await store.execute("TIME")
+    until = await core.mark_unavailable("n1", epoch=reg.epoch, service="s", ttl=1e15)
+    assert until >= int(before[0]) * 1000 + 10**18
+    stored = await store.execute("HGET", core.keys.node_unavail("n1"), "s")
+    assert int(stored) == until
+    with pytest.raises(errors.BadArgument):  # ms are whole
+        await core.scripts.call(store, "node_unavailable",
+                                [core.keys.node("n1"), core.keys.node_unavail("n1")],
+                                ["A", "n1", reg.epoch, "s", "1.5"])
+
+
 async def test_reregister_with_fewer_slots_gives_excess_back(store: Store) -> None:
     from schedd.core import CancelJob
 

@@ -874,7 +874,7 @@ async def test_what_follows_an_accept_other_than_its_result_is_handled_in_turn(
             (p.Error, "E_STALE_ATTEMPT", "other-attempt"), (p.Error, p.E_MALFORMED, None)]
         assert [(name, len(args)) for name, args in calls] == [
             ("job_accept", 4), ("job_result", 7), ("job_accept", 4), ("job_accept", 4),
-            ("job_progress", 5), ("job_result", 7)]
+            ("job_progress", 6), ("job_result", 7)]
 
 
 async def test_a_result_behind_an_accept_over_the_rate_limit_is_refused(tmp_path: Path) -> None:
