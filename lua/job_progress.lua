@@ -11,9 +11,10 @@
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
 local job_id = ARGV[2]
-local job, e = fenced_job(job_id, ARGV[3], ARGV[4], {'state', 'node', 'attempt', 'client'})
+local job, e = fenced_job(job_id, ARGV[3], ARGV[4],
+  {'state', 'node', 'attempt', 'client', 'principal'})
 if e then return e end
--- {'progress', job, attempt, progress JSON text}, built as text (lib.lua count_state)
+-- {'progress', job, attempt, progress JSON text, principal}, built as text (lib.lua count_state)
 deliver(job.client, '["progress",' .. cjson.encode(job_id) .. ',' .. job.attempt .. ','
-  .. cjson.encode(ARGV[5]) .. ']')
+  .. cjson.encode(ARGV[5]) .. ',' .. cjson.encode(job.principal or '') .. ']')
 return {{job.state}, LOCAL, EVENTS}
