@@ -695,13 +695,16 @@ class Session:
         candidate = self.app.routes.expect(m.job_id, self)
         try:
             followed = await self.app.core.follow(m.job_id, principal=self.principal)
-            info = await self.app.queries.job(m.job_id)
+            try:
+                info = await self.app.queries.job(m.job_id)
+            except StoreError:
+                info = None  # the follow holds: the reply says what its script said
         except BaseException:
             self.app.routes.settle(m.job_id, candidate, None)
             raise
         if info is not None and info.principal == self.principal:
             self.post(_job_reply(info, m.ref))  # the job as status shows it, node and info too
-        else:  # its retention ended between the two reads
+        else:  # its retention ended between the two reads, or the read failed
             self.post(p.Job(job_id=m.job_id, state=followed.state,  # type: ignore[arg-type]
                             attempt=followed.attempt, ref=m.ref))
         self.app.routes.settle(m.job_id, candidate, followed.follows, followed.done)

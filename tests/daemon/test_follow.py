@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from schedd import protocol as p
-from schedd.core import Detach, Done, Progress
+from schedd.core import Detach, Done, Progress, Queries
+from schedd.errors import StoreUnavailable
 from schedd.routes import Routes
 from schedd.sdk.connect import StreamChannel, WebSocketChannel
 from tests.daemon.harness import Daemon, running_daemon, wire_channels
@@ -168,6 +169,25 @@ async def test_follow_answers_with_the_node_and_info_that_status_gives(
         assert (followed.state, followed.node, followed.ref) == ("running", "n1", "f")
         assert followed.info == status.info and followed.info["priority"] == 3
         assert followed.info["pools"] == ["p"]
+
+
+async def test_a_follow_whose_snapshot_read_fails_still_follows(
+    transport: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with node_and_clients("memory://", transport, "alice-secret", "alice-secret") as (
+            node, (first, second)):
+        await submitted(first, node, "j1")
+
+        async def unavailable(job_id: str) -> None:
+            raise StoreUnavailable("down")
+
+        monkeypatch.setattr(Queries, "job", lambda self, job_id: unavailable(job_id))
+        await send(second, p.Follow(job_id="j1", ref="f"))
+        followed = await expect(second, p.Job)
+        assert (followed.state, followed.node, followed.ref) == ("assigned", None, "f")
+        assert (await expect(first, p.Error)).code == p.E_DETACHED
+        await send(node, p.Result(job_id="j1", attempt=1, ok=True, output=3))
+        assert (await expect(second, p.Done)).output == 3
 
 
 async def test_the_newest_follower_takes_the_job_and_the_one_before_is_told(
