@@ -286,6 +286,25 @@ async def test_follow_moves_deliveries_to_caller(store: Store) -> None:
     assert rec_b.items == []
 
 
+async def test_a_duplicate_submit_elsewhere_detaches_the_instance_that_had_the_job(
+    store: Store,
+) -> None:
+    a, _ = await make_core(store, "A")
+    b, rec_b = await make_core(store, "B")
+    await a.register_node(node_id="n1", capacity=1, pools=["p"])
+    await a.submit(spec("p", job_id="j1"), principal="alice")
+    with pytest.raises(errors.NotYours):
+        await b.submit(spec("p", job_id="j1"), principal="mallory")
+    assert await a.store.execute("XLEN", a.keys.inbox("A")) == 0  # a refusal moves nothing
+    again = await b.submit(spec("p", job_id="j1"), principal="alice")
+    assert again.duplicate and again.follows == 1
+    (entry,) = await a.store.execute("XRANGE", a.keys.inbox("A"), "-", "+")
+    assert decode_delivery(entry[1][1]) == Detach(job_id="j1", principal="alice", follows=1)
+    await b.submit(spec("p", job_id="j1"), principal="alice")  # same instance: no detach
+    assert await a.store.execute("XLEN", a.keys.inbox("A")) == 1
+    assert await b.store.execute("XLEN", b.keys.inbox("B")) == 0 and rec_b.items == []
+
+
 async def test_retention_removes_finished_jobs(store: Store) -> None:
     core, _ = await make_core(store, retention=0.05)
     await core.register_node(node_id="n1", capacity=1, pools=["p"])
