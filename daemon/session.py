@@ -26,7 +26,17 @@ import trio
 
 from schedd import protocol as p
 from schedd.channel import Channel, ChannelClosed
-from schedd.core import Assign, CancelJob, Delivery, Done, DrainNode, JobSpec, Progress, new_id
+from schedd.core import (
+    Assign,
+    CancelJob,
+    Delivery,
+    Done,
+    DrainNode,
+    JobInfo,
+    JobSpec,
+    Progress,
+    new_id,
+)
 from schedd.errors import (
     Fenced,
     NodeNotFound,
@@ -97,6 +107,8 @@ class Session:
         self.epoch: int | None = None
         self.draining = False
         self.inflight: set[str] = set()  # jobs this client submitted and has no done for yet
+        #: jobs whose progress and done this client receives (schedd.routes keeps it)
+        self.following: set[str] = set()
         self.violations = 0
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         # The sender task waits with nothing queued and nothing of its own in flight: a message
@@ -685,19 +697,18 @@ class Session:
             ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
             max_attempts=m.max_attempts,
         )
-        # Follow before the script runs: a done delivered during the call must find us.
-        previous = self.app.follow(job_id, self)
+        # A candidate while the script runs: a done delivered meanwhile waits for the reply
+        candidate = self.app.routes.expect(job_id, self)
         self.inflight.add(job_id)
         try:
             sub = await self.app.core.submit(spec, principal=self.principal)
         except BaseException:
             self.inflight.discard(job_id)
-            self.app.unfollow(job_id, self, restore=previous)
+            self.app.routes.settle(job_id, candidate, None)
             raise
         self.post(p.Accepted(job_id=job_id, state=sub.state,  # type: ignore[arg-type]
                              duplicate=sub.duplicate, ref=m.ref))
-        if sub.done is not None:
-            self.deliver_done(sub.done)
+        self.app.routes.settle(job_id, candidate, sub.follows, sub.done)
 
     async def _cancel_job(self, m: p.Cancel) -> None:
         await self.app.core.cancel(m.job_id, principal=self.principal,
@@ -713,23 +724,27 @@ class Session:
             self._error("E_NOT_YOURS", f"job {m.job_id} belongs to another client", ref=m.ref,
                         job_id=m.job_id)
             return
-        self.post(p.Job(job_id=m.job_id, state=info.state, attempt=info.attempt,  # type: ignore[arg-type]
-                        node=info.node, ref=m.ref, info={
-                            "pools": info.pools, "priority": info.priority,
-                            "max_attempts": info.max_attempts, "reason": info.reason,
-                            "timings": info.timings, "tried": info.tried,
-                        }))
+        self.post(_job_reply(info, m.ref))
 
     async def _follow(self, m: p.Follow) -> None:
-        previous = self.app.follow(m.job_id, self)
+        # A candidate while the scripts run: it takes the job's deliveries only once the store
+        # said the job is its principal's (schedd.routes)
+        candidate = self.app.routes.expect(m.job_id, self)
         try:
-            state, attempt, done = await self.app.core.follow(m.job_id, principal=self.principal)
+            followed = await self.app.core.follow(m.job_id, principal=self.principal)
+            try:
+                info = await self.app.queries.job(m.job_id)
+            except StoreError:
+                info = None  # the follow holds: the reply says what its script said
         except BaseException:
-            self.app.unfollow(m.job_id, self, restore=previous)
+            self.app.routes.settle(m.job_id, candidate, None)
             raise
-        self.post(p.Job(job_id=m.job_id, state=state, attempt=attempt, ref=m.ref))  # type: ignore[arg-type]
-        if done is not None:
-            self.deliver_done(done)
+        if info is not None and info.principal == self.principal:
+            self.post(_job_reply(info, m.ref))  # the job as status shows it, node and info too
+        else:  # its retention ended between the two reads, or the read failed
+            self.post(p.Job(job_id=m.job_id, state=followed.state,  # type: ignore[arg-type]
+                            attempt=followed.attempt, ref=m.ref))
+        self.app.routes.settle(m.job_id, candidate, followed.follows, followed.done)
 
     async def _query(self, m: p.Query) -> None:
         data = await self.app.answer(m.what)
@@ -757,6 +772,12 @@ class Session:
         elif isinstance(delivery, Done):
             self.deliver_done(delivery)
 
+    def detached(self, job_id: str) -> None:
+        """Another connection of this principal followed the job: its deliveries go there."""
+        self.inflight.discard(job_id)
+        self._error(p.E_DETACHED, f"job {job_id} is now followed by another connection; its "
+                    "progress and done go there (send follow to take it back)", job_id=job_id)
+
     def deliver_done(self, done: Done) -> None:
         self.inflight.discard(done.job_id)
         error = None
@@ -771,6 +792,16 @@ class Session:
             error=error if done.state != "done" else None, node=done.node,
             attempts=done.attempts, timings={k: v for k, v in done.timings.items() if v},
         ))
+
+
+def _job_reply(info: JobInfo, ref: str | None) -> p.Job:
+    """The ``job`` message that answers ``status`` and ``follow``."""
+    return p.Job(job_id=info.job_id, state=info.state, attempt=info.attempt,  # type: ignore[arg-type]
+                 node=info.node, ref=ref, info={
+                     "pools": info.pools, "priority": info.priority,
+                     "max_attempts": info.max_attempts, "reason": info.reason,
+                     "timings": info.timings, "tried": info.tried,
+                 })
 
 
 _HANDLERS: dict[tuple[str, str], Any] = {

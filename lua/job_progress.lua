@@ -15,11 +15,11 @@
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
 local job_id = ARGV[2]
-local job, e = fenced_job(job_id, ARGV[3], ARGV[4], {'state', 'node', 'attempt', 'client'})
+local job, e = fenced_job(job_id, ARGV[3], ARGV[4],
+  {'state', 'node', 'attempt', 'client', 'principal', 'run_ms', 't_acc'})
 if e then return e end
 if job.state == 'running' then
-  local run = redis.call('HMGET', KEYS[1], 'run_ms', 't_acc')
-  local run_ms, t_acc = tonumber(run[1]), tonumber(run[2])
+  local run_ms, t_acc = tonumber(job.run_ms), tonumber(job.t_acc)
   if run_ms and t_acc then
     local deadline = math.min(now_ms() + run_ms, t_acc + tonumber(ARGV[6]))
     if deadline > tonumber(redis.call('ZSCORE', KEYS[2], job_id) or deadline) then
@@ -27,7 +27,7 @@ if job.state == 'running' then
     end
   end
 end
--- {'progress', job, attempt, progress JSON text}, built as text (lib.lua count_state)
+-- {'progress', job, attempt, progress JSON text, principal}, built as text (lib.lua count_state)
 deliver(job.client, '["progress",' .. cjson.encode(job_id) .. ',' .. job.attempt .. ','
-  .. cjson.encode(ARGV[5]) .. ']')
+  .. cjson.encode(ARGV[5]) .. ',' .. cjson.encode(job.principal or '') .. ']')
 return {{job.state}, LOCAL, EVENTS}

@@ -26,6 +26,7 @@ from schedd.core.model import (
     Delivery,
     Done,
     Event,
+    Followed,
     JobSpec,
     Registration,
     Submitted,
@@ -207,7 +208,7 @@ class Core:
             raise BadArgument("a job needs at least one candidate pool")
         s = self.settings
         job_id = spec.job_id or new_id("job")
-        status, state, attempt, done = await self._call(
+        status, state, attempt, done, *follows = await self._call(
             "job_submit",
             [self.keys.job(job_id), self.keys.counts],
             [
@@ -235,6 +236,7 @@ class Core:
             attempt=int(attempt),
             duplicate=_text(status) == "duplicate",
             done=done_msg if isinstance(done_msg, Done) else None,
+            follows=int(follows[0]) if follows else 0,
         )
 
     async def accept(self, job_id: str, *, node_id: str, attempt: int) -> bool:
@@ -294,13 +296,15 @@ class Core:
         )
         return _text(state)
 
-    async def follow(self, job_id: str, *, principal: str = "") -> tuple[str, int, Done | None]:
-        """Route the job's progress and done to this instance; returns (state, attempt, done)."""
-        state, attempt, done = await self._call(
+    async def follow(self, job_id: str, *, principal: str = "") -> Followed:
+        """Route the job's progress and done to this instance."""
+        state, attempt, done, follows = await self._call(
             "job_follow", [self.keys.job(job_id)], [principal, job_id]
         )
         done_msg = decode_delivery(done) if done else None
-        return _text(state), int(attempt), done_msg if isinstance(done_msg, Done) else None
+        return Followed(state=_text(state), attempt=int(attempt),
+                        done=done_msg if isinstance(done_msg, Done) else None,
+                        follows=int(follows))
 
     async def reap(self) -> tuple[int, int, int, int]:
         """One reaper pass: (nodes lost, deadlines handled, records removed, inboxes removed)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from schedd.protocol.codec import (
     E_AUTH,
     E_BAD_FIELD,
+    E_DETACHED,
     E_IDENTITY,
     E_INFLIGHT,
     E_INTERNAL,
@@ -88,6 +89,7 @@ __all__ = [
     "ERROR_CODES",
     "E_AUTH",
     "E_BAD_FIELD",
+    "E_DETACHED",
     "E_IDENTITY",
     "E_INFLIGHT",
     "E_INTERNAL",

@@ -60,6 +60,7 @@ __all__ = [
     "ERROR_CODES",
     "E_AUTH",
     "E_BAD_FIELD",
+    "E_DETACHED",
     "E_IDENTITY",
     "E_INFLIGHT",
     "E_INTERNAL",
@@ -88,6 +89,7 @@ E_ROLE: Final = "E_ROLE"
 E_IDENTITY: Final = "E_IDENTITY"
 E_RATE: Final = "E_RATE"
 E_INFLIGHT: Final = "E_INFLIGHT"
+E_DETACHED: Final = "E_DETACHED"
 E_UNAVAILABLE: Final = "E_UNAVAILABLE"
 E_SHUTTING_DOWN: Final = "E_SHUTTING_DOWN"
 E_INTERNAL: Final = "E_INTERNAL"
@@ -109,6 +111,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     "node_id its principal may not use (another principal's, or outside its allowed patterns)",
     E_RATE: "the connection sent more messages per second than allowed",
     E_INFLIGHT: "the connection has too many submitted jobs not yet done",
+    E_DETACHED: "another connection of the principal followed the job (`follow` or a duplicate "
+    "`submit`): the job's `progress` and `done` go there, not here",
     E_UNAVAILABLE: "the daemon cannot reach its store right now; retry later",
     E_SHUTTING_DOWN: "the daemon is shutting down and accepts no new submits; use another instance",
     E_INTERNAL: "the daemon failed unexpectedly; the message may be retried",

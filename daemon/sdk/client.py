@@ -20,6 +20,9 @@ Rules of this module:
   the client to another daemon URL and submits again.
 - After a reconnect the client sends ``follow`` for every job it still waits for, so
   :meth:`JobHandle.result` completes whichever instance the job finished on.
+- A job followed by another connection of the principal since (``E_DETACHED`` for the job: the
+  daemon sends its ``progress`` and ``done`` there) fails its handle with
+  :class:`RequestFailed`; :meth:`Client.follow` takes it back.
 - With ``reconnect=False``, or after a fatal error when reconnecting (``E_AUTH``...), waiting
   requests and handles fail with :class:`RequestFailed`.
 - A job the daemon no longer knows (its store lost it: Redis restarted without persistence,
@@ -44,6 +47,7 @@ import trio
 import trio.lowlevel
 
 from schedd.protocol import (
+    E_DETACHED,
     E_SHUTTING_DOWN,
     E_UNAVAILABLE,
     Accepted,
@@ -140,8 +144,9 @@ class JobHandle:
         """Wait for the job's ``done`` and return it (whatever its state: check ``done.ok``).
 
         Raises :class:`RequestFailed` if the answer can no longer come: the job is gone
-        (:class:`JobLost`, or ``E_NOT_YOURS`` when re-followed), the connection was lost with
-        ``reconnect=False`` (``E_UNAVAILABLE``), or the client was closed (``E_CLIENT_CLOSED``).
+        (:class:`JobLost`, or ``E_NOT_YOURS`` when re-followed), another connection follows it
+        (``E_DETACHED``), the connection was lost with ``reconnect=False`` (``E_UNAVAILABLE``),
+        or the client was closed (``E_CLIENT_CLOSED``).
         """
         await self._finished.wait()
         if self._done is not None:
@@ -564,6 +569,12 @@ class Client:
             handle = self._handles.get(message.job_id)
             if handle is not None:
                 handle._push_progress(message.data)
+        elif isinstance(message, Error) and message.code == E_DETACHED and message.job_id:
+            handle = self._handles.get(message.job_id)
+            if handle is not None and not handle.finished:
+                log.warning("job %s: %s", message.job_id, message.message)
+                handle._fail(RequestFailed.from_error(message))
+                self._forget(handle)
         elif isinstance(message, Error):
             log.warning(
                 "daemon error not matching a request: %s %s (job %s)",

@@ -4,7 +4,6 @@ limits, and jobs flowing from clients to nodes and back."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,8 +19,7 @@ from schedd.core_hooks import token_principal
 from schedd.errors import ProtocolError
 from schedd.sdk.connect import StreamChannel, WebSocketChannel
 from schedd.session import MAX_VIOLATIONS
-from tests.daemon.harness import MemoryChannel, Peer, channel_pair, running_daemon
-from tests.websockets import websocket_channels
+from tests.daemon.harness import MemoryChannel, Peer, channel_pair, running_daemon, wire_channels
 
 TOKENS = {
     "SCHEDD_AUTH__NODE_TOKENS": '["node-secret"]',
@@ -637,16 +635,7 @@ async def hub_node(d: Any, node_id: str, transport: str = "tcp",
     """A node connected over a real socket that the daemon reads through its readiness hub,
     with the TCP transport's channel or the WebSocket transport's."""
     assert d.app.readiness.running
-    node: StreamChannel | WebSocketChannel
-    if transport == "tcp":
-        ours, theirs = socket.socketpair()
-        daemon_side: StreamChannel | WebSocketChannel = StreamChannel(
-            trio.SocketStream(trio.socket.from_stdlib_socket(theirs)), "127.0.0.1:40001",
-            1 << 20, hub=d.app.readiness)
-        node = StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), "daemon",
-                             1 << 20)
-    else:
-        daemon_side, node = websocket_channels(d.app.readiness)
+    daemon_side, node = wire_channels(d, transport)
     d.nursery.start_soon(d.app.serve_channel, daemon_side)
     await node.send(p.encode(p.Hello(role="node", version=p.PROTOCOL_VERSION)))
     assert isinstance(p.decode(await node.receive()), p.Welcome)

@@ -400,6 +400,29 @@ async def test_a_job_the_daemon_no_longer_knows_fails_its_handle_while_connected
             assert (await kept.result()).ok
 
 
+async def test_a_job_followed_elsewhere_fails_its_handle(
+    daemon: FakeDaemon, nursery: trio.Nursery
+) -> None:
+    async def script() -> None:
+        peer = await daemon.accept()
+        await peer.handshake()
+        await accept(peer)
+        await accept(peer)
+        await peer.send(Error(code="E_DETACHED", message="job j1 is now followed by another "
+                              "connection", job_id="j1"))
+        await peer.send(done("j2"))
+
+    nursery.start_soon(script)
+    with trio.fail_after(10):
+        async with Client.connect(daemon.url) as client:
+            detached = await client.submit(job_id="j1", pools=["p"])
+            other = await client.submit(job_id="j2", pools=["p"])
+            with pytest.raises(RequestFailed) as failed:
+                await detached.result()
+            assert (failed.value.code, failed.value.job_id) == ("E_DETACHED", "j1")
+            assert (await other.result()).ok  # the other job is untouched
+
+
 async def test_bad_messages_do_not_kill_the_reader_and_pings_are_answered(
     daemon: FakeDaemon, nursery: trio.Nursery
 ) -> None:
