@@ -253,9 +253,7 @@ class Session:
         """A WebSocket ping or pong arrived (``WebSocketChannel.set_control``): it counts
         toward the message rate as a message does; over the rate it is dropped (no pong) and
         counts as a violation. Runs on the task that read it: posts and closes, never raises."""
-        now = trio.current_time()
-        self.last_seen = now
-        if self.rate.allow(now):
+        if self.rate.allow(trio.current_time()):  # not a message: the idle clock runs on
             return True
         self.rate.rate = float(self.app.limits.max_messages_per_second)
         try:
