@@ -183,6 +183,19 @@ async def test_a_connection_over_the_cap_is_refused_until_one_closes(
                 assert answer is not None and answer["type"] == "welcome"
 
 
+async def test_a_reload_applies_new_caps_to_the_next_connections(tmp_path: Any) -> None:
+    with trio.fail_after(30):
+        async with daemon_on(tmp_path, "max_connections_per_address = 1\n") as d:
+            url = url_of(d, "tcp")
+            async with welcomed(url):
+                assert await hello(url) is None
+                assert d.app.config_path is not None
+                d.app.config_path.write_text(f"{TOKENS}[limits]\nmax_connections_per_address = 2\n")
+                d.app.reload()  # what SIGHUP does
+                answer = await hello(url)
+                assert answer is not None and answer["type"] == "welcome"
+
+
 @pytest.mark.parametrize("cap", ["max_pending_handshakes", "max_pending_handshakes_per_address"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_connections_still_in_their_handshake_are_capped(
