@@ -29,6 +29,7 @@ import attrs
 import trio
 
 from schedd import systemd
+from schedd.admission import Admission
 from schedd.channel import Channel
 from schedd.config import Config, LimitsSection, load_config
 from schedd.core import (
@@ -128,6 +129,9 @@ class App:
         #: reads plain TCP connections for their channels (schedd.sdk.readiness); running
         #: while the app serves, on Linux
         self.readiness = ReadinessHub()
+        #: the connection caps and the failed-handshake throttle, asked by the transports at
+        #: accept time (schedd.admission)
+        self.admission = Admission(lambda: self.limits)
         self.queries = Queries(store, self.core.keys)
         self.accepting = True
         self.sessions: set[Session] = set()

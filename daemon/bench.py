@@ -17,7 +17,8 @@ Scenarios: S1 dispatch latency (open loop), S2 throughput (closed loop, concurre
 p99 passes 50 ms), S3 heartbeat scale (daemon CPU, RSS, heartbeat script calls per second,
 dispatch p99 under that load), S4 script cost (:mod:`schedd.benchmarks.script_cost`), S5
 failover (S1's load with jobs that take time, nodes dropped or silenced while they run: time
-to reassignment, jobs lost).
+to reassignment, jobs lost), SLOWLORIS (a probe client's latency, quiet and while connections
+that never finish their handshake hold the listener: :mod:`schedd.benchmarks.slowloris`).
 
 Before the scenarios, with nothing of the bench running, :mod:`schedd.benchmarks.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put
@@ -57,7 +58,7 @@ from schedd.sim import Fleet, SimNode, parse_duration, raise_fd_limit
 
 __all__ = ["SCENARIOS", "BenchClient", "DaemonProcess", "Recorder", "run_bench"]
 
-SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5", "CHAOS")
+SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5", "CHAOS", "SLOWLORIS")
 SCHEDD: Final = str(Path(sys.executable).parent / "schedd")
 POOL: Final = "p"
 PAYLOAD: Final = {"n": 1}
@@ -597,6 +598,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S5": {"nodes": 1000, "rate": 500, "seconds": 30, "clients": 4, "warmup": 3.0,
                "duration": "uniform:0.5,1.5", "kills": 10, "heartbeat_interval": 1.0},
         "CHAOS": {"nodes": 200, "jobs": 5000, "instances": 3, "settle": 120.0},
+        "SLOWLORIS": {"nodes": 50, "connections": 2000, "warmup": 2.0, "quiet_seconds": 15,
+                      "attack_seconds": 20, "ramp": 3.0, "interval": 0.02},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -607,6 +610,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S5": {"nodes": 30, "rate": 50, "seconds": 3, "clients": 2, "warmup": 0.0,
                "duration": "uniform:0.3,0.6", "kills": 2, "heartbeat_interval": 0.25},
         "CHAOS": {"nodes": 20, "jobs": 200, "instances": 3, "settle": 60.0},
+        # more connections than max_pending_handshakes_per_address: some are refused
+        "SLOWLORIS": {"nodes": 5, "connections": 300, "warmup": 0.0, "quiet_seconds": 1,
+                      "attack_seconds": 1.5, "ramp": 0.5, "interval": 0.02},
     },
 }
 
@@ -861,8 +867,16 @@ async def chaos(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
             "ok": report.ok, "report": report.lines()}
 
 
+async def slowloris(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """A probe client's latency, quiet and under a slowloris (schedd.benchmarks.slowloris)."""
+    from schedd.benchmarks.slowloris import run
+
+    return await run(opt, p)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
-                   "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos}
+                   "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
+                   "SLOWLORIS": slowloris}
 
 
 def _failure(exc: BaseException) -> str:
@@ -1014,6 +1028,17 @@ def table(document: dict[str, Any]) -> str:
         rows.append(("CHAOS", "accepted/done/lost/duplicate done",
                      f"{c['accepted']}/{c['done_messages']}/{c['lost']}/{c['duplicate_done']}"
                      f" ({c['jobs_per_second']} jobs/s, {'OK' if c['ok'] else 'FAILED'})"))
+    if "SLOWLORIS" in r:
+        s = r["SLOWLORIS"]
+        rows += [("SLOWLORIS", "submit->done quiet", _lat(s["quiet_submit_to_done_ms"])),
+                 ("SLOWLORIS", f"submit->done under {s['connections']} never-finished handshakes",
+                  _lat(s["attack_submit_to_done_ms"])),
+                 ("SLOWLORIS", "p99 under attack / quiet (target <= 3)", str(s["p99_ratio"])),
+                 ("SLOWLORIS", "daemon CPU % quiet / attack",
+                  f"{s['daemon_cpu_pct_quiet']} / {s['daemon_cpu_pct_attack']}"),
+                 ("SLOWLORIS", "attacker: opened / refused / timed out",
+                  f"{s['attacker'].get('opened')} / {s['attacker'].get('refused')} / "
+                  f"{s['attacker'].get('timed_out')}")]
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]

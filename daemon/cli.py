@@ -452,10 +452,11 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         memory, Redis script cost, failover times). Progress goes to stderr, the table to
         stdout, every number to the JSON file. Scenarios: S1 dispatch latency, S2 throughput,
         S3 heartbeat scale, S4 script cost, S5 failover, CHAOS (3 instances, nodes and one
-        instance killed; every job must end once) (docs/benchmarks.md). --scale tiny runs each
-        in seconds (the CI smoke test); full takes several minutes. Ctrl-C, SIGTERM or SIGHUP
-        stop the run and every process it started (exit 128 + the signal's number); the JSON
-        file keeps the scenarios that finished.
+        instance killed; every job must end once), SLOWLORIS (a probe client's latency while
+        connections that never finish their handshake hold the listener) (docs/benchmarks.md).
+        --scale tiny runs each in seconds (the CI smoke test); full takes several minutes.
+        Ctrl-C, SIGTERM or SIGHUP stop the run and every process it started (exit 128 + the
+        signal's number); the JSON file keeps the scenarios that finished.
         """,
         [
             "schedd bench",
@@ -469,7 +470,7 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         [],
     )
     bench.add_argument("--scenarios", type=_scenarios,
-                       default=["S1", "S2", "S3", "S4", "S5", "CHAOS"],
+                       default=["S1", "S2", "S3", "S4", "S5", "CHAOS", "SLOWLORIS"],
                        metavar="S1,S2,...", help="scenarios to run (default: all)")
     bench.add_argument("--scale", choices=("tiny", "full"), default="full",
                        help="tiny: seconds per scenario (CI smoke); full: the documented "

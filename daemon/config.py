@@ -390,6 +390,29 @@ class LimitsSection:
     max_messages_per_second: int = setting(
         2000, "messages per second per connection before it is throttled", _at_least(1)
     )
+    # Admission (schedd.admission): checked when a connection is accepted, before any work on it
+    max_connections: int = setting(20000, "open connections in all; more are refused at accept",
+                                   _at_least(1))
+    max_connections_per_address: int = setting(
+        12000, "open connections from one IP address (an IPv6 /64)", _at_least(1)
+    )
+    max_pending_handshakes: int = setting(
+        1000, "connections not yet past hello, in all; more are refused at accept", _at_least(1)
+    )
+    max_pending_handshakes_per_address: int = setting(
+        256, "connections not yet past hello from one IP address (an IPv6 /64)", _at_least(1)
+    )
+    max_failed_handshakes: int = setting(
+        10, "failed handshakes (refused hello, no hello in time) from one address within "
+        "failed_handshake_window before its connections are refused", _at_least(1)
+    )
+    failed_handshake_window: float = setting(
+        60.0, "seconds over which max_failed_handshakes counts", _greater_than(0)
+    )
+    failed_handshake_backoff: float = setting(
+        60.0, "seconds an address's new connections are refused once it reached "
+        "max_failed_handshakes", _greater_than(0)
+    )
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ import attrs
 import orjson
 import trio
 
+from schedd import admission
 from schedd import protocol as p
 from schedd.channel import Channel, ChannelClosed
 from schedd.core import (
@@ -145,6 +146,11 @@ class Session:
         set_inline = getattr(channel, "set_inline", None)
         if set_inline is not None:
             set_inline(self._inline)
+        set_control = getattr(channel, "set_control", None)
+        if set_control is not None:
+            set_control(self._control_frame)
+        #: the connection's admission (schedd.admission), told how the handshake ended
+        self._ticket = admission.CURRENT.get()
 
     # -- outgoing ------------------------------------------------------------------------------
 
@@ -233,7 +239,13 @@ class Session:
                 nursery.start_soon(self._sender)
                 with self._cancel:  # cancels the receiving side: close() and overflow
                     try:
-                        await self._handshake()
+                        try:
+                            await self._handshake()
+                        except CloseConnection:  # refused, or no hello in time
+                            self._handshake_ended(failed=self.app.accepting)
+                            raise
+                        finally:  # a welcome; or the peer left, or the daemon closes it
+                            self._handshake_ended(failed=False)
                         await self._receive_loop()
                     except (CloseConnection, ChannelClosed):
                         pass
@@ -245,6 +257,25 @@ class Session:
             self.app.session_ended(self)
             with trio.CancelScope(shield=True):
                 await self.channel.aclose()
+
+    def _handshake_ended(self, *, failed: bool) -> None:
+        """Tell the connection's admission (once; the first call counts)."""
+        if self._ticket is not None:
+            self._ticket.handshake_ended(trio.current_time(), failed=failed)
+
+    def _control_frame(self) -> bool:
+        """A WebSocket ping or pong arrived (``WebSocketChannel.set_control``): it counts
+        toward the message rate as a message does; over the rate it is dropped (no pong) and
+        counts as a violation. Runs on the task that read it: posts and closes, never raises."""
+        if self.rate.allow(trio.current_time()):  # not a message: the idle clock runs on
+            return True
+        self.rate.rate = float(self.app.limits.max_messages_per_second)
+        try:
+            self._violation(p.E_RATE, f"more than {self.app.limits.max_messages_per_second} "
+                            "messages per second (WebSocket control frames count)")
+        except CloseConnection:
+            self.close()
+        return False
 
     def close(self) -> None:
         """End this connection after what is already queued for it."""

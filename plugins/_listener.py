@@ -14,6 +14,11 @@ Rules of this module:
 - **TLS**: ``tls_cert`` and ``tls_key`` are both set or both empty. When the configuration is
   validated, each file must exist and the pair must load, so ``schedd check-config`` catches a
   bad certificate. Relative paths are taken from the daemon's working directory.
+- **Admission first.** Every accepted connection is put to ``app.admission``
+  (:mod:`schedd.admission`: the connection caps and the failed-handshake throttle) before any
+  work on it: a refused one is reset at once (``SO_LINGER`` 0: no TLS handshake, no HTTP
+  answer, nothing read), an admitted one gets its task, and its ticket is released when it
+  closes.
 - **A connection never takes the listener down.** Each connection's handler runs under
   :func:`serve_transport`'s guard: a dropped connection is logged at debug level, anything else
   with its traceback, and the stream is closed in every case.
@@ -21,20 +26,25 @@ Rules of this module:
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
 import re
+import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any, Final
 
 import trio
 
+from schedd.admission import CURRENT, Ticket
 from schedd.config import InvalidSetting
 from schedd.errors import ConfigError
 from schedd.hookspecs import App
-from schedd.sdk.connect import format_address, peer_address
+from schedd.sdk.connect import format_address
 
 __all__ = [
     "LISTEN_DOC",
@@ -43,6 +53,7 @@ __all__ = [
     "ConnectionHandler",
     "check_tls_pair",
     "existing_file",
+    "handshake_timed_out",
     "parse_listen",
     "serve_transport",
     "server_ssl_context",
@@ -59,6 +70,18 @@ _PORT_RE: Final = re.compile(r"^[0-9]{1,5}$")
 _LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE: Final = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")
 _LISTEN_FORM: Final = "host:port, e.g. 127.0.0.1:8765, [::1]:8765 or 0.0.0.0:8765"
+#: accept(2) errors that say the system is out of something: wait and accept again
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                            errno.ENOBUFS})
+#: accept(2) errors about one connection (gone before it was accepted): accept the next
+_ACCEPT_IGNORED_ERRNOS: Final = frozenset(
+    getattr(errno, name) for name in ("ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN",
+                                      "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
+                                      "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
+_ACCEPT_RETRY: Final = 0.1
+#: connections accepted per wake-up before other tasks run
+_ACCEPT_BATCH: Final = 64
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 #: ``async def handler(app, stream, peer)``: serve one accepted connection to its end.
 ConnectionHandler = Callable[[App, trio.abc.Stream, str], Awaitable[None]]
@@ -135,9 +158,10 @@ def check_tls_pair(tls_cert: str, tls_key: str) -> None:
 
 
 async def _guard(
-    plugin: str, handler: ConnectionHandler, app: App, stream: trio.abc.Stream
+    plugin: str, handler: ConnectionHandler, app: App, stream: trio.abc.Stream, peer: str,
+    ticket: Ticket,
 ) -> None:
-    peer = peer_address(stream)
+    CURRENT.set(ticket)  # this task's: the session reports its handshake's end to it
     try:
         await handler(app, stream, peer)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -145,7 +169,64 @@ async def _guard(
     except Exception:
         log.exception("%s: connection from %s failed", plugin, peer)
     finally:
+        ticket.release()
         await trio.aclose_forcefully(stream)
+
+
+def handshake_timed_out() -> None:
+    """The connection this task serves did not finish the transport's own handshake (TLS, the
+    HTTP upgrade) in time: a failed handshake for the throttle, as a missing ``hello`` is."""
+    ticket = CURRENT.get()
+    if ticket is not None:
+        ticket.handshake_ended(trio.current_time(), failed=True)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close a refused connection now, with a reset (no lingering state on this side)."""
+    with suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
+async def _accept_loop(
+    app: App, plugin: str, listener: trio.SocketListener, nursery: trio.Nursery,
+    handler: ConnectionHandler, wrap: Callable[[trio.SocketStream], trio.abc.Stream],
+) -> None:
+    """Accept connections for ever: admit each (or reset it) before it costs a task, a trio
+    socket or a system call more than ``accept`` and ``close``."""
+    admission = app.admission
+    # accept(2) on a plain socket (a duplicate of the listener's descriptor): the address comes
+    # with it, and a refused connection never becomes a trio socket or stream
+    raw = socket.socket(fileno=os.dup(listener.socket.fileno()))
+    try:
+        raw.setblocking(False)
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    sock, address = raw.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_IGNORED_ERRNOS:
+                        continue
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    # as trio.serve_listeners: out of descriptors or memory for now
+                    log.error("%s: accept failed: %s; retrying in %gs", plugin, exc,
+                              _ACCEPT_RETRY)
+                    await trio.sleep(_ACCEPT_RETRY)
+                    break
+                peer = format_address(address)
+                ticket = admission.admit(peer, trio.current_time())
+                if ticket is None:
+                    _reset(sock)
+                    continue
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                nursery.start_soon(_guard, plugin, handler, app, wrap(stream), peer, ticket)
+            await trio.lowlevel.checkpoint()
+    finally:
+        raw.close()
 
 
 async def serve_transport(
@@ -165,7 +246,7 @@ async def serve_transport(
 
     :param plugin: the plugin's name (for ``check_listener``, ``listening``, errors and logs).
     :param schemes: the URL scheme without and with TLS, e.g. ``("ws", "wss")``.
-    :param https_compatible: passed to ``trio.SSLListener`` (True for WebSocket, as for HTTPS).
+    :param https_compatible: passed to ``trio.SSLStream`` (True for WebSocket, as for HTTPS).
     :param handler: serves one connection; see :data:`ConnectionHandler`.
     :param url_path: appended to the URL reported to ``app.listening`` (``/nodes``).
     :raises ConfigError: when the host is refused or the address cannot be bound.
@@ -186,23 +267,20 @@ async def serve_transport(
             [f"$.plugins.{plugin}.listen: cannot listen on {listen}: {exc.strerror or exc}"]
         ) from None
     try:
-        listeners: list[trio.abc.Listener[trio.abc.Stream]] = (
-            list(sockets)
-            if ssl_context is None
-            else [
-                trio.SSLListener(sock, ssl_context, https_compatible=https_compatible)
-                for sock in sockets
-            ]
-        )
         scheme = schemes[0] if ssl_context is None else schemes[1]
         url = f"{scheme}://{format_address(sockets[0].socket.getsockname())}{url_path}"
         app.listening(plugin, url)  # the app logs it
         task_status.started()
 
-        async def guarded(stream: trio.abc.Stream) -> None:
-            await _guard(plugin, handler, app, stream)
+        def wrap(stream: trio.SocketStream) -> trio.abc.Stream:
+            if ssl_context is None:
+                return stream
+            return trio.SSLStream(stream, ssl_context, server_side=True,
+                                  https_compatible=https_compatible)
 
-        await trio.serve_listeners(guarded, listeners)
+        async with trio.open_nursery() as nursery:
+            for sock in sockets:
+                nursery.start_soon(_accept_loop, app, plugin, sock, nursery, handler, wrap)
     finally:
         for sock in sockets:
             await trio.aclose_forcefully(sock)

@@ -131,6 +131,28 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
                      r"p50 [\d.]+ / p99 [\d.]+ / max [\d.]+ ms\n", proc.stdout)
 
 
+def test_the_slowloris_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "SLOWLORIS", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(out.read_text())["results"]["SLOWLORIS"]
+    assert "failed" not in s, s
+    _lifecycle_ok(s)
+    for phase in ("quiet", "attack"):
+        lat = s[f"{phase}_submit_to_done_ms"]
+        assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+    assert s["p99_ratio"] > 0
+    assert s["daemon_cpu_pct_quiet"] >= 0 and s["daemon_cpu_pct_attack"] >= 0
+    attacker = s["attacker"]
+    # 300 connections held open at once: the pending cap per address (256) refused the rest
+    assert attacker["peak_open"] >= 256 and attacker["refused"] > 0, attacker
+    assert re.search(r"SLOWLORIS\s+p99 under attack / quiet \(target <= 3\)\s+[\d.]+\n",
+                     proc.stdout)
+
+
 def test_set_overrides_the_bench_daemons_configuration() -> None:
     daemon = DaemonProcess([("nodes", "heartbeat_flush", "0.05"), ("limits", "idle_timeout", "30"),
                             ("drain", "timeout", "1")])

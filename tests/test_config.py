@@ -421,3 +421,26 @@ def test_secrets_stay_out_of_repr() -> None:
     assert "hunter2" not in text and "s3cret" not in text
     assert "redis://user:***@db:6379/0" in text and "<1 tokens>" in text
     assert config.redis.url == "redis://user:hunter2@db:6379/0"
+
+
+def test_connection_caps_and_the_handshake_throttle_are_validated(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[limits]\nmax_connections = 0\nmax_connections_per_address = -1\n"
+        "max_pending_handshakes = 1.5\nmax_pending_handshakes_per_address = 0\n"
+        "max_failed_handshakes = 0\nfailed_handshake_window = 0\n"
+        "failed_handshake_backoff = -2\n",
+    )
+    assert errors_of(path) == [
+        "$.limits.max_connections: expected an integer >= 1, got 0",
+        "$.limits.max_connections_per_address: expected an integer >= 1, got -1",
+        "$.limits.max_pending_handshakes: expected an integer, got 1.5",
+        "$.limits.max_pending_handshakes_per_address: expected an integer >= 1, got 0",
+        "$.limits.max_failed_handshakes: expected an integer >= 1, got 0",
+        "$.limits.failed_handshake_window: expected a number > 0, got 0",
+        "$.limits.failed_handshake_backoff: expected a number > 0, got -2",
+    ]
+    limits = load_config(write(tmp_path, "")).limits
+    # a 10,000-node fleet fits, and a simulated one from one address with its clients
+    assert limits.max_connections >= 20000
+    assert limits.max_connections_per_address > 10000

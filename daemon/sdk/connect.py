@@ -63,6 +63,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Ping,
+    Pong,
     RejectConnection,
     RejectData,
     Request,
@@ -589,7 +590,8 @@ class WebSocketChannel(_HubReader[bytes | str]):
     :param hub: a running :class:`~schedd.sdk.readiness.ReadinessHub`, as for
         :class:`StreamChannel`: a plain socket is then read by the hub's task and messages go
         first to the consumer set with :meth:`set_inline`. Pings and the peer's close are
-        answered by the task in ``receive``.
+        answered by the task in ``receive``; each ping and pong is first offered to the
+        callback set with :meth:`set_control` (the daemon's rate limit).
     """
 
     __slots__ = (
@@ -599,6 +601,7 @@ class WebSocketChannel(_HubReader[bytes | str]):
         "_ended",
         "_frames",
         "_max_frame",
+        "_on_control",
         "_parts",
         "_rest",
         "_send_lock",
@@ -632,6 +635,7 @@ class WebSocketChannel(_HubReader[bytes | str]):
         self._close_code = _CLOSE_NORMAL
         self._closed = False
         self._frames: FrameSplitter | None = None
+        self._on_control: Callable[[], bool] | None = None
         self._attach(hub)
         self._handle_events()  # frames wsproto was fed with the handshake
         # Common frames are decoded here (schedd.sdk.wsframes), from a frame boundary: where
@@ -671,6 +675,12 @@ class WebSocketChannel(_HubReader[bytes | str]):
         if code:
             raise ProtocolError(code, message)
         raise ChannelClosed(message)
+
+    def set_control(self, allow: Callable[[], bool] | None) -> None:
+        """Call ``allow()`` for every ping and pong the peer sends, when it arrives (from the
+        task that read it, the hub's maybe: it must not block or raise); a ping it refuses
+        (``False``) gets no pong."""
+        self._on_control = allow
 
     def receive_nowait(self) -> bytes | str | None:
         """The next message if it has arrived already and no control frame waits to be answered
@@ -727,13 +737,15 @@ class WebSocketChannel(_HubReader[bytes | str]):
             if isinstance(event, TextMessage | BytesMessage):
                 if self._ended is None:
                     self._add_part(event)
-            elif isinstance(event, Ping):
-                self._control.append(event.response())
+            elif isinstance(event, Ping | Pong):
+                allow = self._on_control
+                if (allow is None or allow()) and isinstance(event, Ping):
+                    self._control.append(event.response())
             elif isinstance(event, CloseConnection):
                 self._handle_close(event)
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
                     self._control.append(event.response())
-            # Pong needs nothing; handshake events do not occur once the socket is open.
+            # handshake events do not occur once the socket is open
 
     async def _answer_control(self) -> None:
         control, self._control = self._control, []

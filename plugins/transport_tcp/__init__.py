@@ -33,6 +33,7 @@ from schedd.plugins._listener import (
     TLS_KEY_DOC,
     check_tls_pair,
     existing_file,
+    handshake_timed_out,
     serve_transport,
     valid_listen,
 )
@@ -73,6 +74,7 @@ async def _serve_connection(app: App, stream: trio.abc.Stream, peer: str) -> Non
         with trio.move_on_after(limits.handshake_timeout) as handshake:
             await stream.do_handshake()
         if handshake.cancelled_caught:
+            handshake_timed_out()  # as a missing hello: counts toward the throttle
             return  # the guard closes the stream
     channel = StreamChannel(stream, peer, limits.max_frame, hub=app.readiness)
     try:

@@ -14,7 +14,8 @@ Rules of this plugin:
   ``app.limits.handshake_timeout`` seconds, read when the connection arrives. An upgrade
   request for another path is answered HTTP 404, a request that is not a WebSocket upgrade (or
   not HTTP) HTTP 400; anything that never completes an upgrade is closed at the handshake
-  timeout. The query string is ignored. No extension (compression) or subprotocol is accepted.
+  timeout, a failed handshake for the throttle of :mod:`schedd.admission`. The query string is
+  ignored. No extension (compression) or subprotocol is accepted.
 - The channel is limited to ``app.limits.max_frame`` bytes per message (UTF-8 bytes for text)
   and goes to ``app.serve_channel``. An oversize message or a broken frame (bad UTF-8 text...)
   reaches the session as ``E_TOO_LARGE`` or ``E_MALFORMED``; the session answers with an
@@ -43,6 +44,7 @@ from schedd.plugins._listener import (
     TLS_KEY_DOC,
     check_tls_pair,
     existing_file,
+    handshake_timed_out,
     serve_transport,
     valid_listen,
 )
@@ -150,11 +152,13 @@ def _not_found(ws: WSConnection) -> bytes:
 async def _serve_connection(app: App, path: str, stream: trio.abc.Stream, peer: str) -> None:
     limits = app.limits
     upgraded: tuple[WSConnection, bytes | None] | None = None
-    with trio.move_on_after(limits.handshake_timeout):
+    with trio.move_on_after(limits.handshake_timeout) as handshake:
         if isinstance(stream, trio.SSLStream):
             await stream.do_handshake()
         upgraded = await accept_upgrade(stream, path, peer)
     if upgraded is None:
+        if handshake.cancelled_caught:
+            handshake_timed_out()
         await close_stream(stream)
         return
     ws, leftover = upgraded

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import trio
 
+from schedd.admission import Admission
 from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ConfigError, ProtocolError
 from schedd.sdk.readiness import ReadinessHub
@@ -25,6 +26,14 @@ from schedd.sdk.readiness import ReadinessHub
 class FakeLimits:
     max_frame: int = 4096
     handshake_timeout: float = 5.0
+    # schedd.admission's, as [limits] has them by default
+    max_connections: int = 20000
+    max_connections_per_address: int = 12000
+    max_pending_handshakes: int = 1000
+    max_pending_handshakes_per_address: int = 256
+    max_failed_handshakes: int = 10
+    failed_handshake_window: float = 60.0
+    failed_handshake_backoff: float = 60.0
 
 
 class FakeApp:
@@ -57,6 +66,7 @@ class FakeApp:
         self._changed = trio.Event()
         #: started by start(), as the daemon runs it (the TCP transport reads through it)
         self.readiness = ReadinessHub()
+        self.admission = Admission(lambda: self.limits)  # type: ignore[arg-type,return-value]
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; it is checked whenever serve_channel records."""

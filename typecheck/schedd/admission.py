@@ -1,0 +1,1 @@
+../../daemon/admission.py
