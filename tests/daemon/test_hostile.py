@@ -114,8 +114,10 @@ def daemon() -> Iterator[DaemonProcess]:
         proc = DaemonProcess(
             Path(folder), "memory://",
             plugins=("transport_ws", "transport_tcp", "langset"),
-            # generous: a violation closes the connection, not a rate limit
-            extra="[limits]\nmax_messages_per_second = 100000\n",
+            # generous: a violation closes the connection, not a rate limit; hostile hellos are
+            # failed handshakes, which must not back the test's own address off
+            extra="[limits]\nmax_messages_per_second = 100000\n"
+                  "max_failed_handshakes = 1000000\n",
         )
         async def stop() -> None:
             proc.stop()
