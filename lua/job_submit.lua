@@ -24,8 +24,11 @@
 -- ARGV[14] max queued jobs in the namespace
 -- ARGV[15] retention ms after a terminal state
 -- ARGV[16] session ttl ms
+-- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or ''}, deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
+--         (the namespace's queue is full, or queueing would put more pools with no member in
+--         the index for the principal than ARGV[17])
 CALLER = ARGV[1]
 local job_id = ARGV[3]
 local jkey = KEYS[1]
@@ -71,6 +74,19 @@ if not node_id then
   if queued >= tonumber(ARGV[14]) then
     return err('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
   end
+  -- pools not in the index have no member and no queued job: queueing creates them
+  local created, seen = 0, {}
+  for _, pool in ipairs(pools) do
+    if not seen[pool] and not redis.call('ZSCORE', K.pools(), pool) then created = created + 1 end
+    seen[pool] = true
+  end
+  if created > 0 then
+    local held = tonumber(redis.call('HGET', K.pools_created(), ARGV[2]) or '0')
+    if held + created > tonumber(ARGV[17]) then
+      return err('E_QUEUE_FULL', 'queueing would create ' .. created .. ' pool(s) with no member;'
+        .. ' this principal already keeps ' .. held .. ' in existence (limit ' .. ARGV[17] .. ')')
+    end
+  end
 end
 -- seq orders the queues and counts every job ever accepted (read as total:submitted)
 local seq_s = int_s(redis.call('HINCRBY', KEYS[2], 'seq', '1'))
@@ -81,6 +97,7 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
+  principal = ARGV[2],
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],

@@ -102,17 +102,41 @@ local function node_pools(node)
   return cjson.decode(node.pools)
 end
 
+-- The pools index (K.pools()) holds exactly the pools that have a member or a queued job. A pool
+-- a queued job put in the index while it had no member is charged to the job's principal
+-- (K.pool_creator(), counted in K.pools_created()) until a node joins it or it leaves the index,
+-- so job_submit can bound how many such pools one principal keeps in existence.
+
+-- The pool is no longer charged to the principal whose queued job put it in the index.
+local function pool_uncharge(pool)
+  local principal = redis.call('HGET', K.pool_creator(), pool)
+  if principal then
+    redis.call('HDEL', K.pool_creator(), pool)
+    if redis.call('HINCRBY', K.pools_created(), principal, '-1') <= 0 then
+      redis.call('HDEL', K.pools_created(), principal)
+    end
+  end
+end
+
 local function pool_join(pool, node_id, free)
   if redis.call('ZADD', K.pool(pool), free, node_id) == 1 then
-    redis.call('ZINCRBY', K.pools(), '1', pool)
+    if tonumber(redis.call('ZINCRBY', K.pools(), '1', pool)) == 1 then pool_uncharge(pool) end
+  end
+end
+
+-- A pool with no member and no queued job leaves the index.
+local function pool_drop_if_empty(pool)
+  local members = redis.call('ZSCORE', K.pools(), pool)
+  if (not members or tonumber(members) <= 0) and redis.call('EXISTS', K.queue(pool)) == 0 then
+    redis.call('ZREM', K.pools(), pool)
+    pool_uncharge(pool)
   end
 end
 
 local function pool_leave(pool, node_id)
   if redis.call('ZREM', K.pool(pool), node_id) == 1 then
-    if tonumber(redis.call('ZINCRBY', K.pools(), '-1', pool)) <= 0
-        and redis.call('EXISTS', K.queue(pool)) == 0 then
-      redis.call('ZREM', K.pools(), pool)
+    if tonumber(redis.call('ZINCRBY', K.pools(), '-1', pool)) <= 0 then
+      pool_drop_if_empty(pool)
     end
   end
 end
@@ -202,9 +226,14 @@ local function job_services(job)
   return cjson.decode(job.services)
 end
 
+-- The job leaves every queue; a pool whose last queued job it was and that has no member leaves
+-- the index.
 local function dequeue_everywhere(job_id, job)
   for _, pool in ipairs(cjson.decode(job.pools)) do
-    redis.call('ZREM', K.queue(pool), job_id)
+    if redis.call('ZREM', K.queue(pool), job_id) == 1
+        and redis.call('EXISTS', K.queue(pool)) == 0 then
+      pool_drop_if_empty(pool)
+    end
   end
 end
 
@@ -250,7 +279,10 @@ local function enqueue(job_id, job, now, fields)
   local order = -tonumber(job.priority) * 1e12 + seq
   for _, pool in ipairs(cjson.decode(job.pools)) do
     redis.call('ZADD', K.queue(pool), order, job_id)
-    redis.call('ZADD', K.pools(), 'NX', '0', pool)
+    if redis.call('ZADD', K.pools(), 'NX', '0', pool) == 1 and job.principal then
+      redis.call('HSET', K.pool_creator(), pool, job.principal)
+      redis.call('HINCRBY', K.pools_created(), job.principal, '1')
+    end
   end
   local flat = fields or {}
   local n = #flat
@@ -386,6 +418,7 @@ local function node_down(node_id, node, reason, now, retain_ms)
   redis.call('ZREM', K.alive(), node_id)
   redis.call('HDEL', K.fence(), node_id) -- its heartbeats are stale from now on
   redis.call('DEL', K.node_unavail(node_id))
+  redis.call('ZREM', K.unavail_due(), node_id)
   if node.owner and node.owner ~= '' then redis.call('SREM', K.owned(node.owner), node_id) end
   redis.call('HSET', K.node(node_id), 'state', 'offline', 'used', '0', 'reason', reason,
     't_off', now)
