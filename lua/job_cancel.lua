@@ -3,7 +3,8 @@
 --   owner is told to send `cancel` (the node is then offered queued work). The client's
 --   instance gets done with state canceled.
 -- KEYS[1] job hash                  K.job(job_id)
--- derived: node hash/jobs, pools, queues, deadlines, counts, gc, inboxes
+-- derived: node hash/jobs, pools, pools index and its charges, queues, deadlines, counts, gc,
+--          inboxes
 -- ARGV[1] caller instance
 -- ARGV[2] principal asking, or '' (an operator)
 -- ARGV[3] job id

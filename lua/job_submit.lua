@@ -1,13 +1,16 @@
 -- job_submit: accept a job, idempotent on job id, and place it in the same script.
 --   A resubmitted id returns the existing job (with its done message while retained) and moves
 --   its deliveries to the caller's instance; a different principal may not reuse the id.
---   Placement: the session's node if it still qualifies, else the least loaded eligible member of
---   the first candidate pool that has one; the slot is reserved and the assignment delivered. With
---   no free slot the job is queued (priority, then age) until its queue deadline, or refused.
+--   Placement: the session's node if it still qualifies, else an eligible member of the first
+--   candidate pool that has one: of the members with the most free slots, the least loaded (by
+--   their last heartbeats), equal ones in turn; the slot is reserved and the assignment
+--   delivered. With no free slot the job is queued (priority, then age) until its queue
+--   deadline, or refused.
 -- KEYS[1] job hash                  K.job(job_id)
 -- KEYS[2] counts                    K.counts()
--- derived: pools, liveness, node hashes/jobs/unavail, queues, deadlines, session, tried set,
---          exclusions, inboxes
+-- derived: pools, pools index and its charges (K.pool_creator(), K.pools_created()), liveness,
+--          heartbeat loads (K.beats()), node hashes/jobs/unavail, queues, deadlines, session,
+--          tried set, exclusions, inboxes
 -- ARGV[1]  caller instance
 -- ARGV[2]  principal (client identity)
 -- ARGV[3]  job id
@@ -65,14 +68,21 @@ for i = 9, 12 do
   end
 end
 local now = now_ms()
-local node_id = select_node(job_id, pools, services, ARGV[6], now, true)
+-- seq orders the queues, spreads jobs over equal nodes and counts every job ever accepted (read
+-- as total:submitted): taken before selection, given back when the job is refused
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', '1')
+local function refuse(code, msg)
+  redis.call('HINCRBY', KEYS[2], 'seq', '-1')
+  return err(code, msg)
+end
+local node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq)
 if not node_id then
   if ARGV[13] ~= '1' then
-    return err('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
+    return refuse('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
   end
   local queued = tonumber(redis.call('HGET', KEYS[2], 'queued') or '0')
   if queued >= tonumber(ARGV[14]) then
-    return err('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
+    return refuse('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
   end
   -- pools not in the index have no member and no queued job: queueing creates them
   local created, seen = 0, {}
@@ -83,13 +93,12 @@ if not node_id then
   if created > 0 then
     local held = tonumber(redis.call('HGET', K.pools_created(), ARGV[2]) or '0')
     if held + created > tonumber(ARGV[17]) then
-      return err('E_QUEUE_FULL', 'queueing would create ' .. created .. ' pool(s) with no member;'
+      return refuse('E_QUEUE_FULL', 'queueing would create ' .. created .. ' pool(s) with no member;'
         .. ' this principal already keeps ' .. held .. ' in existence (limit ' .. ARGV[17] .. ')')
     end
   end
 end
--- seq orders the queues and counts every job ever accepted (read as total:submitted)
-local seq_s = int_s(redis.call('HINCRBY', KEYS[2], 'seq', '1'))
+local seq_s = int_s(seq)
 local now_s = int_s(now)
 -- What the helpers read of the job; its hash gets the flat list below in one HSET together
 -- with the assignment's (or the queueing's) fields. Both are built by constructors: a table

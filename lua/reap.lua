@@ -13,8 +13,8 @@
 -- KEYS[2] deadlines                 K.deadlines()
 -- KEYS[3] gc                        K.gc()
 -- KEYS[4] instance presence         K.instances()
--- derived: node and job keys, heartbeat times, pools, queues, counts, inboxes, unavailability
---          marks and their expiry index
+-- derived: node and job keys, heartbeat times and loads, pools, pools index and its charges,
+--          queues, counts, inboxes, unavailability marks and their expiry index (K.unavail_due())
 -- ARGV[1] caller instance
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records

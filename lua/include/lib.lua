@@ -16,8 +16,9 @@ local function unpack_list(list)
 end
 local TERMINAL = {done = true, failed = true, canceled = true, timed_out = true}
 -- Candidates looked at per pool or queue head: 16, which bounds every selection. Given to
--- redis.call as the last index of a range (0..15), as text.
+-- redis.call as the last index of a range (0..15) or as a count, as text.
 local SCAN_LAST = '15'
+local SCAN_COUNT = '16'
 local FINISHED_KEPT = 2000 -- recent completions kept in K.finished() (at least)
 local FINISHED_SLACK = 500  -- trimmed back to FINISHED_KEPT once this many more have come
 
@@ -186,11 +187,46 @@ local function eligible(node_id, job_id, services, now, fresh)
   return true
 end
 
--- Pick a node for a job: the session's node if it still qualifies, else the member with the most
--- free slots of the first candidate pool that has an eligible one. Looks at 16 members per pool
--- at most, so the cost does not grow with pool size. The head of each pool is read alone first
--- (the common case: it is eligible), the next 15 (SCAN_LAST) members only when it is not.
-local function select_node(job_id, pools, services, session, now, fresh)
+-- The load a node reported in its last sent heartbeat ('<ms> <load> <inflight>'; 0 when absent).
+local function beat_load(beat)
+  return beat and tonumber(string.match(beat, '^%S+ (%S+)')) or 0
+end
+
+-- The members of a pool tied for the most free slots that a selection weighs by load: at most
+-- 4 (SPREAD_LAST + 1) of them, and the 0-based place among them to start from (spread modulo the
+-- number of tied members, over the whole tie, not only its first members). nil when the pool's
+-- top member has no free slot. Reads the top, and only for a tie longer than the window its
+-- length (ZCOUNT) and the window at a rank (ZRANGE by rank): O(log N) each.
+local SPREAD_LAST = '3'
+local function tied_window(pkey, spread)
+  local top = redis.call('ZRANGE', pkey, '0', SPREAD_LAST, 'REV', 'WITHSCORES')
+  if #top == 0 or tonumber(top[2]) < 1 then return nil end
+  local best = top[2]
+  local window = {}
+  for i = 1, #top, 2 do
+    if top[i + 1] == best then window[#window + 1] = top[i] end
+  end
+  local size = #window
+  if size == 4 then size = redis.call('ZCOUNT', pkey, best, best) end
+  local start = spread % size
+  if size > #window then
+    local first = math.min(start, size - #window)
+    if first > 0 then
+      window = redis.call('ZRANGE', pkey, int_s(first), int_s(first + #window - 1), 'REV')
+    end
+    start = start - first
+  end
+  return window, start
+end
+
+-- Pick a node for a job: the session's node if it still qualifies, else, in the first candidate
+-- pool that has an eligible member, one of the members with the most free slots: the least
+-- loaded of a window of up to 4 of them, ties (equal load) to the one nearest after the
+-- window's starting place, which moves round the whole tie with spread (so equal nodes take
+-- turns). When none of the window is eligible, the first eligible of the pool's 16 most-free
+-- members. Looks at 20 members per pool at most, so the cost does not grow with pool size.
+-- spread: an integer that changes from job to job (the job's order number).
+local function select_node(job_id, pools, services, session, now, fresh, spread)
   if session and session ~= '' then
     local sticky = redis.call('GET', K.session(session))
     if sticky then
@@ -203,16 +239,38 @@ local function select_node(job_id, pools, services, session, now, fresh)
     end
   end
   for _, pool in ipairs(pools) do
-    local head = redis.call('ZRANGE', K.pool(pool), '0', '0', 'REV', 'WITHSCORES')
-    if #head == 0 or tonumber(head[2]) < 1 then
+    local pkey = K.pool(pool)
+    local window, start = tied_window(pkey, spread)
+    if not window then
       exclusion('no_free_slot')
-    elseif eligible(head[1], job_id, services, now, fresh) then
-      return head[1]
     else
-      local members = redis.call('ZRANGE', K.pool(pool), '+inf', '1', 'BYSCORE', 'REV',
-        'LIMIT', '1', SCAN_LAST)
-      for _, node_id in ipairs(members) do
+      local n = #window
+      local order = {}
+      for j = 0, n - 1 do order[j + 1] = window[(start + j) % n + 1] end
+      if n > 1 then -- least loaded first; a stable insertion sort keeps equal loads in turn
+        local beats = redis.call('HMGET', K.beats(), unpack_list(order))
+        local load = {}
+        for j = 1, n do
+          local node_id, l = order[j], beat_load(beats[j])
+          local k = j - 1
+          while k >= 1 and load[k] > l do
+            order[k + 1], load[k + 1] = order[k], load[k]
+            k = k - 1
+          end
+          order[k + 1], load[k + 1] = node_id, l
+        end
+      end
+      local looked = {}
+      for _, node_id in ipairs(order) do
         if eligible(node_id, job_id, services, now, fresh) then return node_id end
+        looked[node_id] = true
+      end
+      local members = redis.call('ZRANGE', pkey, '+inf', '1', 'BYSCORE', 'REV', 'LIMIT', '0',
+        SCAN_COUNT)
+      for _, node_id in ipairs(members) do
+        if not looked[node_id] and eligible(node_id, job_id, services, now, fresh) then
+          return node_id
+        end
       end
     end
   end
@@ -403,7 +461,8 @@ local function retry(job_id, job, reason, now)
       message = reason .. ' (attempt ' .. job.attempt .. ' of ' .. job.max_attempts .. ')'})}, now)
     return node_id
   end
-  local target = select_node(job_id, cjson.decode(job.pools), job_services(job), '', now)
+  local target = select_node(job_id, cjson.decode(job.pools), job_services(job), '', now, false,
+    tonumber(job.seq) + tonumber(job.attempt))
   if target then
     assign(job_id, job, target, now)
   else

@@ -28,7 +28,7 @@ async def _reap_until_assigned(core: Core, rec: Recorder, job_id: str) -> Assign
             await trio.sleep(0.01)
 
 
-# -- item: a mark's end hands queued work to the node ---------------------------------------------
+# -- a mark's end hands queued work to the node
 
 
 async def test_mark_expiry_hands_the_queued_job_to_the_node(store: Store) -> None:
@@ -76,7 +76,7 @@ async def test_an_offline_node_leaves_the_mark_index(store: Store) -> None:
     assert await store.execute("ZCARD", core.keys.unavail_due) == 0
 
 
-# -- item: the pools index does not grow without bound ---------------------------------------------
+# -- the pools index does not grow without bound
 
 
 async def _indexed(store: Store, core: Core) -> list[str]:
@@ -140,3 +140,64 @@ async def test_a_principal_may_keep_only_so_many_pools_without_members(store: St
     assert await _indexed(store, core) == ["x2", "y1", "y2"]
     await core.submit(spec("x3"), principal="alice")
     assert await _indexed(store, core) == ["x2", "x3", "y1", "y2"]
+    # a refused submit is not counted as submitted
+    assert (await Queries(store, core.keys).counts())["total:submitted"] == 5
+
+
+# -- selection weighs load and spreads ties
+
+
+async def _run_serially(core: Core, rec: Recorder, jobs: int, pool: str = "p") -> list[str]:
+    """Submit jobs one after another, each finished before the next: the nodes stay equal."""
+    placed = []
+    for _ in range(jobs):
+        sub = await core.submit(spec(pool))
+        assign = rec.of(Assign)[-1]
+        assert assign.job_id == sub.job_id
+        placed.append(assign.node_id)
+        await core.result(sub.job_id, node_id=assign.node_id, attempt=1, ok=True, accepted=True)
+    return placed
+
+
+async def test_equal_idle_nodes_take_turns(store: Store) -> None:
+    core, rec = await make_core(store)
+    for name in ("n1", "n2", "n3"):
+        await core.register_node(node_id=name, capacity=2, pools=["p"])
+    placed = await _run_serially(core, rec, 8)
+    # the job's order number picks the place in the tie: each node in turn
+    assert sorted(placed.count(name) for name in ("n1", "n2", "n3")) == [2, 3, 3]
+    assert all(placed[i] != placed[i + 1] for i in range(7))
+
+
+async def test_turns_go_round_a_tie_longer_than_the_load_window(store: Store) -> None:
+    core, rec = await make_core(store)
+    names = [f"n{i:02d}" for i in range(10)]
+    for name in names:
+        await core.register_node(node_id=name, capacity=1, pools=["p"])
+    placed = await _run_serially(core, rec, 10)
+    assert sorted(placed) == names
+
+
+async def test_a_more_loaded_node_is_passed_over(store: Store) -> None:
+    core, rec = await make_core(store)
+    busy = await core.register_node(node_id="zz-busy", capacity=2, pools=["p"])
+    calm = await core.register_node(node_id="aa-calm", capacity=2, pools=["p"])
+    await core.heartbeat_batch([("zz-busy", busy.epoch, 0.9, 0), ("aa-calm", calm.epoch, 0.1, 0)])
+    assert set(await _run_serially(core, rec, 6)) == {"aa-calm"}
+    # more free slots still come first: the busy node is idle, the calm one has a job
+    held = await core.submit(spec("p"))
+    assert rec.of(Assign)[-1].node_id == "aa-calm"
+    await core.submit(spec("p"))
+    assert rec.of(Assign)[-1].node_id == "zz-busy"
+    assert held.state == "assigned"
+
+
+async def test_an_ineligible_least_loaded_node_falls_back_to_the_next(store: Store) -> None:
+    core, rec = await make_core(store)
+    regs = {name: await core.register_node(node_id=name, capacity=1, pools=["p"])
+            for name in ("a", "b", "c")}
+    await core.heartbeat_batch([("a", regs["a"].epoch, 0.0, 0), ("b", regs["b"].epoch, 0.5, 0),
+                                ("c", regs["c"].epoch, 0.9, 0)])
+    await core.mark_unavailable("a", epoch=regs["a"].epoch, service="tts", ttl=60)
+    await core.submit(spec("p", services=("tts",)))
+    assert rec.of(Assign)[-1].node_id == "b"
