@@ -187,36 +187,31 @@ local function eligible(node_id, job_id, services, now, fresh)
   return true
 end
 
--- The load a node reported in its last sent heartbeat ('<ms> <load> <inflight>'; 0 when absent).
+-- The load text of a heartbeat record '<ms> <load> <inflight>' ('' when absent). Loads are
+-- compared as text first: tonumber costs more than the rest of reading one.
 local function beat_load(beat)
-  return beat and tonumber(string.match(beat, '^%S+ (%S+)')) or 0
+  if not beat then return '' end
+  local a = string.find(beat, ' ', 1, true)
+  local b = string.find(beat, ' ', a + 1, true)
+  return string.sub(beat, a + 1, (b or 0) - 1)
 end
 
 -- The members of a pool tied for the most free slots that a selection weighs by load: at most
--- 4 (SPREAD_LAST + 1) of them, and the 0-based place among them to start from (spread modulo the
--- number of tied members, over the whole tie, not only its first members). nil when the pool's
--- top member has no free slot. Reads the top, and only for a tie longer than the window its
--- length (ZCOUNT) and the window at a rank (ZRANGE by rank): O(log N) each.
-local SPREAD_LAST = '3'
+-- LOAD_WINDOW of them, and the 0-based place among them to start from (spread modulo the
+-- length of the tie, so the start goes round the whole tie, not only its first members). nil
+-- when the pool's top member has no free slot. Reads the top two; only for a tie, its length
+-- (ZCOUNT) and, when longer than two, a window of it by rank: O(log N) each.
+local LOAD_WINDOW = 4
 local function tied_window(pkey, spread)
-  local top = redis.call('ZRANGE', pkey, '0', SPREAD_LAST, 'REV', 'WITHSCORES')
-  if #top == 0 or tonumber(top[2]) < 1 then return nil end
-  local best = top[2]
-  local window = {}
-  for i = 1, #top, 2 do
-    if top[i + 1] == best then window[#window + 1] = top[i] end
-  end
-  local size = #window
-  if size == 4 then size = redis.call('ZCOUNT', pkey, best, best) end
+  local top = redis.call('ZRANGE', pkey, '0', '1', 'REV', 'WITHSCORES')
+  if #top == 0 or top[2] == '0' then return nil end -- free slots are integers >= 0
+  if #top < 4 or top[4] ~= top[2] then return {top[1]}, 0 end
+  local size = redis.call('ZCOUNT', pkey, top[2], top[2])
   local start = spread % size
-  if size > #window then
-    local first = math.min(start, size - #window)
-    if first > 0 then
-      window = redis.call('ZRANGE', pkey, int_s(first), int_s(first + #window - 1), 'REV')
-    end
-    start = start - first
-  end
-  return window, start
+  if size == 2 then return {top[1], top[3]}, start end
+  local n = math.min(size, LOAD_WINDOW)
+  local first = math.min(start, size - n)
+  return redis.call('ZRANGE', pkey, int_s(first), int_s(first + n - 1), 'REV'), start - first
 end
 
 -- Pick a node for a job: the session's node if it still qualifies, else, in the first candidate
@@ -249,15 +244,22 @@ local function select_node(job_id, pools, services, session, now, fresh, spread)
       for j = 0, n - 1 do order[j + 1] = window[(start + j) % n + 1] end
       if n > 1 then -- least loaded first; a stable insertion sort keeps equal loads in turn
         local beats = redis.call('HMGET', K.beats(), unpack_list(order))
-        local load = {}
+        local text, differ = {}, false
         for j = 1, n do
-          local node_id, l = order[j], beat_load(beats[j])
-          local k = j - 1
-          while k >= 1 and load[k] > l do
-            order[k + 1], load[k + 1] = order[k], load[k]
-            k = k - 1
+          text[j] = beat_load(beats[j])
+          if text[j] ~= text[1] then differ = true end
+        end
+        if differ then
+          local load = {}
+          for j = 1, n do
+            local node_id, l = order[j], tonumber(text[j]) or 0
+            local k = j - 1
+            while k >= 1 and load[k] > l do
+              order[k + 1], load[k + 1] = order[k], load[k]
+              k = k - 1
+            end
+            order[k + 1], load[k + 1] = node_id, l
           end
-          order[k + 1], load[k + 1] = node_id, l
         end
       end
       local looked = {}
