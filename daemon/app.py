@@ -4,7 +4,8 @@ Rules of this module:
   * :class:`App` is the facade plugins and transports see (``schedd_services`` receives it): the
     configuration, the core, queries, plugin settings, and ``serve_channel`` for connections.
   * The instance keeps only what is local by nature: open sessions, which node id and which job's
-    client each session speaks for (to route deliveries), and the listeners' addresses.
+    client each session speaks for (to route deliveries: schedd.routes for jobs), and the
+    listeners' addresses.
   * Start-up order: Redis answers and scripts load, then the heartbeat flusher, the reaper and
     the inbox reader start, then each plugin service (transports bind before they report
     started); READY=1 is sent only after all of that.
@@ -36,6 +37,7 @@ from schedd.core import (
     Core,
     CoreSettings,
     Delivery,
+    Detach,
     Done,
     DrainNode,
     Event,
@@ -57,6 +59,7 @@ from schedd.errors import (
 )
 from schedd.logs import set_level, setup_logging
 from schedd.plugin_manager import PluginManager
+from schedd.routes import Routes
 from schedd.runtime import serve_gc_settler, tune_gc
 from schedd.sdk.readiness import ReadinessHub
 from schedd.sdk.readiness import available as readiness_available
@@ -80,6 +83,7 @@ def core_settings(config: Config) -> CoreSettings:
         liveness_refresh=config.nodes.liveness_refresh,
         ack_timeout=config.jobs.ack_timeout,
         run_timeout=config.jobs.run_timeout,
+        max_run=config.jobs.max_run,
         queue_timeout=config.jobs.queue_timeout,
         max_attempts=config.jobs.max_attempts,
         queue=config.jobs.queue,
@@ -131,7 +135,8 @@ class App:
         #: connections opened since start (schedd.runtime.serve_gc_settler)
         self.sessions_opened = 0
         self.nodes: dict[str, Session] = {}
-        self.followers: dict[str, Session] = {}
+        #: which local connection receives each job's progress and done
+        self.routes = Routes()
         self.listeners: dict[str, str] = {}
         self.ready = trio.Event()
         self._stop = trio.Event()
@@ -189,8 +194,7 @@ class App:
 
     def session_ended(self, session: Session) -> None:
         self.sessions.discard(session)
-        for job_id in list(session.inflight):
-            self.unfollow(job_id, session)
+        self.routes.forget(session)
         node_id, epoch = session.node_id, session.epoch
         if node_id is None or epoch is None or not self.unbind_node(node_id, session):
             return
@@ -200,34 +204,30 @@ class App:
             with contextlib.suppress(RuntimeError):
                 self._nursery.start_soon(self._node_gone, node_id, epoch)
 
-    def bind_node(self, node_id: str, session: Session) -> None:
-        old = self.nodes.get(node_id)
+    def bind_node(self, node_id: str, session: Session) -> Session | None:
+        """Route the node's deliveries to ``session``; returns who had them before, untouched
+        (its registration may still be refused: :meth:`unbind_node` with ``restore``)."""
+        previous = self.nodes.get(node_id)
         self.nodes[node_id] = session
-        if old is not None and old is not session:
-            log.info("node %s reconnected from %s; closing its old connection from %s",
-                     node_id, session.peer, old.peer)
-            old.node_id = None  # the old connection no longer speaks for the node
-            old.close()
+        return previous if previous is not session else None
 
-    def unbind_node(self, node_id: str, session: Session) -> bool:
-        if self.nodes.get(node_id) is session:
+    def unbind_node(
+        self, node_id: str, session: Session, restore: Session | None = None
+    ) -> bool:
+        """Stop routing the node to ``session`` (back to ``restore`` when it is still open and
+        speaks for the node). Returns whether ``session`` had the node."""
+        if self.nodes.get(node_id) is not session:
+            return False
+        if restore is not None and restore in self.sessions and restore.speaks_for(node_id):
+            self.nodes[node_id] = restore
+        else:
             del self.nodes[node_id]
-            return True
-        return False
+        return True
 
-    def follow(self, job_id: str, session: Session) -> Session | None:
-        """Route the job's progress and done to ``session``; returns who had it before."""
-        previous = self.followers.get(job_id)
-        self.followers[job_id] = session
-        return previous
-
-    def unfollow(self, job_id: str, session: Session, restore: Session | None = None) -> None:
-        """Stop routing the job to ``session`` (back to ``restore`` when given)."""
-        if self.followers.get(job_id) is session:
-            if restore is not None and restore in self.sessions:
-                self.followers[job_id] = restore
-            else:
-                del self.followers[job_id]
+    def reroute(self, deliveries: list[Delivery]) -> None:
+        """Route deliveries again (ones a refused registration held for the node)."""
+        for delivery in deliveries:
+            self._on_delivery(delivery)
 
     async def _node_gone(self, node_id: str, epoch: int) -> None:
         """A node's connection dropped: after the grace, take it offline (fenced by epoch)."""
@@ -249,9 +249,11 @@ class App:
         if isinstance(delivery, Assign | CancelJob | DrainNode):
             session = self.nodes.get(delivery.node_id)
         elif isinstance(delivery, Progress | Done):
-            session = self.followers.get(delivery.job_id)
-            if isinstance(delivery, Done):
-                self.followers.pop(delivery.job_id, None)
+            self.routes.route(delivery)
+            return
+        elif isinstance(delivery, Detach):
+            self.routes.detach(delivery)
+            return
         else:  # pragma: no cover - exhaustive
             return
         if session is None:

@@ -334,7 +334,8 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         """,
         [
             'schedd submit --pool demo \'{"text": "hello"}\'',
-            'schedd submit --requirements \'{"src": "zh", "dst": "en"}\' \'{"audio": "..."}\'',
+            'schedd submit --requirements \'{"src_lang": "zh", "tgt_lang": "en"}\' '
+            '\'{"audio": "..."}\'',
             "schedd submit --pool demo --job-id order-17 --timeout 300 '{\"n\": 17}'",
             "echo '{\"n\": 1}' | schedd submit --pool demo --no-wait -",
         ],
@@ -384,7 +385,7 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         """,
         [
             "schedd node --pool demo",
-            "schedd node --pool zh>en --pool en>zh --capacity 4 --node-id box-7",
+            "schedd node --pool 'zh>en' --pool 'en>zh' --capacity 4 --node-id box-7",
             "schedd node --pool demo --url tcp://10.0.0.5:8766 --token $NODE_TOKEN",
         ],
         [client],

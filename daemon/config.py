@@ -65,6 +65,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, override
 
 from schedd.errors import ConfigError
+from schedd.protocol import MAX_SECONDS
 
 __all__ = [
     "DEFAULT_PATH",
@@ -164,6 +165,9 @@ def _between(low: float, high: float) -> _Validator:
     return check
 
 
+_DURATION: Final = (_greater_than(0), _between(0, MAX_SECONDS))
+
+
 def _one_of(*choices: str) -> _Validator:
     def check(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
@@ -185,6 +189,26 @@ def _non_empty_strings(_instance: Any, _attribute: attrs.Attribute[Any], value: 
     for index, item in enumerate(value):
         if not item.strip():
             raise InvalidSetting(f"item {index}: a token must not be empty")
+
+
+_TOKEN_PRINCIPAL_RE: Final = re.compile(r"^token:[0-9a-f]{8}$")
+_MAX_ID_LEN: Final = 200  # an id on the wire (docs/protocol.md)
+
+
+def _node_id_patterns(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    problems: list[str] = []
+    for principal, patterns in value.items():
+        if not principal.strip() or not principal.isprintable():
+            problems.append(f"{principal!r}: a principal must be a non-empty printable name")
+        elif principal.startswith("token:") and not _TOKEN_PRINCIPAL_RE.match(principal):
+            problems.append(f"{principal!r}: a token's principal is token: and 8 lower-case hex "
+                            "digits, as welcome.principal and the log show it")
+        for index, pattern in enumerate(patterns):
+            if not pattern or len(pattern) > _MAX_ID_LEN or not pattern.isprintable():
+                problems.append(f"{principal!r} item {index}: a pattern must be 1 to "
+                                f"{_MAX_ID_LEN} printable characters, got {pattern!r}")
+    if problems:
+        raise InvalidSetting("; ".join(problems))
 
 
 def setting(
@@ -288,11 +312,16 @@ class NodesSection:
 class JobsSection:
     """``[jobs]``: defaults for submitted jobs and the queue."""
 
+    # durations a job's deadlines add up: bounded as the protocol bounds a submit's own
     ack_timeout: float = setting(
-        5.0, "seconds a node has to accept an assignment", _greater_than(0)
+        5.0, "seconds a node has to accept an assignment", *_DURATION
     )
-    run_timeout: float = setting(300.0, "seconds a job may run once accepted", _greater_than(0))
-    queue_timeout: float = setting(60.0, "seconds a job may wait for a free slot", _greater_than(0))
+    run_timeout: float = setting(
+        300.0, "seconds a job may run once accepted, or since its last progress", *_DURATION)
+    max_run: float = setting(
+        86400.0, "seconds after its accept beyond which progress no longer extends a job's "
+        "run deadline", *_DURATION)
+    queue_timeout: float = setting(60.0, "seconds a job may wait for a free slot", *_DURATION)
     max_attempts: int = setting(3, "assignments before a job fails", _at_least(1))
     queue: bool = setting(True, "queue jobs when no slot is free (false: refuse them)")
     max_queued: int = setting(100000, "queued jobs per namespace before refusing", _at_least(0))
@@ -323,6 +352,8 @@ class AuthSection:
     """``[auth]``: tokens presented in ``hello``; a role with no tokens accepts any peer.
 
     After :func:`load_config` the token tuples also hold the tokens read from the files.
+    :attr:`node_id_patterns` maps a node principal to the ``fnmatch`` globs of the node ids it
+    may register (:mod:`schedd.node_ids`); a principal it does not name may register any id.
     """
 
     node_tokens: tuple[str, ...] = setting(
@@ -333,6 +364,11 @@ class AuthSection:
     )
     node_token_file: str = setting("", "file of node tokens: one per line, # comments")
     client_token_file: str = setting("", "file of client tokens: one per line, # comments")
+    node_id_patterns: Mapping[str, tuple[str, ...]] = setting(
+        {},
+        "principal (token:<8 hex>) -> globs of the node ids it may register; unlisted: any id",
+        _node_id_patterns,
+    )
 
     def tokens_for(self, role: str) -> tuple[str, ...]:
         """The tokens accepted for ``role`` (``node`` or ``client``; anything else: none)."""
@@ -922,7 +958,22 @@ def _with_token_files(config: Config, base: Path) -> tuple[Config, list[str]]:
         node_tokens=auth.node_tokens + node,
         client_tokens=auth.client_tokens + client,
     )
-    return attrs.evolve(config, auth=auth), node_errors + client_errors
+    errors = node_errors + client_errors + _unknown_node_principals(auth, config.env_overrides)
+    return attrs.evolve(config, auth=auth), errors
+
+
+def _unknown_node_principals(auth: AuthSection, env_overrides: Mapping[str, str]) -> list[str]:
+    """``node_id_patterns`` entries naming a token principal that no node token has: a typo
+    there would leave the meant principal unrestricted."""
+    from schedd.core_hooks import token_principal  # core_hooks imports this module
+
+    known = {token_principal(token) for token in auth.node_tokens}
+    return [
+        _name_variables(f"$.auth.node_id_patterns: {principal} is the principal of no node "
+                        "token (token:<first 8 hex digits of sha256(token)>)", env_overrides)
+        for principal in auth.node_id_patterns
+        if principal.startswith("token:") and principal not in known
+    ]
 
 
 def generate_instance_name() -> str:

@@ -5,20 +5,22 @@
     SchedError
     ├── StoreError                  something went wrong talking to Redis
     │   ├── StoreUnavailable        cannot reach Redis (refused, dropped, timed out)
-    │   └── StoreResponseError      Redis answered with an error we do not map (a bug or misuse)
+    │   └── StoreResponseError      Redis answered with an error we do not map: the server
+    │                               cannot serve now (``transient``), or a bug or misuse
     ├── ScriptError                 a Lua script refused the operation with a named code
     │   ├── NotFound
     │   │   ├── NodeNotFound        E_NO_NODE
     │   │   └── JobNotFound         E_NO_JOB
     │   ├── Fenced                  the caller speaks for a stale registration or attempt
     │   │   ├── StaleEpoch          E_STALE_EPOCH   (node re-registered since)
-    │   │   ├── StaleAttempt        E_STALE_ATTEMPT (job was reassigned since)
+    │   │   ├── StaleAttempt        E_STALE_ATTEMPT (not this node's current attempt)
     │   │   └── WrongOwner          E_WRONG_OWNER   (another instance owns the node's connection)
     │   ├── Refused
     │   │   ├── NoCapacity          E_NO_CAPACITY   (no free slot and queueing is off)
     │   │   ├── QueueFull           E_QUEUE_FULL
-    │   │   └── NotYours            E_NOT_YOURS     (principal does not own the job)
-    │   ├── InvalidState            E_BAD_STATE     (e.g. accept for a job that is not assigned)
+    │   │   ├── NotYours            E_NOT_YOURS     (principal does not own the job)
+    │   │   └── NotYourNode         E_IDENTITY      (the node id belongs to another principal)
+    │   ├── InvalidState            E_BAD_STATE     (e.g. drain from a node taken offline)
     │   └── BadArgument             E_BAD_ARG
     ├── ConfigError                 sched.toml or environment overrides are invalid
     └── ProtocolError               a peer sent something the protocol does not allow
@@ -43,7 +45,17 @@ class StoreUnavailable(StoreError):
 
 
 class StoreResponseError(StoreError):
-    """Redis replied with an error that is not one of schedd's script codes."""
+    """Redis replied with an error that is not one of schedd's script codes.
+
+    Either the server cannot serve right now (:attr:`transient`: loading, busy, out of memory,
+    a replica, a cluster slot moving), or a command or script was given something it refused:
+    a bug of schedd, never "the store is unavailable".
+    """
+
+    @property
+    def transient(self) -> bool:
+        """True when the reply says the server cannot serve now (:data:`TRANSIENT_REPLIES`)."""
+        return str(self).split(" ", 1)[0].lstrip("-") in TRANSIENT_REPLIES
 
 
 class ScriptError(SchedError):
@@ -103,6 +115,10 @@ class NotYours(Refused):
     code = "E_NOT_YOURS"
 
 
+class NotYourNode(Refused):
+    code = "E_IDENTITY"
+
+
 class InvalidState(ScriptError):
     code = "E_BAD_STATE"
 
@@ -139,10 +155,19 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
         NoCapacity,
         QueueFull,
         NotYours,
+        NotYourNode,
         InvalidState,
         BadArgument,
     )
 }
+
+
+TRANSIENT_REPLIES: frozenset[str] = frozenset(
+    {"LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN",
+     "CLUSTERDOWN", "MISCONF"}
+)
+"""Error prefixes with which a Redis server says it cannot serve the command now (it did not run
+or changed nothing); the same command may succeed later."""
 
 
 def error_from_reply(text: str) -> SchedError:

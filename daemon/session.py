@@ -26,15 +26,26 @@ import trio
 
 from schedd import protocol as p
 from schedd.channel import Channel, ChannelClosed
-from schedd.core import Assign, CancelJob, Delivery, Done, DrainNode, JobSpec, Progress, new_id
+from schedd.core import (
+    Assign,
+    CancelJob,
+    Delivery,
+    Done,
+    DrainNode,
+    JobInfo,
+    JobSpec,
+    Progress,
+    new_id,
+)
 from schedd.errors import (
     Fenced,
     NodeNotFound,
     ProtocolError,
     ScriptError,
-    StaleAttempt,
     StoreError,
+    StoreResponseError,
 )
+from schedd.node_ids import node_id_allowed, refusal
 
 if TYPE_CHECKING:
     from schedd.app import App
@@ -96,6 +107,8 @@ class Session:
         self.epoch: int | None = None
         self.draining = False
         self.inflight: set[str] = set()  # jobs this client submitted and has no done for yet
+        #: jobs whose progress and done this client receives (schedd.routes keeps it)
+        self.following: set[str] = set()
         self.violations = 0
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         # The sender task waits with nothing queued and nothing of its own in flight: a message
@@ -115,6 +128,7 @@ class Session:
         self._submits_idle = trio.Event()
         self._submits_idle.set()
         self._held: list[Delivery] | None = None
+        self._registering: str | None = None  # the node id of a register whose script runs
         # the node's last registration as this connection made it, and the job ids its last
         # heartbeats listed (newest last): for reconciliation
         self.registration: p.Register | None = None
@@ -244,13 +258,20 @@ class Session:
         self.close()
         return True
 
-    def refuse_stale(self) -> None:
-        """The node's registration is no longer current: say so and close (it will register
-        again, here or elsewhere)."""
+    def speaks_for(self, node_id: str) -> bool:
+        """Whether this connection holds the node's registration, or is registering it."""
+        return node_id in (self.node_id, self._registering)
+
+    def refuse_stale(self, why: str | None = None) -> None:
+        """The node's registration is no longer current: say so (``E_STALE_EPOCH``, with
+        ``why`` when given) and close (it will register again, here or elsewhere)."""
         node_id = self.node_id
         self.node_id = None  # no longer speaks for the node: no offline when it closes
-        self._error("E_STALE_EPOCH", f"the registration of node {node_id} is no longer current "
-                    "(it registered again elsewhere, or the store lost it); register again")
+        if node_id is not None:
+            self.app.unbind_node(node_id, self)
+        self._error("E_STALE_EPOCH", why or f"the registration of node {node_id} is no longer "
+                    "current (it registered again elsewhere, or the store lost it); register "
+                    "again")
         self.close()
 
     async def register_again(self) -> int:
@@ -272,7 +293,7 @@ class Session:
             reg = await self.app.core.register_node(
                 node_id=node_id, capacity=m.capacity, pools=self.pools,
                 capabilities_json=orjson.dumps(m.capabilities).decode(),
-                labels_json=orjson.dumps(m.labels).decode(),
+                labels_json=orjson.dumps(m.labels).decode(), principal=self.principal,
             )
         except BaseException:
             held, self._held = self._held or [], None
@@ -426,8 +447,15 @@ class Session:
         try:
             await handler(self, message)
         except ScriptError as exc:
-            await self._script_error(exc, message, job_id)
+            self._script_error(exc, message, job_id)
         except StoreError as exc:
+            if isinstance(exc, StoreResponseError) and not exc.transient:
+                # a command or script refused what it was given: a bug, not an outage
+                log.error("the store refused %s from %s %s: %s", message.TYPE, self.role,
+                          self.peer, exc)
+                self._error(p.E_INTERNAL, f"internal error handling {message.TYPE}; see the "
+                            "daemon's log", ref=message.ref, job_id=job_id)
+                return
             log.warning("store unavailable while handling %s from %s: %s",
                         message.TYPE, self.peer, exc)
             self._error(p.E_UNAVAILABLE, "the store is unavailable, retry shortly",
@@ -445,16 +473,13 @@ class Session:
             self._error(p.E_INTERNAL, f"internal error handling {message.TYPE}; see the "
                         "daemon's log", ref=message.ref, job_id=job_id)
 
-    async def _script_error(
+    def _script_error(
         self, exc: ScriptError, message: p.Message, job_id: str | None
     ) -> None:
-        code = exc.code
-        text = exc.message
-        if isinstance(exc, StaleAttempt) and self.node_id and job_id:
-            info = await self.app.queries.job(job_id)
-            if info is not None and info.node != self.node_id:
-                code, text = p.E_IDENTITY, f"job {job_id} is not assigned to node {self.node_id}"
-        self._error(code, text, ref=message.ref, job_id=job_id)
+        # A job message about an attempt that is not this node's current one (older attempt,
+        # job moved to another node, queued again or finished) is E_STALE_ATTEMPT as the script
+        # says: the node drops that attempt.
+        self._error(exc.code, exc.message, ref=message.ref, job_id=job_id)
         if self.role == "node" and isinstance(exc, Fenced | NodeNotFound) and not job_id:
             # this connection no longer speaks for its node (re-registered elsewhere)
             raise CloseConnection
@@ -474,23 +499,34 @@ class Session:
                 return
             raise ProtocolError(p.E_ROLE, "register is allowed once per connection")
         node_id = m.node_id or new_id("node")
+        self._check_node_id(node_id, chosen=m.node_id is None)
         pools = checked_pools(
             self.app.plugins.node_pools(node_id, dict(m.capabilities), list(m.pools)),
             f"node {node_id}")
-        # Bind before the script runs (it may hand the node queued jobs at once), but hold those
-        # deliveries until `registered` has gone out, so the node learns its epoch first.
-        self._held = []
-        self.app.bind_node(node_id, self)
+        # Route the node here before the script runs (it may hand the node queued jobs at once),
+        # but hold those deliveries until `registered` has gone out, so the node learns its epoch
+        # first. A connection the node had here keeps its registration until the script has
+        # accepted this one; if it refuses, what was held goes back to that connection.
+        self._held, self._registering = [], node_id
+        previous = self.app.bind_node(node_id, self)
         try:
             reg = await self.app.core.register_node(
                 node_id=node_id, capacity=m.capacity, pools=pools,
                 capabilities_json=orjson.dumps(m.capabilities).decode(),
-                labels_json=orjson.dumps(m.labels).decode(),
+                labels_json=orjson.dumps(m.labels).decode(), principal=self.principal,
             )
         except BaseException:
-            self.app.unbind_node(node_id, self)
-            self._held = None
+            self.app.unbind_node(node_id, self, restore=previous)
+            held, self._held = self._held, None
+            self.app.reroute(held)
             raise
+        finally:
+            self._registering = None
+        if previous is not None:
+            log.info("node %s registered again from %s; closing its old connection from %s",
+                     node_id, self.peer, previous.peer)
+            previous.refuse_stale(f"node {node_id} registered again on another connection "
+                                  f"(epoch {reg.epoch}); this one no longer speaks for it")
         self.node_id, self.epoch = node_id, reg.epoch
         self.registration, self.pools = m, list(reg.pools)
         self.post(p.Registered(node_id=node_id, epoch=reg.epoch, pools=list(reg.pools), ref=m.ref))
@@ -498,6 +534,19 @@ class Session:
         for delivery in held:
             self.deliver(delivery)
         self.app.plugins.node_registered(node_id, reg.epoch, list(reg.pools), self.app.instance)
+
+    def _check_node_id(self, node_id: str, *, chosen: bool) -> None:
+        """Refuse (``E_IDENTITY``) a node id this connection's principal may not register: one
+        ``[auth] node_id_patterns`` does not allow it, or one a connection of another principal
+        holds here (the script refuses one held elsewhere). Nothing is touched before."""
+        patterns = self.app.config.auth.node_id_patterns
+        if not node_id_allowed(patterns, self.principal, node_id):
+            raise ProtocolError(p.E_IDENTITY,
+                                refusal(patterns, self.principal, node_id, chosen=chosen))
+        holder = self.app.nodes.get(node_id)
+        if holder is not None and holder is not self and holder.principal != self.principal:
+            raise ProtocolError(p.E_IDENTITY,
+                                f"node {node_id} is registered by another principal")
 
     async def _heartbeat(self, m: p.Heartbeat) -> None:
         node_id, epoch = self._need_registered(m)
@@ -648,19 +697,18 @@ class Session:
             ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
             max_attempts=m.max_attempts,
         )
-        # Follow before the script runs: a done delivered during the call must find us.
-        previous = self.app.follow(job_id, self)
+        # A candidate while the script runs: a done delivered meanwhile waits for the reply
+        candidate = self.app.routes.expect(job_id, self)
         self.inflight.add(job_id)
         try:
             sub = await self.app.core.submit(spec, principal=self.principal)
         except BaseException:
             self.inflight.discard(job_id)
-            self.app.unfollow(job_id, self, restore=previous)
+            self.app.routes.settle(job_id, candidate, None)
             raise
         self.post(p.Accepted(job_id=job_id, state=sub.state,  # type: ignore[arg-type]
                              duplicate=sub.duplicate, ref=m.ref))
-        if sub.done is not None:
-            self.deliver_done(sub.done)
+        self.app.routes.settle(job_id, candidate, sub.follows, sub.done)
 
     async def _cancel_job(self, m: p.Cancel) -> None:
         await self.app.core.cancel(m.job_id, principal=self.principal,
@@ -676,23 +724,27 @@ class Session:
             self._error("E_NOT_YOURS", f"job {m.job_id} belongs to another client", ref=m.ref,
                         job_id=m.job_id)
             return
-        self.post(p.Job(job_id=m.job_id, state=info.state, attempt=info.attempt,  # type: ignore[arg-type]
-                        node=info.node, ref=m.ref, info={
-                            "pools": info.pools, "priority": info.priority,
-                            "max_attempts": info.max_attempts, "reason": info.reason,
-                            "timings": info.timings, "tried": info.tried,
-                        }))
+        self.post(_job_reply(info, m.ref))
 
     async def _follow(self, m: p.Follow) -> None:
-        previous = self.app.follow(m.job_id, self)
+        # A candidate while the scripts run: it takes the job's deliveries only once the store
+        # said the job is its principal's (schedd.routes)
+        candidate = self.app.routes.expect(m.job_id, self)
         try:
-            state, attempt, done = await self.app.core.follow(m.job_id, principal=self.principal)
+            followed = await self.app.core.follow(m.job_id, principal=self.principal)
+            try:
+                info = await self.app.queries.job(m.job_id)
+            except StoreError:
+                info = None  # the follow holds: the reply says what its script said
         except BaseException:
-            self.app.unfollow(m.job_id, self, restore=previous)
+            self.app.routes.settle(m.job_id, candidate, None)
             raise
-        self.post(p.Job(job_id=m.job_id, state=state, attempt=attempt, ref=m.ref))  # type: ignore[arg-type]
-        if done is not None:
-            self.deliver_done(done)
+        if info is not None and info.principal == self.principal:
+            self.post(_job_reply(info, m.ref))  # the job as status shows it, node and info too
+        else:  # its retention ended between the two reads, or the read failed
+            self.post(p.Job(job_id=m.job_id, state=followed.state,  # type: ignore[arg-type]
+                            attempt=followed.attempt, ref=m.ref))
+        self.app.routes.settle(m.job_id, candidate, followed.follows, followed.done)
 
     async def _query(self, m: p.Query) -> None:
         data = await self.app.answer(m.what)
@@ -720,6 +772,12 @@ class Session:
         elif isinstance(delivery, Done):
             self.deliver_done(delivery)
 
+    def detached(self, job_id: str) -> None:
+        """Another connection of this principal followed the job: its deliveries go there."""
+        self.inflight.discard(job_id)
+        self._error(p.E_DETACHED, f"job {job_id} is now followed by another connection; its "
+                    "progress and done go there (send follow to take it back)", job_id=job_id)
+
     def deliver_done(self, done: Done) -> None:
         self.inflight.discard(done.job_id)
         error = None
@@ -734,6 +792,16 @@ class Session:
             error=error if done.state != "done" else None, node=done.node,
             attempts=done.attempts, timings={k: v for k, v in done.timings.items() if v},
         ))
+
+
+def _job_reply(info: JobInfo, ref: str | None) -> p.Job:
+    """The ``job`` message that answers ``status`` and ``follow``."""
+    return p.Job(job_id=info.job_id, state=info.state, attempt=info.attempt,  # type: ignore[arg-type]
+                 node=info.node, ref=ref, info={
+                     "pools": info.pools, "priority": info.priority,
+                     "max_attempts": info.max_attempts, "reason": info.reason,
+                     "timings": info.timings, "tried": info.tried,
+                 })
 
 
 _HANDLERS: dict[tuple[str, str], Any] = {

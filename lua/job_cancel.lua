@@ -1,7 +1,8 @@
 -- job_cancel: cancel a job in any non-terminal state.
 --   A queued job leaves its queues; an assigned or running job frees its slot and its node's
 --   owner is told to send `cancel` (the node is then offered queued work). The client's
---   instance gets done with state canceled.
+--   instance gets done with state canceled. Cancelling a finished job is a no-op: nothing
+--   changes and nothing is delivered.
 -- KEYS[1] job hash                  K.job(job_id)
 -- derived: node hash/jobs, pools, pools index and its charges, queues, deadlines, counts, gc,
 --          inboxes
@@ -9,8 +10,8 @@
 -- ARGV[2] principal asking, or '' (an operator)
 -- ARGV[3] job id
 -- ARGV[4] reason
--- returns {{'canceled'}, deliveries}
--- errors  E_NO_JOB, E_NOT_YOURS, E_BAD_STATE (already terminal)
+-- returns {{'canceled' | the terminal state the job already had}, deliveries}
+-- errors  E_NO_JOB, E_NOT_YOURS
 CALLER = ARGV[1]
 local job_id = ARGV[3]
 local job = hgetall(KEYS[1])
@@ -18,9 +19,7 @@ if not job then return err('E_NO_JOB', 'job ' .. job_id .. ' does not exist') en
 if ARGV[2] ~= '' and job.principal ~= ARGV[2] then
   return err('E_NOT_YOURS', 'job ' .. job_id .. ' belongs to another client')
 end
-if TERMINAL[job.state] then
-  return err('E_BAD_STATE', 'job ' .. job_id .. ' already ended: ' .. job.state)
-end
+if TERMINAL[job.state] then return {{job.state}, {}} end
 local now = now_ms()
 local node_id = release(job_id, job)
 if node_id and node_id ~= '' then

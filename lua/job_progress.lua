@@ -1,19 +1,33 @@
 -- job_progress: forward a node's progress report to the client's instance.
---   Fenced by node and attempt; the report is not stored.
+--   Fenced by node and attempt; the report is not stored. Progress of a running attempt
+--   extends its run deadline to run_ms from now, but not past t_acc + ARGV[6], and never
+--   brings it nearer (as a worker's progress extends its job's lock).
 -- KEYS[1] job hash                  K.job(job_id)
+-- KEYS[2] deadlines                 K.deadlines()
 -- derived: client instance's inbox
 -- ARGV[1] caller instance
 -- ARGV[2] job id
 -- ARGV[3] node id
 -- ARGV[4] attempt
 -- ARGV[5] progress data, raw JSON
+-- ARGV[6] max run ms: how long after its accept progress may keep an attempt running
 -- returns {{state}, deliveries}
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
 local job_id = ARGV[2]
-local job, e = fenced_job(job_id, ARGV[3], ARGV[4], {'state', 'node', 'attempt', 'client'})
+local job, e = fenced_job(job_id, ARGV[3], ARGV[4],
+  {'state', 'node', 'attempt', 'client', 'principal', 'run_ms', 't_acc'})
 if e then return e end
--- {'progress', job, attempt, progress JSON text}, built as text (lib.lua count_state)
+if job.state == 'running' then
+  local run_ms, t_acc = tonumber(job.run_ms), tonumber(job.t_acc)
+  if run_ms and t_acc then
+    local deadline = math.min(now_ms() + run_ms, t_acc + tonumber(ARGV[6]))
+    if deadline > tonumber(redis.call('ZSCORE', KEYS[2], job_id) or deadline) then
+      redis.call('ZADD', KEYS[2], 'XX', int_s(deadline), job_id)
+    end
+  end
+end
+-- {'progress', job, attempt, progress JSON text, principal}, built as text (lib.lua count_state)
 deliver(job.client, '["progress",' .. cjson.encode(job_id) .. ',' .. job.attempt .. ','
-  .. cjson.encode(ARGV[5]) .. ']')
+  .. cjson.encode(ARGV[5]) .. ',' .. cjson.encode(job.principal or '') .. ']')
 return {{job.state}, LOCAL, EVENTS}

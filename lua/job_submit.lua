@@ -1,6 +1,7 @@
 -- job_submit: accept a job, idempotent on job id, and place it in the same script.
 --   A resubmitted id returns the existing job (with its done message while retained) and moves
---   its deliveries to the caller's instance; a different principal may not reuse the id.
+--   its deliveries to the caller's instance (counted, with a detach for the instance that had
+--   them: lib.lua move_client); a different principal may not reuse the id.
 --   Placement: the session's node if it still qualifies, else an eligible member of the first
 --   candidate pool that has one: of the members with the most free slots, the least loaded (by
 --   their last heartbeats), equal ones in turn; the slot is reserved and the assignment
@@ -28,7 +29,8 @@
 -- ARGV[15] retention ms after a terminal state
 -- ARGV[16] session ttl ms
 -- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
--- returns {{'new'|'duplicate', state, attempt, done message JSON or ''}, deliveries}
+-- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate)},
+--          deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
 --         (the namespace's queue is full, or queueing would put more pools with no member in
 --         the index for the principal than ARGV[17])
@@ -40,10 +42,13 @@ if existing then
   if existing.principal ~= ARGV[2] then
     return err('E_NOT_YOURS', 'job id ' .. job_id .. ' belongs to another client')
   end
-  redis.call('HSET', jkey, 'client', CALLER)
-  local done = ''
-  if TERMINAL[existing.state] then done = done_message(job_id, existing) end
-  return {{'duplicate', existing.state, tonumber(existing.attempt), done}, {}}
+  if TERMINAL[existing.state] then
+    redis.call('HSET', jkey, 'client', CALLER)
+    return {{'duplicate', existing.state, tonumber(existing.attempt),
+      done_message(job_id, existing), 0}, {}}
+  end
+  local follows = move_client(job_id, jkey, existing)
+  return {{'duplicate', existing.state, tonumber(existing.attempt), '', follows}, LOCAL}
 end
 local ok, pools = pcall(cjson.decode, ARGV[4])
 if not ok or type(pools) ~= 'table' or #pools == 0 then

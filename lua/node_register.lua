@@ -5,6 +5,9 @@
 --   earlier connection stay assigned to it (resume after reconnect). Any queued job of its pools
 --   that fits is assigned in the same script. Coming back with fewer slots than the jobs it
 --   holds gives the excess back: those jobs are cancelled on the node and retried elsewhere.
+--   A node id belongs to the principal that registered it while its record exists (online, and
+--   for its retention after going offline, until the reaper collects it): another principal is
+--   refused. A record without a principal (written by an older version) is taken over.
 -- KEYS[1] node hash                 K.node(node_id)
 -- KEYS[2] nodes index               K.nodes()
 -- KEYS[3] liveness                  K.alive()
@@ -18,8 +21,10 @@
 -- ARGV[5] capabilities, raw JSON object
 -- ARGV[6] labels, raw JSON object
 -- ARGV[7] liveness ttl ms
+-- ARGV[8] principal registering the node (non-empty)
 -- returns {{epoch, used}, deliveries}
--- errors  E_BAD_ARG (capacity < 1, pools not an array of strings)
+-- errors  E_BAD_ARG (capacity < 1, pools not an array of strings, empty principal),
+--         E_IDENTITY (the node id belongs to another principal)
 CALLER = ARGV[1]
 local node_id = ARGV[2]
 local capacity = tonumber(ARGV[3])
@@ -29,9 +34,14 @@ if not ok or type(pools) ~= 'table' then return err('E_BAD_ARG', 'pools must be 
 for _, p in ipairs(pools) do
   if type(p) ~= 'string' or p == '' then return err('E_BAD_ARG', 'pool keys must be non-empty strings') end
 end
+local principal = ARGV[8]
+if not principal or principal == '' then return err('E_BAD_ARG', 'principal must be non-empty') end
 local now = now_ms()
 local nkey = KEYS[1]
 local old = hgetall(nkey)
+if old and old.principal and old.principal ~= '' and old.principal ~= principal then
+  return err('E_IDENTITY', 'node ' .. node_id .. ' is registered by another principal')
+end
 local epoch = redis.call('HINCRBY', K.counts(), 'epoch', '1')
 
 -- leave the pools the node no longer serves
@@ -66,7 +76,7 @@ end
 local used = redis.call('SCARD', K.node_jobs(node_id))
 redis.call('HSET', nkey, 'id', node_id, 'epoch', epoch, 'owner', CALLER, 'capacity', capacity,
   'used', used, 'state', 'online', 'pools', cjson.encode(pools), 'caps', ARGV[5],
-  'labels', ARGV[6], 't_reg', now, 'reason', '')
+  'labels', ARGV[6], 't_reg', now, 'reason', '', 'principal', principal)
 local free = capacity - used
 if free < 0 then free = 0 end
 for _, p in ipairs(pools) do pool_join(p, node_id, free) end

@@ -15,7 +15,9 @@
 CALLER = ARGV[1]
 local node_id = ARGV[2]
 local ttl = tonumber(ARGV[5])
-if not ttl or ttl <= 0 then return err('E_BAD_ARG', 'ttl must be > 0') end
+if not ttl or ttl <= 0 or ttl % 1 ~= 0 then
+  return err('E_BAD_ARG', 'ttl must be a whole number of ms > 0')
+end
 if ARGV[4] == '' then return err('E_BAD_ARG', 'service must be a non-empty string') end
 local vals = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'state')
 if not vals[1] or vals[3] == 'offline' then
@@ -25,7 +27,7 @@ if vals[1] ~= CALLER then return err('E_WRONG_OWNER', 'node ' .. node_id .. ' is
 if vals[2] ~= ARGV[3] then return err('E_STALE_EPOCH', 'node ' .. node_id .. ' epoch ' .. ARGV[3] .. ' is not current') end
 local now = now_ms()
 local untl = now + ttl
-redis.call('HSET', KEYS[2], ARGV[4], untl)
-if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
-redis.call('ZADD', K.unavail_due(), 'LT', untl, node_id)
+redis.call('HSET', KEYS[2], ARGV[4], int_s(untl))
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], int_s(ttl)) end
+redis.call('ZADD', K.unavail_due(), 'LT', int_s(untl), node_id)
 return {{untl}, {}}

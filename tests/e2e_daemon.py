@@ -15,10 +15,14 @@ import trio
 from schedd.redis_process import free_port
 
 SCHEDD = str(Path(sys.executable).parent / "schedd")
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "sched.toml"
 
 
 class DaemonProcess:
-    """``schedd run -c <tmp>/sched.toml`` with its own NOTIFY_SOCKET, ports and log file."""
+    """``schedd run -c <tmp>/sched.toml`` with its own NOTIFY_SOCKET, ports and log file.
+
+    :meth:`shipped` runs the repository's ``sched.toml`` instead, its listeners moved to free
+    ports by environment overrides."""
 
     def __init__(self, tmp_path: Path, store_url: str, *, extra: str = "",
                  plugins: tuple[str, ...] = ("transport_ws", "transport_tcp"),
@@ -45,6 +49,19 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: trio.socket.SocketType | None = None
         self.notes: list[str] = []
+
+    @classmethod
+    def shipped(cls, tmp_path: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        """The shipped ``sched.toml`` as it is, but for its ports (and ``env``)."""
+        proc = cls(tmp_path, "memory://")
+        proc.config = SHIPPED_CONFIG
+        proc.env.update({
+            "SCHEDD_PLUGINS__TRANSPORT_WS__LISTEN": f"127.0.0.1:{proc.ws_port}",
+            "SCHEDD_PLUGINS__TRANSPORT_TCP__LISTEN": f"127.0.0.1:{proc.tcp_port}",
+            "SCHEDD_PLUGINS__UI__LISTEN": f"127.0.0.1:{free_port()}",
+            **(env or {}),
+        })
+        return proc
 
     async def start(self) -> DaemonProcess:
         self.sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

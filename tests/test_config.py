@@ -158,6 +158,15 @@ def test_checks_across_settings(tmp_path: Path) -> None:
     assert len(errors) == 2
 
 
+@pytest.mark.parametrize("key", ["ack_timeout", "run_timeout", "queue_timeout", "max_run"])
+def test_job_durations_are_bounded_as_a_submit_s_own(tmp_path: Path, key: str) -> None:
+    # a default of 1e308 s overflowed when a submit left the field null (E_INTERNAL)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, f"[jobs]\n{key} = 1e308\n"), env={})
+    [error] = caught.value.errors
+    assert error.startswith(f"$.jobs.{key}: expected a number between 0 and 2592000, got 1000")
+
+
 def test_disconnect_grace_is_at_most_one_second(tmp_path: Path) -> None:
     errors = errors_of(write(tmp_path, "[nodes]\ndisconnect_grace = 1.5\n"))
     assert errors == ["$.nodes.disconnect_grace: expected a number between 0 and 1, got 1.5"]
@@ -331,6 +340,43 @@ def test_missing_or_empty_token_file_is_an_error(tmp_path: Path) -> None:
         "No such file or directory",
         f"$.auth.client_token_file: {tmp_path / 'empty.tokens'} holds no tokens",
     ]
+
+
+def test_node_id_patterns_map_node_principals_to_globs(tmp_path: Path) -> None:
+    (tmp_path / "node.tokens").write_text("alpha\n")
+    path = write(tmp_path, '[auth]\nnode_token_file = "node.tokens"\n'
+                 '[auth.node_id_patterns]\n"token:8ed3f6ad" = ["gpu-*", "spare-?"]\n'
+                 'anonymous = []\n')
+    assert load_config(path, NO_ENV).auth.node_id_patterns == {
+        "token:8ed3f6ad": ("gpu-*", "spare-?"), "anonymous": ()}
+    env = {"SCHEDD_AUTH__NODE_ID_PATTERNS": '{ "ops" = ["n-*"] }'}
+    assert load_config(None, env).auth.node_id_patterns == {"ops": ("n-*",)}
+    assert load_config(None, NO_ENV).auth.node_id_patterns == {}
+
+
+def test_node_id_pattern_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, '[auth]\nnode_tokens = ["alpha"]\n[auth.node_id_patterns]\n'
+                 '"token:8ed3f6ad" = "gpu-*"\nops = [1]\n')
+    assert errors_of(path) == [
+        "$.auth.node_id_patterns['token:8ed3f6ad']: expected an array, got 'gpu-*'",
+        "$.auth.node_id_patterns['ops'][0]: expected a string, got 1",
+    ]
+    path = write(tmp_path, '[auth]\nnode_tokens = ["alpha"]\n[auth.node_id_patterns]\n'
+                 '"token:8ED3" = ["a"]\n"" = ["b"]\nops = [""]\n')
+    assert errors_of(path) == [
+        "$.auth.node_id_patterns: 'token:8ED3': a token's principal is token: and 8 lower-case "
+        "hex digits, as welcome.principal and the log show it; '': a principal must be a "
+        "non-empty printable name; 'ops' item 0: a pattern must be 1 to 200 printable "
+        "characters, got ''"
+    ]
+    # a typo in a token's principal would leave the meant token unrestricted: an error
+    path = write(tmp_path, '[auth]\nnode_tokens = ["alpha"]\n[auth.node_id_patterns]\n'
+                 '"token:12345678" = ["a"]\n')
+    env = {"SCHEDD_AUTH__NODE_ID_PATTERNS": '{ "token:12345678" = ["a"] }'}
+    message = ("$.auth.node_id_patterns: token:12345678 is the principal of no node token "
+               "(token:<first 8 hex digits of sha256(token)>)")
+    assert errors_of(path) == [message]
+    assert errors_of(None, env) == [message + " (from SCHEDD_AUTH__NODE_ID_PATTERNS)"]
 
 
 # --- converter and docs -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from schedd.core.model import (
     Delivery,
     Done,
     Event,
+    Followed,
     JobSpec,
     Registration,
     Submitted,
@@ -112,8 +113,13 @@ class Core:
         pools: Sequence[str],
         capabilities_json: str = "{}",
         labels_json: str = "{}",
+        principal: str = "anonymous",
     ) -> Registration:
-        """Register or re-register a node owned by this instance; queued work may follow."""
+        """Register or re-register a node owned by this instance; queued work may follow.
+
+        ``principal`` is who registers it (the connection's): a node id held by another
+        principal is refused (:class:`~schedd.errors.NotYourNode`, ``E_IDENTITY``).
+        """
         node_id = node_id or new_id("node")
         k = self.keys
         epoch, used = await self._call(
@@ -126,6 +132,7 @@ class Core:
                 capabilities_json,
                 labels_json,
                 _ms(self.settings.liveness_ttl),
+                principal,
             ],
         )
         log.info("node %s registered: epoch %s, pools %s, capacity %s", node_id, epoch,
@@ -201,7 +208,7 @@ class Core:
             raise BadArgument("a job needs at least one candidate pool")
         s = self.settings
         job_id = spec.job_id or new_id("job")
-        status, state, attempt, done = await self._call(
+        status, state, attempt, done, *follows = await self._call(
             "job_submit",
             [self.keys.job(job_id), self.keys.counts],
             [
@@ -230,6 +237,7 @@ class Core:
             attempt=int(attempt),
             duplicate=_text(status) == "duplicate",
             done=done_msg if isinstance(done_msg, Done) else None,
+            follows=int(follows[0]) if follows else 0,
         )
 
     async def accept(self, job_id: str, *, node_id: str, attempt: int) -> bool:
@@ -247,8 +255,11 @@ class Core:
         return _text(state)
 
     async def progress(self, job_id: str, *, node_id: str, attempt: int, data_json: str) -> None:
+        """Forward the progress of a running attempt; it extends the attempt's run deadline to
+        its run timeout from now, up to ``max_run`` after its accept."""
         await self._call(
-            "job_progress", [self.keys.job(job_id)], [job_id, node_id, attempt, data_json]
+            "job_progress", [self.keys.job(job_id), self.keys.deadlines],
+            [job_id, node_id, attempt, data_json, _ms(self.settings.max_run)],
         )
 
     async def result(
@@ -276,21 +287,25 @@ class Core:
         state, status = await self._call("job_result", [self.keys.job(job_id)], args)
         return _text(state), _text(status) == "duplicate"
 
-    async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> None:
-        """Cancel a job in any non-terminal state (``principal`` '' = operator)."""
-        await self._call(
+    async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> str:
+        """Cancel a job in any non-terminal state (``principal`` '' = operator); returns
+        ``canceled``, or the terminal state of a job that had already finished (a no-op)."""
+        (state,) = await self._call(
             "job_cancel",
             [self.keys.job(job_id)],
             [principal, job_id, reason or "canceled"],
         )
+        return _text(state)
 
-    async def follow(self, job_id: str, *, principal: str = "") -> tuple[str, int, Done | None]:
-        """Route the job's progress and done to this instance; returns (state, attempt, done)."""
-        state, attempt, done = await self._call(
+    async def follow(self, job_id: str, *, principal: str = "") -> Followed:
+        """Route the job's progress and done to this instance."""
+        state, attempt, done, follows = await self._call(
             "job_follow", [self.keys.job(job_id)], [principal, job_id]
         )
         done_msg = decode_delivery(done) if done else None
-        return _text(state), int(attempt), done_msg if isinstance(done_msg, Done) else None
+        return Followed(state=_text(state), attempt=int(attempt),
+                        done=done_msg if isinstance(done_msg, Done) else None,
+                        follows=int(follows))
 
     async def reap(self) -> tuple[int, int, int, int]:
         """One reaper pass: (nodes lost, deadlines handled, records removed, inboxes removed)."""

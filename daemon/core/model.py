@@ -28,6 +28,7 @@ class CoreSettings:
     liveness_refresh: int = 3
     ack_timeout: float = 5.0
     run_timeout: float = 300.0
+    max_run: float = 86400.0
     queue_timeout: float = 60.0
     max_attempts: int = 3
     queue: bool = True
@@ -102,6 +103,21 @@ class Submitted:
     attempt: int
     duplicate: bool
     done: Done | None = None
+    #: the job's deliveries moved to this instance for the ``follows``-th time (0: a new job,
+    #: or a finished one); orders a job's followers (schedd.routes)
+    follows: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Followed:
+    """A job whose deliveries now come to this instance (``Core.follow``)."""
+
+    state: str
+    attempt: int
+    #: the job's done when it already finished
+    done: Done | None
+    #: how many times the job's deliveries moved (0 for a finished job); orders its followers
+    follows: int
 
 
 # Deliveries: what an instance must send to a node or a client connection it holds. Scripts
@@ -138,6 +154,8 @@ class Progress:
     job_id: str
     attempt: int
     data_json: str
+    #: the principal owning the job (None: a delivery that does not say)
+    principal: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -150,9 +168,22 @@ class Done:
     node: str | None
     attempts: int
     timings: dict[str, int]
+    #: the principal owning the job (None: a delivery that does not say)
+    principal: str | None = None
 
 
-Delivery = Assign | CancelJob | DrainNode | Progress | Done
+@attrs.frozen(kw_only=True)
+class Detach:
+    """The job's deliveries moved to another instance (a follow or a duplicate submit there):
+    this instance's connection of ``principal`` that follows the job no longer does, unless
+    its own follow is the newer (``follows`` orders the moves of one job)."""
+
+    job_id: str
+    principal: str
+    follows: int
+
+
+Delivery = Assign | CancelJob | DrainNode | Progress | Done | Detach
 
 
 # Events: what a script changed, reported to the instance that ran it (for plugins' event hooks).
@@ -195,6 +226,7 @@ def _done(f: list[Any]) -> Done:
         node=f[6] or None,
         attempts=int(f[7]),
         timings={"submitted": f[8], "assigned": f[9], "accepted": f[10], "finished": f[11]},
+        principal=(f[12] or None) if len(f) > 12 else None,
     )
 
 
@@ -211,7 +243,10 @@ def decode_delivery(raw: bytes | str) -> Delivery:
     if kind == "drain":
         return DrainNode(node_id=f[1], reason=f[2])
     if kind == "progress":
-        return Progress(job_id=f[1], attempt=int(f[2]), data_json=f[3])
+        return Progress(job_id=f[1], attempt=int(f[2]), data_json=f[3],
+                        principal=(f[4] or None) if len(f) > 4 else None)
+    if kind == "detach":
+        return Detach(job_id=f[1], principal=f[2], follows=int(f[3]))
     if kind == "done":
         return _done(f)
     raise ValueError(f"unknown delivery kind {kind!r}")

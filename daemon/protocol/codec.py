@@ -60,6 +60,7 @@ __all__ = [
     "ERROR_CODES",
     "E_AUTH",
     "E_BAD_FIELD",
+    "E_DETACHED",
     "E_IDENTITY",
     "E_INFLIGHT",
     "E_INTERNAL",
@@ -88,6 +89,7 @@ E_ROLE: Final = "E_ROLE"
 E_IDENTITY: Final = "E_IDENTITY"
 E_RATE: Final = "E_RATE"
 E_INFLIGHT: Final = "E_INFLIGHT"
+E_DETACHED: Final = "E_DETACHED"
 E_UNAVAILABLE: Final = "E_UNAVAILABLE"
 E_SHUTTING_DOWN: Final = "E_SHUTTING_DOWN"
 E_INTERNAL: Final = "E_INTERNAL"
@@ -103,10 +105,14 @@ ERROR_CODES: Final[dict[str, str]] = {
     # Connection: the message is well-formed but not allowed here.
     E_AUTH: "the `hello` token is missing or not accepted; the connection is closed",
     E_ROLE: "this message is not allowed for the connection's role or at this point "
-    "(before `hello`, a node before `register`, or a second `hello` or `register`)",
-    E_IDENTITY: "a node spoke for another node_id, or about a job not assigned to it",
+    "(before `hello`, a node before `register`, or a second `hello` or `register`), or no "
+    "`hello` came within the handshake timeout",
+    E_IDENTITY: "a node spoke for a node_id that is not its connection's, or registered a "
+    "node_id its principal may not use (another principal's, or outside its allowed patterns)",
     E_RATE: "the connection sent more messages per second than allowed",
     E_INFLIGHT: "the connection has too many submitted jobs not yet done",
+    E_DETACHED: "another connection of the principal followed the job (`follow` or a duplicate "
+    "`submit`): the job's `progress` and `done` go there, not here",
     E_UNAVAILABLE: "the daemon cannot reach its store right now; retry later",
     E_SHUTTING_DOWN: "the daemon is shutting down and accepts no new submits; use another instance",
     E_INTERNAL: "the daemon failed unexpectedly; the message may be retried",
@@ -115,13 +121,15 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_NO_JOB": "no job has this job_id (never submitted, or no longer retained)",
     "E_STALE_EPOCH": "the node registered again since; this message belongs to an older "
     "registration",
-    "E_STALE_ATTEMPT": "the job was reassigned since; this message is about an older attempt",
+    "E_STALE_ATTEMPT": "this message is about a job attempt that is not current for this node "
+    "(an older attempt, or the job moved to another node, was queued again or finished): drop "
+    "that attempt",
     "E_WRONG_OWNER": "another daemon instance now holds this node's connection",
     "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
     "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
     "E_NOT_YOURS": "the job belongs to another principal",
-    "E_BAD_STATE": "the job is not in a state that allows this message "
-    "(e.g. `accept` for a job that is not assigned)",
+    "E_BAD_STATE": "the node is not in a state that allows this message (`drain` from a node "
+    "taken offline)",
     "E_BAD_ARG": "the daemon rejected an argument of the request (e.g. an unknown pool)",
 }
 

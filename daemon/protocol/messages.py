@@ -14,12 +14,16 @@ Rules of this module:
   (a ``ValueError``) naming the field path, e.g. ``pools[3]`` or ``labels['gpu']``.
 - Values are JSON values: ``str``, ``int`` (never ``bool``), ``float`` (ints are accepted where a
   float is expected; never NaN or infinity), ``bool``, ``None``, ``list`` and ``dict`` with string
-  keys. Fields typed ``Any`` (payloads, outputs, capabilities) are opaque JSON and are not checked
-  here; a value JSON cannot carry fails when the message is encoded.
+  keys. Fields typed ``Any`` (payloads, outputs, progress data) and the values of object fields
+  (capabilities, requirements) are opaque JSON: only their nesting is checked, in what a peer
+  sends, so that whatever decodes can be encoded again (:data:`MAX_DEPTH`). A value JSON cannot
+  carry fails when the message is encoded.
 - Ids (``job_id``, ``node_id``, ``session_id``, pool and service names, label keys) are non-empty
   strings of at most :data:`MAX_ID_LEN` characters with no control characters. Integers are at
-  most 2**53 - 1 so that every JSON implementation reads them exactly. Lists and mappings are
-  bounded (see the ``MAX_*`` constants); the frame limit bounds everything else.
+  most 2**53 - 1 so that every JSON implementation reads them exactly. Durations in seconds are
+  finite, greater than 0 and at most :data:`MAX_SECONDS`, so every one converts to milliseconds
+  the store can hold. Lists and mappings are bounded (see the ``MAX_*`` constants); the frame
+  limit bounds everything else.
 - Attempts count from 1; ``0`` means "never assigned" and appears only in ``job`` and ``done``.
 - This module imports no I/O library.
 """
@@ -38,12 +42,14 @@ __all__ = [
     "DAEMON_SENDS",
     "JOB_STATES",
     "MAX_CAPACITY",
+    "MAX_DEPTH",
     "MAX_ID_LEN",
     "MAX_INT",
     "MAX_LIST",
     "MAX_MAPPING",
     "MAX_PRIORITY",
     "MAX_RUNNING",
+    "MAX_SECONDS",
     "MAX_TEXT_LEN",
     "MESSAGE_TYPES",
     "NODE_SENDS",
@@ -103,6 +109,14 @@ MAX_INT: Final = 2**53 - 1
 """Largest integer in any field: the largest a JSON double represents exactly."""
 MAX_PRIORITY: Final = 1000
 """Bound of ``submit.priority`` (either sign), as the store's queues use; higher runs first."""
+MAX_SECONDS: Final = 30 * 24 * 3600
+"""Longest duration a peer may give, in seconds (30 days): ``submit``'s timeouts and
+``unavailable.ttl``."""
+MAX_DEPTH: Final = 64
+"""Deepest nesting of arrays and objects in an opaque JSON field a peer sends (``payload``,
+``output``, ``data``, ``capabilities``, ``requirements``), the field's own array or object
+counting as the first level. The daemon re-encodes these values (orjson refuses 255 levels) and
+nests them in its own messages, so the limit keeps a wide margin below what any encoder takes."""
 
 Role: TypeAlias = Literal["node", "client"]
 Sender: TypeAlias = Literal["node", "client", "daemon"]
@@ -185,7 +199,7 @@ def _check_int(value: object, path: str, low: int, high: int) -> None:
         raise InvalidField(path, f"must be between {low} and {high}")
 
 
-def _check_float(value: object, path: str, positive: bool) -> None:
+def _check_float(value: object, path: str, positive: bool, high: int | None = None) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise InvalidField(path, f"must be a number, got {_json_type(value)}")
     if not math.isfinite(value):
@@ -194,6 +208,31 @@ def _check_float(value: object, path: str, positive: bool) -> None:
         raise InvalidField(path, "must be greater than 0")
     if value < 0:
         raise InvalidField(path, "must not be negative")
+    if high is not None and value > high:
+        raise InvalidField(path, f"must be at most {high}")
+
+
+def _too_deep(value: object, room: int) -> bool:
+    """True when ``value`` nests more than ``room`` arrays and objects. Recursion stops at
+    ``room`` levels, so a value decoded from any frame cannot exhaust the stack."""
+    if value.__class__ is dict:
+        items: Any = value.values()
+    elif value.__class__ is list:
+        items = value
+    else:
+        return False
+    if room == 0:
+        return True
+    for item in items:
+        if (item.__class__ is dict or item.__class__ is list) and _too_deep(item, room - 1):
+            return True
+    return False
+
+
+def _check_depth(value: object, path: str) -> None:
+    if _too_deep(value, MAX_DEPTH):
+        raise InvalidField(
+            path, f"must not nest arrays and objects more than {MAX_DEPTH} levels deep")
 
 
 def _name(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -234,17 +273,17 @@ def _opt_int(low: int, high: int = MAX_INT) -> Validator:
     return check
 
 
-def _float(*, positive: bool) -> Validator:
+def _float(*, positive: bool, high: int | None = None) -> Validator:
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        _check_float(value, attribute.name, positive)
+        _check_float(value, attribute.name, positive, high)
 
     return check
 
 
-def _opt_float(*, positive: bool) -> Validator:
+def _opt_float(*, positive: bool, high: int | None = None) -> Validator:
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is not None:
-            _check_float(value, attribute.name, positive)
+            _check_float(value, attribute.name, positive, high)
 
     return check
 
@@ -283,12 +322,25 @@ def _check_mapping(value: object, path: str) -> dict[Any, Any]:
 
 
 def _json_object(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    _check_mapping(value, attribute.name)
+    """An object a peer sends: its values are opaque JSON of bounded nesting."""
+    _check_depth(_check_mapping(value, attribute.name), attribute.name)
 
 
 def _opt_json_object(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         _json_object(instance, attribute, value)
+
+
+def _view_object(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An object the daemon builds (``job.info``, ``answer.data``): it may nest peers' values
+    (a node's capabilities in ``answer``) one or two levels below their own limit."""
+    _check_mapping(value, attribute.name)
+
+
+def _any_json(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An opaque value a peer sends (``payload``, ``output``, ``data``): bounded nesting. The
+    daemon's own (an ``orjson.Fragment``, already encoded) passes as it is."""
+    _check_depth(value, attribute.name)
 
 
 def _labels(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -488,7 +540,7 @@ class Progress:
 
     job_id: str = attrs.field(validator=_name)
     attempt: int = attrs.field(validator=_int(1))
-    data: Any = None
+    data: Any = attrs.field(default=None, validator=_any_json)
     ref: str | None = _ref()
 
 
@@ -510,7 +562,7 @@ class Result:
     job_id: str = attrs.field(validator=_name)
     attempt: int = attrs.field(validator=_int(1))
     ok: bool = attrs.field(validator=_bool)
-    output: Any = None
+    output: Any = attrs.field(default=None, validator=_any_json)
     error: ErrorInfo | None = attrs.field(default=None, validator=_result_error)
     ref: str | None = _ref()
 
@@ -546,7 +598,7 @@ class Unavailable:
     SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"node"})
 
     service: str = attrs.field(validator=_name)
-    ttl: float = attrs.field(validator=_float(positive=True))
+    ttl: float = attrs.field(validator=_float(positive=True, high=MAX_SECONDS))
     ref: str | None = _ref()
 
 
@@ -560,13 +612,16 @@ class Submit:
     job_id: str | None = attrs.field(default=None, validator=_opt_name)
     pools: list[str] = attrs.field(factory=list, validator=_names(MAX_LIST))
     requirements: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
-    payload: Any = None
+    payload: Any = attrs.field(default=None, validator=_any_json)
     session_id: str | None = attrs.field(default=None, validator=_opt_name)
     priority: int = attrs.field(default=0, validator=_int(-MAX_PRIORITY, MAX_PRIORITY))
     services: list[str] = attrs.field(factory=list, validator=_names(MAX_LIST))
-    ack_timeout: float | None = attrs.field(default=None, validator=_opt_float(positive=True))
-    run_timeout: float | None = attrs.field(default=None, validator=_opt_float(positive=True))
-    queue_timeout: float | None = attrs.field(default=None, validator=_opt_float(positive=True))
+    ack_timeout: float | None = attrs.field(
+        default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
+    run_timeout: float | None = attrs.field(
+        default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
+    queue_timeout: float | None = attrs.field(
+        default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
     max_attempts: int | None = attrs.field(default=None, validator=_opt_int(1))
     ref: str | None = _ref()
 
@@ -636,7 +691,7 @@ class Job:
     state: JobState = attrs.field(validator=_one_of(JOB_STATES))
     attempt: int = attrs.field(default=0, validator=_int(0))
     node: str | None = attrs.field(default=None, validator=_opt_name)
-    info: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
+    info: dict[str, Any] = attrs.field(factory=dict, validator=_view_object)
     ref: str | None = _ref()
 
 
@@ -673,7 +728,7 @@ class Answer:
     SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
 
     what: str = attrs.field(validator=_one_of(QUERY_SUBJECTS))
-    data: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
+    data: dict[str, Any] = attrs.field(factory=dict, validator=_view_object)
     ref: str | None = _ref()
 
 

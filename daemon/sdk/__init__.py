@@ -7,7 +7,7 @@ and follows jobs across reconnects. URLs: ``ws://``, ``wss://``, ``tcp://``, ``t
 
 from __future__ import annotations
 
-from schedd.sdk.client import E_CLIENT_CLOSED, Client, JobHandle, RequestFailed
+from schedd.sdk.client import E_CLIENT_CLOSED, Client, JobHandle, JobLost, RequestFailed
 from schedd.sdk.connect import ConnectFailed, open_channel
 from schedd.sdk.node import E_NODE_EXCEPTION, JobContext, JobError, Node
 
@@ -19,6 +19,7 @@ __all__ = [
     "JobContext",
     "JobError",
     "JobHandle",
+    "JobLost",
     "Node",
     "RequestFailed",
     "open_channel",

@@ -20,8 +20,17 @@ Rules of this module:
   the client to another daemon URL and submits again.
 - After a reconnect the client sends ``follow`` for every job it still waits for, so
   :meth:`JobHandle.result` completes whichever instance the job finished on.
+- A job followed by another connection of the principal since (``E_DETACHED`` for the job: the
+  daemon sends its ``progress`` and ``done`` there) fails its handle with
+  :class:`RequestFailed`; :meth:`Client.follow` takes it back.
 - With ``reconnect=False``, or after a fatal error when reconnecting (``E_AUTH``...), waiting
   requests and handles fail with :class:`RequestFailed`.
+- A job the daemon no longer knows (its store lost it: Redis restarted without persistence,
+  flushed, or failed over to a replica that missed it) fails its handle with :class:`JobLost`
+  instead of leaving it waiting forever. It is noticed when a re-follow after a reconnect gets
+  ``E_NO_JOB``, and by a ``status`` sent for each handle that has waited ``lost_check_interval``
+  seconds since it was last checked (at most ``_LOST_CHECK_BATCH`` per interval, the longest
+  unchecked first).
 - The first connection is tried once per URL: :meth:`Client.connect` raises if no daemon answers.
   Later reconnects retry with backoff until they succeed (bound them with ``trio.fail_after``).
 """
@@ -38,6 +47,7 @@ import trio
 import trio.lowlevel
 
 from schedd.protocol import (
+    E_DETACHED,
     E_SHUTTING_DOWN,
     E_UNAVAILABLE,
     Accepted,
@@ -64,7 +74,7 @@ from schedd.sdk._conn import (
     reraise_sole,
 )
 
-__all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "RequestFailed"]
+__all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "RequestFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +84,29 @@ _RECONNECT_DELAY: Final = 0.2
 _FOLLOW_RETRIES: Final = 5
 """Tries to re-follow a job after a reconnect when the daemon says "retry later"."""
 _GONE_CODES: Final = frozenset({"E_NO_JOB", "E_NOT_YOURS"})
+_LOST_CHECK_INTERVAL: Final = 30.0
+"""Default seconds a handle waits between two checks that its job still exists."""
+_LOST_CHECK_BATCH: Final = 32
+"""Most ``status`` checks of waiting jobs per ``lost_check_interval``."""
 _M = TypeVar("_M", bound=Message)
+
+
+class JobLost(RequestFailed):
+    """The daemon no longer knows a job this client was waiting for (code ``E_NO_JOB``): its
+    store lost it (Redis restarted without persistence, flushed, or failed over to a replica
+    that missed it). Its ``done`` will never come; submit it again if it must run."""
+
+    def __init__(self, job_id: str, detail: str = "") -> None:
+        super().__init__(
+            "E_NO_JOB",
+            f"job {job_id} no longer exists on the daemon; its result will never come"
+            + (f" ({detail})" if detail else ""),
+            job_id=job_id,
+        )
+        self.detail = detail
+
+    def copy(self) -> JobLost:
+        return JobLost(self.job_id or "", self.detail)
 
 
 class JobHandle:
@@ -98,6 +130,7 @@ class JobHandle:
         # re-followed after a reconnect; an unacknowledged submit is retried by its caller.
         self._acknowledged = False
         self._dropped_progress = 0
+        self._checked = trio.current_time()  # when the job was last known to exist
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job_id} {self.state}>"
@@ -111,8 +144,9 @@ class JobHandle:
         """Wait for the job's ``done`` and return it (whatever its state: check ``done.ok``).
 
         Raises :class:`RequestFailed` if the answer can no longer come: the job is gone
-        (``E_NO_JOB`` when re-followed), the connection was lost with ``reconnect=False``
-        (``E_UNAVAILABLE``), or the client was closed (``E_CLIENT_CLOSED``).
+        (:class:`JobLost`, or ``E_NOT_YOURS`` when re-followed), another connection follows it
+        (``E_DETACHED``), the connection was lost with ``reconnect=False`` (``E_UNAVAILABLE``),
+        or the client was closed (``E_CLIENT_CLOSED``).
         """
         await self._finished.wait()
         if self._done is not None:
@@ -192,11 +226,13 @@ class Client:
         name: str | None = None,
         connect_timeout: float = 5.0,
         reconnect: bool = True,
+        lost_check_interval: float | None = _LOST_CHECK_INTERVAL,
     ) -> None:
         self._dialer = Dialer(
             urls, role="client", token=token, name=name, connect_timeout=connect_timeout
         )
         self._reconnect = reconnect
+        self._lost_check_interval = lost_check_interval
         self._link: Link | None = None
         self._connected = trio.Event()
         self._handles: dict[str, JobHandle] = {}
@@ -216,14 +252,20 @@ class Client:
         name: str | None = None,
         connect_timeout: float = 5.0,
         reconnect: bool = True,
+        lost_check_interval: float | None = _LOST_CHECK_INTERVAL,
     ) -> AsyncIterator[Client]:
         """Connect to the first of ``urls`` that answers; close everything on exit.
+
+        A job waited for longer than ``lost_check_interval`` seconds is checked (``status``)
+        every that many seconds; one the daemon no longer knows fails its handle with
+        :class:`JobLost`. ``None``: no checks (a lost job is then noticed only on a reconnect).
 
         Raises :class:`RequestFailed` when a daemon refuses ``hello`` (``E_AUTH``,
         ``E_VERSION``...) and ``ConnectFailed`` when no URL can be reached.
         """
         client = cls(
-            urls, token=token, name=name, connect_timeout=connect_timeout, reconnect=reconnect
+            urls, token=token, name=name, connect_timeout=connect_timeout, reconnect=reconnect,
+            lost_check_interval=lost_check_interval,
         )
         # The first dial happens out of the nursery so that its errors reach the caller as
         # they are, not wrapped in an ExceptionGroup.
@@ -236,6 +278,8 @@ class Client:
                 async with trio.open_nursery() as nursery:
                     client._nursery = nursery
                     nursery.start_soon(client._supervise, link)
+                    if lost_check_interval is not None:
+                        nursery.start_soon(client._watch_lost, lost_check_interval)
                     try:
                         yield client
                     finally:
@@ -466,8 +510,7 @@ class Client:
             except RequestFailed as exc:
                 if exc.code in _GONE_CODES:
                     log.warning("job %s cannot be followed any more: %s", handle.job_id, exc)
-                    handle._fail(exc)
-                    self._forget(handle)
+                    self._lose(handle, exc)
                     return
                 log.info("following job %s failed (%s); retrying", handle.job_id, exc)
                 await backoff.sleep()
@@ -479,6 +522,40 @@ class Client:
             "job %s could not be followed on %s; closing the connection", handle.job_id, link.url
         )
         await link.aclose()  # try another connection rather than wait forever for its done
+
+    def _lose(self, handle: JobHandle, error: RequestFailed) -> None:
+        """The daemon answered ``error`` about a job this client waits for: fail its handle
+        (:class:`JobLost` for ``E_NO_JOB``)."""
+        handle._fail(JobLost(handle.job_id, error.message) if error.code == "E_NO_JOB" else error)
+        self._forget(handle)
+
+    async def _watch_lost(self, interval: float) -> None:
+        """Every ``interval`` seconds, ask ``status`` of the jobs waited for longest unchecked
+        (at most ``_LOST_CHECK_BATCH``); a job the daemon no longer knows fails its handle."""
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            due = sorted(
+                (h for h in self._handles.values()
+                 if h._acknowledged and not h.finished and now - h._checked >= interval),
+                key=lambda h: h._checked,
+            )[:_LOST_CHECK_BATCH]
+            for handle in due:
+                link = self._link
+                if link is None or link.closed:
+                    break  # the next connection re-follows every job
+                try:
+                    job = await link.request(Status(job_id=handle.job_id), Job)
+                except LinkLost:
+                    break
+                except RequestFailed as exc:
+                    if exc.code == "E_NO_JOB" and not handle.finished:
+                        log.warning("job %s no longer exists on %s", handle.job_id, link.url)
+                        self._lose(handle, exc)
+                    continue  # other refusals (E_UNAVAILABLE...): checked again later
+                handle._checked = trio.current_time()
+                if not handle.finished:
+                    handle.state = job.state
 
     async def _on_message(self, message: Message) -> None:
         if isinstance(message, Done):
@@ -492,6 +569,12 @@ class Client:
             handle = self._handles.get(message.job_id)
             if handle is not None:
                 handle._push_progress(message.data)
+        elif isinstance(message, Error) and message.code == E_DETACHED and message.job_id:
+            handle = self._handles.get(message.job_id)
+            if handle is not None and not handle.finished:
+                log.warning("job %s: %s", message.job_id, message.message)
+                handle._fail(RequestFailed.from_error(message))
+                self._forget(handle)
         elif isinstance(message, Error):
             log.warning(
                 "daemon error not matching a request: %s %s (job %s)",

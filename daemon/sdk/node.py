@@ -6,7 +6,8 @@
         await ctx.progress({"partial": "hel"})
         return {"text": "hello"}
 
-    node = Node("tcp://127.0.0.1:7000", translate, capacity=2, capabilities={"asr_langs": ["zh"]})
+    node = Node("tcp://127.0.0.1:8766", translate, capacity=2,
+                capabilities={"asr_langs": ["zh"], "semantic_langs": ["en"]})  # pool zh>en
     await node.run()
 
 Rules of this module:

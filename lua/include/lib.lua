@@ -357,12 +357,29 @@ local function enqueue(job_id, job, now, fields)
 end
 
 -- The done message as JSON text: {'done', job, state, ok, output, error, node, attempt, t_sub,
--- t_asg, t_acc, t_fin}; output and error are JSON texts carried as strings.
+-- t_asg, t_acc, t_fin, principal}; output and error are JSON texts carried as strings. The
+-- principal owning the job goes with it: an instance hands it only to a connection of that
+-- principal (job.principal must be among the fields read).
 local function done_message(job_id, job)
   return '["done",' .. cjson.encode(job_id) .. ',"' .. job.state .. '",' .. num_s(job.ok) .. ','
     .. cjson.encode(job.output or 'null') .. ',' .. cjson.encode(job.error or 'null') .. ','
     .. cjson.encode(job.node or '') .. ',' .. num_s(job.attempt) .. ',' .. num_s(job.t_sub) .. ','
-    .. num_s(job.t_asg) .. ',' .. num_s(job.t_acc) .. ',' .. num_s(job.t_fin) .. ']'
+    .. num_s(job.t_asg) .. ',' .. num_s(job.t_acc) .. ',' .. num_s(job.t_fin) .. ','
+    .. cjson.encode(job.principal or '') .. ']'
+end
+
+-- A job's deliveries move to the caller's instance (follow, duplicate submit): count the move
+-- in the job's 'follows' field and tell the instance that had them, if another, that the
+-- principal's connection there no longer follows the job ({'detach', job, principal, follows}).
+-- Returns the count, which orders the moves of one job.
+local function move_client(job_id, jkey, job)
+  local follows = redis.call('HINCRBY', jkey, 'follows', '1')
+  redis.call('HSET', jkey, 'client', CALLER)
+  if job.client and job.client ~= '' and job.client ~= CALLER then
+    deliver(job.client, '["detach",' .. cjson.encode(job_id) .. ',' .. cjson.encode(job.principal)
+      .. ',' .. int_s(follows) .. ']')
+  end
+  return follows
 end
 
 -- Move a job to a terminal state: it leaves every queue and index, is retained for its
@@ -503,9 +520,11 @@ end
 local function fence(job_id, node_id, attempt, job)
   if not job then return nil, err('E_NO_JOB', 'job ' .. job_id .. ' does not exist') end
   if job.node ~= node_id or job.attempt ~= attempt or TERMINAL[job.state] then
+    -- The text names no other node: the job's holder is not this node's business.
+    local current = job.node == node_id and ('attempt ' .. job.attempt .. ', state ' .. job.state)
+      or 'the job is not on this node'
     return job, err('E_STALE_ATTEMPT', 'job ' .. job_id .. ' attempt ' .. attempt ..
-      ' on node ' .. node_id .. ' is not current (attempt ' .. job.attempt .. ', node ' ..
-      (job.node or '') .. ', state ' .. job.state .. ')')
+      ' on node ' .. node_id .. ' is not current (' .. current .. '): drop that attempt')
   end
   return job, nil
 end

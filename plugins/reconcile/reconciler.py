@@ -29,7 +29,7 @@ import attrs
 import trio
 
 from schedd import protocol as p
-from schedd.errors import Fenced, NodeNotFound, ScriptError, StoreError
+from schedd.errors import Fenced, NodeNotFound, NotYourNode, ScriptError, StoreError
 
 if TYPE_CHECKING:
     from schedd.app import App
@@ -214,6 +214,10 @@ class Reconciler:
         try:
             new_epoch = await session.register_again()
         except LookupError:
+            return
+        except NotYourNode:  # another principal registered the id since the store lost this one
+            session.refuse_stale(f"node {node_id} is registered by another principal now")
+            counts["connections_closed"] += 1
             return
         except ScriptError as exc:
             log.warning("could not register node %s again: %s", node_id, exc)

@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from schedd import errors
-from schedd.core import Assign, CancelJob, Core, Done, Progress, Queries
+from schedd.core import Assign, CancelJob, Core, Detach, Done, Followed, Progress, Queries
+from schedd.core.model import decode_delivery
 from schedd.store.base import Store
 from schedd.store.keys import Keys
 from tests.core.helpers import Recorder, make_core, spec
@@ -25,13 +26,13 @@ async def test_full_lifecycle_delivers_one_done(store: Store) -> None:
     assert await core.accept(sub.job_id, node_id="n1", attempt=1) is False
     await core.progress(sub.job_id, node_id="n1", attempt=1, data_json='{"pct": 50}')
     (prog,) = rec.of(Progress)
-    assert prog.data_json == '{"pct": 50}'
+    assert prog.data_json == '{"pct": 50}' and prog.principal == "alice"
     state, dup = await core.result(sub.job_id, node_id="n1", attempt=1, ok=True,
                                    output_json='{"a": 2}')
     assert (state, dup) == ("done", False)
     (done,) = rec.of(Done)
     assert done.ok and orjson.loads(done.output_json) == {"a": 2} and done.node == "n1"
-    assert done.attempts == 1
+    assert done.attempts == 1 and done.principal == "alice"
     t = done.timings
     assert 0 < t["submitted"] <= t["assigned"] <= t["accepted"] <= t["finished"]
     counts = await Queries(store, core.keys).counts()
@@ -64,11 +65,13 @@ async def test_submit_is_idempotent_and_returns_result(store: Store) -> None:
     first = await core.submit(spec("p", job_id="j1"), principal="alice")
     again = await core.submit(spec("p", job_id="j1"), principal="alice")
     assert again.duplicate and again.state == "assigned" and again.done is None
+    assert (first.follows, again.follows) == (0, 1)  # a duplicate counts the move
     assert len(rec.of(Assign)) == 1
     await core.result("j1", node_id="n1", attempt=1, ok=True, output_json="[1]")
     final = await core.submit(spec("p", job_id="j1"), principal="alice")
     assert final.duplicate and final.state == "done"
     assert final.done is not None and final.done.output_json == "[1]"
+    assert final.done.principal == "alice"
     assert first.job_id == "j1"
     with pytest.raises(errors.NotYours):
         await core.submit(spec("p", job_id="j1"), principal="mallory")
@@ -246,14 +249,18 @@ async def test_cancel_in_every_state(store: Store) -> None:
     cancels = rec.of(CancelJob)
     assert [c.job_id for c in cancels] == [assigned.job_id, running.job_id]
     assert [d.state for d in rec.of(Done)] == ["canceled"] * 3
-    with pytest.raises(errors.InvalidState):
-        await core.cancel(running.job_id)
+    # a finished job: a no-op (no error, no second done, no cancel to the node)
+    assert await core.cancel(running.job_id) == "canceled"
+    await core.result(waiting.job_id, node_id="n1", attempt=1, ok=True)
+    assert await core.cancel(waiting.job_id, principal="alice") == "done"
+    assert [d.state for d in rec.of(Done)] == ["canceled"] * 3 + ["done"]
+    assert len(rec.of(CancelJob)) == 2
     with pytest.raises(errors.NotYours):
         await core.cancel(waiting.job_id, principal="mallory")
     with pytest.raises(errors.JobNotFound):
         await core.cancel("nope")
     counts = await Queries(store, core.keys).counts()
-    assert counts["canceled"] == 3 and counts["assigned"] == 1
+    assert counts["canceled"] == 3 and counts["done"] == 1 and counts.get("assigned", 0) == 0
 
 
 async def test_follow_moves_deliveries_to_caller(store: Store) -> None:
@@ -265,14 +272,41 @@ async def test_follow_moves_deliveries_to_caller(store: Store) -> None:
         await b.follow(sub.job_id, principal="mallory")
     with pytest.raises(errors.JobNotFound):
         await b.follow("nope", principal="alice")
-    assert await b.follow(sub.job_id, principal="alice") == ("assigned", 1, None)
+    assert await b.follow(sub.job_id, principal="alice") == Followed(
+        state="assigned", attempt=1, done=None, follows=1)
+    # the instance that had the job's deliveries is told they moved
+    (entry,) = await a.store.execute("XRANGE", a.keys.inbox("A"), "-", "+")
+    assert decode_delivery(entry[1][1]) == Detach(job_id=sub.job_id, principal="alice", follows=1)
     await a.result(sub.job_id, node_id="n1", attempt=1, ok=True)
     assert rec_a.of(Done) == []
     reply = await b.store.execute("XLEN", b.keys.inbox("B"))
     assert reply == 1
-    state, _, done = await b.follow(sub.job_id, principal="alice")
-    assert state == "done" and done is not None and done.ok
+    (entry,) = await b.store.execute("XRANGE", b.keys.inbox("B"), "-", "+")
+    delivered = decode_delivery(entry[1][1])
+    assert isinstance(delivered, Done) and delivered.principal == "alice"
+    followed = await b.follow(sub.job_id, principal="alice")
+    assert followed.state == "done" and followed.done is not None and followed.done.ok
+    assert followed.done.principal == "alice" and followed.follows == 0
     assert rec_b.items == []
+
+
+async def test_a_duplicate_submit_elsewhere_detaches_the_instance_that_had_the_job(
+    store: Store,
+) -> None:
+    a, _ = await make_core(store, "A")
+    b, rec_b = await make_core(store, "B")
+    await a.register_node(node_id="n1", capacity=1, pools=["p"])
+    await a.submit(spec("p", job_id="j1"), principal="alice")
+    with pytest.raises(errors.NotYours):
+        await b.submit(spec("p", job_id="j1"), principal="mallory")
+    assert await a.store.execute("XLEN", a.keys.inbox("A")) == 0  # a refusal moves nothing
+    again = await b.submit(spec("p", job_id="j1"), principal="alice")
+    assert again.duplicate and again.follows == 1
+    (entry,) = await a.store.execute("XRANGE", a.keys.inbox("A"), "-", "+")
+    assert decode_delivery(entry[1][1]) == Detach(job_id="j1", principal="alice", follows=1)
+    await b.submit(spec("p", job_id="j1"), principal="alice")  # same instance: no detach
+    assert await a.store.execute("XLEN", a.keys.inbox("A")) == 1
+    assert await b.store.execute("XLEN", b.keys.inbox("B")) == 0 and rec_b.items == []
 
 
 async def test_retention_removes_finished_jobs(store: Store) -> None:

@@ -251,6 +251,22 @@ async def test_unavailable_errors(store: Store) -> None:
         await b.mark_unavailable("n1", epoch=reg.epoch, service="s", ttl=1)
 
 
+async def test_unavailable_mark_of_any_length_is_written_as_whole_ms(store: Store) -> None:
+    # 1e15 s is 1e18 ms: Lua formats such a number '1e+18', which PEXPIRE refused, and the
+    # script's failure reached the node as "store unavailable"
+    core, _ = await make_core(store)
+    reg = await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    before = await store.execute("TIME")
+    until = await core.mark_unavailable("n1", epoch=reg.epoch, service="s", ttl=1e15)
+    assert until >= int(before[0]) * 1000 + 10**18
+    stored = await store.execute("HGET", core.keys.node_unavail("n1"), "s")
+    assert int(stored) == until
+    with pytest.raises(errors.BadArgument):  # ms are whole
+        await core.scripts.call(store, "node_unavailable",
+                                [core.keys.node("n1"), core.keys.node_unavail("n1")],
+                                ["A", "n1", reg.epoch, "s", "1.5"])
+
+
 async def test_reregister_with_fewer_slots_gives_excess_back(store: Store) -> None:
     from schedd.core import CancelJob
 
@@ -266,3 +282,45 @@ async def test_reregister_with_fewer_slots_gives_excess_back(store: Store) -> No
     assert (cancel.job_id, cancel.reason) == (assigned.job_id, "node capacity reduced")
     last = rec.of(Assign)[-1]
     assert (last.job_id, last.node_id, last.attempt) == (assigned.job_id, "n2", 2)
+
+
+async def test_a_node_id_belongs_to_the_principal_that_registered_it(store: Store) -> None:
+    core, rec = await make_core(store)
+    owner, other = "token:aaaaaaaa", "token:bbbbbbbb"
+    first = await core.register_node(node_id="n1", capacity=1, pools=["p"], principal=owner)
+    await core.submit(spec("p", job_id="j1"))
+    with pytest.raises(errors.NotYourNode, match="n1 is registered by another principal"):
+        await core.register_node(node_id="n1", capacity=4, pools=["q"], principal=other)
+    # the refused call changed nothing: same epoch, pools and job, no delivery
+    record = await store.execute("HMGET", core.keys.node("n1"), "epoch", "pools", "principal")
+    assert record == [str(first.epoch).encode(), b'["p"]', owner.encode()]
+    assert await store.execute("SMEMBERS", core.keys.node_jobs("n1")) == [b"j1"]
+    assert [d.node_id for d in rec.of(Assign)] == ["n1"]
+    again = await core.register_node(node_id="n1", capacity=1, pools=["p"], principal=owner)
+    assert again.epoch > first.epoch and again.used == 1
+
+
+async def test_an_offline_node_id_stays_its_principals_until_collected(store: Store) -> None:
+    core, _ = await make_core(store, node_retention=0.0)
+    reg = await core.register_node(node_id="n1", capacity=1, pools=["p"],
+                                   principal="token:aaaaaaaa")
+    await core.node_offline("n1", epoch=reg.epoch, reason="gone")
+    with pytest.raises(errors.NotYourNode):
+        await core.register_node(node_id="n1", capacity=1, pools=["p"],
+                                 principal="token:bbbbbbbb")
+    await trio.sleep(0.01)
+    assert (await core.reap())[2] == 1  # the offline record is collected
+    taken = await core.register_node(node_id="n1", capacity=1, pools=["p"],
+                                     principal="token:bbbbbbbb")
+    assert taken.epoch > reg.epoch
+    assert await store.execute("HGET", core.keys.node("n1"), "principal") == b"token:bbbbbbbb"
+
+
+async def test_a_record_without_a_principal_is_taken_over(store: Store) -> None:
+    core, _ = await make_core(store)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"], principal="token:aaaaaaaa")
+    await store.execute("HDEL", core.keys.node("n1"), "principal")  # as an older version wrote
+    await core.register_node(node_id="n1", capacity=1, pools=["p"], principal="token:bbbbbbbb")
+    assert await store.execute("HGET", core.keys.node("n1"), "principal") == b"token:bbbbbbbb"
+    with pytest.raises(errors.BadArgument, match="principal"):
+        await core.register_node(node_id="n2", capacity=1, pools=["p"], principal="")

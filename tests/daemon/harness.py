@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,9 @@ from schedd.app import App
 from schedd.channel import ChannelClosed
 from schedd.config import load_config
 from schedd.plugin_manager import PluginManager
+from schedd.sdk.connect import StreamChannel, WebSocketChannel
 from schedd.store import open_store
+from tests.websockets import websocket_channels
 
 
 class MemoryChannel:
@@ -85,6 +88,20 @@ class Peer:
                     await self.channel.receive()
             except ChannelClosed:
                 return True
+
+
+def wire_channels(
+    d: Daemon, transport: str = "tcp", peer: str = "127.0.0.1:40001",
+) -> tuple[StreamChannel | WebSocketChannel, StreamChannel | WebSocketChannel]:
+    """(the daemon's side read through its readiness hub, the peer's side) of a connection
+    over a real socket, with the TCP transport's channel or the WebSocket transport's."""
+    if transport == "tcp":
+        ours, theirs = socket.socketpair()
+        return (StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)), peer,
+                              1 << 20, hub=d.app.readiness),
+                StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), "daemon",
+                              1 << 20))
+    return websocket_channels(d.app.readiness)
 
 
 class Daemon:

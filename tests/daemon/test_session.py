@@ -4,7 +4,6 @@ limits, and jobs flowing from clients to nodes and back."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,8 +19,7 @@ from schedd.core_hooks import token_principal
 from schedd.errors import ProtocolError
 from schedd.sdk.connect import StreamChannel, WebSocketChannel
 from schedd.session import MAX_VIOLATIONS
-from tests.daemon.harness import MemoryChannel, Peer, channel_pair, running_daemon
-from tests.websockets import websocket_channels
+from tests.daemon.harness import MemoryChannel, Peer, channel_pair, running_daemon, wire_channels
 
 TOKENS = {
     "SCHEDD_AUTH__NODE_TOKENS": '["node-secret"]',
@@ -108,6 +106,10 @@ async def test_principals_bind_to_tokens_and_jobs_to_principals() -> None:
         await alice.send(p.Cancel(job_id="a1"))
         done = await alice.expect(p.Done)
         assert done.state == "canceled" and done.error is not None
+        # cancelling the finished job again is a no-op: no error, no second done
+        await alice.send(p.Cancel(job_id="a1", ref="again"))
+        await alice.send(p.Ping(ref="after"))
+        assert await alice.recv() == p.Pong(ref="after")
         assert token_principal("alice-secret") != token_principal("bob-secret")
 
 
@@ -128,10 +130,12 @@ async def test_roles_and_node_identity() -> None:
         await client.send(p.Submit(pools=["p"], job_id="j"))
         await client.expect(p.Accepted)
         assign = await n1.expect(p.Assign)
-        # n2 speaks for a job that is n1's: refused, and n1's attempt is untouched
+        # n2 speaks about a job that is n1's: not a current attempt of n2's (drop it), and n1's
+        # attempt is untouched; the error does not name the job's node
         await n2.send(p.Result(job_id=assign.job_id, attempt=1, ok=True))
         error = await n2.expect(p.Error)
-        assert (error.code, error.job_id) == ("E_IDENTITY", "j")
+        assert (error.code, error.job_id) == ("E_STALE_ATTEMPT", "j")
+        assert "n1" not in error.message
         await n1.send(p.Result(job_id="j", attempt=1, ok=True, output=7))
         assert (await client.expect(p.Done)).output == 7
         # a stale attempt from the right node
@@ -320,9 +324,9 @@ async def test_a_message_after_submits_waits_for_them() -> None:
         cancels: list[str] = []
         real_cancel = d.app.core.cancel
 
-        async def cancel(job_id: str, **kwargs: Any) -> None:
+        async def cancel(job_id: str, **kwargs: Any) -> str:
             cancels.append(job_id)
-            await real_cancel(job_id, **kwargs)
+            return await real_cancel(job_id, **kwargs)
 
         d.app.core.cancel = cancel  # type: ignore[method-assign]
         client = await d.connect("client")
@@ -631,16 +635,7 @@ async def hub_node(d: Any, node_id: str, transport: str = "tcp",
     """A node connected over a real socket that the daemon reads through its readiness hub,
     with the TCP transport's channel or the WebSocket transport's."""
     assert d.app.readiness.running
-    node: StreamChannel | WebSocketChannel
-    if transport == "tcp":
-        ours, theirs = socket.socketpair()
-        daemon_side: StreamChannel | WebSocketChannel = StreamChannel(
-            trio.SocketStream(trio.socket.from_stdlib_socket(theirs)), "127.0.0.1:40001",
-            1 << 20, hub=d.app.readiness)
-        node = StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), "daemon",
-                             1 << 20)
-    else:
-        daemon_side, node = websocket_channels(d.app.readiness)
+    daemon_side, node = wire_channels(d, transport)
     d.nursery.start_soon(d.app.serve_channel, daemon_side)
     await node.send(p.encode(p.Hello(role="node", version=p.PROTOCOL_VERSION)))
     assert isinstance(p.decode(await node.receive()), p.Welcome)
@@ -693,6 +688,39 @@ async def test_a_repeated_heartbeat_read_by_the_hub_is_handled_inline(
             ("n1", reg.epoch, 0.5, 0)] * 2
         assert session.last_seen > before
         assert session.running_seen[-1] == ["j9"]
+        await node.aclose()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_a_late_accept_gets_stale_attempt_when_the_job_was_queued_again_or_moved(
+    tmp_path: Path, transport: str,
+) -> None:
+    """A node that missed its ack deadline is told E_STALE_ATTEMPT (drop the attempt) for the
+    old attempt, whether the job went back to the queue or on to another node."""
+    async with running_daemon(tmp_path=tmp_path, toml="[reaper]\ninterval = 0.02\n") as d:
+        node, _ = await hub_node(d, "n1", transport)
+
+        async def receive(kind: type[Any]) -> Any:
+            message = p.decode(await node.receive())
+            assert isinstance(message, kind), message
+            return message
+
+        client = await d.connect("client")
+        await client.send(p.Submit(job_id="j", pools=["p"], ack_timeout=0.1, max_attempts=3))
+        await client.expect(p.Accepted)
+        with trio.fail_after(10):
+            assert (await receive(p.Assign)).attempt == 1
+            cancel = await receive(p.Cancel)  # the ack deadline passed: back to the queue
+            assert (cancel.job_id, cancel.attempt) == ("j", 1)
+            await node.send(p.encode(p.Accept(job_id="j", attempt=1, ref="late")))
+            error = await receive(p.Error)
+            assert (error.code, error.job_id, error.ref) == ("E_STALE_ATTEMPT", "j", "late")
+            n2, _ = await d.node("p", node_id="n2")  # the queued job moves on to n2
+            assert (await n2.expect(p.Assign)).attempt == 2
+            await node.send(p.encode(p.Result(job_id="j", attempt=1, ok=True, ref="res")))
+            error = await receive(p.Error)
+            assert (error.code, error.job_id, error.ref) == ("E_STALE_ATTEMPT", "j", "res")
+            assert "n2" not in error.message
         await node.aclose()
 
 
@@ -835,7 +863,7 @@ async def test_what_follows_an_accept_other_than_its_result_is_handled_in_turn(
             (p.Error, "E_STALE_ATTEMPT", "other-attempt"), (p.Error, p.E_MALFORMED, None)]
         assert [(name, len(args)) for name, args in calls] == [
             ("job_accept", 4), ("job_result", 7), ("job_accept", 4), ("job_accept", 4),
-            ("job_progress", 5), ("job_result", 7)]
+            ("job_progress", 6), ("job_result", 7)]
 
 
 async def test_a_result_behind_an_accept_over_the_rate_limit_is_refused(tmp_path: Path) -> None:

@@ -337,6 +337,25 @@ async def test_stale_heartbeat_registers_again_in_place(store_url: str, tmp_path
             assert await d.app.core.owned_nodes() == {"n1"}
 
 
+async def test_a_node_id_another_principal_holds_now_is_not_registered_again(
+    store_url: str, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        async with running_daemon(store_url, tmp_path=tmp_path, **ENV) as d:
+            n1 = await raw_node(d, "n1", "p")
+            await d.app.core.node_offline("n1", epoch=n1.epoch, reason="liveness expired")
+            # the record now names another principal (it registered the id meanwhile)
+            key = d.app.core.keys.node("n1")
+            await d.app.store.execute("HSET", key, "principal", "token:bbbbbbbb")
+            error = await n1.wait_for(p.Error)
+            assert error.code == "E_STALE_EPOCH" and "another principal" in error.message
+            await until(lambda: n1.closed)
+            assert not n1.got(p.Registered)
+            assert "n1" not in d.app.nodes
+            assert await node_field(d, "n1", "principal") == "token:bbbbbbbb"
+            assert stats_of(d).corrections["connections_closed"] == 1
+
+
 async def test_stale_heartbeat_of_a_node_registered_elsewhere_closes_here(
     store_url: str, tmp_path: Path
 ) -> None:

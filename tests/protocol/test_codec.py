@@ -26,10 +26,12 @@ from schedd.protocol import (
     ERROR_CODES,
     JOB_STATES,
     MAX_CAPACITY,
+    MAX_DEPTH,
     MAX_ID_LEN,
     MAX_INT,
     MAX_LIST,
     MAX_PRIORITY,
+    MAX_SECONDS,
     MESSAGE_TYPES,
     NODE_SENDS,
     PROTOCOL_VERSION,
@@ -77,7 +79,8 @@ opt_texts = st.none() | texts
 attempts = st.integers(1, MAX_INT)
 counts = st.integers(0, MAX_INT)
 positive = st.floats(min_value=0.001, max_value=1e9, allow_nan=False, allow_infinity=False)
-opt_positive = st.none() | positive
+durations = st.floats(min_value=0.001, max_value=MAX_SECONDS)
+opt_durations = st.none() | durations
 non_negative = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
 json_values: st.SearchStrategy[Any] = st.recursive(
     st.none()
@@ -168,7 +171,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Result: st.composite(_result)(),
     Cancel: st.builds(Cancel, job_id=ids, attempt=st.none() | attempts, ref=opt_ids),
     Drain: st.builds(Drain, reason=opt_texts, ref=opt_ids),
-    Unavailable: st.builds(Unavailable, service=ids, ttl=positive, ref=opt_ids),
+    Unavailable: st.builds(Unavailable, service=ids, ttl=durations, ref=opt_ids),
     Submit: st.builds(
         Submit,
         job_id=opt_ids,
@@ -178,9 +181,9 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         session_id=opt_ids,
         priority=st.integers(-MAX_PRIORITY, MAX_PRIORITY),
         services=name_lists,
-        ack_timeout=opt_positive,
-        run_timeout=opt_positive,
-        queue_timeout=opt_positive,
+        ack_timeout=opt_durations,
+        run_timeout=opt_durations,
+        queue_timeout=opt_durations,
         max_attempts=st.none() | attempts,
         ref=opt_ids,
     ),
@@ -506,6 +509,67 @@ def test_integers_are_bounded_to_exact_doubles() -> None:
         )
 
 
+def nested(depth: int) -> bytes:
+    """A JSON array nesting ``depth`` arrays and objects, alternately."""
+    opening = b"".join(b'[' if level % 2 == 0 else b'{"k":' for level in range(depth))
+    closing = b"".join(b']' if level % 2 == 0 else b'}' for level in reversed(range(depth)))
+    return opening + b"1" + closing
+
+
+PEER_JSON_FIELDS = [  # (message around the value, the field, levels the field adds)
+    (b'{"type": "submit", "payload": %s}', "payload", 0),
+    (b'{"type": "submit", "requirements": {"r": %s}}', "requirements", 1),
+    (b'{"type": "progress", "job_id": "j", "attempt": 1, "data": %s}', "data", 0),
+    (b'{"type": "result", "job_id": "j", "attempt": 1, "ok": true, "output": %s}', "output", 0),
+    (b'{"type": "register", "capacity": 1, "capabilities": {"c": %s}}', "capabilities", 1),
+    (b'{"type": "heartbeat", "inflight": 0, "capabilities": {"c": %s}}', "capabilities", 1),
+]
+
+
+@pytest.mark.parametrize(("template", "field", "own"), PEER_JSON_FIELDS)
+def test_opaque_json_a_peer_sends_is_bounded_in_depth(
+    template: bytes, field: str, own: int
+) -> None:
+    inner = MAX_DEPTH - own
+    message = decode(template % nested(inner))
+    assert decode(encode(message)) == message  # what decodes can be encoded again
+    with pytest.raises(ProtocolError) as caught:
+        decode(template % nested(inner + 1))
+    assert caught.value.code == E_BAD_FIELD
+    assert caught.value.message.endswith(
+        f"must not nest arrays and objects more than {MAX_DEPTH} levels deep @ $.{field}")
+
+
+def test_the_deepest_value_json_parses_is_refused_not_crashed_on() -> None:
+    # orjson parses 1024 levels but encodes 254 at most: such a payload decoded, then failed to
+    # re-encode (E_INTERNAL) when the daemon stored it
+    with pytest.raises(ProtocolError) as caught:
+        decode(b'{"type": "submit", "payload": %s}' % nested(1000))
+    assert caught.value.code == E_BAD_FIELD and "@ $.payload" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("template", "field"),
+    [
+        (b'{"type": "submit", "ack_timeout": %s}', "ack_timeout"),
+        (b'{"type": "submit", "run_timeout": %s}', "run_timeout"),
+        (b'{"type": "submit", "queue_timeout": %s}', "queue_timeout"),
+        (b'{"type": "unavailable", "service": "s", "ttl": %s}', "ttl"),
+    ],
+)
+def test_durations_are_bounded(template: bytes, field: str) -> None:
+    decode(template % str(MAX_SECONDS).encode())
+    for value in (b"1e308", b"1e15", str(MAX_SECONDS + 0.001).encode()):
+        with pytest.raises(ProtocolError) as caught:
+            decode(template % value)
+        assert caught.value.code == E_BAD_FIELD
+        assert caught.value.message.endswith(f"must be at most {MAX_SECONDS} @ $.{field}")
+    for value in (b"0", b"-1"):
+        with pytest.raises(ProtocolError) as caught:
+            decode(template % value)
+        assert caught.value.message.endswith(f"must be greater than 0 @ $.{field}")
+
+
 def test_ints_are_accepted_where_floats_are_expected() -> None:
     message = decode(b'{"type": "unavailable", "service": "mt", "ttl": 30}')
     assert message == Unavailable(service="mt", ttl=30.0)
@@ -654,6 +718,7 @@ def test_error_codes_cover_every_code() -> None:
         "E_IDENTITY",
         "E_RATE",
         "E_INFLIGHT",
+        "E_DETACHED",
         "E_UNAVAILABLE",
         "E_SHUTTING_DOWN",
         "E_INTERNAL",
@@ -673,6 +738,7 @@ def test_public_api_is_pinned() -> None:
             "ERROR_CODES",
             "E_AUTH",
             "E_BAD_FIELD",
+            "E_DETACHED",
             "E_IDENTITY",
             "E_INFLIGHT",
             "E_INTERNAL",
@@ -687,12 +753,14 @@ def test_public_api_is_pinned() -> None:
             "HEADER_SIZE",
             "JOB_STATES",
             "MAX_CAPACITY",
+            "MAX_DEPTH",
             "MAX_ID_LEN",
             "MAX_INT",
             "MAX_LIST",
             "MAX_MAPPING",
             "MAX_PRIORITY",
             "MAX_RUNNING",
+            "MAX_SECONDS",
             "MAX_TEXT_LEN",
             "MESSAGE_TYPES",
             "NODE_SENDS",

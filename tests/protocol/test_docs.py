@@ -13,14 +13,19 @@ import attrs
 import orjson
 import pytest
 
+from schedd.config import Config, LimitsSection
 from schedd.errors import ProtocolError
 from schedd.protocol import (
+    CLIENT_SENDS,
     ERROR_CODES,
     MESSAGE_TYPES,
+    NODE_SENDS,
     ErrorInfo,
     RunningJob,
     decode,
 )
+from schedd.sdk.client import _LOST_CHECK_INTERVAL
+from schedd.session import MAX_VIOLATIONS
 
 DOC_PATH = pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")
@@ -155,3 +160,50 @@ def test_example_session_lines_are_valid() -> None:
             assert (caught.value.code, caught.value.message) == (reply["code"], reply["message"])
         else:
             decode(line[2:])
+
+
+def test_roles_table_lists_what_each_role_may_send() -> None:
+    rows = _table_rows(_sections(3)["Roles"])
+    allowed = {role: set(re.findall(r"`(\w+)`", sends)) | {"hello"} for role, sends in rows}
+    assert allowed == {"node": set(NODE_SENDS), "client": set(CLIENT_SENDS)}
+
+
+def _defaults_table() -> dict[str, str]:
+    """The ``| `[section] key` | value |`` rows under "Limits", as key -> value cell."""
+    return {
+        match.group(1): match.group(2).strip()
+        for match in re.finditer(r"^\| `(\[\w+\] \w+)` \| ([^|]+) \|$", _sections(2)["Limits"],
+                                 re.MULTILINE)
+    }
+
+
+def test_documented_defaults_are_the_configuration_defaults() -> None:
+    table = _defaults_table()
+    assert table, "no defaults table under Limits"
+    config = Config()
+    for key, cell in table.items():
+        section, name = key[1:].split("] ")
+        value = getattr(getattr(config, section), name)
+        number = re.match(r"[\d.]+", cell)
+        assert number is not None, (key, cell)
+        assert float(number.group(0)) == value, (key, cell, value)
+    assert {"[limits] " + f.name for f in attrs.fields(LimitsSection)} <= set(table)
+    fixed = re.search(r"protocol violations before the connection is closed .*?: (\d+)\.",
+                      _sections(2)["Limits"], re.DOTALL)
+    assert fixed is not None and int(fixed.group(1)) == MAX_VIOLATIONS
+    handshake = _sections(3)["Handshake"]
+    assert f"within the handshake timeout ({LimitsSection().handshake_timeout:g} s" in handshake
+    assert f"`E_ROLE` (`no hello within {LimitsSection().handshake_timeout:g}s`" in handshake
+    assert f"`lost_check_interval`, {_LOST_CHECK_INTERVAL:g} s by default" in DOC
+
+
+#: Codes only a client can get; the node checklist says what to do with every other one.
+CLIENT_ONLY_CODES = {"E_INFLIGHT", "E_NO_CAPACITY", "E_QUEUE_FULL", "E_NOT_YOURS",
+                     "E_DETACHED"}
+
+
+def test_node_checklist_handles_every_error_a_node_can_get() -> None:
+    checklist = _sections(3)["Writing a node: checklist"]
+    missing = [code for code in ERROR_CODES
+               if code not in CLIENT_ONLY_CODES and f"`{code}`" not in checklist]
+    assert not missing

@@ -21,7 +21,7 @@ from schedd.protocol import (
     Status,
     Submit,
 )
-from schedd.sdk.client import Client, JobHandle, RequestFailed
+from schedd.sdk.client import Client, JobHandle, JobLost, RequestFailed
 from schedd.sdk.connect import ConnectFailed
 from tests.sdk import FakeDaemon, FakePeer, closed_port_url, start_fake_daemon
 
@@ -362,9 +362,65 @@ async def test_refollow_of_a_forgotten_job_fails_its_handle(
     with trio.fail_after(10):
         async with Client.connect(daemon.url) as client:
             handle = await client.submit(job_id="j1", pools=["p"])
-            with pytest.raises(RequestFailed) as failed:
+            with pytest.raises(JobLost) as lost:
                 await handle.result()
-            assert failed.value.code == "E_NO_JOB"
+            assert (lost.value.code, lost.value.job_id) == ("E_NO_JOB", "j1")
+
+
+async def test_a_job_the_daemon_no_longer_knows_fails_its_handle_while_connected(
+    daemon: FakeDaemon, nursery: trio.Nursery
+) -> None:
+    """Jobs waited for are checked with status; one answered E_NO_JOB (its store lost it)
+    fails with JobLost instead of waiting forever; one that exists keeps waiting."""
+    async def script() -> None:
+        peer = await daemon.accept()
+        await peer.handshake()
+        await accept(peer)
+        await accept(peer)
+        answered: set[str] = set()
+        while answered != {"lost", "kept"}:
+            status = await peer.recv(Status)
+            answered.add(status.job_id)
+            if status.job_id == "lost":
+                await peer.send(Error(code="E_NO_JOB", message="job lost does not exist",
+                                      job_id="lost", ref=status.ref))
+            else:
+                await peer.send(Job(job_id="kept", state="queued", ref=status.ref))
+        await peer.send(done("kept"))
+
+    nursery.start_soon(script)
+    with trio.fail_after(10):
+        async with Client.connect(daemon.url, lost_check_interval=0.05) as client:
+            lost = await client.submit(job_id="lost", pools=["p"])
+            kept = await client.submit(job_id="kept", pools=["p"])
+            with pytest.raises(JobLost) as failed:
+                await lost.result()
+            assert (failed.value.code, failed.value.job_id) == ("E_NO_JOB", "lost")
+            assert "will never come" in str(failed.value)
+            assert (await kept.result()).ok
+
+
+async def test_a_job_followed_elsewhere_fails_its_handle(
+    daemon: FakeDaemon, nursery: trio.Nursery
+) -> None:
+    async def script() -> None:
+        peer = await daemon.accept()
+        await peer.handshake()
+        await accept(peer)
+        await accept(peer)
+        await peer.send(Error(code="E_DETACHED", message="job j1 is now followed by another "
+                              "connection", job_id="j1"))
+        await peer.send(done("j2"))
+
+    nursery.start_soon(script)
+    with trio.fail_after(10):
+        async with Client.connect(daemon.url) as client:
+            detached = await client.submit(job_id="j1", pools=["p"])
+            other = await client.submit(job_id="j2", pools=["p"])
+            with pytest.raises(RequestFailed) as failed:
+                await detached.result()
+            assert (failed.value.code, failed.value.job_id) == ("E_DETACHED", "j1")
+            assert (await other.result()).ok  # the other job is untouched
 
 
 async def test_bad_messages_do_not_kill_the_reader_and_pings_are_answered(

@@ -1,0 +1,139 @@
+"""Which local connection receives a job's ``progress`` and ``done``.
+
+Rules of this module:
+  * A connection follows a job only after the store said its principal owns the job (the
+    ``job_submit`` or ``job_follow`` script accepted it). While that script runs, the connection
+    is a *candidate*: it never displaces the job's follower, and a refusal just removes it.
+  * A ``progress`` or ``done`` goes only to connections of the principal the delivery names
+    (the job's owner): the follower, and candidates (their scripts cannot be refused for that
+    principal), which hold it until their reply has gone out. A delivery that names no
+    principal goes to the follower only. Nothing else ever receives a job's deliveries.
+  * One follower per job: the newest authorised follow or duplicate submit takes the job's
+    deliveries (newest by the job's ``follows`` count, which the scripts keep). The connection
+    it replaces gets ``E_DETACHED`` for the job, on this instance directly; a move to another
+    instance arrives here as a :class:`~schedd.core.Detach` delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+
+from schedd.core import Detach, Done, Progress
+
+if TYPE_CHECKING:
+    from schedd.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define(eq=False)
+class Candidate:
+    """A connection whose follow or submit of a job is in flight."""
+
+    session: Session
+    #: deliveries of the job that came while the script ran, for after its reply
+    held: list[Progress | Done] = attrs.Factory(list)
+    #: the ``follows`` count of a newer move of the job to another instance, learnt meanwhile
+    superseded: int = -1
+
+
+@attrs.define(eq=False)
+class Follower:
+    session: Session
+    #: the job's ``follows`` count when this connection took it
+    follows: int
+
+
+class Routes:
+    """A job's follower and candidates on this instance."""
+
+    def __init__(self) -> None:
+        self.followers: dict[str, Follower] = {}
+        self.candidates: dict[str, list[Candidate]] = {}
+
+    def expect(self, job_id: str, session: Session) -> Candidate:
+        """``session`` is about to ask the store for the job's deliveries."""
+        candidate = Candidate(session)
+        self.candidates.setdefault(job_id, []).append(candidate)
+        return candidate
+
+    def settle(
+        self, job_id: str, candidate: Candidate, follows: int | None, done: Done | None = None
+    ) -> None:
+        """The candidate's script answered: ``follows`` when it accepted the caller (the job's
+        count), None when it refused or failed. The candidate gets what it held, then the
+        script's ``done`` unless it already had one; an accepted candidate of an unfinished job
+        follows it from now on, unless a newer follow took the job (it is then detached)."""
+        waiting = self.candidates.get(job_id)
+        if waiting is not None:
+            waiting.remove(candidate)
+            if not waiting:
+                del self.candidates[job_id]
+        session = candidate.session
+        finished = False
+        for delivery in candidate.held:
+            finished = finished or isinstance(delivery, Done)
+            session.deliver(delivery)
+        if done is not None and not finished:
+            session.deliver_done(done)
+            finished = True
+        if follows is None or finished:
+            return
+        current = self.followers.get(job_id)
+        if candidate.superseded > follows or (
+                current is not None and current.session is not session
+                and current.follows > follows):
+            session.detached(job_id)
+            return
+        self.followers[job_id] = Follower(session, follows)
+        session.following.add(job_id)
+        if current is not None and current.session is not session:
+            self._detach(job_id, current.session)
+
+    def route(self, delivery: Progress | Done) -> None:
+        """Hand a job's progress or done to its owner's connections here (module rules)."""
+        job_id, principal = delivery.job_id, delivery.principal
+        held_by: list[Session] = []
+        for candidate in self.candidates.get(job_id, ()):
+            if principal == candidate.session.principal:
+                candidate.held.append(delivery)
+                held_by.append(candidate.session)
+        follower = self.followers.get(job_id)
+        if follower is not None and principal in (None, follower.session.principal):
+            session = follower.session
+            if isinstance(delivery, Done):
+                del self.followers[job_id]
+                session.following.discard(job_id)
+            if session not in held_by:  # else it gets it after its reply
+                session.deliver(delivery)
+        elif not held_by:
+            log.debug("no local connection of the job's principal for %s; dropped", delivery)
+
+    def detach(self, delivery: Detach) -> None:
+        """The job's deliveries moved to another instance by its ``follows``-th move."""
+        job_id, principal = delivery.job_id, delivery.principal
+        for candidate in self.candidates.get(job_id, ()):
+            if candidate.session.principal == principal:
+                candidate.superseded = max(candidate.superseded, delivery.follows)
+        follower = self.followers.get(job_id)
+        if follower is not None and follower.session.principal == principal \
+                and follower.follows < delivery.follows:
+            self._detach(job_id, follower.session)
+
+    def _detach(self, job_id: str, session: Session) -> None:
+        follower = self.followers.get(job_id)
+        if follower is not None and follower.session is session:
+            del self.followers[job_id]
+        session.following.discard(job_id)
+        session.detached(job_id)
+
+    def forget(self, session: Session) -> None:
+        """A connection closed: it follows nothing any more."""
+        for job_id in session.following:
+            follower = self.followers.get(job_id)
+            if follower is not None and follower.session is session:
+                del self.followers[job_id]
+        session.following.clear()

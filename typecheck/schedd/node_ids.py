@@ -1,0 +1,1 @@
+../../daemon/node_ids.py
