@@ -481,7 +481,7 @@ local function retry(job_id, job, reason, now)
     return node_id
   end
   local target = select_node(job_id, cjson.decode(job.pools), job_services(job), '', now, false,
-    tonumber(job.seq) + tonumber(job.attempt))
+    (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0))
   if target then
     assign(job_id, job, target, now)
   else
