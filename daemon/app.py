@@ -89,6 +89,7 @@ def core_settings(config: Config) -> CoreSettings:
         max_attempts=config.jobs.max_attempts,
         queue=config.jobs.queue,
         max_queued=config.jobs.max_queued,
+        max_created_pools=config.jobs.max_created_pools,
         retention=config.jobs.retention,
         session_ttl=config.jobs.session_ttl,
         reaper_interval=config.reaper.interval,

@@ -325,6 +325,12 @@ class JobsSection:
     max_attempts: int = setting(3, "assignments before a job fails", _at_least(1))
     queue: bool = setting(True, "queue jobs when no slot is free (false: refuse them)")
     max_queued: int = setting(100000, "queued jobs per namespace before refusing", _at_least(0))
+    max_created_pools: int = setting(
+        64,
+        "pools with no member one principal's queued jobs may keep in existence (a submit "
+        "that would queue into more is refused)",
+        _at_least(0),
+    )
     retention: float = setting(
         3600.0, "seconds a finished job and its result are kept", _at_least(0)
     )

@@ -4,7 +4,8 @@
 --   instance gets done with state canceled. Cancelling a finished job is a no-op: nothing
 --   changes and nothing is delivered.
 -- KEYS[1] job hash                  K.job(job_id)
--- derived: node hash/jobs, pools, queues, deadlines, counts, gc, inboxes
+-- derived: node hash/jobs, pools, pools index and its charges, queues, deadlines, counts, gc,
+--          inboxes
 -- ARGV[1] caller instance
 -- ARGV[2] principal asking, or '' (an operator)
 -- ARGV[3] job id

@@ -10,7 +10,8 @@
 -- KEYS[1] job hash                  K.job(job_id)
 -- KEYS[2] node hash                 K.node(node_id)
 -- KEYS[3] node jobs set             K.node_jobs(node_id)
--- derived: pools, queues, deadlines, tried set, counts, gc, finished list, other nodes, inboxes
+-- derived: pools, pools index and its charges, heartbeat loads, queues, deadlines, tried set,
+--          counts, gc, finished list, other nodes, inboxes
 -- ARGV[1] caller instance
 -- ARGV[2] job id
 -- ARGV[3] node id

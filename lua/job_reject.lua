@@ -3,7 +3,8 @@
 --   the job goes to another node at once, to the queue, or fails at max_attempts. The node is
 --   then offered other queued work.
 -- KEYS[1] job hash                  K.job(job_id)
--- derived: node hashes/jobs, pools, queues, deadlines, tried set, counts, gc, inboxes
+-- derived: node hashes/jobs, pools, pools index and its charges, heartbeat loads, queues,
+--          deadlines, tried set, counts, gc, inboxes
 -- ARGV[1] caller instance
 -- ARGV[2] job id
 -- ARGV[3] node id

@@ -3,7 +3,8 @@
 --   is a reported no-op. The slot is freed and the node is handed the next queued job of its
 --   pools in the same script; the client's instance gets exactly one done.
 -- KEYS[1] job hash                  K.job(job_id)
--- derived: node hash/jobs, pools, queues, deadlines, counts, gc, session, inboxes
+-- derived: node hash/jobs, pools, pools index and its charges, queues, deadlines, counts, gc,
+--          session, inboxes
 -- ARGV[1] caller instance
 -- ARGV[2] job id
 -- ARGV[3] node id

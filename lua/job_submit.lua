@@ -2,13 +2,16 @@
 --   A resubmitted id returns the existing job (with its done message while retained) and moves
 --   its deliveries to the caller's instance (counted, with a detach for the instance that had
 --   them: lib.lua move_client); a different principal may not reuse the id.
---   Placement: the session's node if it still qualifies, else the least loaded eligible member of
---   the first candidate pool that has one; the slot is reserved and the assignment delivered. With
---   no free slot the job is queued (priority, then age) until its queue deadline, or refused.
+--   Placement: the session's node if it still qualifies, else an eligible member of the first
+--   candidate pool that has one: of the members with the most free slots, the least loaded (by
+--   their last heartbeats), equal ones in turn; the slot is reserved and the assignment
+--   delivered. With no free slot the job is queued (priority, then age) until its queue
+--   deadline, or refused.
 -- KEYS[1] job hash                  K.job(job_id)
 -- KEYS[2] counts                    K.counts()
--- derived: pools, liveness, node hashes/jobs/unavail, queues, deadlines, session, tried set,
---          exclusions, inboxes
+-- derived: pools, pools index and its charges (K.pool_creator(), K.pools_created()), liveness,
+--          heartbeat loads (K.beats()), node hashes/jobs/unavail, queues, deadlines, session,
+--          tried set, exclusions, inboxes
 -- ARGV[1]  caller instance
 -- ARGV[2]  principal (client identity)
 -- ARGV[3]  job id
@@ -25,9 +28,12 @@
 -- ARGV[14] max queued jobs in the namespace
 -- ARGV[15] retention ms after a terminal state
 -- ARGV[16] session ttl ms
+-- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate)},
 --          deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
+--         (the namespace's queue is full, or queueing would put more pools with no member in
+--         the index for the principal than ARGV[17])
 CALLER = ARGV[1]
 local job_id = ARGV[3]
 local jkey = KEYS[1]
@@ -67,18 +73,37 @@ for i = 9, 12 do
   end
 end
 local now = now_ms()
-local node_id = select_node(job_id, pools, services, ARGV[6], now, true)
+-- seq orders the queues, spreads jobs over equal nodes and counts every job ever accepted (read
+-- as total:submitted): taken before selection, given back when the job is refused
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', '1')
+local function refuse(code, msg)
+  redis.call('HINCRBY', KEYS[2], 'seq', '-1')
+  return err(code, msg)
+end
+local node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq)
 if not node_id then
   if ARGV[13] ~= '1' then
-    return err('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
+    return refuse('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
   end
   local queued = tonumber(redis.call('HGET', KEYS[2], 'queued') or '0')
   if queued >= tonumber(ARGV[14]) then
-    return err('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
+    return refuse('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
+  end
+  -- pools not in the index have no member and no queued job: queueing creates them
+  local created, seen = 0, {}
+  for _, pool in ipairs(pools) do
+    if not seen[pool] and not redis.call('ZSCORE', K.pools(), pool) then created = created + 1 end
+    seen[pool] = true
+  end
+  if created > 0 then
+    local held = tonumber(redis.call('HGET', K.pools_created(), ARGV[2]) or '0')
+    if held + created > tonumber(ARGV[17]) then
+      return refuse('E_QUEUE_FULL', 'queueing would create ' .. created .. ' pool(s) with no member;'
+        .. ' this principal already keeps ' .. held .. ' in existence (limit ' .. ARGV[17] .. ')')
+    end
   end
 end
--- seq orders the queues and counts every job ever accepted (read as total:submitted)
-local seq_s = int_s(redis.call('HINCRBY', KEYS[2], 'seq', '1'))
+local seq_s = int_s(seq)
 local now_s = int_s(now)
 -- What the helpers read of the job; its hash gets the flat list below in one HSET together
 -- with the assignment's (or the queueing's) fields. Both are built by constructors: a table
@@ -86,6 +111,7 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
+  principal = ARGV[2],
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],

@@ -2,7 +2,7 @@
 --   The node leaves every pool (so selection cannot see it) and its owner instance is told to
 --   send it `drain`. A later registration brings it back online.
 -- KEYS[1] node hash                 K.node(node_id)
--- derived: pool and pool-index zsets, owner's inbox
+-- derived: pool and pool-index zsets, pools index charges, owner's inbox
 -- ARGV[1] caller instance
 -- ARGV[2] node id
 -- ARGV[3] epoch the caller speaks for, or '' (an operator: any epoch)

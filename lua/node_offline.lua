@@ -4,8 +4,9 @@
 --   pools and liveness; each job it held is retried on another node at once, queued, or failed
 --   at max_attempts. The record is kept for `retain ms` for queries, then collected.
 -- KEYS[1] node hash                 K.node(node_id)
--- derived: node jobs/unavail keys, pools, liveness, job hashes and tried sets, queues,
---          deadlines, gc, counts, inboxes
+-- derived: node jobs/unavail keys, mark expiry index, pools, pools index and its charges,
+--          liveness, heartbeat loads, job hashes and tried sets, queues, deadlines, gc, counts,
+--          inboxes
 -- ARGV[1] caller instance
 -- ARGV[2] node id
 -- ARGV[3] owner instance the caller speaks for

@@ -13,7 +13,7 @@
 -- KEYS[3] liveness                  K.alive()
 -- derived: node jobs set, pool and pool-index zsets, queues, gc, counts, job hashes, inboxes,
 --          owned-node indexes (the caller's and the previous owner's), fencing index,
---          heartbeat times
+--          heartbeat times and loads, pools index charges
 -- ARGV[1] caller instance (becomes the node's owner)
 -- ARGV[2] node id
 -- ARGV[3] capacity (slots, >= 1)

@@ -1,7 +1,10 @@
 -- node_unavailable: a node reports that one of its services is unavailable for a while.
---   Until the mark expires, selection skips the node for jobs that need that service.
+--   Until the mark expires, selection skips the node for jobs that need that service. The
+--   node's entry in the expiry index moves to the mark's end when that is earlier, so the
+--   reaper hands the node the queued jobs it can take then.
 -- KEYS[1] node hash                 K.node(node_id)
 -- KEYS[2] node unavailability hash  K.node_unavail(node_id)
+-- derived: K.unavail_due()
 -- ARGV[1] caller instance (must own the node)
 -- ARGV[2] node id
 -- ARGV[3] epoch the caller speaks for
@@ -26,4 +29,5 @@ local now = now_ms()
 local untl = now + ttl
 redis.call('HSET', KEYS[2], ARGV[4], int_s(untl))
 if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], int_s(ttl)) end
+redis.call('ZADD', K.unavail_due(), 'LT', int_s(untl), node_id)
 return {{untl}, {}}

@@ -3,6 +3,8 @@
 --     failed at max_attempts;
 --   * a missed ack or run deadline frees the slot, tells the node's owner to cancel, and retries
 --     the job on another node (excluding this one) or fails it at max_attempts;
+--   * a node whose unavailability mark ended is handed the queued jobs it can now take (the
+--     marks that ended are deleted, and its entry moves to its next mark's end);
 --   * a missed queue deadline ends the job as timed_out;
 --   * finished jobs and offline nodes past retention are removed;
 --   * inboxes of instances whose presence expired are deleted.
@@ -11,7 +13,8 @@
 -- KEYS[2] deadlines                 K.deadlines()
 -- KEYS[3] gc                        K.gc()
 -- KEYS[4] instance presence         K.instances()
--- derived: node and job keys, heartbeat times, pools, queues, counts, inboxes
+-- derived: node and job keys, heartbeat times and loads, pools, pools index and its charges,
+--          queues, counts, inboxes, unavailability marks and their expiry index (K.unavail_due())
 -- ARGV[1] caller instance
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records
@@ -29,6 +32,29 @@ for _, node_id in ipairs(lost) do
   else
     redis.call('ZREM', KEYS[1], node_id)
   end
+end
+
+-- Marks that ended: the node may take queued jobs needing those services (feed_node checks it
+-- is online and alive). The node's entry then names its next mark's end, or goes.
+local marked = redis.call('ZRANGE', K.unavail_due(), '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+for _, node_id in ipairs(marked) do
+  local ukey = K.node_unavail(node_id)
+  local marks = redis.call('HGETALL', ukey)
+  local next_end = nil
+  for i = 1, #marks, 2 do
+    local untl = tonumber(marks[i + 1])
+    if untl <= now then
+      redis.call('HDEL', ukey, marks[i])
+    elseif not next_end or untl < next_end then
+      next_end = untl
+    end
+  end
+  if next_end then
+    redis.call('ZADD', K.unavail_due(), int_s(next_end), node_id)
+  else
+    redis.call('ZREM', K.unavail_due(), node_id)
+  end
+  feed_node(node_id, now)
 end
 
 local due = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)

@@ -227,6 +227,7 @@ class Core:
                 s.max_queued,
                 _ms(s.retention),
                 _ms(s.session_ttl),
+                s.max_created_pools,
             ],
         )
         done_msg = decode_delivery(done) if done else None

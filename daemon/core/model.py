@@ -33,6 +33,7 @@ class CoreSettings:
     max_attempts: int = 3
     queue: bool = True
     max_queued: int = 100_000
+    max_created_pools: int = 64
     retention: float = 3600.0
     session_ttl: float = 600.0
     node_retention: float = 600.0

@@ -22,12 +22,18 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "node": ("node:{}", "hash: one node (epoch, owner, capacity, used, state, pools, ...)"),
     "node_jobs": ("node:{}:jobs", "set: job ids assigned to or running on the node"),
     "node_unavail": ("node:{}:unavail", "hash: service -> unix ms until which the node lacks it"),
+    "unavail_due": ("unavail_due", "zset: node id -> unix ms at which its next unavailability "
+                    "mark ends (the reaper hands the node queued work then)"),
     "nodes": ("nodes", "zset: node id -> unix ms of its last registration (index for queries)"),
     "alive": ("alive", "zset: node id -> unix ms at which its liveness expires"),
     "beats": ("beats", "hash: node id -> '<unix ms> <load> <inflight>' of its last sent heartbeat"),
     "fence": ("fence", "hash: node id -> '<epoch> <owner>' while the node is not offline"),
     "pool": ("pool:{}", "zset: live, non-draining member node id -> free slots"),
     "pools": ("pools", "zset: pool key -> member count (index for queries)"),
+    "pool_creator": ("pool_creator", "hash: indexed pool with no member -> principal whose "
+                     "queued job put it in the index"),
+    "pools_created": ("pools_created", "hash: principal -> how many pools pool_creator holds "
+                      "for it"),
     "queue": ("queue:{}", "zset: queued job id -> order (priority first, then age)"),
     "job": ("job:{}", "hash: one job (state, attempt, node, payload, result, timings, ...)"),
     "job_tried": ("job:{}:tried", "set: node ids that already failed this job"),
@@ -110,6 +116,18 @@ class Keys:
     @property
     def pools(self) -> str:
         return self._k("pools")
+
+    @property
+    def pool_creator(self) -> str:
+        return self._k("pool_creator")
+
+    @property
+    def pools_created(self) -> str:
+        return self._k("pools_created")
+
+    @property
+    def unavail_due(self) -> str:
+        return self._k("unavail_due")
 
     @property
     def deadlines(self) -> str:

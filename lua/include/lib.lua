@@ -16,8 +16,9 @@ local function unpack_list(list)
 end
 local TERMINAL = {done = true, failed = true, canceled = true, timed_out = true}
 -- Candidates looked at per pool or queue head: 16, which bounds every selection. Given to
--- redis.call as the last index of a range (0..15), as text.
+-- redis.call as the last index of a range (0..15) or as a count, as text.
 local SCAN_LAST = '15'
+local SCAN_COUNT = '16'
 local FINISHED_KEPT = 2000 -- recent completions kept in K.finished() (at least)
 local FINISHED_SLACK = 500  -- trimmed back to FINISHED_KEPT once this many more have come
 
@@ -102,17 +103,41 @@ local function node_pools(node)
   return cjson.decode(node.pools)
 end
 
+-- The pools index (K.pools()) holds exactly the pools that have a member or a queued job. A pool
+-- a queued job put in the index while it had no member is charged to the job's principal
+-- (K.pool_creator(), counted in K.pools_created()) until a node joins it or it leaves the index,
+-- so job_submit can bound how many such pools one principal keeps in existence.
+
+-- The pool is no longer charged to the principal whose queued job put it in the index.
+local function pool_uncharge(pool)
+  local principal = redis.call('HGET', K.pool_creator(), pool)
+  if principal then
+    redis.call('HDEL', K.pool_creator(), pool)
+    if redis.call('HINCRBY', K.pools_created(), principal, '-1') <= 0 then
+      redis.call('HDEL', K.pools_created(), principal)
+    end
+  end
+end
+
 local function pool_join(pool, node_id, free)
   if redis.call('ZADD', K.pool(pool), free, node_id) == 1 then
-    redis.call('ZINCRBY', K.pools(), '1', pool)
+    if tonumber(redis.call('ZINCRBY', K.pools(), '1', pool)) == 1 then pool_uncharge(pool) end
+  end
+end
+
+-- A pool with no member and no queued job leaves the index.
+local function pool_drop_if_empty(pool)
+  local members = redis.call('ZSCORE', K.pools(), pool)
+  if (not members or tonumber(members) <= 0) and redis.call('EXISTS', K.queue(pool)) == 0 then
+    redis.call('ZREM', K.pools(), pool)
+    pool_uncharge(pool)
   end
 end
 
 local function pool_leave(pool, node_id)
   if redis.call('ZREM', K.pool(pool), node_id) == 1 then
-    if tonumber(redis.call('ZINCRBY', K.pools(), '-1', pool)) <= 0
-        and redis.call('EXISTS', K.queue(pool)) == 0 then
-      redis.call('ZREM', K.pools(), pool)
+    if tonumber(redis.call('ZINCRBY', K.pools(), '-1', pool)) <= 0 then
+      pool_drop_if_empty(pool)
     end
   end
 end
@@ -162,11 +187,41 @@ local function eligible(node_id, job_id, services, now, fresh)
   return true
 end
 
--- Pick a node for a job: the session's node if it still qualifies, else the member with the most
--- free slots of the first candidate pool that has an eligible one. Looks at 16 members per pool
--- at most, so the cost does not grow with pool size. The head of each pool is read alone first
--- (the common case: it is eligible), the next 15 (SCAN_LAST) members only when it is not.
-local function select_node(job_id, pools, services, session, now, fresh)
+-- The load text of a heartbeat record '<ms> <load> <inflight>' ('' when absent). Loads are
+-- compared as text first: tonumber costs more than the rest of reading one.
+local function beat_load(beat)
+  if not beat then return '' end
+  local a = string.find(beat, ' ', 1, true)
+  local b = string.find(beat, ' ', a + 1, true)
+  return string.sub(beat, a + 1, (b or 0) - 1)
+end
+
+-- The members of a pool tied for the most free slots that a selection weighs by load: at most
+-- LOAD_WINDOW of them, and the 0-based place among them to start from (spread modulo the
+-- length of the tie, so the start goes round the whole tie, not only its first members). nil
+-- when the pool's top member has no free slot. Reads the top two; only for a tie, its length
+-- (ZCOUNT) and, when longer than two, a window of it by rank: O(log N) each.
+local LOAD_WINDOW = 4
+local function tied_window(pkey, spread)
+  local top = redis.call('ZRANGE', pkey, '0', '1', 'REV', 'WITHSCORES')
+  if #top == 0 or top[2] == '0' then return nil end -- free slots are integers >= 0
+  if #top < 4 or top[4] ~= top[2] then return {top[1]}, 0 end
+  local size = redis.call('ZCOUNT', pkey, top[2], top[2])
+  local start = spread % size
+  if size == 2 then return {top[1], top[3]}, start end
+  local n = math.min(size, LOAD_WINDOW)
+  local first = math.min(start, size - n)
+  return redis.call('ZRANGE', pkey, int_s(first), int_s(first + n - 1), 'REV'), start - first
+end
+
+-- Pick a node for a job: the session's node if it still qualifies, else, in the first candidate
+-- pool that has an eligible member, one of the members with the most free slots: the least
+-- loaded of a window of up to 4 of them, ties (equal load) to the one nearest after the
+-- window's starting place, which moves round the whole tie with spread (so equal nodes take
+-- turns). When none of the window is eligible, the first eligible of the pool's 16 most-free
+-- members. Looks at 20 members per pool at most, so the cost does not grow with pool size.
+-- spread: an integer that changes from job to job (the job's order number).
+local function select_node(job_id, pools, services, session, now, fresh, spread)
   if session and session ~= '' then
     local sticky = redis.call('GET', K.session(session))
     if sticky then
@@ -179,16 +234,45 @@ local function select_node(job_id, pools, services, session, now, fresh)
     end
   end
   for _, pool in ipairs(pools) do
-    local head = redis.call('ZRANGE', K.pool(pool), '0', '0', 'REV', 'WITHSCORES')
-    if #head == 0 or tonumber(head[2]) < 1 then
+    local pkey = K.pool(pool)
+    local window, start = tied_window(pkey, spread)
+    if not window then
       exclusion('no_free_slot')
-    elseif eligible(head[1], job_id, services, now, fresh) then
-      return head[1]
     else
-      local members = redis.call('ZRANGE', K.pool(pool), '+inf', '1', 'BYSCORE', 'REV',
-        'LIMIT', '1', SCAN_LAST)
-      for _, node_id in ipairs(members) do
+      local n = #window
+      local order = {}
+      for j = 0, n - 1 do order[j + 1] = window[(start + j) % n + 1] end
+      if n > 1 then -- least loaded first; a stable insertion sort keeps equal loads in turn
+        local beats = redis.call('HMGET', K.beats(), unpack_list(order))
+        local text, differ = {}, false
+        for j = 1, n do
+          text[j] = beat_load(beats[j])
+          if text[j] ~= text[1] then differ = true end
+        end
+        if differ then
+          local load = {}
+          for j = 1, n do
+            local node_id, l = order[j], tonumber(text[j]) or 0
+            local k = j - 1
+            while k >= 1 and load[k] > l do
+              order[k + 1], load[k + 1] = order[k], load[k]
+              k = k - 1
+            end
+            order[k + 1], load[k + 1] = node_id, l
+          end
+        end
+      end
+      local looked = {}
+      for _, node_id in ipairs(order) do
         if eligible(node_id, job_id, services, now, fresh) then return node_id end
+        looked[node_id] = true
+      end
+      local members = redis.call('ZRANGE', pkey, '+inf', '1', 'BYSCORE', 'REV', 'LIMIT', '0',
+        SCAN_COUNT)
+      for _, node_id in ipairs(members) do
+        if not looked[node_id] and eligible(node_id, job_id, services, now, fresh) then
+          return node_id
+        end
       end
     end
   end
@@ -202,9 +286,14 @@ local function job_services(job)
   return cjson.decode(job.services)
 end
 
+-- The job leaves every queue; a pool whose last queued job it was and that has no member leaves
+-- the index.
 local function dequeue_everywhere(job_id, job)
   for _, pool in ipairs(cjson.decode(job.pools)) do
-    redis.call('ZREM', K.queue(pool), job_id)
+    if redis.call('ZREM', K.queue(pool), job_id) == 1
+        and redis.call('EXISTS', K.queue(pool)) == 0 then
+      pool_drop_if_empty(pool)
+    end
   end
 end
 
@@ -250,7 +339,10 @@ local function enqueue(job_id, job, now, fields)
   local order = -tonumber(job.priority) * 1e12 + seq
   for _, pool in ipairs(cjson.decode(job.pools)) do
     redis.call('ZADD', K.queue(pool), order, job_id)
-    redis.call('ZADD', K.pools(), 'NX', '0', pool)
+    if redis.call('ZADD', K.pools(), 'NX', '0', pool) == 1 and job.principal then
+      redis.call('HSET', K.pool_creator(), pool, job.principal)
+      redis.call('HINCRBY', K.pools_created(), job.principal, '1')
+    end
   end
   local flat = fields or {}
   local n = #flat
@@ -388,7 +480,8 @@ local function retry(job_id, job, reason, now)
       message = reason .. ' (attempt ' .. job.attempt .. ' of ' .. job.max_attempts .. ')'})}, now)
     return node_id
   end
-  local target = select_node(job_id, cjson.decode(job.pools), job_services(job), '', now)
+  local target = select_node(job_id, cjson.decode(job.pools), job_services(job), '', now, false,
+    (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0))
   if target then
     assign(job_id, job, target, now)
   else
@@ -403,6 +496,7 @@ local function node_down(node_id, node, reason, now, retain_ms)
   redis.call('ZREM', K.alive(), node_id)
   redis.call('HDEL', K.fence(), node_id) -- its heartbeats are stale from now on
   redis.call('DEL', K.node_unavail(node_id))
+  redis.call('ZREM', K.unavail_due(), node_id)
   if node.owner and node.owner ~= '' then redis.call('SREM', K.owned(node.owner), node_id) end
   redis.call('HSET', K.node(node_id), 'state', 'offline', 'used', '0', 'reason', reason,
     't_off', now)
