@@ -66,7 +66,8 @@ def tune_gc() -> None:
 def freeze_young() -> float:
     """Collect the two young generations, then freeze every survivor out of later passes.
 
-    Walks only what is not frozen yet (about 1 µs per object). Returns the seconds it took.
+    Walks only what is not frozen yet, so its time grows with what arrived since the last
+    freeze, not with the heap. Returns the seconds it took.
     """
     started = time.perf_counter()
     gc.collect(1)
