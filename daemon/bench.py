@@ -114,8 +114,8 @@ def _proc_memory(pid: int) -> dict[str, int]:
 
 def host_speed(rounds: int = 5, n: int = 300_000) -> float:
     """Milliseconds a fixed pure-Python loop (integers, a dict, str) takes here, best of
-    ``rounds``: lower is faster. Hosts that report the same CPU model have differed threefold
-    in every figure (docs/benchmarks.md); this puts each run's host on one scale."""
+    ``rounds``: lower is faster. Hosts that report the same CPU model differ in every figure
+    (docs/decisions/0015-benchmark-method.md); this puts each run's host on one scale."""
     best = math.inf
     for _ in range(rounds):
         started = time.perf_counter()
@@ -711,8 +711,8 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     script = Scripts()["heartbeat_batch"]
     async with running_daemon(opt.settings) as daemon:
         # the store client (and the redis package under it) is imported here, not inside the
-        # heartbeat window, where script_holds is the first to use it (~4 % of this process's
-        # samples in that window went to the import)
+        # heartbeat window, where script_holds is the first to use it (the import would take
+        # this process's time inside the measured window)
         await daemon.redis_command("PING")
         url = daemon.url(opt.transport)
         recorder = Recorder()
@@ -931,7 +931,7 @@ async def run_bench(scenarios: Sequence[str], opt: Options,
         if checkpoint is not None:
             checkpoint(document)
     # again after the scenarios: a host still running slower at the end (without stopping)
-    # shows as a longer slice here than before (docs/benchmarks.md, "What S3's tail is made of")
+    # shows as a longer slice here than before (docs/decisions/0015-benchmark-method.md)
     opt.say(f"HOST: probing again after the scenarios, {seconds:g} s")
     host["host_stalls_after"] = after = await probe_host(seconds)
     opt.say(f"HOST: {host_probe.describe(after)}")

@@ -3,8 +3,8 @@
 CPython's cyclic garbage collector runs a young-generation pass every 700 net allocations by
 default. A daemon holding 10,000 connections allocates a few small objects per message and
 keeps most of what it allocates (sessions, channels, tasks), so those passes and the full
-passes they trigger cost a third of its CPU at 3,000 heartbeats per second and add tens of
-milliseconds to the dispatch tail (measured with ``schedd bench``; docs/benchmarks.md).
+passes they trigger cost a large share of its CPU and add to the dispatch tail
+(docs/decisions/0004-collector-freezes-connections.md).
 Reference counting frees almost everything the hot paths allocate; the collector is only
 needed for cycles, so it can run far less often.
 
@@ -13,7 +13,7 @@ coroutines, cancel scopes, socket, about a hundred per connection) is walked aga
 middle and full pass until it reaches the oldest generation, and a pass over the objects of
 thousands of connections stops the process for up to a second, at a moment nobody chose. A
 stop that long delays the heartbeats queued behind it past the liveness deadline, so live
-nodes are reaped (seen at 10,000 nodes on a 2-vCPU host, docs/benchmarks.md).
+nodes are reaped (docs/decisions/0004-collector-freezes-connections.md).
 :func:`serve_gc_settler` keeps those objects out of the passes while they arrive, and pays for
 a full pass only when it is worth it:
 
@@ -66,7 +66,8 @@ def tune_gc() -> None:
 def freeze_young() -> float:
     """Collect the two young generations, then freeze every survivor out of later passes.
 
-    Walks only what is not frozen yet (about 1 µs per object). Returns the seconds it took.
+    Walks only what is not frozen yet, so its time grows with what arrived since the last
+    freeze, not with the heap. Returns the seconds it took.
     """
     started = time.perf_counter()
     gc.collect(1)

@@ -137,7 +137,7 @@ class Session:
         self.running_seen: list[list[str]] = []
         # A node sends the same heartbeat bytes second after second while nothing changes:
         # the last one is decoded once (decoding is pure; Heartbeat is frozen and its handler
-        # copies what it keeps). ~11 % of the daemon's CPU at 10,000 idle nodes.
+        # copies what it keeps): docs/decisions/0008-decode-identical-heartbeats-once.md.
         self._beat_raw: bytes | str = b""
         self._beat: p.Heartbeat | None = None
         # a message taken from the channel ahead of its turn and handed back (see _accept): the
@@ -157,13 +157,13 @@ class Session:
     def post(self, message: p.Message) -> None:
         """Send a message to this peer, in order; never blocks. Overflow disconnects the peer.
 
-        While the sender task waits with nothing queued, the message is written here and now
-        when the channel can (``write_nowait``: a plain socket, no send in progress): no trip
-        through the queue and the sender's task, which cost a task switch per message and held
-        an ``assign`` or a ``done`` for a scheduling round (docs/benchmarks.md, "Messages
-        written by their poster"). Anything else is queued for the sender, and from then on
-        every message is until the sender has sent the queue and waits again, so the order
-        holds. What a short write left waits for the sender, woken with an empty marker.
+        While the sender task waits with nothing queued, the message is written here and now when
+        the channel can (``write_nowait``: a plain socket, no send in progress): no trip through the
+        queue and the sender's task, which cost a task switch per message and held an ``assign`` or
+        a ``done`` for a scheduling round (docs/decisions/0013-write-by-poster.md). Anything else is
+        queued for the sender, and from then on every message is until the sender has sent the queue
+        and waits again, so the order holds. What a short write left waits for the sender, woken
+        with an empty marker.
         """
         data = p.encode(message)
         write = self._write_nowait
@@ -398,15 +398,14 @@ class Session:
     async def _receive_loop(self) -> None:
         """Read and handle messages until the peer goes.
 
-        A client's ``submit`` runs concurrently with the messages after it: each waits for its
-        own ``job_submit`` round trip, and handled one at a time they capped a connection at one
-        submit per round trip (~500/s per connection under heartbeat load; docs/benchmarks.md,
-        S3). Any other message (``ping`` included) first waits until every earlier submit has
-        finished, so it sees their effects (a ``cancel`` or ``follow`` right after the ``submit``
-        of the same job); a ``submit`` naming a job id already being submitted waits too. Replies
-        to consecutive submits may come in a different order (they carry ``ref`` and
-        ``job_id``); docs/protocol.md, "Order". When the peer closes, submits already read still
-        finish.
+        A client's ``submit`` runs concurrently with the messages after it: each waits for its own
+        ``job_submit`` round trip, and handled one at a time they capped a connection at one submit
+        per round trip (docs/decisions/0006-concurrent-submits.md). Any other message (``ping``
+        included) first waits until every earlier submit has finished, so it sees their effects (a
+        ``cancel`` or ``follow`` right after the ``submit`` of the same job); a ``submit`` naming a
+        job id already being submitted waits too. Replies to consecutive submits may come in a
+        different order (they carry ``ref`` and ``job_id``); docs/protocol.md, "Order". When the
+        peer closes, submits already read still finish.
         """
         rate = self.rate
         async with trio.open_nursery() as submits:
@@ -632,7 +631,7 @@ class Session:
         time: the node sent both in one write), record both in one script call.
 
         Two calls cost a second round trip to Redis before the client's ``done``, and a second
-        script run (docs/benchmarks.md, "Accept and result in one call"). If the joint call
+        script run (docs/decisions/0012-accept-and-result-in-one-call.md). If the joint call
         fails, the accept is answered as its own call would have been, and the result is handled
         next, alone, as if nothing had been tried (the script fences before it writes, so a
         refused call changed nothing).

@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 #: overflow the daemon's listen backlog).
 CONNECT_CONCURRENCY: Final = 200
 #: Most heartbeat ticks per interval; each tick beats 1/ticks of the fleet, about BEAT_CHUNK
-#: nodes (fleet_ticks). Real nodes beat at independent phases, a smooth stream; ticks of 1,000
-#: beats every 100 ms (10,000 nodes in 10 ticks) kept the daemon busy for ~30 ms each, and every
-#: job submitted meanwhile waited (S3 p99 28.5 ms). Ticks of ~10 beats: p99 7.4 ms.
+#: nodes (fleet_ticks). Real nodes beat at independent phases, a smooth stream; a few large
+#: ticks would hand the daemon bursts no real fleet sends, and every job submitted meanwhile
+#: would wait behind them (docs/decisions/0015-benchmark-method.md).
 MAX_TICKS: Final = 1000
 #: Nodes one heartbeat task sends for. Every send is a trio checkpoint that waits for one round
 #: of all runnable tasks; while thousands of nodes connect a round takes milliseconds, and one

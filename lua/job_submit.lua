@@ -121,7 +121,7 @@ local flat = {
 -- A session and services are written only when the job has them (every reader, of this version
 -- and of the ones before, takes an absent session as '' and absent services as []): the hash
 -- is a listpack, where each new field is looked up among the ones before it, so every field
--- costs the HSET more than the one before (docs/benchmarks.md).
+-- costs the HSET more than the one before (docs/decisions/0003-lean-job-scripts.md).
 local n = #flat
 if ARGV[6] ~= '' then
   flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'session', ARGV[6], 'session_ms', ARGV[16]

@@ -1,8 +1,9 @@
 """Find the moments this host takes the CPU away from its guest.
 
 On the shared virtual machines the bench runs on, the hypervisor stops a guest's vCPUs now and
-then for several milliseconds, often in bursts at a steady period (docs/benchmarks.md,
-"Host stalls"). No program in the guest can answer a message while its vCPU is stopped, so such
+then for several milliseconds, often in bursts at a steady period
+(docs/decisions/0015-benchmark-method.md).
+No program in the guest can answer a message while its vCPU is stopped, so such
 stalls set a floor under every latency tail the bench measures, whatever the daemon does.
 
 The probe runs a fixed slice of pure-Python work (about half a millisecond) every 20 ms and
@@ -42,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-#: iterations of the work slice: about 0.5 ms on the hosts of docs/benchmarks.md
+#: iterations of the work slice: about 0.5 ms on a 2-vCPU host of the kind the bench runs on
 WORK_ITERATIONS: Final = 2500
 #: seconds between the starts of two slices
 EVERY: Final = 0.02

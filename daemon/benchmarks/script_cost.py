@@ -13,8 +13,9 @@ calls of the daemon's own command:
 * **one call at a time** (``select_reserve_usec_per_call``, the S4 figure): this process and its
   ``redis-server`` run on one CPU, the first this process may use (``--cpu N``: that one;
   ``--no-pin``: anywhere). One call at a time leaves the server idle between calls; on a virtual
-  machine an idle vCPU is halted and woken again for the next call, which adds ~40 % to the
-  measured time of the call itself (docs/benchmarks.md, "Script cost"). Sharing one CPU, the two
+  machine an idle vCPU is halted and woken again for the next call, which adds to the
+  measured time of the call itself (docs/decisions/0015-benchmark-method.md).
+  Sharing one CPU, the two
   processes take turns and the server runs its calls on a CPU that has not gone to sleep. The
   commands are the ones ``Core.submit`` sends (recorded from it, with the job id changed),
   encoded before the clock starts and sent over a plain socket, so that between two calls
@@ -24,7 +25,7 @@ calls of the daemon's own command:
   made by ``Core.submit`` (trio, the store's connection, the reply's decoding), as the daemon
   makes it. That much Python running on the server's CPU between any two calls evicts the
   server's data from the caches, and each call pays for it: the difference from the first
-  figure is the driver's, not work of the script (docs/benchmarks.md).
+  figure is the driver's, not work of the script (docs/decisions/0015-benchmark-method.md).
 * **back to back** (``select_reserve_usec_per_call_back_to_back``): the same number of calls,
   IN_FLIGHT at a time through the core, this process moved to the other CPUs (when there are
   any): Redis runs the calls one after another, as it does under load.

@@ -20,7 +20,8 @@ Left-out beats still count here: a node none of whose beats arrived for ``livene
 so the reaper takes it offline within ``liveness_intervals`` heartbeat intervals as before. The
 horizon only decides when the instance itself is gone. Redis work per second then falls with
 ``liveness_refresh`` (to about a third with the default 3), and so does the time each flush
-holds Redis, which is what bounds dispatch latency at 10,000 nodes (docs/benchmarks.md).
+holds Redis, which is what bounds dispatch latency at 10,000 nodes
+(docs/decisions/0011-skip-unchanged-heartbeats.md).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ Seen = tuple[float, Beat, float]
 
 #: a sent time that makes the node's next beat go to Redis
 NEVER = float("-inf")
-#: Beats a flush looks at between two checkpoints. At 10,000 nodes a flush window holds ~1,000
-#: beats, and looking at them in one go kept every other task of the daemon (a dispatch
-#: included) waiting ~1-2 ms, ten times a second (docs/benchmarks.md, S3).
+#: Beats a flush looks at between two checkpoints: no other task of the daemon (a dispatch
+#: included) waits for more than one slice of a flush window
+#: (docs/decisions/0010-heartbeat-flush.md).
 SELECT_SLICE: Final = 100
 
 

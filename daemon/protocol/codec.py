@@ -270,9 +270,10 @@ _IDLE_BEAT_KEYS: Final = frozenset({"inflight", "running", "load"})
 
 def _idle_beat(obj: dict[str, Any]) -> Heartbeat | None:
     """The heartbeat of an idle node, built without cattrs: ``inflight`` an int, ``running``
-    empty, ``load`` a number. Most of a large fleet sends exactly this every second; cattrs
-    took ~6 % of the daemon's CPU at 10,000 nodes. Anything else, or anything the message's
-    own validators refuse, returns None and takes the general path (and its error text)."""
+    empty, ``load`` a number. Most of a large fleet sends exactly this every second
+    (docs/decisions/0008-decode-identical-heartbeats-once.md). Anything else, or anything the
+    message's own validators refuse, returns None and takes the general path (and its error
+    text)."""
     inflight, running, load = obj["inflight"], obj["running"], obj["load"]
     if (inflight.__class__ is not int or running.__class__ is not list or running
             or load.__class__ not in (int, float)):

@@ -153,8 +153,8 @@ async def read_when_ready(sock: trio.socket.SocketType, max_bytes: int) -> bytes
 
     ``SocketStream.receive_some`` tries a ``recv`` first and waits only after it fails: right for
     a busy stream, but a node's connection carries one heartbeat a second, so the first try
-    almost always fails (a syscall and an exception per message; measured with py-spy at
-    10,000 nodes, docs/benchmarks.md). Returns ``b""`` at the end of the stream. A closed socket
+    almost always fails (a syscall and an exception per message;
+    docs/decisions/0007-readiness-hub.md). Returns ``b""`` at the end of the stream. A closed socket
     raises ``trio.ClosedResourceError`` (also when it is closed during the wait, through trio's
     ``notify_closing``); a failed read raises ``trio.BrokenResourceError``.
     """
@@ -206,8 +206,8 @@ def _write_now(sock: trio.socket.SocketType, data: bytes, peer: str) -> int:
     it would block or the socket is closed, and the stream's own send then says why).
 
     For a caller that checked that no other send is in progress and sends what is left through
-    the stream before it yields: trio's ``send_all`` around the syscall cost the simulated
-    fleet a third of its CPU at 10,000 nodes (docs/benchmarks.md). Raises
+    the stream before it yields, which spares trio's ``send_all`` around the syscall
+    (docs/decisions/0013-write-by-poster.md). Raises
     :class:`~schedd.channel.ChannelClosed` when the connection is broken.
     """
     fd = sock.fileno()
@@ -455,7 +455,8 @@ class StreamChannel(_HubReader[bytes]):
     :param hub: a running :class:`~schedd.sdk.readiness.ReadinessHub`: a plain socket is then
         read by the hub's task when input arrives while someone waits in ``receive``, and the
         frames go first to the consumer set with :meth:`set_inline` (the daemon's node
-        connections: docs/benchmarks.md, S3). Without it, or over TLS, ``receive`` waits with
+        connections: docs/decisions/0007-readiness-hub.md).
+        Without it, or over TLS, ``receive`` waits with
         trio (:func:`read_when_ready`).
     """
 
@@ -536,9 +537,9 @@ class StreamChannel(_HubReader[bytes]):
         """Send ``data`` as one frame, whole even when several tasks send at once.
 
         Over a plain socket with no other send in progress the frame goes out in one
-        non-blocking write (what it leaves goes through the stream, still in order); trio's
-        stream machinery per message cost the simulated fleet a third of its CPU at 10,000
-        nodes (docs/benchmarks.md). Either way ``send`` is a checkpoint.
+        non-blocking write (what it leaves goes through the stream, still in order), without
+        trio's stream machinery per message (docs/decisions/0013-write-by-poster.md).
+        Either way ``send`` is a checkpoint.
         """
         await self._send_frames(encode_frame(data))
 

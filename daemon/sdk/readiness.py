@@ -5,8 +5,9 @@ Rules of this module:
 - **Why.** A task per connection parked in trio's ``wait_readable`` costs, per message, an
   ``epoll_ctl`` to re-arm the descriptor, the event's trip through trio's I/O manager and a
   task switch; reading the socket and handing the bytes on is the cheaper half. At 10,000 nodes
-  sending one heartbeat a second that machinery was about a third of the daemon's CPU
-  (docs/benchmarks.md). :class:`ReadinessHub` keeps every watched socket in one private
+  sending one heartbeat a second that machinery is a large share of the daemon's CPU
+  (docs/decisions/0007-readiness-hub.md).
+  :class:`ReadinessHub` keeps every watched socket in one private
   ``epoll`` set, registered once, edge-triggered; trio waits on that set's single descriptor.
   When it has events, the hub calls each ready socket's callback, synchronously, in its own
   task. A channel's callback reads the socket there and passes what it can handle without

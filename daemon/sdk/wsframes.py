@@ -3,10 +3,11 @@
 Rules of this module:
 
 - **Why.** Nodes send small complete text messages (a heartbeat a second each); wsproto parses
-  every frame in pure Python through generators and events, ~10 µs a message, ~10 % of the
-  daemon's CPU at 10,000 nodes (docs/benchmarks.md); the SDK's nodes and clients receive as
-  many (assignments, acknowledgements, done messages). :class:`FrameSplitter` decodes those
-  frames itself, ~1.5 µs, and hands everything else to wsproto, whole and in order.
+  every frame in pure Python through generators and events, several times the cost of
+  decoding a common frame directly (docs/decisions/0009-wsproto-without-trio-websocket.md); the
+  SDK's nodes and clients receive as many (assignments, acknowledgements, done messages).
+  :class:`FrameSplitter` decodes those frames itself
+  and hands everything else to wsproto, whole and in order.
 - **What is decoded here:** a frame that is complete in the bytes at hand, final (FIN), has no
   RSV bits (no extension), is masked if the reader is a server and unmasked if it is a client
   (as RFC 6455 requires of each peer), is text or binary, is not inside a fragmented message,
@@ -85,8 +86,8 @@ def encode_message(payload: bytes, *, text: bool, masked: bool) -> bytes:
     UTF-8 the caller vouches for), masked with a fresh random key when ``masked`` (a client's).
 
     What wsproto makes of a whole message, without its per-message events and str round trip
-    (~5 µs against ~1.3 µs for a heartbeat); wsproto keeps no state about complete messages it
-    sends, so both may be used on one connection.
+    (docs/decisions/0009-wsproto-without-trio-websocket.md); wsproto keeps no state about
+    complete messages it sends, so both may be used on one connection.
     """
     n = len(payload)
     first = _FIN | (_TEXT if text else _BINARY)

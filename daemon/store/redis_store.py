@@ -8,13 +8,13 @@ Rules of this module:
   everything unsent to the *pending* queue and writes it with one ``send_all``; a reader task feeds
   hiredis and hands replies to the pending callers strictly in FIFO order. Redis answers in the
   order it receives commands, so this order is the only thing that matches a reply to its caller.
-* **On an idle connection the caller writes.** When nothing is pending and the writer is waiting,
-  a caller on a plain socket (TCP or Unix, not TLS) writes its command itself with one
-  non-blocking ``os.write`` and appends it to *pending* in the same step, so nothing can come
-  between; only what that write leaves (a *rest*, sent by the writer before anything unsent) or
-  a write that would block or fails wakes the writer. Under load, commands find others pending
-  and still go out together through the writer. This spares a task switch and trio's stream per
-  command at low rates (docs/benchmarks.md). The reader of a plain socket waits for it to be
+* **On an idle connection the caller writes.** When nothing is pending and the writer is waiting, a
+  caller on a plain socket (TCP or Unix, not TLS) writes its command itself with one non-blocking
+  ``os.write`` and appends it to *pending* in the same step, so nothing can come between; only what
+  that write leaves (a *rest*, sent by the writer before anything unsent) or a write that would
+  block or fails wakes the writer. Under load, commands find others pending and still go out
+  together through the writer. This spares a task switch and trio's stream per command at low rates
+  (docs/decisions/0001-hand-written-resp-client.md). The reader of a plain socket waits for it to be
   readable and then reads until it is drained, without the read that finds nothing first.
 * **Commands that mutate connection state are forbidden on the shared connection** (``SELECT``,
   ``WATCH``, ``SUBSCRIBE``, a bare ``MULTI``, blocking pops): they would leak into every other

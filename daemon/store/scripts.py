@@ -8,9 +8,9 @@ and the shared helpers in ``lua/include/lib.lua``, in two forms:
   carries a hash of its code (``schedd_<hash>``), registering every script as the function
   ``schedd_<hash>_<script>``. The prelude and the helpers are loaded once, when the library is,
   instead of on every call as with ``EVALSHA``, which at the size of ``lib.lua`` costs more than
-  the work of a small script (docs/benchmarks.md, "Script cost"). Functions live in the data set:
-  they are replicated to replicas and saved in RDB/AOF, so a promoted replica has them. Two
-  versions of schedd sharing one Redis each use their own library.
+  the work of a small script (docs/decisions/0002-redis-functions-library.md). Functions live in
+  the data set: they are replicated to replicas and saved in RDB/AOF, so a promoted replica has
+  them. Two versions of schedd sharing one Redis each use their own library.
 * **one script per file** for ``EVALSHA``, used when the server has no ``FUNCTION`` command
   (Redis < 7) or the user may not run it (ACL).
 

@@ -39,7 +39,7 @@ local function int_s(n)
   return string.format('%d', n)
 end
 -- Constant and integer arguments of redis.call are given as text here: a Lua number is formatted
--- with '%.17g' on every call, four times the cost of int_s (callgrind, docs/benchmarks.md).
+-- with '%.17g' on every call, dearer than int_s (docs/decisions/0003-lean-job-scripts.md).
 
 local function err(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
