@@ -554,7 +554,7 @@ def _names(option: str) -> Callable[[str], list[str]]:
 
 
 def _duration(text: str) -> str:
-    from schedd.sim import parse_duration
+    from schedd.devtools.sim import parse_duration
 
     try:
         parse_duration(text)
@@ -574,7 +574,7 @@ def _fraction(text: str) -> float:
 
 
 def _bench_setting(text: str) -> tuple[str, str, str]:
-    from schedd.bench import parse_setting
+    from schedd.devtools.bench import parse_setting
 
     try:
         return parse_setting(text)
@@ -583,7 +583,7 @@ def _bench_setting(text: str) -> tuple[str, str, str]:
 
 
 def _scenarios(text: str) -> list[str]:
-    from schedd.bench import SCENARIOS
+    from schedd.devtools.bench import SCENARIOS
 
     names = [name.strip().upper() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in SCENARIOS]
@@ -1172,7 +1172,13 @@ def _short(value: Any, limit: int = 120) -> str:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     """``schedd sim``: simulated nodes until Ctrl-C, SIGTERM or ``--for``."""
-    from schedd.sim import Fleet, lang_capabilities, parse_duration, print_stats, raise_fd_limit
+    from schedd.devtools.sim import (
+        Fleet,
+        lang_capabilities,
+        parse_duration,
+        print_stats,
+        raise_fd_limit,
+    )
 
     if not args.pools and not args.langs:
         raise CommandError("sim: say what the nodes serve: --pools A,B or --langs ZH,EN")
@@ -1220,8 +1226,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``schedd bench``: run the scenarios, print the table, write the JSON."""
-    from schedd.bench import Options, default_json_path, run_bench, table, write_json
-    from schedd.redis_process import REDIS_SERVER
+    from schedd.devtools.bench import Options, default_json_path, run_bench, table, write_json
+    from schedd.devtools.redis_process import REDIS_SERVER
 
     if REDIS_SERVER is None and args.url is None:
         raise CommandError("bench: redis-server is not installed (it starts its own)")
