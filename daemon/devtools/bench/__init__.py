@@ -1,6 +1,8 @@
 """``schedd bench``: the daemon's speed, measured end to end (docs/benchmarks.md has the numbers).
 
-Rules of this module:
+Rules of this package (:mod:`.measure` what every scenario shares, :mod:`.daemon` the daemon
+under test, :mod:`.clients` the clients and the record of every job, :mod:`.scenarios` the
+scenarios, :mod:`.runner` the run, its table and JSON document):
 
 * Real parts only: a throw-away ``redis-server`` on a free port, the daemon as a ``schedd run``
   subprocess (ready when it says ``READY=1`` on its ``NOTIFY_SOCKET``), simulated nodes
