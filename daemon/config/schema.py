@@ -22,6 +22,7 @@ from schedd.config.validators import (
     setting,
 )
 
+#: Plugin names are entry-point names; lower-case so ``SCHEDD_PLUGINS__<NAME>__…`` can address them.
 PLUGIN_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 DEFAULT_PLUGINS: Final = ("transport_ws", "transport_tcp")
 
