@@ -1,5 +1,7 @@
 """The core's own answers to the decision hooks, asked last (``trylast``) so any plugin can decide
-first; a plugin returning ``None`` falls through to these.
+first; a plugin returning ``None`` falls through to these. The built-in commands of ``schedd``
+come through ``schedd_add_cli_commands`` too, added first (``tryfirst``) so that they lead
+``schedd --help`` and exist before any plugin's command.
 
 Authentication rule: each role (``node``, ``client``) has its own token list in ``[auth]`` (with
 the token files already merged in by :func:`schedd.config.load_config`). With no tokens for a role,
@@ -13,8 +15,10 @@ entry matched.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
+from typing import Any
 
 from schedd.config import AuthSection
 from schedd.hookspecs import hookimpl
@@ -39,7 +43,8 @@ def token_principal(token: str) -> str:
 
 
 class CoreHooks:
-    """Built-in decision hook implementations, registered by the plugin manager as ``core``."""
+    """Built-in hook implementations (decisions, commands), registered by the plugin manager as
+    ``core``."""
 
     def __init__(self, auth: AuthSection) -> None:
         self._digests: dict[str, tuple[bytes, ...]] = {
@@ -68,6 +73,13 @@ class CoreHooks:
         for digest in accepted:
             matched |= hmac.compare_digest(presented, digest)
         return _principal(presented) if matched else None
+
+    @hookimpl(tryfirst=True)
+    def schedd_add_cli_commands(self, subparsers: argparse._SubParsersAction[Any]) -> None:
+        # Imported here: the daemon loads this class without needing the command line.
+        from schedd.cli.commands import add_builtin_commands
+
+        add_builtin_commands(subparsers)
 
     def __repr__(self) -> str:
         counts = {role: len(digests) for role, digests in self._digests.items()}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from schedd.redis_process import REDIS_SERVER, RedisServer
+from schedd.devtools.redis_process import REDIS_SERVER, RedisServer
 
 # -- a cancelled test fails ---------------------------------------------------------------------
 #

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from schedd.redis_process import free_port
+from schedd.devtools.redis_process import free_port
 
 SCHEDD = str(Path(sys.executable).parent / "schedd")
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "sched.toml"

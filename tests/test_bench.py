@@ -21,7 +21,8 @@ import pytest
 import trio
 import trio.testing
 
-from schedd.bench import (
+from schedd.core import Core, CoreSettings, JobSpec
+from schedd.devtools.bench import (
     DaemonProcess,
     JobRecord,
     Recorder,
@@ -30,11 +31,10 @@ from schedd.bench import (
     parse_setting,
     percentiles,
 )
-from schedd.benchmarks.script_cost import FIRST_CPU, pinned, send_one_at_a_time, submit_command
-from schedd.core import Core, CoreSettings, JobSpec
-from schedd.redis_process import REDIS_SERVER
+from schedd.devtools.redis_process import REDIS_SERVER
+from schedd.devtools.script_cost import FIRST_CPU, pinned, send_one_at_a_time, submit_command
+from schedd.devtools.sim import MAX_TICKS, Fleet, SimNode, fleet_ticks, parse_duration
 from schedd.sdk import Client
-from schedd.sim import MAX_TICKS, Fleet, SimNode, fleet_ticks, parse_duration
 from schedd.store import open_store
 from tests.e2e_daemon import SCHEDD
 from tests.procs import children, cmdline, running
@@ -214,7 +214,7 @@ def test_sigterm_stops_the_processes_the_bench_started(tmp_path: Path) -> None:
         started = children(proc.pid)
         # the daemon, its redis-server and the host probe beside S3 at least
         assert len(started) >= 3, started
-        assert any(b"schedd.benchmarks.host_probe" in cmdline(pid) for pid in started), started
+        assert any(b"schedd.devtools.host_probe" in cmdline(pid) for pid in started), started
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
@@ -292,8 +292,8 @@ async def test_script_cost_runs_back_to_back_off_the_servers_cpu(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The back-to-back calls run with this process on the CPUs the server does not use, and
     its affinity is restored after."""
-    from schedd.benchmarks import script_cost
     from schedd.core import Core
+    from schedd.devtools import script_cost
 
     before = os.sched_getaffinity(0)
     seen: list[set[int]] = []
@@ -370,7 +370,7 @@ def test_script_cost_refuses_a_cpu_it_may_not_use() -> None:
     with pytest.raises(ValueError, match="cpu 4096 is not one"), pinned(4096):
         pass
     proc = subprocess.run(
-        [sys.executable, "-m", "schedd.benchmarks.script_cost", "--cpu", "4096"],
+        [sys.executable, "-m", "schedd.devtools.script_cost", "--cpu", "4096"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 2 and "cpu 4096 is not one" in proc.stderr

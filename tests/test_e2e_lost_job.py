@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from schedd.redis_process import RedisServer
+from schedd.devtools.redis_process import RedisServer
 from schedd.sdk import Client, JobLost
 from tests.conftest import _flush
 from tests.e2e_daemon import DaemonProcess

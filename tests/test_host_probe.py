@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from schedd.bench import probe_host, probing, table
-from schedd.benchmarks import host_probe
-from schedd.benchmarks.host_probe import Sample, describe, sample, summarize
+from schedd.devtools import host_probe
+from schedd.devtools.bench import probe_host, probing, table
+from schedd.devtools.host_probe import Sample, describe, sample, summarize
 from tests.procs import children, cmdline
 
 BASE = 0.0005  # a slice's usual length in these synthetic runs: 0.5 ms
@@ -104,7 +104,7 @@ def test_describe_names_the_figures_and_a_failure() -> None:
 def test_cli_prints_one_json_line_and_writes_the_file(tmp_path: Path) -> None:
     out = tmp_path / "probe.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "schedd.benchmarks.host_probe", "--seconds", "0.2",
+        [sys.executable, "-m", "schedd.devtools.host_probe", "--seconds", "0.2",
          "--json", str(out)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -117,7 +117,7 @@ def test_cli_prints_one_json_line_and_writes_the_file(tmp_path: Path) -> None:
 
 def test_cli_refuses_a_duration_that_is_not_positive() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "schedd.benchmarks.host_probe", "--seconds", "0"],
+        [sys.executable, "-m", "schedd.devtools.host_probe", "--seconds", "0"],
         capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "--seconds must be > 0, not 0" in proc.stderr
@@ -128,14 +128,14 @@ def test_realtime_is_false_where_the_class_is_refused(monkeypatch: pytest.Monkey
     def refuse(*args: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr("schedd.benchmarks.host_probe.os.sched_setscheduler", refuse)
+    monkeypatch.setattr("schedd.devtools.host_probe.os.sched_setscheduler", refuse)
     assert host_probe.realtime() is False
 
 
 @pytest.mark.parametrize(("executable", "reason"), [
     ("/nonexistent/python", "cannot start /nonexistent/python: "),
     ("/bin/false", "exit 1: no output"),
-    ("/bin/echo", "not JSON: '-m schedd.benchmarks.host_probe --seconds 0.1'"),
+    ("/bin/echo", "not JSON: '-m schedd.devtools.host_probe --seconds 0.1'"),
 ])
 def test_the_bench_records_a_probe_that_cannot_run_and_goes_on(
         monkeypatch: pytest.MonkeyPatch, executable: str, reason: str) -> None:
@@ -172,7 +172,7 @@ def test_sample_stops_after_the_slice_in_which_stop_says_so() -> None:
 def test_cli_until_stopped_reports_on_sigterm(tmp_path: Path) -> None:
     out = tmp_path / "probe.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "schedd.benchmarks.host_probe", "--until-stopped",
+        [sys.executable, "-m", "schedd.devtools.host_probe", "--until-stopped",
          "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -192,7 +192,7 @@ def test_cli_until_stopped_reports_on_sigterm(tmp_path: Path) -> None:
 
 def test_cli_takes_a_duration_or_until_stopped_not_both() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "schedd.benchmarks.host_probe", "--seconds", "1",
+        [sys.executable, "-m", "schedd.devtools.host_probe", "--seconds", "1",
          "--until-stopped"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "not allowed with argument" in proc.stderr
@@ -201,7 +201,7 @@ def test_cli_takes_a_duration_or_until_stopped_not_both() -> None:
 def _probe_children() -> list[int]:
     """This process's children running the host probe."""
     return [pid for pid in children(os.getpid())
-            if b"schedd.benchmarks.host_probe" in cmdline(pid)]
+            if b"schedd.devtools.host_probe" in cmdline(pid)]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc (Linux)")

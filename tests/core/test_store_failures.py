@@ -7,7 +7,7 @@ import trio
 
 from schedd import errors
 from schedd.core import Done, Queries
-from schedd.redis_process import REDIS_SERVER, RedisServer
+from schedd.devtools.redis_process import REDIS_SERVER, RedisServer
 from schedd.store import open_store
 from schedd.store.base import Store
 from tests.core.helpers import make_core, spec

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schedd import protocol as p
 from schedd.config import Config, converter
 from schedd.core import FinishedJob, NodeInfo, PoolInfo, Queries
+from schedd.devtools.redis_process import RedisServer
 from schedd.errors import ConfigError, StoreUnavailable
 from schedd.plugin_manager import PluginManager
 from schedd.plugins import ui
@@ -39,7 +40,6 @@ from schedd.plugins.ui.metrics import (
     local_heartbeats,
 )
 from schedd.plugins.ui.stats import Snapshot, latency_ms, percentile, throughput
-from schedd.redis_process import RedisServer
 from schedd.sdk import Client, JobContext, Node
 from schedd.store import open_store
 from schedd.store.keys import Keys

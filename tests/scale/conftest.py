@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
-from schedd.redis_process import REDIS_SERVER
-from schedd.redis_topology import REDIS_CLI, RedisCluster, RedisSentinels
+from schedd.devtools.redis_process import REDIS_SERVER
+from schedd.devtools.redis_topologies import REDIS_CLI, RedisCluster, RedisSentinels
 from schedd.store import open_store
 from schedd.store.base import Store
 

@@ -1,14 +1,14 @@
 """The chaos run, CI size: 3 instances on one redis-server, 30 nodes, 500 jobs; an instance
 killed with -9, nodes killed, one restarted on another instance. The full size is
-``python -m schedd.benchmarks.chaos --nodes 200 --jobs 5000``."""
+``python -m schedd.devtools.chaos --nodes 200 --jobs 5000``."""
 
 from __future__ import annotations
 
 import pytest
 import trio
 
-from schedd.benchmarks.chaos import ChaosSettings, run_chaos
-from schedd.redis_process import REDIS_SERVER, RedisServer
+from schedd.devtools.chaos import ChaosSettings, run_chaos
+from schedd.devtools.redis_process import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.redis_server
 

@@ -8,9 +8,9 @@ import pytest
 import redis
 import trio
 
-from schedd.benchmarks.chaos import ChaosSettings, run_chaos
+from schedd.devtools.chaos import ChaosSettings, run_chaos
+from schedd.devtools.redis_topologies import RedisCluster
 from schedd.errors import ConfigError, StoreResponseError
-from schedd.redis_topology import RedisCluster
 from schedd.store import open_store
 from schedd.store.cluster import ClusterStore, namespace_slot
 from schedd.store.keys import Keys

@@ -6,10 +6,10 @@ import pytest
 import redis
 import trio
 
-from schedd.benchmarks.chaos import ChaosSettings, run_chaos
+from schedd.devtools.chaos import ChaosSettings, run_chaos
+from schedd.devtools.redis_process import free_port
+from schedd.devtools.redis_topologies import RedisSentinels
 from schedd.errors import ConfigError, StoreUnavailable
-from schedd.redis_process import free_port
-from schedd.redis_topology import RedisSentinels
 from schedd.store import open_store
 from schedd.store.sentinel import SentinelStore
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from schedd import redis_process
-from schedd.redis_process import REDIS_SERVER, PortTaken, RedisServer
+from schedd.devtools import redis_process
+from schedd.devtools.redis_process import REDIS_SERVER, PortTaken, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 

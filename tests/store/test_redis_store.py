@@ -20,13 +20,13 @@ import pytest
 import trio
 import trio.testing
 
+from schedd.devtools.redis_process import REDIS_SERVER, RedisServer, free_port
 from schedd.errors import (
     ConfigError,
     StaleAttempt,
     StoreResponseError,
     StoreUnavailable,
 )
-from schedd.redis_process import REDIS_SERVER, RedisServer, free_port
 from schedd.store.base import Arg
 from schedd.store.redis_store import RedisStore, _encode, _encode_each, open_redis_store
 

@@ -4,7 +4,7 @@ never finish their handshake hold the daemon's listener.
 ::
 
     schedd bench --scenarios SLOWLORIS                   # WebSocket; --transport tcp for TCP
-    python -m schedd.benchmarks.slowloris --url tcp://127.0.0.1:8766 --connections 2000 --seconds 20
+    python -m schedd.devtools.slowloris --url tcp://127.0.0.1:8766 --connections 2000 --seconds 20
 
 Rules of this module:
 
@@ -36,7 +36,7 @@ import trio
 from schedd.app import is_loopback
 
 if TYPE_CHECKING:
-    from schedd.bench import BenchClient, JobRecord, Options, Recorder
+    from schedd.devtools.bench import BenchClient, JobRecord, Options, Recorder
 
 __all__ = ["AttackStats", "attack", "main", "run"]
 
@@ -159,7 +159,7 @@ class _CpuClock:
         self._cpu, self._at = self._times(), time.perf_counter()
 
     def _times(self) -> float:
-        from schedd.bench import _proc_times
+        from schedd.devtools.bench.measure import _proc_times
 
         return _proc_times(self._pid)
 
@@ -187,7 +187,13 @@ async def _probe(client: BenchClient, recorder: Recorder, label: str, seconds: f
 
 async def run(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     """The scenario with the scale's parameters ``p``."""
-    from schedd.bench import Recorder, open_clients, open_fleet, percentiles, running_daemon
+    from schedd.devtools.bench import (
+        Recorder,
+        open_clients,
+        open_fleet,
+        percentiles,
+        running_daemon,
+    )
 
     if opt.url is not None:
         raise ValueError("SLOWLORIS attacks a daemon it starts itself (no --url)")
@@ -233,9 +239,9 @@ async def run(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m schedd.benchmarks.slowloris``: run the attacker alone; print its counters as
+    """``python -m schedd.devtools.slowloris``: run the attacker alone; print its counters as
     one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m schedd.benchmarks.slowloris",
+    parser = argparse.ArgumentParser(prog="python -m schedd.devtools.slowloris",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT or tcp://127.0.0.1:PORT")
     parser.add_argument("--connections", type=int, default=2000)
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         _target(args.url)
     except ValueError as exc:
         parser.error(str(exc))
-    from schedd.sim import raise_fd_limit
+    from schedd.devtools.sim import raise_fd_limit
 
     raise_fd_limit()
     os.nice(19)  # on a real network the attacker's CPU is not the daemon's host's

@@ -2,7 +2,7 @@
 
 Real ``redis-server`` processes only (``redis-server --sentinel`` for the sentinels, ``redis-cli
 --cluster create`` to form the cluster); nothing here stands in for Redis. Like
-:mod:`schedd.redis_process`, nothing touches a Redis these classes did not start.
+:mod:`schedd.devtools.redis_process`, nothing touches a Redis these classes did not start.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from schedd.redis_process import REDIS_SERVER, RedisServer, free_port
+from schedd.devtools.redis_process import REDIS_SERVER, RedisServer, free_port
 
 __all__ = ["REDIS_CLI", "RedisCluster", "RedisSentinels"]
 

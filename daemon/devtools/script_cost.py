@@ -4,7 +4,7 @@ one pool (``INFO commandstats``, usec_per_call).
 
 Starts its own ``redis-server`` on a free port (never touches another Redis). Run::
 
-    python -m schedd.benchmarks.script_cost [--sizes 10,1000,10000] [--calls 2000]
+    python -m schedd.devtools.script_cost [--sizes 10,1000,10000] [--calls 2000]
                                             [--cpu N | --no-pin] [--json FILE]
 
 Three figures per pool size, each the server's own ``usec_per_call`` for the same number of
@@ -46,7 +46,7 @@ import hiredis
 import trio
 
 from schedd.core import Core, CoreSettings, JobSpec
-from schedd.redis_process import RedisServer
+from schedd.devtools.redis_process import RedisServer
 from schedd.store import open_store
 from schedd.store.base import Arg, Store
 from schedd.store.redis_store import _encode as encode_command

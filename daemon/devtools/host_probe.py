@@ -16,7 +16,7 @@ probe cannot tell from a stall. The bench runs it before the scenarios, while no
 its own runs, and beside every scenario on request (it then takes ~2.5 % of one CPU, at a
 priority above everything it measures). It reports::
 
-    python -m schedd.benchmarks.host_probe [--seconds 10 | --until-stopped] [--json FILE]
+    python -m schedd.devtools.host_probe [--seconds 10 | --until-stopped] [--json FILE]
 
 (``--until-stopped``: until SIGTERM or SIGINT, then report; it prints a line ``probing`` first,
 once a signal no longer kills it. ``schedd bench --probe-during`` runs it so beside every

@@ -3,16 +3,16 @@ over them, and things killed on purpose while jobs flow.
 
 ::
 
-    python -m schedd.benchmarks.chaos --nodes 200 --jobs 5000              # one redis-server
-    python -m schedd.benchmarks.chaos --topology sentinel --kill-redis     # + a Redis failover
-    python -m schedd.benchmarks.chaos --topology cluster --kill-redis
+    python -m schedd.devtools.chaos --nodes 200 --jobs 5000              # one redis-server
+    python -m schedd.devtools.chaos --topology sentinel --kill-redis     # + a Redis failover
+    python -m schedd.devtools.chaos --topology cluster --kill-redis
 
 Rules of this module:
 
 * Everything is real: ``schedd run`` processes (TCP transport, readiness via ``NOTIFY_SOCKET``),
   :class:`schedd.sdk.Node` and :class:`schedd.sdk.Client` with every instance's URL (each starts
   on its own instance and fails over to the next), and real ``redis-server`` processes
-  (:mod:`schedd.redis_topology`).
+  (:mod:`schedd.devtools.redis_topologies`).
 * Chaos, by progress of the accepted jobs: ``kill -9`` of one instance, random nodes killed, one
   killed node restarted on another instance, and (``--kill-redis``) ``kill -9`` of the Redis
   master that holds the namespace.
@@ -44,9 +44,9 @@ from typing import Any
 import attrs
 import trio
 
+from schedd.devtools.redis_process import RedisServer, free_port
+from schedd.devtools.redis_topologies import RedisCluster, RedisSentinels, kill
 from schedd.protocol import Done
-from schedd.redis_process import RedisServer, free_port
-from schedd.redis_topology import RedisCluster, RedisSentinels, kill
 from schedd.sdk import Client, ConnectFailed, JobContext, Node, RequestFailed
 from schedd.store import open_store
 from schedd.store.base import Store
@@ -470,7 +470,7 @@ async def _verify(report: ChaosReport, store: Store, keys: Keys) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m schedd.benchmarks.chaos",
+    parser = argparse.ArgumentParser(prog="python -m schedd.devtools.chaos",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--topology", default="single",
                         choices=["single", "aof", "sentinel", "cluster"])

@@ -1,0 +1,242 @@
+"""The query commands: ``schedd nodes``, ``pools``, ``jobs`` and ``job``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from schedd import cli
+from schedd.cli.base import EXIT_OK, QUERY_TIMEOUT, _client_parent, _command_adder, _json_parent
+
+if TYPE_CHECKING:
+    from schedd.protocol import Job
+    from schedd.sdk.client import Client
+
+
+def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """``nodes``, ``pools``, ``jobs`` and ``job``."""
+    add = _command_adder(subparsers)
+    client = _client_parent()
+    as_json = _json_parent()
+
+    add(
+        "nodes",
+        cmd_nodes,
+        "list nodes",
+        """
+        List every registered node of the namespace (from Redis, so every instance shows the
+        same): state, pools, used/capacity slots, load, epoch, owning instance and the age of
+        its last heartbeat.
+        """,
+        [
+            "schedd nodes",
+            "schedd nodes --url ws://10.0.0.5:8765 --token $TOKEN",
+            "schedd nodes --json",
+        ],
+        [client, as_json],
+    )
+    add(
+        "pools",
+        cmd_pools,
+        "list pools",
+        """
+        List every pool: its member nodes with their free slots, the pool's free slots and the
+        number of jobs queued for it.
+        """,
+        ["schedd pools", "schedd pools --json | jq '.pools[] | select(.queued > 0)'"],
+        [client, as_json],
+    )
+    add(
+        "jobs",
+        cmd_jobs,
+        "count jobs per state",
+        """
+        Show how many jobs are in each state (plus lifetime totals), how many times nodes were
+        excluded from pools and why, and the live daemon instances.
+        """,
+        ["schedd jobs", "schedd jobs --json"],
+        [client, as_json],
+    )
+    job = add(
+        "job",
+        cmd_job,
+        "show one job",
+        """
+        Show a job's state, attempt, node, pools, timings and the reason of its last retry.
+        Only the principal (token) that submitted a job may see it.
+        """,
+        ["schedd job j-42", "schedd job j-42 --json"],
+        [client, as_json],
+    )
+    job.add_argument("job_id", metavar="JOB_ID", help="the job's id")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(headers), *([str(cell) for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in cells
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _age(ms: object, now_ms: float) -> str:
+    if not isinstance(ms, int | float) or ms <= 0:
+        return "-"
+    return f"{max(0.0, (now_ms - ms) / 1000):.1f}s ago"
+
+
+def _in(ms: object, now_ms: float) -> str:
+    if not isinstance(ms, int | float) or ms <= 0:
+        return "-"
+    seconds = (ms - now_ms) / 1000
+    return f"in {seconds:.1f}s" if seconds >= 0 else f"{-seconds:.1f}s ago (expired)"
+
+
+def _stamp(ms: object) -> str:
+    if not isinstance(ms, int | float) or ms <= 0:
+        return "-"
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000))
+    return f"{seconds}.{int(ms) % 1000:03d}Z"
+
+
+def _list(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(item) for item in value) or "-"
+    return "-" if value in (None, "") else str(value)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """``schedd nodes``."""
+    data = cli._query(args, "nodes")
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    nodes: list[dict[str, Any]] = data.get("nodes", [])
+    if not nodes:
+        print("no nodes")
+        return EXIT_OK
+    now_ms = time.time() * 1000
+    rows = [
+        (
+            node.get("node_id", "?"),
+            node.get("state", "?"),
+            _list(node.get("pools")),
+            f"{node.get('used', 0)}/{node.get('capacity', 0)}",
+            f"{float(node.get('load') or 0):.2f}",
+            node.get("epoch", "-"),
+            node.get("owner") or "-",
+            _age(node.get("last_heartbeat_ms"), now_ms),
+        )
+        for node in nodes
+    ]
+    headers = ("NODE", "STATE", "POOLS", "USED", "LOAD", "EPOCH", "OWNER", "LAST HEARTBEAT")
+    print(_table(headers, rows))
+    return EXIT_OK
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    """``schedd pools``."""
+    data = cli._query(args, "pools")
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    pools: list[dict[str, Any]] = data.get("pools", [])
+    if not pools:
+        print("no pools")
+        return EXIT_OK
+    rows = []
+    for pool in pools:
+        members: dict[str, Any] = pool.get("members") or {}
+        rows.append(
+            (
+                pool.get("pool", "?"),
+                len(members),
+                pool.get("free_slots", 0),
+                pool.get("queued", 0),
+                " ".join(f"{node}:{free}" for node, free in members.items()) or "-",
+            )
+        )
+    print(_table(("POOL", "NODES", "FREE", "QUEUED", "MEMBERS (node:free)"), rows))
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """``schedd jobs``."""
+    data = cli._query(args, "stats")
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    counts: dict[str, Any] = data.get("counts") or {}
+    current = [(state, n) for state, n in counts.items() if not state.startswith("total:")]
+    totals = [
+        (state[len("total:") :], n) for state, n in counts.items() if state.startswith("total:")
+    ]
+    sections = [_table(("STATE", "JOBS"), current) if current else "no jobs"]
+    if totals:
+        sections.append(_table(("TOTAL", "SINCE START"), totals))
+    exclusions: dict[str, Any] = data.get("exclusions") or {}
+    sections.append(
+        _table(("EXCLUDED BECAUSE", "TIMES"), list(exclusions.items()))
+        if exclusions
+        else "no exclusions"
+    )
+    instances: dict[str, Any] = data.get("instances") or {}
+    now_ms = time.time() * 1000
+    sections.append(
+        _table(
+            ("INSTANCE", "PRESENCE EXPIRES"), [(i, _in(ms, now_ms)) for i, ms in instances.items()]
+        )
+        if instances
+        else "no instances"
+    )
+    print("\n\n".join(sections))
+    return EXIT_OK
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    """``schedd job ID``."""
+
+    async def body(client: Client) -> Job:
+        with trio.fail_after(QUERY_TIMEOUT):
+            return await client.status(args.job_id)
+
+    job = cli._run_client(args, body)
+    snapshot = attrs.asdict(job)
+    snapshot.pop("ref", None)
+    if args.json:
+        _print_json(snapshot)
+        return EXIT_OK
+    info: dict[str, Any] = dict(snapshot.pop("info") or {})
+    attempt = f"{job.attempt}"
+    if isinstance(info.get("max_attempts"), int) and info["max_attempts"]:
+        attempt += f" of {info.pop('max_attempts')}"
+    rows: list[tuple[str, object]] = [
+        ("job", job.job_id),
+        ("state", job.state),
+        ("attempt", attempt),
+        ("node", job.node or "-"),
+    ]
+    for key, value in info.items():
+        if key == "timings" and isinstance(value, dict):
+            rows.extend((name, _stamp(ms)) for name, ms in value.items())
+        elif isinstance(value, list | tuple):
+            rows.append((key, _list(value)))
+        elif isinstance(value, dict):
+            rows.append((key, json.dumps(value, ensure_ascii=False)))
+        else:
+            rows.append((key, "-" if value in (None, "") else value))
+    width = max(len(key) for key, _value in rows)
+    print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
+    return EXIT_OK

@@ -1,0 +1,317 @@
+"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS) and their scales."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+import trio
+
+from schedd.devtools.bench.clients import BenchClient, Recorder, open_clients, open_fleet, open_loop
+from schedd.devtools.bench.daemon import Setting, running_daemon
+from schedd.devtools.bench.measure import (
+    DRAIN_TIMEOUT,
+    Say,
+    _proc_memory,
+    _proc_times,
+    _say,
+    percentiles,
+)
+from schedd.devtools.sim import parse_duration
+
+SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
+    "full": {
+        "S1": {"nodes": 1000, "rate": 500, "seconds": 30, "clients": 4, "warmup": 3.0},
+        "S2": {"nodes": 200, "capacity": 8, "seconds": 8,
+               "concurrency": [4, 8, 16, 32, 64, 128, 256]},
+        "S3": {"nodes": 10000, "idle_seconds": 40, "monitor_seconds": 10, "rate": 500,
+               "load_seconds": 20, "clients": 4},
+        "S4": {"sizes": [10, 1000, 10000], "calls": 5000},
+        # S1's fleet, rate, length and clients, with jobs that take time so that a killed node
+        # holds work: "nodes killed during S1"
+        "S5": {"nodes": 1000, "rate": 500, "seconds": 30, "clients": 4, "warmup": 3.0,
+               "duration": "uniform:0.5,1.5", "kills": 10, "heartbeat_interval": 1.0},
+        "CHAOS": {"nodes": 200, "jobs": 5000, "instances": 3, "settle": 120.0},
+        "SLOWLORIS": {"nodes": 50, "connections": 2000, "warmup": 2.0, "quiet_seconds": 15,
+                      "attack_seconds": 20, "ramp": 3.0, "interval": 0.02},
+    },
+    "tiny": {
+        "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
+        "S2": {"nodes": 20, "capacity": 4, "seconds": 1, "concurrency": [4, 16]},
+        "S3": {"nodes": 300, "idle_seconds": 3, "monitor_seconds": 1.5, "rate": 100,
+               "load_seconds": 1.5, "clients": 2},
+        "S4": {"sizes": [10, 200], "calls": 200},
+        "S5": {"nodes": 30, "rate": 50, "seconds": 3, "clients": 2, "warmup": 0.0,
+               "duration": "uniform:0.3,0.6", "kills": 2, "heartbeat_interval": 0.25},
+        "CHAOS": {"nodes": 20, "jobs": 200, "instances": 3, "settle": 60.0},
+        # more connections than max_pending_handshakes_per_address: some are refused
+        "SLOWLORIS": {"nodes": 5, "connections": 300, "warmup": 0.0, "quiet_seconds": 1,
+                      "attack_seconds": 1.5, "ramp": 0.5, "interval": 0.02},
+    },
+}
+
+
+@attrs.define
+class Options:
+    scale: str = "tiny"
+    transport: str = "ws"
+    url: str | None = None
+    #: settings of the daemons the bench starts (S1, S2, S3, S5): ``--set``
+    settings: tuple[Setting, ...] = ()
+    #: run the host probe beside every scenario (``--probe-during``)
+    probe_during: bool = False
+    say: Say = _say
+
+
+async def s1_dispatch(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    async with running_daemon(opt.settings, url=opt.url) as daemon:
+        url = opt.url or daemon.url(opt.transport)
+        recorder = Recorder()
+        async with open_fleet(url, p["nodes"], opt.say, on_assign=recorder.on_assign), \
+                open_clients(url, recorder, p["clients"]) as clients:
+            # Steady state: the daemon and the fleet freeze the fleet's objects out of the
+            # collector's passes within a second of the last connection (schedd.runtime); that
+            # last young-generation pass is a one-time pause S1 leaves out.
+            await trio.sleep(p["warmup"])
+            pids = {**(daemon.processes() if daemon is not None else {}), "bench": os.getpid()}
+            commands0 = await daemon.command_counts() if daemon is not None else {}
+            cpu0 = {name: _proc_times(pid) for name, pid in pids.items()}
+            await open_loop(clients, recorder, p["rate"], p["seconds"], opt.say, "S1")
+            cpu1 = {name: _proc_times(pid) for name, pid in pids.items()}
+            commands1 = await daemon.command_counts() if daemon is not None else {}
+            await recorder.drain()
+        jobs = len(recorder.jobs)
+        result = {"nodes": p["nodes"], "rate": p["rate"], "seconds": p["seconds"],
+                  "warmup_s": p["warmup"],
+                  **recorder.summary(list(recorder.jobs.values())),
+                  # what a job costs, whatever the host's speed did to the latencies: the CPU
+                  # each process spent during the open loop, and the script calls Redis ran
+                  "cpu_us_per_job": {name: round(1e6 * (cpu1[name] - cpu0[name]) / jobs, 1)
+                                     for name in pids},
+                  "script_calls_per_job": round(sum(
+                      commands1.get(name, 0) - commands0.get(name, 0)
+                      for name in ("fcall", "evalsha")) / jobs, 3) if commands1 else None,
+                  "errors": recorder.errors[:5], "error_count": len(recorder.errors)}
+    return result
+
+
+async def s2_throughput(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    levels = []
+    async with running_daemon(opt.settings, url=opt.url) as daemon:
+        url = opt.url or daemon.url(opt.transport)
+        recorder = Recorder()
+        async with open_fleet(url, p["nodes"], opt.say, capacity=p["capacity"],
+                              on_assign=recorder.on_assign):
+            for concurrency in p["concurrency"]:
+                connections = min(concurrency, 8)
+                async with open_clients(url, recorder, connections) as clients:
+                    start = time.perf_counter()
+                    stop_at = start + p["seconds"]
+
+                    async def worker(client: BenchClient, stop_at: float = stop_at) -> None:
+                        while time.perf_counter() < stop_at:
+                            record = await client.submit(recorder.new_id("S2"), waiter=True)
+                            assert record.event is not None
+                            await record.event.wait()
+
+                    async with trio.open_nursery() as nursery:
+                        for i in range(concurrency):
+                            nursery.start_soon(worker, clients[i % connections])
+                    elapsed = time.perf_counter() - start
+                    records = recorder.window(start, stop_at)
+                    summary = recorder.summary(records)
+                    level = {"concurrency": concurrency, "connections": connections,
+                             "jobs_per_s": round(summary["done"] / elapsed, 1), **summary}
+                    levels.append(level)
+                    p99 = summary["submit_to_done_ms"].get("p99", math.inf)
+                    opt.say(f"  S2: concurrency {concurrency}: {level['jobs_per_s']} jobs/s, "
+                            f"p99 {p99} ms")
+                    if p99 > 50:
+                        break
+        good = [lv for lv in levels if lv["submit_to_done_ms"].get("p99", math.inf) <= 50]
+        best = max(good or levels, key=lambda lv: lv["jobs_per_s"])
+        total = recorder.summary(list(recorder.jobs.values()))
+    return {"best_jobs_per_s": best["jobs_per_s"], "best_concurrency": best["concurrency"],
+            "best_p99_ms": best["submit_to_done_ms"].get("p99"), "levels": levels,
+            "submitted": total["submitted"], "done": total["done"], "lost": total["lost"],
+            "errors": recorder.errors[:5], "error_count": len(recorder.errors)}
+
+
+async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    from schedd.store.scripts import Scripts
+
+    if opt.url is not None:
+        raise ValueError("S3 measures the daemon's process: it needs its own daemon (no --url)")
+    script = Scripts()["heartbeat_batch"]
+    async with running_daemon(opt.settings) as daemon:
+        # the store client (and the redis package under it) is imported here, not inside the
+        # heartbeat window, where script_holds is the first to use it (the import would take
+        # this process's time inside the measured window)
+        await daemon.redis_command("PING")
+        url = daemon.url(opt.transport)
+        recorder = Recorder()
+        started = time.perf_counter()
+        async with open_fleet(url, p["nodes"], opt.say, on_assign=recorder.on_assign) as fleet:
+            registered_s = time.perf_counter() - started
+            settle = min(5.0, p["idle_seconds"] / 4)
+            await trio.sleep(settle)
+            cpu0, t0 = _proc_times(daemon.pid), time.perf_counter()
+            own0 = _proc_times(os.getpid())
+            beats0 = fleet.stats.heartbeats
+            calls = await daemon.count_script_calls(
+                (script.function, script.sha), p["monitor_seconds"])
+            monitor_s = p["monitor_seconds"]
+            rest = max(0.0, p["idle_seconds"] - settle - monitor_s)
+            holds = await daemon.script_holds((script.function, script.sha), rest)
+            cpu1, t1 = _proc_times(daemon.pid), time.perf_counter()
+            own1 = _proc_times(os.getpid())
+            beats = fleet.stats.heartbeats - beats0
+            memory = _proc_memory(daemon.pid)
+            opt.say(f"  S3: heartbeats only: daemon CPU {100 * (cpu1 - cpu0) / (t1 - t0):.1f} %, "
+                    f"RSS {memory.get('VmRSS', 0) / 1024:.0f} MB")
+            async with open_clients(url, recorder, p["clients"]) as clients:
+                cpu2, t2 = _proc_times(daemon.pid), time.perf_counter()
+                own2 = _proc_times(os.getpid())
+                await open_loop(clients, recorder, p["rate"], p["load_seconds"], opt.say, "S3")
+                cpu3, t3 = _proc_times(daemon.pid), time.perf_counter()
+                own3 = _proc_times(os.getpid())
+                await recorder.drain()
+            memory_load = _proc_memory(daemon.pid)
+            stats = fleet.stats.snapshot()
+    summary = recorder.summary(list(recorder.jobs.values()))
+    return {
+        "nodes": p["nodes"], "registration_s": round(registered_s, 2),
+        "heartbeats_per_s": round(beats / (t1 - t0), 1),
+        "daemon_cpu_pct_heartbeats": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        "daemon_rss_mb": round(memory.get("VmRSS", 0) / 1024, 1),
+        "heartbeat_script_calls_per_s": round(calls / monitor_s, 2),
+        # Redis runs nothing else while a call runs: what a dispatch may wait behind
+        "heartbeat_call_ms": percentiles(holds),
+        "redis_heartbeat_ms_per_s": round(1000 * sum(holds) / rest, 2) if rest else None,
+        "daemon_cpu_pct_with_jobs": round(100 * (cpu3 - cpu2) / (t3 - t2), 1),
+        # this process: the simulated fleet and the clients (the other side of the same cores)
+        "bench_cpu_pct_heartbeats": round(100 * (own1 - own0) / (t1 - t0), 1),
+        "bench_cpu_pct_with_jobs": round(100 * (own3 - own2) / (t3 - t2), 1),
+        "daemon_rss_mb_with_jobs": round(memory_load.get("VmRSS", 0) / 1024, 1),
+        "daemon_rss_peak_mb": round(memory_load.get("VmHWM", 0) / 1024, 1),
+        "job_rate": p["rate"], **summary,
+        "node_errors": stats["errors"], "reconnects": stats["reconnects"],
+        "errors": recorder.errors[:5], "error_count": len(recorder.errors),
+    }
+
+
+async def s4_script_cost(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    from schedd.devtools.script_cost import run as script_cost
+
+    rows = await script_cost(p["sizes"], p["calls"])
+    return {"rows": rows,
+            "usec_per_call": {str(r["nodes_in_pool"]): r["select_reserve_usec_per_call"]
+                              for r in rows},
+            "usec_per_call_through_core": {
+                str(r["nodes_in_pool"]): r["select_reserve_usec_per_call_through_core"]
+                for r in rows},
+            "usec_per_call_back_to_back": {
+                str(r["nodes_in_pool"]): r["select_reserve_usec_per_call_back_to_back"]
+                for r in rows}}
+
+
+def held_jobs_after_kills(recorder: Recorder, kills: Sequence[dict[str, Any]]
+                          ) -> tuple[dict[str, Any], list[float]]:
+    """What became of the jobs the killed nodes held, and each reassignment's delay (s).
+
+    A held job is reassigned (a later attempt reached another node), finished before the kill
+    (the killed node's own attempt finished it: its result had left when the kill came, the
+    node's send written, its task not yet resumed), or not reassigned: the failure."""
+    delays: list[float] = []
+    unreassigned = finished_before = held_jobs = 0
+    for kill in kills:
+        for job_id, attempt in kill["held"].items():
+            held_jobs += 1
+            record = recorder.jobs.get(job_id)
+            later = [t for t, a, node in (record.reassigned if record else ())
+                     if a > attempt and node != kill["node"]]
+            if later:
+                delays.append(min(later) - kill["at"])
+            elif record is not None and record.done_at and record.done_node == kill["node"] \
+                    and record.attempts == attempt:
+                finished_before += 1
+            else:
+                unreassigned += 1
+    return {"nodes_killed": len(kills), "jobs_held": held_jobs, "not_reassigned": unreassigned,
+            "finished_before_kill": finished_before,
+            "kill_to_reassign_ms": percentiles(delays)}, delays
+
+
+async def s5_failover(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    interval = p["heartbeat_interval"]
+    kills: list[dict[str, Any]] = []
+    async with running_daemon(opt.settings, heartbeat_interval=interval, url=opt.url) as daemon:
+        url = opt.url or daemon.url(opt.transport)
+        recorder = Recorder()
+        async with open_fleet(url, p["nodes"], opt.say, duration=parse_duration(p["duration"]),
+                              on_assign=recorder.on_assign) as fleet, \
+                open_clients(url, recorder, p["clients"]) as clients:
+            await trio.sleep(p["warmup"])  # as S1: past the fleet's last collector freeze
+
+            async def killer() -> None:
+                await trio.sleep(p["seconds"] / 3)
+                for how in ("drop", "silent"):
+                    # spread over the fleet, so over the beat phases (a node's phase follows its
+                    # place in the fleet): the first nodes holding jobs would all beat together
+                    holding = [n for n in fleet.nodes if n.running and not n.killed]
+                    victims = holding[::max(1, len(holding) // p["kills"])][:p["kills"]]
+                    for node in victims:
+                        held = dict(node.running)
+                        fleet.kill(node, how)
+                        kills.append({"how": how, "node": node.node_id, "at": time.perf_counter(),
+                                      "held": held})
+                    opt.say(f"  S5: {how}: killed {len(victims)} nodes holding "
+                            f"{sum(len(k['held']) for k in kills if k['how'] == how)} jobs")
+                    await trio.sleep(p["seconds"] / 3)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(killer)
+                await open_loop(clients, recorder, p["rate"], p["seconds"], opt.say, "S5")
+            await recorder.drain(DRAIN_TIMEOUT + 10 * interval)
+    out: dict[str, Any] = {"nodes": p["nodes"], "rate": p["rate"], "seconds": p["seconds"],
+                           "warmup_s": p["warmup"], "heartbeat_interval_s": interval,
+                           **recorder.summary(list(recorder.jobs.values()))}
+    for how in ("drop", "silent"):
+        out[how], delays = held_jobs_after_kills(recorder, [k for k in kills if k["how"] == how])
+        if delays:
+            out[how]["kill_to_reassign_intervals_max"] = round(max(delays) / interval, 2)
+    out["errors"] = recorder.errors[:5]
+    out["error_count"] = len(recorder.errors)
+    return out
+
+
+async def chaos(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """The scale-out chaos run (schedd.devtools.chaos) on one real redis-server."""
+    from schedd.devtools.chaos import ChaosSettings, redis_topology, run_chaos
+
+    settings = ChaosSettings(nodes=p["nodes"], jobs=p["jobs"], instances=p["instances"],
+                             settle=p["settle"])
+    with redis_topology("single") as (url, topology):
+        report = await run_chaos(url, settings, topology=topology, topology_name="single")
+    for line in report.lines():
+        opt.say(f"  CHAOS {line}")
+    return {"accepted": report.accepted, "done_messages": report.done_messages,
+            "lost": report.lost, "duplicate_done": report.jobs_with_duplicate_done,
+            "stale_slots": report.stale_slots, "jobs_per_second": round(report.jobs_per_second),
+            "ok": report.ok, "report": report.lines()}
+
+
+async def slowloris(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """A probe client's latency, quiet and under a slowloris (schedd.devtools.slowloris)."""
+    from schedd.devtools.slowloris import run
+
+    return await run(opt, p)
+
+
+_RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
+                   "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
+                   "SLOWLORIS": slowloris}

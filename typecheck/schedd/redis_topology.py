@@ -1,1 +1,0 @@
-../../daemon/redis_topology.py
