@@ -16,6 +16,7 @@ from schedd.core_hooks import token_principal
 from schedd.errors import ConfigError, ProtocolError
 from schedd.hookspecs import hookimpl
 from schedd.plugin_manager import PluginManager
+from schedd.testing import FakeDaemon
 
 
 @attrs.frozen
@@ -193,7 +194,7 @@ def test_plugins_given_directly() -> None:
     manager = PluginManager.load(config("demo", demo={"port": 9000, "tags": ["a"]}), {"demo": demo})
     assert manager.names == ("demo",)
     assert manager.plugin_config("demo", DemoSettings) == DemoSettings(port=9000, tags=("a",))
-    assert manager.services(app=object()) == [serve_demo]
+    assert manager.services(app=FakeDaemon()) == [serve_demo]
     manager.node_offline("n1", "disconnected")
     assert demo.events == [("offline", ("n1", "disconnected"))]
 
