@@ -1,8 +1,9 @@
 """The daemon: one trio root nursery, services started with ``nursery.start``, signals, systemd.
 
 Rules of this module:
-  * :class:`App` is the facade plugins and transports see (``schedd_services`` receives it): the
-    configuration, the core, queries, plugin settings, and ``serve_channel`` for connections.
+  * Plugins and transports see an :class:`App` only through its one facade, ``App.facade``
+    (schedd.facade, the ``schedd.api.Daemon`` the hooks receive); the members below the
+    "facade" heading are what that facade forwards to.
   * The instance keeps only what is local by nature: open sessions, which node id and which job's
     client each session speaks for (to route deliveries: schedd.routes for jobs), and the
     listeners' addresses.
