@@ -1,8 +1,9 @@
 """The daemon: one trio root nursery, services started with ``nursery.start``, signals, systemd.
 
 Rules of this module:
-  * :class:`App` is the facade plugins and transports see (``schedd_services`` receives it): the
-    configuration, the core, queries, plugin settings, and ``serve_channel`` for connections.
+  * Plugins and transports see an :class:`App` only through its one facade, ``App.facade``
+    (schedd.facade, the ``schedd.api.Daemon`` the hooks receive); the members below the
+    "facade" heading are what that facade forwards to.
   * The instance keeps only what is local by nature: open sessions, which node id and which job's
     client each session speaks for (to route deliveries: schedd.routes for jobs), and the
     listeners' addresses.
@@ -17,7 +18,6 @@ Rules of this module:
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import signal
 import sys
@@ -30,6 +30,7 @@ import trio
 
 from schedd import systemd
 from schedd.admission import Admission
+from schedd.api import is_loopback
 from schedd.channel import Channel
 from schedd.config import Config, LimitsSection, load_config
 from schedd.core import (
@@ -58,6 +59,7 @@ from schedd.errors import (
     StoreError,
     StoreUnavailable,
 )
+from schedd.facade import AppFacade
 from schedd.logs import set_level, setup_logging
 from schedd.plugin_manager import PluginManager
 from schedd.routes import Routes
@@ -95,16 +97,6 @@ def core_settings(config: Config) -> CoreSettings:
         reaper_interval=config.reaper.interval,
         reaper_batch=config.reaper.batch,
     )
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class App:
@@ -145,6 +137,8 @@ class App:
         self.ready = trio.Event()
         self._stop = trio.Event()
         self._nursery: trio.Nursery | None = None
+        #: what plugins see of this instance (schedd.api.Daemon)
+        self.facade = AppFacade(self)
 
     # -- facade for plugins and transports -----------------------------------------------------
 
@@ -276,7 +270,7 @@ class App:
         # A beat queued by an old connection before the node registered again is stale, but
         # the node's current connection is not: only refuse a connection still at that epoch.
         if session is not None and session.epoch == epoch:
-            if self.plugins.node_stale(self, node_id, epoch):
+            if self.plugins.node_stale(self.facade, node_id, epoch):
                 return  # a plugin (reconcile) registers it again in place, or closes it
             session.refuse_stale()
 
@@ -292,8 +286,8 @@ class App:
                 await nursery.start(self.readiness.serve)
             await nursery.start(serve_reaper, self.core)
             await nursery.start(serve_inbox, self.core)
-            for service in self.plugins.services(self):
-                await nursery.start(service, self)
+            for service in self.plugins.services(self.facade):
+                await nursery.start(service, self.facade)
             nursery.start_soon(systemd.serve_watchdog, self._healthy)
             nursery.start_soon(self._sweep_idle)
             nursery.start_soon(serve_gc_settler, lambda: len(self.sessions),

@@ -32,15 +32,17 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
+    from schedd.api import Daemon
+
 __all__ = ["PROJECT", "App", "Service", "hookimpl", "hookspec"]
 
 PROJECT = "schedd"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-#: The daemon's public facade handed to services (instance name, config, store, plugin settings
-#: via ``app.plugin_config(name)``). Typed loosely until the core's facade class exists.
-App: TypeAlias = Any
+#: The daemon's public facade handed to the hooks and services that act: :class:`schedd.api.Daemon`
+#: (this name is kept for the transport plugins until they import ``schedd.api``).
+App: TypeAlias = "Daemon"
 #: ``async def serve(app, *, task_status=trio.TASK_STATUS_IGNORED) -> None``: started with
 #: ``nursery.start(serve, app)``; calls ``task_status.started()`` once ready, then runs until
 #: cancelled at shutdown.
@@ -60,11 +62,25 @@ def schedd_plugin_config() -> type | None:
     entry-point name, so the class is all it returns). The table, with environment overrides,
     is structured with the core's converter: unknown keys and wrong types are errors reported
     as ``$.plugins.<name>.<field>: …`` together with every other configuration error. Give
-    every field a default so the plugin works without a table. The structured object is
-    available to the plugin's services as ``app.plugin_config(name)``.
+    every field a default so the plugin works without a table. The structured object reaches
+    the plugin through ``schedd_configure``.
 
     :returns: a frozen attrs class, or ``None`` when the plugin has no settings (a table for it
         is then an error).
+    """
+
+
+@hookspec
+def schedd_configure(settings: Any) -> None:
+    """Receive this plugin's structured settings, before any other hook but the registration ones.
+
+    Called once per plugin while plugins load, on that plugin alone, after every plugin's
+    settings were validated (a configuration error stops the start before any plugin hears of
+    it). An exception is reported as a configuration error of ``$.plugins.<name>``.
+
+    :param settings: an instance of the class ``schedd_plugin_config`` declared (``None`` when
+        the plugin declares none).
+    :returns: nothing.
     """
 
 
@@ -128,7 +144,7 @@ def schedd_authenticate(role: str, token: str | None, peer: str) -> str | None:
     default compares the token with ``[auth]`` tokens for the role in constant time (any token is
     accepted as ``"anonymous"`` when the role has none configured). When every implementation
     returns ``None`` the ``hello`` is refused; to refuse outright, raise
-    ``schedd.errors.ProtocolError("E_AUTH", reason)``. Stops at first non-None result.
+    ``schedd.api.ProtocolError("E_AUTH", reason)``. Stops at first non-None result.
 
     :param role: ``"node"`` or ``"client"``.
     :param token: the token from ``hello``, or ``None`` when the peer sent none.
@@ -138,7 +154,7 @@ def schedd_authenticate(role: str, token: str | None, peer: str) -> str | None:
 
 
 @hookspec(firstresult=True)
-def schedd_node_stale(app: App, node_id: str, epoch: int) -> bool | None:
+def schedd_node_stale(app: Daemon, node_id: str, epoch: int) -> bool | None:
     """Decide what becomes of a node connection whose registration the store no longer holds.
 
     Called on the instance that holds the connection when a heartbeat flush finds the node's
@@ -212,7 +228,7 @@ def schedd_job_state_changed(job_id: str, state: str, attempt: int, node: str | 
 
 
 @hookspec
-def schedd_services(app: App) -> list[Service] | None:
+def schedd_services(app: Daemon) -> list[Service] | None:
     """Hand the core the async services this plugin runs (transports, reconcilers, UI).
 
     Called once at start-up, after the store is connected and before the daemon reports ready.
@@ -221,7 +237,6 @@ def schedd_services(app: App) -> list[Service] | None:
     when all have started. Services run until cancelled at shutdown; an exception escaping one
     stops the daemon, so handle what you can inside.
 
-    :param app: the daemon's public facade (``app.plugin_config(name)`` gives this plugin's
-        settings).
+    :param app: the daemon's public facade, :class:`schedd.api.Daemon`.
     :returns: the services to start (an empty list or ``None`` for none).
     """

@@ -25,7 +25,7 @@ import importlib.metadata
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import Any, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 import attrs
 import pluggy
@@ -34,7 +34,10 @@ from schedd import hookspecs
 from schedd.config import AuthSection, Config, converter, error_lines
 from schedd.core_hooks import CoreHooks
 from schedd.errors import ConfigError, ProtocolError
-from schedd.hookspecs import App, Service
+from schedd.hookspecs import Service
+
+if TYPE_CHECKING:
+    from schedd.api import Daemon
 
 __all__ = ["CORE_PLUGIN", "ENTRY_POINT_GROUP", "PluginManager", "installed_plugins"]
 
@@ -108,6 +111,8 @@ class PluginManager:
         errors += manager._unknown_hook_errors()
         for name in manager._names:
             errors += manager._configure(name, config)
+        if not errors:
+            errors += manager._hand_settings()
         if errors:
             raise ConfigError(errors)
         try:
@@ -217,6 +222,19 @@ class PluginManager:
             return error_lines(exc, path, config.env_overrides)
         return []
 
+    def _hand_settings(self) -> list[str]:
+        # Registration hook asked of one plugin: each receives its own structured settings.
+        errors: list[str] = []
+        for impl in self._pm.hook.schedd_configure.get_hookimpls():
+            if impl.plugin_name not in self._settings:
+                continue
+            try:
+                kwargs = {"settings": self._settings[impl.plugin_name]} if impl.argnames else {}
+                impl.function(**kwargs)
+            except Exception as exc:
+                errors.append(f"$.plugins.{impl.plugin_name}: schedd_configure failed: {exc!r}")
+        return errors
+
     def _settings_class(self, name: str) -> type | None:
         # Registration hook asked of one plugin: the answer belongs to that plugin's table.
         for impl in self._pm.hook.schedd_plugin_config.get_hookimpls():
@@ -307,7 +325,7 @@ class PluginManager:
             return None
         return result
 
-    def node_stale(self, app: App, node_id: str, epoch: int) -> bool:
+    def node_stale(self, app: Daemon, node_id: str, epoch: int) -> bool:
         """True when a plugin takes over a node connection whose registration went stale.
 
         An exception in a plugin is logged and counts as no answer (the core then closes the
@@ -351,7 +369,7 @@ class PluginManager:
     # Service hooks
     # ------------------------------------------------------------------------------------------
 
-    def services(self, app: App) -> list[Service]:
+    def services(self, app: Daemon) -> list[Service]:
         """Every plugin's services, in plugin order, for the core to ``nursery.start``."""
         # pluggy returns results last-registered first, which is `enabled` order here.
         results = self._pm.hook.schedd_services(app=app)

@@ -16,6 +16,7 @@ from schedd.core_hooks import token_principal
 from schedd.errors import ConfigError, ProtocolError
 from schedd.hookspecs import hookimpl
 from schedd.plugin_manager import PluginManager
+from schedd.testing import FakeDaemon
 
 
 @attrs.frozen
@@ -193,7 +194,7 @@ def test_plugins_given_directly() -> None:
     manager = PluginManager.load(config("demo", demo={"port": 9000, "tags": ["a"]}), {"demo": demo})
     assert manager.names == ("demo",)
     assert manager.plugin_config("demo", DemoSettings) == DemoSettings(port=9000, tags=("a",))
-    assert manager.services(app=object()) == [serve_demo]
+    assert manager.services(app=FakeDaemon()) == [serve_demo]
     manager.node_offline("n1", "disconnected")
     assert demo.events == [("offline", ("n1", "disconnected"))]
 
@@ -431,3 +432,47 @@ def test_wrapper_hookimpls_see_every_call() -> None:
     manager = PluginManager.load(config("audit"), {"audit": Audit()})
     assert manager.node_pools("n1", {}, ["p"]) == ["p"]
     assert seen == [("n1", ["p"])]
+
+
+# --- schedd_configure: each plugin receives its own settings ------------------------------------
+
+
+class Configured:
+    """Records the settings schedd_configure hands it."""
+
+    def __init__(self, settings_class: type | None = None, fail: bool = False) -> None:
+        self.settings_class, self.fail = settings_class, fail
+        self.received: list[object] = []
+
+    @hookimpl
+    def schedd_plugin_config(self) -> type | None:
+        return self.settings_class
+
+    @hookimpl
+    def schedd_configure(self, settings: object) -> None:
+        if self.fail:
+            raise ValueError("cannot use these settings")
+        self.received.append(settings)
+
+
+def test_each_plugin_is_configured_once_with_its_own_settings() -> None:
+    demo, bare = Configured(DemoSettings), Configured()
+    manager = PluginManager.load(config("demo", "bare", demo={"port": 9000}),
+                                 {"demo": demo, "bare": bare})
+    assert demo.received == [DemoSettings(port=9000)]
+    assert bare.received == [None]
+    assert manager.plugin_config("demo") is demo.received[0]
+
+
+def test_no_plugin_is_configured_when_any_settings_are_invalid() -> None:
+    demo, other = Configured(DemoSettings), Configured(DemoSettings)
+    errors = config_errors(config("demo", "other", demo={"port": 9000}, other={"port": "x"}),
+                           {"demo": demo, "other": other})
+    assert errors and all("$.plugins.other" in line for line in errors)
+    assert demo.received == other.received == []
+
+
+def test_a_failing_schedd_configure_is_a_config_error() -> None:
+    errors = config_errors(config("demo"), {"demo": Configured(fail=True)})
+    assert errors == ["$.plugins.demo: schedd_configure failed: "
+                      "ValueError('cannot use these settings')"]

@@ -30,6 +30,75 @@ def test_public_api_is_pinned() -> None:
         assert getattr(schedd, name) is not None
 
 
+def test_plugin_api_is_pinned() -> None:
+    import schedd.api
+
+    assert sorted(schedd.api.__all__) == [
+        "BadArgument",
+        "Cancel",
+        "ConfigError",
+        "Corrections",
+        "Daemon",
+        "Fenced",
+        "FinishedJob",
+        "InvalidSetting",
+        "JOB_STATES",
+        "JobInfo",
+        "JobSpec",
+        "LocalNode",
+        "MAX_ID_LEN",
+        "MAX_LIST",
+        "MAX_RUNNING",
+        "NodeInfo",
+        "NodeNotFound",
+        "NotYourNode",
+        "PoolInfo",
+        "ProtocolError",
+        "Queries",
+        "SchedError",
+        "ScriptError",
+        "Service",
+        "StoreError",
+        "Submitted",
+        "TERMINAL_STATES",
+        "hookimpl",
+        "is_loopback",
+        "setting",
+    ]
+    for name in schedd.api.__all__:
+        assert getattr(schedd.api, name) is not None
+
+
+def test_testing_helpers_are_pinned() -> None:
+    import schedd.testing
+
+    assert sorted(schedd.testing.__all__) == [
+        "DaemonHarness",
+        "FakeDaemon",
+        "MemoryChannel",
+        "Peer",
+        "channel_pair",
+        "running_daemon",
+    ]
+    for name in schedd.testing.__all__:
+        assert getattr(schedd.testing, name) is not None
+
+
+def test_the_facade_and_the_fake_are_whole_daemons() -> None:
+    import inspect
+
+    from schedd.api import Daemon
+    from schedd.facade import AppFacade
+    from schedd.testing import FakeDaemon
+
+    members = {name for name, _ in inspect.getmembers(Daemon) if not name.startswith("_")}
+    for cls in (AppFacade, FakeDaemon):
+        abstract: frozenset[str] = getattr(cls, "__abstractmethods__", frozenset())
+        assert not abstract & members, f"{cls.__name__} leaves {sorted(abstract)} out"
+        missing = sorted(name for name in members if name not in vars(cls))
+        assert not missing, f"{cls.__name__} does not define {missing}"
+
+
 def test_core_does_not_import_plugins() -> None:
     import ast
     from pathlib import Path

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from schedd.app import is_loopback
+from schedd.api import is_loopback
 
 if TYPE_CHECKING:
     from schedd.devtools.bench import BenchClient, JobRecord, Options, Recorder

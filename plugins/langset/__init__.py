@@ -32,8 +32,7 @@ from typing import Any, Final
 
 import trio
 
-from schedd.errors import StoreError
-from schedd.hookspecs import App, Service, hookimpl
+from schedd.api import Daemon, Service, StoreError, hookimpl
 
 from .pools import (
     JobLanguages,
@@ -128,23 +127,27 @@ class LangsetPlugin:
     # -- services ------------------------------------------------------------------------------
 
     @hookimpl
-    def schedd_services(self, app: App) -> list[Service]:
-        """Take this daemon's settings; in ``langset`` mode, learn sets from Redis."""
-        settings = app.plugin_config(PLUGIN_NAME)
+    def schedd_configure(self, settings: object) -> None:
+        """Take this daemon's settings."""
         if not isinstance(settings, LangsetSettings):  # pragma: no cover - the core ensures it
             raise TypeError(f"settings of {PLUGIN_NAME} are {settings!r}")
         self.configure(settings)
+
+    @hookimpl
+    def schedd_services(self, app: Daemon) -> list[Service]:
+        """In ``langset`` mode, learn sets from Redis."""
+        settings = self.settings
         if settings.mode == "langset" and settings.refresh_interval > 0:
             return [self.serve_set_discovery]
         return []
 
-    async def refresh(self, app: App) -> None:
+    async def refresh(self, app: Daemon) -> None:
         """Learn the language sets of every pool listed in Redis (any instance's nodes)."""
         pools = await app.queries.pools()
         self._learn([pool.pool for pool in pools], "the pool list")
 
     async def serve_set_discovery(
-        self, app: App, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, app: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Read the pool list once before reporting started, then every ``refresh_interval``."""
         interval = self.settings.refresh_interval

@@ -30,8 +30,7 @@ from typing import Any, Final
 
 import attrs
 
-from schedd.errors import ProtocolError
-from schedd.protocol import MAX_ID_LEN, MAX_LIST
+from schedd.api import MAX_ID_LEN, MAX_LIST, ProtocolError
 
 from .settings import LangsetSettings, is_code
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import attrs
 
-from schedd.config import InvalidSetting, setting
+from schedd.api import InvalidSetting, setting
 
 __all__ = [
     "CODE_RE",

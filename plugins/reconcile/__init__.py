@@ -35,8 +35,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from schedd.config import setting
-from schedd.hookspecs import App, Service, hookimpl
+from schedd.api import Daemon, Service, hookimpl, setting
 from schedd.plugins.reconcile.metrics import expose
 from schedd.plugins.reconcile.reconciler import CORRECTIONS, Reconciler, ReconcileStats
 
@@ -55,7 +54,7 @@ __all__ = [
 PLUGIN_NAME: Final = "reconcile"
 
 # The reconciler of each running daemon (one plugin module serves every App in the process).
-_RUNNING: weakref.WeakKeyDictionary[Any, Reconciler] = weakref.WeakKeyDictionary()
+_RUNNING: weakref.WeakKeyDictionary[Daemon, Reconciler] = weakref.WeakKeyDictionary()
 
 
 def _positive_seconds(_instance: Any, _attribute: Any, value: Any) -> None:
@@ -77,13 +76,13 @@ def schedd_plugin_config() -> type:
 
 
 @hookimpl
-def schedd_services(app: App) -> list[Service]:
+def schedd_services(app: Daemon) -> list[Service]:
     """The reconciler."""
     return [serve]
 
 
 @hookimpl
-def schedd_node_stale(app: App, node_id: str, epoch: int) -> bool | None:
+def schedd_node_stale(app: Daemon, node_id: str, epoch: int) -> bool | None:
     """Take over a stale connection: the next pass registers the node again (or closes it)."""
     reconciler = _RUNNING.get(app)
     if reconciler is None or not app.accepting:
@@ -92,13 +91,15 @@ def schedd_node_stale(app: App, node_id: str, epoch: int) -> bool | None:
     return True
 
 
-def stats(app: App) -> ReconcileStats | None:
+def stats(app: Daemon) -> ReconcileStats | None:
     """The reconciliation counts of a running daemon, or ``None`` when the plugin does not run."""
     reconciler = _RUNNING.get(app)
     return reconciler.stats if reconciler is not None else None
 
 
-async def serve(app: App, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    app: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Reconcile every period until cancelled; started at once (the first pass is one period
     in, or sooner when a stale heartbeat asks for it)."""
     settings = app.plugin_config(PLUGIN_NAME)

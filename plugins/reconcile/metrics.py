@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from schedd.api import Daemon
 from schedd.plugins.reconcile.reconciler import CORRECTIONS, ReconcileStats
 
 __all__ = ["ReconcileCollector", "expose"]
@@ -49,7 +50,7 @@ class ReconcileCollector:
         yield passes
 
 
-def expose(app: Any, stats: ReconcileStats) -> bool:
+def expose(app: Daemon, stats: ReconcileStats) -> bool:
     """Add the collector to ``app``'s ``/metrics``; False when the ui plugin is not installed."""
     try:
         from schedd.plugins.ui import add_collector

@@ -22,18 +22,23 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable, Sequence
+from typing import Final
 
 import attrs
 import trio
 
-from schedd import protocol as p
-from schedd.errors import Fenced, NodeNotFound, NotYourNode, ScriptError, StoreError
-
-if TYPE_CHECKING:
-    from schedd.app import App
-    from schedd.session import Session
+from schedd.api import (
+    MAX_RUNNING,
+    Cancel,
+    Daemon,
+    Fenced,
+    LocalNode,
+    NodeNotFound,
+    NotYourNode,
+    ScriptError,
+    StoreError,
+)
 
 __all__ = ["BATCH", "CORRECTIONS", "ReconcileStats", "Reconciler"]
 
@@ -78,8 +83,8 @@ class ReconcileStats:
 class _NodeView:
     """What a pass saw of one node, kept for the next pass."""
 
-    session: Session
-    marker: list[str] | None  # the newest heartbeat's list object at that pass (by identity)
+    session: LocalNode
+    marker: Sequence[str] | None  # the newest heartbeat's list object at that pass (by identity)
     mine: dict[str, int]  # job -> attempt the store gives the node
     strays: set[str]  # job-set entries the store does not place on the node
     unindexed: dict[str, int]  # job -> attempt placed on the node but missing from its job set
@@ -89,7 +94,7 @@ class _NodeView:
 class Reconciler:
     """The reconciliation of one daemon instance."""
 
-    def __init__(self, app: App, period: float) -> None:
+    def __init__(self, app: Daemon, period: float) -> None:
         self.app = app
         self.period = period
         self.stats = ReconcileStats()
@@ -103,7 +108,7 @@ class Reconciler:
 
     async def run(self) -> None:
         """Pass every period, or sooner when woken; at most one woken pass per spacing."""
-        spacing = min(self.period, self.app.config.nodes.heartbeat_interval)
+        spacing = min(self.period, self.app.heartbeat_interval)
         due = trio.current_time() + self.period
         while True:
             with trio.move_on_at(due):
@@ -137,7 +142,7 @@ class Reconciler:
     # -- one pass ------------------------------------------------------------------------------
 
     async def _pass(self, counts: dict[str, int]) -> None:
-        app, core = self.app, self.app.core
+        app, core = self.app, self.app.corrections
         local = {
             node_id: session
             for node_id, session in app.nodes.items()
@@ -168,7 +173,7 @@ class Reconciler:
         await self._reconcile_jobs(healthy, epochs, counts)
         self._views = {n: v for n, v in self._views.items() if n in healthy}
 
-    def _current(self, session: Session, node_id: str, epoch: int | None) -> bool:
+    def _current(self, session: LocalNode, node_id: str, epoch: int | None) -> bool:
         """The session still speaks for the node at the epoch the pass read."""
         return self.app.nodes.get(node_id) is session and session.epoch == epoch
 
@@ -178,7 +183,7 @@ class Reconciler:
         self, still_owned: list[tuple[str, int]], counts: dict[str, int]
     ) -> None:
         now = trio.current_time()
-        grace = self.app.config.nodes.disconnect_grace
+        grace = self.app.disconnect_grace
         seen, self._unconnected = self._unconnected, {}
         for node_id, epoch in still_owned:
             first = seen.get(node_id)
@@ -188,7 +193,7 @@ class Reconciler:
             if node_id in self.app.nodes:
                 continue  # it came back meanwhile
             try:
-                moved = await self.app.core.node_offline(
+                moved = await self.app.corrections.node_offline(
                     node_id, epoch=epoch,
                     reason=f"no connection on instance {self.app.instance} (reconciled)",
                 )
@@ -200,7 +205,7 @@ class Reconciler:
     # -- 2. connected here, missing or stale in the store: register again, or close -----------
 
     async def _fix_registration(
-        self, session: Session, node_id: str, epoch: int | None, verdict: str,
+        self, session: LocalNode, node_id: str, epoch: int | None, verdict: str,
         counts: dict[str, int],
     ) -> None:
         if not self._current(session, node_id, epoch):
@@ -227,7 +232,7 @@ class Reconciler:
                  epoch, new_epoch)
         if session.draining and self._current(session, node_id, new_epoch):
             try:  # the store forgot the drain with the registration
-                await self.app.core.drain_node(node_id, epoch=new_epoch,
+                await self.app.corrections.drain_node(node_id, epoch=new_epoch,
                                                reason="draining (reconciled)")
             except (Fenced, NodeNotFound) as exc:
                 log.debug("drain of node %s again: %s", node_id, exc)
@@ -235,9 +240,9 @@ class Reconciler:
     # -- 3 and 4. jobs: the store's view of each node against the node's heartbeats ------------
 
     async def _reconcile_jobs(
-        self, healthy: dict[str, Session], epochs: dict[str, int | None], counts: dict[str, int]
+        self, healthy: dict[str, LocalNode], epochs: dict[str, int | None], counts: dict[str, int]
     ) -> None:
-        core = self.app.core
+        core = self.app.corrections
         if not healthy:
             return
         held = await core.node_job_sets(list(healthy))
@@ -300,7 +305,7 @@ class Reconciler:
                 cancel_attempt: int | None = None
                 if placed is not None and placed[1] == node_id:
                     cancel_attempt = placed[2] or None
-                session.post(p.Cancel(job_id=job_id, attempt=cancel_attempt))
+                session.post(Cancel(job_id=job_id, attempt=cancel_attempt))
                 counts["jobs_cancelled"] += 1
                 log.info("node %s runs job %s, which the store %s: cancel sent", node_id, job_id,
                          "does not know" if placed is None else f"has {placed[0]} on "
@@ -315,7 +320,7 @@ class Reconciler:
         counts: dict[str, int],
     ) -> None:
         try:
-            status, state = await self.app.core.job_lost(
+            status, state = await self.app.corrections.job_lost(
                 job_id, node_id=node_id, epoch=epoch, attempt=attempt,
                 reason=f"reconciled: {why}",
             )
@@ -330,28 +335,28 @@ class Reconciler:
             counts["slots_released"] += 1
 
 
-def _reported(seen: list[list[str]]) -> set[str]:
+def _reported(seen: Sequence[Sequence[str]]) -> set[str]:
     jobs: set[str] = set()
     for beat in seen:
         jobs.update(beat)
     return jobs
 
 
-def _listed_twice(seen: list[list[str]]) -> Iterable[str]:
+def _listed_twice(seen: Sequence[Sequence[str]]) -> Iterable[str]:
     """Jobs both of the last two heartbeats list (one listing may predate a legitimate end)."""
     if len(seen) < 2:
         return ()
     return set(seen[0]) & set(seen[1])
 
 
-def _two_since(seen: list[list[str]], marker: list[str] | None) -> bool:
+def _two_since(seen: Sequence[Sequence[str]], marker: Sequence[str] | None) -> bool:
     """Both kept heartbeats arrived after the pass that saw ``marker`` as the newest.
 
-    ``Session`` keeps a new list object per heartbeat, so identity tells them apart.
+    The connection keeps a new list object per heartbeat, so identity tells them apart.
     """
     return len(seen) == 2 and all(beat is not marker for beat in seen)
 
 
-def _truncated(seen: list[list[str]]) -> bool:
+def _truncated(seen: Sequence[Sequence[str]]) -> bool:
     """A heartbeat at the protocol's limit may not list every job the node runs."""
-    return any(len(beat) >= p.MAX_RUNNING for beat in seen)
+    return any(len(beat) >= MAX_RUNNING for beat in seen)

@@ -46,10 +46,7 @@ import hypercorn.trio
 import hypercorn.typing
 import trio
 
-from schedd.app import is_loopback
-from schedd.config import InvalidSetting, setting
-from schedd.errors import ConfigError
-from schedd.hookspecs import App, Service, hookimpl
+from schedd.api import ConfigError, Daemon, InvalidSetting, Service, hookimpl, is_loopback, setting
 from schedd.plugins._listener import (
     LISTEN_DOC,
     TLS_CERT_DOC,
@@ -166,7 +163,7 @@ def schedd_plugin_config() -> type:
 
 
 @hookimpl
-def schedd_services(app: App) -> list[Service]:
+def schedd_services(app: Daemon) -> list[Service]:
     """The HTTP server."""
     return [serve]
 
@@ -197,13 +194,16 @@ def _hypercorn_config(settings: UiSettings, fds: list[int]) -> hypercorn.config.
     return config
 
 
-async def serve(app: App, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    app: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Serve the ui on ``listen`` until cancelled; see the module rules for the order of start-up.
 
     :raises ConfigError: when the host is refused, the token file cannot be read, or the address
         cannot be bound.
     """
-    settings: UiSettings = app.plugin_config(PLUGIN_NAME)
+    settings = app.plugin_config(PLUGIN_NAME)
+    assert isinstance(settings, UiSettings)
     try:
         host, port = parse_listen(settings.listen)
     except ValueError as exc:

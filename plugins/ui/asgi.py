@@ -33,8 +33,7 @@ import attrs
 import orjson
 import trio
 
-from schedd.errors import StoreError
-from schedd.hookspecs import App
+from schedd.api import Daemon, StoreError
 from schedd.plugins.ui.metrics import SchedCollector, local_connections, new_registry, render
 from schedd.plugins.ui.stats import SnapshotReader, stats_view
 
@@ -134,11 +133,11 @@ class Dashboard:
 class UiApplication:
     """The ASGI callable served by hypercorn."""
 
-    def __init__(self, app: App, token: str, dashboard: Dashboard, label_limit: int) -> None:
+    def __init__(self, app: Daemon, token: str, dashboard: Dashboard, label_limit: int) -> None:
         self.app = app
         self._token = token.encode()
         self._dashboard = dashboard
-        self.reader = SnapshotReader(app.store, app.queries)
+        self.reader = SnapshotReader(app)
         self.collector = SchedCollector(app, self.reader, label_limit)
         self.registry = new_registry(self.collector)
         self._routes: dict[str, Callable[[Scope], Awaitable[Response]]] = {
@@ -197,7 +196,7 @@ class UiApplication:
         error = f"no answer within {HEALTH_TIMEOUT:g}s"
         with trio.move_on_after(HEALTH_TIMEOUT):
             try:
-                await self.app.store.execute("PING")
+                await self.app.store_ping()
             except StoreError as exc:
                 error = str(exc)
             else:
@@ -254,7 +253,7 @@ class UiApplication:
             "this": {
                 "instance": self.app.instance,
                 "listeners": dict(self.app.listeners),
-                "connections": local_connections(self.app.sessions),
+                "connections": local_connections(self.app.connection_roles),
             },
         })  # fmt: skip
 

@@ -39,9 +39,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from schedd.core import JOB_STATES
-from schedd.errors import StoreError
-from schedd.hookspecs import App
+from schedd.api import JOB_STATES, Daemon, StoreError
 from schedd.plugins.ui.stats import (
     FINISHED_STATES,
     PERCENTILES,
@@ -163,17 +161,17 @@ def _pool_rows(snapshot: Snapshot, limit: int) -> list[tuple[str, int, int, int]
     return [*rows[:keep], other]
 
 
-def local_connections(sessions: Iterable[Any]) -> dict[str, int]:
-    by_role = Counter(getattr(session, "role", None) or "pending" for session in sessions)
+def local_connections(roles: Iterable[str | None]) -> dict[str, int]:
+    by_role = Counter(role or "pending" for role in roles)
     return {role: by_role.get(role, 0) for role in CONNECTION_ROLES}
 
 
-def local_heartbeats(batcher: Any) -> dict[str, int]:
-    """This instance's heartbeat counters from its ``HeartbeatBatcher`` (zeros without one):
-    beats flushed per :data:`HEARTBEAT_OUTCOMES`, and ``silenced``."""
-    beats, sent = getattr(batcher, "beats", 0), getattr(batcher, "sent", 0)
+def local_heartbeats(counts: Mapping[str, int]) -> dict[str, int]:
+    """This instance's heartbeat counters (``Daemon.heartbeat_counts``): beats flushed per
+    :data:`HEARTBEAT_OUTCOMES`, and ``silenced``."""
+    beats, sent = counts.get("beats", 0), counts.get("sent", 0)
     return {"written": sent, "unchanged": max(beats - sent, 0),
-            "silenced": getattr(batcher, "silenced", 0)}
+            "silenced": counts.get("silenced", 0)}
 
 
 def build_families(
@@ -241,7 +239,7 @@ def _quantile_label(p: int) -> str:
 _EXTRA: weakref.WeakKeyDictionary[Any, list[Collector]] = weakref.WeakKeyDictionary()
 
 
-def add_collector(app: App, collector: Collector) -> None:
+def add_collector(app: Daemon, collector: Collector) -> None:
     """Expose ``collector``'s families on ``app``'s ``/metrics`` (when the ui plugin is enabled).
 
     ``collector`` is a prometheus_client collector (``collect()`` yielding metric families named
@@ -251,14 +249,14 @@ def add_collector(app: App, collector: Collector) -> None:
     _EXTRA.setdefault(app, []).append(collector)
 
 
-def extra_collectors(app: App) -> list[Collector]:
+def extra_collectors(app: Daemon) -> list[Collector]:
     return list(_EXTRA.get(app, ()))
 
 
 class SchedCollector:
     """The ui's collector: the core's families from a snapshot, then other plugins' families."""
 
-    def __init__(self, app: App, reader: SnapshotReader, label_limit: int) -> None:
+    def __init__(self, app: Daemon, reader: SnapshotReader, label_limit: int) -> None:
         self._app = app
         self._reader = reader
         self._label_limit = label_limit
@@ -286,8 +284,8 @@ class SchedCollector:
 
     def collect(self) -> Iterable[Metric]:
         families = build_families(
-            self._snapshot, local_connections(self._app.sessions), self._label_limit,
-            local_heartbeats(getattr(self._app, "batcher", None)),
+            self._snapshot, local_connections(self._app.connection_roles), self._label_limit,
+            local_heartbeats(self._app.heartbeat_counts),
         )
         seen = {family.name for family in families}
         yield from families

@@ -31,8 +31,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from schedd.core import JOB_STATES, TERMINAL_STATES, FinishedJob, NodeInfo, PoolInfo, Queries
-from schedd.store.base import Store
+from schedd.api import JOB_STATES, TERMINAL_STATES, Daemon, FinishedJob, NodeInfo, PoolInfo
 
 __all__ = [
     "FINISHED_KEPT",
@@ -92,20 +91,16 @@ class Snapshot:
         return sum(node.capacity for node in live), sum(node.used for node in live)
 
 
-async def redis_time_ms(store: Store) -> int:
-    seconds, micros = await store.execute("TIME")
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-async def read_snapshot(store: Store, queries: Queries) -> Snapshot:
+async def read_snapshot(app: Daemon) -> Snapshot:
     """Read everything concurrently; raises :class:`~schedd.errors.StoreError` on failure."""
     results: dict[str, Any] = {}
 
     async def read(name: str, call: Any) -> None:
         results[name] = await call()
 
+    queries = app.queries
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(read, "now_ms", lambda: redis_time_ms(store))
+        nursery.start_soon(read, "now_ms", app.store_time_ms)
         nursery.start_soon(read, "counts", queries.counts)
         nursery.start_soon(read, "exclusions", queries.exclusions)
         nursery.start_soon(read, "instances", queries.instances)
@@ -118,9 +113,8 @@ async def read_snapshot(store: Store, queries: Queries) -> Snapshot:
 class SnapshotReader:
     """Single-flight, briefly reused snapshots (see the module rules)."""
 
-    def __init__(self, store: Store, queries: Queries, reuse: float = REUSE_SECONDS) -> None:
-        self._store = store
-        self._queries = queries
+    def __init__(self, app: Daemon, reuse: float = REUSE_SECONDS) -> None:
+        self._app = app
         self._reuse = reuse
         self._lock = trio.Lock()
         self._snapshot: Snapshot | None = None
@@ -130,7 +124,7 @@ class SnapshotReader:
         async with self._lock:
             if self._snapshot is None or trio.current_time() - self._read_at >= self._reuse:
                 try:
-                    snapshot = await read_snapshot(self._store, self._queries)
+                    snapshot = await read_snapshot(self._app)
                 except BaseExceptionGroup as group:
                     # one failed read fails them all the same way: report the first cause
                     raise _first_leaf(group) from None

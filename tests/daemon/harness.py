@@ -1,93 +1,37 @@
-"""Run an App in-process over in-memory channels, and speak the protocol to it raw."""
+"""Run an App in-process over in-memory channels, and speak the protocol to it raw.
+
+The harness itself is public, in :mod:`schedd.testing`; this module adds the connections over a
+real socket with each transport's channel.
+"""
 
 from __future__ import annotations
 
 import socket
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import trio
 
-from schedd import protocol as p
-from schedd.app import App
-from schedd.channel import ChannelClosed
-from schedd.config import load_config
-from schedd.plugin_manager import PluginManager
+from schedd import testing
 from schedd.sdk.connect import StreamChannel, WebSocketChannel
-from schedd.store import open_store
+from schedd.testing import DaemonHarness, MemoryChannel, Peer, channel_pair
 from tests.websockets import websocket_channels
 
+__all__ = ["Daemon", "MemoryChannel", "Peer", "channel_pair", "running_daemon", "wire_channels"]
 
-class MemoryChannel:
-    """One end of an in-process connection."""
-
-    def __init__(self, send: trio.MemorySendChannel[bytes], recv: trio.MemoryReceiveChannel[bytes],
-                 peer: str) -> None:
-        self._send, self._recv, self._peer = send, recv, peer
-
-    @property
-    def peer(self) -> str:
-        return self._peer
-
-    async def receive(self) -> bytes | str:
-        try:
-            return await self._recv.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise ChannelClosed from None
-
-    async def send(self, data: bytes) -> None:
-        try:
-            await self._send.send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise ChannelClosed from None
-
-    async def aclose(self) -> None:
-        await self._send.aclose()
-        await self._recv.aclose()
+#: the harness's name in the project's tests
+Daemon = DaemonHarness
 
 
-def channel_pair(peer: str = "127.0.0.1:40000") -> tuple[MemoryChannel, MemoryChannel]:
-    a_send, b_recv = trio.open_memory_channel[bytes](1000)
-    b_send, a_recv = trio.open_memory_channel[bytes](1000)
-    return MemoryChannel(a_send, a_recv, peer), MemoryChannel(b_send, b_recv, "daemon")
-
-
-class Peer:
-    """The far end of a connection, speaking raw protocol messages."""
-
-    def __init__(self, channel: MemoryChannel) -> None:
-        self.channel = channel
-
-    async def send(self, message: p.Message | dict[str, Any] | bytes) -> None:
-        if isinstance(message, bytes):
-            await self.channel.send(message)
-        elif isinstance(message, dict):
-            import orjson
-
-            await self.channel.send(orjson.dumps(message))
-        else:
-            await self.channel.send(p.encode(message))
-
-    async def recv(self) -> p.Message:
-        with trio.fail_after(5):
-            return p.decode(await self.channel.receive())
-
-    async def expect(self, kind: type[Any]) -> Any:
-        message = await self.recv()
-        assert isinstance(message, kind), f"expected {kind.__name__}, got {message!r}"
-        return message
-
-    async def closed(self) -> bool:
-        with trio.fail_after(5):
-            try:
-                while True:
-                    await self.channel.receive()
-            except ChannelClosed:
-                return True
+@asynccontextmanager
+async def running_daemon(store_url: str = "memory://", toml: str = "",
+                         tmp_path: Any = None, **env: str) -> AsyncIterator[Daemon]:
+    """:func:`schedd.testing.running_daemon` with no plugin unless ``SCHEDD_PLUGINS__ENABLED``."""
+    async with testing.running_daemon(
+        store_url, toml, tmp_path, env={"SCHEDD_PLUGINS__ENABLED": "[]", **env}
+    ) as daemon:
+        yield daemon
 
 
 def wire_channels(
@@ -102,42 +46,3 @@ def wire_channels(
                 StreamChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), "daemon",
                               1 << 20))
     return websocket_channels(d.app.readiness)
-
-
-class Daemon:
-    def __init__(self, app: App, nursery: trio.Nursery) -> None:
-        self.app = app
-        self.nursery = nursery
-
-    async def connect(self, role: str | None = None, token: str | None = None,
-                      peer: str = "127.0.0.1:40000") -> Peer:
-        ours, theirs = channel_pair(peer)
-        self.nursery.start_soon(self.app.serve_channel, theirs)
-        conn = Peer(ours)
-        if role is not None:
-            await conn.send(p.Hello(role=role, version=p.PROTOCOL_VERSION, token=token))  # type: ignore[arg-type]
-            await conn.expect(p.Welcome)
-        return conn
-
-    async def node(self, *pools: str, capacity: int = 1, node_id: str | None = None,
-                   token: str | None = None) -> tuple[Peer, p.Registered]:
-        conn = await self.connect("node", token)
-        await conn.send(p.Register(node_id=node_id, capacity=capacity, pools=list(pools)))
-        return conn, await conn.expect(p.Registered)
-
-
-@asynccontextmanager
-async def running_daemon(store_url: str = "memory://", toml: str = "",
-                         tmp_path: Any = None, **env: str) -> AsyncIterator[Daemon]:
-    # always an explicit file, so a ./sched.toml in the working directory is never read
-    folder = Path(tmp_path) if tmp_path is not None else Path(tempfile.mkdtemp(prefix="schedd-"))
-    path = folder / f"sched-{uuid.uuid4().hex[:6]}.toml"
-    path.write_text(toml)
-    config = load_config(path, env={"SCHEDD_REDIS__URL": store_url,
-                                    "SCHEDD_PLUGINS__ENABLED": "[]", **env})
-    plugins = PluginManager.load(config)
-    async with open_store(config.redis.url) as store, trio.open_nursery() as nursery:
-        app = App(config, plugins, store, config_path=path)
-        await nursery.start(app.serve)
-        yield Daemon(app, nursery)
-        nursery.cancel_scope.cancel()

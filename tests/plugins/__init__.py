@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import shutil
 import ssl
 import subprocess
@@ -18,8 +17,9 @@ import trio
 
 from schedd.admission import Admission
 from schedd.channel import Channel, ChannelClosed
-from schedd.errors import ConfigError, ProtocolError
+from schedd.errors import ProtocolError
 from schedd.sdk.readiness import ReadinessHub
+from schedd.testing import FakeDaemon
 
 
 @attrs.define
@@ -36,8 +36,8 @@ class FakeLimits:
     failed_handshake_backoff: float = 60.0
 
 
-class FakeApp:
-    """The members of the daemon's App facade a transport uses.
+class FakeApp(FakeDaemon):
+    """The public fake daemon, with the members a transport uses.
 
     ``serve_channel`` echoes every message (``b"crash"`` makes it raise, to prove the listener
     survives a broken handler), and on a ``ProtocolError`` records it, sends an ``error`` message
@@ -52,12 +52,8 @@ class FakeApp:
         max_frame: int = 4096,
         handshake_timeout: float = 5.0,
     ) -> None:
-        self.settings = settings
-        self.tokens = tokens
-        self.limits = FakeLimits(max_frame, handshake_timeout)
-        self.instance = "test-instance"
-        self.urls: dict[str, str] = {}
-        self.checked: list[tuple[str, str]] = []
+        super().__init__(settings, tokens=tokens)
+        self.fake_limits = FakeLimits(max_frame, handshake_timeout)
         self.peers: list[str] = []
         self.received: list[bytes | str] = []
         self.errors: list[ProtocolError] = []
@@ -65,8 +61,20 @@ class FakeApp:
         self.served = 0
         self._changed = trio.Event()
         #: started by start(), as the daemon runs it (the TCP transport reads through it)
-        self.readiness = ReadinessHub()
-        self.admission = Admission(lambda: self.limits)  # type: ignore[arg-type,return-value]
+        self.hub = ReadinessHub()
+        self.fake_admission = Admission(lambda: self.fake_limits)  # type: ignore[arg-type,return-value]
+
+    @property
+    def limits(self) -> Any:
+        return self.fake_limits
+
+    @property
+    def readiness(self) -> ReadinessHub:
+        return self.hub
+
+    @property
+    def admission(self) -> Admission:
+        return self.fake_admission
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; it is checked whenever serve_channel records."""
@@ -76,23 +84,6 @@ class FakeApp:
     def _record(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
-
-    def plugin_config(self, name: str) -> object:
-        return self.settings[name]
-
-    def check_listener(self, plugin_name: str, host: str) -> None:
-        self.checked.append((plugin_name, host))
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback and not self.tokens:
-            raise ConfigError(
-                [f"$.plugins.{plugin_name}.listen: {host} is not loopback and no tokens are set"]
-            )
-
-    def listening(self, plugin_name: str, url: str) -> None:
-        self.urls[plugin_name] = url
 
     async def serve_channel(self, channel: Channel) -> None:
         self.served += 1

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from schedd.errors import ConfigError, ProtocolError
 from schedd.plugin_manager import PluginManager
 from schedd.plugins.langset import LangsetPlugin, LangsetSettings
 from schedd.plugins.langset.pools import REGISTRY_LIMIT, SetRegistry, parse_set_key, set_key
+from schedd.testing import FakeDaemon
 from tests.daemon.harness import Daemon, Peer, running_daemon
 
 ENABLED = {"SCHEDD_PLUGINS__ENABLED": '["langset"]'}
@@ -281,12 +281,12 @@ def test_the_installed_entry_point_gives_each_daemon_its_own_plugin() -> None:
     assert first.plugin_config("langset") == LangsetSettings(
         mode="langset", known_sets=(("en", "zh"),))
     assert second.plugin_config("langset") == LangsetSettings()
-    # the core hands each plugin its settings when it asks for services, before any transport
-    # starts; the discovery service runs in langset mode only
-    assert len(first.services(SimpleNamespace(plugin_config=first.plugin_config))) == 1
-    assert second.services(SimpleNamespace(plugin_config=second.plugin_config)) == []
+    # each plugin receives its settings through schedd_configure while plugins load, before
+    # any service is asked for; the discovery service runs in langset mode only
     assert first.node_pools("n", {"semantic_langs": ["zh", "en"]}, []) == ["langset:en,zh"]
     assert second.node_pools("n", {"semantic_langs": ["zh", "en"]}, []) == []
+    assert len(first.services(FakeDaemon())) == 1
+    assert second.services(FakeDaemon()) == []
 
 
 def test_settings_errors_are_reported_together_with_their_paths() -> None:

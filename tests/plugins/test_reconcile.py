@@ -104,7 +104,7 @@ async def raw_node(d: Daemon, node_id: str, *pools: str, capacity: int = 1,
 
 
 def stats_of(d: Daemon) -> ReconcileStats:
-    found = reconcile.stats(d.app)
+    found = reconcile.stats(d.daemon)
     assert found is not None
     return found
 
@@ -394,7 +394,7 @@ async def test_without_the_plugin_a_stale_connection_is_closed(tmp_path: Path) -
             await d.app.store.execute("FLUSHALL")
             assert (await n1.wait_for(p.Error)).code == "E_STALE_EPOCH"
             await until(lambda: n1.closed)
-            assert reconcile.stats(d.app) is None
+            assert reconcile.stats(d.daemon) is None
 
 
 # -- robustness and settings ------------------------------------------------------------------
@@ -430,7 +430,7 @@ async def test_counts_are_exported_on_the_ui_metrics(tmp_path: Path) -> None:
             await d.app.store.execute("FLUSHALL")
             await n1.wait_for(p.Registered, lambda m: m.ref is None)
             await until(lambda: stats_of(d).passes >= 1)
-            collectors = ui_metrics.extra_collectors(d.app)
+            collectors = ui_metrics.extra_collectors(d.daemon)
             assert len(collectors) == 1
             samples = {
                 (sample.name, tuple(sorted(sample.labels.items()))): sample.value

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -43,8 +42,9 @@ from schedd.plugins.ui.stats import Snapshot, latency_ms, percentile, throughput
 from schedd.sdk import Client, JobContext, Node
 from schedd.store import open_store
 from schedd.store.keys import Keys
+from schedd.testing import FakeDaemon
 from tests.daemon.harness import Daemon, running_daemon
-from tests.plugins import FakeApp, make_tls_files
+from tests.plugins import make_tls_files
 from tests.plugins.chromium import CHROMIUM, open_page
 
 PLUGIN = "ui"
@@ -223,15 +223,19 @@ async def test_configured_token_is_never_logged(caplog: pytest.LogCaptureFixture
     assert f"dashboard: {url}/?token=<the [plugins.ui] token>" in caplog.text
 
 
-class FakeUiApp(FakeApp):
-    """The transport tests' fake facade, plus what the ui reads (an empty embedded store)."""
+class FakeUiApp(FakeDaemon):
+    """The public fake daemon, answering what the ui reads from a store (empty, or broken)."""
 
     def __init__(self, settings: UiSettings, store: Any, *, tokens: bool = False) -> None:
-        super().__init__({PLUGIN: settings}, tokens=tokens)
+        super().__init__({PLUGIN: settings}, tokens=tokens, queries=Queries(store, Keys("schedd")))
         self.store = store
-        self.queries = Queries(store, Keys("schedd"))
-        self.sessions: set[Any] = set()
-        self.listeners = self.urls
+
+    async def store_ping(self) -> None:
+        await self.store.execute("PING")
+
+    async def store_time_ms(self) -> int:
+        seconds, micros = await self.store.execute("TIME")
+        return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def test_non_loopback_needs_auth_tokens_and_a_configured_ui_token() -> None:
@@ -553,13 +557,13 @@ async def test_redis_down_healthz_503_and_metrics_still_answer() -> None:
 
 
 def test_local_heartbeat_counters_come_from_the_batcher() -> None:
-    batcher = SimpleNamespace(beats=10, sent=4, silenced=2)
+    counts = {"beats": 10, "sent": 4, "silenced": 2}
     families = {f.name: f for f in build_families(None, {}, label_limit=10,
-                                                  heartbeats=local_heartbeats(batcher))}
+                                                  heartbeats=local_heartbeats(counts))}
     beats = {s.labels["outcome"]: s.value for s in families["schedd_local_heartbeats"].samples}
     assert beats == {"written": 4, "unchanged": 6}
     assert families["schedd_local_nodes_silenced"].samples[0].value == 2
-    assert local_heartbeats(None) == {"written": 0, "unchanged": 0, "silenced": 0}
+    assert local_heartbeats({}) == {"written": 0, "unchanged": 0, "silenced": 0}
 
 
 async def test_a_nodes_heartbeats_are_counted_at_its_instance() -> None:
@@ -601,7 +605,7 @@ async def test_other_plugins_add_collectors() -> None:
     async with ui_daemon() as (d, url):
         reconciled = Reconciled()
         for collector in (reconciled, Broken(), Duplicate()):
-            add_collector(d.app, collector)
+            add_collector(d.daemon, collector)
         for expected in (1, 2):
             found = samples((await http(url, "/metrics", token=TOKEN)).body.decode())
             assert found[("schedd_reconcile_repairs_total", (("kind", "orphan_job"),))] == expected

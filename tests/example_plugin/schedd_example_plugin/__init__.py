@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import trio
 
-from schedd import hookimpl
+from schedd.api import Daemon, Service, hookimpl
 
 
 @attrs.frozen
@@ -44,6 +44,12 @@ def _prefix(pools: list[str]) -> list[str]:
 @hookimpl
 def schedd_plugin_config() -> type:
     return ExampleSettings
+
+
+@hookimpl
+def schedd_configure(settings: ExampleSettings) -> None:
+    global _settings
+    _settings = settings
 
 
 @hookimpl
@@ -78,10 +84,8 @@ def schedd_job_state_changed(job_id: str, state: str, attempt: int, node: str | 
     _event(event="job_state_changed", job_id=job_id, state=state)
 
 
-async def _journal(app: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+async def _journal(app: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                    ) -> None:
-    global _settings
-    _settings = app.plugin_config("example")
     assert _settings is not None
     task_status.started()
     _event(event="service_started", team=_settings.team)
@@ -92,7 +96,5 @@ async def _journal(app: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_S
 
 
 @hookimpl
-def schedd_services(app: Any) -> list[Any]:
-    global _settings
-    _settings = app.plugin_config("example")
+def schedd_services(app: Daemon) -> list[Service]:
     return [_journal]
