@@ -50,11 +50,11 @@ import orjson
 import trio
 
 from schedd.benchmarks import host_probe
-from schedd.channel import Channel, ChannelClosed
 from schedd.protocol import PROTOCOL_VERSION
 from schedd.redis_process import RedisServer, free_port
 from schedd.sdk.connect import open_channel
 from schedd.sim import Fleet, SimNode, parse_duration, raise_fd_limit
+from schedd.transport.channel import Channel, ChannelClosed
 
 __all__ = ["SCENARIOS", "BenchClient", "DaemonProcess", "Recorder", "run_bench"]
 

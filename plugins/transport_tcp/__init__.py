@@ -3,15 +3,15 @@
 Rules of this plugin:
 
 - Settings ``[plugins.transport_tcp]``: ``listen`` (default ``127.0.0.1:8766``), ``tls_cert`` and
-  ``tls_key`` (both or neither); see :mod:`schedd.plugins._listener` for what they accept and
+  ``tls_key`` (both or neither); see :mod:`schedd.transport.listener` for what they accept and
   the order of start-up. The URL reported to ``app.listening`` is ``tcp://…`` or ``tls://…``.
-- Each accepted connection becomes a :class:`~schedd.sdk.connect.StreamChannel` with
+- Each accepted connection becomes a :class:`~schedd.transport.StreamChannel` with
   ``app.limits.max_frame``, read when the connection arrives, so a reload applies to new
   connections. With TLS, the TLS handshake must end within ``app.limits.handshake_timeout``
   seconds or the connection is dropped. The channel goes to ``app.serve_channel``, and when that
   returns the connection is closed gracefully (the peer gets what was sent last).
 - A plain (not TLS) connection is read by the app's readiness hub (``app.readiness``, see
-  :mod:`schedd.sdk.readiness`): its task reads the sockets that have input and hands a node's
+  :mod:`schedd.transport.readiness`): its task reads the sockets that have input and hands a node's
   unchanged heartbeat to the session inline, without a task switch per message.
 - Framing is :mod:`schedd.protocol.framing`'s: a frame header declaring more than
   ``max_frame`` bytes (or zero) makes ``receive`` raise ``ProtocolError`` as soon as the header is
@@ -27,17 +27,17 @@ import trio
 
 from schedd.config import setting
 from schedd.hookspecs import App, Service, hookimpl
-from schedd.plugins._listener import (
+from schedd.transport import (
     LISTEN_DOC,
     TLS_CERT_DOC,
     TLS_KEY_DOC,
+    StreamChannel,
     check_tls_pair,
     existing_file,
     handshake_timed_out,
     serve_transport,
     valid_listen,
 )
-from schedd.sdk.connect import StreamChannel
 
 __all__ = ["PLUGIN_NAME", "TcpSettings", "schedd_plugin_config", "schedd_services", "serve"]
 

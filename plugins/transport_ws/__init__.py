@@ -4,11 +4,11 @@ Rules of this plugin:
 
 - Settings ``[plugins.transport_ws]``: ``listen`` (default ``127.0.0.1:8765``), ``path``
   (default ``/``), ``tls_cert`` and ``tls_key`` (both or neither); see
-  :mod:`schedd.plugins._listener` for what they accept and the order of start-up. The URL
+  :mod:`schedd.transport.listener` for what they accept and the order of start-up. The URL
   reported to ``app.listening`` is ``ws://…`` or ``wss://…`` (with the path when it is not ``/``).
 - The WebSocket protocol is wsproto's: this plugin answers the HTTP upgrade
   (:func:`accept_upgrade`) and serves the connection as a
-  :class:`~schedd.sdk.connect.WebSocketChannel`, the channel the SDK's clients use, read by
+  :class:`~schedd.transport.WebSocketChannel`, the channel the SDK's clients use, read by
   ``app.readiness`` on a plain connection (docs/architecture.md, "Reading connections").
   The opening handshake (TLS, then the HTTP upgrade) must end within
   ``app.limits.handshake_timeout`` seconds, read when the connection arrives. An upgrade
@@ -38,24 +38,22 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from schedd.config import InvalidSetting, setting
 from schedd.hookspecs import App, Service, hookimpl
-from schedd.plugins._listener import (
+from schedd.transport import (
     LISTEN_DOC,
+    RECEIVE_SIZE,
     TLS_CERT_DOC,
     TLS_KEY_DOC,
+    HeadSplitter,
+    WebSocketChannel,
     check_tls_pair,
+    close_stream,
     existing_file,
+    handshake_events,
     handshake_timed_out,
+    read_when_ready,
     serve_transport,
     valid_listen,
 )
-from schedd.sdk.connect import (
-    RECEIVE_SIZE,
-    WebSocketChannel,
-    close_stream,
-    handshake_events,
-    read_when_ready,
-)
-from schedd.sdk.wsframes import HeadSplitter
 
 __all__ = [
     "PLUGIN_NAME",

@@ -50,7 +50,9 @@ from schedd.app import is_loopback
 from schedd.config import InvalidSetting, setting
 from schedd.errors import ConfigError
 from schedd.hookspecs import App, Service, hookimpl
-from schedd.plugins._listener import (
+from schedd.plugins.ui.asgi import Dashboard, UiApplication
+from schedd.plugins.ui.metrics import add_collector
+from schedd.transport import (
     LISTEN_DOC,
     TLS_CERT_DOC,
     TLS_KEY_DOC,
@@ -59,8 +61,6 @@ from schedd.plugins._listener import (
     parse_listen,
     valid_listen,
 )
-from schedd.plugins.ui.asgi import Dashboard, UiApplication
-from schedd.plugins.ui.metrics import add_collector
 
 __all__ = [
     "PLUGIN_NAME",

@@ -14,24 +14,20 @@ import trio
 
 from schedd import protocol as p
 from schedd.app import App
-from schedd.channel import ChannelClosed
 from schedd.config import load_config
 from schedd.plugin_manager import PluginManager
-from schedd.sdk.connect import StreamChannel, WebSocketChannel
 from schedd.store import open_store
+from schedd.transport import StreamChannel, WebSocketChannel
+from schedd.transport.channel import Channel, ChannelClosed
 from tests.websockets import websocket_channels
 
 
-class MemoryChannel:
-    """One end of an in-process connection."""
+class MemoryChannel(Channel):
+    """One end of an in-process connection (only the base class's optional capabilities)."""
 
     def __init__(self, send: trio.MemorySendChannel[bytes], recv: trio.MemoryReceiveChannel[bytes],
                  peer: str) -> None:
-        self._send, self._recv, self._peer = send, recv, peer
-
-    @property
-    def peer(self) -> str:
-        return self._peer
+        self._send, self._recv, self.peer = send, recv, peer
 
     async def receive(self) -> bytes | str:
         try:

@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from schedd.admission import Admission
-from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ConfigError, ProtocolError
-from schedd.sdk.readiness import ReadinessHub
+from schedd.transport.channel import Channel, ChannelClosed
+from schedd.transport.readiness import ReadinessHub
 
 
 @attrs.define
