@@ -238,20 +238,22 @@ class HubReader(Channel, Generic[_M]):
     work only the task can do). It calls ``_attach`` last in ``__init__``.
     """
 
-    __slots__ = ("_hub", "_hup", "_inline", "_items", "_ready", "_socket", "_stream", "_waiter",
-                 "peer")
+    __slots__ = ("_closed", "_hub", "_hup", "_inline", "_items", "_ready", "_socket", "_stream",
+                 "_waiter", "peer")
     _hub: ReadinessHub | None
     _stream: trio.abc.Stream
     _socket: trio.socket.SocketType | None
     _waiter: trio.lowlevel.Task | None  # the task parked in receive()
     _ready: bool  # the socket may have unread input (edge-triggered: nobody says so again)
     _hup: bool  # the peer's end arrived: read until it is read
+    _closed: bool  # aclose was called
     _inline: Callable[[_M], bool] | None
     _items: deque[_M]
     peer: str
 
     def _attach(self, hub: ReadinessHub | None) -> None:
         self._hub = None
+        self._closed = False
         self._waiter = None
         self._ready = True
         self._hup = False
@@ -362,6 +364,16 @@ class HubReader(Channel, Generic[_M]):
         if self._ready or self._news():
             self._waiter = None
             trio.lowlevel.reschedule(task)
+
+    def _close_once(self) -> bool:
+        """Mark the channel closed: ``True`` the first time (a task waiting in ``receive`` then
+        gets ``ChannelClosed``), ``False`` after."""
+        if self._closed:
+            return False
+        self._closed = True
+        if self._hub is not None:
+            self._wake_closed()
+        return True
 
     def _wake_closed(self) -> None:
         """Closing: stop watching; a task waiting in ``receive`` gets ``ChannelClosed``."""

@@ -29,7 +29,7 @@ class StreamChannel(HubReader[bytes]):
         trio (:func:`read_when_ready`).
     """
 
-    __slots__ = ("_broken", "_closed", "_decoder", "_end", "_rest", "_send_lock")
+    __slots__ = ("_broken", "_decoder", "_end", "_rest", "_send_lock")
 
     def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int,
                  hub: ReadinessHub | None = None) -> None:
@@ -42,7 +42,6 @@ class StreamChannel(HubReader[bytes]):
         self._send_lock = trio.Lock()
         self._rest = b""
         self._broken: tuple[str, str] | None = None
-        self._closed = False
         self._end: ChannelClosed | None = None  # the end of the input once read (with a hub)
         self._attach(hub)
 
@@ -134,9 +133,5 @@ class StreamChannel(HubReader[bytes]):
 
     async def aclose(self) -> None:
         """Close gracefully (see :func:`close_stream`); idempotent, never raises."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._hub is not None:
-            self._wake_closed()
-        await close_stream(self._stream)
+        if self._close_once():
+            await close_stream(self._stream)

@@ -61,7 +61,6 @@ class WebSocketChannel(HubReader[bytes | str]):
 
     __slots__ = (
         "_close_code",
-        "_closed",
         "_control",
         "_ended",
         "_frames",
@@ -98,7 +97,6 @@ class WebSocketChannel(HubReader[bytes | str]):
         # Once set, (error code or "", message) of what every later receive raises.
         self._ended: tuple[str, str] | None = None
         self._close_code = _CLOSE_NORMAL
-        self._closed = False
         self._frames: FrameSplitter | None = None
         self._on_control: Callable[[], bool] | None = None
         self._attach(hub)
@@ -306,11 +304,8 @@ class WebSocketChannel(HubReader[bytes | str]):
 
     async def aclose(self) -> None:
         """Send a close frame, then close the stream (see the module rules); never raises."""
-        if self._closed:
+        if not self._close_once():
             return
-        self._closed = True
-        if self._hub is not None:
-            self._wake_closed()
         with trio.move_on_after(CLOSE_TIMEOUT):
             if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 with suppress(ChannelClosed):
