@@ -175,8 +175,9 @@ class Session:
             pass
 
     async def _sender(self) -> None:
-        """Send what is posted and queued, in order. A channel with ``send_many`` (TCP) gets
-        everything queued meanwhile in one write, up to SEND_BATCH messages."""
+        """Send what is posted and queued, in order: everything queued meanwhile goes to the
+        channel's ``send_many`` at once (one write for TCP and WebSocket), up to SEND_BATCH
+        messages."""
         send_many = self.channel.send_many
         out = self._out_recv
         while True:
