@@ -18,13 +18,15 @@ Rules of this package:
   ``error`` before closing. The end of the connection, whoever caused it, raises
   :class:`ChannelClosed` (after every message that arrived before it was returned). ``send`` is
   safe from several tasks at once. ``aclose`` is idempotent, never raises, and closes gracefully
-  within :data:`CLOSE_TIMEOUT` (:func:`close_stream`).
+  within a bounded time (:func:`close_stream`).
 - The sans-io parts (the codec, TCP framing, the WebSocket frame splitter and handshake helpers)
   live in :mod:`schedd.protocol`, free of trio; this package is their trio shell.
 - :mod:`schedd.transport.listener` is what the daemon's transports share to listen: settings,
   binding, admission at accept and the per-connection guard.
 
-``__all__`` is what a transport plugin needs.
+``__all__`` is what a transport plugin needs: the channels, what builds them (the handshake
+helpers, the socket reads, graceful closing, the peer's address) and the listener's settings,
+binding and admission (:func:`serve_transport`, :func:`handshake_timed_out`).
 """
 
 from __future__ import annotations
@@ -41,15 +43,12 @@ from schedd.transport.listener import (
     handshake_timed_out,
     parse_listen,
     serve_transport,
-    server_ssl_context,
     valid_listen,
 )
 from schedd.transport.readiness import ReadinessHub
 from schedd.transport.sockets import (
-    CLOSE_TIMEOUT,
     RECEIVE_SIZE,
     close_stream,
-    format_address,
     peer_address,
     read_when_ready,
 )
@@ -57,7 +56,6 @@ from schedd.transport.stream import StreamChannel
 from schedd.transport.websocket import WebSocketChannel
 
 __all__ = [
-    "CLOSE_TIMEOUT",
     "LISTEN_DOC",
     "RECEIVE_SIZE",
     "TLS_CERT_DOC",
@@ -72,13 +70,11 @@ __all__ = [
     "check_tls_pair",
     "close_stream",
     "existing_file",
-    "format_address",
     "handshake_events",
     "handshake_timed_out",
     "parse_listen",
     "peer_address",
     "read_when_ready",
     "serve_transport",
-    "server_ssl_context",
     "valid_listen",
 ]

@@ -18,8 +18,8 @@ from schedd.sdk.connect import (
     _parse_url,
     open_channel,
 )
-from schedd.transport import format_address
 from schedd.transport.channel import ChannelClosed
+from schedd.transport.sockets import format_address
 from tests.plugins import FakeApp, make_tls_files, start
 
 

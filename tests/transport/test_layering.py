@@ -50,3 +50,17 @@ def test_the_transport_builds_on_the_protocol_not_on_the_sdk_or_the_daemon() -> 
 @pytest.mark.parametrize("part", ["daemon/app.py", "daemon/session.py", "plugins"])
 def test_the_daemons_serving_side_does_not_import_the_sdk(part: str) -> None:
     assert _offending(_files(part), "schedd.sdk") == []
+
+
+def test_plugins_take_the_transport_from_its_public_names() -> None:
+    import schedd.transport
+
+    public = set(schedd.transport.__all__)
+    assert all(hasattr(schedd.transport, name) for name in public)
+    for path in _files("plugins"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module \
+                    and node.module.startswith("schedd.transport"):
+                assert node.module == "schedd.transport", f"{path}: {node.module}"
+                names = {alias.name for alias in node.names}
+                assert names <= public, f"{path}: {sorted(names - public)}"
