@@ -45,8 +45,8 @@ _CLOSE_TOO_BIG: Final = 1009
 class WebSocketChannel(HubReader[bytes | str]):
     """A :class:`~schedd.transport.channel.Channel` over a WebSocket whose handshake is complete.
 
-    Either end of a WebSocket works: :func:`open_channel` makes the client side, the daemon's
-    WebSocket transport (:mod:`schedd.plugins.transport_ws`) the server side.
+    Either end of a WebSocket works: :func:`schedd.sdk.connect.open_channel` makes the client
+    side, the daemon's WebSocket transport (:mod:`schedd.plugins.transport_ws`) the server side.
 
     :param stream: the connected stream (owned from now on).
     :param ws: the wsproto connection, in state ``OPEN``.
@@ -102,8 +102,8 @@ class WebSocketChannel(HubReader[bytes | str]):
         self._attach(hub)
         self._handle_events()  # frames wsproto was fed with the handshake
         # Common frames are decoded here (schedd.protocol.wsframes), from a frame boundary: where
-        # the handshake's HTTP head ended. The handshakes (_websocket_handshake, the daemon's
-        # transport) feed wsproto the head only and pass what followed it as ``leftover``; a
+        # the handshake's HTTP head ended. The handshakes (the SDK's, the daemon's transport)
+        # feed wsproto the head only and pass what followed it as ``leftover``; a
         # server's wsproto keeps nothing after the request anyway. Not a client handed no
         # leftover (its wsproto may hold the start of a frame), nor a connection whose wsproto
         # was fed frames.
