@@ -7,7 +7,6 @@ query views, and the exception tree. Everything else is internal and may change.
 
 from __future__ import annotations
 
-from schedd.channel import Channel, ChannelClosed
 from schedd.core import (
     JOB_STATES,
     TERMINAL_STATES,
@@ -27,6 +26,7 @@ from schedd.errors import (
     StoreUnavailable,
 )
 from schedd.hookspecs import hookimpl
+from schedd.transport.channel import Channel, ChannelClosed
 
 __version__ = "0.1.0"
 

@@ -47,26 +47,55 @@ from schedd.errors import (
 )
 from schedd.hookspecs import Service, hookimpl
 from schedd.protocol import MAX_ID_LEN, MAX_LIST, MAX_RUNNING, Cancel
+from schedd.transport import (
+    LISTEN_DOC,
+    RECEIVE_SIZE,
+    TLS_CERT_DOC,
+    TLS_KEY_DOC,
+    Channel,
+    ChannelClosed,
+    ConnectionHandler,
+    HeadSplitter,
+    ReadinessHub,
+    StreamChannel,
+    WebSocketChannel,
+    check_tls_pair,
+    close_stream,
+    existing_file,
+    handshake_events,
+    handshake_timed_out,
+    parse_listen,
+    peer_address,
+    read_when_ready,
+    serve_transport,
+    valid_listen,
+)
 
 if TYPE_CHECKING:
     from schedd.admission import Admission
-    from schedd.channel import Channel
     from schedd.config import LimitsSection
-    from schedd.sdk.readiness import ReadinessHub
 
 __all__ = [
     "JOB_STATES",
+    "LISTEN_DOC",
     "MAX_ID_LEN",
     "MAX_LIST",
     "MAX_RUNNING",
+    "RECEIVE_SIZE",
     "TERMINAL_STATES",
+    "TLS_CERT_DOC",
+    "TLS_KEY_DOC",
     "BadArgument",
     "Cancel",
+    "Channel",
+    "ChannelClosed",
     "ConfigError",
+    "ConnectionHandler",
     "Corrections",
     "Daemon",
     "Fenced",
     "FinishedJob",
+    "HeadSplitter",
     "InvalidSetting",
     "JobInfo",
     "JobSpec",
@@ -77,14 +106,27 @@ __all__ = [
     "PoolInfo",
     "ProtocolError",
     "Queries",
+    "ReadinessHub",
     "SchedError",
     "ScriptError",
     "Service",
     "StoreError",
+    "StreamChannel",
     "Submitted",
+    "WebSocketChannel",
+    "check_tls_pair",
+    "close_stream",
+    "existing_file",
+    "handshake_events",
+    "handshake_timed_out",
     "hookimpl",
     "is_loopback",
+    "parse_listen",
+    "peer_address",
+    "read_when_ready",
+    "serve_transport",
     "setting",
+    "valid_listen",
 ]
 
 

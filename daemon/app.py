@@ -31,7 +31,6 @@ import trio
 from schedd import systemd
 from schedd.admission import Admission
 from schedd.api import is_loopback
-from schedd.channel import Channel
 from schedd.config import Config, LimitsSection, load_config
 from schedd.core import (
     Assign,
@@ -64,11 +63,12 @@ from schedd.logs import set_level, setup_logging
 from schedd.plugin_manager import PluginManager
 from schedd.routes import Routes
 from schedd.runtime import serve_gc_settler, tune_gc
-from schedd.sdk.readiness import ReadinessHub
-from schedd.sdk.readiness import available as readiness_available
 from schedd.session import Session
 from schedd.store import open_store
 from schedd.store.base import Store
+from schedd.transport.channel import Channel
+from schedd.transport.readiness import ReadinessHub
+from schedd.transport.readiness import available as readiness_available
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class App:
         self.core = Core(store, core_settings(config), on_delivery=self._on_delivery,
                          on_event=self._on_event)
         self.batcher = HeartbeatBatcher(self.core, on_stale=self._on_stale)
-        #: reads plain TCP connections for their channels (schedd.sdk.readiness); running
+        #: reads plain TCP connections for their channels (schedd.transport.readiness); running
         #: while the app serves, on Linux
         self.readiness = ReadinessHub()
         #: the connection caps and the failed-handshake throttle, asked by the transports at

@@ -17,10 +17,10 @@ from schedd.api import Corrections, Daemon, LocalNode
 if TYPE_CHECKING:
     from schedd.admission import Admission
     from schedd.app import App
-    from schedd.channel import Channel
     from schedd.config import LimitsSection
     from schedd.core import JobSpec, Queries, Submitted
-    from schedd.sdk.readiness import ReadinessHub
+    from schedd.transport.channel import Channel
+    from schedd.transport.readiness import ReadinessHub
 
 __all__ = ["AppFacade"]
 

@@ -1,7 +1,7 @@
 """One connection, from ``hello`` to close: the protocol's rules on the daemon side.
 
 Rules of this module:
-  * A transport hands the core a :class:`~schedd.channel.Channel`; everything else (handshake,
+  * A transport hands the core a :class:`~schedd.transport.Channel`; everything else (handshake,
     authentication, roles, limits, identity, routing) happens here, the same for every transport.
   * A connection speaks for one role. A node connection speaks only for the node id it
     registered, and only for jobs assigned to that node; a client connection sees and cancels
@@ -26,7 +26,6 @@ import trio
 
 from schedd import admission
 from schedd import protocol as p
-from schedd.channel import Channel, ChannelClosed
 from schedd.core import (
     Assign,
     CancelJob,
@@ -47,6 +46,7 @@ from schedd.errors import (
     StoreResponseError,
 )
 from schedd.node_ids import node_id_allowed, refusal
+from schedd.transport.channel import Channel, ChannelClosed
 
 if TYPE_CHECKING:
     from schedd.app import App
@@ -115,8 +115,7 @@ class Session:
         # The sender task waits with nothing queued and nothing of its own in flight: a message
         # posted now may be written at once by the poster (see post)
         self._sender_idle = False
-        self._write_nowait: Callable[[bytes], bool] | None = getattr(
-            channel, "write_nowait", None)
+        self._write_nowait: Callable[[bytes], bool] = channel.write_nowait
         self._cancel = trio.CancelScope()
         self.rate = RateLimiter(float(app.limits.max_messages_per_second))
         #: trio clock of the last message received; the app's idle sweep closes a session
@@ -143,12 +142,8 @@ class Session:
         # a message taken from the channel ahead of its turn and handed back (see _accept): the
         # receiving loop handles it next
         self._next: bytes | str | None = None
-        set_inline = getattr(channel, "set_inline", None)
-        if set_inline is not None:
-            set_inline(self._inline)
-        set_control = getattr(channel, "set_control", None)
-        if set_control is not None:
-            set_control(self._control_frame)
+        channel.set_inline(self._inline)
+        channel.set_control(self._control_frame)
         #: the connection's admission (schedd.admission), told how the handshake ended
         self._ticket = admission.CURRENT.get()
 
@@ -166,9 +161,8 @@ class Session:
         with an empty marker.
         """
         data = p.encode(message)
-        write = self._write_nowait
-        if self._sender_idle and write is not None and write(data):
-            if not getattr(self.channel, "write_pending", False):
+        if self._sender_idle and self._write_nowait(data):
+            if not self.channel.write_pending:
                 return
             data = b""  # the marker: the sender sends what the write left
         self._sender_idle = False
@@ -181,9 +175,10 @@ class Session:
             pass
 
     async def _sender(self) -> None:
-        """Send what is posted and queued, in order. A channel with ``send_many`` (TCP) gets
-        everything queued meanwhile in one write, up to SEND_BATCH messages."""
-        send_many = getattr(self.channel, "send_many", None)
+        """Send what is posted and queued, in order: everything queued meanwhile goes to the
+        channel's ``send_many`` at once (one write for TCP and WebSocket), up to SEND_BATCH
+        messages."""
+        send_many = self.channel.send_many
         out = self._out_recv
         while True:
             try:
@@ -201,10 +196,6 @@ class Session:
             except trio.EndOfChannel:
                 return
             try:
-                if send_many is None:
-                    if data:
-                        await self.channel.send(data)
-                    continue
                 batch = [data] if data else []
                 while len(batch) < SEND_BATCH:
                     try:
@@ -651,10 +642,7 @@ class Session:
     def _result_behind(self, accept: p.Accept) -> tuple[bytes | str, p.Result] | None:
         """The next message if it already arrived (no wait) and is the ``result`` of the
         accepted attempt, within the rate limit; anything else is handed back to the loop."""
-        receive_nowait = getattr(self.channel, "receive_nowait", None)
-        if receive_nowait is None:
-            return None
-        raw: bytes | str | None = receive_nowait()
+        raw: bytes | str | None = self.channel.receive_nowait()
         if raw is None:
             return None
         try:

@@ -30,14 +30,13 @@ import trio
 
 from schedd import protocol as p
 from schedd.api import ConfigError, Corrections, Daemon, JobSpec, LocalNode, Queries, Submitted
-from schedd.channel import ChannelClosed
+from schedd.transport.channel import Channel, ChannelClosed
 
 if TYPE_CHECKING:
     from schedd.admission import Admission
     from schedd.app import App
-    from schedd.channel import Channel
     from schedd.config import LimitsSection
-    from schedd.sdk.readiness import ReadinessHub
+    from schedd.transport.readiness import ReadinessHub
 
 __all__ = [
     "DaemonHarness",
@@ -174,16 +173,12 @@ class FakeDaemon(Daemon):
 # -------------------------------------------------------------------------------------------------
 
 
-class MemoryChannel:
-    """One end of an in-process connection."""
+class MemoryChannel(Channel):
+    """One end of an in-process connection (only the base class's optional capabilities)."""
 
     def __init__(self, send: trio.MemorySendChannel[bytes], recv: trio.MemoryReceiveChannel[bytes],
                  peer: str) -> None:
-        self._send, self._recv, self._peer = send, recv, peer
-
-    @property
-    def peer(self) -> str:
-        return self._peer
+        self._send, self._recv, self.peer = send, recv, peer
 
     async def receive(self) -> bytes | str:
         try:

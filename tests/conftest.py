@@ -83,7 +83,7 @@ async def store(store_url: str) -> AsyncIterator[object]:
 
 @pytest.fixture
 def socket_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size asked of every ``os.read`` that schedd.sdk.connect tries (read_when_ready),
+    """The size asked of every ``os.read`` that schedd.transport.sockets tries (read_when_ready),
     including any that would fail: a read tried before input came shows up here."""
     tried: list[int] = []
     real_read = os.read
@@ -92,5 +92,5 @@ def socket_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         tried.append(size)
         return real_read(fd, size)
 
-    monkeypatch.setattr("schedd.sdk.connect.os.read", counting_read)
+    monkeypatch.setattr("schedd.transport.sockets.os.read", counting_read)
     return tried

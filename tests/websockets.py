@@ -8,8 +8,8 @@ import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 
-from schedd.sdk.connect import WebSocketChannel
-from schedd.sdk.readiness import ReadinessHub
+from schedd.transport import WebSocketChannel
+from schedd.transport.readiness import ReadinessHub
 
 
 def open_websockets(leftover: bytes = b"") -> tuple[WSConnection, WSConnection]:

@@ -32,11 +32,11 @@ import attrs
 import orjson
 import trio
 
-from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ProtocolError
 from schedd.protocol import PROTOCOL_VERSION
 from schedd.runtime import serve_gc_settler
 from schedd.sdk.connect import open_channel
+from schedd.transport.channel import Channel, ChannelClosed
 
 __all__ = [
     "Duration",

@@ -33,7 +33,6 @@ from typing import Final, NoReturn, TypeVar
 import attrs
 import trio
 
-from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ProtocolError, SchedError
 from schedd.protocol import (
     PROTOCOL_VERSION,
@@ -48,6 +47,7 @@ from schedd.protocol import (
     encode,
 )
 from schedd.sdk.connect import ConnectFailed, open_channel
+from schedd.transport.channel import Channel, ChannelClosed
 
 __all__ = [
     "E_CLIENT_CLOSED",

@@ -3,15 +3,15 @@
 Rules of this plugin:
 
 - Settings ``[plugins.transport_tcp]``: ``listen`` (default ``127.0.0.1:8766``), ``tls_cert`` and
-  ``tls_key`` (both or neither); see :mod:`schedd.plugins._listener` for what they accept and
+  ``tls_key`` (both or neither); see :mod:`schedd.transport.listener` for what they accept and
   the order of start-up. The URL reported to ``app.listening`` is ``tcp://…`` or ``tls://…``.
-- Each accepted connection becomes a :class:`~schedd.sdk.connect.StreamChannel` with
+- Each accepted connection becomes a :class:`~schedd.transport.StreamChannel` with
   ``app.limits.max_frame``, read when the connection arrives, so a reload applies to new
   connections. With TLS, the TLS handshake must end within ``app.limits.handshake_timeout``
   seconds or the connection is dropped. The channel goes to ``app.serve_channel``, and when that
   returns the connection is closed gracefully (the peer gets what was sent last).
 - A plain (not TLS) connection is read by the app's readiness hub (``app.readiness``, see
-  :mod:`schedd.sdk.readiness`): its task reads the sockets that have input and hands a node's
+  :mod:`schedd.transport.readiness`): its task reads the sockets that have input and hands a node's
   unchanged heartbeat to the session inline, without a task switch per message.
 - Framing is :mod:`schedd.protocol.framing`'s: a frame header declaring more than
   ``max_frame`` bytes (or zero) makes ``receive`` raise ``ProtocolError`` as soon as the header is
@@ -25,19 +25,21 @@ from typing import Final
 import attrs
 import trio
 
-from schedd.config import setting
-from schedd.hookspecs import App, Service, hookimpl
-from schedd.plugins._listener import (
+from schedd.api import (
     LISTEN_DOC,
     TLS_CERT_DOC,
     TLS_KEY_DOC,
+    Daemon,
+    Service,
+    StreamChannel,
     check_tls_pair,
     existing_file,
     handshake_timed_out,
+    hookimpl,
     serve_transport,
+    setting,
     valid_listen,
 )
-from schedd.sdk.connect import StreamChannel
 
 __all__ = ["PLUGIN_NAME", "TcpSettings", "schedd_plugin_config", "schedd_services", "serve"]
 
@@ -63,12 +65,12 @@ def schedd_plugin_config() -> type:
 
 
 @hookimpl
-def schedd_services(app: App) -> list[Service]:
+def schedd_services(app: Daemon) -> list[Service]:
     """The listener."""
     return [serve]
 
 
-async def _serve_connection(app: App, stream: trio.abc.Stream, peer: str) -> None:
+async def _serve_connection(app: Daemon, stream: trio.abc.Stream, peer: str) -> None:
     limits = app.limits
     if isinstance(stream, trio.SSLStream):
         with trio.move_on_after(limits.handshake_timeout) as handshake:
@@ -83,7 +85,9 @@ async def _serve_connection(app: App, stream: trio.abc.Stream, peer: str) -> Non
         await channel.aclose()
 
 
-async def serve(app: App, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    app: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Listen on ``listen`` and hand every connection to ``app.serve_channel``; never returns."""
     settings: TcpSettings = app.plugin_config(PLUGIN_NAME)
     await serve_transport(

@@ -4,11 +4,11 @@ Rules of this plugin:
 
 - Settings ``[plugins.transport_ws]``: ``listen`` (default ``127.0.0.1:8765``), ``path``
   (default ``/``), ``tls_cert`` and ``tls_key`` (both or neither); see
-  :mod:`schedd.plugins._listener` for what they accept and the order of start-up. The URL
+  :mod:`schedd.transport.listener` for what they accept and the order of start-up. The URL
   reported to ``app.listening`` is ``ws://…`` or ``wss://…`` (with the path when it is not ``/``).
 - The WebSocket protocol is wsproto's: this plugin answers the HTTP upgrade
   (:func:`accept_upgrade`) and serves the connection as a
-  :class:`~schedd.sdk.connect.WebSocketChannel`, the channel the SDK's clients use, read by
+  :class:`~schedd.transport.WebSocketChannel`, the channel the SDK's clients use, read by
   ``app.readiness`` on a plain connection (docs/architecture.md, "Reading connections").
   The opening handshake (TLS, then the HTTP upgrade) must end within
   ``app.limits.handshake_timeout`` seconds, read when the connection arrives. An upgrade
@@ -36,26 +36,27 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from schedd.config import InvalidSetting, setting
-from schedd.hookspecs import App, Service, hookimpl
-from schedd.plugins._listener import (
+from schedd.api import (
     LISTEN_DOC,
+    RECEIVE_SIZE,
     TLS_CERT_DOC,
     TLS_KEY_DOC,
+    Daemon,
+    HeadSplitter,
+    InvalidSetting,
+    Service,
+    WebSocketChannel,
     check_tls_pair,
+    close_stream,
     existing_file,
+    handshake_events,
     handshake_timed_out,
+    hookimpl,
+    read_when_ready,
     serve_transport,
+    setting,
     valid_listen,
 )
-from schedd.sdk.connect import (
-    RECEIVE_SIZE,
-    WebSocketChannel,
-    close_stream,
-    handshake_events,
-    read_when_ready,
-)
-from schedd.sdk.wsframes import HeadSplitter
 
 __all__ = [
     "PLUGIN_NAME",
@@ -97,7 +98,7 @@ def schedd_plugin_config() -> type:
 
 
 @hookimpl
-def schedd_services(app: App) -> list[Service]:
+def schedd_services(app: Daemon) -> list[Service]:
     """The listener."""
     return [serve]
 
@@ -149,7 +150,7 @@ def _not_found(ws: WSConnection) -> bytes:
         RejectData(data=NOT_FOUND_BODY, body_finished=True))
 
 
-async def _serve_connection(app: App, path: str, stream: trio.abc.Stream, peer: str) -> None:
+async def _serve_connection(app: Daemon, path: str, stream: trio.abc.Stream, peer: str) -> None:
     limits = app.limits
     upgraded: tuple[WSConnection, bytes | None] | None = None
     with trio.move_on_after(limits.handshake_timeout) as handshake:
@@ -170,12 +171,14 @@ async def _serve_connection(app: App, path: str, stream: trio.abc.Stream, peer: 
         await channel.aclose()
 
 
-async def serve(app: App, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    app: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Listen on ``listen`` and hand every connection to ``app.serve_channel``; never returns."""
     settings: WebSocketSettings = app.plugin_config(PLUGIN_NAME)
     path = settings.path
 
-    async def handler(app: App, stream: trio.abc.Stream, peer: str) -> None:
+    async def handler(app: Daemon, stream: trio.abc.Stream, peer: str) -> None:
         await _serve_connection(app, path, stream, peer)
 
     await serve_transport(

@@ -46,14 +46,20 @@ import hypercorn.trio
 import hypercorn.typing
 import trio
 
-from schedd.api import ConfigError, Daemon, InvalidSetting, Service, hookimpl, is_loopback, setting
-from schedd.plugins._listener import (
+from schedd.api import (
     LISTEN_DOC,
     TLS_CERT_DOC,
     TLS_KEY_DOC,
+    ConfigError,
+    Daemon,
+    InvalidSetting,
+    Service,
     check_tls_pair,
     existing_file,
+    hookimpl,
+    is_loopback,
     parse_listen,
+    setting,
     valid_listen,
 )
 from schedd.plugins.ui.asgi import Dashboard, UiApplication

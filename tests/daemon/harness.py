@@ -14,8 +14,8 @@ from typing import Any
 import trio
 
 from schedd import testing
-from schedd.sdk.connect import StreamChannel, WebSocketChannel
 from schedd.testing import DaemonHarness, MemoryChannel, Peer, channel_pair
+from schedd.transport import StreamChannel, WebSocketChannel
 from tests.websockets import websocket_channels
 
 __all__ = ["Daemon", "MemoryChannel", "Peer", "channel_pair", "running_daemon", "wire_channels"]

@@ -22,9 +22,9 @@ from wsproto.events import (
 
 from schedd import protocol as p
 from schedd.admission import MAX_TRACKED, Admission, address_of
-from schedd.channel import ChannelClosed
 from schedd.config import LimitsSection
 from schedd.sdk.connect import ConnectFailed, open_channel
+from schedd.transport.channel import ChannelClosed
 from tests.daemon.harness import Daemon, running_daemon
 from tests.polling import until
 

@@ -15,7 +15,7 @@ from schedd import protocol as p
 from schedd.core import Detach, Done, Progress, Queries
 from schedd.errors import StoreUnavailable
 from schedd.routes import Routes
-from schedd.sdk.connect import StreamChannel, WebSocketChannel
+from schedd.transport import StreamChannel, WebSocketChannel
 from tests.daemon.harness import Daemon, running_daemon, wire_channels
 
 TOKENS = {

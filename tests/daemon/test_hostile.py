@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedd import protocol as p
-from schedd.channel import ChannelClosed
 from schedd.sdk import open_channel
+from schedd.transport.channel import ChannelClosed
 from tests.e2e_daemon import DaemonProcess
 
 NODE_TYPES = sorted(p.NODE_SENDS - {"pong"})

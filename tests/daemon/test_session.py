@@ -17,8 +17,8 @@ from schedd import app as app_module
 from schedd import protocol as p
 from schedd.core_hooks import token_principal
 from schedd.errors import ProtocolError
-from schedd.sdk.connect import StreamChannel, WebSocketChannel
 from schedd.session import MAX_VIOLATIONS
+from schedd.transport import StreamChannel, WebSocketChannel
 from tests.daemon.harness import MemoryChannel, Peer, channel_pair, running_daemon, wire_channels
 
 TOKENS = {
@@ -964,7 +964,7 @@ async def test_what_a_short_direct_write_left_is_sent_before_later_messages(
                 return real_write(fd, data[:4])
             return real_write(fd, data)
 
-        monkeypatch.setattr("schedd.sdk.connect.os.write", write)
+        monkeypatch.setattr("schedd.transport.sockets.os.write", write)
         session.post(p.Pong(ref="first"))
         assert session.channel.write_pending and not session._sender_idle
         session.post(p.Pong(ref="second"))

@@ -16,10 +16,10 @@ import pytest
 import trio
 
 from schedd.admission import Admission
-from schedd.channel import Channel, ChannelClosed
 from schedd.errors import ProtocolError
-from schedd.sdk.readiness import ReadinessHub
 from schedd.testing import FakeDaemon
+from schedd.transport.channel import Channel, ChannelClosed
+from schedd.transport.readiness import ReadinessHub
 
 
 @attrs.define

@@ -15,7 +15,6 @@ import pytest
 import trio
 
 from schedd import protocol as p
-from schedd.channel import ChannelClosed
 from schedd.config import load_config
 from schedd.core import Core
 from schedd.errors import ConfigError, StoreUnavailable
@@ -23,6 +22,7 @@ from schedd.plugin_manager import PluginManager
 from schedd.plugins import reconcile
 from schedd.plugins.reconcile import ReconcileStats
 from schedd.sdk.node import JobContext, Node
+from schedd.transport.channel import ChannelClosed
 from tests.daemon.harness import Daemon, Peer, running_daemon
 from tests.polling import until
 

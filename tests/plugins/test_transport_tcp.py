@@ -8,13 +8,13 @@ import orjson
 import pytest
 import trio
 
-from schedd.channel import ChannelClosed
 from schedd.config import Config, converter
 from schedd.errors import ConfigError
 from schedd.plugin_manager import PluginManager
 from schedd.plugins import transport_tcp
 from schedd.plugins.transport_tcp import TcpSettings
 from schedd.sdk.connect import ConnectFailed, open_channel
+from schedd.transport.channel import ChannelClosed
 from tests.plugins import FakeApp, make_tls_files, start
 
 PLUGIN = "transport_tcp"

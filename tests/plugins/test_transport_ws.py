@@ -16,14 +16,14 @@ from wsproto.events import (
     TextMessage,
 )
 
-from schedd.channel import ChannelClosed
 from schedd.config import Config, converter
 from schedd.errors import ConfigError
 from schedd.plugin_manager import PluginManager
 from schedd.plugins import transport_ws
 from schedd.plugins.transport_ws import WebSocketSettings
+from schedd.protocol.wsframes import encode_message
 from schedd.sdk.connect import ConnectFailed, open_channel
-from schedd.sdk.wsframes import encode_message
+from schedd.transport.channel import ChannelClosed
 from tests.plugins import FakeApp, make_tls_files, start
 
 PLUGIN = "transport_ws"

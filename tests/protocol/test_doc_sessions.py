@@ -14,8 +14,8 @@ import orjson
 import pytest
 import trio
 
-from schedd.channel import ChannelClosed
 from schedd.sdk import open_channel
+from schedd.transport.channel import ChannelClosed
 from tests.e2e_daemon import DaemonProcess
 from tests.protocol.test_docs import DOC
 

@@ -12,11 +12,11 @@ import attrs
 import orjson
 import trio
 
-from schedd.channel import Channel, ChannelClosed
 from schedd.devtools.bench.measure import DRAIN_TIMEOUT, PAYLOAD, POOL, Say, percentiles
 from schedd.devtools.sim import Fleet, SimNode, raise_fd_limit
 from schedd.protocol import PROTOCOL_VERSION
 from schedd.sdk.connect import open_channel
+from schedd.transport.channel import Channel, ChannelClosed
 
 
 @attrs.define

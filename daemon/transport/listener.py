@@ -44,7 +44,7 @@ from schedd.admission import CURRENT, Ticket
 from schedd.config import InvalidSetting
 from schedd.errors import ConfigError
 from schedd.hookspecs import App
-from schedd.sdk.connect import format_address
+from schedd.transport.sockets import format_address
 
 __all__ = [
     "LISTEN_DOC",

@@ -1,4 +1,4 @@
-"""The readiness hub, and the channels reading through it (schedd.sdk.readiness)."""
+"""The readiness hub, and the channels reading through it (schedd.transport.readiness)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import trio
 from wsproto import WSConnection
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 
-from schedd.channel import ChannelClosed
 from schedd.errors import ProtocolError
 from schedd.protocol.framing import encode_frame
-from schedd.sdk.connect import RECEIVE_SIZE, StreamChannel, WebSocketChannel
-from schedd.sdk.readiness import ReadinessHub
+from schedd.transport import RECEIVE_SIZE, StreamChannel, WebSocketChannel
+from schedd.transport.channel import ChannelClosed
+from schedd.transport.readiness import ReadinessHub
 from tests.polling import until
 from tests.websockets import open_websockets
 
@@ -86,7 +86,7 @@ async def test_a_failing_callback_is_logged_and_unwatched_the_others_go_on(
     async with running_hub() as hub:
         hub.watch(a.fileno(), broken)
         hub.watch(c.fileno(), lambda flags: seen.append("c"))
-        with caplog.at_level(logging.ERROR, "schedd.sdk.readiness"):
+        with caplog.at_level(logging.ERROR, "schedd.transport.readiness"):
             b.send(b"x")
             await until(lambda: hub.watched == 1, timeout=5)
         assert f"readiness callback for descriptor {a.fileno()} failed" in caplog.text
@@ -207,7 +207,7 @@ async def test_consumer_exception_is_logged(caplog: pytest.LogCaptureFixture) ->
 
     async with hub_channel() as (_, channel, peer):
         channel.set_inline(consume)
-        with trio.fail_after(5), caplog.at_level(logging.ERROR, "schedd.sdk.connect"):
+        with trio.fail_after(5), caplog.at_level(logging.ERROR, "schedd.transport.sockets"):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(peer.send_all, encode_frame(b"x"))
                 assert await channel.receive() == b"x"
@@ -427,7 +427,7 @@ async def test_a_failure_while_taking_input_ends_the_input_instead_of_hanging(
             raise RuntimeError("parser bug")
 
         monkeypatch.setattr(type(channel), "_take", lambda self, data: broken_take(data))
-        with trio.fail_after(5), caplog.at_level(logging.ERROR, "schedd.sdk.connect"):
+        with trio.fail_after(5), caplog.at_level(logging.ERROR, "schedd.transport.sockets"):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(peer.send_all, wire("anything"))
                 with pytest.raises(ChannelClosed, match="reading failed: RuntimeError"):

@@ -12,7 +12,7 @@ Rules of this module:
   When it has events, the hub calls each ready socket's callback, synchronously, in its own
   task. A channel's callback reads the socket there and passes what it can handle without
   awaiting to the consumer inline (a node's unchanged heartbeat); only what needs the
-  connection's task wakes that task (:class:`~schedd.sdk.connect.StreamChannel`).
+  connection's task wakes that task (:class:`~schedd.transport.stream.StreamChannel`).
 - **Edge-triggered.** A callback is called once per arrival of input, not while input stays
   unread: whoever skips a read must remember that the socket is ready and read later. The end
   of the stream may arrive with the last data in one event (``EPOLLRDHUP``): after that, a read

@@ -27,9 +27,13 @@ Rules of this module:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Final
 
-__all__ = ["FrameSplitter", "HeadSplitter", "encode_message", "unmask"]
+from wsproto import WSConnection
+from wsproto.events import Event
+
+__all__ = ["FrameSplitter", "HeadSplitter", "encode_message", "handshake_events", "unmask"]
 
 _FIN: Final = 0x80
 _RSV: Final = 0x70
@@ -191,3 +195,19 @@ class FrameSplitter:
         no longer used."""
         head, self._head = self._head, b""
         return head
+
+
+def handshake_events(
+    ws: WSConnection, head: HeadSplitter, data: bytes,
+) -> Iterator[tuple[Event, bytes | None]]:
+    """Feed one handshake read to ``ws`` (the HTTP head only, see the module) and
+    yield each event with what followed the head and was not fed: the bytes a channel built
+    on that event reads first (``leftover``). None if the head's end was not found (a head
+    ended by bare line feeds, which wsproto accepts): wsproto may then hold the start of a
+    frame. Raises wsproto's ``RemoteProtocolError`` as ``receive_data`` does."""
+    chunks = head.chunks(data)
+    for i, chunk in enumerate(chunks):
+        ws.receive_data(chunk)
+        for event in ws.events():
+            rest = b"".join(c for c in chunks[i + 1:] if c) if head.done else None
+            yield event, rest

@@ -1,4 +1,4 @@
-"""The channels' own decoding of common WebSocket frames (schedd.sdk.wsframes), checked against
+"""The channels' own decoding of common WebSocket frames (schedd.protocol.wsframes), checked against
 wsproto: the same messages, in the same order, whatever the reads, on either end."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from schedd.sdk.wsframes import FrameSplitter, HeadSplitter, encode_message, unmask
+from schedd.protocol.wsframes import FrameSplitter, HeadSplitter, encode_message, unmask
 
 LIMIT = 1 << 20
 
@@ -238,8 +238,8 @@ async def test_the_server_channel_decodes_simple_frames_itself_and_keeps_the_ord
 
     import trio
 
-    from schedd.sdk.connect import WebSocketChannel
-    from schedd.sdk.readiness import ReadinessHub
+    from schedd.transport import WebSocketChannel
+    from schedd.transport.readiness import ReadinessHub
 
     ours, theirs = socket.socketpair()
     client, server_ws = _pair()
@@ -302,7 +302,7 @@ def test_masking_keys_differ_per_frame() -> None:
 
 
 async def test_the_channel_refuses_to_send_bad_text_or_on_a_closing_connection() -> None:
-    from schedd.channel import ChannelClosed
+    from schedd.transport.channel import ChannelClosed
     from tests.websockets import websocket_channels
 
     server, client = websocket_channels()
@@ -328,7 +328,8 @@ async def test_a_client_decodes_the_frames_that_came_with_the_handshake_response
 
     import trio
 
-    from schedd.sdk.connect import WebSocketChannel, _parse_url, _websocket_handshake
+    from schedd.sdk.connect import _parse_url, _websocket_handshake
+    from schedd.transport import WebSocketChannel
 
     ours, theirs = socket.socketpair()
     server = WSConnection(ConnectionType.SERVER)
@@ -369,7 +370,8 @@ async def test_a_response_head_ended_by_bare_line_feeds_leaves_the_frames_to_wsp
 
     import trio
 
-    from schedd.sdk.connect import WebSocketChannel, _parse_url, _websocket_handshake
+    from schedd.sdk.connect import _parse_url, _websocket_handshake
+    from schedd.transport import WebSocketChannel
 
     ours, theirs = socket.socketpair()
     server = WSConnection(ConnectionType.SERVER)
@@ -403,7 +405,7 @@ async def test_a_client_without_the_bytes_behind_the_head_leaves_decoding_to_wsp
 
     import trio
 
-    from schedd.sdk.connect import WebSocketChannel
+    from schedd.transport import WebSocketChannel
 
     ours, theirs = socket.socketpair()
     client, _ = _pair()
@@ -428,8 +430,8 @@ async def test_a_server_reads_frames_sent_right_behind_the_upgrade_request(hub: 
     import trio
 
     from schedd.plugins.transport_ws import accept_upgrade
-    from schedd.sdk.connect import WebSocketChannel
-    from schedd.sdk.readiness import ReadinessHub
+    from schedd.transport import WebSocketChannel
+    from schedd.transport.readiness import ReadinessHub
 
     ours, theirs = socket.socketpair()
     client = WSConnection(ConnectionType.CLIENT)
