@@ -52,6 +52,7 @@ def _floor_ok(floor: dict[str, Any]) -> None:
     assert floor["command"] in ("fcall", "evalsha")
     assert floor["one_at_a_time_us"]["n"] == floor["calls"] > 0
     assert 0 < floor["one_at_a_time_us"]["p50"] <= floor["one_at_a_time_us"]["p99"]
+    assert floor["pipelined_calls"] > floor["calls"]
     assert _positive(floor["calls_per_s"]) and _positive(floor["server_usec_per_call"])
 
 
