@@ -29,6 +29,11 @@ calls of the daemon's own command:
 * **back to back** (``select_reserve_usec_per_call_back_to_back``): the same number of calls,
   IN_FLIGHT at a time through the core, this process moved to the other CPUs (when there are
   any): Redis runs the calls one after another, as it does under load.
+
+Before them, on the same server and CPU, the Redis floor (:mod:`schedd.devtools.bench.floor`,
+the same number of calls): the one-at-a-time figure is also given in the floor's round trips
+(``select_reserve_round_trips``) and in no-op script calls, server side
+(``select_reserve_noop_calls``).
 """
 
 from __future__ import annotations
