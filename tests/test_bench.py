@@ -4,6 +4,7 @@ CLI, against a real redis-server and daemon process. Counts are asserted, timing
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -40,6 +41,27 @@ from tests.e2e_daemon import SCHEDD
 from tests.procs import children, cmdline, running
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _floor_ok(floor: dict[str, Any]) -> None:
+    """The Redis floor a scenario measured on its redis-server (schedd.devtools.bench.floor)."""
+    assert floor["command"] in ("fcall", "evalsha")
+    assert floor["one_at_a_time_us"]["n"] == floor["calls"] > 0
+    assert 0 < floor["one_at_a_time_us"]["p50"] <= floor["one_at_a_time_us"]["p99"]
+    assert floor["pipelined_calls"] > floor["calls"]
+    assert _positive(floor["calls_per_s"]) and _positive(floor["server_usec_per_call"])
+
+
+def _dispatch_ratios_ok(result: dict[str, Any]) -> None:
+    _floor_ok(result["floor"])
+    for figure in ("submit_to_node", "submit_to_done"):
+        ratios = result["ratios"][f"{figure}_round_trips"]
+        assert _positive(ratios["p50"]) and _positive(ratios["p99"]), ratios
+        assert ratios["p50"] <= ratios["p99"]
 
 
 def _lifecycle_ok(result: dict[str, Any]) -> None:
@@ -87,6 +109,11 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     # a no-op job's script calls: job_submit, then the node's accept and result together in one
     # job_result; the heartbeat flushes and the reaper add a few hundredths
     assert 2.0 <= s1["script_calls_per_job"] < 2.5
+    _dispatch_ratios_ok(s1)
+    assert re.search(r"S1\s+submit->done\s+p50 [\d.]+ / p99 [\d.]+ / max [\d.]+ ms = "
+                     r"p50 [\d.]+ / p99 [\d.]+ RT\n", proc.stdout)
+    assert re.search(r"S1\s+Redis floor: no-op (fcall|evalsha) one at a time \(RT\) / pipelined"
+                     r"\s+p50 [\d.]+ / p99 [\d.]+ us; \d+ calls/s", proc.stdout)
     assert re.search(r"S1\s+CPU per job \(daemon / redis / bench\); script calls\s+\S+ / \S+ / "
                      r"\S+ us; 2\.\d+\n", proc.stdout)
 
@@ -94,6 +121,11 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert s2["lost"] == 0 and s2["done"] == s2["submitted"] > 0
     assert s2["best_jobs_per_s"] > 0
     assert [level["concurrency"] for level in s2["levels"]]
+    _floor_ok(s2["floor"])
+    assert 2.0 <= s2["script_calls_per_job"] < 2.5  # as S1's
+    assert _positive(s2["ratios"]["best_jobs_per_s_of_floor"])
+    assert re.search(r"S2\s+best sustained jobs/s \(p99<=50ms\)\s+.* = [\d.]+ of floor calls/s",
+                     proc.stdout)
 
     s3 = r["S3"]
     _lifecycle_ok(s3)
@@ -105,6 +137,7 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert re.search(r"S3\s+heartbeat call holds Redis \(p50 / max\)\s+\S+ / \S+ ms", proc.stdout)
     assert s3["daemon_rss_mb"] > 0 and s3["daemon_cpu_pct_heartbeats"] >= 0
     assert s3["node_errors"] == 0 and s3["reconnects"] == 0
+    _dispatch_ratios_ok(s3)
     assert re.search(r"S3\s+node errors / reconnects \(live nodes reaped\)\s+0 / 0\n", proc.stdout)
 
     s4 = r["S4"]
@@ -113,8 +146,14 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert all(len(row["pinned_cpu"]) == 1 for row in s4["rows"])  # one CPU, see script_cost
     for figure in ("", "_through_core", "_back_to_back"):
         assert all(row[f"select_reserve_usec_per_call{figure}"] > 0 for row in s4["rows"])
+    for row in s4["rows"]:  # the floor measured on S4's own redis-server, per pool size
+        _floor_ok(row["floor"])
+    for ratio in ("usec_per_call_round_trips", "usec_per_call_noop_calls"):
+        assert set(s4["ratios"][ratio]) == {str(size) for size in s4["params"]["sizes"]}
+        assert all(_positive(v) for v in s4["ratios"][ratio].values())
     assert re.search(r"S4\s+select\+reserve, 10 nodes\s+[\d.]+ us/call "
-                     r"\([\d.]+ through the core; [\d.]+ back to back\)\n", proc.stdout)
+                     r"\([\d.]+ through the core; [\d.]+ back to back\) = [\d.]+ RT = "
+                     r"[\d.]+ no-op calls\n", proc.stdout)
 
     s5 = r["S5"]
     assert s5["lost"] == 0 and s5["done"] == s5["submitted"] > 0

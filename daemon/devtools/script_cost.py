@@ -29,6 +29,11 @@ calls of the daemon's own command:
 * **back to back** (``select_reserve_usec_per_call_back_to_back``): the same number of calls,
   IN_FLIGHT at a time through the core, this process moved to the other CPUs (when there are
   any): Redis runs the calls one after another, as it does under load.
+
+Before them, on the same server and CPU, the Redis floor (:mod:`schedd.devtools.bench.floor`,
+the same number of calls): the one-at-a-time figure is also given in the floor's round trips
+(``select_reserve_round_trips``) and in no-op script calls, server side
+(``select_reserve_noop_calls``).
 """
 
 from __future__ import annotations
@@ -176,6 +181,8 @@ async def _back_to_back(store: Store, core: Core, calls: int,
 
 async def measure(store: Store, address: tuple[str, int], nodes: int, calls: int,
                   driver_cpus: set[int] | None = None) -> dict[str, Any]:
+    from schedd.devtools.bench.floor import measure_store as measure_floor
+
     await store.execute("FLUSHALL")
     core = Core(store, CoreSettings(namespace="bench", instance="bench-1", heartbeat_interval=600))
     await core.start()
@@ -192,6 +199,8 @@ async def measure(store: Store, address: tuple[str, int], nodes: int, calls: int
     def spec(job_id: str) -> JobSpec:
         return JobSpec(pools=("p",), job_id=job_id, payload_json='{"n": 1}')
 
+    # the Redis floor, on this server and CPU, the pool in place (bench.floor)
+    floor = await measure_floor(store, calls)
     # one at a time, lean: the daemon's own command, encoded before the clock starts
     for_job = await submit_command(core, spec("template"))
     commands = [for_job(f"lean-{i:06d}") for i in range(calls)]
@@ -218,6 +227,12 @@ async def measure(store: Store, address: tuple[str, int], nodes: int, calls: int
         "node_record_bytes": node_bytes,
         "node_share_of_indexes_bytes": round(shared / nodes, 1),
         "retained_job_bytes": job_bytes,
+        "floor": floor,
+        # the one-at-a-time figure in floor round trips and in no-op script calls (server side)
+        "select_reserve_round_trips": round(
+            lean["usec_per_call"] / floor["one_at_a_time_us"]["p50"], 3),
+        "select_reserve_noop_calls": round(
+            lean["usec_per_call"] / floor["server_usec_per_call"], 2),
     }
 
 

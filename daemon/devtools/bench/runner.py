@@ -83,6 +83,23 @@ def _lat(d: dict[str, Any]) -> str:
     return f"p50 {d['p50']} / p99 {d['p99']} / max {d['max']} ms"
 
 
+def _lat_rt(d: dict[str, Any], ratios: dict[str, Any] | None) -> str:
+    """A latency summary and, when there was a floor, its p50 / p99 in floor round trips."""
+    if not ratios or ratios.get("p50") is None:
+        return _lat(d)
+    return f"{_lat(d)} = p50 {ratios['p50']} / p99 {ratios['p99']} RT"
+
+
+def _floor_rows(name: str, s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    floor = s.get("floor")
+    if not floor:
+        return []
+    one = floor["one_at_a_time_us"]
+    return [(name, f"Redis floor: no-op {floor['command']} one at a time (RT) / pipelined",
+             f"p50 {one['p50']} / p99 {one['p99']} us; {floor['calls_per_s']} calls/s "
+             f"({floor['in_flight']} in flight)")]
+
+
 def _holds(s: dict[str, Any]) -> str:
     held = s.get("heartbeat_call_ms") or {}
     if not held.get("n"):
@@ -109,21 +126,31 @@ def table(document: dict[str, Any]) -> str:
              if "failed" in res]
     if "S1" in r:
         s = r["S1"]
-        rows += [("S1", "submit->node", _lat(s["submit_to_node_ms"])),
-                 ("S1", "submit->done", _lat(s["submit_to_done_ms"])),
+        ratios = s.get("ratios", {})
+        rows += [*_floor_rows("S1", s),
+                 ("S1", "submit->node", _lat_rt(s["submit_to_node_ms"],
+                                                ratios.get("submit_to_node_round_trips"))),
+                 ("S1", "submit->done", _lat_rt(s["submit_to_done_ms"],
+                                                ratios.get("submit_to_done_round_trips"))),
                  ("S1", "CPU per job (" + " / ".join(s["cpu_us_per_job"]) + "); script calls",
                   " / ".join(f"{v:g}" for v in s["cpu_us_per_job"].values()) + " us; "
                   f"{s['script_calls_per_job']}"),
                  ("S1", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}")]
     if "S2" in r:
         s = r["S2"]
-        rows += [("S2", "best sustained jobs/s (p99<=50ms)",
+        fraction = s.get("ratios", {}).get("best_jobs_per_s_of_floor")
+        rows += [*_floor_rows("S2", s),
+                 ("S2", "best sustained jobs/s (p99<=50ms)",
                   f"{s['best_jobs_per_s']} at concurrency {s['best_concurrency']} "
-                  f"(p99 {s['best_p99_ms']} ms)"),
+                  f"(p99 {s['best_p99_ms']} ms)"
+                  + (f" = {fraction} of floor calls/s / {s['script_calls_per_job']} calls per job"
+                     if fraction is not None else "")),
                  ("S2", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}")]
     if "S3" in r:
         s = r["S3"]
-        rows += [("S3", "nodes / heartbeats per s", f"{s['nodes']} / {s['heartbeats_per_s']}"),
+        ratios = s.get("ratios", {})
+        rows += [*_floor_rows("S3", s),
+                 ("S3", "nodes / heartbeats per s", f"{s['nodes']} / {s['heartbeats_per_s']}"),
                  ("S3", "daemon CPU % (heartbeats only)", str(s["daemon_cpu_pct_heartbeats"])),
                  ("S3", "daemon RSS MB", f"{s['daemon_rss_mb']} (peak {s['daemon_rss_peak_mb']})"),
                  ("S3", "heartbeat script calls/s", str(s["heartbeat_script_calls_per_s"])),
@@ -133,17 +160,24 @@ def table(document: dict[str, Any]) -> str:
                  ("S3", f"with {s['job_rate']} jobs/s: CPU %", str(s["daemon_cpu_pct_with_jobs"])),
                  ("S3", "sim + clients CPU % (idle / jobs)",
                   f"{s['bench_cpu_pct_heartbeats']} / {s['bench_cpu_pct_with_jobs']}"),
-                 ("S3", "submit->node", _lat(s["submit_to_node_ms"])),
-                 ("S3", "submit->done", _lat(s["submit_to_done_ms"])),
+                 ("S3", "submit->node", _lat_rt(s["submit_to_node_ms"],
+                                                ratios.get("submit_to_node_round_trips"))),
+                 ("S3", "submit->done", _lat_rt(s["submit_to_done_ms"],
+                                                ratios.get("submit_to_done_round_trips"))),
                  ("S3", "jobs submitted/done/lost", f"{s['submitted']}/{s['done']}/{s['lost']}")]
     if "S4" in r:
         others = [(r["S4"].get("usec_per_call_through_core", {}), "through the core"),
                   (r["S4"].get("usec_per_call_back_to_back", {}), "back to back")]
+        ratios = r["S4"].get("ratios", {})
         for size, usec in r["S4"]["usec_per_call"].items():
             notes = "; ".join(f"{values[size]} {what}" for values, what in others
                               if size in values)
+            in_floor = [f"{values[size]} {what}" for values, what in (
+                (ratios.get("usec_per_call_round_trips", {}), "RT"),
+                (ratios.get("usec_per_call_noop_calls", {}), "no-op calls")) if size in values]
             rows.append(("S4", f"select+reserve, {size} nodes",
-                         f"{usec} us/call" + (f" ({notes})" if notes else "")))
+                         f"{usec} us/call" + (f" ({notes})" if notes else "")
+                         + (f" = {' = '.join(in_floor)}" if in_floor else "")))
     if "S5" in r:
         s = r["S5"]
         for how in ("drop", "silent"):

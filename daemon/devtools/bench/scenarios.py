@@ -11,8 +11,9 @@ from typing import Any, Final
 import attrs
 import trio
 
+from schedd.devtools.bench import floor as redis_floor
 from schedd.devtools.bench.clients import BenchClient, Recorder, open_clients, open_fleet, open_loop
-from schedd.devtools.bench.daemon import Setting, running_daemon
+from schedd.devtools.bench.daemon import DaemonProcess, Setting, running_daemon
 from schedd.devtools.bench.measure import (
     DRAIN_TIMEOUT,
     Say,
@@ -67,8 +68,29 @@ class Options:
     say: Say = _say
 
 
+async def measure_floor(opt: Options, daemon: DaemonProcess | None) -> dict[str, Any] | None:
+    """The Redis floor of the scenario's redis-server, its daemon started and idle (None when
+    the bench drives a daemon of its own: ``--url``)."""
+    if daemon is None:
+        return None
+    floor = await redis_floor.measure(daemon.redis.url, opt.scale)
+    opt.say(f"  floor: round trip p50 {floor['one_at_a_time_us']['p50']} us, "
+            f"{floor['calls_per_s']} calls/s pipelined")
+    return floor
+
+
+def script_calls_per_job(before: dict[str, int], after: dict[str, int], jobs: int
+                         ) -> float | None:
+    """Script calls (``FCALL`` + ``EVALSHA``) Redis ran between two command counts, per job."""
+    if not after or not jobs:
+        return None
+    return round(sum(after.get(name, 0) - before.get(name, 0)
+                     for name in ("fcall", "evalsha")) / jobs, 3)
+
+
 async def s1_dispatch(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     async with running_daemon(opt.settings, url=opt.url) as daemon:
+        floor = await measure_floor(opt, daemon)
         url = opt.url or daemon.url(opt.transport)
         recorder = Recorder()
         async with open_fleet(url, p["nodes"], opt.say, on_assign=recorder.on_assign), \
@@ -92,20 +114,22 @@ async def s1_dispatch(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
                   # each process spent during the open loop, and the script calls Redis ran
                   "cpu_us_per_job": {name: round(1e6 * (cpu1[name] - cpu0[name]) / jobs, 1)
                                      for name in pids},
-                  "script_calls_per_job": round(sum(
-                      commands1.get(name, 0) - commands0.get(name, 0)
-                      for name in ("fcall", "evalsha")) / jobs, 3) if commands1 else None,
+                  "script_calls_per_job": script_calls_per_job(commands0, commands1, jobs),
                   "errors": recorder.errors[:5], "error_count": len(recorder.errors)}
+    result["floor"] = floor
+    result["ratios"] = redis_floor.dispatch_ratios(result, floor)
     return result
 
 
 async def s2_throughput(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     levels = []
     async with running_daemon(opt.settings, url=opt.url) as daemon:
+        floor = await measure_floor(opt, daemon)
         url = opt.url or daemon.url(opt.transport)
         recorder = Recorder()
         async with open_fleet(url, p["nodes"], opt.say, capacity=p["capacity"],
                               on_assign=recorder.on_assign):
+            commands0 = await daemon.command_counts() if daemon is not None else {}
             for concurrency in p["concurrency"]:
                 connections = min(concurrency, 8)
                 async with open_clients(url, recorder, connections) as clients:
@@ -132,12 +156,17 @@ async def s2_throughput(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
                             f"p99 {p99} ms")
                     if p99 > 50:
                         break
+            commands1 = await daemon.command_counts() if daemon is not None else {}
         good = [lv for lv in levels if lv["submit_to_done_ms"].get("p99", math.inf) <= 50]
         best = max(good or levels, key=lambda lv: lv["jobs_per_s"])
         total = recorder.summary(list(recorder.jobs.values()))
+    per_job = script_calls_per_job(commands0, commands1, total["submitted"])
     return {"best_jobs_per_s": best["jobs_per_s"], "best_concurrency": best["concurrency"],
             "best_p99_ms": best["submit_to_done_ms"].get("p99"), "levels": levels,
             "submitted": total["submitted"], "done": total["done"], "lost": total["lost"],
+            "script_calls_per_job": per_job, "floor": floor,
+            "ratios": {"best_jobs_per_s_of_floor": redis_floor.jobs_fraction(
+                best["jobs_per_s"], per_job, floor)},
             "errors": recorder.errors[:5], "error_count": len(recorder.errors)}
 
 
@@ -148,6 +177,7 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("S3 measures the daemon's process: it needs its own daemon (no --url)")
     script = Scripts()["heartbeat_batch"]
     async with running_daemon(opt.settings) as daemon:
+        floor = await measure_floor(opt, daemon)
         # the store client (and the redis package under it) is imported here, not inside the
         # heartbeat window, where script_holds is the first to use it (the import would take
         # this process's time inside the measured window)
@@ -200,7 +230,8 @@ async def s3_heartbeats(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
         "daemon_rss_peak_mb": round(memory_load.get("VmHWM", 0) / 1024, 1),
         "job_rate": p["rate"], **summary,
         "node_errors": stats["errors"], "reconnects": stats["reconnects"],
-        "errors": recorder.errors[:5], "error_count": len(recorder.errors),
+        "errors": recorder.errors[:5], "error_count": len(recorder.errors), "floor": floor,
+        "ratios": redis_floor.dispatch_ratios(summary, floor),
     }
 
 
@@ -216,7 +247,11 @@ async def s4_script_cost(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
                 for r in rows},
             "usec_per_call_back_to_back": {
                 str(r["nodes_in_pool"]): r["select_reserve_usec_per_call_back_to_back"]
-                for r in rows}}
+                for r in rows},
+            "ratios": {"usec_per_call_round_trips": {
+                str(r["nodes_in_pool"]): r["select_reserve_round_trips"] for r in rows},
+                "usec_per_call_noop_calls": {
+                str(r["nodes_in_pool"]): r["select_reserve_noop_calls"] for r in rows}}}
 
 
 def held_jobs_after_kills(recorder: Recorder, kills: Sequence[dict[str, Any]]
