@@ -17,7 +17,8 @@ Rules of this module:
   :class:`~schedd.channel.Channel` for the daemon's transports and for clients alike. Neither
   runs a background task, so a channel holds no nursery and may be closed from any task (a
   ``StreamChannel`` given a running :class:`~schedd.sdk.readiness.ReadinessHub` is read by
-  the hub's task while someone waits in ``receive``; closing it unwatches the socket). A
+  the hub's task while someone waits in ``receive``; closing it unwatches the socket and
+  forgets the inline consumer, so a closed channel and its owner hold no cycle). A
   message over ``max_frame`` bytes raises :class:`~schedd.errors.ProtocolError` ``E_TOO_LARGE``
   from ``receive`` (a TCP frame as soon as its 4-byte header is read, a WebSocket message as soon
   as the part received goes over); a TCP frame of length 0 or a broken WebSocket frame (bad
@@ -439,6 +440,14 @@ class _HubReader(Generic[_M]):
         if task is not None:
             trio.lowlevel.reschedule(task)
 
+    def _detach(self) -> None:
+        """Closing: forget the hub and the inline consumer. The consumer is a bound method of
+        the channel's owner, which holds the channel: kept, the pair would be a reference
+        cycle that outlives the connection until a full collection."""
+        self._inline = None
+        if self._hub is not None:
+            self._wake_closed()
+
 
 # ---------------------------------------------------------------------------------------------
 # TCP / TLS
@@ -472,7 +481,9 @@ class StreamChannel(_HubReader[bytes]):
         self._rest = b""
         self._broken: tuple[str, str] | None = None
         self._closed = False
-        self._end: ChannelClosed | None = None  # the end of the input once read (with a hub)
+        # Why the input ended, once read (with a hub). A reason, not the exception: an exception
+        # kept here holds its traceback, whose frames hold this channel (a reference cycle).
+        self._end: str | None = None
         self._attach(hub)
 
     async def receive(self) -> bytes:
@@ -494,7 +505,7 @@ class StreamChannel(_HubReader[bytes]):
             if self._broken is not None:
                 raise ProtocolError(*self._broken)
             assert self._end is not None
-            raise self._end
+            raise ChannelClosed(self._end)
         while not frames:
             self._feed(await self._read())
         return frames.popleft()
@@ -520,13 +531,13 @@ class StreamChannel(_HubReader[bytes]):
         try:
             self._feed(data)
         except ChannelClosed as exc:
-            self._end = exc
+            self._end = str(exc)
         except ProtocolError:
             pass  # in _broken
 
     def _lose(self, reason: str) -> None:
         if self._end is None:
-            self._end = ChannelClosed(reason)
+            self._end = reason
 
     def _news(self) -> bool:
         return bool(self._items) or self._broken is not None or self._end is not None
@@ -566,8 +577,7 @@ class StreamChannel(_HubReader[bytes]):
         if self._closed:
             return
         self._closed = True
-        if self._hub is not None:
-            self._wake_closed()
+        self._detach()
         await close_stream(self._stream)
 
 
@@ -832,8 +842,7 @@ class WebSocketChannel(_HubReader[bytes | str]):
         if self._closed:
             return
         self._closed = True
-        if self._hub is not None:
-            self._wake_closed()
+        self._detach()
         with trio.move_on_after(CLOSE_TIMEOUT):
             if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 with suppress(ChannelClosed):
