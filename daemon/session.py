@@ -249,6 +249,8 @@ class Session:
         again, here or elsewhere)."""
         node_id = self.node_id
         self.node_id = None  # no longer speaks for the node: no offline when it closes
+        if node_id is not None:  # nor routes its deliveries (its end will not unbind it)
+            self.app.unbind_node(node_id, self)
         self._error("E_STALE_EPOCH", f"the registration of node {node_id} is no longer current "
                     "(it registered again elsewhere, or the store lost it); register again")
         self.close()
@@ -722,6 +724,9 @@ class Session:
 
     def deliver_done(self, done: Done) -> None:
         self.inflight.discard(done.job_id)
+        # nothing follows a done: a done this session was handed directly (a duplicate submit,
+        # a follow of a finished job) must not leave it the job's follower for ever
+        self.app.unfollow(done.job_id, self)
         error = None
         if done.error:
             error = p.ErrorInfo(code=str(done.error.get("code") or "E_FAILED"),

@@ -24,6 +24,7 @@ import pytest
 import trio
 
 import schedd
+from schedd import protocol as p
 from schedd.channel import Channel
 from schedd.protocol import PROTOCOL_VERSION
 from schedd.redis_process import RedisServer
@@ -149,3 +150,43 @@ async def test_closed_connections_leave_nothing_behind(
             assert app.readiness.watched == 0
             # and nothing of the connections waits for the cycle collector
             assert schedd_objects(garbage) == Counter()
+
+
+# -- routing entries of the in-memory harness's connections ----------------------------------
+
+
+async def test_a_done_handed_over_directly_leaves_no_follower() -> None:
+    """A duplicate submit of a finished job, and a follow of one, get its done at once: the
+    connection does not stay the job's follower (with everything it holds) after it."""
+    async with running_daemon() as d:
+        node, _ = await d.node("p", node_id="n1")
+        client = await d.connect("client")
+        await client.send(p.Submit(job_id="j1", pools=["p"]))
+        await client.expect(p.Accepted)
+        await node.expect(p.Assign)
+        await node.send(p.Accept(job_id="j1", attempt=1))
+        await node.send(p.Result(job_id="j1", attempt=1, ok=True))
+        await client.expect(p.Done)
+        assert d.app.followers == {}
+        await client.send(p.Submit(job_id="j1", pools=["p"]))  # the same job again
+        assert (await client.expect(p.Accepted)).duplicate
+        await client.expect(p.Done)
+        assert d.app.followers == {}
+        await client.send(p.Follow(job_id="j1"))
+        await client.expect(p.Job)
+        await client.expect(p.Done)
+        assert d.app.followers == {}
+
+
+async def test_a_connection_refused_as_stale_is_no_longer_the_nodes_route() -> None:
+    """A stale registration's connection closes without taking the node offline; the node may
+    never come back (a fleet with new ids), so its entry must not stay."""
+    async with running_daemon() as d:
+        node, reg = await d.node("p", node_id="n1")
+        await d.app.core.register_node(node_id="n1", capacity=1, pools=["p"])  # elsewhere
+        d.app.batcher.beat("n1", reg.epoch)
+        await d.app.batcher.flush()
+        assert (await node.expect(p.Error)).code == "E_STALE_EPOCH"
+        assert await node.closed()
+        await until(lambda: not d.app.sessions)
+        assert d.app.nodes == {}
