@@ -57,7 +57,7 @@ from schedd.sim import Fleet, SimNode, parse_duration, raise_fd_limit
 
 __all__ = ["SCENARIOS", "BenchClient", "DaemonProcess", "Recorder", "run_bench"]
 
-SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5", "CHAOS")
+SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5", "CHAOS", "SOAK")
 SCHEDD: Final = str(Path(sys.executable).parent / "schedd")
 POOL: Final = "p"
 PAYLOAD: Final = {"n": 1}
@@ -597,6 +597,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S5": {"nodes": 1000, "rate": 500, "seconds": 30, "clients": 4, "warmup": 3.0,
                "duration": "uniform:0.5,1.5", "kills": 10, "heartbeat_interval": 1.0},
         "CHAOS": {"nodes": 200, "jobs": 5000, "instances": 3, "settle": 120.0},
+        # 500 nodes reconnecting ~10 times a second, 245 jobs/s, 1 % failing
+        "SOAK": {"nodes": 500, "disconnect_rate": 0.02, "rate": 245, "clients": 1,
+                 "fail_rate": 0.01, "warmup": 30.0, "phase_seconds": 60.0, "sample_every": 1.0},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -607,6 +610,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "S5": {"nodes": 30, "rate": 50, "seconds": 3, "clients": 2, "warmup": 0.0,
                "duration": "uniform:0.3,0.6", "kills": 2, "heartbeat_interval": 0.25},
         "CHAOS": {"nodes": 20, "jobs": 200, "instances": 3, "settle": 60.0},
+        "SOAK": {"nodes": 20, "disconnect_rate": 0.25, "rate": 50, "clients": 1,
+                 "fail_rate": 0.01, "warmup": 1.0, "phase_seconds": 2.0, "sample_every": 0.25},
     },
 }
 
@@ -861,8 +866,15 @@ async def chaos(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
             "ok": report.ok, "report": report.lines()}
 
 
+async def soak(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's RSS per reconnection and per job (schedd.benchmarks.soak)."""
+    from schedd.benchmarks.soak import run_soak
+
+    return await run_soak(opt, p)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
-                   "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos}
+                   "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos, "SOAK": soak}
 
 
 def _failure(exc: BaseException) -> str:
@@ -1014,6 +1026,10 @@ def table(document: dict[str, Any]) -> str:
         rows.append(("CHAOS", "accepted/done/lost/duplicate done",
                      f"{c['accepted']}/{c['done_messages']}/{c['lost']}/{c['duplicate_done']}"
                      f" ({c['jobs_per_second']} jobs/s, {'OK' if c['ok'] else 'FAILED'})"))
+    if "SOAK" in r:
+        from schedd.benchmarks.soak import table_rows
+
+        rows += table_rows(r["SOAK"])
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]
