@@ -23,10 +23,17 @@ a full pass only when it is worth it:
 - once the connections that *ended* since the last full pass amount to a fifth of the count
   (at least :data:`SETTLE_MINIMUM`) and the count has then held steady for a few seconds, it
   runs one full collection, frozen objects included, to reclaim their cycles, and freezes the
-  survivors again (:func:`settle_gc`).
+  survivors again (:func:`settle_gc`);
+- while connections keep arriving as others end (a fleet whose nodes reconnect now and then:
+  the count holds, the arrivals never stop), the arrivals are not waited for once the
+  connections ended since the last full pass amount to the whole count (:data:`SETTLE_CHURN`,
+  at least :data:`SETTLE_MINIMUM`): one full pass per turnover of the fleet, when the count has
+  held steady for a few seconds.
 
-Cycles that become garbage while frozen wait for the next full pass; the second rule bounds
-them to about a fifth of the connections.
+Cycles that become garbage while frozen wait for the next full pass; the last two rules bound
+them to about a fifth of the connections, or a whole fleet's worth under constant churn. A
+closed connection itself leaves no cycle (tests/daemon/test_closed_connections.py): reference
+counting frees its objects when it ends, frozen or not.
 """
 
 from __future__ import annotations
@@ -40,8 +47,8 @@ from typing import Final
 
 import trio
 
-__all__ = ["FREEZE_STEP", "GC_THRESHOLDS", "SETTLE_CHANGE", "SETTLE_MINIMUM", "freeze_young",
-           "serve_gc_settler", "settle_gc", "tune_gc"]
+__all__ = ["FREEZE_STEP", "GC_THRESHOLDS", "SETTLE_CHANGE", "SETTLE_CHURN", "SETTLE_MINIMUM",
+           "freeze_young", "serve_gc_settler", "settle_gc", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,9 @@ FREEZE_STEP: Final = 500
 SETTLE_CHANGE: Final = 0.2
 #: … and at least this many (below it a full pass is short anyway).
 SETTLE_MINIMUM: Final = 500
+#: While connections keep arriving: a full pass once the ended ones are this fraction of the
+#: count (and at least SETTLE_MINIMUM), the count holding steady.
+SETTLE_CHURN: Final = 1.0
 
 
 def tune_gc() -> None:
@@ -103,7 +113,8 @@ async def serve_gc_settler(
     :param check: seconds between looks.
     :param steady: before a full pass the count must have stopped moving for this long (at
         most 1 % more arrivals or difference in count, or 10), so that a fleet still
-        reconnecting is not walked again and again.
+        reconnecting is not walked again and again; under constant churn (module rules) only
+        the count must hold.
     """
     task_status.started()
     base_count, base_arrivals = population(), arrivals()
@@ -124,7 +135,10 @@ async def serve_gc_settler(
             continue
         quiet = max(10, count // 100)
         counts = [c for c, _ in window]
-        if window[-1][1] - window[0][1] > quiet or max(counts) - min(counts) > quiet:
+        if max(counts) - min(counts) > quiet:
+            continue
+        churning = ended >= max(SETTLE_MINIMUM, SETTLE_CHURN * max(count, base_count))
+        if window[-1][1] - window[0][1] > quiet and not churning:
             continue
         took = settle_gc()
         log.info("gc: %d connections, %d ended since the last full collection: full "

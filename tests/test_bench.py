@@ -35,6 +35,7 @@ from schedd.devtools.bench import (
 from schedd.devtools.redis_process import REDIS_SERVER
 from schedd.devtools.script_cost import FIRST_CPU, pinned, send_one_at_a_time, submit_command
 from schedd.devtools.sim import MAX_TICKS, Fleet, SimNode, fleet_ticks, parse_duration
+from schedd.devtools.soak import slope
 from schedd.sdk import Client
 from schedd.store import open_store
 from tests.e2e_daemon import SCHEDD
@@ -190,6 +191,35 @@ def test_the_slowloris_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert attacker["peak_open"] >= 256 and attacker["refused"] > 0, attacker
     assert re.search(r"SLOWLORIS\s+p99 under attack / quiet \(target <= 3\)\s+[\d.]+\n",
                      proc.stdout)
+
+
+def test_soak_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "SOAK", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    soak = json.loads(out.read_text())["results"]["SOAK"]
+    assert "failed" not in soak, soak
+    _lifecycle_ok(soak)
+    assert soak["reconnects"] > 0
+    for phase, per in (("reconnect_phase", "reconnection"), ("jobs_phase", "job"),
+                       ("both_phase", "second")):
+        assert soak[phase]["samples"] > 1
+        assert isinstance(soak[phase][f"bytes_per_{per}"], float | None)
+        assert all(mb > 0 for mb in soak[phase]["rss_mb"])
+    assert soak["jobs_phase"]["jobs"] > 0
+    for what in ("per reconnection", "per job", "per second, both"):
+        assert re.search(rf"SOAK\s+daemon RSS {what}", proc.stdout)
+    assert re.search(r"SOAK\s+jobs submitted/done/lost\s+(\d+)/\1/0\n", proc.stdout)
+
+
+def test_soak_slope_is_the_least_squares_fit() -> None:
+    assert slope([0, 1, 2, 3], [10, 12, 14, 16]) == 2.0
+    assert slope([0, 1, 2], [5, 5, 5]) == 0.0
+    assert slope([1, 1], [3, 4]) is None  # nothing to fit against
+    assert slope([1], [3]) is None
 
 
 def test_set_overrides_the_bench_daemons_configuration() -> None:

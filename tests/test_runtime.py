@@ -156,3 +156,25 @@ async def test_settler_counts_replaced_connections_and_ignores_small_fleets(
         assert len(fleet.settles) == 1  # still churning
         await trio.sleep(10)
         assert [count for _, count in fleet.settles] == [1000, 1000]
+
+
+async def test_constant_churn_gets_a_full_pass_once_per_turnover_of_the_fleet(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock,
+) -> None:
+    fleet = Fleet(monkeypatch)
+    async with fleet.settler():
+        fleet.connect(1000)
+        await trio.sleep(10)
+        for _ in range(120):  # nodes reconnect 20 a second, for ever: the arrivals never hold
+            fleet.replace(20)
+            await trio.sleep(1)
+        # without the rule, the cycles of every ended connection frozen so far would wait
+        # for the churn to stop
+        assert [count for _, count in fleet.settles] == [1000, 1000]
+        first, second = (at for at, _ in fleet.settles)
+        assert 45 <= second - first <= 55  # a whole fleet's worth ended in between
+        for _ in range(50):  # the same churn while the count falls: no pass
+            fleet.replace(20)
+            fleet.close(15)
+            await trio.sleep(1)
+        assert len(fleet.settles) == 2

@@ -72,13 +72,14 @@ class HeartbeatBatcher:
     def forget(self, node_id: str, epoch: int) -> None:
         """The node's connection here ended (at ``epoch``): drop its waiting beat and what is
         known of it, so it is not found silent later; taking it offline is the disconnect's
-        business. Another epoch's (a newer registration's) is kept."""
+        business. An earlier epoch's (a connection it replaced) goes too; a newer
+        registration's is kept."""
         for beats in (self._pending, self._selecting):
             beat = beats.get(node_id)
-            if beat is not None and beat[1] == epoch:
+            if beat is not None and beat[1] <= epoch:
                 del beats[node_id]
         seen = self._seen.get(node_id)
-        if seen is not None and seen[1][1] == epoch:
+        if seen is not None and seen[1][1] <= epoch:
             del self._seen[node_id]
 
     async def _select(self, now: float, send: list[Beat]) -> None:

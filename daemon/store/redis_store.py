@@ -380,7 +380,12 @@ class RedisStore(Store):
         conn.send(call)
         reply = await wait_task_rescheduled(call.abort)
         if isinstance(reply, SchedError):
-            raise reply
+            try:
+                raise reply
+            finally:
+                # the error's traceback holds this frame: the frame must not hold the error
+                # (a reference cycle that keeps the caller's frames until a full collection)
+                del reply
         return reply
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
@@ -402,7 +407,11 @@ class RedisStore(Store):
         replies: list[Any] = await wait_task_rescheduled(call.abort)
         for reply in replies:
             if isinstance(reply, SchedError):
-                raise reply
+                del call, replies  # they hold the error too (see execute)
+                try:
+                    raise reply
+                finally:
+                    del reply
         return replies
 
     def _unavailable(self) -> StoreUnavailable:
@@ -706,7 +715,10 @@ class RedisStore(Store):
                     self._blocking = None
                     await trio.aclose_forcefully(conn.stream)
         if isinstance(reply, SchedError):
-            raise reply
+            try:
+                raise reply
+            finally:
+                del reply  # see execute
         return reply
 
     # -- closing ---------------------------------------------------------------------------

@@ -367,10 +367,15 @@ class HubReader(Channel, Generic[_M]):
 
     def _close_once(self) -> bool:
         """Mark the channel closed: ``True`` the first time (a task waiting in ``receive`` then
-        gets ``ChannelClosed``), ``False`` after."""
+        gets ``ChannelClosed``), ``False`` after.
+
+        Closing forgets the inline consumer: a bound method of the channel's owner, which holds
+        the channel; kept, the pair would be a reference cycle that outlives the connection
+        until a full collection (docs/decisions/0004-collector-freezes-connections.md)."""
         if self._closed:
             return False
         self._closed = True
+        self._inline = None
         if self._hub is not None:
             self._wake_closed()
         return True

@@ -42,7 +42,9 @@ class StreamChannel(HubReader[bytes]):
         self._send_lock = trio.Lock()
         self._rest = b""
         self._broken: tuple[str, str] | None = None
-        self._end: ChannelClosed | None = None  # the end of the input once read (with a hub)
+        # Why the input ended, once read (with a hub). A reason, not the exception: an exception
+        # kept here holds its traceback, whose frames hold this channel (a reference cycle).
+        self._end: str | None = None
         self._attach(hub)
 
     async def receive(self) -> bytes:
@@ -64,7 +66,7 @@ class StreamChannel(HubReader[bytes]):
             if self._broken is not None:
                 raise ProtocolError(*self._broken)
             assert self._end is not None
-            raise self._end
+            raise ChannelClosed(self._end)
         while not frames:
             self._feed(await self._read())
         return frames.popleft()
@@ -90,13 +92,13 @@ class StreamChannel(HubReader[bytes]):
         try:
             self._feed(data)
         except ChannelClosed as exc:
-            self._end = exc
+            self._end = str(exc)
         except ProtocolError:
             pass  # in _broken
 
     def _lose(self, reason: str) -> None:
         if self._end is None:
-            self._end = ChannelClosed(reason)
+            self._end = reason
 
     def _news(self) -> bool:
         return bool(self._items) or self._broken is not None or self._end is not None

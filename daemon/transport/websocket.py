@@ -306,6 +306,7 @@ class WebSocketChannel(HubReader[bytes | str]):
         """Send a close frame, then close the stream (see the module rules); never raises."""
         if not self._close_once():
             return
+        self._on_control = None  # the owner's bound method: no cycle left behind (_close_once)
         with trio.move_on_after(CLOSE_TIMEOUT):
             if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 with suppress(ChannelClosed):

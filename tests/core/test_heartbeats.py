@@ -270,11 +270,21 @@ async def test_a_forgotten_node_is_not_found_silent(store: Store) -> None:
     core, batcher, calls, (r1, r2) = await _two_nodes_beating(store)
     batcher.beat("n1", r1.epoch, 0.5, 0)  # its last beat, still waiting when it disconnects
     batcher.forget("n1", r1.epoch)
-    batcher.forget("n2", r2.epoch + 1)  # another epoch's connection ended: n2's stays
+    batcher.forget("n2", r2.epoch - 1)  # an earlier epoch's connection ended: n2's stays
     await batcher.flush(now=100.0 + core.settings.liveness_ttl)
     assert calls.sent == []
     assert calls.silent == [("n2", r2.epoch)]
     assert batcher.silenced == 1
+
+
+async def test_forgetting_a_connection_forgets_the_one_it_replaced(store: Store) -> None:
+    core, batcher, calls, (r1, _) = await _two_nodes_beating(store)
+    # n1 registered again here (epoch r1 + 1, its first connection closed) and that connection
+    # ended before its first beat: n1's beats of the replaced connection go with it
+    batcher.forget("n1", r1.epoch + 1)
+    assert "n1" not in batcher._seen
+    await batcher.flush(now=100.0 + core.settings.liveness_ttl)
+    assert [node for node, _ in calls.silent] == ["n2"]
 
 
 def _at_checkpoint(monkeypatch: pytest.MonkeyPatch,

@@ -205,6 +205,10 @@ def table(document: dict[str, Any]) -> str:
                  ("SLOWLORIS", "attacker: opened / refused / timed out",
                   f"{s['attacker'].get('opened')} / {s['attacker'].get('refused')} / "
                   f"{s['attacker'].get('timed_out')}")]
+    if "SOAK" in r and "reconnect_phase" in r["SOAK"]:
+        from schedd.devtools.soak import table_rows
+
+        rows += table_rows(r["SOAK"])
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]

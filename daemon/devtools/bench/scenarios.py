@@ -1,4 +1,4 @@
-"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS) and their scales."""
+"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK) and their scales."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "CHAOS": {"nodes": 200, "jobs": 5000, "instances": 3, "settle": 120.0},
         "SLOWLORIS": {"nodes": 50, "connections": 2000, "warmup": 2.0, "quiet_seconds": 15,
                       "attack_seconds": 20, "ramp": 3.0, "interval": 0.02},
+        # 500 nodes reconnecting ~10 times a second, 245 jobs/s, 1 % failing
+        "SOAK": {"nodes": 500, "disconnect_rate": 0.02, "rate": 245, "clients": 1,
+                 "fail_rate": 0.01, "warmup": 30.0, "phase_seconds": 60.0, "sample_every": 1.0},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -52,6 +55,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         # more connections than max_pending_handshakes_per_address: some are refused
         "SLOWLORIS": {"nodes": 5, "connections": 300, "warmup": 0.0, "quiet_seconds": 1,
                       "attack_seconds": 1.5, "ramp": 0.5, "interval": 0.02},
+        "SOAK": {"nodes": 20, "disconnect_rate": 0.25, "rate": 50, "clients": 1,
+                 "fail_rate": 0.01, "warmup": 1.0, "phase_seconds": 2.0, "sample_every": 0.25},
     },
 }
 
@@ -347,6 +352,13 @@ async def slowloris(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run(opt, p)
 
 
+async def soak(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's RSS per reconnection and per job (schedd.devtools.soak)."""
+    from schedd.devtools.soak import run_soak
+
+    return await run_soak(opt, p)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
-                   "SLOWLORIS": slowloris}
+                   "SLOWLORIS": slowloris, "SOAK": soak}
