@@ -33,19 +33,19 @@ from schedd.admission import Admission
 from schedd.api import is_loopback
 from schedd.config import Config, LimitsSection, load_config
 from schedd.core import (
-    Assign,
+    AssignDelivery,
     CancelJob,
     Core,
     CoreSettings,
     Delivery,
     Detach,
-    Done,
+    DoneDelivery,
     DrainNode,
     Event,
     HeartbeatBatcher,
     JobStateChanged,
     NodeWentOffline,
-    Progress,
+    ProgressDelivery,
     Queries,
     serve_inbox,
     serve_reaper,
@@ -244,9 +244,9 @@ class App:
             log.info("node %s connection lost: %s job(s) moved on", node_id, moved)
 
     def _on_delivery(self, delivery: Delivery) -> None:
-        if isinstance(delivery, Assign | CancelJob | DrainNode):
+        if isinstance(delivery, AssignDelivery | CancelJob | DrainNode):
             session = self.nodes.get(delivery.node_id)
-        elif isinstance(delivery, Progress | Done):
+        elif isinstance(delivery, ProgressDelivery | DoneDelivery):
             self.routes.route(delivery)
             return
         elif isinstance(delivery, Detach):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from schedd.core import Detach, Done, Progress
+from schedd.core import Detach, DoneDelivery, ProgressDelivery
 
 if TYPE_CHECKING:
     from schedd.session import Session
@@ -35,7 +35,7 @@ class Candidate:
 
     session: Session
     #: deliveries of the job that came while the script ran, for after its reply
-    held: list[Progress | Done] = attrs.Factory(list)
+    held: list[ProgressDelivery | DoneDelivery] = attrs.Factory(list)
     #: the ``follows`` count of a newer move of the job to another instance, learnt meanwhile
     superseded: int = -1
 
@@ -61,7 +61,11 @@ class Routes:
         return candidate
 
     def settle(
-        self, job_id: str, candidate: Candidate, follows: int | None, done: Done | None = None
+        self,
+        job_id: str,
+        candidate: Candidate,
+        follows: int | None,
+        done: DoneDelivery | None = None,
     ) -> None:
         """The candidate's script answered: ``follows`` when it accepted the caller (the job's
         count), None when it refused or failed. The candidate gets what it held, then the
@@ -75,7 +79,7 @@ class Routes:
         session = candidate.session
         finished = False
         for delivery in candidate.held:
-            finished = finished or isinstance(delivery, Done)
+            finished = finished or isinstance(delivery, DoneDelivery)
             session.deliver(delivery)
         if done is not None and not finished:
             session.deliver_done(done)
@@ -93,7 +97,7 @@ class Routes:
         if current is not None and current.session is not session:
             self._detach(job_id, current.session)
 
-    def route(self, delivery: Progress | Done) -> None:
+    def route(self, delivery: ProgressDelivery | DoneDelivery) -> None:
         """Hand a job's progress or done to its owner's connections here (module rules)."""
         job_id, principal = delivery.job_id, delivery.principal
         held_by: list[Session] = []
@@ -104,7 +108,7 @@ class Routes:
         follower = self.followers.get(job_id)
         if follower is not None and principal in (None, follower.session.principal):
             session = follower.session
-            if isinstance(delivery, Done):
+            if isinstance(delivery, DoneDelivery):
                 del self.followers[job_id]
                 session.following.discard(job_id)
             if session not in held_by:  # else it gets it after its reply

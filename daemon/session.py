@@ -27,14 +27,14 @@ import trio
 from schedd import admission
 from schedd import protocol as p
 from schedd.core import (
-    Assign,
+    AssignDelivery,
     CancelJob,
     Delivery,
-    Done,
+    DoneDelivery,
     DrainNode,
     JobInfo,
     JobSpec,
-    Progress,
+    ProgressDelivery,
     new_id,
 )
 from schedd.errors import (
@@ -774,7 +774,7 @@ class Session:
         if self._held is not None:
             self._held.append(delivery)
             return
-        if isinstance(delivery, Assign):
+        if isinstance(delivery, AssignDelivery):
             self.post(p.Assign(job_id=delivery.job_id, attempt=delivery.attempt,
                                deadline=delivery.deadline_ms, session_id=delivery.session_id,
                                payload=orjson.Fragment(delivery.payload_json)))
@@ -784,10 +784,10 @@ class Session:
             if not self.draining:
                 self.draining = True
                 self.post(p.Drain(reason=delivery.reason or None))
-        elif isinstance(delivery, Progress):
+        elif isinstance(delivery, ProgressDelivery):
             self.post(p.Progress(job_id=delivery.job_id, attempt=delivery.attempt,
                                  data=orjson.Fragment(delivery.data_json)))
-        elif isinstance(delivery, Done):
+        elif isinstance(delivery, DoneDelivery):
             self.deliver_done(delivery)
 
     def detached(self, job_id: str) -> None:
@@ -796,7 +796,7 @@ class Session:
         self._error(p.E_DETACHED, f"job {job_id} is now followed by another connection; its "
                     "progress and done go there (send follow to take it back)", job_id=job_id)
 
-    def deliver_done(self, done: Done) -> None:
+    def deliver_done(self, done: DoneDelivery) -> None:
         self.inflight.discard(done.job_id)
         error = None
         if done.error:

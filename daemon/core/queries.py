@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import orjson
 
-from schedd.core.model import JOB_STATES
+from schedd.protocol.messages import JOB_STATES
 from schedd.store.base import Store
 from schedd.store.keys import Keys
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import attrs
@@ -125,10 +125,9 @@ JobState: TypeAlias = Literal[
 ]
 TerminalState: TypeAlias = Literal["done", "failed", "canceled", "timed_out"]
 
-JOB_STATES: Final[frozenset[str]] = frozenset(
-    {"queued", "assigned", "running", "done", "failed", "canceled", "timed_out"}
-)
-TERMINAL_STATES: Final[frozenset[str]] = frozenset({"done", "failed", "canceled", "timed_out"})
+#: Every job state, in the order of the job's life (the one definition: the core imports it).
+JOB_STATES: Final[tuple[str, ...]] = get_args(JobState)
+TERMINAL_STATES: Final[frozenset[str]] = frozenset(get_args(TerminalState))
 _ROLES: Final[frozenset[str]] = frozenset({"node", "client"})
 
 # C0, DEL and C1 controls break logs, terminals and key readability; a lone surrogate cannot be
@@ -288,7 +287,7 @@ def _opt_float(*, positive: bool, high: int | None = None) -> Validator:
     return check
 
 
-def _one_of(allowed: frozenset[str]) -> Validator:
+def _one_of(allowed: Collection[str]) -> Validator:
     choices = ", ".join(sorted(allowed))
 
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
