@@ -1,6 +1,10 @@
-"""Which local connection receives a job's ``progress`` and ``done``.
+"""Where each delivery of the core goes on this instance: the router.
 
-Rules of this module:
+A node's deliveries (``assign``, ``cancel``, ``drain``) go to the connection that speaks for the
+node (:class:`Router`); a job's ``progress`` and ``done`` to the connection that follows it
+(:class:`Routes`). A delivery with no local connection is dropped: deadlines cover it.
+
+Rules of the job routes:
   * A connection follows a job only after the store said its principal owns the job (the
     ``job_submit`` or ``job_follow`` script accepted it). While that script runs, the connection
     is a *candidate*: it never displaces the job's follower, and a refusal just removes it.
@@ -17,11 +21,20 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import attrs
 
-from schedd.core import Detach, DoneDelivery, ProgressDelivery
+from schedd.core import (
+    AssignDelivery,
+    CancelJob,
+    Delivery,
+    Detach,
+    DoneDelivery,
+    DrainNode,
+    ProgressDelivery,
+)
 
 if TYPE_CHECKING:
     from schedd.session import Session
@@ -141,3 +154,57 @@ class Routes:
             if follower is not None and follower.session is session:
                 del self.followers[job_id]
         session.following.clear()
+
+
+class Router:
+    """Routes every delivery of the core to the local connection it is for."""
+
+    def __init__(self, sessions: Collection[Session]) -> None:
+        #: the open sessions (the app's set, read only here)
+        self._sessions = sessions
+        #: which local connection speaks for each node
+        self.nodes: dict[str, Session] = {}
+        #: which local connection receives each job's progress and done
+        self.jobs = Routes()
+
+    def deliver(self, delivery: Delivery) -> None:
+        """The core's ``on_delivery``: hand ``delivery`` to its connection here, if any."""
+        if isinstance(delivery, AssignDelivery | CancelJob | DrainNode):
+            session = self.nodes.get(delivery.node_id)
+        elif isinstance(delivery, ProgressDelivery | DoneDelivery):
+            self.jobs.route(delivery)
+            return
+        elif isinstance(delivery, Detach):
+            self.jobs.detach(delivery)
+            return
+        else:  # pragma: no cover - exhaustive
+            return
+        if session is None:
+            log.debug("no local connection for %s; dropped (deadlines cover it)", delivery)
+            return
+        session.deliver(delivery)
+
+    def reroute(self, deliveries: list[Delivery]) -> None:
+        """Route deliveries again (ones a refused registration held for the node)."""
+        for delivery in deliveries:
+            self.deliver(delivery)
+
+    def bind_node(self, node_id: str, session: Session) -> Session | None:
+        """Route the node's deliveries to ``session``; returns who had them before, untouched
+        (its registration may still be refused: :meth:`unbind_node` with ``restore``)."""
+        previous = self.nodes.get(node_id)
+        self.nodes[node_id] = session
+        return previous if previous is not session else None
+
+    def unbind_node(
+        self, node_id: str, session: Session, restore: Session | None = None
+    ) -> bool:
+        """Stop routing the node to ``session`` (back to ``restore`` when it is still open and
+        speaks for the node). Returns whether ``session`` had the node."""
+        if self.nodes.get(node_id) is not session:
+            return False
+        if restore is not None and restore in self._sessions and restore.speaks_for(node_id):
+            self.nodes[node_id] = restore
+        else:
+            del self.nodes[node_id]
+        return True
