@@ -130,3 +130,14 @@ def test_no_module_of_the_daemon_is_too_big() -> None:
         f"over {MAX_LINES} lines: {too_big}; split them")
     stale = set(TOO_BIG_ON_PURPOSE) - set(too_big)
     assert not stale, f"no longer over {MAX_LINES} lines, take them off the list: {stale}"
+
+
+def test_the_session_does_not_import_the_app() -> None:
+    """The app builds sessions; a session knows its instance only as ``Host`` (a Protocol), so
+    the two do not import each other, not even for type checking."""
+    for path in sorted((ROOT / "session").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n == "schedd.app" or n.startswith("schedd.app.")], \
+                path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import attrs
 import trio
@@ -22,7 +22,10 @@ from schedd.session.outbox import Outbox
 from schedd.transport.channel import Channel
 
 if TYPE_CHECKING:
-    from schedd.app import App
+    from schedd.config import Config, LimitsSection
+    from schedd.core import Core, HeartbeatBatcher, Queries
+    from schedd.plugin_manager import PluginManager
+    from schedd.routes import Router, Routes
     from schedd.session.connection import Session
 
 #: one logger for every part of a connection (docs/operations.md names it)
@@ -66,6 +69,27 @@ class RateLimiter:
         return False
 
 
+class Host(Protocol):
+    """What a session uses of the instance it belongs to (schedd.app.App is the one)."""
+
+    accepting: bool
+    limits: LimitsSection
+    config: Config
+    instance: str
+    plugins: PluginManager
+    core: Core
+    queries: Queries
+    batcher: HeartbeatBatcher
+    #: where each delivery goes: the node's connection, the job's follower
+    router: Router
+    routes: Routes
+    nodes: dict[str, Session]
+
+    def session_started(self, session: Session) -> None: ...
+
+    def session_ended(self, session: Session) -> None: ...
+
+
 class SessionBase:
     """The daemon's side of one connection: its state and the helpers every part uses."""
 
@@ -73,7 +97,7 @@ class SessionBase:
     #: indirection on the hot path)
     post: Callable[[p.Message], None]
 
-    def __init__(self, app: App, channel: Channel) -> None:
+    def __init__(self, app: Host, channel: Channel) -> None:
         self.app = app
         self.channel = channel
         self.peer = channel.peer

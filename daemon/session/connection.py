@@ -22,7 +22,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -32,6 +32,7 @@ from schedd.errors import ProtocolError
 from schedd.session.base import (
     MAX_VIOLATIONS,
     CloseConnection,
+    Host,
     RateLimiter,
     checked_pools,
     log,
@@ -43,16 +44,15 @@ from schedd.session.handshake import HANDLERS, HELLO, Handshake
 from schedd.session.node import NodeRole
 from schedd.transport.channel import Channel, ChannelClosed
 
-if TYPE_CHECKING:
-    from schedd.app import App
-
-__all__ = ["MAX_VIOLATIONS", "CloseConnection", "RateLimiter", "Session", "checked_pools"]
+__all__ = [
+    "MAX_VIOLATIONS", "CloseConnection", "Host", "RateLimiter", "Session", "checked_pools",
+]
 
 
 class Session(Handshake, NodeRole, ClientRole):
     """The daemon's side of one connection."""
 
-    def __init__(self, app: App, channel: Channel) -> None:
+    def __init__(self, app: Host, channel: Channel) -> None:
         super().__init__(app, channel)
         channel.set_inline(self._inline)
         channel.set_control(self._control_frame)
