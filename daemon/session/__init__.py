@@ -1,4 +1,4 @@
-"""One connection, from ``hello`` to close: the protocol's rules on the daemon side."""
+"""The daemon's side of a connection: one module per concern (see schedd.session.connection)."""
 
 from __future__ import annotations
 
