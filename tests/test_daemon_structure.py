@@ -14,8 +14,6 @@ MAX_LINES = 600
 TOO_BIG_ON_PURPOSE: dict[str, str] = {
     "store/redis_store.py": "the hand-written RESP client: connection, parser and pipelining "
     "share one buffer discipline (docs/decisions)",
-    "sdk/node.py": "the SDK's Node: one public class whose methods are the node's side of "
-    "the protocol",
 }
 
 
