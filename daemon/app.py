@@ -5,14 +5,15 @@ Rules of this module:
     (schedd.facade, the ``schedd.api.Daemon`` the hooks receive); the members below the
     "facade" heading are what that facade forwards to.
   * The instance keeps only what is local by nature: open sessions, which node id and which job's
-    client each session speaks for (to route deliveries: schedd.routes for jobs), and the
-    listeners' addresses.
+    client each session speaks for (to route deliveries: schedd.routes), and the listeners'
+    addresses.
   * Start-up order: Redis answers and scripts load, then the heartbeat flusher, the reaper and
     the inbox reader start, then each plugin service (transports bind before they report
     started); READY=1 is sent only after all of that.
   * SIGTERM/SIGINT drain: no new connections or submits; local nodes are drained so running
     jobs finish (up to ``[drain] timeout``); whatever is still unfinished is handed back to the
-    queue for other instances; exit 0. SIGHUP reloads tokens, limits and log level.
+    queue for other instances (schedd.drain); exit 0. SIGHUP reloads tokens, limits and log
+    level (schedd.reload).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import attrs
 import trio
 
 from schedd import systemd
@@ -33,35 +33,23 @@ from schedd.admission import Admission
 from schedd.api import is_loopback
 from schedd.config import Config, LimitsSection, load_config
 from schedd.core import (
-    Assign,
-    CancelJob,
     Core,
     CoreSettings,
-    Delivery,
-    Detach,
-    Done,
-    DrainNode,
     Event,
     HeartbeatBatcher,
     JobStateChanged,
     NodeWentOffline,
-    Progress,
     Queries,
     serve_inbox,
     serve_reaper,
 )
-from schedd.errors import (
-    ConfigError,
-    Fenced,
-    InvalidState,
-    NodeNotFound,
-    StoreError,
-    StoreUnavailable,
-)
+from schedd.drain import drain_nodes
+from schedd.errors import ConfigError, Fenced, NodeNotFound, StoreError, StoreUnavailable
 from schedd.facade import AppFacade
 from schedd.logs import set_level, setup_logging
 from schedd.plugin_manager import PluginManager
-from schedd.routes import Routes
+from schedd.reload import reloaded
+from schedd.routes import Router
 from schedd.runtime import serve_gc_settler, tune_gc
 from schedd.session import Session
 from schedd.store import open_store
@@ -116,7 +104,13 @@ class App:
         self.instance = config.schedd.instance
         self.plugins = plugins
         self.store = store
-        self.core = Core(store, core_settings(config), on_delivery=self._on_delivery,
+        self.sessions: set[Session] = set()
+        #: where each delivery goes: the node's connection, the job's follower (schedd.routes)
+        self.router = Router(self.sessions)
+        self.nodes = self.router.nodes
+        #: which local connection receives each job's progress and done
+        self.routes = self.router.jobs
+        self.core = Core(store, core_settings(config), on_delivery=self.router.deliver,
                          on_event=self._on_event)
         self.batcher = HeartbeatBatcher(self.core, on_stale=self._on_stale)
         #: reads plain TCP connections for their channels (schedd.transport.readiness); running
@@ -127,12 +121,8 @@ class App:
         self.admission = Admission(lambda: self.limits)
         self.queries = Queries(store, self.core.keys)
         self.accepting = True
-        self.sessions: set[Session] = set()
         #: connections opened since start (schedd.runtime.serve_gc_settler)
         self.sessions_opened = 0
-        self.nodes: dict[str, Session] = {}
-        #: which local connection receives each job's progress and done
-        self.routes = Routes()
         self.listeners: dict[str, str] = {}
         self.ready = trio.Event()
         self._stop = trio.Event()
@@ -173,17 +163,6 @@ class App:
         except Exception:
             log.exception("connection from %s failed", channel.peer)
 
-    async def answer(self, what: str) -> dict[str, Any]:
-        if what == "nodes":
-            return {"nodes": [attrs.asdict(n) for n in await self.queries.nodes()]}
-        if what == "pools":
-            return {"pools": [attrs.asdict(p) for p in await self.queries.pools()]}
-        return {
-            "counts": await self.queries.counts(),
-            "exclusions": await self.queries.exclusions(),
-            "instances": await self.queries.instances(),
-        }
-
     # -- routing -------------------------------------------------------------------------------
 
     def session_started(self, session: Session) -> None:
@@ -194,38 +173,13 @@ class App:
         self.sessions.discard(session)
         self.routes.forget(session)
         node_id, epoch = session.node_id, session.epoch
-        if node_id is None or epoch is None or not self.unbind_node(node_id, session):
+        if node_id is None or epoch is None or not self.router.unbind_node(node_id, session):
             return
         self.batcher.forget(node_id, epoch)
         if self._nursery is not None:
             # RuntimeError: shutting down, the drain already handed the node's work back
             with contextlib.suppress(RuntimeError):
                 self._nursery.start_soon(self._node_gone, node_id, epoch)
-
-    def bind_node(self, node_id: str, session: Session) -> Session | None:
-        """Route the node's deliveries to ``session``; returns who had them before, untouched
-        (its registration may still be refused: :meth:`unbind_node` with ``restore``)."""
-        previous = self.nodes.get(node_id)
-        self.nodes[node_id] = session
-        return previous if previous is not session else None
-
-    def unbind_node(
-        self, node_id: str, session: Session, restore: Session | None = None
-    ) -> bool:
-        """Stop routing the node to ``session`` (back to ``restore`` when it is still open and
-        speaks for the node). Returns whether ``session`` had the node."""
-        if self.nodes.get(node_id) is not session:
-            return False
-        if restore is not None and restore in self.sessions and restore.speaks_for(node_id):
-            self.nodes[node_id] = restore
-        else:
-            del self.nodes[node_id]
-        return True
-
-    def reroute(self, deliveries: list[Delivery]) -> None:
-        """Route deliveries again (ones a refused registration held for the node)."""
-        for delivery in deliveries:
-            self._on_delivery(delivery)
 
     async def _node_gone(self, node_id: str, epoch: int) -> None:
         """A node's connection dropped: after the grace, take it offline (fenced by epoch)."""
@@ -242,22 +196,6 @@ class App:
             return
         if moved:
             log.info("node %s connection lost: %s job(s) moved on", node_id, moved)
-
-    def _on_delivery(self, delivery: Delivery) -> None:
-        if isinstance(delivery, Assign | CancelJob | DrainNode):
-            session = self.nodes.get(delivery.node_id)
-        elif isinstance(delivery, Progress | Done):
-            self.routes.route(delivery)
-            return
-        elif isinstance(delivery, Detach):
-            self.routes.detach(delivery)
-            return
-        else:  # pragma: no cover - exhaustive
-            return
-        if session is None:
-            log.debug("no local connection for %s; dropped (deadlines cover it)", delivery)
-            return
-        session.deliver(delivery)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, JobStateChanged):
@@ -380,45 +318,13 @@ class App:
 
     async def drain(self) -> None:
         """Stop taking work, let local nodes finish, hand the rest back, close connections."""
-        timeout = self.config.drain.timeout
         self.accepting = False
         systemd.stopping("draining: no new submits, running jobs finishing")
         local = {node_id: s.epoch for node_id, s in self.nodes.items() if s.epoch is not None}
-        for node_id, epoch in local.items():
-            try:
-                await self.core.drain_node(node_id, epoch=epoch, reason="daemon shutting down")
-            except (Fenced, NodeNotFound, InvalidState, StoreError) as exc:
-                # gone meanwhile (offline, registered elsewhere): nothing of it to drain here
-                log.debug("drain of node %s: %s", node_id, exc)
-        with trio.move_on_after(timeout) as scope:
-            # Redis is the truth about what the nodes still hold (results may be recorded by
-            # any instance), so this polls it rather than waiting on a local event.
-            while local and await self._held_jobs(list(local)):  # noqa: ASYNC110
-                await trio.sleep(0.1)
-        if scope.cancelled_caught:
-            log.warning("drain timeout (%gs) reached with jobs still running", timeout)
-        moved = 0
-        for node_id, epoch in local.items():
-            try:
-                moved += await self.core.node_offline(
-                    node_id, epoch=epoch, reason="daemon shut down") or 0
-            except (Fenced, NodeNotFound):
-                pass
-            except StoreError as exc:
-                log.warning("could not hand back the jobs of node %s (%s); the reaper will",
-                            node_id, exc)
+        moved = await drain_nodes(self.core, self.queries, local, self.config.drain.timeout)
         if moved:
             log.info("handed %d unfinished job(s) back to the queue", moved)
         self.close_all()
-
-    async def _held_jobs(self, node_ids: list[str]) -> int:
-        try:
-            replies = await self.store.execute_many(
-                [("HGET", self.core.keys.node(n), "used") for n in node_ids]
-            )
-        except StoreError:
-            return 0
-        return sum(int(r or 0) for r in replies)
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; apply tokens, limits and log level; report the rest."""
@@ -433,22 +339,8 @@ class App:
         self.plugins.reload_auth(new.auth)
         self.limits = new.limits
         set_level(new.schedd.log_level)
-        restart_needed = [
-            name for name in ("redis", "nodes", "jobs", "reaper", "drain")
-            if getattr(new, name) != getattr(self.config, name)
-        ]
-        # an empty instance name is generated anew by every load: not a change
-        generated = new.schedd.instance.rsplit("-", 1)[0] == self.instance.rsplit("-", 1)[0]
-        same = attrs.evolve(new.schedd, log_level=self.config.schedd.log_level,
-                            instance=self.instance if generated else new.schedd.instance)
-        if same != self.config.schedd:
-            restart_needed.append("schedd")
-        if new.plugins != self.config.plugins or new.plugin_tables != self.config.plugin_tables:
-            restart_needed.append("plugins")
         old_auth = self.config.auth
-        self.config = attrs.evolve(self.config, auth=new.auth, limits=new.limits,
-                                   schedd=attrs.evolve(self.config.schedd,
-                                                       log_level=new.schedd.log_level))
+        self.config, restart_needed = reloaded(self.config, new, self.instance)
         log.info(
             "reloaded: tokens (%d node, %d client; %s), limits, log level %s%s",
             len(new.auth.node_tokens), len(new.auth.client_tokens),

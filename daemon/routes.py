@@ -1,6 +1,10 @@
-"""Which local connection receives a job's ``progress`` and ``done``.
+"""Where each delivery of the core goes on this instance: the router.
 
-Rules of this module:
+A node's deliveries (``assign``, ``cancel``, ``drain``) go to the connection that speaks for the
+node (:class:`Router`); a job's ``progress`` and ``done`` to the connection that follows it
+(:class:`Routes`). A delivery with no local connection is dropped: deadlines cover it.
+
+Rules of the job routes:
   * A connection follows a job only after the store said its principal owns the job (the
     ``job_submit`` or ``job_follow`` script accepted it). While that script runs, the connection
     is a *candidate*: it never displaces the job's follower, and a refusal just removes it.
@@ -17,11 +21,20 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import attrs
 
-from schedd.core import Detach, Done, Progress
+from schedd.core import (
+    AssignDelivery,
+    CancelJob,
+    Delivery,
+    Detach,
+    DoneDelivery,
+    DrainNode,
+    ProgressDelivery,
+)
 
 if TYPE_CHECKING:
     from schedd.session import Session
@@ -35,7 +48,7 @@ class Candidate:
 
     session: Session
     #: deliveries of the job that came while the script ran, for after its reply
-    held: list[Progress | Done] = attrs.Factory(list)
+    held: list[ProgressDelivery | DoneDelivery] = attrs.Factory(list)
     #: the ``follows`` count of a newer move of the job to another instance, learnt meanwhile
     superseded: int = -1
 
@@ -61,7 +74,11 @@ class Routes:
         return candidate
 
     def settle(
-        self, job_id: str, candidate: Candidate, follows: int | None, done: Done | None = None
+        self,
+        job_id: str,
+        candidate: Candidate,
+        follows: int | None,
+        done: DoneDelivery | None = None,
     ) -> None:
         """The candidate's script answered: ``follows`` when it accepted the caller (the job's
         count), None when it refused or failed. The candidate gets what it held, then the
@@ -75,7 +92,7 @@ class Routes:
         session = candidate.session
         finished = False
         for delivery in candidate.held:
-            finished = finished or isinstance(delivery, Done)
+            finished = finished or isinstance(delivery, DoneDelivery)
             session.deliver(delivery)
         if done is not None and not finished:
             session.deliver_done(done)
@@ -93,7 +110,7 @@ class Routes:
         if current is not None and current.session is not session:
             self._detach(job_id, current.session)
 
-    def route(self, delivery: Progress | Done) -> None:
+    def route(self, delivery: ProgressDelivery | DoneDelivery) -> None:
         """Hand a job's progress or done to its owner's connections here (module rules)."""
         job_id, principal = delivery.job_id, delivery.principal
         held_by: list[Session] = []
@@ -104,7 +121,7 @@ class Routes:
         follower = self.followers.get(job_id)
         if follower is not None and principal in (None, follower.session.principal):
             session = follower.session
-            if isinstance(delivery, Done):
+            if isinstance(delivery, DoneDelivery):
                 del self.followers[job_id]
                 session.following.discard(job_id)
             if session not in held_by:  # else it gets it after its reply
@@ -137,3 +154,57 @@ class Routes:
             if follower is not None and follower.session is session:
                 del self.followers[job_id]
         session.following.clear()
+
+
+class Router:
+    """Routes every delivery of the core to the local connection it is for."""
+
+    def __init__(self, sessions: Collection[Session]) -> None:
+        #: the open sessions (the app's set, read only here)
+        self._sessions = sessions
+        #: which local connection speaks for each node
+        self.nodes: dict[str, Session] = {}
+        #: which local connection receives each job's progress and done
+        self.jobs = Routes()
+
+    def deliver(self, delivery: Delivery) -> None:
+        """The core's ``on_delivery``: hand ``delivery`` to its connection here, if any."""
+        if isinstance(delivery, AssignDelivery | CancelJob | DrainNode):
+            session = self.nodes.get(delivery.node_id)
+        elif isinstance(delivery, ProgressDelivery | DoneDelivery):
+            self.jobs.route(delivery)
+            return
+        elif isinstance(delivery, Detach):
+            self.jobs.detach(delivery)
+            return
+        else:  # pragma: no cover - exhaustive
+            return
+        if session is None:
+            log.debug("no local connection for %s; dropped (deadlines cover it)", delivery)
+            return
+        session.deliver(delivery)
+
+    def reroute(self, deliveries: list[Delivery]) -> None:
+        """Route deliveries again (ones a refused registration held for the node)."""
+        for delivery in deliveries:
+            self.deliver(delivery)
+
+    def bind_node(self, node_id: str, session: Session) -> Session | None:
+        """Route the node's deliveries to ``session``; returns who had them before, untouched
+        (its registration may still be refused: :meth:`unbind_node` with ``restore``)."""
+        previous = self.nodes.get(node_id)
+        self.nodes[node_id] = session
+        return previous if previous is not session else None
+
+    def unbind_node(
+        self, node_id: str, session: Session, restore: Session | None = None
+    ) -> bool:
+        """Stop routing the node to ``session`` (back to ``restore`` when it is still open and
+        speaks for the node). Returns whether ``session`` had the node."""
+        if self.nodes.get(node_id) is not session:
+            return False
+        if restore is not None and restore in self._sessions and restore.speaks_for(node_id):
+            self.nodes[node_id] = restore
+        else:
+            del self.nodes[node_id]
+        return True

@@ -45,3 +45,31 @@ def test_every_script_has_a_complete_header() -> None:
         if ranged:
             documented |= set(range(int(ranged.group(1)), 100))
         assert used <= documented, f"{name}: ARGV {sorted(used - documented)} undocumented"
+
+
+def _layout_tree() -> set[str]:
+    """The files the layout tree at the top of the document lists (``dir/`` lines nest by
+    indentation, two spaces a level)."""
+    block = DOC.split("```\n", 2)[1]
+    listed: set[str] = set()
+    folders: list[str] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        entry = line.split()[0]
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        del folders[depth:]
+        if entry.endswith("/"):
+            folders.append(entry)
+        else:
+            listed.add("".join(folders) + entry)
+    return listed
+
+
+def test_the_layout_tree_lists_every_module_of_the_daemon_and_the_plugins() -> None:
+    root = Path(__file__).parent.parent
+    on_disk = {str(path.relative_to(root)) for top in ("daemon", "plugins")
+               for path in (root / top).rglob("*.py")}
+    listed = {path for path in _layout_tree() if path.startswith(("daemon/", "plugins/"))}
+    assert sorted(on_disk - listed) == [], "modules missing from the layout tree"
+    assert sorted(listed - on_disk) == [], "the layout tree lists modules that do not exist"

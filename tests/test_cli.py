@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from schedd import cli
+from schedd.cli import client as cli_client
 from schedd.config import load_config
 from schedd.hookspecs import hookimpl
 from schedd.plugin_manager import PluginManager
@@ -387,7 +388,7 @@ def fake_client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     ) -> Any:
         return trio.run(body, client)
 
-    monkeypatch.setattr(cli, "_run_client", run_client)
+    monkeypatch.setattr(cli_client, "_run_client", run_client)
     return client
 
 

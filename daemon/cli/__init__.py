@@ -22,8 +22,8 @@ Rules this package owns (one module per command group: :mod:`~schedd.cli.run`,
 * **Commands come through the hook.** The built-in commands register through the same
   ``schedd_add_cli_commands`` hook as plugins' (:mod:`schedd.cli.commands`, called by the core's
   hook implementation first, so they come first in ``--help``).
-* **The daemon is reached through** :func:`_run_client` **of this package**: every command that
-  talks to the daemon looks it up here when it runs (tests replace it with a fake client).
+* **The daemon is reached through** :func:`schedd.cli.client._run_client`: every command that
+  talks to the daemon looks it up there when it runs (tests replace it with a fake client).
 * **Plugin commands.** Plugins add sub-commands through the ``schedd_add_cli_commands`` hook, with
   the ``set_defaults`` convention every built-in command follows too::
 
@@ -48,19 +48,10 @@ Rules this package owns (one module per command group: :mod:`~schedd.cli.run`,
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import trio
-
 from schedd.cli.base import (
-    CLIENT_NAME,
     CLIENT_VARIABLES,
     CONFIG_VARIABLE,
-    CONNECT_TIMEOUT,
     DEFAULT_URL,
-    QUERY_TIMEOUT,
     TOKEN_VARIABLE,
     URL_VARIABLE,
     CommandError,
@@ -71,9 +62,6 @@ from schedd.cli.client import _urls as _urls
 from schedd.cli.main import _plugins_for_commands as _plugins_for_commands
 from schedd.cli.main import build_parser, dispatch, main
 from schedd.cli.queries import cmd_job, cmd_jobs, cmd_nodes, cmd_pools
-
-if TYPE_CHECKING:
-    from schedd.sdk.client import Client
 
 __all__ = [
     "CLIENT_VARIABLES",
@@ -90,47 +78,3 @@ __all__ = [
     "dispatch",
     "main",
 ]
-
-T = TypeVar("T")
-
-
-def _run_client(
-    args: argparse.Namespace,
-    body: Callable[[Client], Awaitable[T]],
-    *,
-    reconnect: bool = False,
-) -> T:
-    """Connect to the daemon, run ``body`` with the client, map failures to :class:`CommandError`.
-
-    Connection failures and refused requests are exit status 2. The first connection is tried
-    once per URL either way; ``reconnect`` lets a long wait survive a daemon restart.
-    """
-    from schedd.sdk.client import Client
-
-    urls = _urls(args)
-    connected = False
-
-    async def session() -> T:
-        nonlocal connected
-        async with Client.connect(
-            urls,
-            token=args.token,
-            name=CLIENT_NAME,
-            connect_timeout=CONNECT_TIMEOUT,
-            reconnect=reconnect,
-        ) as client:
-            connected = True
-            return await body(client)
-
-    try:
-        return trio.run(session)
-    except BaseException as exc:
-        _raise_command_error(exc, urls, connected=connected)
-
-
-def _query(args: argparse.Namespace, what: str) -> dict[str, Any]:
-    async def body(client: Client) -> dict[str, Any]:
-        with trio.fail_after(QUERY_TIMEOUT):
-            return await client.query(what)
-
-    return _run_client(args, body)

@@ -8,12 +8,22 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator, Sequence
-from typing import Final, NoReturn
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import trio
 
-from schedd.cli.base import CONNECT_TIMEOUT, DEFAULT_URL, URL_VARIABLE, CommandError
+from schedd.cli.base import (
+    CLIENT_NAME,
+    CONNECT_TIMEOUT,
+    DEFAULT_URL,
+    QUERY_TIMEOUT,
+    URL_VARIABLE,
+    CommandError,
+)
+
+if TYPE_CHECKING:
+    from schedd.sdk.client import Client
 
 log = logging.getLogger("schedd.cli")
 
@@ -152,3 +162,48 @@ async def _cancel_on_signal(
                 stopped_by.append(signal.Signals(signum))
             scope.cancel()
             return
+
+
+T = TypeVar("T")
+
+
+def _run_client(
+    args: argparse.Namespace,
+    body: Callable[[Client], Awaitable[T]],
+    *,
+    reconnect: bool = False,
+) -> T:
+    """Connect to the daemon, run ``body`` with the client, map failures to :class:`CommandError`.
+
+    Connection failures and refused requests are exit status 2. The first connection is tried
+    once per URL either way; ``reconnect`` lets a long wait survive a daemon restart.
+    """
+    from schedd.sdk.client import Client
+
+    urls = _urls(args)
+    connected = False
+
+    async def session() -> T:
+        nonlocal connected
+        async with Client.connect(
+            urls,
+            token=args.token,
+            name=CLIENT_NAME,
+            connect_timeout=CONNECT_TIMEOUT,
+            reconnect=reconnect,
+        ) as client:
+            connected = True
+            return await body(client)
+
+    try:
+        return trio.run(session)
+    except BaseException as exc:
+        _raise_command_error(exc, urls, connected=connected)
+
+
+def _query(args: argparse.Namespace, what: str) -> dict[str, Any]:
+    async def body(client: Client) -> dict[str, Any]:
+        with trio.fail_after(QUERY_TIMEOUT):
+            return await client.query(what)
+
+    return _run_client(args, body)

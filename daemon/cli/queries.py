@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from schedd import cli
+from schedd.cli import client as cli_client
 from schedd.cli.base import EXIT_OK, QUERY_TIMEOUT, _client_parent, _command_adder, _json_parent
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def _list(value: object) -> str:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     """``schedd nodes``."""
-    data = cli._query(args, "nodes")
+    data = cli_client._query(args, "nodes")
     if args.json:
         _print_json(data)
         return EXIT_OK
@@ -148,7 +148,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 def cmd_pools(args: argparse.Namespace) -> int:
     """``schedd pools``."""
-    data = cli._query(args, "pools")
+    data = cli_client._query(args, "pools")
     if args.json:
         _print_json(data)
         return EXIT_OK
@@ -174,7 +174,7 @@ def cmd_pools(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """``schedd jobs``."""
-    data = cli._query(args, "stats")
+    data = cli_client._query(args, "stats")
     if args.json:
         _print_json(data)
         return EXIT_OK
@@ -212,7 +212,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         with trio.fail_after(QUERY_TIMEOUT):
             return await client.status(args.job_id)
 
-    job = cli._run_client(args, body)
+    job = cli_client._run_client(args, body)
     snapshot = attrs.asdict(job)
     snapshot.pop("ref", None)
     if args.json:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from schedd import cli
+from schedd.cli import client as cli_client
 from schedd.cli.base import (
     EXIT_FAILED,
     EXIT_OK,
@@ -138,4 +138,4 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
 
-    return cli._run_client(args, body, reconnect=not args.no_wait)
+    return cli_client._run_client(args, body, reconnect=not args.no_wait)

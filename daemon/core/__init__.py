@@ -6,37 +6,36 @@ from schedd.core.engine import Core, new_id
 from schedd.core.heartbeats import HeartbeatBatcher
 from schedd.core.inbox import serve_inbox
 from schedd.core.model import (
-    JOB_STATES,
-    TERMINAL_STATES,
-    Assign,
+    AssignDelivery,
     CancelJob,
     CoreSettings,
     Delivery,
     Detach,
-    Done,
+    DoneDelivery,
     DrainNode,
     Event,
     Followed,
     JobSpec,
     JobStateChanged,
     NodeWentOffline,
-    Progress,
+    ProgressDelivery,
     Registration,
     Submitted,
 )
 from schedd.core.queries import FinishedJob, JobInfo, NodeInfo, PoolInfo, Queries
 from schedd.core.reaper import serve_reaper
+from schedd.protocol.messages import JOB_STATES, TERMINAL_STATES
 
 __all__ = [
     "JOB_STATES",
     "TERMINAL_STATES",
-    "Assign",
+    "AssignDelivery",
     "CancelJob",
     "Core",
     "CoreSettings",
     "Delivery",
     "Detach",
-    "Done",
+    "DoneDelivery",
     "DrainNode",
     "Event",
     "FinishedJob",
@@ -48,7 +47,7 @@ __all__ = [
     "NodeInfo",
     "NodeWentOffline",
     "PoolInfo",
-    "Progress",
+    "ProgressDelivery",
     "Queries",
     "Registration",
     "Submitted",

@@ -24,7 +24,7 @@ import orjson
 from schedd.core.model import (
     CoreSettings,
     Delivery,
-    Done,
+    DoneDelivery,
     Event,
     Followed,
     JobSpec,
@@ -236,7 +236,7 @@ class Core:
             state=_text(state),
             attempt=int(attempt),
             duplicate=_text(status) == "duplicate",
-            done=done_msg if isinstance(done_msg, Done) else None,
+            done=done_msg if isinstance(done_msg, DoneDelivery) else None,
             follows=int(follows[0]) if follows else 0,
         )
 
@@ -304,7 +304,7 @@ class Core:
         )
         done_msg = decode_delivery(done) if done else None
         return Followed(state=_text(state), attempt=int(attempt),
-                        done=done_msg if isinstance(done_msg, Done) else None,
+                        done=done_msg if isinstance(done_msg, DoneDelivery) else None,
                         follows=int(follows))
 
     async def reap(self) -> tuple[int, int, int, int]:

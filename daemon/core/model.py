@@ -12,9 +12,6 @@ from typing import Any
 import attrs
 import orjson
 
-TERMINAL_STATES = frozenset({"done", "failed", "canceled", "timed_out"})
-JOB_STATES = ("queued", "assigned", "running", "done", "failed", "canceled", "timed_out")
-
 
 @attrs.frozen(kw_only=True)
 class CoreSettings:
@@ -102,7 +99,7 @@ class Submitted:
     state: str
     attempt: int
     duplicate: bool
-    done: Done | None = None
+    done: DoneDelivery | None = None
     #: the job's deliveries moved to this instance for the ``follows``-th time (0: a new job,
     #: or a finished one); orders a job's followers (schedd.routes)
     follows: int = 0
@@ -115,7 +112,7 @@ class Followed:
     state: str
     attempt: int
     #: the job's done when it already finished
-    done: Done | None
+    done: DoneDelivery | None
     #: how many times the job's deliveries moved (0 for a finished job); orders its followers
     follows: int
 
@@ -125,7 +122,7 @@ class Followed:
 
 
 @attrs.frozen(kw_only=True)
-class Assign:
+class AssignDelivery:
     node_id: str
     job_id: str
     attempt: int
@@ -150,7 +147,7 @@ class DrainNode:
 
 
 @attrs.frozen(kw_only=True)
-class Progress:
+class ProgressDelivery:
     job_id: str
     attempt: int
     data_json: str
@@ -159,7 +156,7 @@ class Progress:
 
 
 @attrs.frozen(kw_only=True)
-class Done:
+class DoneDelivery:
     job_id: str
     state: str
     ok: bool
@@ -183,7 +180,7 @@ class Detach:
     follows: int
 
 
-Delivery = Assign | CancelJob | DrainNode | Progress | Done | Detach
+Delivery = AssignDelivery | CancelJob | DrainNode | ProgressDelivery | DoneDelivery | Detach
 
 
 # Events: what a script changed, reported to the instance that ran it (for plugins' event hooks).
@@ -215,9 +212,9 @@ def decode_event(raw: bytes | str) -> Event:
     raise ValueError(f"unknown event kind {f[0]!r}")
 
 
-def _done(f: list[Any]) -> Done:
+def _done(f: list[Any]) -> DoneDelivery:
     error = orjson.loads(f[5]) if f[5] else None
-    return Done(
+    return DoneDelivery(
         job_id=f[1],
         state=f[2],
         ok=bool(f[3]),
@@ -234,7 +231,7 @@ def decode_delivery(raw: bytes | str) -> Delivery:
     f = orjson.loads(raw)
     kind = f[0]
     if kind == "assign":
-        return Assign(
+        return AssignDelivery(
             node_id=f[1], job_id=f[2], attempt=int(f[3]), payload_json=f[4],
             session_id=f[5] or None, deadline_ms=int(f[6]), epoch=int(f[7]),
         )
@@ -243,7 +240,7 @@ def decode_delivery(raw: bytes | str) -> Delivery:
     if kind == "drain":
         return DrainNode(node_id=f[1], reason=f[2])
     if kind == "progress":
-        return Progress(job_id=f[1], attempt=int(f[2]), data_json=f[3],
+        return ProgressDelivery(job_id=f[1], attempt=int(f[2]), data_json=f[3],
                         principal=(f[4] or None) if len(f) > 4 else None)
     if kind == "detach":
         return Detach(job_id=f[1], principal=f[2], follows=int(f[3]))

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import orjson
 
-from schedd.core.model import JOB_STATES
+from schedd.protocol.messages import JOB_STATES
 from schedd.store.base import Store
 from schedd.store.keys import Keys
 
@@ -231,3 +231,22 @@ class Queries:
         """Instance id -> unix ms at which its presence expires."""
         h = _pairs(await self.store.execute("ZRANGE", self.keys.instances, 0, -1, "WITHSCORES"))
         return {k: _int(v) for k, v in h.items()}
+
+    async def held_jobs(self, node_ids: list[str]) -> int:
+        """How many jobs the nodes hold (assigned or running), by their registrations."""
+        replies = await self.store.execute_many(
+            [("HGET", self.keys.node(n), "used") for n in node_ids]
+        )
+        return sum(int(r or 0) for r in replies)
+
+    async def answer(self, what: str) -> dict[str, Any]:
+        """The data of a ``query`` for ``what`` (``nodes``, ``pools``, else ``stats``)."""
+        if what == "nodes":
+            return {"nodes": [attrs.asdict(n) for n in await self.nodes()]}
+        if what == "pools":
+            return {"pools": [attrs.asdict(p) for p in await self.pools()]}
+        return {
+            "counts": await self.counts(),
+            "exclusions": await self.exclusions(),
+            "instances": await self.instances(),
+        }

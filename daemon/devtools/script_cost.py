@@ -54,7 +54,7 @@ from schedd.core import Core, CoreSettings, JobSpec
 from schedd.devtools.redis_process import RedisServer
 from schedd.store import open_store
 from schedd.store.base import Arg, Store
-from schedd.store.redis_store import _encode as encode_command
+from schedd.store.resp import _encode as encode_command
 
 
 def command_stats(info: bytes) -> dict[str, dict[str, float]]:

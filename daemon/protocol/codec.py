@@ -48,12 +48,12 @@ from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception, transform_error
 
 from schedd.errors import ProtocolError
+from schedd.protocol.fields import _json_type
 from schedd.protocol.messages import (
     MESSAGE_TYPES,
     Heartbeat,
     InvalidField,
     Message,
-    _json_type,
 )
 
 __all__ = [

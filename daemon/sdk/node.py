@@ -41,22 +41,19 @@ import logging
 import math
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 import trio
 
 from schedd.protocol import (
-    DEFAULT_MAX_FRAME,
     MAX_RUNNING,
-    MAX_TEXT_LEN,
     Accept,
     Assign,
     Cancel,
     Drain,
     Error,
-    ErrorInfo,
     Heartbeat,
     Message,
     Ping,
@@ -71,13 +68,18 @@ from schedd.protocol import (
     encode,
 )
 from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
+from schedd.sdk.job import (
+    E_NODE_EXCEPTION,
+    Handler,
+    JobContext,
+    JobError,
+    failure_result,
+    success_result,
+)
 
 __all__ = ["E_NODE_EXCEPTION", "JobContext", "JobError", "Node"]
 
 log = logging.getLogger(__name__)
-
-E_NODE_EXCEPTION: Final = "E_NODE_EXCEPTION"
-"""``result.error.code`` when a handler raised something other than :class:`JobError`."""
 
 _RESEND_DELAY: Final = 0.3
 """Seconds (±50 %) before a result the daemon could not store (``E_UNAVAILABLE``) goes again."""
@@ -98,58 +100,6 @@ _REGISTRATION_GONE_CODES: Final[frozenset[str]] = frozenset(
 """Errors meaning this connection's registration is gone: reconnect and register again."""
 
 _JOB_REF: Final = re.compile(r"j(\d+)\.")
-
-
-class JobError(Exception):
-    """Raise from a handler to fail the job with ``code`` (an id, e.g. ``OOM``) and ``message``."""
-
-    def __init__(self, code: str, message: str = "") -> None:
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message
-
-
-class JobContext:
-    """One attempt of one job, as the handler sees it.
-
-    ``deadline_ms`` is the ``assign`` deadline (unix ms); the node has already accepted the
-    attempt when the handler starts.
-    """
-
-    def __init__(
-        self,
-        node: Node,
-        *,
-        job_id: str,
-        attempt: int,
-        payload: Any,
-        session_id: str | None,
-        deadline_ms: int,
-    ) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
-        self.payload = payload
-        self.session_id = session_id
-        self.deadline_ms = deadline_ms
-        self._node = node
-        # Created before the task starts, so a cancel that arrives first still takes effect.
-        self._scope = trio.CancelScope()
-
-    def __repr__(self) -> str:
-        return f"<JobContext {self.job_id} attempt {self.attempt}>"
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the daemon cancelled this attempt (or it went stale)."""
-        return self._scope.cancel_called
-
-    async def progress(self, data: Any) -> None:
-        """Send intermediate output to the job's client. Best effort: while the node is
-        disconnected it is dropped. ``data`` must be JSON (``TypeError`` otherwise)."""
-        await self._node._send_progress(self, data)
-
-
-Handler = Callable[[JobContext], Awaitable[Any]]
 
 
 class Node:
@@ -540,12 +490,12 @@ class Node:
             try:
                 output = await self._handler(ctx)
             except JobError as exc:
-                result = _failure(ctx, exc.code, exc.message)
+                result = failure_result(ctx, exc.code, exc.message)
             except Exception as exc:
                 log.exception("job %s attempt %d: the handler raised", ctx.job_id, ctx.attempt)
-                result = _failure(ctx, E_NODE_EXCEPTION, f"{type(exc).__name__}: {exc}")
+                result = failure_result(ctx, E_NODE_EXCEPTION, f"{type(exc).__name__}: {exc}")
             else:
-                result = _success(ctx, output)
+                result = success_result(ctx, output)
         if self.running.get(ctx.job_id) is ctx:
             del self.running[ctx.job_id]
         if ctx._scope.cancel_called or result is None:
@@ -593,31 +543,3 @@ class Node:
 
 def _with_ref(message: Accept | Reject | Progress | Result, ref: str) -> Message:
     return attrs.evolve(message, ref=ref)
-
-
-def _failure(ctx: JobContext, code: str, message: str) -> Result:
-    if len(message) > MAX_TEXT_LEN:
-        message = message[: MAX_TEXT_LEN - 3] + "..."
-    try:
-        error = ErrorInfo(code=code, message=message)
-    except ValueError:  # not an id: keep the node's error readable anyway
-        error = ErrorInfo(
-            code=E_NODE_EXCEPTION, message=f"bad error code {code!r}: {message}"[:MAX_TEXT_LEN]
-        )
-    return Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=False, error=error)
-
-
-def _success(ctx: JobContext, output: Any) -> Result:
-    result = Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=True, output=output)
-    try:
-        size = len(encode(result))
-    except TypeError as exc:
-        log.error("job %s attempt %d: output is not JSON: %s", ctx.job_id, ctx.attempt, exc)
-        return _failure(ctx, E_NODE_EXCEPTION, f"the output is not JSON: {exc}")
-    # An oversize frame would make the daemon close the connection on every resend.
-    if size > DEFAULT_MAX_FRAME:
-        log.error(
-            "job %s attempt %d: output of %d bytes is too large", ctx.job_id, ctx.attempt, size
-        )
-        return _failure(ctx, E_NODE_EXCEPTION, f"the output is too large ({size} bytes)")
-    return result

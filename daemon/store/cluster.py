@@ -29,7 +29,7 @@ from redis.crc import key_slot
 
 from schedd.errors import ConfigError, SchedError, StoreResponseError, StoreUnavailable
 from schedd.store.keys import check_namespace
-from schedd.store.redis_store import _mask_url
+from schedd.store.redis_url import _mask_url
 from schedd.store.topology import (
     Address,
     FollowingStore,

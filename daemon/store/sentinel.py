@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 from schedd.errors import ConfigError, SchedError, StoreResponseError, StoreUnavailable
-from schedd.store.redis_store import _mask_url
+from schedd.store.redis_url import _mask_url
 from schedd.store.topology import (
     Address,
     FollowingStore,

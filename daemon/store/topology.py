@@ -30,15 +30,8 @@ from schedd.errors import (
     error_from_reply,
 )
 from schedd.store.base import Arg, Store
-from schedd.store.redis_store import (
-    _INCOMPLETE,
-    _STREAM_ERRORS,
-    RedisStore,
-    _describe,
-    _encode,
-    _read_reply,
-    open_redis_store,
-)
+from schedd.store.redis_store import RedisStore, open_redis_store
+from schedd.store.resp import _INCOMPLETE, _STREAM_ERRORS, _describe, _encode, _read_reply
 
 __all__ = [
     "Address",

@@ -12,17 +12,17 @@ import pytest
 import trio
 
 from schedd import errors
-from schedd.core import Assign, Core, Done, Queries
+from schedd.core import AssignDelivery, Core, DoneDelivery, Queries
 from schedd.store.base import Store
 from tests.core.helpers import Recorder, make_core, spec
 
 
-async def _reap_until_assigned(core: Core, rec: Recorder, job_id: str) -> Assign:
+async def _reap_until_assigned(core: Core, rec: Recorder, job_id: str) -> AssignDelivery:
     """Run reaper passes (as the reaper service would) until the job is assigned."""
     with trio.fail_after(5):
         while True:
             await core.reap()
-            for assign in rec.of(Assign):
+            for assign in rec.of(AssignDelivery):
                 if assign.job_id == job_id:
                     return assign  # type: ignore[no-any-return]
             await trio.sleep(0.01)
@@ -91,7 +91,7 @@ async def test_throw_away_pools_leave_the_index_when_their_jobs_end(store: Store
     assert len(await _indexed(store, core)) == 6
     await core.cancel(canceled.job_id)
     with trio.fail_after(5):
-        while len(rec.of(Done)) < 6:
+        while len(rec.of(DoneDelivery)) < 6:
             await core.reap()
             await trio.sleep(0.01)
     assert await _indexed(store, core) == []
@@ -107,7 +107,7 @@ async def test_a_pool_leaves_the_index_when_its_job_is_handed_over_elsewhere(sto
     assert queued.state == "queued"
     assert await _indexed(store, core) == ["ghost", "real"]
     await core.result(first.job_id, node_id="n1", attempt=1, ok=True, accepted=True)
-    assert rec.of(Assign)[-1].job_id == queued.job_id
+    assert rec.of(AssignDelivery)[-1].job_id == queued.job_id
     assert await _indexed(store, core) == ["real"]
 
 
@@ -152,7 +152,7 @@ async def _run_serially(core: Core, rec: Recorder, jobs: int, pool: str = "p") -
     placed = []
     for _ in range(jobs):
         sub = await core.submit(spec(pool))
-        assign = rec.of(Assign)[-1]
+        assign = rec.of(AssignDelivery)[-1]
         assert assign.job_id == sub.job_id
         placed.append(assign.node_id)
         await core.result(sub.job_id, node_id=assign.node_id, attempt=1, ok=True, accepted=True)
@@ -186,9 +186,9 @@ async def test_a_more_loaded_node_is_passed_over(store: Store) -> None:
     assert set(await _run_serially(core, rec, 6)) == {"aa-calm"}
     # more free slots still come first: the busy node is idle, the calm one has a job
     held = await core.submit(spec("p"))
-    assert rec.of(Assign)[-1].node_id == "aa-calm"
+    assert rec.of(AssignDelivery)[-1].node_id == "aa-calm"
     await core.submit(spec("p"))
-    assert rec.of(Assign)[-1].node_id == "zz-busy"
+    assert rec.of(AssignDelivery)[-1].node_id == "zz-busy"
     assert held.state == "assigned"
 
 
@@ -200,4 +200,4 @@ async def test_an_ineligible_least_loaded_node_falls_back_to_the_next(store: Sto
                                 ("c", regs["c"].epoch, 0.9, 0)])
     await core.mark_unavailable("a", epoch=regs["a"].epoch, service="tts", ttl=60)
     await core.submit(spec("p", services=("tts",)))
-    assert rec.of(Assign)[-1].node_id == "b"
+    assert rec.of(AssignDelivery)[-1].node_id == "b"

@@ -10,7 +10,16 @@ import pytest
 import trio
 
 from schedd import errors
-from schedd.core import Assign, CancelJob, Core, Detach, Done, Followed, Progress, Queries
+from schedd.core import (
+    AssignDelivery,
+    CancelJob,
+    Core,
+    Detach,
+    DoneDelivery,
+    Followed,
+    ProgressDelivery,
+    Queries,
+)
 from schedd.core.model import decode_delivery
 from schedd.store.base import Store
 from schedd.store.keys import Keys
@@ -25,12 +34,12 @@ async def test_full_lifecycle_delivers_one_done(store: Store) -> None:
     assert await core.accept(sub.job_id, node_id="n1", attempt=1) is True
     assert await core.accept(sub.job_id, node_id="n1", attempt=1) is False
     await core.progress(sub.job_id, node_id="n1", attempt=1, data_json='{"pct": 50}')
-    (prog,) = rec.of(Progress)
+    (prog,) = rec.of(ProgressDelivery)
     assert prog.data_json == '{"pct": 50}' and prog.principal == "alice"
     state, dup = await core.result(sub.job_id, node_id="n1", attempt=1, ok=True,
                                    output_json='{"a": 2}')
     assert (state, dup) == ("done", False)
-    (done,) = rec.of(Done)
+    (done,) = rec.of(DoneDelivery)
     assert done.ok and orjson.loads(done.output_json) == {"a": 2} and done.node == "n1"
     assert done.attempts == 1 and done.principal == "alice"
     t = done.timings
@@ -45,7 +54,7 @@ async def test_duplicate_result_is_reported_noop(store: Store) -> None:
     sub = await core.submit(spec("p"))
     await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
     assert await core.result(sub.job_id, node_id="n1", attempt=1, ok=True) == ("done", True)
-    assert len(rec.of(Done)) == 1
+    assert len(rec.of(DoneDelivery)) == 1
 
 
 async def test_failed_result(store: Store) -> None:
@@ -55,7 +64,7 @@ async def test_failed_result(store: Store) -> None:
     state, _ = await core.result(sub.job_id, node_id="n1", attempt=1, ok=False,
                                  error={"code": "OOM", "message": "out of memory"})
     assert state == "failed"
-    (done,) = rec.of(Done)
+    (done,) = rec.of(DoneDelivery)
     assert not done.ok and done.error == {"code": "OOM", "message": "out of memory"}
 
 
@@ -66,7 +75,7 @@ async def test_submit_is_idempotent_and_returns_result(store: Store) -> None:
     again = await core.submit(spec("p", job_id="j1"), principal="alice")
     assert again.duplicate and again.state == "assigned" and again.done is None
     assert (first.follows, again.follows) == (0, 1)  # a duplicate counts the move
-    assert len(rec.of(Assign)) == 1
+    assert len(rec.of(AssignDelivery)) == 1
     await core.result("j1", node_id="n1", attempt=1, ok=True, output_json="[1]")
     final = await core.submit(spec("p", job_id="j1"), principal="alice")
     assert final.duplicate and final.state == "done"
@@ -116,12 +125,12 @@ async def test_selection_prefers_most_free_slots_and_pool_order(store: Store) ->
     for _ in range(3):
         await core.submit(spec("a", "b"))
     # big (3 free) twice until it ties with small... then first-pool members fill before pool b
-    placed = [a.node_id for a in rec.of(Assign)]
+    placed = [a.node_id for a in rec.of(AssignDelivery)]
     assert placed[0] == "big"
     assert "other" not in placed
     await core.submit(spec("a", "b"))
     await core.submit(spec("a", "b"))
-    placed = [a.node_id for a in rec.of(Assign)]
+    placed = [a.node_id for a in rec.of(AssignDelivery)]
     assert placed.count("big") == 3 and placed.count("small") == 1 and placed[-1] == "other"
 
 
@@ -130,11 +139,11 @@ async def test_session_affinity(store: Store) -> None:
     await core.register_node(node_id="n1", capacity=5, pools=["p"])
     await core.register_node(node_id="n2", capacity=5, pools=["p"])
     await core.submit(spec("p", session_id="s"))
-    first = rec.of(Assign)[-1].node_id
+    first = rec.of(AssignDelivery)[-1].node_id
     for _ in range(3):
         await core.submit(spec("p", session_id="s"))
-        assert rec.of(Assign)[-1].node_id == first
-    assert rec.of(Assign)[-1].session_id == "s"
+        assert rec.of(AssignDelivery)[-1].node_id == first
+    assert rec.of(AssignDelivery)[-1].session_id == "s"
 
 
 async def test_queue_order_priority_then_age(store: Store) -> None:
@@ -145,7 +154,7 @@ async def test_queue_order_priority_then_age(store: Store) -> None:
     await core.register_node(node_id="n1", capacity=1, pools=["p"])
     order = []
     for _ in range(3):
-        job = rec.of(Assign)[-1]
+        job = rec.of(AssignDelivery)[-1]
         order.append(job.job_id)
         await core.result(job.job_id, node_id="n1", attempt=job.attempt, ok=True)
     assert order == [high.job_id, low.job_id, low2.job_id]
@@ -174,7 +183,7 @@ async def test_job_record_leaves_out_fields_at_their_defaults(store: Store) -> N
     assert fields["priority"] == "5" and fields["services"] == '["ocr"]'
     info = await Queries(store, core.keys).job(full.job_id)
     assert info is not None and info.priority == 5 and info.session_id == "s"
-    assert rec.of(Assign)[-1].session_id == "s"
+    assert rec.of(AssignDelivery)[-1].session_id == "s"
 
 
 async def test_completion_hands_next_job_across_pools(store: Store) -> None:
@@ -184,7 +193,7 @@ async def test_completion_hands_next_job_across_pools(store: Store) -> None:
     queued = await core.submit(spec("b"))
     assert queued.state == "queued"
     await core.result(first.job_id, node_id="n1", attempt=1, ok=True)
-    assert rec.of(Assign)[-1].job_id == queued.job_id
+    assert rec.of(AssignDelivery)[-1].job_id == queued.job_id
     pools = {p.pool: p for p in await Queries(store, core.keys).pools()}
     assert pools["a"].queued == 0 and pools["b"].queued == 0
 
@@ -193,10 +202,10 @@ async def test_fencing_stale_attempt_refused(store: Store) -> None:
     core, rec = await make_core(store)
     r1 = await core.register_node(node_id="n1", capacity=1, pools=["p"])
     sub = await core.submit(spec("p"))
-    assert rec.of(Assign)[-1].node_id == "n1"
+    assert rec.of(AssignDelivery)[-1].node_id == "n1"
     await core.register_node(node_id="n2", capacity=1, pools=["p"])
     await core.node_offline("n1", epoch=r1.epoch, reason="lost")
-    new = rec.of(Assign)[-1]
+    new = rec.of(AssignDelivery)[-1]
     assert (new.node_id, new.attempt) == ("n2", 2)
     for call in (
         core.accept(sub.job_id, node_id="n1", attempt=1),
@@ -212,7 +221,7 @@ async def test_fencing_stale_attempt_refused(store: Store) -> None:
         await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
     with pytest.raises(errors.JobNotFound):
         await core.accept("nope", node_id="n1", attempt=1)
-    assert len(rec.of(Done)) == 1
+    assert len(rec.of(DoneDelivery)) == 1
 
 
 async def test_reject_moves_job_and_fails_at_max_attempts(store: Store) -> None:
@@ -220,12 +229,12 @@ async def test_reject_moves_job_and_fails_at_max_attempts(store: Store) -> None:
     await core.register_node(node_id="n1", capacity=1, pools=["p"])
     await core.register_node(node_id="n2", capacity=1, pools=["p"])
     sub = await core.submit(spec("p", max_attempts=2))
-    a1 = rec.of(Assign)[-1]
+    a1 = rec.of(AssignDelivery)[-1]
     assert await core.reject(sub.job_id, node_id=a1.node_id, attempt=1, reason="busy") == "assigned"
-    a2 = rec.of(Assign)[-1]
+    a2 = rec.of(AssignDelivery)[-1]
     assert a2.node_id != a1.node_id and a2.attempt == 2
     assert await core.reject(sub.job_id, node_id=a2.node_id, attempt=2, reason="busy") == "failed"
-    (done,) = rec.of(Done)
+    (done,) = rec.of(DoneDelivery)
     assert done.state == "failed" and done.error["code"] == "E_ATTEMPTS"
     pools = await Queries(store, core.keys).pools()
     assert pools[0].free_slots == 2
@@ -235,7 +244,7 @@ async def test_cancel_in_every_state(store: Store) -> None:
     core, rec = await make_core(store)
     queued = await core.submit(spec("p"), principal="alice")
     await core.cancel(queued.job_id, principal="alice")
-    assert rec.of(Done)[-1].state == "canceled"
+    assert rec.of(DoneDelivery)[-1].state == "canceled"
     await core.register_node(node_id="n1", capacity=2, pools=["p"])
     assigned = await core.submit(spec("p"), principal="alice")
     running = await core.submit(spec("p"), principal="alice")
@@ -244,16 +253,16 @@ async def test_cancel_in_every_state(store: Store) -> None:
     assert waiting.state == "queued"
     await core.cancel(assigned.job_id, principal="alice", reason="user abort")
     assert rec.of(CancelJob)[-1].job_id == assigned.job_id
-    assert rec.of(Assign)[-1].job_id == waiting.job_id  # freed slot is reused at once
+    assert rec.of(AssignDelivery)[-1].job_id == waiting.job_id  # freed slot is reused at once
     await core.cancel(running.job_id)  # operator
     cancels = rec.of(CancelJob)
     assert [c.job_id for c in cancels] == [assigned.job_id, running.job_id]
-    assert [d.state for d in rec.of(Done)] == ["canceled"] * 3
+    assert [d.state for d in rec.of(DoneDelivery)] == ["canceled"] * 3
     # a finished job: a no-op (no error, no second done, no cancel to the node)
     assert await core.cancel(running.job_id) == "canceled"
     await core.result(waiting.job_id, node_id="n1", attempt=1, ok=True)
     assert await core.cancel(waiting.job_id, principal="alice") == "done"
-    assert [d.state for d in rec.of(Done)] == ["canceled"] * 3 + ["done"]
+    assert [d.state for d in rec.of(DoneDelivery)] == ["canceled"] * 3 + ["done"]
     assert len(rec.of(CancelJob)) == 2
     with pytest.raises(errors.NotYours):
         await core.cancel(waiting.job_id, principal="mallory")
@@ -278,12 +287,12 @@ async def test_follow_moves_deliveries_to_caller(store: Store) -> None:
     (entry,) = await a.store.execute("XRANGE", a.keys.inbox("A"), "-", "+")
     assert decode_delivery(entry[1][1]) == Detach(job_id=sub.job_id, principal="alice", follows=1)
     await a.result(sub.job_id, node_id="n1", attempt=1, ok=True)
-    assert rec_a.of(Done) == []
+    assert rec_a.of(DoneDelivery) == []
     reply = await b.store.execute("XLEN", b.keys.inbox("B"))
     assert reply == 1
     (entry,) = await b.store.execute("XRANGE", b.keys.inbox("B"), "-", "+")
     delivered = decode_delivery(entry[1][1])
-    assert isinstance(delivered, Done) and delivered.principal == "alice"
+    assert isinstance(delivered, DoneDelivery) and delivered.principal == "alice"
     followed = await b.follow(sub.job_id, principal="alice")
     assert followed.state == "done" and followed.done is not None and followed.done.ok
     assert followed.done.principal == "alice" and followed.follows == 0
@@ -374,7 +383,7 @@ async def _record_one_way(core: Core, rec: Recorder, node_id: str, joint: bool,
                                     output_json='{"a": 1}')
     info = await queries.job(sub.job_id)
     assert info is not None
-    done = rec.of(Done)[-1]
+    done = rec.of(DoneDelivery)[-1]
     finished = (await queries.recent_finished())[0]
     (node,) = [n for n in await queries.nodes() if n.node_id == node_id]
     counts = await queries.counts()
@@ -417,7 +426,7 @@ async def test_result_with_its_accept_after_a_separate_accept(store: Store) -> N
     assert [getattr(e, "state", None) for e in events] == ["assigned", "running", "failed"]
     counts = await Queries(store, core.keys).counts()
     assert counts["running"] == 0 and counts["failed"] == 1
-    assert len(rec.of(Done)) == 1
+    assert len(rec.of(DoneDelivery)) == 1
 
 
 async def test_result_with_its_accept_is_refused_as_accept_would_be(store: Store) -> None:
@@ -436,10 +445,10 @@ async def test_result_with_its_accept_is_refused_as_accept_would_be(store: Store
         await core.accept(sub.job_id, node_id="n1", attempt=1)
     assert (await queries.counts(), await queries.job(sub.job_id)) == before
     # the attempt moved to another node: refused, and nothing changes
-    assert rec.of(Assign)[-1].job_id == other.job_id
+    assert rec.of(AssignDelivery)[-1].job_id == other.job_id
     await core.register_node(node_id="n2", capacity=1, pools=["p"])
     await core.node_offline("n1", epoch=r1.epoch, reason="lost")
-    moved = rec.of(Assign)[-1]
+    moved = rec.of(AssignDelivery)[-1]
     assert (moved.job_id, moved.node_id, moved.attempt) == (other.job_id, "n2", 2)
     before = (await queries.counts(), await queries.job(other.job_id))
     with pytest.raises(errors.StaleAttempt):
@@ -447,4 +456,4 @@ async def test_result_with_its_accept_is_refused_as_accept_would_be(store: Store
     assert (await queries.counts(), await queries.job(other.job_id)) == before
     with pytest.raises(errors.JobNotFound):
         await core.result("nope", node_id="n1", attempt=1, ok=True, accepted=True)
-    assert len(rec.of(Done)) == 1
+    assert len(rec.of(DoneDelivery)) == 1

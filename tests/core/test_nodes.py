@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from schedd import errors
-from schedd.core import Assign, DrainNode, Queries
+from schedd.core import AssignDelivery, DrainNode, Queries
 from schedd.store.base import Store
 from tests.core.helpers import make_core, spec
 
@@ -57,7 +57,7 @@ async def test_register_hands_queued_work_to_new_node(store: Store) -> None:
     sub = await core.submit(spec("gpu", payload={"x": 1}))
     assert sub.state == "queued"
     await core.register_node(node_id="n1", capacity=1, pools=["gpu"])
-    (assign,) = rec.of(Assign)
+    (assign,) = rec.of(AssignDelivery)
     assert (assign.job_id, assign.node_id, assign.attempt) == (sub.job_id, "n1", 1)
     assert assign.payload_json == '{"x":1}'
 
@@ -185,12 +185,12 @@ async def test_offline_requeues_jobs_and_excludes_node(store: Store) -> None:
     core, rec = await make_core(store)
     reg1 = await core.register_node(node_id="n1", capacity=1, pools=["p"])
     sub = await core.submit(spec("p"))
-    assert rec.of(Assign)[-1].node_id == "n1"
+    assert rec.of(AssignDelivery)[-1].node_id == "n1"
     assert await core.node_offline("n1", epoch=reg1.epoch, reason="connection lost") == 1
     info = await Queries(store, core.keys).job(sub.job_id)
     assert info is not None and info.state == "queued" and info.tried == ["n1"]
     await core.register_node(node_id="n2", capacity=1, pools=["p"])
-    last = rec.of(Assign)[-1]
+    last = rec.of(AssignDelivery)[-1]
     assert (last.node_id, last.attempt) == ("n2", 2)
     assert await core.node_offline("n1", epoch=reg1.epoch, reason="again") is None
 
@@ -213,10 +213,10 @@ async def test_unavailable_service_excludes_node(store: Store) -> None:
     await core.register_node(node_id="n2", capacity=1, pools=["p"])
     await core.mark_unavailable("n1", epoch=r1.epoch, service="tts", ttl=60)
     sub = await core.submit(spec("p", services=("tts",)))
-    assert rec.of(Assign)[-1].node_id == "n2"
+    assert rec.of(AssignDelivery)[-1].node_id == "n2"
     # a job not needing tts still prefers n1 (most free slots)
     await core.submit(spec("p"))
-    assert rec.of(Assign)[-1].node_id == "n1"
+    assert rec.of(AssignDelivery)[-1].node_id == "n1"
     queued = await core.submit(spec("p", services=("tts",)))
     assert queued.state == "queued"
     excl = await Queries(store, core.keys).exclusions()
@@ -230,7 +230,7 @@ async def test_unavailable_mark_expires(store: Store) -> None:
     await core.mark_unavailable("n1", epoch=r1.epoch, service="tts", ttl=0.05)
     await trio.sleep(0.1)
     await core.submit(spec("p", services=("tts",)))
-    assert rec.of(Assign)[-1].node_id == "n1"
+    assert rec.of(AssignDelivery)[-1].node_id == "n1"
 
 
 async def test_unavailable_errors(store: Store) -> None:
@@ -280,7 +280,7 @@ async def test_reregister_with_fewer_slots_gives_excess_back(store: Store) -> No
     assert reg.used == 1
     (cancel,) = rec.of(CancelJob)
     assert (cancel.job_id, cancel.reason) == (assigned.job_id, "node capacity reduced")
-    last = rec.of(Assign)[-1]
+    last = rec.of(AssignDelivery)[-1]
     assert (last.job_id, last.node_id, last.attempt) == (assigned.job_id, "n2", 2)
 
 
@@ -295,7 +295,7 @@ async def test_a_node_id_belongs_to_the_principal_that_registered_it(store: Stor
     record = await store.execute("HMGET", core.keys.node("n1"), "epoch", "pools", "principal")
     assert record == [str(first.epoch).encode(), b'["p"]', owner.encode()]
     assert await store.execute("SMEMBERS", core.keys.node_jobs("n1")) == [b"j1"]
-    assert [d.node_id for d in rec.of(Assign)] == ["n1"]
+    assert [d.node_id for d in rec.of(AssignDelivery)] == ["n1"]
     again = await core.register_node(node_id="n1", capacity=1, pools=["p"], principal=owner)
     assert again.epoch > first.epoch and again.used == 1
 

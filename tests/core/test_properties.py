@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedd import errors
-from schedd.core import Assign, CancelJob, Core, Done, Queries
+from schedd.core import AssignDelivery, CancelJob, Core, DoneDelivery, Queries
 from schedd.store import open_store
 from schedd.store.base import Store
 from tests.core.helpers import make_core, spec
@@ -67,7 +67,7 @@ class Sim:
         # ran (each caller dispatches its own reply's deliveries when it resumes), exactly as in
         # the daemon; so, like a real node, keep only the newest attempt and never revive a job
         # after its done.
-        if isinstance(delivery, Assign):
+        if isinstance(delivery, AssignDelivery):
             if delivery.job_id in self.done or delivery.attempt < self.seen.get(delivery.job_id, 0):
                 return
             self.seen[delivery.job_id] = delivery.attempt
@@ -75,7 +75,7 @@ class Sim:
         elif isinstance(delivery, CancelJob):
             if self.running.get(delivery.job_id, ("", 0, 0))[1] == delivery.attempt:
                 del self.running[delivery.job_id]
-        elif isinstance(delivery, Done):
+        elif isinstance(delivery, DoneDelivery):
             self.done[delivery.job_id] += 1
             self.running.pop(delivery.job_id, None)
 

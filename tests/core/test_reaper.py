@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 import trio
 
-from schedd.core import Assign, CancelJob, Done, HeartbeatBatcher, Queries, serve_reaper
+from schedd.core import (
+    AssignDelivery,
+    CancelJob,
+    DoneDelivery,
+    HeartbeatBatcher,
+    Queries,
+    serve_reaper,
+)
 from schedd.store.base import Store
 from tests.core.helpers import make_core, spec
 
@@ -28,7 +35,7 @@ async def test_silent_node_expires_and_its_job_moves(store: Store) -> None:
     assert lost == 1
     nodes = {n.node_id: n for n in await Queries(store, core.keys).nodes()}
     assert nodes["n1"].state == "offline" and nodes["n1"].reason == "liveness expired"
-    last = rec.of(Assign)[-1]
+    last = rec.of(AssignDelivery)[-1]
     assert (last.job_id, last.node_id, last.attempt) == (sub.job_id, "n2", 2)
 
 
@@ -42,7 +49,7 @@ async def test_missed_ack_deadline_retries_elsewhere_and_cancels(store: Store) -
     (cancel,) = rec.of(CancelJob)
     assert (cancel.node_id, cancel.job_id, cancel.attempt) == ("n1", sub.job_id, 1)
     assert "ack deadline" in cancel.reason
-    last = rec.of(Assign)[-1]
+    last = rec.of(AssignDelivery)[-1]
     assert (last.node_id, last.attempt) == ("n2", 2)
     info = await Queries(store, core.keys).job(sub.job_id)
     assert info is not None and info.tried == ["n1"]
@@ -55,7 +62,7 @@ async def test_missed_run_deadline_fails_at_max_attempts(store: Store) -> None:
     await core.accept(sub.job_id, node_id="n1", attempt=1)
     await trio.sleep(0.1)
     await core.reap()
-    (done,) = rec.of(Done)
+    (done,) = rec.of(DoneDelivery)
     assert done.state == "failed" and "run deadline" in done.error["message"]
     (pool,) = await Queries(store, core.keys).pools()
     assert pool.free_slots == 1
@@ -66,7 +73,7 @@ async def test_queue_timeout_ends_job_timed_out(store: Store) -> None:
     sub = await core.submit(spec("p", queue_timeout=0.05))
     await trio.sleep(0.1)
     await core.reap()
-    (done,) = rec.of(Done)
+    (done,) = rec.of(DoneDelivery)
     assert (done.job_id, done.state) == (sub.job_id, "timed_out")
     assert done.error == {"code": "E_QUEUE_TIMEOUT",
                           "message": "no node took the job within its queue timeout"}

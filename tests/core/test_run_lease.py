@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from schedd.core import Core, Done
+from schedd.core import Core, DoneDelivery
 from schedd.store.base import Store
 from tests.core.helpers import make_core, spec
 
@@ -58,7 +58,7 @@ async def test_progress_keeps_a_job_running_past_its_run_timeout(store: Store) -
     assert (await core.reap())[1] == 0  # not due
     state, _ = await core.result(job_id, node_id="n1", attempt=1, ok=True, output_json="1")
     assert state == "done"
-    assert [d.state for d in rec.of(Done)] == ["done"]
+    assert [d.state for d in rec.of(DoneDelivery)] == ["done"]
 
 
 async def test_a_job_whose_progress_stops_times_out_at_its_extended_deadline(
@@ -73,7 +73,7 @@ async def test_a_job_whose_progress_stops_times_out_at_its_extended_deadline(
     while await now_ms(store) <= extended:  # until the extended deadline has passed
         await trio.sleep(0.02)
     assert (await core.reap())[1] == 1
-    [done] = rec.of(Done)
+    [done] = rec.of(DoneDelivery)
     assert done.state == "failed" and "run deadline missed" in done.error["message"]
 
 

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from schedd import errors
-from schedd.core import Done, Queries
+from schedd.core import DoneDelivery, Queries
 from schedd.devtools.redis_process import REDIS_SERVER, RedisServer
 from schedd.store import open_store
 from schedd.store.base import Store
@@ -20,7 +20,7 @@ async def test_scripts_reload_after_a_flush(store: Store, flush: str) -> None:
     await store.execute(flush, "FLUSH")
     sub = await core.submit(spec("p"))
     await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
-    assert rec.of(Done)[0].state == "done"
+    assert rec.of(DoneDelivery)[0].state == "done"
     # the library is back (FUNCTION FLUSH removed it; SCRIPT FLUSH never touched it)
     assert await store.execute("FUNCTION", "LIST", "LIBRARYNAME", core.scripts.library_name)
 

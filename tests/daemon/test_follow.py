@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from schedd import protocol as p
-from schedd.core import Detach, Done, Progress, Queries
+from schedd.core import Detach, DoneDelivery, ProgressDelivery, Queries
 from schedd.errors import StoreUnavailable
 from schedd.routes import Routes
 from schedd.transport import StreamChannel, WebSocketChannel
@@ -242,16 +242,16 @@ class FakeSession:
     def deliver(self, delivery: object) -> None:
         self.got.append(delivery)
 
-    def deliver_done(self, done: Done) -> None:
+    def deliver_done(self, done: DoneDelivery) -> None:
         self.got.append(done)
 
     def detached(self, job_id: str) -> None:
         self.got.append(("detached", job_id))
 
 
-def done(job_id: str, principal: str | None) -> Done:
-    return Done(job_id=job_id, state="done", ok=True, output_json="1", error=None, node="n1",
-                attempts=1, timings={}, principal=principal)
+def done(job_id: str, principal: str | None) -> DoneDelivery:
+    return DoneDelivery(job_id=job_id, state="done", ok=True, output_json="1", error=None,
+                        node="n1", attempts=1, timings={}, principal=principal)
 
 
 def follower(routes: Routes, job_id: str, session: FakeSession, follows: int = 0) -> None:
@@ -265,7 +265,7 @@ def test_routing_drops_a_done_of_another_principal() -> None:
     follower(routes, "j1", alice)
     candidate = routes.expect("j1", bob)  # type: ignore[arg-type]
     routes.route(done("j1", "mallory"))
-    routes.route(Progress(job_id="j1", attempt=1, data_json="1", principal="mallory"))
+    routes.route(ProgressDelivery(job_id="j1", attempt=1, data_json="1", principal="mallory"))
     assert alice.got == [] and candidate.held == []
     routes.settle("j1", candidate, None)  # bob's follow was refused
     assert routes.followers["j1"].session is alice  # type: ignore[comparison-overlap]

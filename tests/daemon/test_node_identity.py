@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from schedd import protocol as p
-from schedd.core import Assign
+from schedd.core import AssignDelivery
 from schedd.core_hooks import token_principal
 from schedd.errors import NotYourNode
 from schedd.sdk.connect import open_channel
@@ -171,8 +171,9 @@ async def test_a_registration_the_store_refuses_leaves_the_nodes_connection_in_p
         real = d.app.core.register_node
 
         async def refused_after_a_delivery(**kwargs: Any) -> Any:
-            d.app.core.on_delivery(Assign(node_id="n1", job_id="jx", attempt=1, payload_json="1",
-                                          session_id=None, deadline_ms=0, epoch=0))
+            d.app.core.on_delivery(AssignDelivery(node_id="n1", job_id="jx", attempt=1,
+                                                  payload_json="1", session_id=None,
+                                                  deadline_ms=0, epoch=0))
             raise NotYourNode("node n1 is registered by another principal")
 
         d.app.core.register_node = refused_after_a_delivery  # type: ignore[method-assign]

@@ -887,20 +887,20 @@ def record_direct_writes(monkeypatch: pytest.MonkeyPatch, session: Any,
     """The outcome of every direct write ``session.post`` tries from now on (the first
     ``refuse`` of them refused, as a busy channel would)."""
     outcomes: list[bool] = []
-    real = session._write_nowait
+    real = session.outbox._write_nowait
 
     def write_nowait(data: bytes) -> bool:
         outcomes.append(len(outcomes) >= refuse and real(data))
         return outcomes[-1]
 
-    monkeypatch.setattr(session, "_write_nowait", write_nowait)
+    monkeypatch.setattr(session.outbox, "_write_nowait", write_nowait)
     return outcomes
 
 
 async def settled(session: Any) -> None:
     """Until the session's sender waits with nothing queued."""
     with trio.fail_after(5):
-        while not session._sender_idle:
+        while not session.outbox.sender_idle:
             await trio.sleep(0.001)
 
 
@@ -966,7 +966,7 @@ async def test_what_a_short_direct_write_left_is_sent_before_later_messages(
 
         monkeypatch.setattr("schedd.transport.sockets.os.write", write)
         session.post(p.Pong(ref="first"))
-        assert session.channel.write_pending and not session._sender_idle
+        assert session.channel.write_pending and not session.outbox.sender_idle
         session.post(p.Pong(ref="second"))
         with trio.fail_after(10):
             refs = [p.decode(await node.receive()).ref for _ in range(2)]

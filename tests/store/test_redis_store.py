@@ -28,7 +28,8 @@ from schedd.errors import (
     StoreUnavailable,
 )
 from schedd.store.base import Arg
-from schedd.store.redis_store import RedisStore, _encode, _encode_each, open_redis_store
+from schedd.store.redis_store import RedisStore, open_redis_store
+from schedd.store.resp import _encode, _encode_each
 
 pytestmark = [
     pytest.mark.redis_server,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from schedd.core import Done
+from schedd.core import DoneDelivery
 from schedd.errors import StoreResponseError
 from schedd.store.base import Arg, Store
 from schedd.store.scripts import Scripts, build_library
@@ -48,7 +48,7 @@ async def _one_job(store: Store) -> None:
     assert sub.state == "assigned"
     await core.accept(sub.job_id, node_id="n1", attempt=1)
     await core.result(sub.job_id, node_id="n1", attempt=1, ok=True)
-    assert rec.of(Done)[0].state == "done"
+    assert rec.of(DoneDelivery)[0].state == "done"
 
 
 async def test_scripts_run_as_functions(store: Store) -> None:

@@ -47,7 +47,8 @@ def test_the_transport_builds_on_the_protocol_not_on_the_sdk_or_the_daemon() -> 
                       "schedd.session") == []
 
 
-@pytest.mark.parametrize("part", ["daemon/app.py", "daemon/session.py", "plugins"])
+@pytest.mark.parametrize("part", ["daemon/app.py", "daemon/routes.py", "daemon/drain.py",
+                                  "daemon/session", "plugins"])
 def test_the_daemons_serving_side_does_not_import_the_sdk(part: str) -> None:
     assert _offending(_files(part), "schedd.sdk") == []
 

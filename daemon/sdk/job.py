@@ -1,0 +1,103 @@
+"""One job as a node's handler sees it: :class:`JobContext`, :class:`JobError`, and the
+``result`` an attempt's end becomes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from schedd.protocol import DEFAULT_MAX_FRAME, MAX_TEXT_LEN, ErrorInfo, Result, encode
+
+if TYPE_CHECKING:
+    from schedd.sdk.node import Node
+
+#: the node's logger: what a job's end logs is the node's record
+log = logging.getLogger("schedd.sdk.node")
+
+E_NODE_EXCEPTION: Final = "E_NODE_EXCEPTION"
+"""``result.error.code`` when a handler raised something other than :class:`JobError`."""
+
+
+class JobError(Exception):
+    """Raise from a handler to fail the job with ``code`` (an id, e.g. ``OOM``) and ``message``."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+class JobContext:
+    """One attempt of one job, as the handler sees it.
+
+    ``deadline_ms`` is the ``assign`` deadline (unix ms); the node has already accepted the
+    attempt when the handler starts.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        job_id: str,
+        attempt: int,
+        payload: Any,
+        session_id: str | None,
+        deadline_ms: int,
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.payload = payload
+        self.session_id = session_id
+        self.deadline_ms = deadline_ms
+        self._node = node
+        # Created before the task starts, so a cancel that arrives first still takes effect.
+        self._scope = trio.CancelScope()
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.job_id} attempt {self.attempt}>"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the daemon cancelled this attempt (or it went stale)."""
+        return self._scope.cancel_called
+
+    async def progress(self, data: Any) -> None:
+        """Send intermediate output to the job's client. Best effort: while the node is
+        disconnected it is dropped. ``data`` must be JSON (``TypeError`` otherwise)."""
+        await self._node._send_progress(self, data)
+
+
+Handler = Callable[[JobContext], Awaitable[Any]]
+
+
+def failure_result(ctx: JobContext, code: str, message: str) -> Result:
+    """The ``result`` of an attempt that failed with ``code`` (kept valid, and short)."""
+    if len(message) > MAX_TEXT_LEN:
+        message = message[: MAX_TEXT_LEN - 3] + "..."
+    try:
+        error = ErrorInfo(code=code, message=message)
+    except ValueError:  # not an id: keep the node's error readable anyway
+        error = ErrorInfo(
+            code=E_NODE_EXCEPTION, message=f"bad error code {code!r}: {message}"[:MAX_TEXT_LEN]
+        )
+    return Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=False, error=error)
+
+
+def success_result(ctx: JobContext, output: Any) -> Result:
+    """The ``result`` of an attempt that returned ``output``; a failure when it cannot go."""
+    result = Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=True, output=output)
+    try:
+        size = len(encode(result))
+    except TypeError as exc:
+        log.error("job %s attempt %d: output is not JSON: %s", ctx.job_id, ctx.attempt, exc)
+        return failure_result(ctx, E_NODE_EXCEPTION, f"the output is not JSON: {exc}")
+    # An oversize frame would make the daemon close the connection on every resend.
+    if size > DEFAULT_MAX_FRAME:
+        log.error(
+            "job %s attempt %d: output of %d bytes is too large", ctx.job_id, ctx.attempt, size
+        )
+        return failure_result(ctx, E_NODE_EXCEPTION, f"the output is too large ({size} bytes)")
+    return result

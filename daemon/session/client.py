@@ -1,0 +1,129 @@
+"""The client role: a client's messages, its concurrent submits, and the jobs it follows.
+
+A client connection sees and cancels only the jobs of its principal. Its ``submit``s run
+concurrently with the messages after them (see :meth:`schedd.session.Session._receive_loop`).
+"""
+
+from __future__ import annotations
+
+import orjson
+import trio
+
+from schedd import protocol as p
+from schedd.core import DoneDelivery, JobSpec, new_id
+from schedd.errors import StoreError
+from schedd.session.base import CloseConnection, SessionBase, checked_pools
+from schedd.session.deliveries import done_message, job_message
+from schedd.transport.channel import ChannelClosed
+
+
+class ClientRole(SessionBase):
+    """The session's handlers of a client's messages (schedd.session.handshake.HANDLERS)."""
+
+    def _submit_started(self, job_id: str | None) -> None:
+        if self._submits == 0:
+            self._submits_idle = trio.Event()
+        self._submits += 1
+        if job_id is not None:
+            self._submitting.add(job_id)
+
+    async def _concurrent_submit(self, message: p.Submit) -> None:
+        try:
+            await self._handle(message)
+        except (CloseConnection, ChannelClosed):
+            self.close()  # as the reading loop would have ended: after what is queued
+        finally:
+            if message.job_id is not None:
+                self._submitting.discard(message.job_id)
+            self._submits -= 1
+            if self._submits == 0:
+                self._submits_idle.set()
+
+    async def _submit(self, m: p.Submit) -> None:
+        if not self.app.accepting:
+            self._error(p.E_SHUTTING_DOWN, "this daemon is shutting down; submit to another "
+                        "instance", ref=m.ref, job_id=m.job_id)
+            return
+        limit = self.app.limits.max_inflight_submits
+        if len(self.inflight) >= limit:
+            self._error(p.E_INFLIGHT, f"{limit} submits of this connection are still unfinished",
+                        ref=m.ref, job_id=m.job_id)
+            return
+        job_id = m.job_id or new_id("job")
+        pools = checked_pools(
+            self.app.plugins.job_pools(job_id, dict(m.requirements), list(m.pools)),
+            f"job {job_id}")
+        if not pools:
+            self._error("E_BAD_ARG", "the job names no candidate pool: give pools, or "
+                        "requirements that an enabled plugin maps to pools", ref=m.ref,
+                        job_id=job_id)
+            return
+        spec = JobSpec(
+            pools=tuple(pools), payload_json=orjson.dumps(m.payload).decode(), job_id=job_id,
+            session_id=m.session_id, priority=m.priority, services=tuple(m.services),
+            ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
+            max_attempts=m.max_attempts,
+        )
+        # A candidate while the script runs: a done delivered meanwhile waits for the reply
+        candidate = self.app.routes.expect(job_id, self.session)
+        self.inflight.add(job_id)
+        try:
+            sub = await self.app.core.submit(spec, principal=self.principal)
+        except BaseException:
+            self.inflight.discard(job_id)
+            self.app.routes.settle(job_id, candidate, None)
+            raise
+        self.post(p.Accepted(job_id=job_id, state=sub.state,  # type: ignore[arg-type]
+                             duplicate=sub.duplicate, ref=m.ref))
+        self.app.routes.settle(job_id, candidate, sub.follows, sub.done)
+
+    async def _cancel_job(self, m: p.Cancel) -> None:
+        await self.app.core.cancel(m.job_id, principal=self.principal,
+                                   reason=f"canceled by client {self.name or self.principal}")
+
+    async def _status(self, m: p.Status) -> None:
+        info = await self.app.queries.job(m.job_id)
+        if info is None:
+            self._error("E_NO_JOB", f"job {m.job_id} does not exist (or its retention ended)",
+                        ref=m.ref, job_id=m.job_id)
+            return
+        if info.principal != self.principal:
+            self._error("E_NOT_YOURS", f"job {m.job_id} belongs to another client", ref=m.ref,
+                        job_id=m.job_id)
+            return
+        self.post(job_message(info, m.ref))
+
+    async def _follow(self, m: p.Follow) -> None:
+        # A candidate while the scripts run: it takes the job's deliveries only once the store
+        # said the job is its principal's (schedd.routes)
+        candidate = self.app.routes.expect(m.job_id, self.session)
+        try:
+            followed = await self.app.core.follow(m.job_id, principal=self.principal)
+            try:
+                info = await self.app.queries.job(m.job_id)
+            except StoreError:
+                info = None  # the follow holds: the reply says what its script said
+        except BaseException:
+            self.app.routes.settle(m.job_id, candidate, None)
+            raise
+        if info is not None and info.principal == self.principal:
+            self.post(job_message(info, m.ref))  # the job as status shows it, node and info too
+        else:  # its retention ended between the two reads, or the read failed
+            self.post(p.Job(job_id=m.job_id, state=followed.state,  # type: ignore[arg-type]
+                            attempt=followed.attempt, ref=m.ref))
+        self.app.routes.settle(m.job_id, candidate, followed.follows, followed.done)
+
+    async def _query(self, m: p.Query) -> None:
+        data = await self.app.queries.answer(m.what)
+        self.post(p.Answer(what=m.what, data=data, ref=m.ref))
+
+    def detached(self, job_id: str) -> None:
+        """Another connection of this principal followed the job: its deliveries go there."""
+        self.inflight.discard(job_id)
+        self._error(p.E_DETACHED, f"job {job_id} is now followed by another connection; its "
+                    "progress and done go there (send follow to take it back)", job_id=job_id)
+
+    def deliver_done(self, done: DoneDelivery) -> None:
+        """The job this client follows finished (schedd.routes)."""
+        self.inflight.discard(done.job_id)
+        self.post(done_message(done))

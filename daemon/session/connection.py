@@ -1,0 +1,200 @@
+"""One connection, from ``hello`` to close: the protocol's rules on the daemon side.
+
+The session is one object assembled from one class per concern: the outbox
+(schedd.session.outbox, composed), the handshake and the table of what each state allows
+(schedd.session.handshake), the node role (schedd.session.node), the client role
+(schedd.session.client); errors are mapped to wire codes in schedd.session.errors and core
+deliveries to wire messages in schedd.session.deliveries. This module receives, dispatches
+and delivers.
+
+Rules of this module:
+  * A transport hands the core a :class:`~schedd.transport.Channel`; everything else (handshake,
+    authentication, roles, limits, identity, routing) happens here, the same for every transport.
+  * A connection speaks for one role. A node connection speaks only for the node id it
+    registered, and only for jobs assigned to that node; a client connection sees and cancels
+    only the jobs of its principal.
+  * Messages of one connection are handled in order, one at a time; replies and deliveries leave
+    through one bounded outbox drained by one sender task, so a slow peer cannot block the daemon
+    (a peer whose outbox overflows is disconnected; deadlines move its work on).
+  * Every malformed, unknown, unauthorised or over-limit message gets an ``error`` with a code;
+    repeated violations close the connection; nothing a peer sends can crash the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from schedd import protocol as p
+from schedd.core import Delivery, DoneDelivery, DrainNode
+from schedd.errors import ProtocolError
+from schedd.session.base import (
+    MAX_VIOLATIONS,
+    CloseConnection,
+    Host,
+    RateLimiter,
+    checked_pools,
+    log,
+)
+from schedd.session.client import ClientRole
+from schedd.session.deliveries import wire_message
+from schedd.session.errors import answer
+from schedd.session.handshake import HANDLERS, HELLO, Handshake
+from schedd.session.node import NodeRole
+from schedd.transport.channel import Channel, ChannelClosed
+
+__all__ = [
+    "MAX_VIOLATIONS", "CloseConnection", "Host", "RateLimiter", "Session", "checked_pools",
+]
+
+
+class Session(Handshake, NodeRole, ClientRole):
+    """The daemon's side of one connection."""
+
+    def __init__(self, app: Host, channel: Channel) -> None:
+        super().__init__(app, channel)
+        channel.set_inline(self._inline)
+        channel.set_control(self._control_frame)
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.outbox.serve)
+                with self._cancel:  # cancels the receiving side: close() and overflow
+                    try:
+                        try:
+                            await self._handshake()
+                        except CloseConnection:  # refused, or no hello in time
+                            self._handshake_ended(failed=self.app.accepting)
+                            raise
+                        finally:  # a welcome; or the peer left, or the daemon closes it
+                            self._handshake_ended(failed=False)
+                        await self._receive_loop()
+                    except (CloseConnection, ChannelClosed):
+                        pass
+                # Let what is queued (the last error, a final done) go out, for a second at most.
+                self.outbox.close()  # and nothing more: later posts are dropped
+                nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        finally:
+            self.app.session_ended(self)
+            with trio.CancelScope(shield=True):
+                await self.channel.aclose()
+
+    def _control_frame(self) -> bool:
+        """A WebSocket ping or pong arrived (``WebSocketChannel.set_control``): it counts
+        toward the message rate as a message does; over the rate it is dropped (no pong) and
+        counts as a violation. Runs on the task that read it: posts and closes, never raises."""
+        if self.rate.allow(trio.current_time()):  # not a message: the idle clock runs on
+            return True
+        self.rate.rate = float(self.app.limits.max_messages_per_second)
+        try:
+            self._violation(p.E_RATE, f"more than {self.app.limits.max_messages_per_second} "
+                            "messages per second (WebSocket control frames count)")
+        except CloseConnection:
+            self.close()
+        return False
+
+    def close_if_idle(self, now: float, idle_timeout: float) -> bool:
+        """Close this connection if nothing arrived for ``idle_timeout`` seconds."""
+        if now - self.last_seen <= idle_timeout:
+            return False
+        log.info("closing idle %s %s (nothing for %gs)", self.role, self.peer, idle_timeout)
+        self.close()
+        return True
+
+    async def _receive_loop(self) -> None:
+        """Read and handle messages until the peer goes.
+
+        A client's ``submit`` runs concurrently with the messages after it: each waits for its own
+        ``job_submit`` round trip, and handled one at a time they capped a connection at one submit
+        per round trip (docs/decisions/0006-concurrent-submits.md). Any other message (``ping``
+        included) first waits until every earlier submit has finished, so it sees their effects (a
+        ``cancel`` or ``follow`` right after the ``submit`` of the same job); a ``submit`` naming a
+        job id already being submitted waits too. Replies to consecutive submits may come in a
+        different order (they carry ``ref`` and ``job_id``); docs/protocol.md, "Order". When the
+        peer closes, submits already read still finish.
+        """
+        rate = self.rate
+        async with trio.open_nursery() as submits:
+            try:
+                while True:
+                    raw = await self._receive()
+                    self.last_seen = now = trio.current_time()
+                    if not rate.allow(now):
+                        rate.rate = float(self.app.limits.max_messages_per_second)
+                        self._violation(p.E_RATE, "more than "
+                                        f"{self.app.limits.max_messages_per_second} "
+                                        "messages per second")
+                        continue
+                    if self._beat is not None and raw == self._beat_raw:
+                        message: p.Message = self._beat
+                    else:
+                        try:
+                            message = p.decode(raw)
+                        except ProtocolError as exc:
+                            self._violation(exc.code, exc.message)
+                            continue
+                        if isinstance(message, p.Heartbeat):
+                            self._beat_raw, self._beat = raw, message
+                    if isinstance(message, p.Submit) and self.role == "client":
+                        if message.job_id is not None and message.job_id in self._submitting:
+                            await self._submits_idle.wait()
+                        self._submit_started(message.job_id)
+                        submits.start_soon(self._concurrent_submit, message)
+                        continue
+                    if self._submits:  # a ping too: its pong confirms the submits before it
+                        await self._submits_idle.wait()
+                    await self._handle(message)
+            except (CloseConnection, ChannelClosed):
+                pass  # submits already read finish (the nursery waits for them)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def _handle(self, message: p.Message) -> None:
+        if isinstance(message, p.Ping):
+            self.post(p.Pong(ref=message.ref))
+            return
+        if isinstance(message, p.Pong):
+            return
+        handler = _HANDLERS.get((self.role or HELLO, message.TYPE))
+        if handler is None:
+            self._violation(p.E_ROLE, f"a {self.role} may not send {message.TYPE}", message.ref)
+            return
+        try:
+            await handler(self, message)
+        except (CloseConnection, ChannelClosed):
+            raise
+        except Exception as exc:
+            job_id = getattr(message, "job_id", None)
+            reply = answer(exc, message, self.role, self.peer, job_id)
+            if reply.violation:
+                self._violation(reply.code, reply.message, message.ref)
+                return
+            self._error(reply.code, reply.message, ref=message.ref, job_id=job_id)
+            if reply.close:
+                raise CloseConnection from None
+
+    # -- deliveries from the core --------------------------------------------------------------
+
+    def deliver(self, delivery: Delivery) -> None:
+        if self._held is not None:
+            self._held.append(delivery)
+            return
+        if isinstance(delivery, DoneDelivery):
+            self.inflight.discard(delivery.job_id)
+        elif isinstance(delivery, DrainNode):
+            if self.draining:
+                return
+            self.draining = True
+        message = wire_message(delivery)
+        if message is not None:
+            self.post(message)
+
+
+#: (state, message type) -> the handler, from the state table (schedd.session.handshake)
+_HANDLERS: dict[tuple[str, str], Any] = {
+    (state, kind): getattr(Session, name)
+    for state, kinds in HANDLERS.items() if state != HELLO
+    for kind, name in kinds.items()
+}

@@ -1,0 +1,62 @@
+"""What the core delivers, as the wire message a connection sends: one pure function."""
+
+from __future__ import annotations
+
+import orjson
+
+from schedd import protocol as p
+from schedd.core import (
+    AssignDelivery,
+    CancelJob,
+    Delivery,
+    DoneDelivery,
+    DrainNode,
+    JobInfo,
+    ProgressDelivery,
+)
+
+
+def wire_message(delivery: Delivery) -> p.Message | None:
+    """The message that tells the peer about ``delivery`` (None: a delivery for the instance
+    alone, :class:`~schedd.core.Detach`). Payloads, progress data and outputs are embedded as
+    the JSON text the core carries, not parsed again."""
+    if isinstance(delivery, AssignDelivery):
+        return p.Assign(job_id=delivery.job_id, attempt=delivery.attempt,
+                        deadline=delivery.deadline_ms, session_id=delivery.session_id,
+                        payload=orjson.Fragment(delivery.payload_json))
+    if isinstance(delivery, DoneDelivery):
+        return done_message(delivery)
+    if isinstance(delivery, ProgressDelivery):
+        return p.Progress(job_id=delivery.job_id, attempt=delivery.attempt,
+                          data=orjson.Fragment(delivery.data_json))
+    if isinstance(delivery, CancelJob):
+        return p.Cancel(job_id=delivery.job_id, attempt=delivery.attempt)
+    if isinstance(delivery, DrainNode):
+        return p.Drain(reason=delivery.reason or None)
+    return None
+
+
+def done_message(done: DoneDelivery) -> p.Done:
+    """The ``done`` a client receives for a finished job."""
+    error = None
+    if done.error:
+        error = p.ErrorInfo(code=str(done.error.get("code") or "E_FAILED"),
+                            message=str(done.error.get("message") or ""))
+    elif not done.ok:
+        error = p.ErrorInfo(code="E_FAILED", message=f"job ended {done.state}")
+    return p.Done(
+        job_id=done.job_id, state=done.state, ok=done.ok and done.state == "done",  # type: ignore[arg-type]
+        output=orjson.Fragment(done.output_json) if done.output_json else None,
+        error=error if done.state != "done" else None, node=done.node,
+        attempts=done.attempts, timings={k: v for k, v in done.timings.items() if v},
+    )
+
+
+def job_message(info: JobInfo, ref: str | None) -> p.Job:
+    """The ``job`` message that answers ``status`` and ``follow``."""
+    return p.Job(job_id=info.job_id, state=info.state, attempt=info.attempt,  # type: ignore[arg-type]
+                 node=info.node, ref=ref, info={
+                     "pools": info.pools, "priority": info.priority,
+                     "max_attempts": info.max_attempts, "reason": info.reason,
+                     "timings": info.timings, "tried": info.tried,
+                 })

@@ -1,0 +1,103 @@
+"""One connection's way out: a bounded queue drained by one sender task, and write-by-poster.
+
+Rules of this module:
+  * Messages leave in the order they were posted, through one bounded queue; posting never
+    blocks. A peer whose queue overflows is disconnected (``on_overflow``).
+  * While the sender task waits with nothing queued, a message is written by its poster when the
+    channel can (``write_nowait``); anything else is queued, and from then on everything is, until
+    the sender has sent the queue and waits again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from schedd import protocol as p
+from schedd.transport.channel import Channel, ChannelClosed
+
+OUTBOX_SIZE = 4096
+#: Most messages a session writes at once to a channel that can (``send_many``).
+SEND_BATCH = 64
+
+
+class Outbox:
+    """The outgoing side of one connection: :meth:`post` and the sender task :meth:`serve`."""
+
+    def __init__(
+        self, channel: Channel, cancel: trio.CancelScope, on_overflow: Callable[[], None]
+    ) -> None:
+        self.channel = channel
+        #: cancelled when the channel closes under the sender (the session's receiving side)
+        self._cancel = cancel
+        self._on_overflow = on_overflow
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+        # The sender task waits with nothing queued and nothing of its own in flight: a message
+        # posted now may be written at once by the poster (see post)
+        self.sender_idle = False
+        self._write_nowait: Callable[[bytes], bool] = channel.write_nowait
+
+    def post(self, message: p.Message) -> None:
+        """Send a message to this peer, in order; never blocks. Overflow disconnects the peer.
+
+        While the sender task waits with nothing queued, the message is written here and now when
+        the channel can (``write_nowait``: a plain socket, no send in progress): no trip through the
+        queue and the sender's task, which cost a task switch per message and held an ``assign`` or
+        a ``done`` for a scheduling round (docs/decisions/0013-write-by-poster.md). Anything else is
+        queued for the sender, and from then on every message is until the sender has sent the queue
+        and waits again, so the order holds. What a short write left waits for the sender, woken
+        with an empty marker.
+        """
+        data = p.encode(message)
+        if self.sender_idle and self._write_nowait(data):
+            if not self.channel.write_pending:
+                return
+            data = b""  # the marker: the sender sends what the write left
+        self.sender_idle = False
+        try:
+            self._out_send.send_nowait(data)
+        except trio.WouldBlock:
+            self._on_overflow()
+        except trio.ClosedResourceError:
+            pass
+
+    async def serve(self) -> None:
+        """Send what is posted and queued, in order: everything queued meanwhile goes to the
+        channel's ``send_many`` at once (one write for TCP and WebSocket), up to SEND_BATCH
+        messages."""
+        send_many = self.channel.send_many
+        out = self._out_recv
+        while True:
+            try:
+                # idle only when nothing is queued: awaiting receive() on a queue that holds
+                # something still yields once, and a direct write then would overtake it
+                data = out.receive_nowait()
+            except trio.WouldBlock:
+                self.sender_idle = True
+                try:
+                    data = await out.receive()
+                except trio.EndOfChannel:
+                    return
+                finally:
+                    self.sender_idle = False
+            except trio.EndOfChannel:
+                return
+            try:
+                batch = [data] if data else []
+                while len(batch) < SEND_BATCH:
+                    try:
+                        more = out.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    if more:
+                        batch.append(more)
+                await send_many(batch)  # also what a short write of post left, first
+            except ChannelClosed:
+                self._cancel.cancel()
+                return
+
+    def close(self) -> None:
+        """Take no more messages: what is queued still goes out; later posts are dropped."""
+        self.sender_idle = False
+        self._out_send.close()
