@@ -174,7 +174,9 @@ class LocalNode(Protocol):
         """The job lists of the node's last two heartbeats, oldest first (fewer at start).
 
         Each heartbeat gets a new list object, so identity tells two heartbeats apart even when
-        they list the same jobs. Read it; never change it.
+        they list the same jobs. Read it; never change it. It lives on the connection, not in
+        a plugin, so that no plugin is called per heartbeat
+        (docs/decisions/0020-heartbeat-job-lists-on-the-connection.md).
         """
 
     async def register_again(self) -> int:

@@ -98,6 +98,15 @@ class Outbox:
                 return
 
     def close(self) -> None:
-        """Take no more messages: what is queued still goes out; later posts are dropped."""
+        """Take no more messages: what is queued still goes out; later posts are dropped.
+
+        A closed outbox forgets ``on_overflow``, a bound method of its session, which holds the
+        outbox: kept, the pair would be a reference cycle that outlives the connection
+        (docs/decisions/0019-closed-connections-leave-no-cycle.md)."""
         self.sender_idle = False
+        self._on_overflow = _closed
         self._out_send.close()
+
+
+def _closed() -> None:
+    """What a closed outbox does on overflow: nothing (later posts are dropped anyway)."""
