@@ -25,7 +25,7 @@ from schedd.errors import (
     StoreError,
     StoreUnavailable,
 )
-from schedd.hookspecs import hookimpl
+from schedd.markers import hookimpl
 from schedd.transport.channel import Channel, ChannelClosed
 
 __version__ = "0.1.0"

@@ -45,7 +45,7 @@ from schedd.errors import (
     ScriptError,
     StoreError,
 )
-from schedd.hookspecs import Service, hookimpl
+from schedd.markers import Service, hookimpl
 from schedd.protocol import MAX_ID_LEN, MAX_LIST, MAX_RUNNING, Cancel
 from schedd.transport import (
     LISTEN_DOC,
@@ -276,6 +276,16 @@ class Daemon(Protocol):
 
         A plugin receives its own through ``schedd_configure``; this reads any loaded plugin's.
         """
+
+    def add_collector(self, collector: object) -> None:
+        """Offer ``collector``'s metric families to whichever plugin serves metrics (the ui
+        plugin's ``/metrics``): a prometheus_client collector (``collect()`` yielding families
+        named ``schedd_*`` with bounded labels; an ``async def refresh()``, if it has one, is
+        awaited before each scrape). Safe to call before or after that plugin starts; a
+        daemon with no such plugin keeps it unused."""
+
+    def collectors(self) -> Sequence[object]:
+        """Every collector offered with :meth:`add_collector`, in order."""
 
     async def submit(self, spec: JobSpec, *, principal: str = "") -> Submitted:
         """Queue a job as ``principal`` (the owner a ``cancel`` must match)."""

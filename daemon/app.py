@@ -2,7 +2,8 @@
 
 Rules of this module:
   * Plugins and transports see an :class:`App` only through its one facade, ``App.facade``
-    (schedd.facade, the ``schedd.api.Daemon`` the hooks receive); the members below the
+    (:class:`AppFacade`, the ``schedd.api.Daemon`` the hooks receive: it only forwards, holds
+    no state of its own and is on no per-message path); the members below the
     "facade" heading are what that facade forwards to.
   * The instance keeps only what is local by nature: open sessions, which node id and which job's
     client each session speaks for (to route deliveries: schedd.routes), and the listeners'
@@ -22,30 +23,31 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
-from schedd import systemd
+import schedd.systemd as systemd
 from schedd.admission import Admission
-from schedd.api import is_loopback
+from schedd.api import Corrections, Daemon, LocalNode, is_loopback
 from schedd.config import Config, LimitsSection, load_config
 from schedd.core import (
     Core,
     CoreSettings,
     Event,
     HeartbeatBatcher,
+    JobSpec,
     JobStateChanged,
     NodeWentOffline,
     Queries,
+    Submitted,
     serve_inbox,
     serve_reaper,
 )
 from schedd.drain import drain_nodes
 from schedd.errors import ConfigError, Fenced, NodeNotFound, StoreError, StoreUnavailable
-from schedd.facade import AppFacade
 from schedd.logs import set_level, setup_logging
 from schedd.plugin_manager import PluginManager
 from schedd.reload import reloaded
@@ -87,6 +89,102 @@ def core_settings(config: Config) -> CoreSettings:
     )
 
 
+class AppFacade(Daemon):
+    """What plugins see of one App."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def __repr__(self) -> str:
+        return f"<daemon {self._app.instance!r}>"
+
+    @property
+    def instance(self) -> str:
+        return self._app.instance
+
+    @property
+    def accepting(self) -> bool:
+        return self._app.accepting
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._app.config.nodes.heartbeat_interval
+
+    @property
+    def disconnect_grace(self) -> float:
+        return self._app.config.nodes.disconnect_grace
+
+    @property
+    def queries(self) -> Queries:
+        return self._app.queries
+
+    @property
+    def corrections(self) -> Corrections:
+        return self._app.core
+
+    @property
+    def nodes(self) -> Mapping[str, LocalNode]:
+        return self._app.nodes
+
+    @property
+    def connection_roles(self) -> Sequence[str | None]:
+        return [session.role for session in self._app.sessions]
+
+    @property
+    def heartbeat_counts(self) -> Mapping[str, int]:
+        batcher = self._app.batcher
+        return {"beats": batcher.beats, "sent": batcher.sent, "silenced": batcher.silenced}
+
+    @property
+    def listeners(self) -> Mapping[str, str]:
+        return self._app.listeners
+
+    def plugin_config(self, name: str) -> Any:
+        return self._app.plugin_config(name)
+
+    def add_collector(self, collector: object) -> None:
+        self._app.collectors.append(collector)
+
+    def collectors(self) -> Sequence[object]:
+        return tuple(self._app.collectors)
+
+    async def submit(self, spec: JobSpec, *, principal: str = "") -> Submitted:
+        return await self._app.core.submit(spec, principal=principal)
+
+    async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> str:
+        return await self._app.core.cancel(job_id, principal=principal, reason=reason)
+
+    async def store_ping(self) -> None:
+        await self._app.store.execute("PING")
+
+    async def store_time_ms(self) -> int:
+        seconds, micros = await self._app.store.execute("TIME")
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def check_listener(self, plugin: str, host: str) -> None:
+        self._app.check_listener(plugin, host)
+
+    def listening(self, plugin: str, url: str) -> None:
+        self._app.listening(plugin, url)
+
+    @property
+    def limits(self) -> LimitsSection:
+        return self._app.limits
+
+    @property
+    def readiness(self) -> ReadinessHub:
+        return self._app.readiness
+
+    @property
+    def admission(self) -> Admission:
+        return self._app.admission
+
+    async def serve_channel(self, channel: Channel) -> None:
+        await self._app.serve_channel(channel)
+
+
 class App:
     """One daemon instance."""
 
@@ -106,7 +204,7 @@ class App:
         self.store = store
         self.sessions: set[Session] = set()
         #: where each delivery goes: the node's connection, the job's follower (schedd.routes)
-        self.router = Router(self.sessions)
+        self.router: Router[Session] = Router(self.sessions)
         self.nodes = self.router.nodes
         #: which local connection receives each job's progress and done
         self.routes = self.router.jobs
@@ -124,6 +222,8 @@ class App:
         #: connections opened since start (schedd.runtime.serve_gc_settler)
         self.sessions_opened = 0
         self.listeners: dict[str, str] = {}
+        #: metric collectors plugins offered (schedd.api.Daemon.add_collector), for /metrics
+        self.collectors: list[object] = []
         self.ready = trio.Event()
         self._stop = trio.Event()
         self._nursery: trio.Nursery | None = None

@@ -24,29 +24,16 @@ step with this module.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
-import pluggy
+from schedd.markers import PROJECT, Service, hookimpl, hookspec
 
 if TYPE_CHECKING:
     import argparse
 
     from schedd.api import Daemon
 
-__all__ = ["PROJECT", "App", "Service", "hookimpl", "hookspec"]
-
-PROJECT = "schedd"
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
-
-#: The daemon's public facade handed to the hooks and services that act: :class:`schedd.api.Daemon`
-#: (this name is kept for the transport plugins until they import ``schedd.api``).
-App: TypeAlias = "Daemon"
-#: ``async def serve(app, *, task_status=trio.TASK_STATUS_IGNORED) -> None``: started with
-#: ``nursery.start(serve, app)``; calls ``task_status.started()`` once ready, then runs until
-#: cancelled at shutdown.
-Service: TypeAlias = Callable[..., Awaitable[None]]
+__all__ = ["PROJECT", "Service", "hookimpl", "hookspec"]
 
 
 # -------------------------------------------------------------------------------------------------

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 import attrs
 import pluggy
 
-from schedd import hookspecs
+import schedd.hookspecs as hookspecs
 from schedd.config import AuthSection, Config, converter, error_lines
 from schedd.core_hooks import CoreHooks
 from schedd.errors import ConfigError, ProtocolError
-from schedd.hookspecs import Service
+from schedd.markers import Service
 
 if TYPE_CHECKING:
     from schedd.api import Daemon
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP: Final = "schedd.plugins"
 CORE_PLUGIN: Final = "core"
+#: the command line's built-in commands (schedd.cli.commands.BuiltinCommands), registered by it
+CLI_PLUGIN: Final = "cli"
 
 T = TypeVar("T")
 
@@ -278,8 +280,13 @@ class PluginManager:
     # Registration hooks
     # ------------------------------------------------------------------------------------------
 
-    def add_cli_commands(self, subparsers: argparse._SubParsersAction[Any]) -> None:
-        """Let every plugin add its sub-commands to ``schedd``."""
+    def add_cli_commands(
+        self, subparsers: argparse._SubParsersAction[Any], builtin: object | None = None
+    ) -> None:
+        """Let every plugin add its sub-commands to ``schedd``; ``builtin`` (the command line's
+        own commands, a hook implementation) is registered first, once, as ``cli``."""
+        if builtin is not None and not self._pm.has_plugin(CLI_PLUGIN):
+            self._pm.register(builtin, name=CLI_PLUGIN)
         self._pm.hook.schedd_add_cli_commands(subparsers=subparsers)
 
     # ------------------------------------------------------------------------------------------

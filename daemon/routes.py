@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 import attrs
 
@@ -36,14 +36,35 @@ from schedd.core import (
     ProgressDelivery,
 )
 
-if TYPE_CHECKING:
-    from schedd.session import Session
+
+class Connection(Protocol):
+    """What the router needs of a local connection (a session)."""
+
+    #: the principal the connection speaks for
+    principal: str
+    #: the jobs it follows (the router keeps this set)
+    following: set[str]
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Send a delivery of the core to the peer."""
+
+    def deliver_done(self, done: DoneDelivery) -> None:
+        """Send a job's done to the peer."""
+
+    def detached(self, job_id: str) -> None:
+        """Another connection follows the job now: tell the peer (``E_DETACHED``)."""
+
+    def speaks_for(self, node_id: str) -> bool:
+        """Whether the connection holds (or is registering) the node's registration."""
+
+
+Session = TypeVar("Session", bound=Connection)
 
 log = logging.getLogger(__name__)
 
 
 @attrs.define(eq=False)
-class Candidate:
+class Candidate(Generic[Session]):
     """A connection whose follow or submit of a job is in flight."""
 
     session: Session
@@ -54,20 +75,20 @@ class Candidate:
 
 
 @attrs.define(eq=False)
-class Follower:
+class Follower(Generic[Session]):
     session: Session
     #: the job's ``follows`` count when this connection took it
     follows: int
 
 
-class Routes:
+class Routes(Generic[Session]):
     """A job's follower and candidates on this instance."""
 
     def __init__(self) -> None:
-        self.followers: dict[str, Follower] = {}
-        self.candidates: dict[str, list[Candidate]] = {}
+        self.followers: dict[str, Follower[Session]] = {}
+        self.candidates: dict[str, list[Candidate[Session]]] = {}
 
-    def expect(self, job_id: str, session: Session) -> Candidate:
+    def expect(self, job_id: str, session: Session) -> Candidate[Session]:
         """``session`` is about to ask the store for the job's deliveries."""
         candidate = Candidate(session)
         self.candidates.setdefault(job_id, []).append(candidate)
@@ -76,7 +97,7 @@ class Routes:
     def settle(
         self,
         job_id: str,
-        candidate: Candidate,
+        candidate: Candidate[Session],
         follows: int | None,
         done: DoneDelivery | None = None,
     ) -> None:
@@ -156,7 +177,7 @@ class Routes:
         session.following.clear()
 
 
-class Router:
+class Router(Generic[Session]):
     """Routes every delivery of the core to the local connection it is for."""
 
     def __init__(self, sessions: Collection[Session]) -> None:
@@ -165,7 +186,7 @@ class Router:
         #: which local connection speaks for each node
         self.nodes: dict[str, Session] = {}
         #: which local connection receives each job's progress and done
-        self.jobs = Routes()
+        self.jobs: Routes[Session] = Routes()
 
     def deliver(self, delivery: Delivery) -> None:
         """The core's ``on_delivery``: hand ``delivery`` to its connection here, if any."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from schedd import protocol as p
+import schedd.protocol as p
 from schedd.api import ConfigError, Corrections, Daemon, JobSpec, LocalNode, Queries, Submitted
 from schedd.transport.channel import Channel, ChannelClosed
 
@@ -79,6 +79,8 @@ class FakeDaemon(Daemon):
         self.urls: dict[str, str] = {}
         #: every ``check_listener`` call, as (plugin, host)
         self.checked: list[tuple[str, str]] = []
+        #: what plugins offered with ``add_collector``
+        self.offered: list[object] = []
         self.heartbeats: dict[str, int] = {"beats": 0, "sent": 0, "silenced": 0}
 
     @property
@@ -125,6 +127,12 @@ class FakeDaemon(Daemon):
 
     def plugin_config(self, name: str) -> Any:
         return self.settings.get(name)
+
+    def add_collector(self, collector: object) -> None:
+        self.offered.append(collector)
+
+    def collectors(self) -> Sequence[object]:
+        return tuple(self.offered)
 
     async def submit(self, spec: JobSpec, *, principal: str = "") -> Submitted:
         raise NotImplementedError("FakeDaemon has no store; use running_daemon")

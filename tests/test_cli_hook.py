@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from schedd.cli.commands import BuiltinCommands
 from schedd.config import load_config
 from schedd.hookspecs import hookimpl
 from schedd.plugin_manager import PluginManager
@@ -26,7 +27,7 @@ class AcmeCommands:
 
 def commands_of(manager: PluginManager) -> list[str]:
     subparsers = argparse.ArgumentParser().add_subparsers()
-    manager.add_cli_commands(subparsers)
+    manager.add_cli_commands(subparsers, builtin=BuiltinCommands())
     return list(subparsers.choices)
 
 

@@ -25,39 +25,19 @@ def modules() -> dict[str, Path]:
     return {module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _module_level_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
-    """Imports run when the module is imported: not inside functions, not TYPE_CHECKING."""
-    found: list[ast.Import | ast.ImportFrom] = []
-    for node in body:
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            found.append(node)
-        elif isinstance(node, ast.If):
-            if not _is_type_checking(node.test):
-                found += _module_level_imports(node.body)
-            found += _module_level_imports(node.orelse)
-        elif isinstance(node, ast.Try):
-            for block in (node.body, node.orelse, node.finalbody,
-                          *(h.body for h in node.handlers)):
-                found += _module_level_imports(block)
-    return found
-
-
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the modules of the package it imports at import time."""
+    """Module -> the modules of the package it imports anywhere: at import time, inside a
+    function, or for type checking only (two modules that know each other, even only for their
+    types, are one piece). ``from pkg import name`` names ``pkg`` and ``pkg.name``."""
     known = modules()
     graph: dict[str, set[str]] = {}
     for name, path in known.items():
         is_package = path.name == "__init__.py"
-        edges: set[str] = set()
-        for node in _module_level_imports(ast.parse(path.read_text()).body):
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            else:
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
                     anchor = name.split(".")
@@ -65,53 +45,55 @@ def import_graph() -> dict[str, set[str]]:
                         anchor.pop()
                     anchor = anchor[: len(anchor) - node.level + 1]
                     base = ".".join([*anchor, base] if base else anchor)
-                # ``from pkg import mod`` imports the module mod; ``from mod import name``, mod
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                           for a in node.names]
-            edges |= {t for t in targets if t in known and t != name}
-        graph[name] = edges
+                targets |= {base, *(f"{base}.{a.name}" for a in node.names)}
+        graph[name] = {t for t in targets if t in known and t != name}
     return graph
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle of ``graph`` (its modules, first repeated last), or None."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
+def cycles(graph: dict[str, set[str]], packages: set[str]) -> list[list[str]]:
+    """The strongly connected parts of ``graph`` with more than one module that is not a
+    package's ``__init__`` (a package re-exporting its own modules is not a design cycle)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
 
-    def visit(module: str) -> list[str] | None:
-        state[module] = 1
-        path.append(module)
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
         for target in sorted(graph[module]):
-            if state.get(target) == 1:
-                return [*path[path.index(target):], target]
-            if target not in state and (cycle := visit(target)) is not None:
-                return cycle
-        path.pop()
-        state[module] = 2
-        return None
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            part: list[str] = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                part.append(member)
+                if member == module:
+                    break
+            if len([m for m in part if m not in packages]) > 1:
+                found.append(sorted(part))
 
     for module in sorted(graph):
-        if module not in state and (cycle := visit(module)) is not None:
-            return cycle
-    return None
+        if module not in index:
+            visit(module)
+    return found
 
 
-def test_the_graph_sees_imports() -> None:
-    graph = import_graph()
-    assert "schedd.core" in graph["schedd.api"]  # from a package
-    assert "schedd.session.outbox" in graph["schedd.session.base"]  # from a module
-    assert "schedd.cli.client" in graph["schedd.cli.queries"]  # a module from its package
-    assert "schedd.app" not in graph["schedd.facade"]  # under TYPE_CHECKING only
-
-
-def test_find_cycle_finds_one() -> None:
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set()}) is None
+def packages() -> set[str]:
+    return {name for name, path in modules().items() if path.name == "__init__.py"}
 
 
 def test_the_daemon_has_no_import_cycle() -> None:
-    cycle = find_cycle(import_graph())
-    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+    found = cycles(import_graph(), packages())
+    assert not found, "modules that import each other: " + "; ".join(
+        " <-> ".join(part) for part in found)
 
 
 def test_no_module_of_the_daemon_is_too_big() -> None:

@@ -109,7 +109,7 @@ def test_the_facade_and_the_fake_are_whole_daemons() -> None:
     import inspect
 
     from schedd.api import Daemon
-    from schedd.facade import AppFacade
+    from schedd.app import AppFacade
     from schedd.testing import FakeDaemon
 
     members = {name for name, _ in inspect.getmembers(Daemon) if not name.startswith("_")}

@@ -25,7 +25,7 @@ from schedd.cli.base import (
     _Formatter,
     _settings_env,
 )
-from schedd.cli.commands import add_builtin_commands
+from schedd.cli.commands import BuiltinCommands, add_builtin_commands
 from schedd.config import load_config
 from schedd.logs import setup_logging
 
@@ -67,7 +67,7 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         add_builtin_commands(subparsers)
     else:
         try:
-            plugins.add_cli_commands(subparsers)
+            plugins.add_cli_commands(subparsers, builtin=BuiltinCommands())
         except Exception as exc:  # a broken plugin must not take the built-in commands down
             log.warning("plugin commands unavailable: %s: %s", type(exc).__name__, exc)
         if "run" not in subparsers.choices:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from schedd.cli import client as cli_client
+import schedd.cli.client as cli_client
 from schedd.cli.base import EXIT_OK, QUERY_TIMEOUT, _client_parent, _command_adder, _json_parent
 
 if TYPE_CHECKING:

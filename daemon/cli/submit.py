@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from schedd.cli import client as cli_client
+import schedd.cli.client as cli_client
 from schedd.cli.base import (
     EXIT_FAILED,
     EXIT_OK,

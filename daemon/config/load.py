@@ -20,6 +20,7 @@ from cattrs.errors import (
 from schedd.config.convert import _homogeneous_sequence, _name_variables, converter, error_lines
 from schedd.config.schema import PLUGIN_NAME_RE, SECTIONS, AuthSection, Config
 from schedd.errors import ConfigError
+from schedd.principals import token_principal
 
 DEFAULT_PATH: Final = Path("sched.toml")
 ENV_PREFIX: Final = "SCHEDD_"
@@ -195,8 +196,6 @@ def _with_token_files(config: Config, base: Path) -> tuple[Config, list[str]]:
 def _unknown_node_principals(auth: AuthSection, env_overrides: Mapping[str, str]) -> list[str]:
     """``node_id_patterns`` entries naming a token principal that no node token has: a typo
     there would leave the meant principal unrestricted."""
-    from schedd.core_hooks import token_principal  # core_hooks imports this module
-
     known = {token_principal(token) for token in auth.node_tokens}
     return [
         _name_variables(f"$.auth.node_id_patterns: {principal} is the principal of no node "

@@ -151,3 +151,14 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def command_stats(info: bytes) -> dict[str, dict[str, float]]:
+    """``INFO commandstats`` as {command: {calls, usec, usec_per_call}} (``fcall``, ...)."""
+    out: dict[str, dict[str, float]] = {}
+    for line in info.decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            out[name[8:]] = {k: float(v) for k, v in (p.split("=") for p in rest.split(","))
+                             if k in ("calls", "usec", "usec_per_call")}
+    return out

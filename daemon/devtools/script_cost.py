@@ -51,21 +51,10 @@ import hiredis
 import trio
 
 from schedd.core import Core, CoreSettings, JobSpec
-from schedd.devtools.redis_process import RedisServer
+from schedd.devtools.redis_process import RedisServer, command_stats
 from schedd.store import open_store
 from schedd.store.base import Arg, Store
 from schedd.store.resp import _encode as encode_command
-
-
-def command_stats(info: bytes) -> dict[str, dict[str, float]]:
-    """``INFO commandstats`` as {command: {calls, usec, usec_per_call}} (``fcall``, ...)."""
-    out: dict[str, dict[str, float]] = {}
-    for line in info.decode().splitlines():
-        if line.startswith("cmdstat_"):
-            name, _, rest = line.partition(":")
-            out[name[8:]] = {k: float(v) for k, v in (p.split("=") for p in rest.split(","))
-                             if k in ("calls", "usec", "usec_per_call")}
-    return out
 
 
 async def _script_stats(store: Store) -> dict[str, float]:

@@ -36,7 +36,8 @@ import trio
 from schedd.api import is_loopback
 
 if TYPE_CHECKING:
-    from schedd.devtools.bench import BenchClient, JobRecord, Options, Recorder
+    from schedd.devtools.bench.clients import BenchClient, JobRecord, Recorder
+    from schedd.devtools.bench.options import Options
 
 __all__ = ["AttackStats", "attack", "main", "run"]
 
@@ -187,13 +188,9 @@ async def _probe(client: BenchClient, recorder: Recorder, label: str, seconds: f
 
 async def run(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     """The scenario with the scale's parameters ``p``."""
-    from schedd.devtools.bench import (
-        Recorder,
-        open_clients,
-        open_fleet,
-        percentiles,
-        running_daemon,
-    )
+    from schedd.devtools.bench.clients import Recorder, open_clients, open_fleet
+    from schedd.devtools.bench.daemon import running_daemon
+    from schedd.devtools.bench.measure import percentiles
 
     if opt.url is not None:
         raise ValueError("SLOWLORIS attacks a daemon it starts itself (no --url)")

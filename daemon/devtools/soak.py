@@ -30,7 +30,7 @@ import trio
 from schedd.devtools.bench.clients import Recorder, open_clients, open_fleet, open_loop
 from schedd.devtools.bench.daemon import running_daemon
 from schedd.devtools.bench.measure import _proc_memory
-from schedd.devtools.bench.scenarios import Options
+from schedd.devtools.bench.options import Options
 
 __all__ = ["run_soak", "slope", "table_rows"]
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
 from schedd.protocol import DEFAULT_MAX_FRAME, MAX_TEXT_LEN, ErrorInfo, Result, encode
-
-if TYPE_CHECKING:
-    from schedd.sdk.node import Node
 
 #: the node's logger: what a job's end logs is the node's record
 log = logging.getLogger("schedd.sdk.node")
@@ -30,6 +27,12 @@ class JobError(Exception):
         self.message = message
 
 
+class _Reports(Protocol):
+    """What a job needs of its node (:class:`schedd.sdk.Node`): a way to report progress."""
+
+    async def _send_progress(self, job: JobContext, data: Any) -> None: ...
+
+
 class JobContext:
     """One attempt of one job, as the handler sees it.
 
@@ -39,7 +42,7 @@ class JobContext:
 
     def __init__(
         self,
-        node: Node,
+        node: _Reports,
         *,
         job_id: str,
         attempt: int,

@@ -8,14 +8,14 @@ the session's own state, and reaches the instance through ``app``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
-from schedd import admission
-from schedd import protocol as p
+import schedd.admission as admission
+import schedd.protocol as p
 from schedd.core import Delivery
 from schedd.errors import ProtocolError
 from schedd.session.outbox import Outbox
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from schedd.core import Core, HeartbeatBatcher, Queries
     from schedd.plugin_manager import PluginManager
     from schedd.routes import Router, Routes
-    from schedd.session.connection import Session
 
 #: one logger for every part of a connection (docs/operations.md names it)
 log = logging.getLogger("schedd.session")
@@ -81,13 +80,16 @@ class Host(Protocol):
     queries: Queries
     batcher: HeartbeatBatcher
     #: where each delivery goes: the node's connection, the job's follower
-    router: Router
-    routes: Routes
-    nodes: dict[str, Session]
+    router: Router[Any]
+    routes: Routes[Any]
 
-    def session_started(self, session: Session) -> None: ...
+    @property
+    def nodes(self) -> Mapping[str, SessionBase]:
+        """Which local connection speaks for each node (the router's table, read only here)."""
 
-    def session_ended(self, session: Session) -> None: ...
+    def session_started(self, session: Any) -> None: ...
+
+    def session_ended(self, session: Any) -> None: ...
 
 
 class SessionBase:
@@ -143,9 +145,9 @@ class SessionBase:
         self._ticket = admission.CURRENT.get()
 
     @property
-    def session(self) -> Session:
+    def session(self) -> SessionBase:
         """This connection as the instance routes to it (the assembled Session)."""
-        return cast("Session", self)
+        return self
 
     def _overflow(self) -> None:
         log.warning("%s %s is not reading; closing its connection", self.role, self.peer)

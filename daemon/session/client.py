@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 import trio
 
-from schedd import protocol as p
+import schedd.protocol as p
 from schedd.core import DoneDelivery, JobSpec, new_id
 from schedd.errors import StoreError
 from schedd.session.base import CloseConnection, SessionBase, checked_pools

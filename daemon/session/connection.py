@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from schedd import protocol as p
+import schedd.protocol as p
 from schedd.core import Delivery, DoneDelivery, DrainNode
 from schedd.errors import ProtocolError
 from schedd.session.base import (

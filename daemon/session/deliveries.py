@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from schedd import protocol as p
+import schedd.protocol as p
 from schedd.core import (
     AssignDelivery,
     CancelJob,

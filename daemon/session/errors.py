@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from schedd import protocol as p
+import schedd.protocol as p
 from schedd.errors import (
     Fenced,
     NodeNotFound,

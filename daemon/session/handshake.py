@@ -15,7 +15,7 @@ from typing import Final
 
 import trio
 
-from schedd import protocol as p
+import schedd.protocol as p
 from schedd.errors import ProtocolError
 from schedd.session.base import CloseConnection, SessionBase, log
 

@@ -14,7 +14,7 @@ import attrs
 import orjson
 import trio
 
-from schedd import protocol as p
+import schedd.protocol as p
 from schedd.core import new_id
 from schedd.errors import ProtocolError
 from schedd.node_ids import node_id_allowed, refusal

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import trio
 
-from schedd import protocol as p
+import schedd.protocol as p
 from schedd.transport.channel import Channel, ChannelClosed
 
 OUTBOX_SIZE = 4096

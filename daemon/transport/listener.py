@@ -36,14 +36,13 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
-from schedd.admission import CURRENT, Ticket
+from schedd.admission import CURRENT, Admission, Ticket
 from schedd.config import InvalidSetting
 from schedd.errors import ConfigError
-from schedd.hookspecs import App
 from schedd.transport.sockets import format_address
 
 __all__ = [
@@ -51,6 +50,7 @@ __all__ = [
     "TLS_CERT_DOC",
     "TLS_KEY_DOC",
     "ConnectionHandler",
+    "ListenerHost",
     "check_tls_pair",
     "existing_file",
     "handshake_timed_out",
@@ -83,8 +83,25 @@ _ACCEPT_RETRY: Final = 0.1
 _ACCEPT_BATCH: Final = 64
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
-#: ``async def handler(app, stream, peer)``: serve one accepted connection to its end.
-ConnectionHandler = Callable[[App, trio.abc.Stream, str], Awaitable[None]]
+
+
+class ListenerHost(Protocol):
+    """What the listener needs of the daemon it serves (``schedd.api.Daemon`` has it)."""
+
+    @property
+    def admission(self) -> Admission:
+        """The caps and back-off every accepted connection is put to."""
+
+    def check_listener(self, plugin: str, host: str) -> None:
+        """Refuse (``ConfigError``) a host this configuration may not listen on."""
+
+    def listening(self, plugin: str, url: str) -> None:
+        """The URL really bound."""
+
+
+#: ``async def handler(app, stream, peer)``: serve one accepted connection to its end; ``app`` is
+#: what :func:`serve_transport` was given.
+ConnectionHandler = Callable[[Any, trio.abc.Stream, str], Awaitable[None]]
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -158,7 +175,8 @@ def check_tls_pair(tls_cert: str, tls_key: str) -> None:
 
 
 async def _guard(
-    plugin: str, handler: ConnectionHandler, app: App, stream: trio.abc.Stream, peer: str,
+    plugin: str, handler: ConnectionHandler, app: ListenerHost, stream: trio.abc.Stream,
+    peer: str,
     ticket: Ticket,
 ) -> None:
     CURRENT.set(ticket)  # this task's: the session reports its handshake's end to it
@@ -189,7 +207,7 @@ def _reset(sock: socket.socket) -> None:
 
 
 async def _accept_loop(
-    app: App, plugin: str, listener: trio.SocketListener, nursery: trio.Nursery,
+    app: ListenerHost, plugin: str, listener: trio.SocketListener, nursery: trio.Nursery,
     handler: ConnectionHandler, wrap: Callable[[trio.SocketStream], trio.abc.Stream],
 ) -> None:
     """Accept connections for ever: admit each (or reset it) before it costs a task, a trio
@@ -230,7 +248,7 @@ async def _accept_loop(
 
 
 async def serve_transport(
-    app: App,
+    app: ListenerHost,
     plugin: str,
     *,
     listen: str,

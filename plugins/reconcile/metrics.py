@@ -1,7 +1,7 @@
 """The reconciliation counts as Prometheus families, on the ui plugin's ``/metrics``.
 
-The ui plugin owns ``/metrics`` and lets other plugins add collectors
-(``schedd.plugins.ui.add_collector``); this module hands it one when the ui plugin is installed.
+The ui plugin owns ``/metrics`` and serves the collectors plugins offer the daemon
+(``schedd.api.Daemon.add_collector``); this module offers one.
 Families (per instance, cumulative since start):
 
 - ``schedd_reconcile_corrections_total{kind}``: one sample per kind in
@@ -11,7 +11,6 @@ Families (per instance, cumulative since start):
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +18,6 @@ from schedd.api import Daemon
 from schedd.plugins.reconcile.reconciler import CORRECTIONS, ReconcileStats
 
 __all__ = ["ReconcileCollector", "expose"]
-
-log = logging.getLogger(__name__)
 
 
 class ReconcileCollector:
@@ -50,14 +47,7 @@ class ReconcileCollector:
         yield passes
 
 
-def expose(app: Daemon, stats: ReconcileStats) -> bool:
-    """Add the collector to ``app``'s ``/metrics``; False when the ui plugin is not installed."""
-    try:
-        from schedd.plugins.ui import add_collector
-    except ImportError:
-        return False
-    except Exception:  # a broken ui plugin must not stop reconciliation
-        log.exception("reconcile: cannot add its metrics to the ui plugin")
-        return False
-    add_collector(app, ReconcileCollector(stats))
-    return True
+def expose(app: Daemon, stats: ReconcileStats) -> None:
+    """Offer the collector to whichever plugin serves ``app``'s metrics (the ui plugin's
+    ``/metrics``; ``schedd.api.Daemon.add_collector``)."""
+    app.add_collector(ReconcileCollector(stats))

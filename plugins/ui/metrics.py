@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal
+from typing import Final, Literal, cast
 
 import attrs
 from prometheus_client import CollectorRegistry
@@ -236,21 +235,16 @@ def _quantile_label(p: int) -> str:
 # Extension point and the collector
 # -------------------------------------------------------------------------------------------------
 
-_EXTRA: weakref.WeakKeyDictionary[Any, list[Collector]] = weakref.WeakKeyDictionary()
-
-
 def add_collector(app: Daemon, collector: Collector) -> None:
-    """Expose ``collector``'s families on ``app``'s ``/metrics`` (when the ui plugin is enabled).
-
-    ``collector`` is a prometheus_client collector (``collect()`` yielding metric families named
-    ``schedd_*`` with bounded labels). If it also has ``async def refresh()``, that is awaited
-    before each scrape, so it can read Redis. Safe to call before or after the ui service starts.
-    """
-    _EXTRA.setdefault(app, []).append(collector)
+    """Expose ``collector``'s families on ``app``'s ``/metrics`` (when the ui plugin is enabled):
+    the same as ``app.add_collector(collector)`` (``schedd.api.Daemon.add_collector``), which
+    other plugins use."""
+    app.add_collector(collector)
 
 
 def extra_collectors(app: Daemon) -> list[Collector]:
-    return list(_EXTRA.get(app, ()))
+    """The collectors plugins offered the daemon, in order."""
+    return [cast(Collector, c) for c in app.collectors()]
 
 
 class SchedCollector:

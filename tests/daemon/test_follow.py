@@ -254,30 +254,30 @@ def done(job_id: str, principal: str | None) -> DoneDelivery:
                         node="n1", attempts=1, timings={}, principal=principal)
 
 
-def follower(routes: Routes, job_id: str, session: FakeSession, follows: int = 0) -> None:
-    candidate = routes.expect(job_id, session)  # type: ignore[arg-type]
+def follower(routes: Routes[Any], job_id: str, session: FakeSession, follows: int = 0) -> None:
+    candidate = routes.expect(job_id, session)
     routes.settle(job_id, candidate, follows)
 
 
 def test_routing_drops_a_done_of_another_principal() -> None:
-    routes = Routes()
+    routes: Routes[Any] = Routes()
     alice, bob = FakeSession("alice"), FakeSession("bob")
     follower(routes, "j1", alice)
-    candidate = routes.expect("j1", bob)  # type: ignore[arg-type]
+    candidate = routes.expect("j1", bob)
     routes.route(done("j1", "mallory"))
     routes.route(ProgressDelivery(job_id="j1", attempt=1, data_json="1", principal="mallory"))
     assert alice.got == [] and candidate.held == []
     routes.settle("j1", candidate, None)  # bob's follow was refused
-    assert routes.followers["j1"].session is alice  # type: ignore[comparison-overlap]
+    assert routes.followers["j1"].session is alice
     routes.route(done("j1", "alice"))
     assert alice.got == [done("j1", "alice")] and bob.got == []
     assert routes.followers == {} and routes.candidates == {} and alice.following == set()
 
 
 def test_a_candidate_of_the_owner_gets_what_came_during_its_script_after_its_reply() -> None:
-    routes = Routes()
+    routes: Routes[Any] = Routes()
     alice = FakeSession("alice")
-    candidate = routes.expect("j1", alice)  # type: ignore[arg-type]
+    candidate = routes.expect("j1", alice)
     routes.route(done("j1", "alice"))
     assert alice.got == []  # held until the reply went out
     routes.settle("j1", candidate, 2, done("j1", "alice"))  # the script saw it finished too
@@ -286,10 +286,10 @@ def test_a_candidate_of_the_owner_gets_what_came_during_its_script_after_its_rep
 
 
 def test_a_detach_orders_follows_by_their_count() -> None:
-    routes = Routes()
+    routes: Routes[Any] = Routes()
     old, new = FakeSession("alice"), FakeSession("alice")
     follower(routes, "j1", old, follows=1)
-    pending = routes.expect("j1", new)  # type: ignore[arg-type]
+    pending = routes.expect("j1", new)
     # another instance's follow (count 2) came before this one's reply (count 3): kept
     routes.detach(Detach(job_id="j1", principal="alice", follows=2))
     assert old.got == [("detached", "j1")]
@@ -298,7 +298,7 @@ def test_a_detach_orders_follows_by_their_count() -> None:
     assert new.got == [] and routes.followers["j1"].follows == 3
     # a follow elsewhere newer than one still in flight here: the one here is detached
     late = FakeSession("alice")
-    pending = routes.expect("j1", late)  # type: ignore[arg-type]
+    pending = routes.expect("j1", late)
     routes.detach(Detach(job_id="j1", principal="alice", follows=5))
     assert new.got == [("detached", "j1")]
     routes.settle("j1", pending, 4)
@@ -306,11 +306,11 @@ def test_a_detach_orders_follows_by_their_count() -> None:
 
 
 def test_a_closed_connection_follows_nothing() -> None:
-    routes = Routes()
+    routes: Routes[Any] = Routes()
     alice = FakeSession("alice")
     follower(routes, "j1", alice)
     follower(routes, "j2", alice)
-    routes.forget(alice)  # type: ignore[arg-type]
+    routes.forget(alice)
     assert routes.followers == {} and alice.following == set()
 
 

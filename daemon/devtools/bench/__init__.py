@@ -48,6 +48,7 @@ from schedd.devtools.bench.measure import (
     probe_host,
     probing,
 )
+from schedd.devtools.bench.options import Options
 from schedd.devtools.bench.runner import (
     _failure,
     default_json_path,
@@ -55,7 +56,7 @@ from schedd.devtools.bench.runner import (
     table,
     write_json,
 )
-from schedd.devtools.bench.scenarios import SCALES, Options, held_jobs_after_kills
+from schedd.devtools.bench.scenarios import SCALES, held_jobs_after_kills
 
 __all__ = [
     "SCALES",

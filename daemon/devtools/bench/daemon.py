@@ -173,7 +173,7 @@ class DaemonProcess:
     async def command_counts(self) -> dict[str, int]:
         """Calls of every command Redis ran so far (INFO commandstats: ``fcall``, ``evalsha``,
         ...; the one connection this opens adds a ``hello``/``ping`` and the ``info``)."""
-        from schedd.devtools.script_cost import command_stats
+        from schedd.devtools.redis_process import command_stats
 
         stats = command_stats(await self.redis_command("INFO", "commandstats"))
         return {name: int(stat["calls"]) for name, stat in stats.items()}

@@ -30,7 +30,7 @@ from typing import Any, Final
 import trio
 
 from schedd.devtools.bench.measure import percentiles
-from schedd.devtools.script_cost import command_stats
+from schedd.devtools.redis_process import command_stats
 from schedd.errors import StoreResponseError
 from schedd.store import open_store
 from schedd.store.base import Arg, Store

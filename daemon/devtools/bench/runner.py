@@ -13,7 +13,8 @@ import orjson
 
 from schedd.devtools import host_probe
 from schedd.devtools.bench.measure import HOST_PROBE_SECONDS, machine, probe_host, probing
-from schedd.devtools.bench.scenarios import _RUNNERS, SCALES, Options
+from schedd.devtools.bench.options import Options
+from schedd.devtools.bench.scenarios import _RUNNERS, SCALES
 
 
 def _failure(exc: BaseException) -> str:

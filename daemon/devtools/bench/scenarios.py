@@ -8,20 +8,18 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-import attrs
 import trio
 
-from schedd.devtools.bench import floor as redis_floor
+import schedd.devtools.bench.floor as redis_floor
 from schedd.devtools.bench.clients import BenchClient, Recorder, open_clients, open_fleet, open_loop
-from schedd.devtools.bench.daemon import DaemonProcess, Setting, running_daemon
+from schedd.devtools.bench.daemon import DaemonProcess, running_daemon
 from schedd.devtools.bench.measure import (
     DRAIN_TIMEOUT,
-    Say,
     _proc_memory,
     _proc_times,
-    _say,
     percentiles,
 )
+from schedd.devtools.bench.options import Options
 from schedd.devtools.sim import parse_duration
 
 SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
@@ -59,18 +57,6 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                  "fail_rate": 0.01, "warmup": 1.0, "phase_seconds": 2.0, "sample_every": 0.25},
     },
 }
-
-
-@attrs.define
-class Options:
-    scale: str = "tiny"
-    transport: str = "ws"
-    url: str | None = None
-    #: settings of the daemons the bench starts (S1, S2, S3, S5): ``--set``
-    settings: tuple[Setting, ...] = ()
-    #: run the host probe beside every scenario (``--probe-during``)
-    probe_during: bool = False
-    say: Say = _say
 
 
 async def measure_floor(opt: Options, daemon: DaemonProcess | None) -> dict[str, Any] | None:

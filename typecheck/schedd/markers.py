@@ -1,0 +1,1 @@
+../../daemon/markers.py
