@@ -1,7 +1,7 @@
 """The built-in plugins import only the public plugin API (``schedd.api``) and their own package.
 
-Every file under ``plugins/`` is parsed; an import of any other ``schedd`` module fails, unless
-the file is listed in :data:`PENDING_TRANSPORT` with the reason.
+Every file under ``plugins/`` is parsed; an import of any other ``schedd`` module fails (another
+plugin's included: plugins meet through the API, e.g. ``Daemon.add_collector``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from pathlib import Path
 import pytest
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-
-#: Files allowed an import of another ``schedd`` module, each with the reason (none: every
-#: built-in plugin is on the API).
-PENDING_TRANSPORT: dict[str, str] = {}
 
 
 def _own_package(path: Path) -> str:
@@ -58,15 +54,11 @@ FILES = sorted(str(path.relative_to(PLUGINS)) for path in PLUGINS.rglob("*.py"))
 
 def test_every_plugin_file_is_checked() -> None:
     assert "reconcile/reconciler.py" in FILES and "ui/stats.py" in FILES
-    assert set(PENDING_TRANSPORT) <= set(FILES), "a pending file is gone: drop it from the list"
 
 
 @pytest.mark.parametrize("relative", FILES)
 def test_plugin_imports_only_the_public_api(relative: str) -> None:
     bad = forbidden_imports(PLUGINS / relative)
-    if relative in PENDING_TRANSPORT:
-        assert bad, f"{relative} imports only schedd.api now: drop it from PENDING_TRANSPORT"
-        return
     assert not bad, "plugins may import only schedd.api and their own package:\n" + "\n".join(bad)
 
 
