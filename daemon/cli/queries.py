@@ -1,4 +1,4 @@
-"""The query commands: ``schedd nodes``, ``pools``, ``jobs`` and ``job``."""
+"""The query commands: ``schedd nodes``, ``pools``, ``jobs``, ``job`` and ``clients``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """``nodes``, ``pools``, ``jobs`` and ``job``."""
+    """``nodes``, ``pools``, ``jobs``, ``job`` and ``clients``."""
     add = _command_adder(subparsers)
     client = _client_parent()
     as_json = _json_parent()
@@ -75,6 +75,19 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         [client, as_json],
     )
     job.add_argument("job_id", metavar="JOB_ID", help="the job's id")
+    add(
+        "clients",
+        cmd_clients,
+        "list connected clients",
+        """
+        List the client connections of every live daemon instance (from Redis, so every
+        instance shows the same): instance, principal, peer address, the protocol version it
+        spoke, its name and since when it is connected. A client sees only the connections of
+        its own principal (token).
+        """,
+        ["schedd clients", "schedd clients --url ws://10.0.0.5:8765 --token $TOKEN --json"],
+        [client, as_json],
+    )
 
 
 def _print_json(data: Any) -> None:
@@ -137,11 +150,13 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             f"{float(node.get('load') or 0):.2f}",
             node.get("epoch", "-"),
             node.get("owner") or "-",
+            node.get("protocol") or "-",
             _age(node.get("last_heartbeat_ms"), now_ms),
         )
         for node in nodes
     ]
-    headers = ("NODE", "STATE", "POOLS", "USED", "LOAD", "EPOCH", "OWNER", "LAST HEARTBEAT")
+    headers = ("NODE", "STATE", "POOLS", "USED", "LOAD", "EPOCH", "OWNER", "PROTO",
+               "LAST HEARTBEAT")
     print(_table(headers, rows))
     return EXIT_OK
 
@@ -239,4 +254,30 @@ def cmd_job(args: argparse.Namespace) -> int:
             rows.append((key, "-" if value in (None, "") else value))
     width = max(len(key) for key, _value in rows)
     print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
+    return EXIT_OK
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    """``schedd clients``."""
+    data = cli_client._query(args, "clients")
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    clients: list[dict[str, Any]] = data.get("clients", [])
+    if not clients:
+        print("no clients")
+        return EXIT_OK
+    now_ms = time.time() * 1000
+    rows = [
+        (
+            entry.get("instance") or "-",
+            entry.get("principal") or "-",
+            entry.get("peer") or "-",
+            entry.get("protocol") or "-",
+            entry.get("name") or "-",
+            _age(entry.get("connected_ms"), now_ms),
+        )
+        for entry in clients
+    ]
+    print(_table(("INSTANCE", "PRINCIPAL", "PEER", "PROTO", "NAME", "CONNECTED"), rows))
     return EXIT_OK
