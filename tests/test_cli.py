@@ -437,7 +437,7 @@ def test_nodes_table(fake_client: FakeClient, capsys: pytest.CaptureFixture[str]
         "LAST",
         "HEARTBEAT",
     ]
-    assert first.split()[:7] == [
+    assert first.split()[:8] == [
         "gpu-box-7",
         "online",
         "zh>en,en>zh",
