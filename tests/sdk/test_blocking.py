@@ -14,6 +14,7 @@ import trio
 import trio.from_thread
 
 from schedd.devtools.redis_process import free_port
+from schedd.protocol import PROTOCOL_VERSION
 from schedd.sdk import (
     E_CLIENT_CLOSED,
     BlockingClient,
@@ -129,7 +130,11 @@ def test_submit_and_result_with_progress(client: BlockingClient) -> None:
     assert handle.finished and handle.state == "done"
     assert client.status(handle.job_id).state == "done"
     assert client.instance and client.principal
-    assert "nodes" in client.query("nodes")
+    [node] = client.query("nodes")["nodes"]
+    assert node["protocol"] == PROTOCOL_VERSION
+    [me] = client.query("clients")["clients"]  # this client's one connection
+    assert me["peer"].startswith("127.0.0.1:") and me["protocol"] == PROTOCOL_VERSION
+    assert me["instance"] == client.instance and me["principal"] == client.principal
 
 
 def test_threads_share_one_client_and_one_connection(
