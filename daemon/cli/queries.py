@@ -130,15 +130,23 @@ def _list(value: object) -> str:
     return "-" if value in (None, "") else str(value)
 
 
-def cmd_nodes(args: argparse.Namespace) -> int:
-    """``schedd nodes``."""
-    data = cli_client._query(args, "nodes")
+def _listing(args: argparse.Namespace, what: str) -> list[dict[str, Any]]:
+    """The ``what`` list of a ``what`` query, to print as a table; empty when there is nothing
+    more to print (``--json`` printed the answer, or "no <what>" was printed)."""
+    data = cli_client._query(args, what)
     if args.json:
         _print_json(data)
-        return EXIT_OK
-    nodes: list[dict[str, Any]] = data.get("nodes", [])
+        return []
+    items: list[dict[str, Any]] = data.get(what, [])
+    if not items:
+        print(f"no {what}")
+    return items
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """``schedd nodes``."""
+    nodes = _listing(args, "nodes")
     if not nodes:
-        print("no nodes")
         return EXIT_OK
     now_ms = time.time() * 1000
     rows = [
@@ -259,13 +267,8 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 def cmd_clients(args: argparse.Namespace) -> int:
     """``schedd clients``."""
-    data = cli_client._query(args, "clients")
-    if args.json:
-        _print_json(data)
-        return EXIT_OK
-    clients: list[dict[str, Any]] = data.get("clients", [])
+    clients = _listing(args, "clients")
     if not clients:
-        print("no clients")
         return EXIT_OK
     now_ms = time.time() * 1000
     rows = [
