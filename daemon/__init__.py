@@ -7,6 +7,9 @@ query views, and the exception tree. Everything else is internal and may change.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _package_version
+
 from schedd.core import (
     JOB_STATES,
     TERMINAL_STATES,
@@ -28,7 +31,10 @@ from schedd.errors import (
 from schedd.markers import hookimpl
 from schedd.transport.channel import Channel, ChannelClosed
 
-__version__ = "0.1.0"
+try:
+    __version__ = _package_version("schedd")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "JOB_STATES",

@@ -26,6 +26,7 @@ from schedd.config import InvalidSetting, setting
 from schedd.core import (
     JOB_STATES,
     TERMINAL_STATES,
+    ClientInfo,
     FinishedJob,
     JobInfo,
     JobSpec,
@@ -89,6 +90,7 @@ __all__ = [
     "Cancel",
     "Channel",
     "ChannelClosed",
+    "ClientInfo",
     "ConfigError",
     "ConnectionHandler",
     "Corrections",
@@ -233,6 +235,10 @@ class Daemon(Protocol):
     @property
     def instance(self) -> str:
         """This instance's name (``[schedd] instance``)."""
+
+    @property
+    def version(self) -> str:
+        """The version of the running schedd package (``schedd --version`` prints it too)."""
 
     @property
     def accepting(self) -> bool:

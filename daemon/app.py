@@ -30,6 +30,7 @@ from typing import Any, Final
 import trio
 
 import schedd.systemd as systemd
+from schedd import __version__
 from schedd.admission import Admission
 from schedd.api import Corrections, Daemon, LocalNode, is_loopback
 from schedd.config import Config, LimitsSection, load_config
@@ -103,6 +104,10 @@ class AppFacade(Daemon):
     @property
     def instance(self) -> str:
         return self._app.instance
+
+    @property
+    def version(self) -> str:
+        return __version__
 
     @property
     def accepting(self) -> bool:

@@ -71,6 +71,8 @@ class FakeDaemon(Daemon):
         self._instance = instance
         self._queries = queries
         self.accepting_work = True
+        #: what ``version`` returns
+        self.daemon_version = "0.0.0-test"
         #: node connections, by node id (``nodes``)
         self.local_nodes: dict[str, LocalNode] = {}
         #: roles of open connections (``connection_roles``)
@@ -86,6 +88,10 @@ class FakeDaemon(Daemon):
     @property
     def instance(self) -> str:
         return self._instance
+
+    @property
+    def version(self) -> str:
+        return self.daemon_version
 
     @property
     def accepting(self) -> bool:

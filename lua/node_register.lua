@@ -22,6 +22,7 @@
 -- ARGV[6] labels, raw JSON object
 -- ARGV[7] liveness ttl ms
 -- ARGV[8] principal registering the node (non-empty)
+-- ARGV[9] protocol version the node's connection spoke (its hello's; 0 unknown), the node's proto
 -- returns {{epoch, used}, deliveries}
 -- errors  E_BAD_ARG (capacity < 1, pools not an array of strings, empty principal),
 --         E_IDENTITY (the node id belongs to another principal)
@@ -36,6 +37,10 @@ for _, p in ipairs(pools) do
 end
 local principal = ARGV[8]
 if not principal or principal == '' then return err('E_BAD_ARG', 'principal must be non-empty') end
+local proto = tonumber(ARGV[9] or '0')
+if not proto or proto < 0 or proto % 1 ~= 0 then
+  return err('E_BAD_ARG', 'protocol version must be an integer >= 0')
+end
 local now = now_ms()
 local nkey = KEYS[1]
 local old = hgetall(nkey)
@@ -76,7 +81,7 @@ end
 local used = redis.call('SCARD', K.node_jobs(node_id))
 redis.call('HSET', nkey, 'id', node_id, 'epoch', epoch, 'owner', CALLER, 'capacity', capacity,
   'used', used, 'state', 'online', 'pools', cjson.encode(pools), 'caps', ARGV[5],
-  'labels', ARGV[6], 't_reg', now, 'reason', '', 'principal', principal)
+  'labels', ARGV[6], 't_reg', now, 'reason', '', 'principal', principal, 'proto', int_s(proto))
 local free = capacity - used
 if free < 0 then free = 0 end
 for _, p in ipairs(pools) do pool_join(p, node_id, free) end

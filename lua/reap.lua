@@ -7,14 +7,14 @@
 --     marks that ended are deleted, and its entry moves to its next mark's end);
 --   * a missed queue deadline ends the job as timed_out;
 --   * finished jobs and offline nodes past retention are removed;
---   * inboxes of instances whose presence expired are deleted.
+--   * inboxes and client lists of instances whose presence expired are deleted.
 --   Everything is found by range queries on sorted sets: no SCAN, no KEYS, no per-node polling.
 -- KEYS[1] liveness                  K.alive()
 -- KEYS[2] deadlines                 K.deadlines()
 -- KEYS[3] gc                        K.gc()
 -- KEYS[4] instance presence         K.instances()
 -- derived: node and job keys, heartbeat times and loads, pools, pools index and its charges,
---          queues, counts, inboxes, unavailability marks and their expiry index (K.unavail_due())
+--          queues, counts, inboxes, client lists, unavailability marks and their expiry index (K.unavail_due())
 -- ARGV[1] caller instance
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records
@@ -96,7 +96,7 @@ end
 
 local gone = redis.call('ZRANGE', KEYS[4], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
 for _, instance in ipairs(gone) do
-  redis.call('DEL', K.inbox(instance))
+  redis.call('DEL', K.inbox(instance), K.clients(instance))
   redis.call('ZREM', KEYS[4], instance)
 end
 return {{#lost, #due, #old, #gone}, LOCAL, EVENTS}

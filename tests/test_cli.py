@@ -404,6 +404,7 @@ NODES = {
             "pools": ["zh>en", "en>zh"],
             "load": 0.25,
             "last_heartbeat_ms": 1,
+            "protocol": 1,
         },
         {
             "node_id": "n2",
@@ -432,10 +433,11 @@ def test_nodes_table(fake_client: FakeClient, capsys: pytest.CaptureFixture[str]
         "LOAD",
         "EPOCH",
         "OWNER",
+        "PROTO",
         "LAST",
         "HEARTBEAT",
     ]
-    assert first.split()[:7] == [
+    assert first.split()[:8] == [
         "gpu-box-7",
         "online",
         "zh>en,en>zh",
@@ -443,9 +445,11 @@ def test_nodes_table(fake_client: FakeClient, capsys: pytest.CaptureFixture[str]
         "0.25",
         "12",
         "east-1",
+        "1",
     ]
     assert first.endswith("s ago")
-    assert second.split() == ["n2", "draining", "-", "0/1", "0.00", "3", "east-2", "-"]
+    # an answer without the protocol version (an older daemon) shows "-"
+    assert second.split() == ["n2", "draining", "-", "0/1", "0.00", "3", "east-2", "-", "-"]
     # aligned columns
     assert header.index("STATE") == first.index("online") == second.index("draining")
 
@@ -457,6 +461,44 @@ def test_nodes_json_and_empty(fake_client: FakeClient, capsys: pytest.CaptureFix
     fake_client.answers["nodes"] = {"nodes": []}
     assert cli.main(["nodes"]) == 0
     assert capsys.readouterr().out == "no nodes\n"
+
+
+CLIENTS = {
+    "clients": [
+        {"instance": "east-1", "principal": "token:1a2b3c4d", "peer": "10.0.0.9:51000",
+         "protocol": 1, "name": "web-7", "connected_ms": 1},
+        {"instance": "east-2", "principal": "token:1a2b3c4d", "peer": "10.0.0.8:40000",
+         "protocol": 1, "name": None, "connected_ms": 0},
+    ]
+}
+
+
+def test_clients_table_json_and_empty(
+    fake_client: FakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_client.answers["clients"] = CLIENTS
+    assert cli.main(["clients"]) == 0
+    header, first, second = capsys.readouterr().out.splitlines()
+    assert header.split() == ["INSTANCE", "PRINCIPAL", "PEER", "PROTO", "NAME", "CONNECTED"]
+    assert first.split()[:5] == ["east-1", "token:1a2b3c4d", "10.0.0.9:51000", "1", "web-7"]
+    assert first.endswith("s ago")
+    assert second.split() == ["east-2", "token:1a2b3c4d", "10.0.0.8:40000", "1", "-", "-"]
+    assert cli.main(["clients", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == CLIENTS
+    fake_client.answers["clients"] = {"clients": []}
+    assert cli.main(["clients"]) == 0
+    assert capsys.readouterr().out == "no clients\n"
+
+
+def test_version_prints_package_and_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    from schedd.protocol import PROTOCOL_VERSION
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == (
+        f"schedd {version('schedd')} (protocol {PROTOCOL_VERSION})\n"
+    )
 
 
 def test_pools_table(fake_client: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:

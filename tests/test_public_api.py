@@ -38,6 +38,7 @@ def test_plugin_api_is_pinned() -> None:
         "Cancel",
         "Channel",
         "ChannelClosed",
+        "ClientInfo",
         "ConfigError",
         "ConnectionHandler",
         "Corrections",

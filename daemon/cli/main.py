@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from schedd import __version__
 from schedd.cli.base import (
     _CONFIG_HELP,
     CONFIG_VARIABLE,
@@ -28,6 +29,7 @@ from schedd.cli.base import (
 from schedd.cli.commands import BuiltinCommands, add_builtin_commands
 from schedd.config import load_config
 from schedd.logs import setup_logging
+from schedd.protocol import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from schedd.plugin_manager import PluginManager
@@ -53,6 +55,11 @@ def build_parser(plugins: PluginManager | None = None) -> argparse.ArgumentParse
         "connection error",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    parser.add_argument(
+        "--version", action="version",
+        version=f"schedd {__version__} (protocol {PROTOCOL_VERSION})",
+        help="print the package version and the wire protocol version it speaks, and exit",
+    )
     parser.add_argument(
         "-c",
         "--config",

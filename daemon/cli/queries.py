@@ -1,4 +1,4 @@
-"""The query commands: ``schedd nodes``, ``pools``, ``jobs`` and ``job``."""
+"""The query commands: ``schedd nodes``, ``pools``, ``jobs``, ``job`` and ``clients``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """``nodes``, ``pools``, ``jobs`` and ``job``."""
+    """``nodes``, ``pools``, ``jobs``, ``job`` and ``clients``."""
     add = _command_adder(subparsers)
     client = _client_parent()
     as_json = _json_parent()
@@ -75,6 +75,19 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         [client, as_json],
     )
     job.add_argument("job_id", metavar="JOB_ID", help="the job's id")
+    add(
+        "clients",
+        cmd_clients,
+        "list connected clients",
+        """
+        List the client connections of every live daemon instance (from Redis, so every
+        instance shows the same): instance, principal, peer address, the protocol version it
+        spoke, its name and since when it is connected. A client sees only the connections of
+        its own principal (token).
+        """,
+        ["schedd clients", "schedd clients --url ws://10.0.0.5:8765 --token $TOKEN --json"],
+        [client, as_json],
+    )
 
 
 def _print_json(data: Any) -> None:
@@ -117,15 +130,23 @@ def _list(value: object) -> str:
     return "-" if value in (None, "") else str(value)
 
 
-def cmd_nodes(args: argparse.Namespace) -> int:
-    """``schedd nodes``."""
-    data = cli_client._query(args, "nodes")
+def _listing(args: argparse.Namespace, what: str) -> list[dict[str, Any]]:
+    """The ``what`` list of a ``what`` query, to print as a table; empty when there is nothing
+    more to print (``--json`` printed the answer, or "no <what>" was printed)."""
+    data = cli_client._query(args, what)
     if args.json:
         _print_json(data)
-        return EXIT_OK
-    nodes: list[dict[str, Any]] = data.get("nodes", [])
+        return []
+    items: list[dict[str, Any]] = data.get(what, [])
+    if not items:
+        print(f"no {what}")
+    return items
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """``schedd nodes``."""
+    nodes = _listing(args, "nodes")
     if not nodes:
-        print("no nodes")
         return EXIT_OK
     now_ms = time.time() * 1000
     rows = [
@@ -137,11 +158,13 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             f"{float(node.get('load') or 0):.2f}",
             node.get("epoch", "-"),
             node.get("owner") or "-",
+            node.get("protocol") or "-",
             _age(node.get("last_heartbeat_ms"), now_ms),
         )
         for node in nodes
     ]
-    headers = ("NODE", "STATE", "POOLS", "USED", "LOAD", "EPOCH", "OWNER", "LAST HEARTBEAT")
+    headers = ("NODE", "STATE", "POOLS", "USED", "LOAD", "EPOCH", "OWNER", "PROTO",
+               "LAST HEARTBEAT")
     print(_table(headers, rows))
     return EXIT_OK
 
@@ -239,4 +262,25 @@ def cmd_job(args: argparse.Namespace) -> int:
             rows.append((key, "-" if value in (None, "") else value))
     width = max(len(key) for key, _value in rows)
     print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
+    return EXIT_OK
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    """``schedd clients``."""
+    clients = _listing(args, "clients")
+    if not clients:
+        return EXIT_OK
+    now_ms = time.time() * 1000
+    rows = [
+        (
+            entry.get("instance") or "-",
+            entry.get("principal") or "-",
+            entry.get("peer") or "-",
+            entry.get("protocol") or "-",
+            entry.get("name") or "-",
+            _age(entry.get("connected_ms"), now_ms),
+        )
+        for entry in clients
+    ]
+    print(_table(("INSTANCE", "PRINCIPAL", "PEER", "PROTO", "NAME", "CONNECTED"), rows))
     return EXIT_OK

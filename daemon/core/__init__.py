@@ -22,7 +22,7 @@ from schedd.core.model import (
     Registration,
     Submitted,
 )
-from schedd.core.queries import FinishedJob, JobInfo, NodeInfo, PoolInfo, Queries
+from schedd.core.queries import ClientInfo, FinishedJob, JobInfo, NodeInfo, PoolInfo, Queries
 from schedd.core.reaper import serve_reaper
 from schedd.protocol.messages import JOB_STATES, TERMINAL_STATES
 
@@ -31,6 +31,7 @@ __all__ = [
     "TERMINAL_STATES",
     "AssignDelivery",
     "CancelJob",
+    "ClientInfo",
     "Core",
     "CoreSettings",
     "Delivery",

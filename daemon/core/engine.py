@@ -114,11 +114,13 @@ class Core:
         capabilities_json: str = "{}",
         labels_json: str = "{}",
         principal: str = "anonymous",
+        protocol: int = 0,
     ) -> Registration:
         """Register or re-register a node owned by this instance; queued work may follow.
 
         ``principal`` is who registers it (the connection's): a node id held by another
         principal is refused (:class:`~schedd.errors.NotYourNode`, ``E_IDENTITY``).
+        ``protocol`` is the version its connection's ``hello`` spoke (0: unknown).
         """
         node_id = node_id or new_id("node")
         k = self.keys
@@ -133,11 +135,37 @@ class Core:
                 labels_json,
                 _ms(self.settings.liveness_ttl),
                 principal,
+                protocol,
             ],
         )
         log.info("node %s registered: epoch %s, pools %s, capacity %s", node_id, epoch,
                  list(pools), capacity)
         return Registration(node_id=node_id, epoch=int(epoch), pools=tuple(pools), used=int(used))
+
+    # -- clients -------------------------------------------------------------------------------
+
+    async def client_open(
+        self, conn_id: str, *, principal: str, peer: str, protocol: int, name: str | None
+    ) -> int:
+        """List a client connection of this instance (the clients view); returns the store's
+        unix ms of its listing. :meth:`client_close` removes it; so does the reaper, with
+        every entry of this instance, once its presence expired."""
+        entry = orjson.dumps(
+            {"principal": principal, "peer": peer, "protocol": protocol, "name": name}
+        )
+        (since,) = await self._call(
+            "client_open",
+            [self.keys.clients(self.instance), self.keys.instances],
+            [conn_id, entry, _ms(self.settings.instance_ttl)],
+        )
+        return int(since)
+
+    async def client_close(self, conn_id: str) -> bool:
+        """Remove a client connection from the clients view; False if it was not listed."""
+        (removed,) = await self._call(
+            "client_close", [self.keys.clients(self.instance)], [conn_id]
+        )
+        return bool(removed)
 
     async def heartbeat_batch(
         self,

@@ -1,4 +1,5 @@
-"""Read-only views for the CLI and UI: nodes, pools, jobs, counts, exclusions, instances.
+"""Read-only views for the CLI and UI: nodes, pools, jobs, counts, exclusions, instances,
+client connections.
 
 Reads are plain pipelined commands (no state changes, so no script is needed); every view is
 built from Redis alone, so every instance shows the same global picture.
@@ -55,6 +56,19 @@ class NodeInfo:
     capabilities: dict[str, Any]
     labels: dict[str, Any]
     reason: str
+    protocol: int = 0  # the protocol version of the node's registering connection; 0 unknown
+
+
+@attrs.frozen(kw_only=True)
+class ClientInfo:
+    """One client connection some live instance holds (client_open.lua)."""
+
+    instance: str
+    principal: str
+    peer: str
+    protocol: int
+    name: str | None
+    connected_ms: int
 
 
 @attrs.frozen(kw_only=True)
@@ -143,6 +157,7 @@ class Queries:
                     capabilities=_json(h.get("caps", ""), {}),
                     labels=_json(h.get("labels", ""), {}),
                     reason=h.get("reason", ""),
+                    protocol=_int(h.get("proto", "0")),
                 )
             )
         return out
@@ -232,6 +247,37 @@ class Queries:
         h = _pairs(await self.store.execute("ZRANGE", self.keys.instances, 0, -1, "WITHSCORES"))
         return {k: _int(v) for k, v in h.items()}
 
+    async def clients(self, principal: str | None = None) -> list[ClientInfo]:
+        """The client connections of every live instance (presence not expired), oldest first;
+        only ``principal``'s when given. One read per live instance: each instance's list is
+        bounded by its connection limits."""
+        now_reply, flat = await self.store.execute_many(
+            [("TIME",), ("ZRANGE", self.keys.instances, 0, -1, "WITHSCORES")]
+        )
+        now_ms = int(_s(now_reply[0])) * 1000 + int(_s(now_reply[1])) // 1000
+        live = [inst for inst, until in _pairs(flat).items() if _int(until) > now_ms]
+        if not live:
+            return []
+        lists = await self.store.execute_many(
+            [("HGETALL", self.keys.clients(inst)) for inst in live]
+        )
+        out = []
+        for instance, entries in zip(live, lists, strict=True):
+            for raw in _pairs(entries).values():
+                since, _, text = raw.partition(" ")  # '<unix ms> <json>' (client_open.lua)
+                entry = _json(text, None)
+                if not isinstance(entry, dict):
+                    continue
+                if principal is not None and entry.get("principal") != principal:
+                    continue
+                out.append(ClientInfo(
+                    instance=instance, principal=str(entry.get("principal", "")),
+                    peer=str(entry.get("peer", "")), protocol=_int(str(entry.get("protocol", 0))),
+                    name=entry.get("name"), connected_ms=_int(since),
+                ))
+        out.sort(key=lambda c: (c.connected_ms, c.instance, c.peer))
+        return out
+
     async def held_jobs(self, node_ids: list[str]) -> int:
         """How many jobs the nodes hold (assigned or running), by their registrations."""
         replies = await self.store.execute_many(
@@ -239,8 +285,11 @@ class Queries:
         )
         return sum(int(r or 0) for r in replies)
 
-    async def answer(self, what: str) -> dict[str, Any]:
-        """The data of a ``query`` for ``what`` (``nodes``, ``pools``, else ``stats``)."""
+    async def answer(self, what: str, principal: str | None = None) -> dict[str, Any]:
+        """The data of a ``query`` for ``what`` (``nodes``, ``pools``, ``clients``, else
+        ``stats``). ``clients`` lists only ``principal``'s connections when it is given."""
+        if what == "clients":
+            return {"clients": [attrs.asdict(c) for c in await self.clients(principal)]}
         if what == "nodes":
             return {"nodes": [attrs.asdict(n) for n in await self.nodes()]}
         if what == "pools":

@@ -477,7 +477,7 @@ class Follow:
     ref: str | None = _ref()
 
 
-QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats"})
+QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats", "clients"})
 
 
 @attrs.frozen(kw_only=True)

@@ -106,6 +106,10 @@ class SessionBase:
         self.role: str | None = None
         self.principal = ""
         self.name: str | None = None
+        #: the protocol version the peer's ``hello`` spoke (0 before it)
+        self.protocol = 0
+        #: this connection's entry in the clients view (``Core.client_open``), once listed
+        self.listed: str | None = None
         self.node_id: str | None = None
         self.epoch: int | None = None
         self.draining = False
@@ -187,4 +191,8 @@ class SessionBase:
 
     async def _handle(self, message: p.Message) -> None:
         """Handle one message of the peer (Session._handle)."""
+        raise NotImplementedError
+
+    async def _list_client(self) -> None:
+        """Enter this client connection in the clients view (ClientRole._list_client)."""
         raise NotImplementedError

@@ -12,13 +12,41 @@ import trio
 import schedd.protocol as p
 from schedd.core import DoneDelivery, JobSpec, new_id
 from schedd.errors import StoreError
-from schedd.session.base import CloseConnection, SessionBase, checked_pools
+from schedd.session.base import CloseConnection, SessionBase, checked_pools, log
 from schedd.session.deliveries import done_message, job_message
 from schedd.transport.channel import ChannelClosed
+
+_UNLIST_TIMEOUT = 2.0
+"""Seconds a closing connection waits for its removal from the clients view."""
 
 
 class ClientRole(SessionBase):
     """The session's handlers of a client's messages (schedd.session.handshake.HANDLERS)."""
+
+    async def _list_client(self) -> None:
+        """Enter this client connection in the clients view (after its ``welcome``). The view
+        is informational: a store that fails here does not refuse the connection."""
+        # Named before the call: a connection cancelled while the script runs still removes
+        # its entry (the store runs one connection's commands in order).
+        self.listed = conn_id = new_id("conn")
+        try:
+            await self.app.core.client_open(conn_id, principal=self.principal, peer=self.peer,
+                                            protocol=self.protocol, name=self.name)
+        except StoreError as exc:
+            log.warning("client %s is not in the clients view: %s", self.peer, exc)
+
+    async def _unlist_client(self) -> None:
+        """Take this connection out of the clients view (the connection ended). Shielded and
+        bounded: it runs while the session is cancelled; a failure leaves the entry to the
+        reaper, which drops this instance's entries when its presence expires."""
+        conn_id, self.listed = self.listed, None
+        if conn_id is None:
+            return
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _UNLIST_TIMEOUT):
+            try:
+                await self.app.core.client_close(conn_id)
+            except StoreError as exc:
+                log.warning("client %s stays in the clients view: %s", self.peer, exc)
 
     def _submit_started(self, job_id: str | None) -> None:
         if self._submits == 0:
@@ -114,7 +142,7 @@ class ClientRole(SessionBase):
         self.app.routes.settle(m.job_id, candidate, followed.follows, followed.done)
 
     async def _query(self, m: p.Query) -> None:
-        data = await self.app.queries.answer(m.what)
+        data = await self.app.queries.answer(m.what, principal=self.principal)
         self.post(p.Answer(what=m.what, data=data, ref=m.ref))
 
     def detached(self, job_id: str) -> None:

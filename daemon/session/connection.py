@@ -78,6 +78,7 @@ class Session(Handshake, NodeRole, ClientRole):
                 nursery.cancel_scope.deadline = trio.current_time() + 1.0
         finally:
             self.app.session_ended(self)
+            await self._unlist_client()
             with trio.CancelScope(shield=True):
                 await self.channel.aclose()
 

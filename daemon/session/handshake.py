@@ -85,11 +85,14 @@ class Handshake(SessionBase):
             self._error(p.E_AUTH, f"{what} for role {hello.role}", ref=hello.ref)
             raise CloseConnection
         self.role, self.principal, self.name = hello.role, principal, hello.name
+        self.protocol = hello.version
         self.app.session_started(self.session)
         self.post(p.Welcome(instance=self.app.instance, version=p.PROTOCOL_VERSION,
                             heartbeat_interval=self.app.config.nodes.heartbeat_interval,
                             principal=principal, ref=hello.ref))
         log.debug("%s %s connected as %s", self.role, self.peer, principal)
+        if self.role == "client":
+            await self._list_client()
 
     def _handshake_ended(self, *, failed: bool) -> None:
         """Tell the connection's admission (once; the first call counts)."""

@@ -60,6 +60,7 @@ class NodeRole(SessionBase):
                 node_id=node_id, capacity=m.capacity, pools=self.pools,
                 capabilities_json=orjson.dumps(m.capabilities).decode(),
                 labels_json=orjson.dumps(m.labels).decode(), principal=self.principal,
+                protocol=self.protocol,
             )
         except BaseException:
             held, self._held = self._held or [], None
@@ -105,6 +106,7 @@ class NodeRole(SessionBase):
                 node_id=node_id, capacity=m.capacity, pools=pools,
                 capabilities_json=orjson.dumps(m.capabilities).decode(),
                 labels_json=orjson.dumps(m.labels).decode(), principal=self.principal,
+                protocol=self.protocol,
             )
         except BaseException:
             self.app.router.unbind_node(node_id, self.session, restore=previous)

@@ -46,6 +46,8 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "inbox": ("inbox:{}", "stream: deliveries (assign, cancel, drain, progress, done)"),
     "instances": ("instances", "zset: instance id -> unix ms at which its presence expires"),
     "owned": ("owned:{}", "set: node ids an instance owns and has not taken offline"),
+    "clients": ("clients:{}", "hash: connection id -> JSON of one client connection an instance "
+                "holds (principal, peer, protocol, name, since)"),
 }
 
 
@@ -96,6 +98,9 @@ class Keys:
 
     def owned(self, instance: str) -> str:
         return self._k("owned", instance)
+
+    def clients(self, instance: str) -> str:
+        return self._k("clients", instance)
 
     @property
     def nodes(self) -> str:

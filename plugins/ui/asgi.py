@@ -2,8 +2,9 @@
 
 Rules of this module:
 
-- **Routes** (GET and HEAD only; anything else is 405): ``/healthz``, ``/``, ``/metrics``,
-  ``/api/v1/{nodes,pools,stats,instances}`` and ``/api/v1/jobs/<job id>`` (the id is the rest of
+- **Routes** (GET and HEAD only; anything else is 405): ``/healthz`` (with the daemon's version
+  and instance), ``/``, ``/metrics``, ``/api/v1/{nodes,pools,stats,instances,clients}`` and
+  ``/api/v1/jobs/<job id>`` (the id is the rest of
   the path, percent-decoded, so ids holding ``/`` work when sent as ``%2F``).
 - **Authentication** happens before routing, so without the token every path but ``/healthz``
   answers 401 (an unknown path too: nothing is revealed). The token comes from
@@ -147,6 +148,7 @@ class UiApplication:
             API_PREFIX + "pools": self._pools,
             API_PREFIX + "stats": self._stats,
             API_PREFIX + "instances": self._instances,
+            API_PREFIX + "clients": self._clients,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -200,8 +202,11 @@ class UiApplication:
             except StoreError as exc:
                 error = str(exc)
             else:
-                return json_response({"ok": True})
-        return json_response({"ok": False, "error": error}, 503)
+                return json_response({"ok": True, **self._identity()})
+        return json_response({"ok": False, "error": error, **self._identity()}, 503)
+
+    def _identity(self) -> dict[str, str]:
+        return {"version": self.app.version, "instance": self.app.instance}
 
     async def _page(self, _scope: Scope) -> Response:
         return Response(
@@ -252,10 +257,16 @@ class UiApplication:
             "instances": instances,
             "this": {
                 "instance": self.app.instance,
+                "version": self.app.version,
                 "listeners": dict(self.app.listeners),
                 "connections": local_connections(self.app.connection_roles),
             },
         })  # fmt: skip
+
+    async def _clients(self, _scope: Scope) -> Response:
+        # every principal's: the ui token sees all (a client sees its own, through `query`)
+        clients = await self.app.queries.clients()
+        return json_response({"clients": [attrs.asdict(c) for c in clients]})
 
     async def _job(self, _scope: Scope, job_id: str) -> Response:
         job = await self.app.queries.job(job_id)

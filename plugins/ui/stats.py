@@ -6,7 +6,7 @@ Rules of this module:
   instances, nodes, pools, the recent-completions window and Redis's clock concurrently (the store
   pipelines them). Concurrent requests share one read in flight, and a snapshot is reused for
   :data:`REUSE_SECONDS`, so any number of open dashboards and scrapers cost at most a few reads a
-  second. Nothing else is cached: the job endpoint and ``/healthz`` always ask Redis.
+  second. Nothing else is cached: the job and clients endpoints and ``/healthz`` always ask Redis.
 - **Time is Redis's time.** Scripts stamp heartbeats and completions with Redis ``TIME``, so
   ages, the throughput window and instance liveness are computed against ``now_ms`` read from
   the same clock, never this machine's.

@@ -8,7 +8,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,8 @@ async def test_non_loopback_needs_auth_tokens_and_a_configured_ui_token() -> Non
         url = allowed.urls[PLUGIN]
         assert url.startswith("http://0.0.0.0:")
         port = url.rpartition(":")[2]
-        assert (await http(f"http://127.0.0.1:{port}", "/healthz")).json() == {"ok": True}
+        assert (await http(f"http://127.0.0.1:{port}", "/healthz")).json() == {
+            "ok": True, "version": "0.0.0-test", "instance": "test-instance"}
         loopback = FakeUiApp(UiSettings(listen="127.0.0.1:0"), store)
         await nursery.start(ui.serve, loopback)
         assert loopback.checked == []  # check_listener's warning is about nodes and clients
@@ -288,13 +289,14 @@ async def test_https_with_tls_files(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 PROTECTED = ["/", "/metrics", "/api/v1/nodes", "/api/v1/pools", "/api/v1/stats",
-             "/api/v1/instances", "/api/v1/jobs/j1", "/api/v1/nope", "/nope"]
+             "/api/v1/instances", "/api/v1/clients", "/api/v1/jobs/j1", "/api/v1/nope", "/nope"]
 
 
 async def test_every_path_but_healthz_needs_the_token() -> None:
-    async with ui_daemon() as (_, url):
+    async with ui_daemon() as (d, url):
         health = await http(url, "/healthz")
-        assert (health.status, health.json()) == (200, {"ok": True})
+        assert (health.status, health.json()) == (
+            200, {"ok": True, "version": version("schedd"), "instance": d.app.instance})
         for path in PROTECTED:
             for token in (None, "wrong-token-0123456789", TOKEN[:-1], TOKEN + "x", ""):
                 response = await http(url, path, token=token)
@@ -375,8 +377,9 @@ async def test_api_shapes(store_url: str) -> None:
         assert set(by_id["n2"]) == {
             "node_id", "state", "owner", "epoch", "capacity", "used", "pools", "load",
             "last_heartbeat_ms", "alive_until_ms", "capabilities", "labels", "reason",
-            "heartbeat_age_s",
+            "protocol", "heartbeat_age_s",
         }
+        assert by_id["n2"]["protocol"] == p.PROTOCOL_VERSION
         assert (by_id["n2"]["state"], by_id["n2"]["pools"], by_id["n2"]["owner"]) == (
             "online", ["zh>en", "en>ja"], d.app.instance)
         assert 0 <= by_id["n2"]["heartbeat_age_s"] < 5
@@ -396,8 +399,15 @@ async def test_api_shapes(store_url: str) -> None:
         [me] = listed["instances"]
         assert (me["instance"], me["alive"], me["this"]) == (d.app.instance, True, True)
         assert me["expires_ms"] > listed["now_ms"]
-        assert listed["this"] == {"instance": d.app.instance, "listeners": {"ui": url},
+        assert listed["this"] == {"instance": d.app.instance, "version": version("schedd"),
+                                  "listeners": {"ui": url},
                                   "connections": {"node": 2, "client": 1, "pending": 0}}
+
+        [connected] = (await http(url, "/api/v1/clients", token=TOKEN)).json()["clients"]
+        assert set(connected) == {"instance", "principal", "peer", "protocol", "name",
+                                  "connected_ms"}
+        assert (connected["instance"], connected["protocol"]) == (
+            d.app.instance, p.PROTOCOL_VERSION)
 
         job = (await http(url, "/api/v1/jobs/j-bad", token=TOKEN)).json()["job"]
         assert (job["job_id"], job["state"], job["ok"], job["node"]) == (
@@ -541,10 +551,12 @@ async def test_redis_down_healthz_503_and_metrics_still_answer() -> None:
     application = UiApplication(app, TOKEN, Dashboard.load(2.0), 1000)
     health = await application.respond(http_scope("/healthz", token=None))
     assert health.status == 503
-    assert orjson.loads(health.body) == {"ok": False, "error": "connection refused"}
-    stats = await application.respond(http_scope("/api/v1/stats"))
-    assert stats.status == 503
-    assert orjson.loads(stats.body)["error"]["code"] == "store_unavailable"
+    assert orjson.loads(health.body) == {"ok": False, "error": "connection refused",
+                                         "version": "0.0.0-test", "instance": "test-instance"}
+    for path in ("/api/v1/stats", "/api/v1/clients"):
+        stats = await application.respond(http_scope(path))
+        assert stats.status == 503
+        assert orjson.loads(stats.body)["error"]["code"] == "store_unavailable"
     metrics = await application.respond(http_scope("/metrics"))
     assert metrics.status == 200
     found = samples(metrics.body.decode())
@@ -759,6 +771,11 @@ DOM_SUMMARY = """(() => {
     status: q("#status").dataset.state,
     statusText: q("#status").textContent,
     instance: q("#this-instance").textContent,
+    version: q("#this-version").textContent,
+    clients: [...document.querySelectorAll("#clients tbody tr[data-client]")].map((tr) =>
+      [...tr.children].map((td) => td.textContent)),
+    nodeProtocols: [...document.querySelectorAll("#nodes tbody tr[data-node]")].map((tr) =>
+      tr.children[7].textContent),
     nodes: [...document.querySelectorAll("#nodes tbody tr[data-node]")].map((tr) =>
       [tr.dataset.node, tr.dataset.state, tr.children[2].textContent, tr.children[4].textContent,
        tr.children[5].textContent]),
@@ -819,7 +836,7 @@ async def test_dashboard_shows_live_data_in_chromium(tmp_path: Path) -> None:
                         summary = await page.evaluate(DOM_SUMMARY) or {}
                         if (summary.get("status") == "live" and len(summary["nodes"]) == 4
                                 and summary["throughput"] >= 4 and summary["latency"] >= 4
-                                and summary["instances"]):  # fmt: skip
+                                and summary["instances"] and summary["clients"]):  # fmt: skip
                             break
                         await trio.sleep(0.25)
                 screenshot = await page.screenshot(tmp_path / "dashboard.png")
@@ -829,6 +846,11 @@ async def test_dashboard_shows_live_data_in_chromium(tmp_path: Path) -> None:
             sim.cancel_scope.cancel()
 
     assert summary["instance"] == d.app.instance
+    assert summary["version"] == version("schedd")
+    assert summary["nodeProtocols"] == [str(p.PROTOCOL_VERSION)] * len(layout)
+    for instance, principal, peer, protocol, _name, connected in summary["clients"]:
+        assert (instance, protocol) == (d.app.instance, str(p.PROTOCOL_VERSION))
+        assert principal and peer.startswith("127.0.0.1:") and connected.endswith("ago")
     nodes = {row[0]: row for row in summary["nodes"]}
     assert set(nodes) == set(layout)
     for node_id, pools in layout.items():

@@ -247,11 +247,12 @@
       if (n.state === "online" && n.alive_until_ms !== null && n.alive_until_ms < nowMs) age.className = "stale";
       tr.append(age);
       tr.append(el("td", { class: "id" }, n.owner || "–"));
+      tr.append(el("td", { class: "num" }, n.protocol || "–"));
       rows.push(tr);
     }
     const online = nodes.filter((n) => n.state === "online").length;
     $("nodes-count").textContent = `${online} online of ${nodes.length}`;
-    fillRows("nodes", rows, nodes.length ? "no node matches the filter" : "no nodes registered", 7);
+    fillRows("nodes", rows, nodes.length ? "no node matches the filter" : "no nodes registered", 8);
   }
 
   function renderPools(pools) {
@@ -291,6 +292,23 @@
     const listeners = Object.entries(data.this.listeners).map(([k, v]) => `${k} ${v}`).join(", ");
     $("local").textContent = `this instance: ${c.node} node, ${c.client} client connections; ${listeners}`;
     $("this-instance").textContent = data.this.instance;
+    $("this-version").textContent = data.this.version;
+  }
+
+  // Connections of every live instance, oldest first (a principal names a token, never shows it).
+  function renderClients(clients, nowMs) {
+    const rows = clients.map((c) => {
+      const tr = el("tr", { "data-client": `${c.instance} ${c.peer}` });
+      tr.append(el("td", { class: "id" }, c.instance));
+      tr.append(el("td", { class: "id" }, c.principal));
+      tr.append(el("td", { class: "id" }, c.peer));
+      tr.append(el("td", { class: "num" }, c.protocol || "–"));
+      tr.append(el("td", null, c.name || "–"));
+      tr.append(el("td", null, fmtAge(Math.max(0, nowMs - c.connected_ms) / 1000)));
+      return tr;
+    });
+    $("clients-count").textContent = `${clients.length}`;
+    fillRows("clients", rows, "no clients connected", 6);
   }
 
   function renderExclusions(exclusions) {
@@ -325,12 +343,13 @@
 
   function render() {
     if (!lastData) return;
-    const { stats, nodes, pools, instances } = lastData;
+    const { stats, nodes, pools, instances, clients } = lastData;
     renderTiles(stats, instances);
     drawCharts(stats.now_ms);
     renderNodes(nodes.nodes, nodes.now_ms);
     renderPools(pools.pools);
     renderInstances(instances);
+    renderClients(clients.clients, stats.now_ms);
     renderExclusions(stats.exclusions);
   }
 
@@ -342,11 +361,12 @@
 
   async function tick() {
     try {
-      const [stats, nodes, pools, instances] = await Promise.all([
+      const [stats, nodes, pools, instances, clients] = await Promise.all([
         get("/api/v1/stats"), get("/api/v1/nodes"), get("/api/v1/pools"), get("/api/v1/instances"),
+        get("/api/v1/clients"),
       ]);
       record(stats);
-      lastData = { stats, nodes, pools, instances };
+      lastData = { stats, nodes, pools, instances, clients };
       render();
       setStatus("live", "live");
       $("updated").textContent = `updated ${new Date(stats.now_ms).toLocaleTimeString()} · every ${refreshMs / 1000} s`;
