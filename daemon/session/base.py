@@ -39,7 +39,8 @@ def log_job(trace: str, message: str, *args: object) -> None:
     Nothing is built unless debug is on (these lines are per job, on the hot path)."""
     if log.isEnabledFor(logging.DEBUG):
         traceparent, _ = p.split_trace(trace)
-        log.debug(message, *args, extra={"trace": p.trace_id(traceparent) if traceparent else "-"})
+        log.debug(message, *args, stacklevel=2,
+                  extra={"trace": p.trace_id(traceparent) if traceparent else "-"})
 
 
 def checked_pools(pools: list[str], whose: str) -> list[str]:

@@ -251,8 +251,11 @@ class NodeRole(SessionBase):
             m.job_id, node_id=node_id, attempt=m.attempt, ok=m.ok,
             output_json=orjson.dumps(m.output).decode(), error=error, accepted=accepted,
         )
-        log_job(self.traces.pop(m.job_id, ""), "job %s attempt %s %s on node %s", m.job_id,
-                m.attempt, "succeeded" if m.ok else "failed", node_id)
+        trace = self.traces.pop(m.job_id, "")
+        if accepted:  # its accept came with it and was recorded by the same call
+            log_job(trace, "job %s attempt %s running on node %s", m.job_id, m.attempt, node_id)
+        log_job(trace, "job %s attempt %s %s on node %s", m.job_id, m.attempt,
+                "succeeded" if m.ok else "failed", node_id)
 
     async def _unavailable(self, m: p.Unavailable) -> None:
         node_id, epoch = self._need_registered(m)
