@@ -72,12 +72,12 @@ class OtelSettings:
         _positive_int)
 
 
-def _require(module: str) -> None:
+def _require(module: str, what: str = f"the otel plugin needs {_NEEDS}") -> None:
     """Import ``module`` or refuse to start with a line saying what to install."""
     try:
         importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"the otel plugin needs {_NEEDS}: {exc}") from None
+        raise ImportError(f"{what}: {exc}") from None
 
 
 class OtelPlugin:
@@ -100,7 +100,8 @@ class OtelPlugin:
         if settings.exporter in ("console", "otlp"):
             _require("opentelemetry.sdk.trace")
         if settings.exporter == "otlp":
-            _require("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+            _require("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                     "exporter 'otlp' needs opentelemetry-exporter-otlp-proto-http")
         self.settings = settings
         self._send, self._receive = trio.open_memory_channel[str](settings.queue)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,9 +20,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from schedd import protocol as p
+from schedd.api import JobInfo
 from schedd.config import load_config
-from schedd.errors import ConfigError
+from schedd.errors import ConfigError, StoreUnavailable
 from schedd.plugin_manager import PluginManager
+from schedd.plugins.otel import OtelPlugin, OtelSettings
+from schedd.testing import FakeDaemon
 from tests.daemon.harness import Daemon, Peer, running_daemon
 from tests.polling import until
 
@@ -151,6 +155,48 @@ def test_an_unknown_exporter_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
         PluginManager.load(load_config(path, env={}))
     assert "$.plugins.otel.exporter" in str(refused.value)
+
+
+def test_the_otlp_exporter_without_its_package_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter", None)
+    path = tmp_path / "sched.toml"
+    path.write_text('[plugins]\nenabled = ["otel"]\n[plugins.otel]\nexporter = "otlp"\n')
+    with pytest.raises(ConfigError) as refused:
+        PluginManager.load(load_config(path, env={}))
+    assert "opentelemetry-exporter-otlp-proto-http" in str(refused.value)
+
+
+def test_past_its_queue_finished_jobs_get_no_spans_and_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plugin = OtelPlugin()
+    plugin.schedd_configure(OtelSettings(queue=1))
+    plugin.schedd_job_state_changed("running-job", "running")  # not finished: not queued
+    for job_id in ("a", "b", "c"):
+        plugin.schedd_job_state_changed(job_id, "done")
+    assert plugin.dropped == 2
+    assert "2 finished job(s) got no spans" not in caplog.text  # logged at the first drop
+    assert "1 finished job(s) got no spans" in caplog.text
+
+
+class _FailingQueries:
+    async def job(self, job_id: str) -> JobInfo | None:
+        raise StoreUnavailable("redis is down")
+
+
+async def test_a_job_the_store_cannot_read_gets_no_spans_and_the_next_does(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture,
+) -> None:
+    plugin = OtelPlugin()
+    failing = FakeDaemon(queries=_FailingQueries())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plugin.serve, failing)
+        plugin.schedd_job_state_changed("lost", "done")
+        await until(lambda: "could not read job lost" in caplog.text)
+        nursery.cancel_scope.cancel()
+    assert spans.get_finished_spans() == ()
 
 
 NO_PLUGIN = textwrap.dedent('''
