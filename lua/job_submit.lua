@@ -114,7 +114,7 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
-  principal = ARGV[2], trace = ARGV[18],
+  principal = ARGV[2], trace = ARGV[18] or '',
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
@@ -134,8 +134,8 @@ if ARGV[8] ~= '[]' then
   flat[n + 1], flat[n + 2] = 'services', ARGV[8]
   n = n + 2
 end
-if ARGV[18] ~= '' then
-  flat[n + 1], flat[n + 2] = 'trace', ARGV[18]
+if job.trace ~= '' then
+  flat[n + 1], flat[n + 2] = 'trace', job.trace
 end
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)
