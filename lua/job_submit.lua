@@ -29,8 +29,10 @@
 -- ARGV[15] retention ms after a terminal state
 -- ARGV[16] session ttl ms
 -- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
--- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate)},
---          deliveries}
+-- ARGV[18] W3C trace context: traceparent, then a space and the tracestate when there is one
+--          ('' for none); kept in the job hash, carried by its assign and done deliveries
+-- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
+--          trace (duplicate: the existing job's)}, deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
 --         (the namespace's queue is full, or queueing would put more pools with no member in
 --         the index for the principal than ARGV[17])
@@ -45,10 +47,11 @@ if existing then
   if TERMINAL[existing.state] then
     redis.call('HSET', jkey, 'client', CALLER)
     return {{'duplicate', existing.state, tonumber(existing.attempt),
-      done_message(job_id, existing), 0}, {}}
+      done_message(job_id, existing), 0, existing.trace or ''}, {}}
   end
   local follows = move_client(job_id, jkey, existing)
-  return {{'duplicate', existing.state, tonumber(existing.attempt), '', follows}, LOCAL}
+  return {{'duplicate', existing.state, tonumber(existing.attempt), '', follows,
+    existing.trace or ''}, LOCAL}
 end
 local ok, pools = pcall(cjson.decode, ARGV[4])
 if not ok or type(pools) ~= 'table' or #pools == 0 then
@@ -111,7 +114,7 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
-  principal = ARGV[2],
+  principal = ARGV[2], trace = ARGV[18] or '',
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
@@ -129,6 +132,10 @@ if ARGV[6] ~= '' then
 end
 if ARGV[8] ~= '[]' then
   flat[n + 1], flat[n + 2] = 'services', ARGV[8]
+  n = n + 2
+end
+if job.trace ~= '' then
+  flat[n + 1], flat[n + 2] = 'trace', job.trace
 end
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)

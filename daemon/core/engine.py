@@ -34,6 +34,7 @@ from schedd.core.model import (
     decode_event,
 )
 from schedd.errors import BadArgument
+from schedd.protocol.tracecontext import new_traceparent
 from schedd.store.base import Arg, Store
 from schedd.store.keys import Keys
 from schedd.store.scripts import Scripts
@@ -236,7 +237,8 @@ class Core:
             raise BadArgument("a job needs at least one candidate pool")
         s = self.settings
         job_id = spec.job_id or new_id("job")
-        status, state, attempt, done, *follows = await self._call(
+        trace = spec.trace or new_traceparent()  # every job has a trace context
+        status, state, attempt, done, *rest = await self._call(
             "job_submit",
             [self.keys.job(job_id), self.keys.counts],
             [
@@ -256,6 +258,7 @@ class Core:
                 _ms(s.retention),
                 _ms(s.session_ttl),
                 s.max_created_pools,
+                trace,
             ],
         )
         done_msg = decode_delivery(done) if done else None
@@ -265,7 +268,8 @@ class Core:
             attempt=int(attempt),
             duplicate=_text(status) == "duplicate",
             done=done_msg if isinstance(done_msg, DoneDelivery) else None,
-            follows=int(follows[0]) if follows else 0,
+            follows=int(rest[0]) if rest else 0,
+            trace=_text(rest[1]) if len(rest) > 1 else trace,
         )
 
     async def accept(self, job_id: str, *, node_id: str, attempt: int) -> bool:

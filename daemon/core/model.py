@@ -83,6 +83,10 @@ class JobSpec:
     run_timeout: float | None = None
     queue_timeout: float | None = None
     max_attempts: int | None = None
+    #: the job's W3C trace context as the store keeps it (schedd.protocol.join_trace): the
+    #: traceparent, then a space and the tracestate when there is one; '' to have
+    #: ``Core.submit`` make a new one
+    trace: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -103,6 +107,8 @@ class Submitted:
     #: the job's deliveries moved to this instance for the ``follows``-th time (0: a new job,
     #: or a finished one); orders a job's followers (schedd.routes)
     follows: int = 0
+    #: the job's trace context as stored (JobSpec.trace): a duplicate's is the existing job's
+    trace: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -130,6 +136,8 @@ class AssignDelivery:
     session_id: str | None
     deadline_ms: int
     epoch: int
+    #: the job's trace context as stored (JobSpec.trace)
+    trace: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -167,6 +175,8 @@ class DoneDelivery:
     timings: dict[str, int]
     #: the principal owning the job (None: a delivery that does not say)
     principal: str | None = None
+    #: the job's trace context as stored (JobSpec.trace)
+    trace: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -224,6 +234,7 @@ def _done(f: list[Any]) -> DoneDelivery:
         attempts=int(f[7]),
         timings={"submitted": f[8], "assigned": f[9], "accepted": f[10], "finished": f[11]},
         principal=(f[12] or None) if len(f) > 12 else None,
+        trace=f[13] if len(f) > 13 else "",
     )
 
 
@@ -234,6 +245,7 @@ def decode_delivery(raw: bytes | str) -> Delivery:
         return AssignDelivery(
             node_id=f[1], job_id=f[2], attempt=int(f[3]), payload_json=f[4],
             session_id=f[5] or None, deadline_ms=int(f[6]), epoch=int(f[7]),
+            trace=f[8] if len(f) > 8 else "",
         )
     if kind == "cancel":
         return CancelJob(node_id=f[1], job_id=f[2], attempt=int(f[3]), reason=f[4])

@@ -97,6 +97,8 @@ class JobInfo:
     reason: str
     timings: dict[str, int]
     tried: list[str]
+    #: the job's trace context as stored (JobSpec.trace; '' for a job stored without one)
+    trace: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -218,6 +220,7 @@ class Queries:
                 )
             },
             tried=sorted(_s(t) for t in tried),
+            trace=h.get("trace", ""),
         )
 
     async def counts(self) -> dict[str, int]:

@@ -81,6 +81,12 @@ from schedd.protocol.messages import (
     Unavailable,
     Welcome,
 )
+from schedd.protocol.tracecontext import (
+    join_trace,
+    new_traceparent,
+    split_trace,
+    trace_id,
+)
 
 __all__ = [
     "CLIENT_SENDS",
@@ -154,4 +160,8 @@ __all__ = [
     "decode",
     "encode",
     "encode_frame",
+    "join_trace",
+    "new_traceparent",
+    "split_trace",
+    "trace_id",
 ]

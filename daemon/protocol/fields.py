@@ -14,6 +14,8 @@ from typing import Any, Final, TypeAlias
 
 import attrs
 
+from schedd.protocol.tracecontext import traceparent_problem, tracestate_problem
+
 MAX_ID_LEN: Final = 200
 """Longest id, pool name, service name or label key, in characters."""
 MAX_TEXT_LEN: Final = 4096
@@ -267,6 +269,29 @@ def _timings(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     path = attribute.name
     for key, item in _check_mapping(value, path).items():
         _check_int(item, f"{path}[{_short(key)}]", 0, MAX_INT)
+
+
+def _opt_traceparent(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidField(attribute.name, f"must be a string, got {_json_type(value)}")
+    problem = traceparent_problem(value)
+    if problem is not None:
+        raise InvalidField(attribute.name, problem)
+
+
+def _opt_tracestate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A tracestate only goes with a traceparent (the field before it)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidField(attribute.name, f"must be a string, got {_json_type(value)}")
+    if getattr(instance, "traceparent", None) is None:
+        raise InvalidField(attribute.name, "needs a traceparent")
+    problem = tracestate_problem(value)
+    if problem is not None:
+        raise InvalidField(attribute.name, problem)
 
 
 def _ref() -> Any:

@@ -62,6 +62,8 @@ from schedd.protocol.fields import (
     _opt_json_object,
     _opt_name,
     _opt_text,
+    _opt_traceparent,
+    _opt_tracestate,
     _ref,
     _text,
     _timings,
@@ -274,6 +276,8 @@ class Assign:
     deadline: int = attrs.field(validator=_int(0))
     payload: Any = None
     session_id: str | None = attrs.field(default=None, validator=_opt_name)
+    traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
+    tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
     ref: str | None = _ref()
 
 
@@ -394,6 +398,8 @@ class Submit:
     queue_timeout: float | None = attrs.field(
         default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
     max_attempts: int | None = attrs.field(default=None, validator=_opt_int(1))
+    traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
+    tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
     ref: str | None = _ref()
 
 
@@ -407,6 +413,8 @@ class Accepted:
     job_id: str = attrs.field(validator=_name)
     state: JobState = attrs.field(validator=_one_of(JOB_STATES))
     duplicate: bool = attrs.field(default=False, validator=_bool)
+    traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
+    tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
     ref: str | None = _ref()
 
 
@@ -437,6 +445,8 @@ class Done:
     node: str | None = attrs.field(default=None, validator=_opt_name)
     attempts: int = attrs.field(default=0, validator=_int(0))
     timings: dict[str, int] = attrs.field(factory=dict, validator=_timings)
+    traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
+    tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
     ref: str | None = _ref()
 
 
@@ -463,6 +473,8 @@ class Job:
     attempt: int = attrs.field(default=0, validator=_int(0))
     node: str | None = attrs.field(default=None, validator=_opt_name)
     info: dict[str, Any] = attrs.field(factory=dict, validator=_view_object)
+    traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
+    tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
     ref: str | None = _ref()
 
 

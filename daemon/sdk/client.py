@@ -115,12 +115,15 @@ class JobHandle:
     ``state`` is the state the daemon last reported (``accepted``, ``job`` or ``done``).
     ``duplicate`` is ``accepted.duplicate``: the ``job_id`` existed before this submit (after a
     submit retried across a reconnect, that may be the job this very call created).
+    ``traceparent`` and ``tracestate`` are the job's W3C trace context as ``accepted`` gave it.
     """
 
     def __init__(self, client: Client, job_id: str) -> None:
         self.job_id = job_id
         self.state: str = "queued"
         self.duplicate = False
+        self.traceparent: str | None = None
+        self.tracestate: str | None = None
         self._client = client
         self._done: Done | None = None
         self._failure: RequestFailed | None = None
@@ -306,10 +309,13 @@ class Client:
         run_timeout: float | None = None,
         queue_timeout: float | None = None,
         max_attempts: int | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> JobHandle:
         """Submit a job and return its handle once the daemon has accepted it.
 
-        Without ``job_id`` one is generated, so the submit can be retried safely. Raises
+        Without ``job_id`` one is generated, so the submit can be retried safely; without
+        ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``). Raises
         ``ValueError`` (``InvalidField``) for an argument the protocol forbids and
         :class:`RequestFailed` when the daemon refuses the job.
         """
@@ -325,6 +331,8 @@ class Client:
             run_timeout=run_timeout,
             queue_timeout=queue_timeout,
             max_attempts=max_attempts,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)
@@ -337,6 +345,7 @@ class Client:
         if not handle.finished:
             handle.state = accepted.state
         handle.duplicate = accepted.duplicate
+        handle.traceparent, handle.tracestate = accepted.traceparent, accepted.tracestate
         handle._acknowledged = True
         return handle
 

@@ -37,7 +37,8 @@ class JobContext:
     """One attempt of one job, as the handler sees it.
 
     ``deadline_ms`` is the ``assign`` deadline (unix ms); the node has already accepted the
-    attempt when the handler starts.
+    attempt when the handler starts. ``traceparent`` and ``tracestate`` are the job's W3C trace
+    context (``None`` from a daemon that sends none); :attr:`trace` is the same as a carrier.
     """
 
     def __init__(
@@ -49,18 +50,34 @@ class JobContext:
         payload: Any,
         session_id: str | None,
         deadline_ms: int,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.payload = payload
         self.session_id = session_id
         self.deadline_ms = deadline_ms
+        self.traceparent = traceparent
+        self.tracestate = tracestate
         self._node = node
         # Created before the task starts, so a cancel that arrives first still takes effect.
         self._scope = trio.CancelScope()
 
     def __repr__(self) -> str:
         return f"<JobContext {self.job_id} attempt {self.attempt}>"
+
+    @property
+    def trace(self) -> dict[str, str]:
+        """The trace context as W3C headers (``traceparent``, ``tracestate`` when present): a
+        carrier for a tracer's propagator, e.g. OpenTelemetry's
+        ``TraceContextTextMapPropagator().extract(job.trace)``."""
+        headers = {}
+        if self.traceparent is not None:
+            headers["traceparent"] = self.traceparent
+            if self.tracestate is not None:
+                headers["tracestate"] = self.tracestate
+        return headers
 
     @property
     def cancelled(self) -> bool:

@@ -419,6 +419,8 @@ class Node:
             payload=assign.payload,
             session_id=assign.session_id,
             deadline_ms=assign.deadline,
+            traceparent=assign.traceparent,
+            tracestate=assign.tracestate,
         )
         self.running[job_id] = ctx
         try:

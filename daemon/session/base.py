@@ -33,6 +33,16 @@ log = logging.getLogger("schedd.session")
 MAX_VIOLATIONS = 10
 
 
+def log_job(trace: str, message: str, *args: object) -> None:
+    """The flow log: one debug line about a job, ending ``trace=<trace id>`` (``trace=-`` for
+    a job stored without one), so that a job's lines on every instance share one search term.
+    Nothing is built unless debug is on (these lines are per job, on the hot path)."""
+    if log.isEnabledFor(logging.DEBUG):
+        traceparent, _ = p.split_trace(trace)
+        log.debug(message, *args, stacklevel=2,
+                  extra={"trace": p.trace_id(traceparent) if traceparent else "-"})
+
+
 def checked_pools(pools: list[str], whose: str) -> list[str]:
     """Pool keys from a decision hook must fit the protocol (they go back in ``registered``)."""
     if len(pools) > p.MAX_LIST:
@@ -116,6 +126,10 @@ class SessionBase:
         self.inflight: set[str] = set()  # jobs this client submitted and has no done for yet
         #: jobs whose progress and done this client receives (schedd.routes keeps it)
         self.following: set[str] = set()
+        #: node: the trace context of each job assigned through this connection and not yet
+        #: ended here, for the flow log (bounded: cleared at MAX_RUNNING entries, which only
+        #: costs a later line its trace id)
+        self.traces: dict[str, str] = {}
         self.violations = 0
         self._cancel = trio.CancelScope()
         self.outbox = Outbox(channel, self._cancel, self._overflow)

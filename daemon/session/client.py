@@ -12,7 +12,7 @@ import trio
 import schedd.protocol as p
 from schedd.core import DoneDelivery, JobSpec, new_id
 from schedd.errors import StoreError
-from schedd.session.base import CloseConnection, SessionBase, checked_pools, log
+from schedd.session.base import CloseConnection, SessionBase, checked_pools, log, log_job
 from schedd.session.deliveries import done_message, job_message
 from schedd.transport.channel import ChannelClosed
 
@@ -91,6 +91,7 @@ class ClientRole(SessionBase):
             session_id=m.session_id, priority=m.priority, services=tuple(m.services),
             ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
             max_attempts=m.max_attempts,
+            trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
         )
         # A candidate while the script runs: a done delivered meanwhile waits for the reply
         candidate = self.app.routes.expect(job_id, self.session)
@@ -101,8 +102,13 @@ class ClientRole(SessionBase):
             self.inflight.discard(job_id)
             self.app.routes.settle(job_id, candidate, None)
             raise
+        traceparent, tracestate = p.split_trace(sub.trace)
         self.post(p.Accepted(job_id=job_id, state=sub.state,  # type: ignore[arg-type]
-                             duplicate=sub.duplicate, ref=m.ref))
+                             duplicate=sub.duplicate, traceparent=traceparent,
+                             tracestate=tracestate, ref=m.ref))
+        log_job(sub.trace, "job %s %s by %s: %s, pools %s", job_id,
+                "submitted again" if sub.duplicate else "submitted", self.principal, sub.state,
+                pools)
         self.app.routes.settle(job_id, candidate, sub.follows, sub.done)
 
     async def _cancel_job(self, m: p.Cancel) -> None:
@@ -155,3 +161,5 @@ class ClientRole(SessionBase):
         """The job this client follows finished (schedd.routes)."""
         self.inflight.discard(done.job_id)
         self.post(done_message(done))
+        log_job(done.trace, "job %s %s after %s attempt(s): done sent to %s", done.job_id,
+                done.state, done.attempts, self.principal)

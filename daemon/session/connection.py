@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 import schedd.protocol as p
-from schedd.core import Delivery, DoneDelivery, DrainNode
+from schedd.core import AssignDelivery, CancelJob, Delivery, DoneDelivery, DrainNode
 from schedd.errors import ProtocolError
 from schedd.session.base import (
     MAX_VIOLATIONS,
@@ -36,6 +36,7 @@ from schedd.session.base import (
     RateLimiter,
     checked_pools,
     log,
+    log_job,
 )
 from schedd.session.client import ClientRole
 from schedd.session.deliveries import wire_message
@@ -182,8 +183,20 @@ class Session(Handshake, NodeRole, ClientRole):
         if self._held is not None:
             self._held.append(delivery)
             return
-        if isinstance(delivery, DoneDelivery):
+        if isinstance(delivery, AssignDelivery):
+            if len(self.traces) >= p.MAX_RUNNING:
+                self.traces.clear()
+            self.traces[delivery.job_id] = delivery.trace
+            log_job(delivery.trace, "job %s attempt %s assigned to node %s", delivery.job_id,
+                    delivery.attempt, delivery.node_id)
+        elif isinstance(delivery, DoneDelivery):
             self.inflight.discard(delivery.job_id)
+            log_job(delivery.trace, "job %s %s after %s attempt(s): done sent to %s",
+                    delivery.job_id, delivery.state, delivery.attempts, self.principal)
+        elif isinstance(delivery, CancelJob):
+            log_job(self.traces.pop(delivery.job_id, ""), "job %s attempt %s canceled on node "
+                    "%s: %s", delivery.job_id, delivery.attempt, delivery.node_id,
+                    delivery.reason)
         elif isinstance(delivery, DrainNode):
             if self.draining:
                 return

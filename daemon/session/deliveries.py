@@ -21,9 +21,11 @@ def wire_message(delivery: Delivery) -> p.Message | None:
     alone, :class:`~schedd.core.Detach`). Payloads, progress data and outputs are embedded as
     the JSON text the core carries, not parsed again."""
     if isinstance(delivery, AssignDelivery):
+        traceparent, tracestate = p.split_trace(delivery.trace)
         return p.Assign(job_id=delivery.job_id, attempt=delivery.attempt,
                         deadline=delivery.deadline_ms, session_id=delivery.session_id,
-                        payload=orjson.Fragment(delivery.payload_json))
+                        payload=orjson.Fragment(delivery.payload_json),
+                        traceparent=traceparent, tracestate=tracestate)
     if isinstance(delivery, DoneDelivery):
         return done_message(delivery)
     if isinstance(delivery, ProgressDelivery):
@@ -44,18 +46,21 @@ def done_message(done: DoneDelivery) -> p.Done:
                             message=str(done.error.get("message") or ""))
     elif not done.ok:
         error = p.ErrorInfo(code="E_FAILED", message=f"job ended {done.state}")
+    traceparent, tracestate = p.split_trace(done.trace)
     return p.Done(
         job_id=done.job_id, state=done.state, ok=done.ok and done.state == "done",  # type: ignore[arg-type]
         output=orjson.Fragment(done.output_json) if done.output_json else None,
         error=error if done.state != "done" else None, node=done.node,
         attempts=done.attempts, timings={k: v for k, v in done.timings.items() if v},
+        traceparent=traceparent, tracestate=tracestate,
     )
 
 
 def job_message(info: JobInfo, ref: str | None) -> p.Job:
     """The ``job`` message that answers ``status`` and ``follow``."""
+    traceparent, tracestate = p.split_trace(info.trace)
     return p.Job(job_id=info.job_id, state=info.state, attempt=info.attempt,  # type: ignore[arg-type]
-                 node=info.node, ref=ref, info={
+                 node=info.node, traceparent=traceparent, tracestate=tracestate, ref=ref, info={
                      "pools": info.pools, "priority": info.priority,
                      "max_attempts": info.max_attempts, "reason": info.reason,
                      "timings": info.timings, "tried": info.tried,

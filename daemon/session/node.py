@@ -18,7 +18,7 @@ import schedd.protocol as p
 from schedd.core import new_id
 from schedd.errors import ProtocolError
 from schedd.node_ids import node_id_allowed, refusal
-from schedd.session.base import SessionBase, checked_pools, log
+from schedd.session.base import SessionBase, checked_pools, log, log_job
 
 
 class NodeRole(SessionBase):
@@ -203,6 +203,8 @@ class NodeRole(SessionBase):
         behind = self._result_behind(m)
         if behind is None:
             await self.app.core.accept(m.job_id, node_id=node_id, attempt=m.attempt)
+            log_job(self.traces.get(m.job_id, ""), "job %s attempt %s running on node %s",
+                    m.job_id, m.attempt, node_id)
             return
         raw, result = behind
         try:
@@ -233,6 +235,8 @@ class NodeRole(SessionBase):
         node_id, _ = self._need_registered(m)
         await self.app.core.reject(m.job_id, node_id=node_id, attempt=m.attempt,
                                    reason=m.reason or "rejected")
+        log_job(self.traces.pop(m.job_id, ""), "job %s attempt %s rejected by node %s: %s",
+                m.job_id, m.attempt, node_id, m.reason)
 
     async def _progress(self, m: p.Progress) -> None:
         node_id, _ = self._need_registered(m)
@@ -249,6 +253,11 @@ class NodeRole(SessionBase):
             m.job_id, node_id=node_id, attempt=m.attempt, ok=m.ok,
             output_json=orjson.dumps(m.output).decode(), error=error, accepted=accepted,
         )
+        trace = self.traces.pop(m.job_id, "")
+        if accepted:  # its accept came with it and was recorded by the same call
+            log_job(trace, "job %s attempt %s running on node %s", m.job_id, m.attempt, node_id)
+        log_job(trace, "job %s attempt %s %s on node %s", m.job_id, m.attempt,
+                "succeeded" if m.ok else "failed", node_id)
 
     async def _unavailable(self, m: p.Unavailable) -> None:
         node_id, epoch = self._need_registered(m)

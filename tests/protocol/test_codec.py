@@ -803,6 +803,10 @@ def test_public_api_is_pinned() -> None:
             "decode",
             "encode",
             "encode_frame",
+            "join_trace",
+            "new_traceparent",
+            "split_trace",
+            "trace_id",
         ]
     )
     for name in schedd.protocol.__all__:
