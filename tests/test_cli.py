@@ -538,6 +538,15 @@ def test_jobs_when_empty(fake_client: FakeClient, capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out == "no jobs\n\nno exclusions\n\nno instances\n"
 
 
+def test_job_shows_its_trace_context(
+    fake_client: FakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    fake_client.answers["job"] = Job(job_id="j1", state="queued", attempt=0, traceparent=tp)
+    assert cli.main(["job", "j1"]) == 0
+    assert f"traceparent  {tp}" in capsys.readouterr().out.splitlines()
+
+
 def test_job(fake_client: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     fake_client.answers["job"] = Job(
         job_id="j1",
@@ -572,6 +581,8 @@ def test_job(fake_client: FakeClient, capsys: pytest.CaptureFixture[str]) -> Non
         "attempt": 2,
         "node": "gpu-box-7",
         "info": fake_client.answers["job"].info,
+        "traceparent": None,
+        "tracestate": None,
     }
 
 

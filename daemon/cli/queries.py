@@ -260,6 +260,8 @@ def cmd_job(args: argparse.Namespace) -> int:
             rows.append((key, json.dumps(value, ensure_ascii=False)))
         else:
             rows.append((key, "-" if value in (None, "") else value))
+    if job.traceparent:
+        rows.append(("traceparent", job.traceparent))
     width = max(len(key) for key, _value in rows)
     print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
     return EXIT_OK
