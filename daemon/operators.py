@@ -27,6 +27,8 @@ import attrs
 
 from schedd.core import Core, Queries
 from schedd.errors import BadArgument, ScriptError
+from schedd.protocol.admin import MAX_ADMIN_JOBS
+from schedd.protocol.admin import REQUEUE_STATES as _STATES
 
 __all__ = [
     "ACTIONS",
@@ -40,11 +42,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: the actions, as the wire and the ui name them
-ACTIONS: Final = ("drain", "undrain", "cancel", "requeue")
-#: most jobs one requeue by filter acts on
-MAX_REQUEUE: Final = 100
+ACTIONS: Final = ("drain", "undrain", "cancel", "requeue")  # protocol.ADMIN_ACTIONS, in order
+#: most jobs one requeue by filter acts on (the protocol's bound)
+MAX_REQUEUE: Final = MAX_ADMIN_JOBS
 #: the states a requeue takes a job back from (a ``done`` job succeeded: it is not requeued)
-REQUEUE_STATES: Final = ("failed", "canceled", "timed_out")
+REQUEUE_STATES: Final = tuple(sorted(_STATES))
 #: how many recent completions a requeue by filter looks through
 CANDIDATE_WINDOW: Final = 2000
 

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import attrs
 
+from schedd.protocol.admin import ADMIN_ACTIONS, MAX_ADMIN_JOBS, Acted, Admin, Undrain
 from schedd.protocol.fields import (
     MAX_CAPACITY,
     MAX_DEPTH,
@@ -69,9 +70,11 @@ from schedd.protocol.fields import (
 )
 
 __all__ = [
+    "ADMIN_ACTIONS",
     "CLIENT_SENDS",
     "DAEMON_SENDS",
     "JOB_STATES",
+    "MAX_ADMIN_JOBS",
     "MAX_CAPACITY",
     "MAX_DEPTH",
     "MAX_ID_LEN",
@@ -89,6 +92,8 @@ __all__ = [
     "TERMINAL_STATES",
     "Accept",
     "Accepted",
+    "Acted",
+    "Admin",
     "Answer",
     "Assign",
     "Cancel",
@@ -118,6 +123,7 @@ __all__ = [
     "Submit",
     "TerminalState",
     "Unavailable",
+    "Undrain",
     "Welcome",
 ]
 
@@ -546,6 +552,9 @@ Message: TypeAlias = (
     | Follow
     | Query
     | Answer
+    | Admin
+    | Acted
+    | Undrain
     | Ping
     | Pong
 )

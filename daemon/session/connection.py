@@ -184,9 +184,12 @@ class Session(Handshake, NodeRole, ClientRole):
         if isinstance(delivery, DoneDelivery):
             self.inflight.discard(delivery.job_id)
         elif isinstance(delivery, DrainNode):
-            if self.draining:
+            if delivery.lifted:
+                self.draining = False
+            elif self.draining:
                 return
-            self.draining = True
+            else:
+                self.draining = True
         message = wire_message(delivery)
         if message is not None:
             self.post(message)
