@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from schedd.sdk.client import Client
 
 _TOKEN_NOTE: Final = """
+
         The --token (or $SCHEDD_TOKEN) must be an operator's: one of [auth] admin_tokens
         (docs/operations.md); with any other token the daemon refuses and nothing changes."""
 _STATES: Final = ("failed", "canceled", "timed_out")
@@ -42,38 +43,26 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     add = _command_adder(subparsers)
     client = _client_parent()
     as_json = _json_parent()
-    drain = add(
-        "drain", cmd_drain, "drain a node: no new jobs, running ones finish (operator)",
-        f"""
+    # the commands acting on one node or one job: (name, summary, description, target, example)
+    single = (
+        ("drain", "drain a node: no new jobs, running ones finish (operator)", """
         Stop giving NODE new jobs; the jobs it runs finish normally. The node is told (on
         whichever daemon instance holds its connection) and stays drained until it registers
-        again or `schedd undrain` lifts the drain.
-        {_TOKEN_NOTE}
-        """,
-        ["schedd drain gpu-box-7 --token $ADMIN_TOKEN"], [client, as_json],
-    )
-    drain.add_argument("node_id", metavar="NODE", help="the node's id")
-    undrain = add(
-        "undrain", cmd_undrain, "lift a node's drain (operator)",
-        f"""
+        again or `schedd undrain` lifts the drain.""", "node", "gpu-box-7"),
+        ("undrain", "lift a node's drain (operator)", """
         Put a draining NODE back into its pools: it takes queued and new jobs again. An offline
-        node cannot be undrained (it registers again when it reconnects).
-        {_TOKEN_NOTE}
-        """,
-        ["schedd undrain gpu-box-7 --token $ADMIN_TOKEN"], [client, as_json],
-    )
-    undrain.add_argument("node_id", metavar="NODE", help="the node's id")
-    cancel = add(
-        "cancel", cmd_cancel, "cancel a job of any client (operator)",
-        f"""
+        node cannot be undrained (it registers again when it reconnects).""", "node",
+         "gpu-box-7"),
+        ("cancel", "cancel a job of any client (operator)", """
         Cancel JOB whoever submitted it: a queued job leaves its queue, a running one is
         stopped on its node; its client gets its done (canceled). A finished job is left as it
-        is.
-        {_TOKEN_NOTE}
-        """,
-        ["schedd cancel j-42 --token $ADMIN_TOKEN"], [client, as_json],
+        is.""", "job", "j-42"),
     )
-    cancel.add_argument("job_id", metavar="JOB", help="the job's id")
+    for name, summary, description, target, example in single:
+        command = add(name, cmd_single, summary, description + _TOKEN_NOTE,
+                      [f"schedd {name} {example} --token $ADMIN_TOKEN"], [client, as_json])
+        command.add_argument("target", metavar=target.upper(), help=f"the {target}'s id")
+        command.set_defaults(action=name, field=f"{target}_id")
     requeue = add(
         "requeue", cmd_requeue, "run failed jobs again (operator)",
         f"""
@@ -82,8 +71,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         (--state, default failed; --pool; --since), newest first, at most --limit (1 to
         {MAX_ADMIN_JOBS} per call; a larger limit is refused). A job that is queued or
         running is left as it is; one that ended done is refused. Filters look through the
-        2,000 most recent finished jobs.
-        {_TOKEN_NOTE}
+        2,000 most recent finished jobs.{_TOKEN_NOTE}
         """,
         [
             "schedd requeue j-42 j-43 --token $ADMIN_TOKEN",
@@ -170,19 +158,9 @@ def _report(args: argparse.Namespace, results: list[dict[str, Any]]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def cmd_drain(args: argparse.Namespace) -> int:
-    """``schedd drain NODE``."""
-    return _report(args, _act(args, [{"action": "drain", "node_id": args.node_id}]))
-
-
-def cmd_undrain(args: argparse.Namespace) -> int:
-    """``schedd undrain NODE``."""
-    return _report(args, _act(args, [{"action": "undrain", "node_id": args.node_id}]))
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    """``schedd cancel JOB``."""
-    return _report(args, _act(args, [{"action": "cancel", "job_id": args.job_id}]))
+def cmd_single(args: argparse.Namespace) -> int:
+    """``schedd drain NODE``, ``schedd undrain NODE``, ``schedd cancel JOB``."""
+    return _report(args, _act(args, [{"action": args.action, args.field: args.target}]))
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

@@ -17,33 +17,15 @@ from schedd.plugins.ui import UiSettings
 from schedd.plugins.ui.admin import MAX_BODY, requeue_filter
 from schedd.sdk import JobContext, Node
 from tests.plugins.chromium import CHROMIUM, open_page
-from tests.plugins.test_ui import TOKEN, HttpResponse, load_errors, ui_daemon
+from tests.plugins.test_ui import TOKEN, HttpResponse, http, load_errors, ui_daemon
 
 ADMIN = "ui-admin-token-0123456789"
 
 
 async def post(url: str, path: str, token: str | None, body: bytes = b"{}",
                method: str = "POST") -> HttpResponse:
-    """One request with a body on a fresh connection, read to the end."""
-    host, _, port = url.split("://", 1)[1].rstrip("/").rpartition(":")
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
-             "Content-Type: application/json", f"Content-Length: {len(body)}"]
-    if token is not None:
-        lines.append(f"Authorization: Bearer {token}")
-    with trio.fail_after(10):
-        stream = await trio.open_tcp_stream(host, int(port))
-        async with stream:
-            await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-            data = b""
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return HttpResponse(int(status_line.split()[1]), headers, rest)
+    return await http(url, path, token=token, method=method, body=body,
+                      headers=[("Content-Type", "application/json")])
 
 
 # -- settings ------------------------------------------------------------------------------------
