@@ -5,6 +5,7 @@ over both transports and both stores."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import trio
@@ -190,3 +191,18 @@ async def test_malformed_admin_is_a_bad_field(tmp_path: object, fields: dict[str
 
 def test_requeue_filter_default_is_failed() -> None:
     assert RequeueFilter().states == ("failed",)
+
+
+async def test_admin_tokens_are_reloaded_on_sighup(tmp_path: Path) -> None:
+    old, new = "old-admin-token-0123456789", "new-admin-token-0123456789"
+    toml = f'[auth]\nclient_tokens = ["c"]\nadmin_tokens = ["{old}"]\n'
+    async with running_daemon(tmp_path=tmp_path, toml=toml) as d:
+        assert d.app.config_path is not None
+        d.app.config_path.write_text(toml.replace(old, new))
+        d.app.reload()
+        stale = await d.connect()
+        await stale.send(p.Hello(role="client", version=p.PROTOCOL_VERSION, token=old))
+        assert (await stale.expect(p.Error)).code == "E_AUTH"
+        admin = await d.client(new)
+        await admin.send(p.Admin(action="requeue", ref="r"))
+        assert isinstance(await admin.expect(p.Acted), p.Acted)
