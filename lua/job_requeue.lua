@@ -4,8 +4,9 @@
 --   end cleared, the nodes that failed it forgiven, its retention stopped, and as many attempts
 --   again as it was given at submit (attempt numbers keep counting up, so a message about an
 --   earlier attempt stays fenced out). A job that is queued, assigned or running is left as it
---   is (a reported no-op); a job that ended done is refused: it succeeded. The new done goes to
---   the instance of the job's client, as the first one did.
+--   is (a reported no-op); a job that ended done is refused: it succeeded. Its deliveries go to
+--   the caller's instance from now on (the instance of its first client may be long gone): a
+--   client gets the new done by following the job (job_follow moves them to its instance).
 -- KEYS[1] job hash                  K.job(job_id)
 -- derived: tried set, pools, pools index and its charges, liveness, heartbeat loads, node
 --          hashes/jobs/unavail, queues, deadlines, session, gc, counts, exclusions, inboxes
@@ -41,9 +42,11 @@ local max_s = int_s(attempt + tonumber(budget))
 redis.call('ZREM', K.gc(), 'j:' .. job_id)
 redis.call('DEL', K.job_tried(job_id))
 redis.call('HDEL', jkey, 'ok', 'output', 'error', 't_fin', 't_acc')
-redis.call('HSET', jkey, 'max_attempts', max_s, 'budget', budget, 'reason', ARGV[3])
+redis.call('HSET', jkey, 'max_attempts', max_s, 'budget', budget, 'reason', ARGV[3], 'client',
+  CALLER)
 job.max_attempts, job.ok, job.output, job.error, job.t_fin, job.t_acc = max_s, nil, nil, nil,
   nil, nil
+job.client = CALLER
 if target then
   assign(job_id, job, target, now)
 else
