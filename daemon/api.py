@@ -47,6 +47,7 @@ from schedd.errors import (
     StoreError,
 )
 from schedd.markers import Service, hookimpl
+from schedd.operators import MAX_REQUEUE, REQUEUE_STATES, Operators, RequeueFilter
 from schedd.protocol import MAX_ID_LEN, MAX_LIST, MAX_RUNNING, Cancel
 from schedd.transport import (
     LISTEN_DOC,
@@ -81,8 +82,10 @@ __all__ = [
     "LISTEN_DOC",
     "MAX_ID_LEN",
     "MAX_LIST",
+    "MAX_REQUEUE",
     "MAX_RUNNING",
     "RECEIVE_SIZE",
+    "REQUEUE_STATES",
     "TERMINAL_STATES",
     "TLS_CERT_DOC",
     "TLS_KEY_DOC",
@@ -105,10 +108,12 @@ __all__ = [
     "NodeInfo",
     "NodeNotFound",
     "NotYourNode",
+    "Operators",
     "PoolInfo",
     "ProtocolError",
     "Queries",
     "ReadinessHub",
+    "RequeueFilter",
     "SchedError",
     "ScriptError",
     "Service",
@@ -259,6 +264,12 @@ class Daemon(Protocol):
     @property
     def corrections(self) -> Corrections:
         """The fenced store actions of reconciliation."""
+
+    @property
+    def operators(self) -> Operators:
+        """The operator actions (drain, undrain, cancel, requeue), each one script, logged with
+        who did it. The daemon offers them to admin connections; a plugin offering them (the
+        ui) decides itself who is an operator."""
 
     @property
     def nodes(self) -> Mapping[str, LocalNode]:

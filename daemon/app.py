@@ -50,6 +50,7 @@ from schedd.core import (
 from schedd.drain import drain_nodes
 from schedd.errors import ConfigError, Fenced, NodeNotFound, StoreError, StoreUnavailable
 from schedd.logs import set_level, setup_logging
+from schedd.operators import Operators
 from schedd.plugin_manager import PluginManager
 from schedd.reload import reloaded
 from schedd.routes import Router
@@ -128,6 +129,10 @@ class AppFacade(Daemon):
     @property
     def corrections(self) -> Corrections:
         return self._app.core
+
+    @property
+    def operators(self) -> Operators:
+        return self._app.operators
 
     @property
     def nodes(self) -> Mapping[str, LocalNode]:
@@ -223,6 +228,8 @@ class App:
         #: accept time (schedd.admission)
         self.admission = Admission(lambda: self.limits)
         self.queries = Queries(store, self.core.keys)
+        #: drain, undrain, cancel, requeue: for admin connections and the ui's admin token
+        self.operators = Operators(self.core, self.queries)
         self.accepting = True
         #: connections opened since start (schedd.runtime.serve_gc_settler)
         self.sessions_opened = 0

@@ -8,16 +8,16 @@ one of them; the principal is ``"token:<first 8 hex digits of sha256(token)>"``,
 token in logs without revealing it. Comparison is constant-time: both sides are hashed to
 SHA-256 digests of equal length and every configured digest is compared with
 :func:`hmac.compare_digest`, with no early exit, so timing reveals neither the token nor which
-entry matched.
+entry matched. A client presenting an ``[auth] admin_tokens`` token is authenticated as that
+token's principal whatever the client tokens are (with none configured, too), and its connection
+may run operator actions (:meth:`CoreHooks.is_admin`).
 """
 
 from __future__ import annotations
 
-import hmac
-
 from schedd.config import AuthSection
 from schedd.markers import hookimpl
-from schedd.principals import ANONYMOUS, principal_of_digest, token_digest, token_principal
+from schedd.principals import ANONYMOUS, TokenSet, token_principal
 
 __all__ = ["ANONYMOUS", "CoreHooks", "token_principal"]
 
@@ -29,9 +29,13 @@ class CoreHooks:
     ``core``."""
 
     def __init__(self, auth: AuthSection) -> None:
-        self._digests: dict[str, tuple[bytes, ...]] = {
-            role: tuple(token_digest(token) for token in auth.tokens_for(role)) for role in _ROLES
-        }
+        self._tokens: dict[str, TokenSet] = {role: TokenSet(auth.tokens_for(role))
+                                             for role in _ROLES}
+        self._admins = TokenSet(auth.admin_tokens)
+
+    def is_admin(self, role: str, token: str | None) -> bool:
+        """Whether a ``hello`` of ``role`` with ``token`` is an operator's (an admin token)."""
+        return role == "client" and self._admins.matches(token)
 
     @hookimpl(trylast=True)
     def schedd_node_pools(self, declared_pools: list[str]) -> list[str]:
@@ -43,19 +47,18 @@ class CoreHooks:
 
     @hookimpl(trylast=True)
     def schedd_authenticate(self, role: str, token: str | None) -> str | None:
-        if role not in self._digests:
+        if role not in self._tokens:
             return None
-        accepted = self._digests[role]
+        if token is not None and self.is_admin(role, token):
+            return token_principal(token)
+        accepted = self._tokens[role]
         if not accepted:
             return ANONYMOUS
-        if token is None:
+        if token is None or not accepted.matches(token):
             return None
-        presented = token_digest(token)
-        matched = False
-        for digest in accepted:
-            matched |= hmac.compare_digest(presented, digest)
-        return principal_of_digest(presented) if matched else None
+        return token_principal(token)
 
     def __repr__(self) -> str:
-        counts = {role: len(digests) for role, digests in self._digests.items()}
+        counts = {role: len(tokens) for role, tokens in self._tokens.items()}
+        counts["admin"] = len(self._admins)
         return f"<CoreHooks tokens={counts}>"

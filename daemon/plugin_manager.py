@@ -129,6 +129,12 @@ class PluginManager:
         self._pm.unregister(name=CORE_PLUGIN)
         self._pm.register(CoreHooks(auth), name=CORE_PLUGIN)
 
+    def is_admin(self, role: str, token: str | None) -> bool:
+        """Whether a ``hello`` is an operator's: a client with an ``[auth] admin_tokens`` token
+        (decided by the core alone, not by a hook)."""
+        core = self._pm.get_plugin(CORE_PLUGIN)
+        return isinstance(core, CoreHooks) and core.is_admin(role, token)
+
     @staticmethod
     def _table_errors_for_disabled(config: Config) -> list[str]:
         enabled = ", ".join(config.plugins) or "none"

@@ -9,8 +9,10 @@ checks ``[auth.node_id_patterns]`` against the tokens' principals) and authentic
 from __future__ import annotations
 
 import hashlib
+import hmac
+from collections.abc import Iterable
 
-__all__ = ["ANONYMOUS", "principal_of_digest", "token_digest", "token_principal"]
+__all__ = ["ANONYMOUS", "TokenSet", "principal_of_digest", "token_digest", "token_principal"]
 
 ANONYMOUS = "anonymous"
 
@@ -28,3 +30,27 @@ def principal_of_digest(digest: bytes) -> str:
 def token_principal(token: str) -> str:
     """The principal name of a token: ``token:`` and the first 8 hex digits of its SHA-256."""
     return principal_of_digest(token_digest(token))
+
+
+class TokenSet:
+    """Tokens compared in constant time: both sides are SHA-256 digests of equal length and
+    every entry is compared with :func:`hmac.compare_digest`, with no early exit, so timing
+    reveals neither a token nor which entry matched."""
+
+    __slots__ = ("_digests",)
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._digests = tuple(token_digest(token) for token in tokens)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def matches(self, token: str | None) -> bool:
+        """Whether ``token`` is one of the set (``None`` never is)."""
+        if token is None:
+            return False
+        presented = token_digest(token)
+        matched = False
+        for digest in self._digests:
+            matched |= hmac.compare_digest(presented, digest)
+        return matched

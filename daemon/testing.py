@@ -29,7 +29,16 @@ import orjson
 import trio
 
 import schedd.protocol as p
-from schedd.api import ConfigError, Corrections, Daemon, JobSpec, LocalNode, Queries, Submitted
+from schedd.api import (
+    ConfigError,
+    Corrections,
+    Daemon,
+    JobSpec,
+    LocalNode,
+    Operators,
+    Queries,
+    Submitted,
+)
 from schedd.transport.channel import Channel, ChannelClosed
 
 if TYPE_CHECKING:
@@ -113,6 +122,10 @@ class FakeDaemon(Daemon):
 
     @property
     def corrections(self) -> Corrections:
+        raise NotImplementedError("FakeDaemon has no store; use running_daemon")
+
+    @property
+    def operators(self) -> Operators:
         raise NotImplementedError("FakeDaemon has no store; use running_daemon")
 
     @property

@@ -10,7 +10,8 @@
 -- ARGV[2] principal asking, or '' (an operator)
 -- ARGV[3] job id
 -- ARGV[4] reason
--- returns {{'canceled' | the terminal state the job already had}, deliveries}
+-- returns {{'canceled' | the terminal state the job already had, '1' when this call cancelled
+--          it | '0'}, deliveries}
 -- errors  E_NO_JOB, E_NOT_YOURS
 CALLER = ARGV[1]
 local job_id = ARGV[3]
@@ -19,7 +20,7 @@ if not job then return err('E_NO_JOB', 'job ' .. job_id .. ' does not exist') en
 if ARGV[2] ~= '' and job.principal ~= ARGV[2] then
   return err('E_NOT_YOURS', 'job ' .. job_id .. ' belongs to another client')
 end
-if TERMINAL[job.state] then return {{job.state}, {}} end
+if TERMINAL[job.state] then return {{job.state, '0'}, {}} end
 local now = now_ms()
 local node_id = release(job_id, job)
 if node_id and node_id ~= '' then
@@ -29,4 +30,4 @@ end
 finish(job_id, job, 'canceled', {ok = 0, error = cjson.encode({code = 'E_CANCELED',
   message = ARGV[4]})}, now)
 if node_id and node_id ~= '' then feed_node(node_id, now) end
-return {{'canceled'}, LOCAL, EVENTS}
+return {{'canceled', '1'}, LOCAL, EVENTS}

@@ -7,7 +7,8 @@
 -- ARGV[2] node id
 -- ARGV[3] epoch the caller speaks for, or '' (an operator: any epoch)
 -- ARGV[4] reason
--- returns {{state, jobs still held}, deliveries}
+-- returns {{state, jobs still held, '1' when this call drained it | '0' (already draining)},
+--          deliveries}
 -- errors  E_NO_NODE, E_STALE_EPOCH, E_BAD_STATE (node is offline)
 CALLER = ARGV[1]
 local node_id = ARGV[2]
@@ -22,4 +23,5 @@ if node.state == 'online' then
   redis.call('HSET', KEYS[1], 'state', 'draining', 'reason', ARGV[4])
   deliver(node.owner, {'drain', node_id, ARGV[4]})
 end
-return {{'draining', redis.call('SCARD', K.node_jobs(node_id))}, LOCAL, EVENTS}
+return {{'draining', redis.call('SCARD', K.node_jobs(node_id)),
+  node.state == 'online' and '1' or '0'}, LOCAL, EVENTS}

@@ -20,7 +20,8 @@ from schedd.hookspecs import hookimpl
 from schedd.plugin_manager import PluginManager
 from schedd.protocol import Done, ErrorInfo, Job
 
-COMMANDS = ["run", "check-config", "nodes", "pools", "jobs", "job", "submit", "node"]
+COMMANDS = ["run", "check-config", "nodes", "pools", "jobs", "job", "submit", "node", "drain",
+            "undrain", "cancel", "requeue"]
 HINT = "(is the daemon running? start it with: schedd run)"
 
 

@@ -444,3 +444,35 @@ def test_connection_caps_and_the_handshake_throttle_are_validated(tmp_path: Path
     # a 10,000-node fleet fits, and a simulated one from one address with its clients
     assert limits.max_connections >= 20000
     assert limits.max_connections_per_address > 10000
+
+
+# --- admin tokens ------------------------------------------------------------------------------
+
+
+def test_admin_tokens_and_their_file(tmp_path: Path) -> None:
+    (tmp_path / "admin.tokens").write_text("# operators\nfile-admin-token-0123456789\n")
+    path = write(tmp_path, '[auth]\nclient_tokens = ["client-token"]\n'
+                 'admin_tokens = ["inline-admin-token-012345"]\n'
+                 'admin_token_file = "admin.tokens"\n')
+    config = load_config(path, NO_ENV)
+    assert config.auth.admin_tokens == ("inline-admin-token-012345", "file-admin-token-0123456789")
+    assert "admin-token" not in repr(config)
+
+
+def test_admin_tokens_too_short_or_shared_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[auth]\nadmin_tokens = ["short"]\n')
+    assert errors_of(path) == [
+        "$.auth.admin_tokens: item 0: an admin token needs at least 16 characters, got 5"]
+    path = write(tmp_path, '[auth]\nclient_tokens = ["shared-token-0123456789"]\n'
+                 'admin_tokens = ["shared-token-0123456789"]\n')
+    assert errors_of(path) == [
+        "$.auth.admin_tokens: item 0: an admin token must not also be a node or client token"]
+    (tmp_path / "node.tokens").write_text("node-token-0123456789\n")
+    (tmp_path / "admin.tokens").write_text("tiny\nnode-token-0123456789\n")
+    path = write(tmp_path, '[auth]\nnode_token_file = "node.tokens"\n'
+                 'admin_token_file = "admin.tokens"\n')
+    assert errors_of(path) == [
+        "$.auth.admin_token_file: item 0: an admin token needs at least 16 characters, got 4",
+        "$.auth.admin_token_file: item 1: an admin token must not also be a node or client "
+        "token",
+    ]

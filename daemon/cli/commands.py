@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import schedd.cli.admin as admin
 import schedd.cli.node as node
 import schedd.cli.queries as queries
 import schedd.cli.run as run
@@ -19,7 +20,7 @@ __all__ = ["BuiltinCommands", "add_builtin_commands"]
 
 def add_builtin_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add every built-in command to ``subparsers``."""
-    for group in (run, queries, submit, node, tools):
+    for group in (run, queries, submit, admin, node, tools):
         group.add_commands(subparsers)
 
 

@@ -19,6 +19,7 @@ from cattrs.errors import (
 
 from schedd.config.convert import _homogeneous_sequence, _name_variables, converter, error_lines
 from schedd.config.schema import PLUGIN_NAME_RE, SECTIONS, AuthSection, Config
+from schedd.config.validators import admin_token_problems
 from schedd.errors import ConfigError
 from schedd.principals import token_principal
 
@@ -184,12 +185,24 @@ def _with_token_files(config: Config, base: Path) -> tuple[Config, list[str]]:
     client, client_errors = _read_tokens(
         "client_token_file", auth.client_token_file, base, config.env_overrides
     )
+    admin, admin_errors = _read_tokens(
+        "admin_token_file", auth.admin_token_file, base, config.env_overrides
+    )
+    others = auth.node_tokens + node + auth.client_tokens + client
+    errors = node_errors + client_errors + admin_errors
+    for field, tokens in (("admin_tokens", auth.admin_tokens), ("admin_token_file", admin)):
+        problems = admin_token_problems(tokens, others)
+        errors += [_name_variables(f"$.auth.{field}: {problem}", config.env_overrides)
+                   for problem in problems]
+        if problems and tokens is admin:
+            admin = ()  # not to be accepted (the errors refuse the whole configuration)
     auth = attrs.evolve(
         auth,
         node_tokens=auth.node_tokens + node,
         client_tokens=auth.client_tokens + client,
+        admin_tokens=auth.admin_tokens + admin,
     )
-    errors = node_errors + client_errors + _unknown_node_principals(auth, config.env_overrides)
+    errors += _unknown_node_principals(auth, config.env_overrides)
     return attrs.evolve(config, auth=auth), errors
 
 

@@ -10,6 +10,7 @@ import attrs
 
 from schedd.config.validators import (
     _DURATION,
+    _admin_tokens,
     _at_least,
     _between,
     _greater_than,
@@ -153,8 +154,17 @@ class AuthSection:
     client_tokens: tuple[str, ...] = setting(
         (), "tokens accepted from clients", _non_empty_strings, shown=_hidden_tokens
     )
+    admin_tokens: tuple[str, ...] = setting(
+        (),
+        "tokens of operators (at least 16 characters, none a node or client token): a client "
+        "presenting one is authenticated as its principal and may also drain, undrain, cancel "
+        "and requeue (docs/operations.md); none: no operator actions over the wire",
+        _admin_tokens,
+        shown=_hidden_tokens,
+    )
     node_token_file: str = setting("", "file of node tokens: one per line, # comments")
     client_token_file: str = setting("", "file of client tokens: one per line, # comments")
+    admin_token_file: str = setting("", "file of admin tokens: one per line, # comments")
     node_id_patterns: Mapping[str, tuple[str, ...]] = setting(
         {},
         "principal (token:<8 hex>) -> globs of the node ids it may register; unlisted: any id",

@@ -91,6 +91,30 @@ def _non_empty_strings(_instance: Any, _attribute: attrs.Attribute[Any], value: 
             raise InvalidSetting(f"item {index}: a token must not be empty")
 
 
+#: the shortest admin token accepted (as the ui's tokens)
+MIN_ADMIN_TOKEN_LENGTH: Final = 16
+
+
+def admin_token_problems(tokens: tuple[str, ...], others: tuple[str, ...]) -> list[str]:
+    """What is wrong with admin tokens: too short, or also a node or client token (``others``),
+    which would give every holder of that token the operator's rights."""
+    problems = []
+    for index, token in enumerate(tokens):
+        if len(token.strip()) < MIN_ADMIN_TOKEN_LENGTH:
+            problems.append(f"item {index}: an admin token needs at least "
+                            f"{MIN_ADMIN_TOKEN_LENGTH} characters, got {len(token.strip())}")
+        elif token in others:
+            problems.append(f"item {index}: an admin token must not also be a node or client "
+                            "token")
+    return problems
+
+
+def _admin_tokens(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    problems = admin_token_problems(value, ())
+    if problems:
+        raise InvalidSetting("; ".join(problems))
+
+
 _TOKEN_PRINCIPAL_RE: Final = re.compile(r"^token:[0-9a-f]{8}$")
 _MAX_ID_LEN: Final = 200  # an id on the wire (docs/protocol.md)
 

@@ -192,13 +192,29 @@ class Core:
 
     async def drain_node(self, node_id: str, *, epoch: int | None = None, reason: str = "") -> int:
         """Stop new work for a node; returns how many jobs it still holds."""
-        _state, held = await self._call(
+        held, _changed = await self.drain_node_changed(node_id, epoch=epoch, reason=reason)
+        return held
+
+    async def drain_node_changed(
+        self, node_id: str, *, epoch: int | None = None, reason: str = ""
+    ) -> tuple[int, bool]:
+        """:meth:`drain_node`, also saying whether this call drained it (False: it already was).
+        ``epoch`` None: an operator, whatever registration is current."""
+        _state, held, changed = await self._call(
             "node_drain",
             [self.keys.node(node_id)],
             [node_id, "" if epoch is None else epoch, reason or "drain requested"],
         )
         log.info("node %s draining (%s jobs still running): %s", node_id, held, reason)
-        return int(held)
+        return int(held), _text(changed) == "1"
+
+    async def undrain_node(self, node_id: str, *, reason: str = "") -> bool:
+        """Lift a node's drain (an operator): it goes back into its pools and takes queued work;
+        its owner tells it ``undrain``. Returns False when the node was online already."""
+        _state, changed = await self._call(
+            "node_undrain", [self.keys.node(node_id)], [node_id, reason or "drain lifted"]
+        )
+        return _text(changed) == "1"
 
     async def node_offline(
         self, node_id: str, *, epoch: int, reason: str, owner: str | None = None
@@ -322,12 +338,30 @@ class Core:
     async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> str:
         """Cancel a job in any non-terminal state (``principal`` '' = operator); returns
         ``canceled``, or the terminal state of a job that had already finished (a no-op)."""
-        (state,) = await self._call(
+        state, _changed = await self.cancel_changed(job_id, principal=principal, reason=reason)
+        return state
+
+    async def cancel_changed(
+        self, job_id: str, *, principal: str = "", reason: str = ""
+    ) -> tuple[str, bool]:
+        """:meth:`cancel`, also saying whether this call cancelled the job."""
+        state, changed = await self._call(
             "job_cancel",
             [self.keys.job(job_id)],
             [principal, job_id, reason or "canceled"],
         )
-        return _text(state)
+        return _text(state), _text(changed) == "1"
+
+    async def requeue(self, job_id: str, *, reason: str = "") -> tuple[bool, str, int]:
+        """Put a failed, canceled or timed-out job back to work with a fresh attempt budget (an
+        operator). Returns (whether it was requeued, its state, its attempt): a job not finished
+        is left as it is (False). Raises :class:`~schedd.errors.InvalidState` for a job that
+        ended ``done``."""
+        status, state, attempt = await self._call(
+            "job_requeue", [self.keys.job(job_id)],
+            [job_id, reason or "requeued", self.settings.max_queued],
+        )
+        return _text(status) == "requeued", _text(state), int(attempt)
 
     async def follow(self, job_id: str, *, principal: str = "") -> Followed:
         """Route the job's progress and done to this instance."""

@@ -152,6 +152,8 @@ class CancelJob:
 class DrainNode:
     node_id: str
     reason: str
+    #: the drain is lifted (an operator's undrain): the node takes new jobs again
+    lifted: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -250,7 +252,7 @@ def decode_delivery(raw: bytes | str) -> Delivery:
     if kind == "cancel":
         return CancelJob(node_id=f[1], job_id=f[2], attempt=int(f[3]), reason=f[4])
     if kind == "drain":
-        return DrainNode(node_id=f[1], reason=f[2])
+        return DrainNode(node_id=f[1], reason=f[2], lifted=len(f) > 3 and bool(f[3]))
     if kind == "progress":
         return ProgressDelivery(job_id=f[1], attempt=int(f[2]), data_json=f[3],
                         principal=(f[4] or None) if len(f) > 4 else None)

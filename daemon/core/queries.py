@@ -223,6 +223,17 @@ class Queries:
             trace=h.get("trace", ""),
         )
 
+    async def job_states(self, job_ids: list[str]) -> dict[str, tuple[str, list[str]]]:
+        """(state, candidate pools) of each job that has a record, in one pipeline."""
+        replies = await self.store.execute_many(
+            [("HMGET", self.keys.job(job_id), "state", "pools") for job_id in job_ids]
+        )
+        return {
+            job_id: (_s(state), _json(_s(pools), []))
+            for job_id, (state, pools) in zip(job_ids, replies, strict=True)
+            if state is not None
+        }
+
     async def counts(self) -> dict[str, int]:
         """Jobs per current state (every state present) plus lifetime ``total:*`` counters."""
         h = _pairs(await self.store.execute("HGETALL", self.keys.counts))

@@ -13,6 +13,7 @@ from schedd.protocol.codec import (
     E_AUTH,
     E_BAD_FIELD,
     E_DETACHED,
+    E_FORBIDDEN,
     E_IDENTITY,
     E_INFLIGHT,
     E_INTERNAL,
@@ -30,9 +31,11 @@ from schedd.protocol.codec import (
 )
 from schedd.protocol.framing import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, encode_frame
 from schedd.protocol.messages import (
+    ADMIN_ACTIONS,
     CLIENT_SENDS,
     DAEMON_SENDS,
     JOB_STATES,
+    MAX_ADMIN_JOBS,
     MAX_CAPACITY,
     MAX_DEPTH,
     MAX_ID_LEN,
@@ -50,6 +53,8 @@ from schedd.protocol.messages import (
     TERMINAL_STATES,
     Accept,
     Accepted,
+    Acted,
+    Admin,
     Answer,
     Assign,
     Cancel,
@@ -79,6 +84,7 @@ from schedd.protocol.messages import (
     Submit,
     TerminalState,
     Unavailable,
+    Undrain,
     Welcome,
 )
 from schedd.protocol.tracecontext import (
@@ -89,6 +95,7 @@ from schedd.protocol.tracecontext import (
 )
 
 __all__ = [
+    "ADMIN_ACTIONS",
     "CLIENT_SENDS",
     "DAEMON_SENDS",
     "DEFAULT_MAX_FRAME",
@@ -96,6 +103,7 @@ __all__ = [
     "E_AUTH",
     "E_BAD_FIELD",
     "E_DETACHED",
+    "E_FORBIDDEN",
     "E_IDENTITY",
     "E_INFLIGHT",
     "E_INTERNAL",
@@ -109,6 +117,7 @@ __all__ = [
     "E_VERSION",
     "HEADER_SIZE",
     "JOB_STATES",
+    "MAX_ADMIN_JOBS",
     "MAX_CAPACITY",
     "MAX_DEPTH",
     "MAX_ID_LEN",
@@ -126,6 +135,8 @@ __all__ = [
     "TERMINAL_STATES",
     "Accept",
     "Accepted",
+    "Acted",
+    "Admin",
     "Answer",
     "Assign",
     "Cancel",
@@ -156,6 +167,7 @@ __all__ = [
     "Submit",
     "TerminalState",
     "Unavailable",
+    "Undrain",
     "Welcome",
     "decode",
     "encode",

@@ -61,6 +61,7 @@ __all__ = [
     "E_AUTH",
     "E_BAD_FIELD",
     "E_DETACHED",
+    "E_FORBIDDEN",
     "E_IDENTITY",
     "E_INFLIGHT",
     "E_INTERNAL",
@@ -90,6 +91,7 @@ E_IDENTITY: Final = "E_IDENTITY"
 E_RATE: Final = "E_RATE"
 E_INFLIGHT: Final = "E_INFLIGHT"
 E_DETACHED: Final = "E_DETACHED"
+E_FORBIDDEN: Final = "E_FORBIDDEN"
 E_UNAVAILABLE: Final = "E_UNAVAILABLE"
 E_SHUTTING_DOWN: Final = "E_SHUTTING_DOWN"
 E_INTERNAL: Final = "E_INTERNAL"
@@ -113,6 +115,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     E_INFLIGHT: "the connection has too many submitted jobs not yet done",
     E_DETACHED: "another connection of the principal followed the job (`follow` or a duplicate "
     "`submit`): the job's `progress` and `done` go there, not here",
+    E_FORBIDDEN: "an `admin` action from a connection whose `hello` token is not an admin "
+    "token; nothing was changed",
     E_UNAVAILABLE: "the daemon cannot reach its store right now; retry later",
     E_SHUTTING_DOWN: "the daemon is shutting down and accepts no new submits; use another instance",
     E_INTERNAL: "the daemon failed unexpectedly; the message may be retried",
@@ -128,8 +132,9 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
     "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
     "E_NOT_YOURS": "the job belongs to another principal",
-    "E_BAD_STATE": "the node is not in a state that allows this message (`drain` from a node "
-    "taken offline)",
+    "E_BAD_STATE": "the node or job is not in a state that allows this message (`drain` from a "
+    "node taken offline; an `admin` undrain of an offline node, requeue of a job that ended "
+    "`done`)",
     "E_BAD_ARG": "the daemon rejected an argument of the request (e.g. an unknown pool)",
 }
 

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import attrs
 
+from schedd.protocol.admin import ADMIN_ACTIONS, MAX_ADMIN_JOBS, Acted, Admin, Undrain
 from schedd.protocol.fields import (
     MAX_CAPACITY,
     MAX_DEPTH,
@@ -71,9 +72,11 @@ from schedd.protocol.fields import (
 )
 
 __all__ = [
+    "ADMIN_ACTIONS",
     "CLIENT_SENDS",
     "DAEMON_SENDS",
     "JOB_STATES",
+    "MAX_ADMIN_JOBS",
     "MAX_CAPACITY",
     "MAX_DEPTH",
     "MAX_ID_LEN",
@@ -91,6 +94,8 @@ __all__ = [
     "TERMINAL_STATES",
     "Accept",
     "Accepted",
+    "Acted",
+    "Admin",
     "Answer",
     "Assign",
     "Cancel",
@@ -120,6 +125,7 @@ __all__ = [
     "Submit",
     "TerminalState",
     "Unavailable",
+    "Undrain",
     "Welcome",
 ]
 
@@ -558,6 +564,9 @@ Message: TypeAlias = (
     | Follow
     | Query
     | Answer
+    | Admin
+    | Acted
+    | Undrain
     | Ping
     | Pong
 )

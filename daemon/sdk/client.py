@@ -51,6 +51,8 @@ from schedd.protocol import (
     E_SHUTTING_DOWN,
     E_UNAVAILABLE,
     Accepted,
+    Acted,
+    Admin,
     Answer,
     Cancel,
     Done,
@@ -384,6 +386,11 @@ class Client:
         """A global view from the daemon: ``nodes``, ``pools`` or ``stats`` (``answer.data``)."""
         answer = await self._request(Query(what=what), Answer)
         return answer.data
+
+    async def admin(self, action: str, **fields: Any) -> list[dict[str, Any]]:
+        """An operator action (``admin``, fields as docs/protocol.md gives them): its results.
+        Needs an admin token (else :class:`RequestFailed` ``E_FORBIDDEN``); idempotent."""
+        return (await self._request(Admin(action=action, **fields), Acted)).results
 
     async def _request(self, message: Message, expect: type[_M]) -> _M:
         # Every client request is idempotent (submits always carry a job_id), so a request cut

@@ -24,8 +24,9 @@ Rules of this module:
   runs, cancels that attempt's task; nothing more is sent about it. Job messages carry a ``ref``
   naming their attempt (``j<attempt>.<n>``) so an error is matched to the right attempt.
 - ``drain`` from the daemon is about this connection (the instance may be shutting down): the
-  node rejects new assigns ("draining") until it registers again. A drain the node asked for
-  (:meth:`Node.drain`) is asked again after every re-registration.
+  node rejects new assigns ("draining") until it registers again or ``undrain`` comes (an
+  operator lifted the drain). A drain the node asked for (:meth:`Node.drain`) is asked again
+  after every re-registration and after an ``undrain``.
 - A ``registered`` that answers no request means the daemon registered the node again on the
   same connection (its store had lost the registration): the node takes the new epoch and sends
   again its unavailable marks and unconfirmed results.
@@ -65,6 +66,7 @@ from schedd.protocol import (
     Result,
     RunningJob,
     Unavailable,
+    Undrain,
     encode,
 )
 from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
@@ -382,6 +384,11 @@ class Node:
             if not self.draining:
                 log.info("daemon %s drains this node: %s", link.url, message.reason)
             self.draining = True
+        elif isinstance(message, Undrain):
+            log.info("daemon %s lifted this node's drain: %s", link.url, message.reason)
+            self.draining = self._drain_requested
+            if self._drain_requested:  # the node still wants it: ask again
+                await link.send(Drain(reason="requested by the node"))
         elif isinstance(message, Error):
             await self._on_error(link, message)
         elif isinstance(message, Registered):

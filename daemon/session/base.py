@@ -24,6 +24,7 @@ from schedd.transport.channel import Channel
 if TYPE_CHECKING:
     from schedd.config import Config, LimitsSection
     from schedd.core import Core, HeartbeatBatcher, Queries
+    from schedd.operators import Operators
     from schedd.plugin_manager import PluginManager
     from schedd.routes import Router, Routes
 
@@ -88,6 +89,7 @@ class Host(Protocol):
     plugins: PluginManager
     core: Core
     queries: Queries
+    operators: Operators
     batcher: HeartbeatBatcher
     #: where each delivery goes: the node's connection, the job's follower
     router: Router[Any]
@@ -120,6 +122,8 @@ class SessionBase:
         self.protocol = 0
         #: this connection's entry in the clients view (``Core.client_open``), once listed
         self.listed: str | None = None
+        #: the hello's token is an admin token: the client may run operator actions
+        self.admin = False
         self.node_id: str | None = None
         self.epoch: int | None = None
         self.draining = False

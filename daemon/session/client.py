@@ -12,6 +12,7 @@ import trio
 import schedd.protocol as p
 from schedd.core import DoneDelivery, JobSpec, new_id
 from schedd.errors import StoreError
+from schedd.operators import MAX_REQUEUE, RequeueFilter
 from schedd.session.base import CloseConnection, SessionBase, checked_pools, log, log_job
 from schedd.session.deliveries import done_message, job_message
 from schedd.transport.channel import ChannelClosed
@@ -150,6 +151,22 @@ class ClientRole(SessionBase):
     async def _query(self, m: p.Query) -> None:
         data = await self.app.queries.answer(m.what, principal=self.principal)
         self.post(p.Answer(what=m.what, data=data, ref=m.ref))
+
+    async def _admin(self, m: p.Admin) -> None:
+        """An operator action: only for a connection whose hello token is an admin token."""
+        if not self.admin:
+            log.warning("refused admin %s from client %s %s: not an admin token", m.action,
+                        self.principal, self.peer)
+            self._error(p.E_FORBIDDEN, f"{m.action} is an operator action: connect with an "
+                        "[auth] admin_tokens token", ref=m.ref, job_id=m.job_id)
+            return
+        wanted = None
+        if m.action == "requeue" and m.job_id is None:
+            wanted = RequeueFilter(states=tuple(m.states) or ("failed",), pool=m.pool,
+                                   since=m.since, limit=m.limit or MAX_REQUEUE)
+        results = await self.app.operators.run(
+            m.action, m.node_id or m.job_id, wanted, who=f"{self.principal} ({self.peer})")
+        self.post(p.Acted(action=m.action, results=results, ref=m.ref))
 
     def detached(self, job_id: str) -> None:
         """Another connection of this principal followed the job: its deliveries go there."""

@@ -198,9 +198,12 @@ class Session(Handshake, NodeRole, ClientRole):
                     "%s: %s", delivery.job_id, delivery.attempt, delivery.node_id,
                     delivery.reason)
         elif isinstance(delivery, DrainNode):
-            if self.draining:
+            if delivery.lifted:
+                self.draining = False
+            elif self.draining:
                 return
-            self.draining = True
+            else:
+                self.draining = True
         message = wire_message(delivery)
         if message is not None:
             self.post(message)

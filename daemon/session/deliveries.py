@@ -34,6 +34,8 @@ def wire_message(delivery: Delivery) -> p.Message | None:
     if isinstance(delivery, CancelJob):
         return p.Cancel(job_id=delivery.job_id, attempt=delivery.attempt)
     if isinstance(delivery, DrainNode):
+        if delivery.lifted:
+            return p.Undrain(reason=delivery.reason or None)
         return p.Drain(reason=delivery.reason or None)
     return None
 

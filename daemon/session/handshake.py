@@ -42,6 +42,7 @@ HANDLERS: Final[Mapping[str, Mapping[str, str]]] = {
         "status": "_status",
         "follow": "_follow",
         "query": "_query",
+        "admin": "_admin",
     },
 }
 
@@ -86,6 +87,7 @@ class Handshake(SessionBase):
             raise CloseConnection
         self.role, self.principal, self.name = hello.role, principal, hello.name
         self.protocol = hello.version
+        self.admin = self.app.plugins.is_admin(hello.role, hello.token)
         self.app.session_started(self.session)
         self.post(p.Welcome(instance=self.app.instance, version=p.PROTOCOL_VERSION,
                             heartbeat_interval=self.app.config.nodes.heartbeat_interval,

@@ -4,14 +4,17 @@ Rules of this plugin:
 
 - **Settings** ``[plugins.ui]``: ``listen`` (default ``127.0.0.1:8780``; port 0 picks a free
   port), ``token`` or ``token_file`` (at most one; both empty: a token is generated at start),
+  ``admin_token`` or ``admin_token_file`` (the operator actions' token, distinct from ``token``;
+  both empty: no actions),
   ``refresh`` (seconds between dashboard updates), ``tls_cert``/``tls_key`` (both or neither:
   HTTPS) and ``metrics_label_limit``. See :class:`UiSettings`.
 - **Global view.** Every figure is read from Redis (``app.queries``), so every instance serves
   the same picture; only this instance's connections and listeners are local. See :mod:`.stats`.
-- **One token guards everything but** ``/healthz``. It is separate from the node and client
-  tokens of ``[auth]``. A generated token lives as long as the process and is logged once, in the
-  dashboard URL (at WARNING, so a new user sees it at any log level); a configured token is never
-  logged.
+- **One token guards everything but** ``/healthz`` and the operator actions (``POST
+  /api/admin/...``, :mod:`.admin`), which take the admin token only. It is separate from the
+  node and client tokens of ``[auth]``. A generated token lives as long as the process and is
+  logged once, in the dashboard URL (at WARNING, so a new user sees it at any log level); a
+  configured token is never logged.
 - **Listening beyond loopback** needs both ``app.check_listener`` (node and client tokens are
   configured; it is not asked about loopback, where its warning speaks of node and client
   connections, not of this server) and a configured ui token: a generated one changes at every
@@ -139,6 +142,17 @@ class UiSettings:
         "", "file holding the token: its first line that is not empty or a # comment",
         existing_file,
     )  # fmt: skip
+    admin_token: str = setting(
+        "",
+        "bearer token of the dashboard's operator actions (drain, undrain, cancel, requeue; at "
+        "least 16 characters, not the read-only token); empty: admin_token_file, else no actions",
+        _valid_token,
+        shown=_hidden,
+    )
+    admin_token_file: str = setting(
+        "", "file holding the admin token: its first line that is not empty or a # comment",
+        existing_file,
+    )  # fmt: skip
     refresh: float = setting(2.0, "seconds between dashboard updates", _between(0.2, 3600))
     tls_cert: str = setting("", TLS_CERT_DOC, existing_file)
     tls_key: str = setting("", TLS_KEY_DOC, existing_file)
@@ -160,6 +174,23 @@ class UiSettings:
                 raise InvalidSetting(f"cannot read token_file: {exc}") from None
             except InvalidSetting as exc:
                 raise InvalidSetting(f"token_file {self.token_file!r}: {exc}") from None
+        if self.admin_token and self.admin_token_file:
+            raise InvalidSetting("admin_token and admin_token_file are both set: set one of them")
+        admin = self.admin_token
+        if self.admin_token_file:
+            try:
+                admin = read_token_file(self.admin_token_file)
+                _valid_token(self, None, admin)
+            except OSError as exc:
+                raise InvalidSetting(f"cannot read admin_token_file: {exc}") from None
+            except InvalidSetting as exc:
+                raise InvalidSetting(f"admin_token_file {self.admin_token_file!r}: {exc}") from None
+        read = self.token
+        if self.token_file:
+            read = read_token_file(self.token_file)
+        if admin and admin == read:
+            raise InvalidSetting("the admin token is the read-only token: give operator actions "
+                                 "a token of their own")
 
 
 @hookimpl
@@ -172,6 +203,16 @@ def schedd_plugin_config() -> type:
 def schedd_services(app: Daemon) -> list[Service]:
     """The HTTP server."""
     return [serve]
+
+
+def _admin_token(settings: UiSettings) -> str:
+    """The admin token ('' when none: the ui offers no actions)."""
+    if settings.admin_token_file:
+        try:
+            return read_token_file(settings.admin_token_file)
+        except (OSError, InvalidSetting) as exc:
+            raise ConfigError([f"$.plugins.{PLUGIN_NAME}.admin_token_file: {exc}"]) from None
+    return settings.admin_token
 
 
 def _token(settings: UiSettings) -> tuple[str, bool]:
@@ -236,7 +277,8 @@ async def serve(
     for listener in listeners:
         await listener.aclose()
     application = UiApplication(
-        app, token, Dashboard.load(settings.refresh), settings.metrics_label_limit
+        app, token, Dashboard.load(settings.refresh), settings.metrics_label_limit,
+        _admin_token(settings),
     )
     config = _hypercorn_config(settings, fds)
     async with trio.open_nursery() as nursery:

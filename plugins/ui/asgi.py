@@ -4,8 +4,9 @@ Rules of this module:
 
 - **Routes** (GET and HEAD only; anything else is 405): ``/healthz`` (with the daemon's version
   and instance), ``/``, ``/metrics``, ``/api/v1/{nodes,pools,stats,instances,clients}`` and
-  ``/api/v1/jobs/<job id>`` (the id is the rest of
-  the path, percent-decoded, so ids holding ``/`` work when sent as ``%2F``).
+  ``/api/v1/jobs/<job id>`` (the id is the rest of the path, percent-decoded, so ids holding
+  ``/`` work when sent as ``%2F``). Operator actions (POST ``/api/admin/...``, the admin
+  token's) are :mod:`.admin`'s, before anything else here.
 - **Authentication** happens before routing, so without the token every path but ``/healthz``
   answers 401 (an unknown path too: nothing is revealed). The token comes from
   ``Authorization: Bearer <token>`` or else from the ``token`` query parameter, and is compared in
@@ -35,6 +36,7 @@ import orjson
 import trio
 
 from schedd.api import Daemon, StoreError
+from schedd.plugins.ui.admin import ADMIN_PREFIX, AdminApi
 from schedd.plugins.ui.metrics import SchedCollector, local_connections, new_registry, render
 from schedd.plugins.ui.stats import SnapshotReader, stats_view
 
@@ -113,10 +115,12 @@ class Dashboard:
         template = (static / "dashboard.html").read_text(encoding="utf-8")
         style = (static / "dashboard.css").read_text(encoding="utf-8")
         script = (static / "dashboard.js").read_text(encoding="utf-8")
+        actions = (static / "actions.js").read_text(encoding="utf-8")
         html = (
             template.replace("{{REFRESH}}", f"{refresh:g}")
             .replace("{{STYLE}}", style)
             .replace("{{SCRIPT}}", script)
+            .replace("{{ACTIONS}}", actions)
         )
 
         def digest(text: str) -> str:
@@ -124,7 +128,8 @@ class Dashboard:
 
         csp = (
             "default-src 'none'; "
-            f"style-src 'sha256-{digest(style)}'; script-src 'sha256-{digest(script)}'; "
+            f"style-src 'sha256-{digest(style)}'; "
+            f"script-src 'sha256-{digest(script)}' 'sha256-{digest(actions)}'; "
             "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'"
         )
@@ -134,9 +139,11 @@ class Dashboard:
 class UiApplication:
     """The ASGI callable served by hypercorn."""
 
-    def __init__(self, app: Daemon, token: str, dashboard: Dashboard, label_limit: int) -> None:
+    def __init__(self, app: Daemon, token: str, dashboard: Dashboard, label_limit: int,
+                 admin_token: str = "") -> None:
         self.app = app
         self._token = token.encode()
+        self.admin = AdminApi(app, admin_token, token)
         self._dashboard = dashboard
         self.reader = SnapshotReader(app)
         self.collector = SchedCollector(app, self.reader, label_limit)
@@ -157,6 +164,8 @@ class UiApplication:
         elif scope["type"] == "websocket":
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
+        elif scope["path"].startswith(ADMIN_PREFIX):
+            await self._send(scope, send, await self._guarded(self._admin, scope, receive))
         else:
             response = await self.respond(scope)
             await self._send(scope, send, response)
@@ -191,6 +200,10 @@ class UiApplication:
         except Exception:
             log.exception("ui: request failed")
             return error_response(500, "internal", "internal error (logged by the daemon)")
+
+    async def _admin(self, scope: Scope, receive: Receive) -> Response:
+        status, data, headers = await self.admin.respond(scope, receive)
+        return Response(status, orjson.dumps(data), headers=headers)
 
     # -- endpoints ---------------------------------------------------------------------------
 

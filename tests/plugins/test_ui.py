@@ -75,6 +75,7 @@ async def http(
     method: str = "GET",
     headers: Iterable[tuple[str, str]] = (),
     ssl_context: ssl.SSLContext | None = None,
+    body: bytes | None = None,
 ) -> HttpResponse:
     """One request on a fresh connection (``Connection: close``), read to the end."""
     host, _, port = url.split("://", 1)[1].rstrip("/").rpartition(":")
@@ -82,13 +83,15 @@ async def http(
     if token is not None:
         lines.append(f"Authorization: Bearer {token}")
     lines += [f"{name}: {value}" for name, value in headers]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
     with trio.fail_after(10):
         stream: trio.abc.Stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
         if ssl_context is not None:
             stream = trio.SSLStream(stream, ssl_context, server_hostname=host.strip("[]"),
                                     https_compatible=True)
         async with stream:
-            await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+            await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
             data = b""
             while chunk := await stream.receive_some(65536):
                 data += chunk

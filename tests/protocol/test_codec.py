@@ -213,6 +213,23 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Follow: st.builds(Follow, job_id=ids, ref=opt_ids),
     Ping: st.builds(Ping, ref=opt_ids),
     Pong: st.builds(Pong, ref=opt_ids),
+    schedd.protocol.Admin: st.one_of(
+        st.builds(schedd.protocol.Admin, action=st.sampled_from(["drain", "undrain"]),
+                  node_id=ids, ref=opt_ids),
+        st.builds(schedd.protocol.Admin, action=st.sampled_from(["cancel", "requeue"]),
+                  job_id=ids, ref=opt_ids),
+        st.builds(schedd.protocol.Admin, action=st.just("requeue"),
+                  states=st.lists(st.sampled_from(["failed", "canceled", "timed_out"]),
+                                  max_size=3),
+                  pool=st.none() | ids, since=st.none() | durations,
+                  limit=st.none() | st.integers(1, 100), ref=opt_ids),
+    ),
+    schedd.protocol.Acted: st.builds(
+        schedd.protocol.Acted, action=st.sampled_from(["drain", "undrain", "cancel", "requeue"]),
+        results=st.lists(st.dictionaries(short_ids, json_values, max_size=3), max_size=3),
+        ref=opt_ids,
+    ),
+    schedd.protocol.Undrain: st.builds(schedd.protocol.Undrain, reason=opt_texts, ref=opt_ids),
 }
 
 messages: st.SearchStrategy[Message] = st.one_of(*STRATEGIES.values())
@@ -282,6 +299,13 @@ EXAMPLES: dict[str, Message] = {
     "follow": Follow(job_id="j1", ref="f"),
     "query": Query(what="nodes", ref="q"),
     "answer": Answer(what="stats", data={"counts": {"done": 3}}, ref="q"),
+    "admin": schedd.protocol.Admin(action="requeue", states=["failed"], pool="gpu", since=600.0,
+                                   limit=10, ref="a1"),
+    "acted": schedd.protocol.Acted(
+        action="drain",
+        results=[{"node_id": "n1", "outcome": "drained", "state": "draining", "jobs": 2}],
+        ref="a1"),
+    "undrain": schedd.protocol.Undrain(reason="maintenance done"),
     "ping": Ping(ref="p1"),
     "pong": Pong(ref="p1"),
 }
@@ -628,7 +652,7 @@ def test_senders() -> None:
         "ping",
         "pong",
     } == NODE_SENDS
-    client = {"hello", "submit", "cancel", "status", "follow", "query", "ping", "pong"}
+    client = {"hello", "submit", "cancel", "status", "follow", "query", "admin", "ping", "pong"}
     assert client == CLIENT_SENDS
     assert "assign" in DAEMON_SENDS and "submit" not in DAEMON_SENDS
 
@@ -719,6 +743,7 @@ def test_error_codes_cover_every_code() -> None:
         "E_RATE",
         "E_INFLIGHT",
         "E_DETACHED",
+        "E_FORBIDDEN",
         "E_UNAVAILABLE",
         "E_SHUTTING_DOWN",
         "E_INTERNAL",
@@ -807,6 +832,12 @@ def test_public_api_is_pinned() -> None:
             "new_traceparent",
             "split_trace",
             "trace_id",
+            "ADMIN_ACTIONS",
+            "E_FORBIDDEN",
+            "MAX_ADMIN_JOBS",
+            "Acted",
+            "Admin",
+            "Undrain",
         ]
     )
     for name in schedd.protocol.__all__:

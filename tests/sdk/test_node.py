@@ -25,6 +25,7 @@ from schedd.protocol import (
     Result,
     RunningJob,
     Unavailable,
+    Undrain,
 )
 from schedd.sdk.client import RequestFailed
 from schedd.sdk.node import JobContext, JobError, Node
@@ -330,6 +331,32 @@ async def test_drain_from_daemon_rejects_new_assigns(
         await start_node(nursery, node)
         await finished.wait()
         assert node.draining
+
+
+async def test_undrain_from_daemon_takes_assigns_again(
+    daemon: FakeDaemon, nursery: trio.Nursery
+) -> None:
+    gate = Gate()
+    gate.release.set()
+    node = Node(daemon.url, gate, capacity=4)
+    with trio.fail_after(10):
+
+        async def script() -> None:
+            peer = await daemon.accept()
+            await register(peer)
+            await peer.send(Drain(reason="operator"))
+            await peer.send(assign("j1"))
+            assert (await peer.recv(Reject)).reason == "draining"
+            await peer.send(Undrain(reason="operator lifted it"))
+            await peer.send(assign("j2"))
+            assert (await peer.recv(Accept)).job_id == "j2"
+            finished.set()
+
+        finished = trio.Event()
+        nursery.start_soon(script)
+        await start_node(nursery, node)
+        await finished.wait()
+        assert not node.draining
 
 
 async def test_node_drain_request_and_unavailable(
