@@ -27,12 +27,16 @@ from schedd.core import (
     JOB_STATES,
     TERMINAL_STATES,
     FinishedJob,
+    JobFilter,
     JobInfo,
+    JobPage,
     JobSpec,
+    JobSummary,
     NodeInfo,
     PoolInfo,
     Queries,
     Submitted,
+    parse_time_bound,
 )
 from schedd.errors import (
     BadArgument,
@@ -46,7 +50,7 @@ from schedd.errors import (
     StoreError,
 )
 from schedd.markers import Service, hookimpl
-from schedd.protocol import MAX_ID_LEN, MAX_LIST, MAX_RUNNING, Cancel
+from schedd.protocol import MAX_ID_LEN, MAX_JOB_PAGE, MAX_LIST, MAX_RUNNING, Cancel, InvalidField
 from schedd.transport import (
     LISTEN_DOC,
     RECEIVE_SIZE,
@@ -79,6 +83,7 @@ __all__ = [
     "JOB_STATES",
     "LISTEN_DOC",
     "MAX_ID_LEN",
+    "MAX_JOB_PAGE",
     "MAX_LIST",
     "MAX_RUNNING",
     "RECEIVE_SIZE",
@@ -96,9 +101,13 @@ __all__ = [
     "Fenced",
     "FinishedJob",
     "HeadSplitter",
+    "InvalidField",
     "InvalidSetting",
+    "JobFilter",
     "JobInfo",
+    "JobPage",
     "JobSpec",
+    "JobSummary",
     "LocalNode",
     "NodeInfo",
     "NodeNotFound",
@@ -122,6 +131,7 @@ __all__ = [
     "hookimpl",
     "is_loopback",
     "parse_listen",
+    "parse_time_bound",
     "peer_address",
     "read_when_ready",
     "serve_transport",

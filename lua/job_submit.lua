@@ -111,7 +111,7 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
-  principal = ARGV[2],
+  principal = ARGV[2], t_sub = now_s,
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
@@ -130,6 +130,7 @@ end
 if ARGV[8] ~= '[]' then
   flat[n + 1], flat[n + 2] = 'services', ARGV[8]
 end
+index_submit(job_id, ARGV[2], now_s)
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)
 else

@@ -31,6 +31,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import attrs
@@ -76,6 +77,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ID_LEN",
     "MAX_INT",
+    "MAX_JOB_PAGE",
     "MAX_LIST",
     "MAX_MAPPING",
     "MAX_PRIORITY",
@@ -477,18 +479,72 @@ class Follow:
     ref: str | None = _ref()
 
 
-QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats"})
+QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats", "jobs"})
+MAX_JOB_PAGE: Final = 500
+"""Most jobs one ``answer`` to ``query`` ``jobs`` lists (``limit``)."""
+_JOB_FILTERS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")
+
+
+def _jobs_only(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and instance.what != "jobs":
+        raise InvalidField(attribute.name, "is a filter of what=jobs only")
+
+
+def _opt_state(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
+    _jobs_only(instance, attribute, value)
+    if value is not None:
+        _one_of(JOB_STATES)(instance, attribute, value)
+
+
+def _filter(check: Any) -> Any:
+    def both(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
+        _jobs_only(instance, attribute, value)
+        check(instance, attribute, value)
+
+    return both
+
+
+def _until(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
+    _jobs_only(instance, attribute, value)
+    _opt_int(0)(instance, attribute, value)
+    if value is not None and instance.since is not None and value <= instance.since:  # type: ignore[operator]
+        raise InvalidField(attribute.name, "must be later than since")
+
+
+def _cursor(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
+    _jobs_only(instance, attribute, value)
+    _opt_name(instance, attribute, value)
+    if isinstance(value, str) and not _CURSOR.match(value):
+        raise InvalidField(attribute.name, "is not a cursor an answer returned")
+
+
+_CURSOR: Final = re.compile(r"^\d{1,16}\.\d{1,16}$")
 
 
 @attrs.frozen(kw_only=True)
 class Query:
-    """A client asks for a global view (for the CLI); answered with ``answer``."""
+    """A client asks for a global view (for the CLI); answered with ``answer``. With
+    ``what="jobs"`` it lists the jobs of the connection's principal that match the filters,
+    newest submission first, a page at a time (``cursor`` from the answer continues it)."""
 
     TYPE: ClassVar[str] = "query"
     SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
 
     what: str = attrs.field(validator=_one_of(QUERY_SUBJECTS))
+    state: str | None = attrs.field(default=None, validator=_opt_state)
+    pool: str | None = attrs.field(default=None, validator=_filter(_opt_name))
+    principal: str | None = attrs.field(default=None, validator=_filter(_opt_name))
+    node: str | None = attrs.field(default=None, validator=_filter(_opt_name))
+    since: int | None = attrs.field(default=None, validator=_filter(_opt_int(0)))
+    until: int | None = attrs.field(default=None, validator=_until)
+    limit: int | None = attrs.field(default=None, validator=_filter(_opt_int(1, MAX_JOB_PAGE)))
+    cursor: str | None = attrs.field(default=None, validator=_cursor)
     ref: str | None = _ref()
+
+    def filters(self) -> dict[str, Any]:
+        """The job filters given (``what="jobs"``), by name."""
+        return {name: getattr(self, name) for name in _JOB_FILTERS
+                if getattr(self, name) is not None}
 
 
 @attrs.frozen(kw_only=True)
