@@ -43,7 +43,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception, transform_error
 
@@ -54,6 +54,7 @@ from schedd.protocol.messages import (
     Heartbeat,
     InvalidField,
     Message,
+    Query,
 )
 
 __all__ = [
@@ -246,8 +247,16 @@ _MAX_PROBLEMS: Final = 10
 _STRUCTURE: Final[dict[str, tuple[Callable[[Any, Any], Any], type[Any]]]] = {
     tag: (converter.get_structure_hook(cls), cls) for tag, cls in MESSAGE_TYPES.items()
 }
+# Fields a message leaves out when they hold their default, so that a peer that predates them
+# (and refuses unknown fields) still reads the message when they are not used.
+_OMITTED_WHEN_DEFAULT: Final[dict[type[Any], tuple[str, ...]]] = {
+    Query: ("state", "pool", "principal", "node", "since", "until", "limit", "cursor"),
+}
 _UNSTRUCTURE: Final[dict[type[Any], tuple[str, Callable[[Any], dict[str, Any]]]]] = {
-    cls: (tag, make_dict_unstructure_fn(cls, converter)) for tag, cls in MESSAGE_TYPES.items()
+    cls: (tag, make_dict_unstructure_fn(cls, converter, **{
+        name: override(omit_if_default=True) for name in _OMITTED_WHEN_DEFAULT.get(cls, ())
+    }))
+    for tag, cls in MESSAGE_TYPES.items()
 }
 
 
