@@ -252,11 +252,17 @@ _STRUCTURE: Final[dict[str, tuple[Callable[[Any, Any], Any], type[Any]]]] = {
 _OMITTED_WHEN_DEFAULT: Final[dict[type[Any], tuple[str, ...]]] = {
     Query: ("state", "pool", "principal", "node", "since", "until", "limit", "cursor"),
 }
-_UNSTRUCTURE: Final[dict[type[Any], tuple[str, Callable[[Any], dict[str, Any]]]]] = {
-    cls: (tag, make_dict_unstructure_fn(cls, converter, **{
+
+
+def _unstructure_fn(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    overrides: dict[str, Any] = {
         name: override(omit_if_default=True) for name in _OMITTED_WHEN_DEFAULT.get(cls, ())
-    }))
-    for tag, cls in MESSAGE_TYPES.items()
+    }
+    return make_dict_unstructure_fn(cls, converter, **overrides)
+
+
+_UNSTRUCTURE: Final[dict[type[Any], tuple[str, Callable[[Any], dict[str, Any]]]]] = {
+    cls: (tag, _unstructure_fn(cls)) for tag, cls in MESSAGE_TYPES.items()
 }
 
 
