@@ -146,6 +146,18 @@ def _json(text: str, default: Any) -> Any:
         return default
 
 
+_NOT_INDEXED = frozenset(JOB_STATES) - TERMINAL_STATES  # in jobs_in:active, checked per job
+
+
+def _chunk(needed: int, found: int, examined: int, exact: bool) -> int:
+    """How many index entries to read next for ``needed`` more jobs: that many when every entry
+    matches; else as many as the match rate so far predicts, with a margin (at least 32)."""
+    if exact:
+        return needed
+    rate = found / examined if examined else 0.5
+    return max(32, int(needed / max(rate, 1 / 64) * 1.25) + 1)
+
+
 def _attempts(h: dict[str, str], ended: list[str]) -> list[dict[str, Any]]:
     """A job's attempts: those that ended without a result as the scripts recorded them
     ([attempt, node, outcome, reason, t_asg, t_acc, t_end]), then its current or last attempt,
@@ -298,11 +310,14 @@ class Queries:
                 [("ZCOUNT", key, low, high) for key in candidates[1:]]
             )
             index = candidates[1 + min(range(len(sizes)), key=lambda i: int(sizes[i]))]
+        # the index answers the whole filter: every entry matches, read no more than a page
+        exact = f.pool is None and f.state not in _NOT_INDEXED and len(candidates) <= 2
         score, skip = (position.score, position.skip) if position is not None else (None, 0)
         found: list[JobSummary] = []
         examined = 0
         while examined < EXAMINE_BUDGET:
-            count = min(EXAMINE_BUDGET - examined, max(2 * (f.limit - len(found)), 64))
+            count = _chunk(f.limit - len(found), len(found), examined, exact)
+            count = min(EXAMINE_BUDGET - examined, count)
             flat = await self.store.execute(
                 "ZRANGE", index, high, low, "BYSCORE", "REV", "WITHSCORES", "LIMIT", skip, count
             )

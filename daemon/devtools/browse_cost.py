@@ -106,6 +106,7 @@ async def measure_page(store: Store, queries: Queries, name: str, pages: int) ->
         "round_trip_us_p50": round(statistics.median(trips)),
         "jobs_per_page": len(page.jobs),
         "examined_per_page": page.examined,
+        "redis_usec_per_examined": round(usec / pages / max(1, page.examined), 2),
     }
 
 

@@ -31,7 +31,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import attrs
@@ -55,13 +54,17 @@ from schedd.protocol.fields import (
     _json_object,
     _json_type,
     _labels,
+    _later_than,
     _name,
     _names,
     _one_of,
+    _only_for,
+    _opt_cursor,
     _opt_float,
     _opt_int,
     _opt_json_object,
     _opt_name,
+    _opt_one_of,
     _opt_text,
     _ref,
     _text,
@@ -483,42 +486,9 @@ QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats", "j
 MAX_JOB_PAGE: Final = 500
 """Most jobs one ``answer`` to ``query`` ``jobs`` lists (``limit``)."""
 _JOB_FILTERS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")
+_jobs_only = _only_for("jobs")
 
 
-def _jobs_only(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and instance.what != "jobs":
-        raise InvalidField(attribute.name, "is a filter of what=jobs only")
-
-
-def _opt_state(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
-    _jobs_only(instance, attribute, value)
-    if value is not None:
-        _one_of(JOB_STATES)(instance, attribute, value)
-
-
-def _filter(check: Any) -> Any:
-    def both(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
-        _jobs_only(instance, attribute, value)
-        check(instance, attribute, value)
-
-    return both
-
-
-def _until(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
-    _jobs_only(instance, attribute, value)
-    _opt_int(0)(instance, attribute, value)
-    if value is not None and instance.since is not None and value <= instance.since:  # type: ignore[operator]
-        raise InvalidField(attribute.name, "must be later than since")
-
-
-def _cursor(instance: Query, attribute: attrs.Attribute[Any], value: object) -> None:
-    _jobs_only(instance, attribute, value)
-    _opt_name(instance, attribute, value)
-    if isinstance(value, str) and not _CURSOR.match(value):
-        raise InvalidField(attribute.name, "is not a cursor an answer returned")
-
-
-_CURSOR: Final = re.compile(r"^\d{1,16}\.\d{1,16}$")
 
 
 @attrs.frozen(kw_only=True)
@@ -531,14 +501,14 @@ class Query:
     SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
 
     what: str = attrs.field(validator=_one_of(QUERY_SUBJECTS))
-    state: str | None = attrs.field(default=None, validator=_opt_state)
-    pool: str | None = attrs.field(default=None, validator=_filter(_opt_name))
-    principal: str | None = attrs.field(default=None, validator=_filter(_opt_name))
-    node: str | None = attrs.field(default=None, validator=_filter(_opt_name))
-    since: int | None = attrs.field(default=None, validator=_filter(_opt_int(0)))
-    until: int | None = attrs.field(default=None, validator=_until)
-    limit: int | None = attrs.field(default=None, validator=_filter(_opt_int(1, MAX_JOB_PAGE)))
-    cursor: str | None = attrs.field(default=None, validator=_cursor)
+    state: str | None = attrs.field(default=None, validator=_jobs_only(_opt_one_of(JOB_STATES)))
+    pool: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
+    principal: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
+    node: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
+    since: int | None = attrs.field(default=None, validator=_jobs_only(_opt_int(0)))
+    until: int | None = attrs.field(default=None, validator=_jobs_only(_later_than("since")))
+    limit: int | None = attrs.field(default=None, validator=_jobs_only(_opt_int(1, MAX_JOB_PAGE)))
+    cursor: str | None = attrs.field(default=None, validator=_jobs_only(_opt_cursor))
     ref: str | None = _ref()
 
     def filters(self) -> dict[str, Any]:
