@@ -4,7 +4,7 @@ at 1,000,000 retained jobs.
 Rules of this module:
 
 * Parameters: ``SCALES[scale]["BROWSE"]`` in :mod:`schedd.devtools.bench.scenarios` (``sizes``:
-  the namespace sizes, ``pages``: the pages read per query and size).
+  the namespace sizes, ``pages``: the pages read per round, ``rounds``, ``settle``).
 * A throw-away redis-server per run. For each size the namespace is emptied and filled with that
   many finished jobs in the shape the scripts leave them (the job hash with the fields
   ``job_submit``, ``assign`` and ``finish`` write, a 10-byte payload and output; the browsing
@@ -12,9 +12,12 @@ Rules of this module:
   writes: 5 % failed (10 in every 200), the rest done, over 10 principals, 100 nodes and 10
   pools, submitted one
   every ``DAY_MS / size`` ms over the last day.
-* Each query reads ``pages`` first pages through :meth:`schedd.core.Queries.list_jobs`. Its
-  Redis time is the ``usec`` of ``INFO commandstats`` (reset before) over every command the
-  pages sent, per page; its round trip is measured around each call, the median reported.
+* ``settle`` seconds after a fill (Redis grows its main table incrementally, which slows every
+  lookup meanwhile), each query reads its first page ``pages`` times through
+  :meth:`schedd.core.Queries.list_jobs`, in ``rounds`` rounds. A round's Redis time is the
+  ``usec`` of ``INFO commandstats`` (reset before it) over every command its pages sent, per
+  page; the median round is reported, with every round's. The round trip is measured around
+  each call, the median reported.
 * The claim is bounded reads: a page costs the same Redis time whatever the namespace holds.
   Sorted-set reads are O(log N), so the largest namespace may cost a few percent more.
 """
@@ -26,6 +29,7 @@ import time
 from typing import Any, Final
 
 import orjson
+import trio
 
 from schedd.core import JobFilter, Queries
 from schedd.devtools.redis_process import RedisServer, command_stats
@@ -84,33 +88,38 @@ async def fill(store: Store, keys: Keys, size: int, now_ms: int) -> None:
         await store.execute_many(commands)
 
 
-async def measure_page(store: Store, queries: Queries, name: str, pages: int) -> dict[str, Any]:
-    """The Redis time and round trip of one page of query ``name``, over ``pages`` pages."""
+async def measure_page(
+    store: Store, queries: Queries, name: str, pages: int, rounds: int
+) -> dict[str, Any]:
+    """The Redis time and round trip of one page of query ``name``: ``rounds`` rounds of
+    ``pages`` pages, the median round's Redis time per page."""
     job_filter = JobFilter(**QUERIES[name])
-    await queries.list_jobs(job_filter)  # warm: the first call's connection and code paths
-    await store.execute("CONFIG", "RESETSTAT")
-    trips = []
-    page = None
-    for _ in range(pages):
-        started = time.perf_counter()
-        page = await queries.list_jobs(job_filter)
-        trips.append((time.perf_counter() - started) * 1e6)
-    stats = command_stats(await store.execute("INFO", "commandstats"))
-    stats.pop("config", None)
-    usec = sum(s["usec"] for s in stats.values())
-    calls = sum(s["calls"] for s in stats.values())
-    assert page is not None
+    page = await queries.list_jobs(job_filter)  # warm: the connection and the code paths
+    per_page, commands, trips = [], [], []
+    for _ in range(rounds):
+        await store.execute("CONFIG", "RESETSTAT")
+        for _ in range(pages):
+            started = time.perf_counter()
+            page = await queries.list_jobs(job_filter)
+            trips.append((time.perf_counter() - started) * 1e6)
+        stats = command_stats(await store.execute("INFO", "commandstats"))
+        stats = {k: v for k, v in stats.items() if not k.startswith("config")}
+        per_page.append(sum(s["usec"] for s in stats.values()) / pages)
+        commands.append(sum(s["calls"] for s in stats.values()) / pages)
+    usec = statistics.median(per_page)
     return {
-        "redis_usec_per_page": round(usec / pages, 1),
-        "commands_per_page": round(calls / pages, 1),
+        "redis_usec_per_page": round(usec, 1),
+        "redis_usec_per_page_rounds": [round(u, 1) for u in per_page],
+        "commands_per_page": round(statistics.median(commands), 1),
         "round_trip_us_p50": round(statistics.median(trips)),
         "jobs_per_page": len(page.jobs),
         "examined_per_page": page.examined,
-        "redis_usec_per_examined": round(usec / pages / max(1, page.examined), 2),
+        "redis_usec_per_examined": round(usec / max(1, page.examined), 2),
     }
 
 
-async def run(sizes: list[int], pages: int, say: Any = print) -> dict[str, Any]:
+async def run(sizes: list[int], pages: int, rounds: int, settle: float,
+              say: Any = print) -> dict[str, Any]:
     """For each size, fill a fresh namespace and measure every query of :data:`QUERIES`."""
     keys = Keys("bench")
     rows: dict[str, Any] = {}
@@ -123,11 +132,13 @@ async def run(sizes: list[int], pages: int, say: Any = print) -> dict[str, Any]:
                 await fill(store, keys, size, int(time.time() * 1000))
                 say(f"  BROWSE: {size:,} finished jobs written in "
                     f"{time.perf_counter() - started:.1f} s")
-                row = {name: await measure_page(store, queries, name, pages) for name in QUERIES}
+                await trio.sleep(settle)
+                row = {name: await measure_page(store, queries, name, pages, rounds)
+                       for name in QUERIES}
                 rows[str(size)] = row
                 say(f"  BROWSE: {size:,} jobs: " + ", ".join(
                     f"{name} {r['redis_usec_per_page']} us" for name, r in row.items()))
-    return {"sizes": sizes, "pages": pages, "by_size": rows}
+    return {"sizes": sizes, "pages": pages, "rounds": rounds, "by_size": rows}
 
 
 def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
