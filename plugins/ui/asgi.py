@@ -53,7 +53,7 @@ JOB_PREFIX: Final = API_PREFIX + "jobs/"
 JOB_PARAMS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")
 """The filters of ``/api/v1/jobs``; ``since`` and ``until`` take unix ms or a duration before
 now (``10m``), an empty value is no filter."""
-SCRIPTS: Final = ("dashboard.js", "jobs.js")
+SCRIPTS: Final = ("common.js", "dashboard.js", "jobs.js")
 """The dashboard's scripts, inlined in this order into its one ``<script>`` element."""
 HEALTH_TIMEOUT: Final = 2.0
 JSON_TYPE: Final = "application/json"

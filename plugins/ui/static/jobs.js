@@ -8,34 +8,11 @@
 (() => {
   "use strict";
 
-  const SVG = "http://www.w3.org/2000/svg";
   const FILTERS = ["state", "pool", "principal", "node", "since"];
-  const token = new URLSearchParams(location.search).get("token") || "";
+  const { el, svg, get } = scheddUi;
   const $ = (id) => document.getElementById(id);
   let cursor = null; // the next page of the table shown, or null
   let filters = {};
-
-  function el(tag, attrs, text) {
-    const node = document.createElement(tag);
-    if (attrs) for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG, tag);
-    if (attrs) for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = String(text);
-    return node;
-  }
-
-  async function get(path) {
-    const response = await fetch(path, { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
-    let body = null;
-    try { body = await response.json(); } catch (_) { /* not our JSON */ }
-    if (!response.ok) throw new Error(body && body.error ? body.error.message : `HTTP ${response.status}`);
-    return body;
-  }
 
   function stamp(ms) {
     if (!ms) return "–";
