@@ -149,13 +149,17 @@ def _json(text: str, default: Any) -> Any:
 _NOT_INDEXED = frozenset(JOB_STATES) - TERMINAL_STATES  # in jobs_in:active, checked per job
 
 
-def _chunk(needed: int, found: int, examined: int, exact: bool) -> int:
+def _chunk(needed: int, found: int, examined: int, last: int, exact: bool) -> int:
     """How many index entries to read next for ``needed`` more jobs: that many when every entry
-    matches; else as many as the match rate so far predicts, with a margin (at least 32)."""
+    matches; else as many as the match rate so far predicts with a margin, at least 32 and at
+    most twice the last read (so what a page reads past its last match stays below what it
+    used)."""
     if exact:
         return needed
-    rate = found / examined if examined else 0.5
-    return max(32, int(needed / max(rate, 1 / 64) * 1.25) + 1)
+    if not examined:
+        return max(32, 2 * needed)
+    predicted = int(needed * examined / found * 1.2) + 1 if found else 2 * last
+    return max(32, min(predicted, 2 * last))
 
 
 def _attempts(h: dict[str, str], ended: list[str]) -> list[dict[str, Any]]:
@@ -315,8 +319,9 @@ class Queries:
         score, skip = (position.score, position.skip) if position is not None else (None, 0)
         found: list[JobSummary] = []
         examined = 0
+        count = 0
         while examined < EXAMINE_BUDGET:
-            count = _chunk(f.limit - len(found), len(found), examined, exact)
+            count = _chunk(f.limit - len(found), len(found), examined, count, exact)
             count = min(EXAMINE_BUDGET - examined, count)
             flat = await self.store.execute(
                 "ZRANGE", index, high, low, "BYSCORE", "REV", "WITHSCORES", "LIMIT", skip, count
