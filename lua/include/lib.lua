@@ -287,7 +287,7 @@ end
 -- attempt on the node. They are written when a job is accepted (index_submit), when an attempt
 -- is assigned (assign) and when the job ends (finish), never on other transitions; the job's
 -- removal (index_forget, at gc) takes it out of every one, so they hold the retained jobs only.
--- A script that moves a terminal job back to a non-terminal state must move its jobs_in entry.
+-- A script that moves a terminal job back to a non-terminal state calls index_reopen.
 local function index_submit(job_id, principal, t_sub_s)
   redis.call('ZADD', K.jobs(), t_sub_s, job_id)
   redis.call('ZADD', K.jobs_of(principal), t_sub_s, job_id)
@@ -299,6 +299,13 @@ local function job_t_sub(job_id, job)
   local t = job.t_sub
   if not t or t == '' then t = redis.call('HGET', K.job(job_id), 't_sub') or '0' end
   return t
+end
+
+-- A terminal job goes back to a non-terminal state (its script writes the state): its jobs_in
+-- entry moves from the state it had (job.state, as read) back to 'active'.
+local function index_reopen(job_id, job)
+  redis.call('ZREM', K.jobs_in(job.state), job_id)
+  redis.call('ZADD', K.jobs_in('active'), job_t_sub(job_id, job), job_id)
 end
 
 -- job: its state, principal and node as stored. The attempts list and the tried set still
