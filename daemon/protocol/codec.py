@@ -128,7 +128,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_WRONG_OWNER": "another daemon instance now holds this node's connection",
     "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
     "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
-    "E_NOT_YOURS": "the job belongs to another principal",
+    "E_NOT_YOURS": "the job belongs to another principal; or a `query` `jobs` names another "
+                   "principal than the connection's",
     "E_BAD_STATE": "the node is not in a state that allows this message (`drain` from a node "
     "taken offline)",
     "E_BAD_ARG": "the daemon rejected an argument of the request (e.g. an unknown pool)",
