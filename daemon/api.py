@@ -28,12 +28,16 @@ from schedd.core import (
     TERMINAL_STATES,
     ClientInfo,
     FinishedJob,
+    JobFilter,
     JobInfo,
+    JobPage,
     JobSpec,
+    JobSummary,
     NodeInfo,
     PoolInfo,
     Queries,
     Submitted,
+    parse_time_bound,
 )
 from schedd.errors import (
     BadArgument,
@@ -48,7 +52,7 @@ from schedd.errors import (
 )
 from schedd.markers import Service, hookimpl
 from schedd.operators import MAX_REQUEUE, REQUEUE_STATES, Operators, RequeueFilter
-from schedd.protocol import MAX_ID_LEN, MAX_LIST, MAX_RUNNING, Cancel
+from schedd.protocol import MAX_ID_LEN, MAX_JOB_PAGE, MAX_LIST, MAX_RUNNING, Cancel, InvalidField
 from schedd.transport import (
     LISTEN_DOC,
     RECEIVE_SIZE,
@@ -81,6 +85,7 @@ __all__ = [
     "JOB_STATES",
     "LISTEN_DOC",
     "MAX_ID_LEN",
+    "MAX_JOB_PAGE",
     "MAX_LIST",
     "MAX_REQUEUE",
     "MAX_RUNNING",
@@ -101,9 +106,13 @@ __all__ = [
     "Fenced",
     "FinishedJob",
     "HeadSplitter",
+    "InvalidField",
     "InvalidSetting",
+    "JobFilter",
     "JobInfo",
+    "JobPage",
     "JobSpec",
+    "JobSummary",
     "LocalNode",
     "NodeInfo",
     "NodeNotFound",
@@ -129,6 +138,7 @@ __all__ = [
     "hookimpl",
     "is_loopback",
     "parse_listen",
+    "parse_time_bound",
     "peer_address",
     "read_when_ready",
     "serve_transport",

@@ -25,8 +25,9 @@ from typing import Any, Final
 
 import attrs
 
-from schedd.core import Core, Queries
+from schedd.core import Core, JobFilter, Queries
 from schedd.errors import BadArgument, ScriptError
+from schedd.protocol import MAX_JOB_PAGE
 from schedd.protocol.admin import MAX_ADMIN_JOBS
 from schedd.protocol.admin import REQUEUE_STATES as _STATES
 
@@ -47,7 +48,7 @@ ACTIONS: Final = ("drain", "undrain", "cancel", "requeue")  # protocol.ADMIN_ACT
 MAX_REQUEUE: Final = MAX_ADMIN_JOBS
 #: the states a requeue takes a job back from (a ``done`` job succeeded: it is not requeued)
 REQUEUE_STATES: Final = tuple(sorted(_STATES))
-#: how many recent completions a requeue by filter looks through
+#: how many entries of each wanted state's browsing index a requeue by filter looks through
 CANDIDATE_WINDOW: Final = 2000
 
 Result = dict[str, Any]
@@ -88,30 +89,30 @@ class RequeueFilter:
 
 
 async def requeue_candidates(queries: Queries, wanted: RequeueFilter, now_ms: int) -> list[str]:
-    """The ids of the jobs ``wanted`` names, newest first: read from the most recent
-    completions (a bounded window), each checked against its record as it is now (its state,
-    its pools). The one place that chooses candidates."""
+    """The ids of the jobs ``wanted`` names, newest submission first: read from the browsing
+    index of each wanted state (pages of :meth:`Queries.list_jobs`, at most
+    :data:`CANDIDATE_WINDOW` entries looked at per state), each checked against its record as
+    it is now. The one place that chooses candidates."""
     oldest = None if wanted.since is None else now_ms - round(wanted.since * 1000)
-    ids: list[str] = []
-    seen: set[str] = set()
-    for entry in await queries.recent_finished(CANDIDATE_WINDOW):
-        if oldest is not None and entry.finished_ms < oldest:
-            break  # newest first: the rest is older
-        if entry.job_id in seen or entry.state not in wanted.states:
-            continue
-        seen.add(entry.job_id)
-        ids.append(entry.job_id)
-    if not ids:
-        return []
-    current = await queries.job_states(ids)
-    out = []
-    for job_id in ids:
-        state, pools = current.get(job_id, ("", []))
-        if state in wanted.states and (wanted.pool is None or wanted.pool in pools):
-            out.append(job_id)
-            if len(out) == wanted.limit:
+    found: list[tuple[int, str]] = []
+    for state in wanted.states:
+        cursor: str | None = None
+        examined = 0
+        matched = 0
+        while examined < CANDIDATE_WINDOW and matched < wanted.limit:
+            page = await queries.list_jobs(
+                JobFilter(state=state, pool=wanted.pool, limit=MAX_JOB_PAGE, cursor=cursor)
+            )
+            examined += max(page.examined, 1)
+            for job in page.jobs:
+                if oldest is None or job.finished_ms >= oldest:
+                    found.append((job.submitted_ms, job.job_id))
+                    matched += 1
+            if page.cursor is None:
                 break
-    return out
+            cursor = page.cursor
+    found.sort(reverse=True)
+    return [job_id for _submitted, job_id in found[: wanted.limit]]
 
 
 def _refusal(exc: ScriptError) -> Result:

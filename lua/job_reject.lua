@@ -17,6 +17,6 @@ local job_id, node_id = ARGV[2], ARGV[3]
 local job, e = fenced_job(job_id, node_id, ARGV[4])
 if e then return e end
 local now = now_ms()
-retry(job_id, job, 'rejected by ' .. node_id .. ': ' .. ARGV[5], now)
+retry(job_id, job, 'rejected by ' .. node_id .. ': ' .. ARGV[5], now, 'rejected')
 feed_node(node_id, now)
 return {{job.state}, LOCAL, EVENTS}

@@ -9,7 +9,8 @@
 --   client gets the new done by following the job (job_follow moves them to its instance).
 -- KEYS[1] job hash                  K.job(job_id)
 -- derived: tried set, pools, pools index and its charges, liveness, heartbeat loads, node
---          hashes/jobs/unavail, queues, deadlines, session, gc, counts, exclusions, inboxes
+--          hashes/jobs/unavail, queues, deadlines, session, gc, counts, exclusions, inboxes,
+--          browsing indices (the job's state index; the node index of each node it ran on)
 -- ARGV[1] caller instance
 -- ARGV[2] job id
 -- ARGV[3] reason (kept in the job's 'reason')
@@ -40,7 +41,14 @@ end
 local budget = job.budget or job.max_attempts
 local max_s = int_s(attempt + tonumber(budget))
 redis.call('ZREM', K.gc(), 'j:' .. job_id)
+-- the nodes that failed it are forgiven: the browsing index of each forgets the job with them
+-- (removal at retention finds a job's nodes in its tried set and its last node only)
+for _, node_id in ipairs(redis.call('SMEMBERS', K.job_tried(job_id))) do
+  redis.call('ZREM', K.jobs_on(node_id), job_id)
+end
+if job.node and job.node ~= '' then redis.call('ZREM', K.jobs_on(job.node), job_id) end
 redis.call('DEL', K.job_tried(job_id))
+index_reopen(job_id, job)
 redis.call('HDEL', jkey, 'ok', 'output', 'error', 't_fin', 't_acc')
 redis.call('HSET', jkey, 'max_attempts', max_s, 'budget', budget, 'reason', ARGV[3], 'client',
   CALLER)

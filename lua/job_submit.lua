@@ -114,7 +114,7 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
-  principal = ARGV[2], trace = ARGV[18] or '',
+  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s,
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
@@ -137,6 +137,7 @@ end
 if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
 end
+index_submit(job_id, ARGV[2], now_s)
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)
 else

@@ -70,7 +70,7 @@ for _, job_id in ipairs(due) do
     local what = job.state == 'assigned' and 'ack' or 'run'
     local owner = redis.call('HGET', K.node(node_id), 'owner')
     deliver(owner, {'cancel', node_id, job_id, tonumber(job.attempt), what .. ' deadline missed'})
-    retry(job_id, job, what .. ' deadline missed on node ' .. node_id, now)
+    retry(job_id, job, what .. ' deadline missed on node ' .. node_id, now, 'timed_out')
     feed_node(node_id, now)
   end
 end
@@ -79,10 +79,11 @@ local old = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE', 'LIMIT', 0, ba
 for _, member in ipairs(old) do
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'j' then
-    local state = redis.call('HGET', K.job(id), 'state')
-    if state and TERMINAL[state] then
-      redis.call('HINCRBY', K.counts(), state, -1)
-      redis.call('DEL', K.job(id), K.job_tried(id))
+    local job = hmget(K.job(id), {'state', 'principal', 'node'})
+    if job and TERMINAL[job.state] then
+      redis.call('HINCRBY', K.counts(), job.state, -1)
+      index_forget(id, job)
+      redis.call('DEL', K.job(id), K.job_tried(id), K.job_attempts(id))
     end
   else
     if redis.call('HGET', K.node(id), 'state') == 'offline' then

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+import trio
 
 from schedd import errors
-from schedd.core import AssignDelivery, CancelJob, DoneDelivery, DrainNode, Queries
+from schedd.core import AssignDelivery, CancelJob, DoneDelivery, DrainNode, JobFilter, Queries
 from schedd.operators import MAX_REQUEUE, Operators, RequeueFilter, requeue_candidates
 from schedd.store.base import Store
 from tests.core.helpers import Recorder, make_core, spec
@@ -212,3 +213,26 @@ async def test_run_dispatches_by_name(store: Store) -> None:
         await ops.run("undrain", None, None, who="a")
     with pytest.raises(errors.BadArgument, match="unknown action"):
         await ops.run("explode", "n1", None, who="a")
+
+
+async def test_requeue_moves_the_job_in_the_browsing_indices(store: Store) -> None:
+    core, _rec = await make_core(store, "A", retention=0.05)
+    queries = Queries(store, core.keys)
+    ops = Operators(core, queries)
+    k = core.keys
+    job_id = await _failed_job(ops)  # failed on node f-p
+    assert [j.job_id for j in (await queries.list_jobs(JobFilter(state="failed"))).jobs] == [job_id]
+    await ops.requeue(job_id, who="admin")
+    assert (await queries.list_jobs(JobFilter(state="failed"))).jobs == []
+    assert [j.job_id for j in (await queries.list_jobs(JobFilter(state="queued"))).jobs] == [job_id]
+    # the node that failed it is forgiven, and its index forgets the job with it
+    assert await store.execute("ZSCORE", k.jobs_on("f-p"), job_id) is None
+    await core.register_node(node_id="n2", capacity=1, pools=["p"])
+    state, _ = await core.result(job_id, node_id="n2", attempt=2, ok=True)
+    assert state == "done"
+    assert [j.job_id for j in (await queries.list_jobs(JobFilter(state="done"))).jobs] == [job_id]
+    await trio.sleep(0.1)
+    assert (await core.reap())[2] == 1  # removed at retention: no index keeps it
+    keys = [k.jobs, k.jobs_of("alice"), k.jobs_in("done"), k.jobs_in("failed"),
+            k.jobs_in("active"), k.jobs_on("f-p"), k.jobs_on("n2")]
+    assert [await store.execute("EXISTS", key) for key in keys] == [0] * len(keys)

@@ -67,11 +67,11 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "requeue", cmd_requeue, "run failed jobs again (operator)",
         f"""
         Put finished jobs back to work with as many attempts again as they were given: the
-        JOBs named, or, with no JOB, the most recently finished ones matching the filter
+        JOBs named, or, with no JOB, the newest ones matching the filter
         (--state, default failed; --pool; --since), newest first, at most --limit (1 to
         {MAX_ADMIN_JOBS} per call; a larger limit is refused). A job that is queued or
-        running is left as it is; one that ended done is refused. Filters look through the
-        2,000 most recent finished jobs.{_TOKEN_NOTE}
+        running is left as it is; one that ended done is refused. Filters look through at
+        most 2,000 jobs of each state, newest submission first.{_TOKEN_NOTE}
         """,
         [
             "schedd requeue j-42 j-43 --token $ADMIN_TOKEN",

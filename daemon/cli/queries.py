@@ -12,7 +12,16 @@ import attrs
 import trio
 
 import schedd.cli.client as cli_client
-from schedd.cli.base import EXIT_OK, QUERY_TIMEOUT, _client_parent, _command_adder, _json_parent
+from schedd.cli.base import (
+    EXIT_OK,
+    QUERY_TIMEOUT,
+    CommandError,
+    _client_parent,
+    _command_adder,
+    _json_parent,
+)
+from schedd.core.browse import DEFAULT_JOB_PAGE, JobFilter, parse_time_bound
+from schedd.protocol import JOB_STATES, MAX_JOB_PAGE
 
 if TYPE_CHECKING:
     from schedd.protocol import Job
@@ -52,24 +61,50 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         ["schedd pools", "schedd pools --json | jq '.pools[] | select(.queued > 0)'"],
         [client, as_json],
     )
-    add(
+    jobs = add(
         "jobs",
         cmd_jobs,
-        "count jobs per state",
+        "count jobs per state, or list them with filters",
         """
-        Show how many jobs are in each state (plus lifetime totals), how many times nodes were
-        excluded from pools and why, and the live daemon instances.
+        Without filters: how many jobs are in each state (plus lifetime totals), how many times
+        nodes were excluded from pools and why, and the live daemon instances.
+
+        With any filter (or --limit, --cursor, --all): a table of the jobs of your principal
+        (token) that match every filter given, newest submission first, one page at a time.
+        Times (--since, --until) bound the submission time: unix milliseconds or a duration
+        before now (90s, 10m, 2h, 7d). A page holds at most --limit jobs (1-500, default 50);
+        the command prints the cursor of the next page, or follow every page with --all.
         """,
-        ["schedd jobs", "schedd jobs --json"],
+        [
+            "schedd jobs",
+            "schedd jobs --state failed --since 10m",
+            "schedd jobs --node gpu-box-7 --state running",
+            "schedd jobs --pool 'zh>en' --since 2h --all --json",
+        ],
         [client, as_json],
     )
+    jobs.add_argument("--state", choices=JOB_STATES, help="jobs in this state now")
+    jobs.add_argument("--pool", help="jobs that name this pool among their candidate pools")
+    jobs.add_argument("--node", help="jobs that had an attempt on this node")
+    jobs.add_argument("--principal", help="your own principal (a client sees only its jobs; "
+                      "another principal is refused)")
+    jobs.add_argument("--since", metavar="TIME", help="submitted at or after TIME (unix ms, or "
+                      "a duration before now: 10m)")
+    jobs.add_argument("--until", metavar="TIME", help="submitted before TIME (unix ms, or a "
+                      "duration before now)")
+    jobs.add_argument("--limit", type=int, help=f"jobs per page, 1-{MAX_JOB_PAGE} (default "
+                      f"{DEFAULT_JOB_PAGE})")
+    jobs.add_argument("--cursor", help="continue a listing from the cursor a page printed")
+    jobs.add_argument("--all", action="store_true", help="follow the cursor through every page")
     job = add(
         "job",
         cmd_job,
         "show one job",
         """
-        Show a job's state, attempt, node, pools, timings and the reason of its last retry.
-        Only the principal (token) that submitted a job may see it.
+        Show a job's state, attempt, node, pools, timings, the reason of its last retry, the
+        sizes of its payload and output, and its attempts: the node of each, how it ended
+        (rejected, lost, timed_out; the job's state for the last) and when. Only the principal
+        (token) that submitted a job may see it.
         """,
         ["schedd job j-42", "schedd job j-42 --json"],
         [client, as_json],
@@ -195,8 +230,71 @@ def cmd_pools(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_LISTING = ("state", "pool", "node", "principal", "since", "until", "limit", "cursor")
+
+
+def _job_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``query`` ``jobs`` filters the options give (times as unix ms), checked as the
+    daemon checks them."""
+    now_ms = int(time.time() * 1000)
+    filters: dict[str, Any] = {}
+    try:
+        for name in _LISTING:
+            value = getattr(args, name)
+            if value is None:
+                continue
+            if name in ("since", "until"):
+                value = parse_time_bound(value, now_ms, f"--{name}")
+            filters[name] = value
+        JobFilter(**filters)
+    except ValueError as exc:
+        raise CommandError(f"schedd jobs: {exc}") from None
+    return filters
+
+
+def _list_jobs(args: argparse.Namespace) -> int:
+    filters = _job_filters(args)
+
+    async def body(client: Client) -> dict[str, Any]:
+        listed: list[Any] = []
+        cursor = filters.pop("cursor", None)
+        while True:
+            with trio.fail_after(QUERY_TIMEOUT):
+                page = await client.query("jobs", **filters, cursor=cursor)
+            listed += page.get("jobs") or []
+            cursor = page.get("cursor")
+            if not args.all or cursor is None:
+                return {"jobs": listed, "cursor": cursor}
+
+    data = cli_client._run_client(args, body)
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    listed: list[dict[str, Any]] = data["jobs"]
+    rows = [
+        (
+            job.get("job_id", "?"),
+            job.get("state", "?"),
+            job.get("node") or "-",
+            _list(job.get("pools")),
+            f"{job.get('attempt', 0)}/{job.get('max_attempts', 0)}",
+            _stamp(job.get("submitted_ms")),
+            _stamp(job.get("finished_ms")),
+            job.get("error") or "-",
+        )
+        for job in listed
+    ]
+    headers = ("JOB", "STATE", "NODE", "POOLS", "ATTEMPT", "SUBMITTED", "FINISHED", "ERROR")
+    print(_table(headers, rows) if rows else "no jobs match")
+    if data["cursor"] is not None:
+        print(f"more: --cursor {data['cursor']}")
+    return EXIT_OK
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """``schedd jobs``."""
+    if args.all or any(getattr(args, name) is not None for name in _LISTING):
+        return _list_jobs(args)
     data = cli_client._query(args, "stats")
     if args.json:
         _print_json(data)
@@ -251,6 +349,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         ("attempt", attempt),
         ("node", job.node or "-"),
     ]
+    attempts = info.pop("attempts", None)
     for key, value in info.items():
         if key == "timings" and isinstance(value, dict):
             rows.extend((name, _stamp(ms)) for name, ms in value.items())
@@ -264,6 +363,15 @@ def cmd_job(args: argparse.Namespace) -> int:
         rows.append(("traceparent", job.traceparent))
     width = max(len(key) for key, _value in rows)
     print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
+    if isinstance(attempts, list) and attempts:
+        print()
+        print(_table(
+            ("ATTEMPT", "NODE", "OUTCOME", "ASSIGNED", "ACCEPTED", "ENDED", "REASON"),
+            [(a.get("attempt", "?"), a.get("node") or "-", a.get("outcome") or "-",
+              _stamp(a.get("assigned_ms")), _stamp(a.get("accepted_ms")),
+              _stamp(a.get("ended_ms")), a.get("reason") or "-")
+             for a in attempts if isinstance(a, dict)],
+        ))  # fmt: skip
     return EXIT_OK
 
 

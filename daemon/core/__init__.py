@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from schedd.core.browse import DEFAULT_JOB_PAGE, JobFilter, parse_time_bound
 from schedd.core.engine import Core, new_id
 from schedd.core.heartbeats import HeartbeatBatcher
 from schedd.core.inbox import serve_inbox
@@ -22,11 +23,21 @@ from schedd.core.model import (
     Registration,
     Submitted,
 )
-from schedd.core.queries import ClientInfo, FinishedJob, JobInfo, NodeInfo, PoolInfo, Queries
+from schedd.core.queries import (
+    ClientInfo,
+    FinishedJob,
+    JobInfo,
+    JobPage,
+    JobSummary,
+    NodeInfo,
+    PoolInfo,
+    Queries,
+)
 from schedd.core.reaper import serve_reaper
 from schedd.protocol.messages import JOB_STATES, TERMINAL_STATES
 
 __all__ = [
+    "DEFAULT_JOB_PAGE",
     "JOB_STATES",
     "TERMINAL_STATES",
     "AssignDelivery",
@@ -42,9 +53,12 @@ __all__ = [
     "FinishedJob",
     "Followed",
     "HeartbeatBatcher",
+    "JobFilter",
     "JobInfo",
+    "JobPage",
     "JobSpec",
     "JobStateChanged",
+    "JobSummary",
     "NodeInfo",
     "NodeWentOffline",
     "PoolInfo",
@@ -53,6 +67,7 @@ __all__ = [
     "Registration",
     "Submitted",
     "new_id",
+    "parse_time_bound",
     "serve_inbox",
     "serve_reaper",
 ]

@@ -2,7 +2,9 @@
 client connections.
 
 Reads are plain pipelined commands (no state changes, so no script is needed); every view is
-built from Redis alone, so every instance shows the same global picture.
+built from Redis alone, so every instance shows the same global picture. A listing of jobs is a
+bounded read of the browsing indices the scripts keep (docs/architecture.md, "Browsing jobs"):
+it never scans, and what one page reads does not grow with the jobs the namespace holds.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 import attrs
 import orjson
 
-from schedd.protocol.messages import JOB_STATES
+from schedd.core.browse import EXAMINE_BUDGET, Cursor, JobFilter
+from schedd.protocol.messages import JOB_STATES, TERMINAL_STATES
 from schedd.store.base import Store
 from schedd.store.keys import Keys
 
@@ -99,6 +102,42 @@ class JobInfo:
     tried: list[str]
     #: the job's trace context as stored (JobSpec.trace; '' for a job stored without one)
     trace: str = ""
+    attempts: list[dict[str, Any]] = attrs.field(factory=list)
+    """Every attempt (at most :data:`ATTEMPTS_SHOWN`, the latest): ``attempt``, ``node``,
+    ``outcome`` (``rejected``, ``lost``, ``timed_out`` for one that ended without a result; the
+    job's state for its last one), ``reason``, ``assigned_ms``, ``accepted_ms``, ``ended_ms``
+    (0 when not reached)."""
+    payload_bytes: int = 0
+    output_bytes: int = 0
+
+
+ATTEMPTS_SHOWN = 100
+"""Most attempts a job's detail lists (the latest ones)."""
+
+
+@attrs.frozen(kw_only=True)
+class JobSummary:
+    """One row of a listing of jobs (timestamps in unix ms, 0 when not reached)."""
+
+    job_id: str
+    state: str
+    principal: str
+    node: str | None
+    pools: list[str]
+    attempt: int
+    max_attempts: int
+    submitted_ms: int
+    finished_ms: int
+    error: str | None  # the error code of a job that failed, timed out or was canceled
+
+
+@attrs.frozen(kw_only=True)
+class JobPage:
+    """One page of a listing, newest first; ``cursor`` continues it (``None``: nothing more)."""
+
+    jobs: list[JobSummary]
+    cursor: str | None
+    examined: int  # index entries this page looked at (at most EXAMINE_BUDGET)
 
 
 @attrs.frozen(kw_only=True)
@@ -121,6 +160,46 @@ def _json(text: str, default: Any) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return default
+
+
+_NOT_INDEXED = frozenset(JOB_STATES) - TERMINAL_STATES  # in jobs_in:active, checked per job
+
+
+def _chunk(needed: int, found: int, examined: int, last: int, exact: bool) -> int:
+    """How many index entries to read next for ``needed`` more jobs: that many when every entry
+    matches; else as many as the match rate so far predicts with a margin, at least 32 and at
+    most twice the last read (so what a page reads past its last match stays below what it
+    used)."""
+    if exact:
+        return needed
+    if not examined:
+        return max(32, 2 * needed)
+    predicted = int(needed * examined / found * 1.2) + 1 if found else 2 * last
+    return max(32, min(predicted, 2 * last))
+
+
+def _attempts(h: dict[str, str], ended: list[str]) -> list[dict[str, Any]]:
+    """A job's attempts: those that ended without a result as the scripts recorded them
+    ([attempt, node, outcome, reason, t_asg, t_acc, t_end]), then its current or last attempt,
+    read from its hash unless it is among them."""
+    out: list[dict[str, Any]] = []
+    for raw in ended:
+        entry = _json(raw, None)
+        if isinstance(entry, list) and len(entry) == 7:
+            out.append(dict(zip(("attempt", "node", "outcome", "reason", "assigned_ms",
+                                 "accepted_ms", "ended_ms"), entry, strict=True)))
+    attempt = _int(h.get("attempt", "0"))
+    if attempt > 0 and (not out or out[-1]["attempt"] < attempt) and h.get("node"):
+        state = h.get("state", "")
+        error = _json(h.get("error", ""), None)
+        out.append({
+            "attempt": attempt, "node": h.get("node", ""), "outcome": state,
+            "reason": str(error.get("message", "")) if isinstance(error, dict) else "",
+            "assigned_ms": _int(h.get("t_asg", "") or "0"),
+            "accepted_ms": _int(h.get("t_acc", "") or "0"),
+            "ended_ms": _int(h.get("t_fin", "") or "0") if state in TERMINAL_STATES else 0,
+        })  # fmt: skip
+    return out
 
 
 class Queries:
@@ -188,13 +267,16 @@ class Queries:
         return out
 
     async def job(self, job_id: str) -> JobInfo | None:
-        flat, tried = await self.store.execute_many(
-            [("HGETALL", self.keys.job(job_id)), ("SMEMBERS", self.keys.job_tried(job_id))]
-        )
+        flat, tried, ended = await self.store.execute_many([
+            ("HGETALL", self.keys.job(job_id)),
+            ("SMEMBERS", self.keys.job_tried(job_id)),
+            ("LRANGE", self.keys.job_attempts(job_id), -ATTEMPTS_SHOWN, -1),
+        ])  # fmt: skip
         h = _pairs(flat)
         if not h:
             return None
         ok = h.get("ok")
+        output = h.get("output", "")
         return JobInfo(
             job_id=job_id,
             state=h.get("state", ""),
@@ -221,18 +303,104 @@ class Queries:
             },
             tried=sorted(_s(t) for t in tried),
             trace=h.get("trace", ""),
+            attempts=_attempts(h, [_s(raw) for raw in ended]),
+            payload_bytes=len(h.get("payload", "").encode()),
+            output_bytes=len(output.encode()) if output and output != "null" else 0,
         )
 
-    async def job_states(self, job_ids: list[str]) -> dict[str, tuple[str, list[str]]]:
-        """(state, candidate pools) of each job that has a record, in one pipeline."""
-        replies = await self.store.execute_many(
-            [("HMGET", self.keys.job(job_id), "state", "pools") for job_id in job_ids]
-        )
-        return {
-            job_id: (_s(state), _json(_s(pools), []))
-            for job_id, (state, pools) in zip(job_ids, replies, strict=True)
-            if state is not None
-        }
+    async def list_jobs(self, f: JobFilter) -> JobPage:
+        """One page of the jobs ``f`` selects, newest submission first.
+
+        Reads the smallest of the indices the filter names (state, principal, node; all jobs
+        when it names none) within the time bounds, newest first, and checks the filter's other
+        fields against each job's hash, looking at :data:`EXAMINE_BUDGET` entries at most."""
+        k = self.keys
+        candidates = [k.jobs]
+        if f.state is not None:
+            candidates.append(k.jobs_in(f.state if f.state in TERMINAL_STATES else "active"))
+        if f.principal is not None:
+            candidates.append(k.jobs_of(f.principal))
+        if f.node is not None:
+            candidates.append(k.jobs_on(f.node))
+        low = str(f.since) if f.since is not None else "-inf"
+        position = f.position()
+        high = (str(position.score) if position is not None
+                else f"({f.until}" if f.until is not None else "+inf")
+        index = candidates[-1]
+        if len(candidates) > 2:  # the one holding the fewest jobs in the range
+            sizes = await self.store.execute_many(
+                [("ZCOUNT", key, low, high) for key in candidates[1:]]
+            )
+            index = candidates[1 + min(range(len(sizes)), key=lambda i: int(sizes[i]))]
+        # the index answers the whole filter: every entry matches, read no more than a page
+        exact = f.pool is None and f.state not in _NOT_INDEXED and len(candidates) <= 2
+        score, skip = (position.score, position.skip) if position is not None else (None, 0)
+        found: list[JobSummary] = []
+        examined = 0
+        count = 0
+        while examined < EXAMINE_BUDGET:
+            count = _chunk(f.limit - len(found), len(found), examined, count, exact)
+            count = min(EXAMINE_BUDGET - examined, count)
+            flat = await self.store.execute(
+                "ZRANGE", index, high, low, "BYSCORE", "REV", "WITHSCORES", "LIMIT", skip, count
+            )
+            entries = [(_s(flat[i]), _int(_s(flat[i + 1]))) for i in range(0, len(flat), 2)]
+            if not entries:
+                return JobPage(jobs=found, cursor=None, examined=examined)
+            rows = await self._summaries([job_id for job_id, _ in entries], f, index)
+            for (_, entry_score), row in zip(entries, rows, strict=True):
+                examined += 1
+                skip = skip + 1 if entry_score == score else 1
+                score = entry_score
+                if row is not None:
+                    found.append(row)
+                    if len(found) == f.limit:
+                        return JobPage(jobs=found, cursor=str(Cursor(score, skip)),
+                                       examined=examined)
+            if len(entries) < count:
+                return JobPage(jobs=found, cursor=None, examined=examined)
+            high = str(score)
+        assert score is not None
+        return JobPage(jobs=found, cursor=str(Cursor(score, skip)), examined=examined)
+
+    async def _summaries(
+        self, job_ids: list[str], f: JobFilter, index: str
+    ) -> list[JobSummary | None]:
+        """The summary of each job that matches ``f`` (``None`` where it does not, or is gone)."""
+        fields = ("state", "principal", "node", "pools", "attempt", "max_attempts", "t_sub",
+                  "t_fin", "error")
+        k = self.keys
+        # in the node's own index every job had an attempt there; elsewhere the node is the
+        # job's current one or among those that held an earlier attempt (its tried set)
+        check_tried = f.node is not None and index != k.jobs_on(f.node)
+        commands: list[tuple[Any, ...]] = [("HMGET", k.job(j), *fields) for j in job_ids]
+        if check_tried:  # the node may have held an earlier attempt
+            commands += [("SISMEMBER", k.job_tried(j), f.node) for j in job_ids]
+        replies = await self.store.execute_many(commands)
+        out: list[JobSummary | None] = []
+        for i, job_id in enumerate(job_ids):
+            h = dict(zip(fields, (_s(v) if v is not None else None for v in replies[i]),
+                         strict=True))
+            state = h["state"]
+            pools = _json(h["pools"] or "", [])
+            if (
+                not state
+                or (f.state is not None and state != f.state)
+                or (f.principal is not None and h["principal"] != f.principal)
+                or (f.pool is not None and f.pool not in pools)
+                or (check_tried and h["node"] != f.node and not replies[len(job_ids) + i])
+            ):
+                out.append(None)
+                continue
+            error = _json(h["error"] or "", None)
+            out.append(JobSummary(
+                job_id=job_id, state=state, principal=h["principal"] or "",
+                node=h["node"] or None, pools=pools, attempt=_int(h["attempt"] or "0"),
+                max_attempts=_int(h["max_attempts"] or "0"),
+                submitted_ms=_int(h["t_sub"] or "0"), finished_ms=_int(h["t_fin"] or "0"),
+                error=str(error.get("code")) if isinstance(error, dict) else None,
+            ))  # fmt: skip
+        return out
 
     async def counts(self) -> dict[str, int]:
         """Jobs per current state (every state present) plus lifetime ``total:*`` counters."""

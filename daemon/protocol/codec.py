@@ -43,7 +43,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception, transform_error
 
@@ -54,6 +54,7 @@ from schedd.protocol.messages import (
     Heartbeat,
     InvalidField,
     Message,
+    Query,
 )
 
 __all__ = [
@@ -131,7 +132,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_WRONG_OWNER": "another daemon instance now holds this node's connection",
     "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
     "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
-    "E_NOT_YOURS": "the job belongs to another principal",
+    "E_NOT_YOURS": "the job belongs to another principal; or a `query` `jobs` names another "
+                   "principal than the connection's",
     "E_BAD_STATE": "the node or job is not in a state that allows this message (`drain` from a "
     "node taken offline; an `admin` undrain of an offline node, requeue of a job that ended "
     "`done`)",
@@ -251,8 +253,22 @@ _MAX_PROBLEMS: Final = 10
 _STRUCTURE: Final[dict[str, tuple[Callable[[Any, Any], Any], type[Any]]]] = {
     tag: (converter.get_structure_hook(cls), cls) for tag, cls in MESSAGE_TYPES.items()
 }
+# Fields a message leaves out when they hold their default, so that a peer that predates them
+# (and refuses unknown fields) still reads the message when they are not used.
+_OMITTED_WHEN_DEFAULT: Final[dict[type[Any], tuple[str, ...]]] = {
+    Query: ("state", "pool", "principal", "node", "since", "until", "limit", "cursor"),
+}
+
+
+def _unstructure_fn(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    overrides: dict[str, Any] = {
+        name: override(omit_if_default=True) for name in _OMITTED_WHEN_DEFAULT.get(cls, ())
+    }
+    return make_dict_unstructure_fn(cls, converter, **overrides)
+
+
 _UNSTRUCTURE: Final[dict[type[Any], tuple[str, Callable[[Any], dict[str, Any]]]]] = {
-    cls: (tag, make_dict_unstructure_fn(cls, converter)) for tag, cls in MESSAGE_TYPES.items()
+    cls: (tag, _unstructure_fn(cls)) for tag, cls in MESSAGE_TYPES.items()
 }
 
 

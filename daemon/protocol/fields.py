@@ -209,6 +209,53 @@ def _one_of(allowed: Collection[str]) -> Validator:
     return check
 
 
+def _opt_one_of(allowed: Collection[str]) -> Validator:
+    check = _one_of(allowed)
+
+    def opt(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return opt
+
+
+def _only_for(what: str) -> Callable[[Validator], Validator]:
+    """A field that only a message with ``what`` equal to this may set (a filter of one query
+    subject): anywhere else it must stay null. Wraps the field's own validator."""
+
+    def wrap(check: Validator) -> Validator:
+        def both(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+            if value is not None and instance.what != what:
+                raise InvalidField(attribute.name, f"is a filter of what={what} only")
+            check(instance, attribute, value)
+
+        return both
+
+    return wrap
+
+
+def _later_than(other: str) -> Validator:
+    """An optional integer >= 0 greater than the field ``other`` when both are set."""
+    check = _opt_int(0)
+
+    def later(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        check(instance, attribute, value)
+        before = getattr(instance, other)
+        if value is not None and before is not None and value <= before:
+            raise InvalidField(attribute.name, f"must be later than {other}")
+
+    return later
+
+
+_CURSOR: Final = re.compile(r"^\d{1,16}\.\d{1,16}$")
+
+
+def _opt_cursor(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A listing's cursor as a page returned it: ``<score>.<skip>``."""
+    if value is not None and (not isinstance(value, str) or not _CURSOR.match(value)):
+        raise InvalidField(attribute.name, "is not a cursor an answer returned")
+
+
 def _names(max_items: int) -> Validator:
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
         path = attribute.name

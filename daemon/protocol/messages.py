@@ -55,13 +55,17 @@ from schedd.protocol.fields import (
     _json_object,
     _json_type,
     _labels,
+    _later_than,
     _name,
     _names,
     _one_of,
+    _only_for,
+    _opt_cursor,
     _opt_float,
     _opt_int,
     _opt_json_object,
     _opt_name,
+    _opt_one_of,
     _opt_text,
     _opt_traceparent,
     _opt_tracestate,
@@ -81,6 +85,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ID_LEN",
     "MAX_INT",
+    "MAX_JOB_PAGE",
     "MAX_LIST",
     "MAX_MAPPING",
     "MAX_PRIORITY",
@@ -495,18 +500,39 @@ class Follow:
     ref: str | None = _ref()
 
 
-QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats", "clients"})
+QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats", "clients", "jobs"})
+MAX_JOB_PAGE: Final = 500
+"""Most jobs one ``answer`` to ``query`` ``jobs`` lists (``limit``)."""
+_JOB_FILTERS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")
+_jobs_only = _only_for("jobs")
+
+
 
 
 @attrs.frozen(kw_only=True)
 class Query:
-    """A client asks for a global view (for the CLI); answered with ``answer``."""
+    """A client asks for a global view (for the CLI); answered with ``answer``. With
+    ``what="jobs"`` it lists the jobs of the connection's principal that match the filters,
+    newest submission first, a page at a time (``cursor`` from the answer continues it)."""
 
     TYPE: ClassVar[str] = "query"
     SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
 
     what: str = attrs.field(validator=_one_of(QUERY_SUBJECTS))
+    state: str | None = attrs.field(default=None, validator=_jobs_only(_opt_one_of(JOB_STATES)))
+    pool: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
+    principal: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
+    node: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
+    since: int | None = attrs.field(default=None, validator=_jobs_only(_opt_int(0)))
+    until: int | None = attrs.field(default=None, validator=_jobs_only(_later_than("since")))
+    limit: int | None = attrs.field(default=None, validator=_jobs_only(_opt_int(1, MAX_JOB_PAGE)))
+    cursor: str | None = attrs.field(default=None, validator=_jobs_only(_opt_cursor))
     ref: str | None = _ref()
+
+    def filters(self) -> dict[str, Any]:
+        """The job filters given (``what="jobs"``), by name."""
+        return {name: getattr(self, name) for name in _JOB_FILTERS
+                if getattr(self, name) is not None}
 
 
 @attrs.frozen(kw_only=True)

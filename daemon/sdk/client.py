@@ -382,9 +382,12 @@ class Client:
         handle._acknowledged = True
         return handle
 
-    async def query(self, what: str) -> dict[str, Any]:
-        """A global view from the daemon: ``nodes``, ``pools`` or ``stats`` (``answer.data``)."""
-        answer = await self._request(Query(what=what), Answer)
+    async def query(self, what: str, **filters: Any) -> dict[str, Any]:
+        """A global view from the daemon: ``nodes``, ``pools`` or ``stats`` (``answer.data``);
+        or ``jobs``: one page of this principal's jobs, ``{"jobs": [...], "cursor": ...}``,
+        narrowed by ``filters`` (``state``, ``pool``, ``node``, ``since``, ``until`` in unix
+        ms, ``limit`` up to 500, ``cursor`` of the previous page)."""
+        answer = await self._request(Query(what=what, **filters), Answer)
         return answer.data
 
     async def admin(self, action: str, **fields: Any) -> list[dict[str, Any]]:

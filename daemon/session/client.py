@@ -6,11 +6,12 @@ concurrently with the messages after them (see :meth:`schedd.session.Session._re
 
 from __future__ import annotations
 
+import attrs
 import orjson
 import trio
 
 import schedd.protocol as p
-from schedd.core import DoneDelivery, JobSpec, new_id
+from schedd.core import DoneDelivery, JobFilter, JobSpec, new_id
 from schedd.errors import StoreError
 from schedd.operators import MAX_REQUEUE, RequeueFilter
 from schedd.session.base import CloseConnection, SessionBase, checked_pools, log, log_job
@@ -149,7 +150,18 @@ class ClientRole(SessionBase):
         self.app.routes.settle(m.job_id, candidate, followed.follows, followed.done)
 
     async def _query(self, m: p.Query) -> None:
-        data = await self.app.queries.answer(m.what, principal=self.principal)
+        if m.what == "jobs":
+            # a connection lists its own principal's jobs only; naming another is refused
+            if m.principal is not None and m.principal != self.principal:
+                self._error("E_NOT_YOURS", "a client lists only its own principal's jobs "
+                            f"(this connection is {self.principal!r})", ref=m.ref)
+                return
+            page = await self.app.queries.list_jobs(
+                JobFilter(**{**m.filters(), "principal": self.principal})
+            )
+            data = {"jobs": [attrs.asdict(job) for job in page.jobs], "cursor": page.cursor}
+        else:
+            data = await self.app.queries.answer(m.what, principal=self.principal)
         self.post(p.Answer(what=m.what, data=data, ref=m.ref))
 
     async def _admin(self, m: p.Admin) -> None:

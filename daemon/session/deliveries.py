@@ -66,4 +66,6 @@ def job_message(info: JobInfo, ref: str | None) -> p.Job:
                      "pools": info.pools, "priority": info.priority,
                      "max_attempts": info.max_attempts, "reason": info.reason,
                      "timings": info.timings, "tried": info.tried,
+                     "attempts": info.attempts, "payload_bytes": info.payload_bytes,
+                     "output_bytes": info.output_bytes,
                  })

@@ -37,6 +37,14 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "queue": ("queue:{}", "zset: queued job id -> order (priority first, then age)"),
     "job": ("job:{}", "hash: one job (state, attempt, node, payload, result, timings, ...)"),
     "job_tried": ("job:{}:tried", "set: node ids that already failed this job"),
+    "job_attempts": ("job:{}:attempts", "list: the attempts of a job that ended without a "
+                     "result (attempt, node, why, times), oldest first"),
+    "jobs": ("jobs", "zset: every retained job id -> unix ms of its submission (browsing)"),
+    "jobs_in": ("jobs_in:{}", "zset: job id -> submit ms, per terminal state or 'active' "
+                "(not terminal) (browsing)"),
+    "jobs_of": ("jobs_of:{}", "zset: job id -> submit ms, per principal (browsing)"),
+    "jobs_on": ("jobs_on:{}", "zset: job id -> submit ms, per node that held an attempt of it "
+                "(browsing)"),
     "deadlines": ("deadlines", "zset: job id -> unix ms of its current ack/run/queue deadline"),
     "gc": ("gc", "zset: 'j:<job>' / 'n:<node>' -> unix ms after which it is removed"),
     "session": ("session:{}", "string (PX ttl): node id that served the session last"),
@@ -89,6 +97,22 @@ class Keys:
 
     def job_tried(self, job_id: str) -> str:
         return self._k("job_tried", job_id)
+
+    def job_attempts(self, job_id: str) -> str:
+        return self._k("job_attempts", job_id)
+
+    def jobs_in(self, state: str) -> str:
+        return self._k("jobs_in", state)
+
+    def jobs_of(self, principal: str) -> str:
+        return self._k("jobs_of", principal)
+
+    def jobs_on(self, node_id: str) -> str:
+        return self._k("jobs_on", node_id)
+
+    @property
+    def jobs(self) -> str:
+        return self._k("jobs")
 
     def session(self, session_id: str) -> str:
         return self._k("session", session_id)

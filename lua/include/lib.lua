@@ -281,6 +281,46 @@ end
 
 -- Jobs -------------------------------------------------------------------------------------------
 
+-- Browsing indices (zsets scored by the job's submit ms): K.jobs() holds every retained job,
+-- K.jobs_of(principal) a principal's, K.jobs_in('active') the jobs not yet terminal and
+-- K.jobs_in(state) those that ended in a terminal state, K.jobs_on(node) the jobs that had an
+-- attempt on the node. They are written when a job is accepted (index_submit), when an attempt
+-- is assigned (assign) and when the job ends (finish), never on other transitions; the job's
+-- removal (index_forget, at gc) takes it out of every one, so they hold the retained jobs only.
+-- A script that moves a terminal job back to a non-terminal state calls index_reopen.
+local function index_submit(job_id, principal, t_sub_s)
+  redis.call('ZADD', K.jobs(), t_sub_s, job_id)
+  redis.call('ZADD', K.jobs_of(principal), t_sub_s, job_id)
+  redis.call('ZADD', K.jobs_in('active'), t_sub_s, job_id)
+end
+
+-- The submit ms of a job as text (from the fields read, else from its hash).
+local function job_t_sub(job_id, job)
+  local t = job.t_sub
+  if not t or t == '' then t = redis.call('HGET', K.job(job_id), 't_sub') or '0' end
+  return t
+end
+
+-- A terminal job goes back to a non-terminal state (its script writes the state): its jobs_in
+-- entry moves from the state it had (job.state, as read) back to 'active'.
+local function index_reopen(job_id, job)
+  redis.call('ZREM', K.jobs_in(job.state), job_id)
+  redis.call('ZADD', K.jobs_in('active'), job_t_sub(job_id, job), job_id)
+end
+
+-- job: its state, principal and node as stored. The attempts list and the tried set still
+-- exist (the caller deletes them after): every node an earlier attempt ran on is in the tried
+-- set, the last attempt's node is job.node.
+local function index_forget(job_id, job)
+  redis.call('ZREM', K.jobs(), job_id)
+  if job.principal then redis.call('ZREM', K.jobs_of(job.principal), job_id) end
+  redis.call('ZREM', K.jobs_in(TERMINAL[job.state] and job.state or 'active'), job_id)
+  if job.node and job.node ~= '' then redis.call('ZREM', K.jobs_on(job.node), job_id) end
+  for _, node_id in ipairs(redis.call('SMEMBERS', K.job_tried(job_id))) do
+    if node_id ~= job.node then redis.call('ZREM', K.jobs_on(node_id), job_id) end
+  end
+end
+
 local function job_services(job)
   if not job.services or job.services == '' then return {} end
   return cjson.decode(job.services)
@@ -318,6 +358,7 @@ local function assign(job_id, job, node_id, now, fields, now_s)
     flat[n + 9], flat[n + 10] = 't_acc', ''
   end
   redis.call('HSET', K.job(job_id), unpack_list(flat))
+  redis.call('ZADD', K.jobs_on(node_id), job_t_sub(job_id, job), job_id)
   count_state(job_id, job.state, 'assigned', attempt, node_id)
   redis.call('ZADD', K.deadlines(), deadline_s, job_id)
   if job.session and job.session ~= '' then
@@ -404,6 +445,9 @@ local function finish(job_id, job, state, fields, now)
   local node = job.node
   if not node or node == '' then node = redis.call('HGET', jkey, 'node') end
   count_state(job_id, job.state, state, job.attempt, node)
+  local t_sub = job_t_sub(job_id, job)
+  redis.call('ZREM', K.jobs_in('active'), job_id)
+  redis.call('ZADD', K.jobs_in(state), t_sub, job_id)
   job.t_fin = now_s
   job.state = state
   redis.call('ZADD', K.gc(), int_s(now + tonumber(job.retain_ms)), 'j:' .. job_id)
@@ -470,11 +514,18 @@ end
 
 -- A job's attempt ended without a result (node lost, rejected, deadline missed): exclude that
 -- node, then retry on another node at once, queue it, or fail it at max_attempts.
-local function retry(job_id, job, reason, now)
+-- kind: why the attempt ended, for its history: 'rejected', 'timed_out' (ack or run deadline),
+-- nil for 'lost' (the node went away, or does not run the job).
+local function retry(job_id, job, reason, now, kind)
   local node_id = release(job_id, job)
   if node_id and node_id ~= '' then
     redis.call('SADD', K.job_tried(job_id), node_id)
   end
+  -- its history: [attempt, node, kind, reason, t_asg, t_acc, t_end] (a job's attempts that
+  -- ended with a result are read from its hash instead)
+  redis.call('RPUSH', K.job_attempts(job_id), '[' .. num_s(job.attempt) .. ','
+    .. cjson.encode(node_id or '') .. ',"' .. (kind or 'lost') .. '",' .. cjson.encode(reason)
+    .. ',' .. num_s(job.t_asg) .. ',' .. num_s(job.t_acc) .. ',' .. int_s(now) .. ']')
   redis.call('HSET', K.job(job_id), 'reason', reason)
   if tonumber(job.attempt) >= tonumber(job.max_attempts) then
     finish(job_id, job, 'failed', {ok = 0, error = cjson.encode({code = 'E_ATTEMPTS',

@@ -3,17 +3,20 @@
 Rules of this module:
 
 - **Routes** (GET and HEAD only; anything else is 405): ``/healthz`` (with the daemon's version
-  and instance), ``/``, ``/metrics``, ``/api/v1/{nodes,pools,stats,instances,clients}`` and
-  ``/api/v1/jobs/<job id>`` (the id is the rest of the path, percent-decoded, so ids holding
-  ``/`` work when sent as ``%2F``). Operator actions (POST ``/api/admin/...``, the admin
-  token's) are :mod:`.admin`'s, before anything else here.
+  and instance), ``/``, ``/metrics``, ``/api/v1/{nodes,pools,stats,instances,clients}``,
+  ``/api/v1/jobs`` (a page of jobs, every principal's, filtered by the query parameters
+  :data:`JOB_PARAMS`) and ``/api/v1/jobs/<job id>`` (the id is the rest of the path,
+  percent-decoded, so ids holding ``/`` work when sent as ``%2F``). A job's detail gives the
+  sizes of its payload and output, never their content. Operator actions (POST
+  ``/api/admin/...``, the admin token's) are :mod:`.admin`'s, before anything else here.
 - **Authentication** happens before routing, so without the token every path but ``/healthz``
   answers 401 (an unknown path too: nothing is revealed). The token comes from
   ``Authorization: Bearer <token>`` or else from the ``token`` query parameter, and is compared in
   constant time (:func:`hmac.compare_digest`).
 - **Errors are JSON**: ``{"error": {"code": ..., "message": ...}}`` with codes ``unauthorized``
-  (401), ``not_found`` (404), ``method_not_allowed`` (405), ``store_unavailable`` (503) and
-  ``internal`` (500, logged with its traceback).
+  (401), ``bad_filter`` (400, with ``field``: the parameter at fault), ``not_found`` (404),
+  ``method_not_allowed`` (405), ``store_unavailable`` (503) and ``internal`` (500, logged with
+  its traceback).
 - **Headers**: every response is ``no-store`` with ``nosniff`` and ``no-referrer`` (the page URL
   carries the token); the dashboard adds a Content-Security-Policy that allows exactly its own
   inline style and script (by hash) and fetches to this origin, and forbids framing.
@@ -35,12 +38,12 @@ import attrs
 import orjson
 import trio
 
-from schedd.api import Daemon, StoreError
+from schedd.api import Daemon, InvalidField, JobFilter, StoreError, parse_time_bound
 from schedd.plugins.ui.admin import ADMIN_PREFIX, AdminApi
 from schedd.plugins.ui.metrics import SchedCollector, local_connections, new_registry, render
 from schedd.plugins.ui.stats import SnapshotReader, stats_view
 
-__all__ = ["API_PREFIX", "Dashboard", "Response", "UiApplication", "token_matches"]
+__all__ = ["API_PREFIX", "JOB_PARAMS", "Dashboard", "Response", "UiApplication", "token_matches"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,11 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 API_PREFIX: Final = "/api/v1/"
 JOB_PREFIX: Final = API_PREFIX + "jobs/"
+JOB_PARAMS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")
+"""The filters of ``/api/v1/jobs``; ``since`` and ``until`` take unix ms or a duration before
+now (``10m``), an empty value is no filter."""
+SCRIPTS: Final = ("common.js", "dashboard.js", "jobs.js")
+"""The dashboard's scripts, inlined in this order into its one ``<script>`` element."""
 HEALTH_TIMEOUT: Final = 2.0
 JSON_TYPE: Final = "application/json"
 COMMON_HEADERS: Final = (
@@ -76,6 +84,11 @@ def error_response(
 ) -> Response:
     body = orjson.dumps({"error": {"code": code, "message": message}})
     return Response(status, body, headers=headers)
+
+
+def _bad_filter(field: str, message: str) -> Response:
+    body = orjson.dumps({"error": {"code": "bad_filter", "field": field, "message": message}})
+    return Response(400, body)
 
 
 def token_matches(scope: Scope, token: bytes) -> bool:
@@ -114,7 +127,7 @@ class Dashboard:
         static = resources.files("schedd.plugins.ui") / "static"
         template = (static / "dashboard.html").read_text(encoding="utf-8")
         style = (static / "dashboard.css").read_text(encoding="utf-8")
-        script = (static / "dashboard.js").read_text(encoding="utf-8")
+        script = "\n".join((static / name).read_text(encoding="utf-8") for name in SCRIPTS)
         actions = (static / "actions.js").read_text(encoding="utf-8")
         html = (
             template.replace("{{REFRESH}}", f"{refresh:g}")
@@ -156,6 +169,7 @@ class UiApplication:
             API_PREFIX + "stats": self._stats,
             API_PREFIX + "instances": self._instances,
             API_PREFIX + "clients": self._clients,
+            API_PREFIX + "jobs": self._jobs,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -287,7 +301,42 @@ class UiApplication:
             return error_response(
                 404, "not_found", f"no job {job_id!r} (never submitted, or past its retention)"
             )
-        return json_response({"job": attrs.asdict(job)})
+        detail = attrs.asdict(job)
+        del detail["output"]  # its size is output_bytes; the content is its principal's
+        return json_response({"job": detail})
+
+    async def _jobs(self, scope: Scope) -> Response:
+        query = bytes(scope.get("query_string", b"")).decode("latin-1")
+        params = parse_qs(query, keep_blank_values=True)
+        for name, values in params.items():
+            if name == "token":
+                continue
+            if name not in JOB_PARAMS:
+                return _bad_filter(name[:40], f"unknown parameter {name[:40]!r}: the filters "
+                                   f"are {', '.join(JOB_PARAMS)}")
+            if len(values) > 1:
+                return _bad_filter(name, f"{name}: given {len(values)} times")
+        now_ms = await self.app.store_time_ms()
+        given: dict[str, Any] = {}
+        try:
+            for name in JOB_PARAMS:
+                value = params.get(name, [""])[0]
+                if value == "":
+                    continue
+                if name in ("since", "until"):
+                    given[name] = parse_time_bound(value, now_ms, name)
+                elif name == "limit":
+                    if not value.isdigit() or len(value) > 9:
+                        raise InvalidField(name, f"{value[:40]!r} is not an integer")
+                    given[name] = int(value)
+                else:
+                    given[name] = value
+            job_filter = JobFilter(**given)
+        except InvalidField as exc:
+            return _bad_filter(exc.path, str(exc))
+        page = await self.app.queries.list_jobs(job_filter)
+        return json_response({"now_ms": now_ms, "jobs": [attrs.asdict(j) for j in page.jobs],
+                              "cursor": page.cursor})
 
     # -- ASGI plumbing ---------------------------------------------------------------------
 

@@ -68,7 +68,7 @@ from schedd.protocol import (
     decode,
     encode,
 )
-from schedd.protocol.codec import converter
+from schedd.protocol.codec import _OMITTED_WHEN_DEFAULT, converter
 
 # Printable text without controls or surrogates: what an id may contain.
 ids = st.text(st.characters(exclude_categories=["Cc", "Cs"]), min_size=1, max_size=MAX_ID_LEN)
@@ -297,7 +297,8 @@ EXAMPLES: dict[str, Message] = {
         job_id="j1", state="running", attempt=1, node="gpu-box-7", info={"pools": ["zh>en"]}
     ),
     "follow": Follow(job_id="j1", ref="f"),
-    "query": Query(what="nodes", ref="q"),
+    "query": Query(what="jobs", state="failed", pool="p", principal="token:1", node="n1",
+                   since=1, until=2, limit=5, cursor="1.0", ref="q"),
     "answer": Answer(what="stats", data={"counts": {"done": 3}}, ref="q"),
     "admin": schedd.protocol.Admin(action="requeue", states=["failed"], pool="gpu", since=600.0,
                                    limit=10, ref="a1"),
@@ -352,7 +353,19 @@ def test_encode_writes_type_first_and_every_field(tag: str) -> None:
     obj = orjson.loads(encode(message))
     assert next(iter(obj)) == "type"
     assert obj["type"] == tag
-    assert list(obj)[1:] == [field.name for field in attrs.fields(type(message))]
+    omitted = _OMITTED_WHEN_DEFAULT.get(type(message), ())
+    fields = [field.name for field in attrs.fields(type(message)) if field.name not in omitted]
+    # a field omitted when it holds its default comes after the others when it does not
+    fields += [name for name in omitted if name in obj]
+    assert list(obj)[1:] == fields
+
+
+def test_query_leaves_out_the_job_filters_it_does_not_use() -> None:
+    assert encode(Query(what="nodes")) == b'{"type":"query","what":"nodes","ref":null}'
+    jobs = Query(what="jobs", state="failed", limit=5, ref="q")
+    assert orjson.loads(encode(jobs)) == {"type": "query", "what": "jobs", "ref": "q",
+                                          "state": "failed", "limit": 5}
+    assert decode(encode(jobs)) == jobs
 
 
 @pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))
@@ -781,6 +794,7 @@ def test_public_api_is_pinned() -> None:
             "MAX_DEPTH",
             "MAX_ID_LEN",
             "MAX_INT",
+            "MAX_JOB_PAGE",
             "MAX_LIST",
             "MAX_MAPPING",
             "MAX_PRIORITY",

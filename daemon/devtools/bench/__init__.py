@@ -21,7 +21,10 @@ p99 passes 50 ms), S3 heartbeat scale (daemon CPU, RSS, heartbeat script calls p
 dispatch p99 under that load), S4 script cost (:mod:`schedd.devtools.script_cost`), S5
 failover (S1's load with jobs that take time, nodes dropped or silenced while they run: time
 to reassignment, jobs lost), SLOWLORIS (a probe client's latency, quiet and while connections
-that never finish their handshake hold the listener: :mod:`schedd.devtools.slowloris`).
+that never finish their handshake hold the listener: :mod:`schedd.devtools.slowloris`); when
+named, SOAK (the daemon's memory under reconnections and jobs: :mod:`schedd.devtools.soak`) and
+BROWSE (the Redis time of one page of a job listing at 1,000 and 1,000,000 retained jobs:
+:mod:`schedd.devtools.browse_cost`).
 
 Before the scenarios, with nothing of the bench running, :mod:`schedd.devtools.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put

@@ -210,6 +210,10 @@ def table(document: dict[str, Any]) -> str:
         from schedd.devtools.soak import table_rows
 
         rows += table_rows(r["SOAK"])
+    if "BROWSE" in r and "by_size" in r["BROWSE"]:
+        from schedd.devtools.browse_cost import table_rows as browse_rows
+
+        rows += browse_rows(r["BROWSE"])
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]

@@ -1,4 +1,5 @@
-"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK) and their scales."""
+"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE) and their
+scales."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         # 500 nodes reconnecting ~10 times a second, 245 jobs/s, 1 % failing
         "SOAK": {"nodes": 500, "disconnect_rate": 0.02, "rate": 245, "clients": 1,
                  "fail_rate": 0.01, "warmup": 30.0, "phase_seconds": 60.0, "sample_every": 1.0},
+        # a page of jobs from a namespace of 1,000 and of 1,000,000 finished jobs
+        "BROWSE": {"sizes": [1000, 1_000_000], "pages": 200, "rounds": 5, "settle": 5.0},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -55,6 +58,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                       "attack_seconds": 1.5, "ramp": 0.5, "interval": 0.02},
         "SOAK": {"nodes": 20, "disconnect_rate": 0.25, "rate": 50, "clients": 1,
                  "fail_rate": 0.01, "warmup": 1.0, "phase_seconds": 2.0, "sample_every": 0.25},
+        "BROWSE": {"sizes": [1000, 20_000], "pages": 20, "rounds": 2, "settle": 0.2},
     },
 }
 
@@ -345,6 +349,14 @@ async def soak(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run_soak(opt, p)
 
 
+async def browse(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """A page of jobs from a small and a large namespace (schedd.devtools.browse_cost)."""
+    from schedd.devtools.browse_cost import run
+
+    return await run(list(p["sizes"]), int(p["pages"]), int(p["rounds"]), float(p["settle"]),
+                     opt.say)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
-                   "SLOWLORIS": slowloris, "SOAK": soak}
+                   "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse}

@@ -6,10 +6,9 @@
 (() => {
   "use strict";
 
-  const SVG = "http://www.w3.org/2000/svg";
   const HISTORY_MS = 10 * 60 * 1000; // the most the charts show
   const MIN_SPAN_MS = 60 * 1000; // the least: a fresh page spreads its first minute out
-  const token = new URLSearchParams(location.search).get("token") || "";
+  const { token, el, svg, get } = scheddUi;
   const meta = document.querySelector('meta[name="schedd-refresh"]');
   const refreshMs = Math.max(200, 1000 * (parseFloat(meta ? meta.content : "2") || 2));
   const samples = []; // ring buffer of {t, submitted, finished, rate, p50, p90, p99, queued, running}
@@ -18,20 +17,6 @@
   let lastData = null;
 
   const $ = (id) => document.getElementById(id);
-
-  function el(tag, attrs, text) {
-    const node = document.createElement(tag);
-    if (attrs) for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG, tag);
-    if (attrs) for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = String(text);
-    return node;
-  }
 
   // -- formatting ------------------------------------------------------------------------------
 
@@ -65,21 +50,6 @@
   }
 
   // -- data --------------------------------------------------------------------------------------
-
-  async function get(path) {
-    const response = await fetch(path, {
-      headers: { Authorization: `Bearer ${token}` },
-      cache: "no-store",
-    });
-    if (!response.ok) {
-      let message = `HTTP ${response.status}`;
-      try {
-        message = (await response.json()).error.message;
-      } catch (_) { /* not our JSON */ }
-      throw new Error(message);
-    }
-    return response.json();
-  }
 
   function finishedTotal(stats) {
     const t = stats.totals;
