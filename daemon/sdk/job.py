@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
-import trio
+import anyio
 
 from schedd.protocol import DEFAULT_MAX_FRAME, MAX_TEXT_LEN, ErrorInfo, Result, encode
 
@@ -57,7 +57,7 @@ class JobContext:
         self.deadline_ms = deadline_ms
         self._node = node
         # Created before the task starts, so a cancel that arrives first still takes effect.
-        self._scope = trio.CancelScope()
+        self._scope = anyio.CancelScope()
 
     def __repr__(self) -> str:
         return f"<JobContext {self.job_id} attempt {self.attempt}>"
