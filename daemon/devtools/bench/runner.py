@@ -210,6 +210,10 @@ def table(document: dict[str, Any]) -> str:
         from schedd.devtools.soak import table_rows
 
         rows += table_rows(r["SOAK"])
+    if "SDK" in r and "round_trip_ms" in r["SDK"]:
+        from schedd.devtools.sdk_bench import table_rows as sdk_rows
+
+        rows += sdk_rows(r["SDK"])
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]

@@ -1,4 +1,4 @@
-"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK) and their scales."""
+"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, SDK) and their scales."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         # 500 nodes reconnecting ~10 times a second, 245 jobs/s, 1 % failing
         "SOAK": {"nodes": 500, "disconnect_rate": 0.02, "rate": 245, "clients": 1,
                  "fail_rate": 0.01, "warmup": 30.0, "phase_seconds": 60.0, "sample_every": 1.0},
+        # serial jobs through an SDK Node and Client, per event loop, the loops in turn
+        "SDK": {"jobs": 2000, "warmup": 200, "rounds": 3},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -55,6 +57,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                       "attack_seconds": 1.5, "ramp": 0.5, "interval": 0.02},
         "SOAK": {"nodes": 20, "disconnect_rate": 0.25, "rate": 50, "clients": 1,
                  "fail_rate": 0.01, "warmup": 1.0, "phase_seconds": 2.0, "sample_every": 0.25},
+        "SDK": {"jobs": 50, "warmup": 10, "rounds": 1},
     },
 }
 
@@ -345,6 +348,13 @@ async def soak(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run_soak(opt, p)
 
 
+async def sdk(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's serial round trip under each event loop (schedd.devtools.sdk_bench)."""
+    from schedd.devtools.sdk_bench import run_sdk
+
+    return await run_sdk(opt, p)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
-                   "SLOWLORIS": slowloris, "SOAK": soak}
+                   "SLOWLORIS": slowloris, "SOAK": soak, "SDK": sdk}
