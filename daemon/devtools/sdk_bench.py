@@ -36,6 +36,7 @@ from schedd.devtools.bench.options import Options
 __all__ = ["DRIVERS", "ratios", "run_sdk", "sdk_round_trips", "table_rows"]
 
 Driver = Callable[[str, int, int], list[float]]
+_REGISTER_TIMEOUT: Final = 10.0
 
 
 async def sdk_round_trips(url: str, jobs: int, warmup: int) -> list[float]:
@@ -47,19 +48,21 @@ async def sdk_round_trips(url: str, jobs: int, warmup: int) -> list[float]:
         return ctx.payload
 
     seconds: list[float] = []
-    async with anyio.create_task_group() as tg:
+    # The client first: its first connect fails at once when no daemon answers (a node would
+    # retry forever).
+    async with Client.connect(url) as client, anyio.create_task_group() as tg:
         node = Node(url, handler, pools=[POOL], node_id=f"sdk-bench-{os.getpid()}")
-        await tg.start(node.run)
-        async with Client.connect(url) as client:
-            for index in range(warmup + jobs):
-                started = time.perf_counter()
-                handle = await client.submit(PAYLOAD, pools=[POOL])
-                done = await handle.result()
-                elapsed = time.perf_counter() - started
-                if not done.ok:
-                    raise RuntimeError(f"job {done.job_id} failed: {done.error}")
-                if index >= warmup:
-                    seconds.append(elapsed)
+        with anyio.fail_after(_REGISTER_TIMEOUT):
+            await tg.start(node.run)
+        for index in range(warmup + jobs):
+            started = time.perf_counter()
+            handle = await client.submit(PAYLOAD, pools=[POOL])
+            done = await handle.result()
+            elapsed = time.perf_counter() - started
+            if not done.ok:
+                raise RuntimeError(f"job {done.job_id} failed: {done.error}")
+            if index >= warmup:
+                seconds.append(elapsed)
         tg.cancel_scope.cancel()
     return seconds
 
@@ -83,8 +86,9 @@ def ratios(by_driver: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | 
     base = by_driver[names[0]]
     result: dict[str, dict[str, float | None]] = {}
     for name in names[1:]:
+        mine = by_driver[name]
         result[f"{name}/{names[0]}"] = {
-            q: (round(by_driver[name][q] / base[q], 2) if base.get(q) else None)
+            q: (round(mine[q] / base[q], 2) if base.get(q) and mine.get(q) is not None else None)
             for q in ("p50", "p99")
         }
     return result
