@@ -49,6 +49,7 @@ from schedd.protocol import (
     decode,
     encode,
 )
+from schedd.sdk._native import event
 from schedd.sdk._target import BROKEN
 from schedd.sdk.connect import ConnectFailed, open_channel
 from schedd.transport.channel import Channel, ChannelClosed
@@ -153,7 +154,7 @@ class _Waiter:
     __slots__ = ("event", "reply")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = event()
         self.reply: Message | None = None
 
 

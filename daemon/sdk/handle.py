@@ -19,6 +19,7 @@ import anyio.lowlevel
 
 from schedd.protocol import Done
 from schedd.sdk._conn import RequestFailed
+from schedd.sdk._native import event
 
 __all__ = ["PROGRESS_BUFFER", "JobHandle", "JobLost"]
 
@@ -115,7 +116,7 @@ class JobHandle:
         self._client = client
         self._done: Done | None = None
         self._failure: RequestFailed | None = None
-        self._finished = anyio.Event()
+        self._finished = event()
         self._progress = _ProgressQueue(PROGRESS_BUFFER)
         # True once the daemon has acknowledged the job (accepted / job): only such jobs are
         # re-followed after a reconnect; an unacknowledged submit is retried by its caller.

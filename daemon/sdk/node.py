@@ -69,6 +69,7 @@ from schedd.protocol import (
     encode,
 )
 from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
+from schedd.sdk._native import TaskGroup, open_task_group
 from schedd.sdk.job import (
     E_NODE_EXCEPTION,
     Handler,
@@ -150,7 +151,7 @@ class Node:
         self._outbox: dict[tuple[str, int], Result] = {}
         self._drain_requested = False
         self._unavailable: dict[str, float] = {}  # service -> event-loop time its ttl ends
-        self._jobs: anyio.abc.TaskGroup | None = None
+        self._jobs: TaskGroup | None = None
 
     # ----------------------------------------------------------------------------------------
     # Public API.
@@ -169,7 +170,7 @@ class Node:
         fatal: RequestFailed | None = None
         status: anyio.abc.TaskStatus[None] | None = task_status
         try:
-            async with anyio.create_task_group() as jobs:
+            async with open_task_group() as jobs:
                 self._jobs = jobs
                 while True:
                     try:
