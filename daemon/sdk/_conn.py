@@ -19,8 +19,9 @@ Rules of this module:
   ``pong`` comes after the daemon has handled, or refused, everything sent before).
 - Sends are serialised by a FIFO lock: a channel's ``send`` is not safe to call from two tasks.
 - Concurrency is anyio's (task groups, events, cancel scopes), so a link works under trio and
-  asyncio alike; the lock is anyio's with ``fast_acquire`` (an uncontended send does not yield
-  first: the write that follows is a checkpoint anyway).
+  asyncio alike; a request's event is the running loop's own (:mod:`schedd.sdk._native`). The
+  send lock is anyio's with ``fast_acquire``: an uncontended send does not yield first (the
+  write that follows is a checkpoint anyway), and a released lock goes to the longest waiter.
 """
 
 from __future__ import annotations
