@@ -106,7 +106,8 @@ class _AioChannel(Channel):
         self._stream = stream
         self.peer = peer
         self._send_lock = anyio.Lock(fast_acquire=True)
-        self._closing = False
+        self._close_called = False  # aclose has begun (it runs once)
+        self._closing = False  # the goodbye is sent: nothing more is written or read
 
     async def _read(self) -> bytes:
         """The next bytes from the peer; ``b""`` once it closed the connection (or broke it)."""
@@ -129,8 +130,9 @@ class _AioChannel(Channel):
 
     async def aclose(self) -> None:
         """Say goodbye, then close the stream (see the module rules); never raises."""
-        if self._closing:
+        if self._close_called:
             return
+        self._close_called = True
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(CLOSE_TIMEOUT), suppress(ChannelClosed):
                 await self._goodbye()

@@ -4,13 +4,22 @@ written with anyio in the test (so the same server runs on either event loop).""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, Ping, Pong, Request, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
 
 from schedd.errors import ProtocolError
 from schedd.protocol.framing import encode_frame
@@ -185,3 +194,31 @@ async def test_an_invalid_websocket_frame_is_e_malformed() -> None:
                     await channel.receive()
                 assert caught.value.code == "E_MALFORMED"
             tg.cancel_scope.cancel()
+
+
+async def test_the_peers_close_ends_receive_and_send_and_one_close_answers_it() -> None:
+    seen: list[Any] = []
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        ws = await upgraded(stream)
+        await stream.send(ws.send(CloseConnection(code=1001, reason="bye")))
+        with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            while True:
+                ws.receive_data(await stream.receive())
+                seen.extend(ws.events())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            port = await serving(tg, serve)
+            async with open_channel(f"ws://127.0.0.1:{port}/") as channel:
+                with pytest.raises(ChannelClosed, match="closed the connection: 1001 \\(bye\\)"):
+                    await channel.receive()
+                with pytest.raises(ChannelClosed):
+                    await channel.send(b"{}")
+                async with anyio.create_task_group() as closing:  # two at once: one close
+                    closing.start_soon(channel.aclose)
+                    closing.start_soon(channel.aclose)
+            while not seen:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert [type(event) for event in seen] == [CloseConnection]  # the reply to the peer's close
