@@ -6,6 +6,7 @@ per event loop (anyio's pytest plugin, ``anyio_backend``) and per store (``store
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,10 @@ async def test_cancel_stops_the_handler(url: str) -> None:
             tg.cancel_scope.cancel()
 
 
-async def test_a_draining_node_rejects_and_another_accepts(daemon: DaemonThread) -> None:
+async def test_a_draining_node_rejects_and_another_accepts(
+    daemon: DaemonThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="schedd.sdk.node")
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as tg:
             busy = Node(daemon.ws, echo("busy"), pools=["p"], node_id="busy")
@@ -198,6 +202,7 @@ async def test_a_draining_node_rejects_and_another_accepts(daemon: DaemonThread)
                 done = await handle.result()
                 assert done.ok and done.node == "free"
             tg.cancel_scope.cancel()
+    assert f"rejecting job {handle.job_id} attempt 1: draining" in caplog.text
 
 
 async def test_wss_and_tls(store_url: str, tmp_path: Path) -> None:
