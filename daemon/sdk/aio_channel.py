@@ -21,6 +21,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from contextlib import suppress
 from typing import Final
@@ -81,8 +82,8 @@ async def open_anyio(target: Target, max_frame: int) -> Channel:
 def _cause(exc: OSError) -> str:
     """anyio reports a failed connect as one OSError whose cause says why (the last attempt)."""
     cause = exc.__cause__
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno)  # "Connection refused", not asyncio's wording
     return reason(exc)
 
 
