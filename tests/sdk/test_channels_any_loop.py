@@ -3,8 +3,8 @@ written with anyio in the test (so the same server runs on either event loop).""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -38,12 +38,16 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def serving(tg: anyio.abc.TaskGroup, serve: Serve) -> int:
-    """Serve each connection with ``serve`` on a loopback port; return the port."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
-    tg.start_soon(listener.serve, serve)
-    return port
+@asynccontextmanager
+async def server(serve: Serve) -> AsyncIterator[int]:
+    """Serve each connection with ``serve`` on a loopback port (yielded) until the block ends."""
+    async with anyio.create_task_group() as tg:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        tg.start_soon(listener.serve, serve)
+        try:
+            yield listener.extra(anyio.abc.SocketAttribute.local_port)
+        finally:
+            tg.cancel_scope.cancel()
 
 
 async def upgraded(stream: anyio.abc.SocketStream) -> WSConnection:
@@ -73,12 +77,10 @@ async def test_refused_is_connect_failed(scheme: str, anyio_backend: str) -> Non
 @pytest.mark.parametrize("scheme", ["ws", "tls"])
 async def test_silence_is_connect_failed_at_the_deadline(scheme: str) -> None:
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            port = await serving(tg, silent)
+        async with server(silent) as port:
             with pytest.raises(ConnectFailed, match=r"no answer within 0\.3 s"):
                 async with open_channel(f"{scheme}://127.0.0.1:{port}", connect_timeout=0.3):
                     pass
-            tg.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
@@ -98,12 +100,10 @@ async def test_a_failed_upgrade_is_connect_failed(answer: bytes, message: str) -
         await stream.aclose()
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            port = await serving(tg, serve)
+        async with server(serve) as port:
             with pytest.raises(ConnectFailed, match=message):
                 async with open_channel(f"ws://127.0.0.1:{port}"):
                     pass
-            tg.cancel_scope.cancel()
 
 
 async def test_frames_both_ways_then_the_peer_closes() -> None:
@@ -113,18 +113,15 @@ async def test_frames_both_ways_then_the_peer_closes() -> None:
         await stream.aclose()
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            port = await serving(tg, serve)
-            async with open_channel(f"tcp://127.0.0.1:{port}") as channel:
-                await channel.send(b'{"a":1}')
-                assert [await channel.receive(), await channel.receive()] == [b'{"a":1}'] * 2
-                with pytest.raises(ChannelClosed):
-                    await channel.receive()
-                await channel.aclose()
-                await channel.aclose()  # idempotent
-                with pytest.raises(ChannelClosed):
-                    await channel.send(b"{}")
-            tg.cancel_scope.cancel()
+        async with server(serve) as port, open_channel(f"tcp://127.0.0.1:{port}") as channel:
+            await channel.send(b'{"a":1}')
+            assert [await channel.receive(), await channel.receive()] == [b'{"a":1}'] * 2
+            with pytest.raises(ChannelClosed):
+                await channel.receive()
+            await channel.aclose()
+            await channel.aclose()  # idempotent
+            with pytest.raises(ChannelClosed):
+                await channel.send(b"{}")
 
 
 async def test_a_frame_over_the_limit_is_e_too_large() -> None:
@@ -133,14 +130,12 @@ async def test_a_frame_over_the_limit_is_e_too_large() -> None:
         await anyio.sleep_forever()
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            port = await serving(tg, serve)
-            async with open_channel(f"tcp://127.0.0.1:{port}", max_frame=1024) as channel:
-                for _ in range(2):  # and again: the stream cannot be trusted any more
-                    with pytest.raises(ProtocolError) as caught:
-                        await channel.receive()
-                    assert caught.value.code == "E_TOO_LARGE"
-            tg.cancel_scope.cancel()
+        url = "tcp://127.0.0.1:{}"
+        async with server(serve) as port, open_channel(url.format(port), max_frame=1024) as channel:
+            for _ in range(2):  # and again: the stream cannot be trusted any more
+                with pytest.raises(ProtocolError) as caught:
+                    await channel.receive()
+                assert caught.value.code == "E_TOO_LARGE"
 
 
 async def test_websocket_messages_pings_limits_and_close() -> None:
@@ -165,8 +160,7 @@ async def test_websocket_messages_pings_limits_and_close() -> None:
                     await stream.send(ws.send(TextMessage(data="y" * 5000)))
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            port = await serving(tg, serve)
+        async with server(serve) as port:
             async with open_channel(f"ws://127.0.0.1:{port}/", max_frame=1024) as channel:
                 assert await channel.receive() == "small"
                 assert await channel.receive() == b"parts"  # the ping was answered first
@@ -174,9 +168,8 @@ async def test_websocket_messages_pings_limits_and_close() -> None:
                 with pytest.raises(ProtocolError) as caught:
                     await channel.receive()
                 assert caught.value.code == "E_TOO_LARGE"
-            while len(seen) < 3:
+            while len(seen) < 3:  # the close frame is sent as the block ends
                 await anyio.sleep(0.01)
-            tg.cancel_scope.cancel()
     assert isinstance(seen[0], Pong) and seen[0].payload == b"hi"
     assert isinstance(seen[1], BytesMessage)  # binary in, binary out
     assert seen[2].code == 1009  # the close after E_TOO_LARGE
@@ -189,13 +182,10 @@ async def test_an_invalid_websocket_frame_is_e_malformed() -> None:
         await anyio.sleep_forever()
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            port = await serving(tg, serve)
-            async with open_channel(f"ws://127.0.0.1:{port}/") as channel:
-                with pytest.raises(ProtocolError) as caught:
-                    await channel.receive()
-                assert caught.value.code == "E_MALFORMED"
-            tg.cancel_scope.cancel()
+        async with server(serve) as port, open_channel(f"ws://127.0.0.1:{port}/") as channel:
+            with pytest.raises(ProtocolError) as caught:
+                await channel.receive()
+            assert caught.value.code == "E_MALFORMED"
 
 
 async def test_the_peers_close_ends_receive_and_send_and_one_close_answers_it() -> None:
@@ -210,17 +200,14 @@ async def test_the_peers_close_ends_receive_and_send_and_one_close_answers_it() 
                 seen.extend(ws.events())
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            port = await serving(tg, serve)
-            async with open_channel(f"ws://127.0.0.1:{port}/") as channel:
-                with pytest.raises(ChannelClosed, match="closed the connection: 1001 \\(bye\\)"):
-                    await channel.receive()
-                with pytest.raises(ChannelClosed):
-                    await channel.send(b"{}")
-                async with anyio.create_task_group() as closing:  # two at once: one close
-                    closing.start_soon(channel.aclose)
-                    closing.start_soon(channel.aclose)
+        async with server(serve) as port, open_channel(f"ws://127.0.0.1:{port}/") as channel:
+            with pytest.raises(ChannelClosed, match="closed the connection: 1001 \\(bye\\)"):
+                await channel.receive()
+            with pytest.raises(ChannelClosed):
+                await channel.send(b"{}")
+            async with anyio.create_task_group() as closing:  # two at once: one close
+                closing.start_soon(channel.aclose)
+                closing.start_soon(channel.aclose)
             while not seen:
                 await anyio.sleep(0.01)
-            tg.cancel_scope.cancel()
     assert [type(event) for event in seen] == [CloseConnection]  # the reply to the peer's close
