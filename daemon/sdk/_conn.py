@@ -18,6 +18,10 @@ Rules of this module:
   ``unavailable``) are confirmed by a ``ping`` sent after them (the protocol's order rule: the
   ``pong`` comes after the daemon has handled, or refused, everything sent before).
 - Sends are serialised by a FIFO lock: a channel's ``send`` is not safe to call from two tasks.
+- Concurrency is anyio's (task groups, events, cancel scopes), so a link works under trio and
+  asyncio alike; a request's event is the running loop's own (:mod:`schedd.sdk._native`). The
+  send lock is anyio's with ``fast_acquire``: an uncontended send does not yield first (the
+  write that follows is a checkpoint anyway), and a released lock goes to the longest waiter.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Final, NoReturn, TypeVar
 
+import anyio
 import attrs
-import trio
 
 from schedd.errors import ProtocolError, SchedError
 from schedd.protocol import (
@@ -46,6 +50,8 @@ from schedd.protocol import (
     decode,
     encode,
 )
+from schedd.sdk._native import event
+from schedd.sdk._target import BROKEN
 from schedd.sdk.connect import ConnectFailed, open_channel
 from schedd.transport.channel import Channel, ChannelClosed
 
@@ -141,7 +147,7 @@ class Backoff:
 
     async def sleep(self) -> None:
         # Jitter spreads the reconnects of many peers after a daemon restart.
-        await trio.sleep(self._delay * random.uniform(0.8, 1.2))
+        await anyio.sleep(self._delay * random.uniform(0.8, 1.2))
         self._delay = min(self.maximum, max(self._delay * 2, 0.05))
 
 
@@ -149,7 +155,7 @@ class _Waiter:
     __slots__ = ("event", "reply")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self.event = event()
         self.reply: Message | None = None
 
 
@@ -164,11 +170,11 @@ class Link:
         self.url = url
         self.welcome = welcome
         self._channel = channel
-        self._send_lock = trio.StrictFIFOLock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._waiters: dict[str, _Waiter] = {}
         self._refs = itertools.count(1)
         self._closed = False
-        self._ended = trio.Event()
+        self._ended = anyio.Event()
 
     @property
     def closed(self) -> bool:
@@ -190,7 +196,7 @@ class Link:
         try:
             async with self._send_lock:
                 await self._channel.send(data)
-        except (ChannelClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except (ChannelClosed, *BROKEN, OSError) as exc:
             # A broken send means a broken connection: close it so the reader stops too.
             await self.aclose()
             raise LinkLost(f"connection to {self.url} lost: {exc}") from exc
@@ -239,7 +245,7 @@ class Link:
     async def aclose(self) -> None:
         """Close the connection (idempotent); the reader then ends."""
         self._closed = True
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             try:
                 await self._channel.aclose()
             except Exception:  # Channel.aclose never raises by contract; be safe anyway
@@ -259,7 +265,7 @@ class Link:
         10)``): a daemon that went silent is noticed even though no byte says so.
         """
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 if keepalive is not None:
                     timeout = keepalive_timeout or max(5 * keepalive, 10.0)
                     nursery.start_soon(self._keepalive, keepalive, timeout)
@@ -276,7 +282,7 @@ class Link:
         while True:
             try:
                 data = await self._channel.receive()
-            except (ChannelClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            except (ChannelClosed, *BROKEN, OSError):
                 return
             except ProtocolError as exc:
                 # The transport lost the framing (E_TOO_LARGE...): the stream cannot be trusted.
@@ -308,8 +314,8 @@ class Link:
 
     async def _keepalive(self, interval: float, pong_timeout: float) -> None:
         while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(pong_timeout) as scope:
+            await anyio.sleep(interval)
+            with anyio.move_on_after(pong_timeout) as scope:
                 try:
                     await self.request(Ping(), Pong)
                 except LinkLost:
@@ -370,7 +376,7 @@ class Dialer:
                     raise
                 log.info("daemon %s refused hello: %s", url, exc)
                 last = exc
-            except (ChannelClosed, OSError, ProtocolError, trio.BrokenResourceError) as exc:
+            except (ChannelClosed, OSError, ProtocolError, *BROKEN) as exc:
                 log.info("cannot connect to %s: %s", url, exc)
                 last = exc
             self.rotate()
@@ -401,7 +407,7 @@ class Dialer:
         raise AssertionError("unreachable")  # pragma: no cover  (mypy: the stack may swallow)
 
     async def _handshake(self, channel: Channel, url: str) -> Welcome:
-        with trio.move_on_after(self.connect_timeout):
+        with anyio.move_on_after(self.connect_timeout):
             await channel.send(encode(attrs.evolve(self._hello, ref="hello")))
             while True:
                 message = decode(await channel.receive())

@@ -32,7 +32,10 @@ Rules of this module:
   seconds since it was last checked (at most ``_LOST_CHECK_BATCH`` per interval, the longest
   unchecked first).
 - The first connection is tried once per URL: :meth:`Client.connect` raises if no daemon answers.
-  Later reconnects retry with backoff until they succeed (bound them with ``trio.fail_after``).
+  Later reconnects retry with backoff until they succeed (bound them with ``anyio.fail_after``,
+  ``trio.fail_after`` or ``asyncio.timeout``).
+- The same code runs under trio and asyncio (anyio); see :mod:`schedd.sdk.connect` for the
+  channels each uses.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final, TypeVar
 
-import trio
-import trio.lowlevel
+import anyio
+import anyio.abc
+import anyio.lowlevel
 
 from schedd.protocol import (
     E_DETACHED,
@@ -75,13 +79,12 @@ from schedd.sdk._conn import (
     RequestFailed,
     reraise_sole,
 )
+from schedd.sdk.handle import JobHandle, JobLost
 
 __all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "RequestFailed"]
 
 log = logging.getLogger(__name__)
 
-_PROGRESS_BUFFER: Final = 1024
-"""Progress messages kept per job for a slow (or absent) reader; later ones are dropped."""
 _RECONNECT_DELAY: Final = 0.2
 _FOLLOW_RETRIES: Final = 5
 """Tries to re-follow a job after a reconnect when the daemon says "retry later"."""
@@ -91,126 +94,6 @@ _LOST_CHECK_INTERVAL: Final = 30.0
 _LOST_CHECK_BATCH: Final = 32
 """Most ``status`` checks of waiting jobs per ``lost_check_interval``."""
 _M = TypeVar("_M", bound=Message)
-
-
-class JobLost(RequestFailed):
-    """The daemon no longer knows a job this client was waiting for (code ``E_NO_JOB``): its
-    store lost it (Redis restarted without persistence, flushed, or failed over to a replica
-    that missed it). Its ``done`` will never come; submit it again if it must run."""
-
-    def __init__(self, job_id: str, detail: str = "") -> None:
-        super().__init__(
-            "E_NO_JOB",
-            f"job {job_id} no longer exists on the daemon; its result will never come"
-            + (f" ({detail})" if detail else ""),
-            job_id=job_id,
-        )
-        self.detail = detail
-
-    def copy(self) -> JobLost:
-        return JobLost(self.job_id or "", self.detail)
-
-
-class JobHandle:
-    """One job this client submitted or follows: its state, progress stream and result.
-
-    ``state`` is the state the daemon last reported (``accepted``, ``job`` or ``done``).
-    ``duplicate`` is ``accepted.duplicate``: the ``job_id`` existed before this submit (after a
-    submit retried across a reconnect, that may be the job this very call created).
-    ``traceparent`` and ``tracestate`` are the job's W3C trace context as ``accepted`` gave it.
-    """
-
-    def __init__(self, client: Client, job_id: str) -> None:
-        self.job_id = job_id
-        self.state: str = "queued"
-        self.duplicate = False
-        self.traceparent: str | None = None
-        self.tracestate: str | None = None
-        self._client = client
-        self._done: Done | None = None
-        self._failure: RequestFailed | None = None
-        self._finished = trio.Event()
-        self._progress_in, self._progress_out = trio.open_memory_channel[Any](_PROGRESS_BUFFER)
-        # True once the daemon has acknowledged the job (accepted / job): only such jobs are
-        # re-followed after a reconnect; an unacknowledged submit is retried by its caller.
-        self._acknowledged = False
-        self._dropped_progress = 0
-        self._checked = trio.current_time()  # when the job was last known to exist
-
-    def __repr__(self) -> str:
-        return f"<JobHandle {self.job_id} {self.state}>"
-
-    @property
-    def finished(self) -> bool:
-        """True once the job's ``done`` arrived (or the handle failed)."""
-        return self._finished.is_set()
-
-    async def result(self) -> Done:
-        """Wait for the job's ``done`` and return it (whatever its state: check ``done.ok``).
-
-        Raises :class:`RequestFailed` if the answer can no longer come: the job is gone
-        (:class:`JobLost`, or ``E_NOT_YOURS`` when re-followed), another connection follows it
-        (``E_DETACHED``), the connection was lost with ``reconnect=False`` (``E_UNAVAILABLE``),
-        or the client was closed (``E_CLIENT_CLOSED``).
-        """
-        await self._finished.wait()
-        if self._done is not None:
-            return self._done
-        assert self._failure is not None
-        raise self._failure.copy()
-
-    def progress(self) -> AsyncIterator[Any]:
-        """The ``data`` of each ``progress`` message, in order, until the job is done.
-
-        There is one stream per handle: two iterators share (split) it. Up to 1024 messages
-        are buffered for a slow reader; later ones are dropped (and logged).
-        """
-        return _ProgressIterator(self._progress_out)
-
-    async def cancel(self) -> None:
-        """Cancel the job; its ``done`` (state ``canceled``) then completes :meth:`result`."""
-        await self._client.cancel(self.job_id)
-
-    # The client's reader calls these; none of them blocks.
-
-    def _push_progress(self, data: Any) -> None:
-        if self.finished:
-            return
-        try:
-            self._progress_in.send_nowait(data)
-        except trio.WouldBlock:
-            self._dropped_progress += 1
-            if self._dropped_progress == 1:
-                log.warning("job %s: progress is not being read; dropping", self.job_id)
-
-    def _finish(self, done: Done) -> None:
-        if self.finished:
-            return
-        self._done = done
-        self.state = done.state
-        self._finished.set()
-        self._progress_in.close()
-
-    def _fail(self, failure: RequestFailed) -> None:
-        if self.finished:
-            return
-        self._failure = failure
-        self._finished.set()
-        self._progress_in.close()
-
-
-class _ProgressIterator:
-    def __init__(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
-        self._receive = receive
-
-    def __aiter__(self) -> _ProgressIterator:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
 
 
 class Client:
@@ -239,11 +122,11 @@ class Client:
         self._reconnect = reconnect
         self._lost_check_interval = lost_check_interval
         self._link: Link | None = None
-        self._connected = trio.Event()
+        self._connected = anyio.Event()
         self._handles: dict[str, JobHandle] = {}
         self._closed = False
         self._broken: RequestFailed | None = None
-        self._nursery: trio.Nursery | None = None
+        self._nursery: anyio.abc.TaskGroup | None = None
         self.principal = ""
         self.instance = ""
 
@@ -280,7 +163,7 @@ class Client:
         # channel holds a nursery, which must be exited by the task that entered it).
         async with stack:
             try:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     client._nursery = nursery
                     nursery.start_soon(client._supervise, link)
                     if lost_check_interval is not None:
@@ -383,10 +266,10 @@ class Client:
         return handle
 
     async def query(self, what: str, **filters: Any) -> dict[str, Any]:
-        """A global view from the daemon: ``nodes``, ``pools`` or ``stats`` (``answer.data``);
-        or ``jobs``: one page of this principal's jobs, ``{"jobs": [...], "cursor": ...}``,
-        narrowed by ``filters`` (``state``, ``pool``, ``node``, ``since``, ``until`` in unix
-        ms, ``limit`` up to 500, ``cursor`` of the previous page)."""
+        """A global view from the daemon: ``nodes``, ``pools``, ``stats`` or ``clients``
+        (``answer.data``); or ``jobs``: one page of this principal's jobs, ``{"jobs": [...],
+        "cursor": ...}``, narrowed by ``filters`` (``state``, ``pool``, ``node``, ``since``,
+        ``until`` in unix ms, ``limit`` up to 500, ``cursor`` of the previous page)."""
         answer = await self._request(Query(what=what, **filters), Answer)
         return answer.data
 
@@ -434,7 +317,7 @@ class Client:
             elif link.closed:
                 # Lost, but the supervisor has not noticed yet: wait for it to move on.
                 await link.wait_ended()
-                await trio.lowlevel.checkpoint()
+                await anyio.lowlevel.checkpoint()
             else:
                 return link
 
@@ -494,7 +377,7 @@ class Client:
     def _detach(self, link: Link) -> None:
         if self._link is link:
             self._link = None
-            self._connected = trio.Event()
+            self._connected = anyio.Event()
 
     def _break(self, failure: RequestFailed) -> None:
         """No connection will come back: fail every waiter and handle."""
@@ -515,7 +398,7 @@ class Client:
         handles = [h for h in self._handles.values() if h._acknowledged and not h.finished]
         if handles:
             log.info("re-following %d jobs on %s", len(handles), link.url)
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for handle in handles:
                 nursery.start_soon(self._refollow_one, link, handle)
 
@@ -552,8 +435,8 @@ class Client:
         """Every ``interval`` seconds, ask ``status`` of the jobs waited for longest unchecked
         (at most ``_LOST_CHECK_BATCH``); a job the daemon no longer knows fails its handle."""
         while True:
-            await trio.sleep(interval)
-            now = trio.current_time()
+            await anyio.sleep(interval)
+            now = anyio.current_time()
             due = sorted(
                 (h for h in self._handles.values()
                  if h._acknowledged and not h.finished and now - h._checked >= interval),
@@ -572,7 +455,7 @@ class Client:
                         log.warning("job %s no longer exists on %s", handle.job_id, link.url)
                         self._lose(handle, exc)
                     continue  # other refusals (E_UNAVAILABLE...): checked again later
-                handle._checked = trio.current_time()
+                handle._checked = anyio.current_time()
                 if not handle.finished:
                     handle.state = job.state
 

@@ -7,9 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
-import trio
-
 from schedd.protocol import DEFAULT_MAX_FRAME, MAX_TEXT_LEN, ErrorInfo, Result, encode
+from schedd.sdk._native import cancel_scope
 
 #: the node's logger: what a job's end logs is the node's record
 log = logging.getLogger("schedd.sdk.node")
@@ -62,7 +61,7 @@ class JobContext:
         self.tracestate = tracestate
         self._node = node
         # Created before the task starts, so a cancel that arrives first still takes effect.
-        self._scope = trio.CancelScope()
+        self._scope = cancel_scope()
 
     def __repr__(self) -> str:
         return f"<JobContext {self.job_id} attempt {self.attempt}>"

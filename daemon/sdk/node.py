@@ -45,8 +45,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import anyio
+import anyio.abc
 import attrs
-import trio
 
 from schedd.protocol import (
     MAX_RUNNING,
@@ -70,6 +71,7 @@ from schedd.protocol import (
     encode,
 )
 from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
+from schedd.sdk._native import TaskGroup, open_task_group
 from schedd.sdk.job import (
     E_NODE_EXCEPTION,
     Handler,
@@ -150,14 +152,16 @@ class Node:
         self._link: Link | None = None  # set while registered
         self._outbox: dict[tuple[str, int], Result] = {}
         self._drain_requested = False
-        self._unavailable: dict[str, float] = {}  # service -> trio time its ttl ends
-        self._jobs: trio.Nursery | None = None
+        self._unavailable: dict[str, float] = {}  # service -> event-loop time its ttl ends
+        self._jobs: TaskGroup | None = None
 
     # ----------------------------------------------------------------------------------------
     # Public API.
     # ----------------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Connect, register and serve jobs until cancelled; reconnect whenever needed.
 
         Reports ``started()`` after the first ``registered``. Raises :class:`RequestFailed` for
@@ -166,9 +170,9 @@ class Node:
         if self._jobs is not None:
             raise RuntimeError("this node is already running")
         fatal: RequestFailed | None = None
-        status: trio.TaskStatus[None] | None = task_status
+        status: anyio.abc.TaskStatus[None] | None = task_status
         try:
-            async with trio.open_nursery() as jobs:
+            async with open_task_group() as jobs:
                 self._jobs = jobs
                 while True:
                     try:
@@ -222,7 +226,7 @@ class Node:
         registration. Raises :class:`RequestFailed` if the daemon refuses it.
         """
         message = Unavailable(service=service, ttl=ttl)  # validates
-        self._unavailable[service] = trio.current_time() + ttl
+        self._unavailable[service] = anyio.current_time() + ttl
         link = self._link
         if link is None:
             return
@@ -233,7 +237,7 @@ class Node:
     # One connection.
     # ----------------------------------------------------------------------------------------
 
-    async def _session(self, link: Link, status: trio.TaskStatus[None] | None) -> bool:
+    async def _session(self, link: Link, status: anyio.abc.TaskStatus[None] | None) -> bool:
         """Register on ``link`` and serve it until it ends; True if it got registered.
 
         Raises :class:`RequestFailed` for a fatal refusal of ``register``.
@@ -242,7 +246,7 @@ class Node:
         failure: RequestFailed | None = None
         interval = self._heartbeat_interval or link.welcome.heartbeat_interval
 
-        async def serve(cancel_scope: trio.CancelScope) -> None:
+        async def serve(cancel_scope: anyio.CancelScope) -> None:
             await link.serve(
                 lambda message: self._on_message(link, message), keepalive=3 * interval
             )
@@ -252,7 +256,7 @@ class Node:
         # have been shutting down); one the node asked for stays. Reset before register: the
         # daemon may send drain right behind registered.
         self.draining = self._drain_requested
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(serve, nursery.cancel_scope)
             try:
                 registered = await link.request(self._register_message(), Registered)
@@ -339,7 +343,7 @@ class Node:
         try:
             if drain:
                 await link.request(Drain(reason="requested by the node"), Drain)
-            now = trio.current_time()
+            now = anyio.current_time()
             for service, until in unavailable.items():
                 if until > now:
                     await link.send_confirmed(Unavailable(service=service, ttl=until - now))
@@ -366,7 +370,7 @@ class Node:
                 await link.send(message)
             except LinkLost:
                 return
-            await trio.sleep(interval)
+            await anyio.sleep(interval)
 
     # ----------------------------------------------------------------------------------------
     # Messages from the daemon.
@@ -518,7 +522,7 @@ class Node:
                 await self._flush(link, [result])
 
     async def _resend_result(self, link: Link, result: Result) -> None:
-        await trio.sleep(_RESEND_DELAY * (0.5 + random.random()))
+        await anyio.sleep(_RESEND_DELAY * (0.5 + random.random()))
         key = (result.job_id, result.attempt)
         if link is self._link and self._outbox.get(key) is result:
             with contextlib.suppress(LinkLost):

@@ -156,6 +156,7 @@ async def test_cancel_is_confirmed_and_done_follows(
 ) -> None:
     async def script() -> None:
         peer = await daemon.accept()
+        peer.auto_pong = False  # the pong confirming a cancel comes after the daemon's answer
         await peer.handshake()
         await accept(peer)
         cancel = await peer.recv(Cancel)
@@ -168,11 +169,15 @@ async def test_cancel_is_confirmed_and_done_follows(
                 error=ErrorInfo(code="E_CANCELED", message="cancelled by the client"),
             )
         )
+        ping = await peer.recv(Ping)
+        await peer.send(Pong(ref=ping.ref))
         # A refused cancel: the error carries the cancel's ref.
         cancel = await peer.recv(Cancel)
         await peer.send(
             Error(code="E_NO_JOB", message="no job nope", job_id="nope", ref=cancel.ref)
         )
+        ping = await peer.recv(Ping)
+        await peer.send(Pong(ref=ping.ref))
 
     nursery.start_soon(script)
     with trio.fail_after(10):

@@ -373,10 +373,13 @@ async def test_node_drain_request_and_unavailable(
             drain = await peer.recv(Drain)
             assert drain.ref is not None
             await peer.send(Drain(reason=drain.reason, ref=drain.ref))
+            peer.auto_pong = False  # the pong confirming it comes after the daemon's answer
             unavailable = await peer.recv(Unavailable)
             assert (unavailable.service, unavailable.ttl) == ("mt", 30.0)
+            await peer.send(Pong(ref=(await peer.recv(Ping)).ref))
             refused = await peer.recv(Unavailable)
             await peer.send(Error(code="E_STALE_EPOCH", message="old", ref=refused.ref))
+            await peer.send(Pong(ref=(await peer.recv(Ping)).ref))
 
         nursery.start_soon(script)
         await start_node(nursery, node)

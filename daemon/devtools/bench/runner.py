@@ -214,6 +214,10 @@ def table(document: dict[str, Any]) -> str:
         from schedd.devtools.browse_cost import table_rows as browse_rows
 
         rows += browse_rows(r["BROWSE"])
+    if "SDK" in r and "round_trip_ms" in r["SDK"]:
+        from schedd.devtools.sdk_bench import table_rows as sdk_rows
+
+        rows += sdk_rows(r["SDK"])
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]

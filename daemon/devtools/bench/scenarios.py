@@ -1,5 +1,5 @@
-"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE) and their
-scales."""
+"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK) and
+their scales."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                  "fail_rate": 0.01, "warmup": 30.0, "phase_seconds": 60.0, "sample_every": 1.0},
         # a page of jobs from a namespace of 1,000 and of 1,000,000 finished jobs
         "BROWSE": {"sizes": [1000, 1_000_000], "pages": 200, "rounds": 5, "settle": 5.0},
+        # serial jobs through an SDK Node and Client, per event loop, the loops in turn
+        "SDK": {"jobs": 2000, "warmup": 200, "rounds": 3},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -59,6 +61,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "SOAK": {"nodes": 20, "disconnect_rate": 0.25, "rate": 50, "clients": 1,
                  "fail_rate": 0.01, "warmup": 1.0, "phase_seconds": 2.0, "sample_every": 0.25},
         "BROWSE": {"sizes": [1000, 20_000], "pages": 20, "rounds": 2, "settle": 0.2},
+        "SDK": {"jobs": 50, "warmup": 10, "rounds": 1},
     },
 }
 
@@ -357,6 +360,14 @@ async def browse(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
                      opt.say)
 
 
+async def sdk(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's serial round trip under each event loop (schedd.devtools.sdk_bench)."""
+    from schedd.devtools.sdk_bench import run_sdk
+
+    return await run_sdk(opt, p)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
-                   "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse}
+                   "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse,
+                   "SDK": sdk}
