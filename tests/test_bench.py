@@ -388,7 +388,9 @@ async def test_submit_command_is_the_command_the_core_sends(redis_server: Any) -
     and sent on its own it takes that job; a second send of it is refused as not new."""
 
     def spec(job_id: str = "") -> JobSpec:
-        return JobSpec(pools=("p",), job_id=job_id, payload_json='{"n": 1}')
+        # one trace context for every job: the core makes a new one for a job given none
+        trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        return JobSpec(pools=("p",), job_id=job_id, payload_json='{"n": 1}', trace=trace)
 
     address = ("127.0.0.1", redis_server.port)
     async with open_store(redis_server.url) as store:

@@ -28,13 +28,14 @@ def test_the_sdk_scenario_runs_every_driver_at_tiny_scale(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     sdk = json.loads(out.read_text())["results"]["SDK"]
     assert "failed" not in sdk, sdk
-    assert list(sdk["round_trip_ms"]) == list(DRIVERS) == ["trio", "asyncio"]
+    assert list(sdk["round_trip_ms"]) == list(DRIVERS) == ["trio", "asyncio", "blocking"]
     for lat in sdk["round_trip_ms"].values():
         assert lat["n"] == sdk["params"]["jobs"] * sdk["params"]["rounds"]
         assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
-    assert set(sdk["ratios"]) == {"asyncio/trio"}
-    ratio = r"SDK\s+asyncio/trio round trip \(target <= 1\.3\)\s+p50 [\d.]+ / p99 [\d.]+\n"
-    assert re.search(ratio, proc.stdout)
+    assert set(sdk["ratios"]) == {"asyncio/trio", "blocking/trio"}
+    for pair, target in (("asyncio/trio", r"1\.3"), ("blocking/trio", r"1\.5")):
+        ratio = rf"SDK\s+{pair} round trip \(target <= {target}\)\s+p50 [\d.]+ / p99 [\d.]+\n"
+        assert re.search(ratio, proc.stdout)
 
 
 def test_ratios_are_over_the_first_driver() -> None:

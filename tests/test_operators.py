@@ -139,8 +139,11 @@ async def test_requeue_places_on_a_free_node_at_once(store: Store) -> None:
 
 async def test_requeue_by_filter(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     ops, _rec, queries = await _operators(store)
+    # submitted a few ms apart: candidates come newest submission first (ties: by id)
     a1 = await _failed_job(ops, "pa")
+    await trio.sleep(0.003)
     b1 = await _failed_job(ops, "pb")
+    await trio.sleep(0.003)
     canceled = await ops.core.submit(spec("pa"), principal="alice")
     await ops.cancel(canceled.job_id, who="admin")
     caplog.set_level(logging.INFO, "schedd.operators")

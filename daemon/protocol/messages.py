@@ -55,17 +55,13 @@ from schedd.protocol.fields import (
     _json_object,
     _json_type,
     _labels,
-    _later_than,
     _name,
     _names,
     _one_of,
-    _only_for,
-    _opt_cursor,
     _opt_float,
     _opt_int,
     _opt_json_object,
     _opt_name,
-    _opt_one_of,
     _opt_text,
     _opt_traceparent,
     _opt_tracestate,
@@ -74,6 +70,8 @@ from schedd.protocol.fields import (
     _timings,
     _view_object,
 )
+from schedd.protocol.query import MAX_JOB_PAGE, QUERY_SUBJECTS, Answer, Query
+from schedd.protocol.states import JOB_STATES, TERMINAL_STATES, JobState, TerminalState
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -139,14 +137,6 @@ PROTOCOL_VERSION: Final = 1
 
 Role: TypeAlias = Literal["node", "client"]
 Sender: TypeAlias = Literal["node", "client", "daemon"]
-JobState: TypeAlias = Literal[
-    "queued", "assigned", "running", "done", "failed", "canceled", "timed_out"
-]
-TerminalState: TypeAlias = Literal["done", "failed", "canceled", "timed_out"]
-
-#: Every job state, in the order of the job's life (the one definition: the core imports it).
-JOB_STATES: Final[tuple[str, ...]] = get_args(JobState)
-TERMINAL_STATES: Final[frozenset[str]] = frozenset(get_args(TerminalState))
 _ROLES: Final[frozenset[str]] = frozenset({"node", "client"})
 
 # --------------------------------------------------------------------------------------------
@@ -497,53 +487,6 @@ class Follow:
     SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
 
     job_id: str = attrs.field(validator=_name)
-    ref: str | None = _ref()
-
-
-QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats", "clients", "jobs"})
-MAX_JOB_PAGE: Final = 500
-"""Most jobs one ``answer`` to ``query`` ``jobs`` lists (``limit``)."""
-_JOB_FILTERS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")
-_jobs_only = _only_for("jobs")
-
-
-
-
-@attrs.frozen(kw_only=True)
-class Query:
-    """A client asks for a global view (for the CLI); answered with ``answer``. With
-    ``what="jobs"`` it lists the jobs of the connection's principal that match the filters,
-    newest submission first, a page at a time (``cursor`` from the answer continues it)."""
-
-    TYPE: ClassVar[str] = "query"
-    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
-
-    what: str = attrs.field(validator=_one_of(QUERY_SUBJECTS))
-    state: str | None = attrs.field(default=None, validator=_jobs_only(_opt_one_of(JOB_STATES)))
-    pool: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
-    principal: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
-    node: str | None = attrs.field(default=None, validator=_jobs_only(_opt_name))
-    since: int | None = attrs.field(default=None, validator=_jobs_only(_opt_int(0)))
-    until: int | None = attrs.field(default=None, validator=_jobs_only(_later_than("since")))
-    limit: int | None = attrs.field(default=None, validator=_jobs_only(_opt_int(1, MAX_JOB_PAGE)))
-    cursor: str | None = attrs.field(default=None, validator=_jobs_only(_opt_cursor))
-    ref: str | None = _ref()
-
-    def filters(self) -> dict[str, Any]:
-        """The job filters given (``what="jobs"``), by name."""
-        return {name: getattr(self, name) for name in _JOB_FILTERS
-                if getattr(self, name) is not None}
-
-
-@attrs.frozen(kw_only=True)
-class Answer:
-    """The daemon's answer to ``query``, read from Redis (the same on every instance)."""
-
-    TYPE: ClassVar[str] = "answer"
-    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
-
-    what: str = attrs.field(validator=_one_of(QUERY_SUBJECTS))
-    data: dict[str, Any] = attrs.field(factory=dict, validator=_view_object)
     ref: str | None = _ref()
 
 
