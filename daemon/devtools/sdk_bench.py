@@ -157,7 +157,9 @@ def table_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     for name, lat in s["round_trip_ms"].items():
         value = f"p50 {lat['p50']} / p99 {lat['p99']} / max {lat['max']} ms" if lat.get("n") \
             else "-"
-        rows.append(("SDK", f"serial submit->done, {name} Node and Client", value))
+        who = ("BlockingClient, trio Node in a thread" if name == "blocking"
+               else f"{name} Node and Client")
+        rows.append(("SDK", f"serial submit->done, {who}", value))
     for pair, ratio in s["ratios"].items():
         target = f" (target <= {TARGETS[pair]})" if pair in TARGETS else ""
         rows.append(("SDK", f"{pair} round trip{target}",

@@ -27,7 +27,7 @@ Rules of this module:
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
 from functools import partial
@@ -76,6 +76,15 @@ class BlockingJobHandle:
     @property
     def duplicate(self) -> bool:
         return self._handle.duplicate
+
+    @property
+    def traceparent(self) -> str | None:
+        """The job's W3C traceparent, as ``accepted`` gave it."""
+        return self._handle.traceparent
+
+    @property
+    def tracestate(self) -> str | None:
+        return self._handle.tracestate
 
     @property
     def finished(self) -> bool:
@@ -182,30 +191,11 @@ class BlockingClient:
     # Requests: the async client's, run in the background loop.
     # ----------------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        payload: Any = None,
-        *,
-        pools: Sequence[str] = (),
-        requirements: Mapping[str, Any] | None = None,
-        job_id: str | None = None,
-        session_id: str | None = None,
-        priority: int = 0,
-        services: Sequence[str] = (),
-        ack_timeout: float | None = None,
-        run_timeout: float | None = None,
-        queue_timeout: float | None = None,
-        max_attempts: int | None = None,
-    ) -> BlockingJobHandle:
-        """Submit a job; return its handle once the daemon has accepted it
-        (see :meth:`schedd.sdk.Client.submit`)."""
-        submit = partial(
-            self._client.submit, payload, pools=pools, requirements=requirements, job_id=job_id,
-            session_id=session_id, priority=priority, services=services,
-            ack_timeout=ack_timeout, run_timeout=run_timeout, queue_timeout=queue_timeout,
-            max_attempts=max_attempts,
-        )
-        return BlockingJobHandle(self, self._call(submit))
+    def submit(self, payload: Any = None, **options: Any) -> BlockingJobHandle:
+        """Submit a job; return its handle once the daemon has accepted it. ``options`` are
+        :meth:`schedd.sdk.Client.submit`'s keyword arguments (``pools``, ``job_id``,
+        ``traceparent``...), passed on as they are, so the two clients take the same."""
+        return BlockingJobHandle(self, self._call(partial(self._client.submit, payload, **options)))
 
     def status(self, job_id: str) -> Job:
         """A snapshot of the job (``E_NO_JOB``, ``E_NOT_YOURS`` raise :class:`RequestFailed`)."""
@@ -219,9 +209,14 @@ class BlockingClient:
         """Attach to a job submitted earlier by this principal."""
         return BlockingJobHandle(self, self._call(partial(self._client.follow, job_id)))
 
-    def query(self, what: str) -> dict[str, Any]:
-        """A global view from the daemon (see :meth:`schedd.sdk.Client.query`)."""
-        return self._call(partial(self._client.query, what))
+    def query(self, what: str, **filters: Any) -> dict[str, Any]:
+        """A global view from the daemon, or a page of this principal's jobs (see
+        :meth:`schedd.sdk.Client.query`)."""
+        return self._call(partial(self._client.query, what, **filters))
+
+    def admin(self, action: str, **fields: Any) -> list[dict[str, Any]]:
+        """An operator action (needs an admin token; see :meth:`schedd.sdk.Client.admin`)."""
+        return self._call(partial(self._client.admin, action, **fields))
 
     # ----------------------------------------------------------------------------------------
     # The background loop.

@@ -187,6 +187,21 @@ def test_refused_requests_raise_the_sdk_errors(client: BlockingClient) -> None:
         client.submit({}, pools=["p"], priority=10**9)
 
 
+def test_the_options_of_the_async_client_pass_through(client: BlockingClient) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    handle = client.submit({"n": 1}, pools=["p"], job_id="traced", traceparent=traceparent,
+                           tracestate="k=v")
+    assert (handle.traceparent, handle.tracestate) == (traceparent, "k=v")
+    assert handle.result(timeout=WAIT).ok
+    page = client.query("jobs", state="done", limit=10)
+    assert [job["job_id"] for job in page["jobs"]] == ["traced"]
+    with pytest.raises(TypeError):  # an option the async client does not take
+        client.submit({}, pools=["p"], no_such_option=1)
+    with pytest.raises(RequestFailed) as info:  # no admin token: refused, nothing changes
+        client.admin("drain", node_id="worker")
+    assert info.value.code == "E_FORBIDDEN"
+
+
 def test_follow_from_a_second_client(daemon: DaemonThread, client: BlockingClient) -> None:
     handle = client.submit({"block": True}, pools=["p"])
     with BlockingClient(daemon.url) as other:
