@@ -28,7 +28,7 @@ def _show(value: object) -> str:
 
 
 def _kind(attribute: attrs.Attribute[Any]) -> str:
-    return "an integer" if attribute.type in (int, "int") else "a number"
+    return "an integer" if attribute.type in (int, "int", int | None, "int | None") else "a number"
 
 
 _Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
