@@ -33,6 +33,7 @@ from schedd.core.queries import (
     NodeInfo,
     PoolInfo,
     Queries,
+    UsageInfo,
 )
 from schedd.core.reaper import serve_reaper
 from schedd.protocol.messages import JOB_STATES, TERMINAL_STATES
@@ -68,6 +69,7 @@ __all__ = [
     "Queries",
     "Registration",
     "Submitted",
+    "UsageInfo",
     "new_id",
     "parse_time_bound",
     "serve_inbox",

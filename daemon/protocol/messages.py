@@ -500,7 +500,7 @@ class Follow:
     ref: str | None = _ref()
 
 
-QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats", "clients", "jobs"})
+QUERY_SUBJECTS: Final = frozenset({"nodes", "pools", "stats", "clients", "jobs", "usage"})
 MAX_JOB_PAGE: Final = 500
 """Most jobs one ``answer`` to ``query`` ``jobs`` lists (``limit``)."""
 _JOB_FILTERS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")
