@@ -269,8 +269,6 @@ class QuotasSection:
         {}, "principal -> its own quotas (a table of the settings above)", _principal_names)
     pool_rates: Mapping[str, float] = setting(
         {}, "pool key -> dispatches per second (jobs over it stay queued)", _pool_rates)
-    usage_exported: int = setting(
-        100, "principals /metrics exports usage of (the most recently active)", _between(0, 10000))
 
 
 @attrs.frozen
