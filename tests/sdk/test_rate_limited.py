@@ -1,14 +1,22 @@
 """The client SDK honours E_RATE_LIMITED: it waits the daemon's retry_after and submits again,
-within its bounds (against the scripted fake daemon, on both transports)."""
+within its bounds (against the scripted fake daemon, on both transports; and the blocking client
+against a real daemon, on both stores)."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
 
+from schedd.devtools.redis_process import free_port
 from schedd.protocol import Error, Submit
+from schedd.sdk import BlockingClient
 from schedd.sdk.client import Client, RequestFailed
 from tests.sdk import FakeDaemon, start_fake_daemon
+from tests.sdk.test_blocking import WAIT, DaemonThread
 from tests.sdk.test_client import accept
 
 
@@ -77,3 +85,38 @@ async def test_a_wait_longer_than_the_bound_raises_at_once(
             with pytest.raises(RequestFailed) as info:
                 await client.submit(pools=["p"])
     assert info.value.retry_after == 3600.0
+
+
+class RateLimitedDaemon(DaemonThread):
+    """A real daemon (tcp) whose principals may submit 4 jobs a second, 1 at once."""
+
+    def _run(self) -> None:
+        self._toml += "[quotas]\nsubmit_rate = 4.0\nsubmit_burst = 1\n"
+        super()._run()
+
+
+@pytest.fixture
+def limited_daemon(tmp_path: Path, store_url: str) -> Iterator[RateLimitedDaemon]:
+    started = RateLimitedDaemon(tmp_path, store_url, free_port(), pools=["p"])
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def test_blocking_client_waits_out_the_rate_of_a_real_daemon(
+    limited_daemon: RateLimitedDaemon,
+) -> None:
+    with BlockingClient(limited_daemon.url) as client:
+        handles = [client.submit({"n": i}, pools=["p"]) for i in range(3)]
+        assert all(h.result(timeout=WAIT).ok for h in handles)
+        (mine,) = client.query("usage")["usage"]
+        assert mine["refused"].get("E_RATE_LIMITED", 0) >= 1
+        assert (mine["in_flight"], mine["queued"], mine["payload_bytes"]) == (0, 0, 0)
+    time.sleep(0.3)  # one token back (4/s): the next submit is taken
+    with BlockingClient(limited_daemon.url, rate_limited_retries=0) as client:
+        client.submit(pools=["p"])
+        with pytest.raises(RequestFailed) as info:
+            client.submit(pools=["p"])
+        assert info.value.code == "E_RATE_LIMITED"
+        assert info.value.retry_after is not None and 0 < info.value.retry_after <= 0.25
