@@ -169,3 +169,44 @@ async def test_pool_rate_holds_jobs_queued_and_releases_them(store: Store) -> No
         while any([await state_of(core, s.job_id) == "queued" for s in subs]):
             await core.reap()
             await trio.sleep(0.02)
+
+
+async def test_in_flight_cap_holds_across_instances(store: Store) -> None:
+    a = await quota_core(store, "A", max_in_flight=1)
+    b = await quota_core(store, "B", max_in_flight=1)
+    await a.register_node(node_id="n1", capacity=1, pools=["p"])
+    await b.register_node(node_id="n2", capacity=1, pools=["p"])
+    first = await a.submit(spec("p"), principal="alice")
+    second = await b.submit(spec("p"), principal="alice")
+    assert (first.state, second.state) == ("assigned", "queued")
+    await a.cancel(first.job_id, principal="alice")
+    assert await state_of(b, second.job_id) == "assigned"
+
+
+async def test_a_lost_job_of_a_capped_principal_goes_on_elsewhere(store: Store) -> None:
+    core = await quota_core(store, max_in_flight=1)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    await core.register_node(node_id="n2", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p"), principal="alice")
+    first = await node_of(core, sub.job_id)
+    await core.node_offline(first, epoch=1 if first == "n1" else 2, reason="gone")
+    assert await state_of(core, sub.job_id) == "assigned"  # still within its cap: itself
+    assert await node_of(core, sub.job_id) != first
+    assert (await usage(store, "alice"))["inflight"] == 1
+
+
+async def test_lifting_the_cap_lets_the_next_submit_through(store: Store) -> None:
+    capped = await quota_core(store, "A", max_in_flight=1)
+    await capped.register_node(node_id="n1", capacity=2, pools=["p"])
+    await capped.submit(spec("p"), principal="alice")
+    assert (await capped.submit(spec("p"), principal="alice")).state == "queued"
+    free = await quota_core(store, "B")  # no cap: its submit stores none
+    assert (await free.submit(spec("p"), principal="alice")).state == "assigned"
+
+
+async def test_pool_limits_set_refuses_what_is_not_a_rate_table(store: Store) -> None:
+    core, _ = await make_core(store)
+    for bad in (b"[1]", b'{"tts": [0, 1]}', b'{"tts": [5, 0]}', b'{"tts": 5}', b"nope"):
+        with pytest.raises(errors.BadArgument):
+            await core._call("pool_limits_set", [core.keys.pool_limits], [bad])
+    assert await core.set_pool_rates({}) == 0
