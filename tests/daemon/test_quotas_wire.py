@@ -58,3 +58,22 @@ async def test_refusals_and_usage_over_the_wire(store_url: str, transport: str,
         assert set(everyone) == {welcome.principal, admin_welcome.principal}
         assert everyone[admin_welcome.principal]["refused"] == {"E_QUOTA": 1}
 
+
+
+async def test_usage_of_another_principal_cannot_be_asked(store_url: str, transport: str,
+                                                          tmp_path: object) -> None:
+    async with running_daemon(store_url, QUOTAS, tmp_path=tmp_path, **TOKENS) as d:
+        alice, _ = await wire(d, transport, "client", "alice-secret")
+        await alice.send(b'{"type": "query", "what": "usage", "principal": "token:00000000",'
+                         b' "ref": "x"}')
+        refused = p.decode(await alice.receive())
+        assert isinstance(refused, p.Error) and refused.code == "E_BAD_FIELD"
+        assert await usage(alice) == []  # it never submitted
+
+
+async def test_pool_rates_of_the_configuration_reach_the_store(store_url: str,
+                                                               tmp_path: object) -> None:
+    toml = '[quotas.pool_rates]\n"tts" = 2.5\n'
+    async with running_daemon(store_url, toml, tmp_path=tmp_path) as d:
+        raw = await d.app.store.execute("HGET", d.app.core.keys.pool_limits, "tts")
+        assert (raw.decode() if isinstance(raw, bytes) else raw) == "2.5 3"
