@@ -112,8 +112,8 @@ async def test_per_principal_quotas_override_the_default(store: Store) -> None:
 
 
 async def test_counters_return_to_zero_after_every_kind_of_end(store: Store) -> None:
-    """done, failed result, cancel (queued and running), queue timeout, ack deadline to failed,
-    reject and requeue, node lost, operator requeue: every counter is back at zero."""
+    """done, failed result, cancel (running and queued), reject to failed, operator requeue,
+    node lost, queue timeout, ack deadline to failed: every counter is back at zero."""
     core, _ = await make_core(store, quotas=Limits(max_in_flight=10),
                               reaper_interval=0.01)
     await core.register_node(node_id="n1", capacity=2, pools=["p"])
@@ -133,6 +133,10 @@ async def test_counters_return_to_zero_after_every_kind_of_end(store: Store) -> 
     await core.cancel(rej.job_id, principal=p)
     lost = await core.submit(spec("p", max_attempts=1), principal=p)
     await core.node_offline(await node_of(core, lost.job_id), epoch=1, reason="gone")
+    waiting = await core.submit(spec("q", payload="w"), principal=p)
+    held = await usage(store, p)
+    assert (held["queued"], held["inflight"], held["bytes"]) == (1, 0, len('"w"'))
+    await core.cancel(waiting.job_id, principal=p)
     queued = await core.submit(spec("q", queue_timeout=0.05), principal=p)
     late = await core.submit(spec("p", ack_timeout=0.05, max_attempts=1), principal=p)
     with trio.fail_after(5):
