@@ -68,13 +68,13 @@ async def test_payload_bytes_refused_then_recovered(store: Store) -> None:
 
 
 async def test_submit_rate_refused_with_retry_after_and_refilled(store: Store) -> None:
-    core = await quota_core(store, submit_rate=20.0, submit_burst=2)
+    core = await quota_core(store, submit_rate=2.0, submit_burst=2)
     await core.submit(spec("p"), principal="alice")
     await core.submit(spec("p"), principal="alice")
     with pytest.raises(errors.RateLimited) as info:
         await core.submit(spec("p"), principal="alice")
     assert info.value.code == "E_RATE_LIMITED"
-    assert 0 < info.value.retry_after <= 0.05
+    assert 0 < info.value.retry_after <= 0.5
     await core.submit(spec("p"), principal="bob")  # each principal has its own bucket
     await trio.sleep(info.value.retry_after + 0.01)
     await core.submit(spec("p"), principal="alice")
@@ -164,15 +164,20 @@ async def state_of(core: Core, job_id: str) -> str:
 
 async def test_pool_rate_holds_jobs_queued_and_releases_them(store: Store) -> None:
     core, _ = await make_core(store, pool_rates={"tts": 20.0})
-    assert await core.set_pool_rates({"tts": 20.0}) == 1
+    assert await core.set_pool_rates({"tts": 20.0}) == 1  # as at start: burst 20
+    # 2 a second, 3 at once: five submits in a row (well within half a second) leave 3 or 4
+    # assigned and the rest queued, never refused
+    await core._call("pool_limits_set", [core.keys.pool_limits], [b'{"tts": [2, 3]}'])
     await core.register_node(node_id="n1", capacity=100, pools=["tts"])
-    subs = [await core.submit(spec("tts"), principal="a") for _ in range(25)]
+    subs = [await core.submit(spec("tts"), principal="a") for _ in range(5)]
     states = [s.state for s in subs]
-    assert states.count("assigned") == 20 and states.count("queued") == 5
-    with trio.fail_after(5):
+    assert states.count("assigned") in (3, 4) and "queued" in states
+    held = await store.execute("ZSCORE", core.keys.rate_held, "tts")
+    assert held is not None  # the reaper hands the pool work when its next token comes
+    with trio.fail_after(10):
         while any([await state_of(core, s.job_id) == "queued" for s in subs]):
             await core.reap()
-            await trio.sleep(0.02)
+            await trio.sleep(0.05)
 
 
 async def test_in_flight_cap_holds_across_instances(store: Store) -> None:
