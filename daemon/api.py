@@ -37,6 +37,7 @@ from schedd.core import (
     PoolInfo,
     Queries,
     Submitted,
+    UsageInfo,
     parse_time_bound,
 )
 from schedd.errors import (
@@ -129,6 +130,7 @@ __all__ = [
     "StoreError",
     "StreamChannel",
     "Submitted",
+    "UsageInfo",
     "WebSocketChannel",
     "check_tls_pair",
     "close_stream",

@@ -41,6 +41,7 @@ from schedd.core import (
     HeartbeatBatcher,
     JobSpec,
     JobStateChanged,
+    Limits,
     NodeWentOffline,
     Queries,
     Submitted,
@@ -88,7 +89,24 @@ def core_settings(config: Config) -> CoreSettings:
         session_ttl=config.jobs.session_ttl,
         reaper_interval=config.reaper.interval,
         reaper_batch=config.reaper.batch,
+        **quota_settings(config),
     )
+
+
+def quota_settings(config: Config) -> dict[str, Any]:
+    """The core's view of ``[quotas]``."""
+    q = config.quotas
+
+    def limits(section: Any) -> Limits:
+        return Limits(max_in_flight=section.max_in_flight, max_queued=section.max_queued,
+                      max_payload_bytes=section.max_payload_bytes,
+                      submit_rate=section.submit_rate, submit_burst=section.submit_burst)
+
+    return {
+        "quotas": limits(q),
+        "principal_quotas": {name: limits(own) for name, own in q.principals.items()},
+        "pool_rates": dict(q.pool_rates),
+    }
 
 
 class AppFacade(Daemon):

@@ -19,6 +19,8 @@
     │   │   ├── NoCapacity          E_NO_CAPACITY   (no free slot and queueing is off)
     │   │   ├── QueueFull           E_QUEUE_FULL
     │   │   ├── NotYours            E_NOT_YOURS     (principal does not own the job)
+    │   │   ├── QuotaExceeded       E_QUOTA         (a quota of the principal; ``quota`` names it)
+    │   │   ├── RateLimited         E_RATE_LIMITED  (the principal's submit rate; ``retry_after``)
     │   │   └── NotYourNode         E_IDENTITY      (the node id belongs to another principal)
     │   ├── InvalidState            E_BAD_STATE     (e.g. drain from a node taken offline)
     │   └── BadArgument             E_BAD_ARG
@@ -30,6 +32,8 @@ one table mapping codes to classes, and :func:`error_from_reply` is the one boun
 """
 
 from __future__ import annotations
+
+import re
 
 
 class SchedError(Exception):
@@ -119,6 +123,32 @@ class NotYourNode(Refused):
     code = "E_IDENTITY"
 
 
+class QuotaExceeded(Refused):
+    """A quota of the submitting principal: :attr:`quota` is its name (``max_queued``...), the
+    first word of the message."""
+
+    code = "E_QUOTA"
+
+    @property
+    def quota(self) -> str:
+        return self.message.split(":", 1)[0]
+
+
+_RETRY_AFTER_RE = re.compile(r"retry_after_ms=(\d+)")
+
+
+class RateLimited(Refused):
+    """The submitting principal is over its submit rate; :attr:`retry_after` is the seconds
+    until its bucket holds a token again (the script says so at the end of the message)."""
+
+    code = "E_RATE_LIMITED"
+
+    @property
+    def retry_after(self) -> float:
+        found = _RETRY_AFTER_RE.search(self.message)
+        return int(found.group(1)) / 1000 if found else 1.0
+
+
 class InvalidState(ScriptError):
     code = "E_BAD_STATE"
 
@@ -156,6 +186,8 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
         QueueFull,
         NotYours,
         NotYourNode,
+        QuotaExceeded,
+        RateLimited,
         InvalidState,
         BadArgument,
     )

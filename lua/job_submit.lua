@@ -31,11 +31,20 @@
 -- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
 -- ARGV[18] W3C trace context: traceparent, then a space and the tracestate when there is one
 --          ('' for none); kept in the job hash, carried by its assign and done deliveries
+-- ARGV[19] max jobs in flight (assigned and running) of the principal ('' none): kept as its
+--          usage's 'cap_inflight', which every dispatch path reads (principal_can_run)
+-- ARGV[20] max queued jobs of the principal ('' none)
+-- ARGV[21] max payload bytes of the principal's jobs not yet ended ('' none)
+-- ARGV[22] submits per second of the principal: its token bucket's rate ('' none)
+-- ARGV[23] its token bucket's size (with ARGV[22])
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
 --         (the namespace's queue is full, or queueing would put more pools with no member in
---         the index for the principal than ARGV[17])
+--         the index for the principal than ARGV[17]), E_QUOTA '<quota> ...' (max_queued,
+--         max_payload_bytes), E_RATE_LIMITED '... retry_after_ms=<ms>' (the principal's
+--         bucket has no token; a duplicate takes none). Each refusal is counted in the
+--         principal's usage as 'refused:<code>'.
 CALLER = ARGV[1]
 local job_id = ARGV[3]
 local jkey = KEYS[1]
@@ -76,14 +85,46 @@ for i = 9, 12 do
   end
 end
 local now = now_ms()
+local principal = ARGV[2]
+local ukey = K.usage(principal)
+local usage = redis.call('HMGET', ukey, 'queued', 'bytes', 'cap_inflight')
+local function refuse_quota(code, msg)
+  redis.call('HINCRBY', ukey, 'refused:' .. code, '1')
+  redis.call('ZADD', K.tenants(), int_s(now), principal)
+  return err(code, msg)
+end
+local rate = tonumber(ARGV[22] or '')
+local tokens = nil
+if rate then
+  local burst = tonumber(ARGV[23])
+  tokens = bucket_level(ukey, rate, burst, now)
+  if tokens < 1 then
+    local wait = math.ceil((1 - tokens) * 1000 / rate)
+    return refuse_quota('E_RATE_LIMITED', 'submit rate of principal ' .. principal
+      .. ' is over ' .. ARGV[22] .. '/s (burst ' .. ARGV[23] .. '); retry_after_ms=' .. wait)
+  end
+end
+local pbytes = #ARGV[5]
+local max_bytes = tonumber(ARGV[21] or '')
+if max_bytes and (tonumber(usage[2]) or 0) + pbytes > max_bytes then
+  return refuse_quota('E_QUOTA', 'max_payload_bytes: the jobs of principal ' .. principal
+    .. ' not yet ended hold ' .. (usage[2] or '0') .. ' payload bytes; this one (' .. pbytes
+    .. ') would pass the limit of ' .. ARGV[21])
+end
+local cap = ARGV[19] or ''
+if (usage[3] or '') ~= cap then
+  if cap == '' then redis.call('HDEL', ukey, 'cap_inflight')
+  else redis.call('HSET', ukey, 'cap_inflight', cap) end
+end
 -- seq orders the queues, spreads jobs over equal nodes and counts every job ever accepted (read
 -- as total:submitted): taken before selection, given back when the job is refused
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', '1')
 local function refuse(code, msg)
   redis.call('HINCRBY', KEYS[2], 'seq', '-1')
-  return err(code, msg)
+  return refuse_quota(code, msg)
 end
-local node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq)
+local node_id = principal_can_run(principal, 1)
+  and select_node(job_id, pools, services, ARGV[6], now, true, seq) or nil
 if not node_id then
   if ARGV[13] ~= '1' then
     return refuse('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
@@ -91,6 +132,11 @@ if not node_id then
   local queued = tonumber(redis.call('HGET', KEYS[2], 'queued') or '0')
   if queued >= tonumber(ARGV[14]) then
     return refuse('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
+  end
+  local max_queued = tonumber(ARGV[20] or '')
+  if max_queued and (tonumber(usage[1]) or 0) >= max_queued then
+    return refuse('E_QUOTA', 'max_queued: principal ' .. principal .. ' has ' .. (usage[1] or '0')
+      .. ' jobs queued (limit ' .. ARGV[20] .. ')')
   end
   -- pools not in the index have no member and no queued job: queueing creates them
   local created, seen = 0, {}
@@ -120,6 +166,7 @@ local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
   'priority', ARGV[7], 'ack_ms', ARGV[9], 'run_ms', ARGV[10], 'queue_ms', ARGV[11],
   'max_attempts', ARGV[12], 'retain_ms', ARGV[15], 'seq', seq_s, 't_sub', now_s,
+  'pbytes', int_s(pbytes),
 }
 -- A session and services are written only when the job has them (every reader, of this version
 -- and of the ones before, takes an absent session as '' and absent services as []): the hash
@@ -137,6 +184,8 @@ end
 if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
 end
+if tokens then redis.call('HSET', ukey, 'tokens', tostring(tokens - 1), 't_tok', now_s) end
+redis.call('ZADD', K.tenants(), now_s, principal)
 index_submit(job_id, ARGV[2], now_s)
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)

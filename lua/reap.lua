@@ -5,6 +5,8 @@
 --     the job on another node (excluding this one) or fails it at max_attempts;
 --   * a node whose unavailability mark ended is handed the queued jobs it can now take (the
 --     marks that ended are deleted, and its entry moves to its next mark's end);
+--   * a rate-limited pool whose bucket has a token again (K.rate_held()) has its members with
+--     free slots handed queued jobs;
 --   * a missed queue deadline ends the job as timed_out;
 --   * finished jobs and offline nodes past retention are removed;
 --   * inboxes and client lists of instances whose presence expired are deleted.
@@ -14,7 +16,8 @@
 -- KEYS[3] gc                        K.gc()
 -- KEYS[4] instance presence         K.instances()
 -- derived: node and job keys, heartbeat times and loads, pools, pools index and its charges,
---          queues, counts, inboxes, client lists, unavailability marks and their expiry index (K.unavail_due())
+--          queues, counts, inboxes, client lists, unavailability marks and their expiry index (K.unavail_due()),
+--          pool rates and buckets, held rate-limited pools (K.rate_held()), usage per principal
 -- ARGV[1] caller instance
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records
@@ -55,6 +58,16 @@ for _, node_id in ipairs(marked) do
     redis.call('ZREM', K.unavail_due(), node_id)
   end
   feed_node(node_id, now)
+end
+
+-- Rate-limited pools whose bucket has a token again: their members with the most free slots
+-- (16 at most) take queued work; a pool still out of tokens is entered again by feed_node.
+local refilled = redis.call('ZRANGE', K.rate_held(), '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+for _, pool in ipairs(refilled) do
+  redis.call('ZREM', K.rate_held(), pool)
+  local members = redis.call('ZRANGE', K.pool(pool), '+inf', '1', 'BYSCORE', 'REV', 'LIMIT', '0',
+    SCAN_COUNT)
+  for _, node_id in ipairs(members) do feed_node(node_id, now) end
 end
 
 local due = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)

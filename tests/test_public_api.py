@@ -81,6 +81,7 @@ def test_plugin_api_is_pinned() -> None:
         "TERMINAL_STATES",
         "TLS_CERT_DOC",
         "TLS_KEY_DOC",
+        "UsageInfo",
         "WebSocketChannel",
         "check_tls_pair",
         "close_stream",

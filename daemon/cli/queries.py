@@ -1,4 +1,5 @@
-"""The query commands: ``schedd nodes``, ``pools``, ``jobs``, ``job`` and ``clients``."""
+"""The query commands: ``schedd nodes``, ``pools``, ``jobs``, ``job``, ``clients`` and
+``usage``."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """``nodes``, ``pools``, ``jobs``, ``job`` and ``clients``."""
+    """``nodes``, ``pools``, ``jobs``, ``job``, ``clients`` and ``usage``."""
     add = _command_adder(subparsers)
     client = _client_parent()
     as_json = _json_parent()
@@ -121,6 +122,20 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         its own principal (token).
         """,
         ["schedd clients", "schedd clients --url ws://10.0.0.5:8765 --token $TOKEN --json"],
+        [client, as_json],
+    )
+    add(
+        "usage",
+        cmd_usage,
+        "show usage and refusals per principal",
+        """
+        Show, per principal, its jobs in flight (assigned or running) and its in-flight cap,
+        its queued jobs, the payload bytes its unfinished jobs hold, and its submits refused,
+        by error code ([quotas] in sched.toml; from Redis, the same on every instance). A
+        client sees only its own principal (token); an admin token sees every principal, the
+        most recently active first.
+        """,
+        ["schedd usage", "schedd usage --token $ADMIN_TOKEN --json"],
         [client, as_json],
     )
 
@@ -393,4 +408,23 @@ def cmd_clients(args: argparse.Namespace) -> int:
         for entry in clients
     ]
     print(_table(("INSTANCE", "PRINCIPAL", "PEER", "PROTO", "NAME", "CONNECTED"), rows))
+    return EXIT_OK
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """``schedd usage``."""
+    usage = _listing(args, "usage")
+    if not usage:
+        return EXIT_OK
+    rows = [
+        (
+            entry.get("principal") or "-",
+            f"{entry.get('in_flight', 0)}/{entry.get('max_in_flight') or '-'}",
+            entry.get("queued", 0),
+            entry.get("payload_bytes", 0),
+            ",".join(f"{code}={n}" for code, n in (entry.get("refused") or {}).items()) or "-",
+        )
+        for entry in usage
+    ]
+    print(_table(("PRINCIPAL", "IN_FLIGHT", "QUEUED", "PAYLOAD_BYTES", "REFUSED"), rows))
     return EXIT_OK

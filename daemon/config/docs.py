@@ -30,6 +30,8 @@ def config_docs() -> str:
         lines += ["", f"# {summary}", f"[{name}]"]
         for field in attrs.fields(section):
             assignment = f"{field.name} = {_toml_literal(field.default)}"
+            if field.default is None:  # a limit left out: shown commented, as an example
+                assignment = f"# {field.name} = (unset: no limit)"
             lines.append(f"{assignment:<40} # {field.metadata.get('doc', '')}")
     lines += [
         "",

@@ -19,6 +19,9 @@ from schedd.config.validators import (
     _node_id_patterns,
     _non_empty_strings,
     _one_of,
+    _pool_rates,
+    _principal_names,
+    _unset_or,
     _url_without_password,
     setting,
 )
@@ -222,6 +225,52 @@ class LimitsSection:
     )
 
 
+_LIMIT: Final = (_unset_or(_at_least(1)),)
+_RATE: Final = (_unset_or(_greater_than(0), _between(0, 1e6)),)
+
+
+@attrs.frozen
+class PrincipalQuotas:
+    """One principal's quotas in ``[quotas.principals."<principal>"]``: each one it sets
+    replaces the default's; the ones it leaves out are the default's."""
+
+    max_in_flight: int | None = setting(None, "jobs assigned or running at once", *_LIMIT)
+    max_queued: int | None = setting(None, "jobs waiting in the queues", *_LIMIT)
+    max_payload_bytes: int | None = setting(
+        None, "payload bytes of the jobs not yet ended", *_LIMIT)
+    submit_rate: float | None = setting(None, "submits per second (a token bucket)", *_RATE)
+    submit_burst: int | None = setting(
+        None, "submits at once above the rate (default: one second's worth, at least 1)",
+        *_LIMIT)
+
+
+@attrs.frozen
+class QuotasSection:
+    """``[quotas]``: what one principal may hold and submit, and the pools' dispatch rates.
+
+    A limit left out is no limit; a limit given must be >= 1 (a rate > 0): there is no way to
+    write "refuse everything", remove the principal's token instead. The defaults apply to every
+    principal; ``[quotas.principals."token:ab12cd34"]`` overrides them for one.
+    """
+
+    max_in_flight: int | None = setting(
+        None, "jobs of one principal assigned or running at once (more wait queued)", *_LIMIT)
+    max_queued: int | None = setting(
+        None, "jobs of one principal waiting in the queues (more: E_QUOTA)", *_LIMIT)
+    max_payload_bytes: int | None = setting(
+        None, "payload bytes of one principal's jobs not yet ended (more: E_QUOTA)", *_LIMIT)
+    submit_rate: float | None = setting(
+        None, "submits per second of one principal, a token bucket shared by every instance "
+        "(more: E_RATE_LIMITED with retry_after)", *_RATE)
+    submit_burst: int | None = setting(
+        None, "submits at once above the rate (default: one second's worth, at least 1)",
+        *_LIMIT)
+    principals: Mapping[str, PrincipalQuotas] = setting(
+        {}, "principal -> its own quotas (a table of the settings above)", _principal_names)
+    pool_rates: Mapping[str, float] = setting(
+        {}, "pool key -> dispatches per second (jobs over it stay queued)", _pool_rates)
+
+
 @attrs.frozen
 class DrainSection:
     """``[drain]``: shutting down gracefully (SIGTERM)."""
@@ -247,6 +296,7 @@ class Config:
     auth: AuthSection = attrs.field(factory=AuthSection)
     limits: LimitsSection = attrs.field(factory=LimitsSection)
     drain: DrainSection = attrs.field(factory=DrainSection)
+    quotas: QuotasSection = attrs.field(factory=QuotasSection)
     plugins: tuple[str, ...] = DEFAULT_PLUGINS
     plugin_tables: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     env_overrides: dict[str, str] = attrs.field(factory=dict)

@@ -28,7 +28,7 @@ def _show(value: object) -> str:
 
 
 def _kind(attribute: attrs.Attribute[Any]) -> str:
-    return "an integer" if attribute.type in (int, "int") else "a number"
+    return "an integer" if attribute.type in (int, "int", int | None, "int | None") else "a number"
 
 
 _Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
@@ -159,3 +159,45 @@ def _hidden_tokens(tokens: tuple[str, ...]) -> str:
 
 def _url_without_password(url: str) -> str:
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def _unset_or(*checks: _Validator) -> _Validator:
+    """A limit that may be left out (None: no limit); when given, it passes every check."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        try:
+            for one in checks:
+                one(instance, attribute, value)
+        except InvalidSetting as exc:
+            raise InvalidSetting(f"{exc} (leave the setting out for no limit)") from None
+
+    return check
+
+
+def _principal_names(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    problems: list[str] = []
+    for principal in value:
+        if not principal.strip() or not principal.isprintable() or len(principal) > _MAX_ID_LEN:
+            problems.append(f"{principal!r}: a principal must be a non-empty printable name")
+        elif principal.startswith("token:") and not _TOKEN_PRINCIPAL_RE.match(principal):
+            problems.append(f"{principal!r}: a token's principal is token: and 8 lower-case hex "
+                            "digits, as welcome.principal and the log show it")
+    if problems:
+        raise InvalidSetting("; ".join(problems))
+
+
+_MAX_RATE: Final = 1e6
+
+
+def _pool_rates(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    problems: list[str] = []
+    for pool, rate in value.items():
+        if not pool or len(pool) > _MAX_ID_LEN or not pool.isprintable():
+            problems.append(f"{pool!r}: a pool key is 1 to {_MAX_ID_LEN} printable characters")
+        if not 0 < rate <= _MAX_RATE:  # written this way round so NaN fails
+            problems.append(f"{pool!r}: expected a rate > 0 and <= {_MAX_RATE:g} dispatches per "
+                            f"second, got {_show(rate)} (leave the pool out for no limit)")
+    if problems:
+        raise InvalidSetting("; ".join(problems))

@@ -18,6 +18,7 @@ from schedd.core.model import (
     Followed,
     JobSpec,
     JobStateChanged,
+    Limits,
     NodeWentOffline,
     ProgressDelivery,
     Registration,
@@ -32,6 +33,7 @@ from schedd.core.queries import (
     NodeInfo,
     PoolInfo,
     Queries,
+    UsageInfo,
 )
 from schedd.core.reaper import serve_reaper
 from schedd.protocol.messages import JOB_STATES, TERMINAL_STATES
@@ -59,6 +61,7 @@ __all__ = [
     "JobSpec",
     "JobStateChanged",
     "JobSummary",
+    "Limits",
     "NodeInfo",
     "NodeWentOffline",
     "PoolInfo",
@@ -66,6 +69,7 @@ __all__ = [
     "Queries",
     "Registration",
     "Submitted",
+    "UsageInfo",
     "new_id",
     "parse_time_bound",
     "serve_inbox",

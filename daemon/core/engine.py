@@ -15,8 +15,9 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
+import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -82,6 +83,15 @@ class Core:
         """Check Redis answers and load every script (so the first calls need no reload)."""
         await self.store.execute("PING")
         await self.scripts.load_all(self.store)
+        await self.set_pool_rates(self.settings.pool_rates)
+
+    async def set_pool_rates(self, rates: Mapping[str, float]) -> int:
+        """Replace the dispatch rates of the pools (per second; burst: one second's worth, at
+        least 1), shared by every instance of the namespace. Returns how many pools have one."""
+        table = {pool: [rate, max(1, math.ceil(rate))] for pool, rate in rates.items()}
+        (count,) = await self._call(
+            "pool_limits_set", [self.keys.pool_limits], [orjson.dumps(table)])
+        return int(count)
 
     async def _call(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         reply = await self.scripts.call(self.store, name, keys, [self.instance, *args])
@@ -275,6 +285,7 @@ class Core:
                 _ms(s.session_ttl),
                 s.max_created_pools,
                 trace,
+                *s.limits_of(principal).script_args(),
             ],
         )
         done_msg = decode_delivery(done) if done else None

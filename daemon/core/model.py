@@ -7,10 +7,35 @@ transports can embed them without parsing them again.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
 import orjson
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """A principal's quotas (``[quotas]``); None: no limit."""
+
+    max_in_flight: int | None = None
+    max_queued: int | None = None
+    max_payload_bytes: int | None = None
+    submit_rate: float | None = None
+    submit_burst: int | None = None
+
+    def under(self, override: Limits) -> Limits:
+        """These limits with every limit ``override`` sets replacing this one's."""
+        changes = {k: v for k, v in attrs.asdict(override).items() if v is not None}
+        return attrs.evolve(self, **changes)
+
+    def script_args(self) -> list[str]:
+        """job_submit's ARGV[19..23]: in flight, queued, payload bytes, rate, burst ('' none)."""
+        rate = self.submit_rate
+        burst = self.submit_burst or (max(1, math.ceil(rate)) if rate else None)
+        return ["" if v is None else (repr(float(v)) if isinstance(v, float) else str(v))
+                for v in (self.max_in_flight, self.max_queued, self.max_payload_bytes, rate,
+                          burst if rate else None)]
 
 
 @attrs.frozen(kw_only=True)
@@ -37,6 +62,14 @@ class CoreSettings:
     reaper_interval: float = 0.25
     reaper_batch: int = 200
     instance_ttl: float = 10.0
+    quotas: Limits = Limits()
+    principal_quotas: dict[str, Limits] = attrs.field(factory=dict)
+    pool_rates: dict[str, float] = attrs.field(factory=dict)
+
+    def limits_of(self, principal: str) -> Limits:
+        """The quotas of ``principal``: its own where it has them, else the default's."""
+        own = self.principal_quotas.get(principal)
+        return self.quotas if own is None else self.quotas.under(own)
 
     @property
     def liveness_ttl(self) -> float:

@@ -75,6 +75,19 @@ class ClientInfo:
 
 
 @attrs.frozen(kw_only=True)
+class UsageInfo:
+    """One principal's usage as the scripts keep it (``usage:<principal>``)."""
+
+    principal: str
+    in_flight: int
+    queued: int
+    payload_bytes: int
+    max_in_flight: int | None  # the cap its last submit stored; None: none
+    refused: dict[str, int]  # error code -> refusals of its submits
+    last_submit_ms: int
+
+
+@attrs.frozen(kw_only=True)
 class PoolInfo:
     pool: str
     members: dict[str, int]  # node id -> free slots
@@ -467,11 +480,41 @@ class Queries:
         )
         return sum(int(r or 0) for r in replies)
 
+    async def usage(self, principal: str | None = None, limit: int = 1000) -> list[UsageInfo]:
+        """The usage of ``principal``, or of the ``limit`` most recently active principals
+        (newest first); a principal that never submitted has none."""
+        if principal is not None:
+            score = await self.store.execute("ZSCORE", self.keys.tenants, principal)
+            named = [(principal, score)] if score is not None else []
+        else:
+            flat = await self.store.execute(
+                "ZRANGE", self.keys.tenants, 0, max(limit, 1) - 1, "REV", "WITHSCORES")
+            named = [(_s(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+        if not named:
+            return []
+        hashes = await self.store.execute_many(
+            [("HGETALL", self.keys.usage(name)) for name, _ in named])
+        out = []
+        for (name, score), flat in zip(named, hashes, strict=True):
+            h = _pairs(flat)
+            cap = h.get("cap_inflight")
+            out.append(UsageInfo(
+                principal=name, in_flight=_int(h.get("inflight", "0")),
+                queued=_int(h.get("queued", "0")), payload_bytes=_int(h.get("bytes", "0")),
+                max_in_flight=_int(cap) if cap else None,
+                refused={k.removeprefix("refused:"): _int(v) for k, v in sorted(h.items())
+                         if k.startswith("refused:")},
+                last_submit_ms=_int(_s(score)),
+            ))
+        return out
+
     async def answer(self, what: str, principal: str | None = None) -> dict[str, Any]:
-        """The data of a ``query`` for ``what`` (``nodes``, ``pools``, ``clients``, else
-        ``stats``). ``clients`` lists only ``principal``'s connections when it is given."""
+        """The data of a ``query`` for ``what`` (``nodes``, ``pools``, ``clients``, ``usage``,
+        else ``stats``). ``clients`` and ``usage`` are only ``principal``'s when it is given."""
         if what == "clients":
             return {"clients": [attrs.asdict(c) for c in await self.clients(principal)]}
+        if what == "usage":
+            return {"usage": [attrs.asdict(u) for u in await self.usage(principal)]}
         if what == "nodes":
             return {"nodes": [attrs.asdict(n) for n in await self.nodes()]}
         if what == "pools":

@@ -132,6 +132,10 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_WRONG_OWNER": "another daemon instance now holds this node's connection",
     "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
     "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
+    "E_QUOTA": "a quota of the submitting principal: the message begins with its name "
+               "(`max_queued`, `max_payload_bytes`); retry once one of its jobs ended",
+    "E_RATE_LIMITED": "the submitting principal is over its submit rate; the message ends with "
+                      "`retry_after_ms=<ms>`, the wait until it may submit again",
     "E_NOT_YOURS": "the job belongs to another principal; or a `query` `jobs` names another "
                    "principal than the connection's",
     "E_BAD_STATE": "the node or job is not in a state that allows this message (`drain` from a "

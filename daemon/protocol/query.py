@@ -28,7 +28,9 @@ __all__ = ["MAX_JOB_PAGE", "QUERY_SUBJECTS", "Answer", "Query"]
 
 Sender: TypeAlias = Literal["node", "client", "daemon"]
 
-QUERY_SUBJECTS: Final[frozenset[str]] = frozenset({"nodes", "pools", "stats", "clients", "jobs"})
+QUERY_SUBJECTS: Final[frozenset[str]] = frozenset(
+    {"nodes", "pools", "stats", "clients", "jobs", "usage"}
+)
 MAX_JOB_PAGE: Final = 500
 """Most jobs one ``answer`` to ``query`` ``jobs`` lists (``limit``)."""
 _JOB_FILTERS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")

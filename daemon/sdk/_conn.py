@@ -30,6 +30,7 @@ import itertools
 import logging
 import math
 import random
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Final, NoReturn, TypeVar
@@ -78,6 +79,7 @@ E_CLIENT_CLOSED: Final = "E_CLIENT_CLOSED"
 """SDK-local code (never on the wire): the client was closed before the answer came."""
 
 _MAX_BACKOFF: Final = 5.0
+_RETRY_AFTER_RE: Final = re.compile(r"retry_after_ms=(\d+)")
 
 
 class RequestFailed(SchedError):
@@ -93,6 +95,13 @@ class RequestFailed(SchedError):
         self.code = code
         self.message = message
         self.job_id = job_id
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the daemon asks to wait before sending the request again (``E_RATE_LIMITED``
+        ends its message with ``retry_after_ms=<ms>``); None when it names none."""
+        found = _RETRY_AFTER_RE.search(self.message)
+        return int(found.group(1)) / 1000 if found else None
 
     @classmethod
     def from_error(cls, error: Error) -> RequestFailed:

@@ -147,6 +147,7 @@ class BlockingClient:
         connect_timeout: float = 5.0,
         reconnect: bool = True,
         lost_check_interval: float | None = 30.0,
+        rate_limited_retries: int = 3,
     ) -> None:
         self._lock = threading.Lock()
         self._closed = False
@@ -157,6 +158,7 @@ class BlockingClient:
                 Client.connect(
                     urls, token=token, name=name, connect_timeout=connect_timeout,
                     reconnect=reconnect, lost_check_interval=lost_check_interval,
+                    rate_limited_retries=rate_limited_retries,
                 )
             )
             self._client = self._client_cm.__enter__()

@@ -34,6 +34,9 @@ Rules of this module:
 - The first connection is tried once per URL: :meth:`Client.connect` raises if no daemon answers.
   Later reconnects retry with backoff until they succeed (bound them with ``anyio.fail_after``,
   ``trio.fail_after`` or ``asyncio.timeout``).
+- A ``submit`` refused with ``E_RATE_LIMITED`` (the principal's submit rate) is sent again after
+  the wait the daemon names, up to ``rate_limited_retries`` times and only when that wait is at
+  most ``_MAX_RATE_WAIT`` seconds; then the refusal is raised.
 - The same code runs under trio and asyncio (anyio); see :mod:`schedd.sdk.connect` for the
   channels each uses.
 """
@@ -86,6 +89,9 @@ __all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "RequestFailed"]
 log = logging.getLogger(__name__)
 
 _RECONNECT_DELAY: Final = 0.2
+E_RATE_LIMITED: Final = "E_RATE_LIMITED"
+_MAX_RATE_WAIT: Final = 60.0
+"""The longest ``retry_after`` a rate-limited submit waits out; a longer one is raised."""
 _FOLLOW_RETRIES: Final = 5
 """Tries to re-follow a job after a reconnect when the daemon says "retry later"."""
 _GONE_CODES: Final = frozenset({"E_NO_JOB", "E_NOT_YOURS"})
@@ -115,7 +121,9 @@ class Client:
         connect_timeout: float = 5.0,
         reconnect: bool = True,
         lost_check_interval: float | None = _LOST_CHECK_INTERVAL,
+        rate_limited_retries: int = 3,
     ) -> None:
+        self._rate_limited_retries = rate_limited_retries
         self._dialer = Dialer(
             urls, role="client", token=token, name=name, connect_timeout=connect_timeout
         )
@@ -141,6 +149,7 @@ class Client:
         connect_timeout: float = 5.0,
         reconnect: bool = True,
         lost_check_interval: float | None = _LOST_CHECK_INTERVAL,
+        rate_limited_retries: int = 3,
     ) -> AsyncIterator[Client]:
         """Connect to the first of ``urls`` that answers; close everything on exit.
 
@@ -148,12 +157,15 @@ class Client:
         every that many seconds; one the daemon no longer knows fails its handle with
         :class:`JobLost`. ``None``: no checks (a lost job is then noticed only on a reconnect).
 
+        A ``submit`` refused with ``E_RATE_LIMITED`` is sent again after the daemon's
+        ``retry_after``, at most ``rate_limited_retries`` times (0: raise at once).
+
         Raises :class:`RequestFailed` when a daemon refuses ``hello`` (``E_AUTH``,
         ``E_VERSION``...) and ``ConnectFailed`` when no URL can be reached.
         """
         client = cls(
             urls, token=token, name=name, connect_timeout=connect_timeout, reconnect=reconnect,
-            lost_check_interval=lost_check_interval,
+            lost_check_interval=lost_check_interval, rate_limited_retries=rate_limited_retries,
         )
         # The first dial happens out of the nursery so that its errors reach the caller as
         # they are, not wrapped in an ExceptionGroup.
@@ -222,7 +234,7 @@ class Client:
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)
         try:
-            accepted = await self._request(message, Accepted)
+            accepted = await self._submit_paced(message)
         except BaseException:
             if created and not handle._acknowledged:
                 self._forget(handle)
@@ -233,6 +245,22 @@ class Client:
         handle.traceparent, handle.tracestate = accepted.traceparent, accepted.tracestate
         handle._acknowledged = True
         return handle
+
+    async def _submit_paced(self, message: Submit) -> Accepted:
+        """Send ``submit``; on ``E_RATE_LIMITED`` wait the daemon's ``retry_after`` and send it
+        again (the same ``job_id``: idempotent), within ``rate_limited_retries``."""
+        tries = 0
+        while True:
+            try:
+                return await self._request(message, Accepted)
+            except RequestFailed as exc:
+                wait = exc.retry_after
+                if (exc.code != E_RATE_LIMITED or wait is None
+                        or tries >= self._rate_limited_retries or wait > _MAX_RATE_WAIT):
+                    raise
+                tries += 1
+                log.debug("submit %s rate limited; retrying in %.3f s", message.job_id, wait)
+                await anyio.sleep(wait)
 
     async def status(self, job_id: str) -> Job:
         """A snapshot of the job (``E_NO_JOB``, ``E_NOT_YOURS`` raise :class:`RequestFailed`)."""

@@ -54,6 +54,16 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "inbox": ("inbox:{}", "stream: deliveries (assign, cancel, drain, progress, done)"),
     "instances": ("instances", "zset: instance id -> unix ms at which its presence expires"),
     "owned": ("owned:{}", "set: node ids an instance owns and has not taken offline"),
+    "usage": ("usage:{}", "hash: one principal's usage kept by the scripts (queued, inflight, "
+              "bytes held, refusals 'refused:<kind>'), its in-flight cap 'cap_inflight' as its "
+              "last submit gave it, and its submit token bucket 'tokens' / 't_tok' (unix ms)"),
+    "tenants": ("tenants", "zset: principal -> unix ms of its last submit (index of usage hashes)"),
+    "pool_limits": ("pool_limits", "hash: pool key -> dispatch rate per second of the pool "
+                    "(written at start and reload)"),
+    "pool_bucket": ("pool_bucket:{}", "hash: a rate-limited pool's dispatch token bucket "
+                    "('tokens', 't_tok' unix ms)"),
+    "rate_held": ("rate_held", "zset: rate-limited pool with queued jobs held -> unix ms at which "
+                  "its bucket has a token again (the reaper feeds the pool then)"),
     "clients": ("clients:{}", "hash: connection id -> JSON of one client connection an instance "
                 "holds (principal, peer, protocol, name, since)"),
 }
@@ -125,6 +135,24 @@ class Keys:
 
     def clients(self, instance: str) -> str:
         return self._k("clients", instance)
+
+    def usage(self, principal: str) -> str:
+        return self._k("usage", principal)
+
+    def pool_bucket(self, pool: str) -> str:
+        return self._k("pool_bucket", pool)
+
+    @property
+    def tenants(self) -> str:
+        return self._k("tenants")
+
+    @property
+    def pool_limits(self) -> str:
+        return self._k("pool_limits")
+
+    @property
+    def rate_held(self) -> str:
+        return self._k("rate_held")
 
     @property
     def nodes(self) -> str:

@@ -82,10 +82,77 @@ local function exclusion(reason)
   redis.call('HINCRBY', K.exclusions(), reason, '1')
 end
 
+-- Usage per principal (K.usage(principal)): 'queued' counts its queued jobs, 'inflight' its
+-- assigned and running ones, 'bytes' the payload bytes ('pbytes' of the job hash) of its jobs
+-- that are not terminal. count_state keeps them, so every path that changes a job's state keeps
+-- them exact: they go back to zero when the principal's last job ends, however it ends.
+local USAGE_CLASS = {queued = 'queued', assigned = 'inflight', running = 'inflight'}
+local function usage_state(job_id, old, new)
+  local a, b = USAGE_CLASS[old or ''], USAGE_CLASS[new]
+  if a == b then return end
+  local v = redis.call('HMGET', K.job(job_id), 'principal', 'pbytes')
+  local ukey = K.usage(v[1] or '')
+  if a and redis.call('HINCRBY', ukey, a, '-1') < 0 then redis.call('HSET', ukey, a, '0') end
+  if b then redis.call('HINCRBY', ukey, b, '1') end
+  if (a == nil) ~= (b == nil) and v[2] then
+    if redis.call('HINCRBY', ukey, 'bytes', b and v[2] or ('-' .. v[2])) < 0 then
+      redis.call('HSET', ukey, 'bytes', '0')
+    end
+  end
+end
+
+-- Whether a job of the principal costing cost more in-flight jobs may be dispatched now: its
+-- in-flight jobs plus cost stay within the cap its last submit stored ('cap_inflight'; none
+-- when absent). Every dispatch path asks this before it takes a queued or new job.
+local function principal_can_run(principal, cost)
+  local v = redis.call('HMGET', K.usage(principal or ''), 'inflight', 'cap_inflight')
+  if not v[2] or v[2] == '' then return true end
+  if (tonumber(v[1]) or 0) + (cost or 1) <= tonumber(v[2]) then return true end
+  redis.call('HINCRBY', K.exclusions(), 'principal_in_flight', '1')
+  return false
+end
+
+-- A token bucket in hash key (fields 'tokens', 't_tok' in unix ms) filling at rate per second
+-- up to burst; full when absent. Returns the tokens it holds now (not written).
+local function bucket_level(key, rate, burst, now)
+  local b = redis.call('HMGET', key, 'tokens', 't_tok')
+  local tokens, t = tonumber(b[1]), tonumber(b[2])
+  if not tokens or not t then return burst end
+  local dt = now - t
+  if dt < 0 then dt = 0 end -- another server's clock behind: no refill, no debt
+  tokens = tokens + dt * rate / 1000
+  if tokens > burst then tokens = burst end
+  return tokens
+end
+
+-- Whether a pool may dispatch one job now under its rate (K.pool_limits(): '<rate> <burst>'); a
+-- pool with no rate always may. take: debit the token. A pool out of tokens is entered in
+-- K.rate_held() at the time its next token comes, where the reaper hands its members queued
+-- work (one entry per pool: no polling).
+local function pool_rate_ok(pool, now, take)
+  local lim = redis.call('HGET', K.pool_limits(), pool)
+  if not lim then return true end
+  local sp = string.find(lim, ' ', 1, true)
+  local rate, burst = tonumber(string.sub(lim, 1, sp - 1)), tonumber(string.sub(lim, sp + 1))
+  local key = K.pool_bucket(pool)
+  local tokens = bucket_level(key, rate, burst, now)
+  if tokens < 1 then
+    redis.call('ZADD', K.rate_held(), 'NX', int_s(now + math.ceil((1 - tokens) * 1000 / rate)),
+      pool)
+    redis.call('HINCRBY', K.exclusions(), 'pool_rate', '1')
+    return false
+  end
+  if take then
+    redis.call('HSET', key, 'tokens', tostring(tokens - 1), 't_tok', int_s(now))
+  end
+  return true
+end
+
 -- The counts and the event of a state change whose 'state' field the caller has written
 -- itself (with the job's attempt and node as they now are in its hash).
 local function count_state(job_id, old, new, attempt, node)
   if old == new then return end
+  usage_state(job_id, old, new)
   if old and old ~= '' then redis.call('HINCRBY', K.counts(), old, '-1') end
   redis.call('HINCRBY', K.counts(), new, '1')
   if TERMINAL[new] then redis.call('HINCRBY', K.counts(), 'total:' .. new, '1') end
@@ -227,7 +294,9 @@ local function select_node(job_id, pools, services, session, now, fresh, spread)
     if sticky then
       for _, pool in ipairs(pools) do
         local free = redis.call('ZSCORE', K.pool(pool), sticky)
-        if free and tonumber(free) >= 1 and eligible(sticky, job_id, services, now, fresh) then
+        if free and tonumber(free) >= 1 and pool_rate_ok(pool, now, false)
+            and eligible(sticky, job_id, services, now, fresh) then
+          pool_rate_ok(pool, now, true)
           return sticky
         end
       end
@@ -238,7 +307,7 @@ local function select_node(job_id, pools, services, session, now, fresh, spread)
     local window, start = tied_window(pkey, spread)
     if not window then
       exclusion('no_free_slot')
-    else
+    elseif pool_rate_ok(pool, now, false) then
       local n = #window
       local order = {}
       for j = 0, n - 1 do order[j + 1] = window[(start + j) % n + 1] end
@@ -264,13 +333,17 @@ local function select_node(job_id, pools, services, session, now, fresh, spread)
       end
       local looked = {}
       for _, node_id in ipairs(order) do
-        if eligible(node_id, job_id, services, now, fresh) then return node_id end
+        if eligible(node_id, job_id, services, now, fresh) then
+          pool_rate_ok(pool, now, true)
+          return node_id
+        end
         looked[node_id] = true
       end
       local members = redis.call('ZRANGE', pkey, '+inf', '1', 'BYSCORE', 'REV', 'LIMIT', '0',
         SCAN_COUNT)
       for _, node_id in ipairs(members) do
         if not looked[node_id] and eligible(node_id, job_id, services, now, fresh) then
+          pool_rate_ok(pool, now, true)
           return node_id
         end
       end
@@ -484,9 +557,10 @@ local function feed_node(node_id, now, known)
   local pools = (vals[4] and vals[4] ~= '') and cjson.decode(vals[4]) or {}
   local alive = nil -- looked up once, when a queue has a job for it
   while free > 0 do
-    local best_id, best_order = nil, nil
+    local best_id, best_order, best_pool = nil, nil, nil
     for _, pool in ipairs(pools) do
       local heads = redis.call('ZRANGE', K.queue(pool), '0', SCAN_LAST, 'WITHSCORES')
+      if #heads > 0 and not pool_rate_ok(pool, now, false) then heads = {} end
       if #heads > 0 and alive == nil then
         local exp = redis.call('ZSCORE', K.alive(), node_id)
         alive = exp and tonumber(exp) > now or false
@@ -496,15 +570,17 @@ local function feed_node(node_id, now, known)
         local order = tonumber(heads[i + 1])
         if best_order and order >= best_order then break end
         local job_id = heads[i]
-        local services = redis.call('HGET', K.job(job_id), 'services')
+        local jv = redis.call('HMGET', K.job(job_id), 'services', 'principal')
+        local services = jv[1]
         local svc = (services and services ~= '') and cjson.decode(services) or {}
-        if eligible(node_id, job_id, svc, now) then
-          best_id, best_order = job_id, order
+        if principal_can_run(jv[2], 1) and eligible(node_id, job_id, svc, now) then
+          best_id, best_order, best_pool = job_id, order, pool
           break
         end
       end
     end
     if not best_id then return end
+    pool_rate_ok(best_pool, now, true)
     local job = hgetall(K.job(best_id))
     dequeue_everywhere(best_id, job)
     assign(best_id, job, node_id, now)
@@ -532,7 +608,9 @@ local function retry(job_id, job, reason, now, kind)
       message = reason .. ' (attempt ' .. job.attempt .. ' of ' .. job.max_attempts .. ')'})}, now)
     return node_id
   end
-  local target = select_node(job_id, cjson.decode(job.pools), job_services(job), '', now, false,
+  -- the job still counts as in flight here: it may go on if its principal is within its cap
+  local target = principal_can_run(job.principal, 0) and select_node(job_id,
+    cjson.decode(job.pools), job_services(job), '', now, false,
     (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0))
   if target then
     assign(job_id, job, target, now)

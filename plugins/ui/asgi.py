@@ -3,7 +3,7 @@
 Rules of this module:
 
 - **Routes** (GET and HEAD only; anything else is 405): ``/healthz`` (with the daemon's version
-  and instance), ``/``, ``/metrics``, ``/api/v1/{nodes,pools,stats,instances,clients}``,
+  and instance), ``/``, ``/metrics``, ``/api/v1/{nodes,pools,stats,instances,clients,tenants}``,
   ``/api/v1/jobs`` (a page of jobs, every principal's, filtered by the query parameters
   :data:`JOB_PARAMS`) and ``/api/v1/jobs/<job id>`` (the id is the rest of the path,
   percent-decoded, so ids holding ``/`` work when sent as ``%2F``). A job's detail gives the
@@ -52,6 +52,8 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 API_PREFIX: Final = "/api/v1/"
+#: Principals ``/api/v1/tenants`` lists: the most recently active.
+TENANTS_SHOWN: Final = 200
 JOB_PREFIX: Final = API_PREFIX + "jobs/"
 JOB_PARAMS: Final = ("state", "pool", "principal", "node", "since", "until", "limit", "cursor")
 """The filters of ``/api/v1/jobs``; ``since`` and ``until`` take unix ms or a duration before
@@ -169,6 +171,7 @@ class UiApplication:
             API_PREFIX + "stats": self._stats,
             API_PREFIX + "instances": self._instances,
             API_PREFIX + "clients": self._clients,
+            API_PREFIX + "tenants": self._tenants,
             API_PREFIX + "jobs": self._jobs,
         }
 
@@ -294,6 +297,11 @@ class UiApplication:
         # every principal's: the ui token sees all (a client sees its own, through `query`)
         clients = await self.app.queries.clients()
         return json_response({"clients": [attrs.asdict(c) for c in clients]})
+
+    async def _tenants(self, _scope: Scope) -> Response:
+        # every principal's usage (the ui token sees all; a client sees its own, `query usage`)
+        usage = await self.app.queries.usage(limit=TENANTS_SHOWN)
+        return json_response({"tenants": [attrs.asdict(u) for u in usage]})
 
     async def _job(self, _scope: Scope, job_id: str) -> Response:
         job = await self.app.queries.job(job_id)

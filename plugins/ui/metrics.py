@@ -70,6 +70,8 @@ OTHER: Final = "_other"
 #: Roles of this instance's connections (``pending``: no ``hello`` yet).
 CONNECTION_ROLES: Final = ("node", "client", "pending")
 LATENCY_PHASES: Final = ("submit_to_done", "submit_to_assigned")
+#: Refusals of a submit exported for every principal, at zero too (job_submit.lua).
+REFUSAL_CODES: Final = ("E_QUOTA", "E_RATE_LIMITED", "E_QUEUE_FULL", "E_NO_CAPACITY")
 
 
 @attrs.frozen
@@ -118,6 +120,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
                "Finished jobs behind schedd_job_latency_seconds"),
     MetricSpec("schedd_jobs_finished_per_second", "gauge", (),
                "Jobs finished per second over the last 60 s"),
+    MetricSpec("schedd_principal_jobs", "gauge", ("principal", "state"),
+               "Jobs of each principal in flight (assigned or running) and queued; the "
+               "principals with the most are exported, up to metrics_label_limit"),
+    MetricSpec("schedd_principal_payload_bytes", "gauge", ("principal",),
+               "Payload bytes of each principal's jobs not yet ended"),
+    MetricSpec("schedd_principal_refusals_total", "counter", ("principal", "code"),
+               "Submits of each principal refused, by error code (E_QUOTA, E_RATE_LIMITED...)"),
     MetricSpec("schedd_local_connections", "gauge", ("role",),
                "This instance's open connections by role (pending: no hello yet)"),
     MetricSpec("schedd_local_heartbeats_total", "counter", ("outcome",),
@@ -209,6 +218,7 @@ def build_families(
         fam["schedd_pool_free_slots"].add_metric([pool], free)
         fam["schedd_queue_length"].add_metric([pool], queued)
 
+    _principal_families(fam, snapshot, label_limit)
     fam["schedd_instances"].add_metric([], len(snapshot.live_instances()))
     for reason, times in capped(snapshot.exclusions, label_limit).items():
         fam["schedd_exclusions_total"].add_metric([reason], times)
@@ -225,6 +235,31 @@ def build_families(
                 [phase, _quantile_label(p)], math.nan if value is None else value / 1000
             )
     return list(fam.values())
+
+
+def _principal_families(
+    fam: Mapping[str, GaugeMetricFamily | CounterMetricFamily], snapshot: Snapshot, limit: int
+) -> None:
+    """Usage per principal: the ``limit`` - 1 principals with the most jobs not yet ended by
+    name, the rest added up under :data:`OTHER` (principals come from tokens, but a deployment
+    without tokens has one per peer address: the cap bounds the series)."""
+    ranked = sorted(snapshot.usage, key=lambda u: (-(u.in_flight + u.queued), u.principal))
+    rows: dict[str, list[float]] = {}
+    refused: dict[str, Counter[str]] = {}
+    for index, u in enumerate(ranked):
+        name = u.principal if index < max(limit - 1, 0) or len(ranked) <= limit else OTHER
+        row = rows.setdefault(name, [0, 0, 0])
+        row[0] += u.in_flight
+        row[1] += u.queued
+        row[2] += u.payload_bytes
+        refused.setdefault(name, Counter()).update(u.refused)
+    for name, (in_flight, queued, held) in rows.items():
+        fam["schedd_principal_jobs"].add_metric([name, "in_flight"], in_flight)
+        fam["schedd_principal_jobs"].add_metric([name, "queued"], queued)
+        fam["schedd_principal_payload_bytes"].add_metric([name], held)
+        codes = {**dict.fromkeys(REFUSAL_CODES, 0), **refused[name]}
+        for code, times in sorted(codes.items()):
+            fam["schedd_principal_refusals_total"].add_metric([name, code], times)
 
 
 def _quantile_label(p: int) -> str:

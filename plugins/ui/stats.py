@@ -31,7 +31,15 @@ from typing import Any, Final
 import attrs
 import trio
 
-from schedd.api import JOB_STATES, TERMINAL_STATES, Daemon, FinishedJob, NodeInfo, PoolInfo
+from schedd.api import (
+    JOB_STATES,
+    TERMINAL_STATES,
+    Daemon,
+    FinishedJob,
+    NodeInfo,
+    PoolInfo,
+    UsageInfo,
+)
 
 __all__ = [
     "FINISHED_KEPT",
@@ -39,6 +47,7 @@ __all__ = [
     "NODE_STATES",
     "PERCENTILES",
     "REUSE_SECONDS",
+    "USAGE_READ",
     "WINDOW_SECONDS",
     "Snapshot",
     "SnapshotReader",
@@ -58,6 +67,9 @@ WINDOW_SECONDS: Final = 60.0
 #: How long a snapshot is reused by later requests.
 REUSE_SECONDS: Final = 0.25
 PERCENTILES: Final = (50, 90, 99)
+#: Principals whose usage a snapshot reads: the most recently active (the metrics and the
+#: dashboard cap them further).
+USAGE_READ: Final = 1000
 #: Every state a node hash can be in (``lua/node_register.lua``, ``node_drain.lua``,
 #: ``node_offline.lua``); the views list each one, even at zero.
 NODE_STATES: Final = ("online", "draining", "offline")
@@ -76,6 +88,8 @@ class Snapshot:
     nodes: list[NodeInfo]
     pools: list[PoolInfo]
     finished: list[FinishedJob]
+    #: the most recently active principals' usage (at most USAGE_READ of them)
+    usage: list[UsageInfo] = attrs.field(factory=list)
 
     def live_instances(self) -> dict[str, int]:
         """Instances whose presence has not expired: id -> expiry (unix ms)."""
@@ -107,6 +121,7 @@ async def read_snapshot(app: Daemon) -> Snapshot:
         nursery.start_soon(read, "nodes", queries.nodes)
         nursery.start_soon(read, "pools", queries.pools)
         nursery.start_soon(read, "finished", lambda: queries.recent_finished(FINISHED_KEPT))
+        nursery.start_soon(read, "usage", lambda: queries.usage(limit=USAGE_READ))
     return Snapshot(**results)
 
 

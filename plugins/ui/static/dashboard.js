@@ -281,6 +281,22 @@
     fillRows("clients", rows, "no clients connected", 6);
   }
 
+  // Usage per principal, the most recently active first (a principal names a token, never shows it).
+  function renderTenants(tenants) {
+    const rows = tenants.map((t) => {
+      const tr = el("tr", { "data-principal": t.principal });
+      tr.append(el("td", { class: "id" }, t.principal));
+      tr.append(el("td", { class: "num" }, t.max_in_flight ? `${fmtNum(t.in_flight)} / ${fmtNum(t.max_in_flight)}` : fmtNum(t.in_flight)));
+      tr.append(el("td", { class: "num" }, fmtNum(t.queued)));
+      tr.append(el("td", { class: "num" }, fmtNum(t.payload_bytes)));
+      const refused = Object.entries(t.refused).map(([code, n]) => `${code} ${fmtNum(n)}`).join(", ");
+      tr.append(el("td", null, refused || "–"));
+      return tr;
+    });
+    $("tenants-count").textContent = `${tenants.length}`;
+    fillRows("tenants", rows, "no principal submitted yet", 5);
+  }
+
   function renderExclusions(exclusions) {
     const entries = Object.entries(exclusions).sort((a, b) => b[1] - a[1]);
     const most = entries.length ? entries[0][1] : 1;
@@ -313,13 +329,14 @@
 
   function render() {
     if (!lastData) return;
-    const { stats, nodes, pools, instances, clients } = lastData;
+    const { stats, nodes, pools, instances, clients, tenants } = lastData;
     renderTiles(stats, instances);
     drawCharts(stats.now_ms);
     renderNodes(nodes.nodes, nodes.now_ms);
     renderPools(pools.pools);
     renderInstances(instances);
     renderClients(clients.clients, stats.now_ms);
+    renderTenants(tenants.tenants);
     renderExclusions(stats.exclusions);
   }
 
@@ -331,12 +348,12 @@
 
   async function tick() {
     try {
-      const [stats, nodes, pools, instances, clients] = await Promise.all([
+      const [stats, nodes, pools, instances, clients, tenants] = await Promise.all([
         get("/api/v1/stats"), get("/api/v1/nodes"), get("/api/v1/pools"), get("/api/v1/instances"),
-        get("/api/v1/clients"),
+        get("/api/v1/clients"), get("/api/v1/tenants"),
       ]);
       record(stats);
-      lastData = { stats, nodes, pools, instances, clients };
+      lastData = { stats, nodes, pools, instances, clients, tenants };
       render();
       setStatus("live", "live");
       $("updated").textContent = `updated ${new Date(stats.now_ms).toLocaleTimeString()} · every ${refreshMs / 1000} s`;
