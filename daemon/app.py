@@ -86,6 +86,13 @@ def core_settings(config: Config) -> CoreSettings:
         max_created_pools=config.jobs.max_created_pools,
         retention=config.jobs.retention,
         session_ttl=config.jobs.session_ttl,
+        max_result_ttl=config.jobs.max_result_ttl,
+        keep_payload=config.jobs.keep_payload,
+        retain_count=config.jobs.retain_count,
+        retain_bytes=config.jobs.retain_bytes,
+        max_delay=config.jobs.max_delay,
+        backoff_base=config.jobs.backoff_base,
+        backoff_max=config.jobs.backoff_max,
         reaper_interval=config.reaper.interval,
         reaper_batch=config.reaper.batch,
     )

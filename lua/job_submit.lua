@@ -31,6 +31,11 @@
 -- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
 -- ARGV[18] W3C trace context: traceparent, then a space and the tracestate when there is one
 --          ('' for none); kept in the job hash, carried by its assign and done deliveries
+-- ARGV[19] ms from now before which the job is not placed ('0': place it now); a later job
+--          waits in state 'delayed' in K.delayed() until the reaper releases it
+-- ARGV[20] backoff of a retryable failure: '<base ms> <cap ms>'
+-- ARGV[21] '1': keep the payload when the job ends done (else it is dropped then)
+-- ARGV[22] retention bounds of the principal's finished jobs: '<count> <bytes>'
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
@@ -83,8 +88,10 @@ local function refuse(code, msg)
   redis.call('HINCRBY', KEYS[2], 'seq', '-1')
   return err(code, msg)
 end
-local node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq)
-if not node_id then
+local wait = tonumber(ARGV[19] or '0') or 0
+local node_id = nil
+if wait <= 0 then node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq) end
+if not node_id and wait <= 0 then
   if ARGV[13] ~= '1' then
     return refuse('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
   end
@@ -120,6 +127,7 @@ local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
   'priority', ARGV[7], 'ack_ms', ARGV[9], 'run_ms', ARGV[10], 'queue_ms', ARGV[11],
   'max_attempts', ARGV[12], 'retain_ms', ARGV[15], 'seq', seq_s, 't_sub', now_s,
+  'backoff', ARGV[20] or '', 'rlim', ARGV[22] or '',
 }
 -- A session and services are written only when the job has them (every reader, of this version
 -- and of the ones before, takes an absent session as '' and absent services as []): the hash
@@ -136,10 +144,18 @@ if ARGV[8] ~= '[]' then
 end
 if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
+  n = n + 2
+end
+if ARGV[21] == '1' then
+  flat[n + 1], flat[n + 2] = 'keep', '1'
 end
 index_submit(job_id, ARGV[2], now_s)
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)
+elseif wait > 0 then
+  local n = #flat
+  flat[n + 1], flat[n + 2] = 'attempt', '0'
+  delay_job(job_id, job, now + wait, flat)
 else
   local n = #flat
   flat[n + 1], flat[n + 2] = 'attempt', '0'
