@@ -47,8 +47,8 @@ SCHEMA: dict[str, tuple[str, str]] = {
                 "(browsing)"),
     "delayed": ("delayed", "zset: job id -> unix ms at which a delayed or backing-off job is "
                 "due (the reaper queues or places it then)"),
-    "ended_of": ("ended_of:{}", "zset: retained finished job id -> unix ms of its finish, per "
-                 "principal (retention bounds, oldest evicted first)"),
+    "ended_of": ("ended_of:{}", "zset: retained finished job id -> its finish order (counts' "
+                 "finished_seq), per principal (retention bounds, oldest evicted first)"),
     "retained": ("retained", "hash: principal -> bytes its retained finished jobs hold "
                  "(results, errors, kept payloads)"),
     "deadlines": ("deadlines", "zset: job id -> unix ms of its current ack/run/queue deadline"),

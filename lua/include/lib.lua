@@ -484,7 +484,7 @@ end
 -- end done, so that an operator may requeue it), the bytes it keeps are recorded ('rbytes'),
 -- and its principal's retained finished jobs are brought back within 'rlim' ('<count> <bytes>',
 -- written at submit) by evicting the oldest of that principal only.
-local function retain(job_id, state, now_s)
+local function retain(job_id, state)
   local jkey = K.job(job_id)
   local v = redis.call('HMGET', jkey, 'keep', 'rlim', 'principal')
   local bytes = redis.call('HSTRLEN', jkey, 'output') + redis.call('HSTRLEN', jkey, 'error')
@@ -499,7 +499,8 @@ local function retain(job_id, state, now_s)
   if not principal or not max_n then return end
   max_n, max_b = tonumber(max_n), tonumber(max_b)
   local okey = K.ended_of(principal)
-  redis.call('ZADD', okey, now_s, job_id)
+  -- finish order (a counter: finishes within one ms stay ordered)
+  redis.call('ZADD', okey, redis.call('HINCRBY', K.counts(), 'finished_seq', '1'), job_id)
   local total = redis.call('HINCRBY', K.retained(), principal, int_s(bytes))
   local count = redis.call('ZCARD', okey)
   local evicted = 0
@@ -546,7 +547,7 @@ local function finish(job_id, job, state, fields, now)
   job.t_fin = now_s
   job.state = state
   redis.call('ZADD', K.gc(), int_s(now + tonumber(job.retain_ms)), 'j:' .. job_id)
-  retain(job_id, state, now_s)
+  retain(job_id, state)
   -- a bounded window of recent completions: latency percentiles and rates for every instance
   local kept = redis.call('LPUSH', K.finished(), '[' .. cjson.encode(job_id) .. ',"' .. state
     .. '",' .. cjson.encode(job.node or '') .. ',' .. num_s(job.t_sub) .. ',' .. num_s(job.t_asg)
