@@ -156,7 +156,7 @@ async def test_delayed_jobs_outlive_the_instance_that_took_them(store: Store) ->
 
 
 async def test_not_before_in_the_past_places_the_job_at_once(store: Store) -> None:
-    core, rec = await make_core(store)
+    core, _ = await make_core(store)
     await core.register_node(node_id="n1", capacity=1, pools=["p"])
     sub = await core.submit(spec("p", not_before=1.0))
     assert sub.state == "assigned"
