@@ -196,6 +196,12 @@ class BlockingClient:
         run_timeout: float | None = None,
         queue_timeout: float | None = None,
         max_attempts: int | None = None,
+        delay: float | None = None,
+        not_before: float | None = None,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        result_ttl: float | None = None,
+        keep_payload: bool = False,
     ) -> BlockingJobHandle:
         """Submit a job; return its handle once the daemon has accepted it
         (see :meth:`schedd.sdk.Client.submit`)."""
@@ -203,7 +209,9 @@ class BlockingClient:
             self._client.submit, payload, pools=pools, requirements=requirements, job_id=job_id,
             session_id=session_id, priority=priority, services=services,
             ack_timeout=ack_timeout, run_timeout=run_timeout, queue_timeout=queue_timeout,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts, delay=delay, not_before=not_before,
+            backoff_base=backoff_base, backoff_max=backoff_max, result_ttl=result_ttl,
+            keep_payload=keep_payload,
         )
         return BlockingJobHandle(self, self._call(submit))
 
