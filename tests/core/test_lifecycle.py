@@ -121,6 +121,7 @@ async def test_a_delayed_job_is_released_when_due_by_either_instance(
     assert sub.state == "delayed" and rec_a.of(AssignDelivery) == []
     info = await Queries(store, a.keys).job(sub.job_id)
     assert info is not None and info.state == "delayed"
+    assert info.timings["due"] == (await _delayed(store, a))[sub.job_id]
     core = a if reaper == "A" else b
     await core.reap()
     assert await _delayed(store, a) == {sub.job_id: (await _delayed(store, a))[sub.job_id]}
