@@ -366,8 +366,9 @@ class Core:
         (``StaleAttempt``), not reported as a duplicate.
         """
         args: list[Arg] = [job_id, node_id, attempt, "1" if ok else "0", output_json,
-                           orjson.dumps(error) if error is not None else "null",
-                           "1" if accepted else ""]
+                           orjson.dumps(error) if error is not None else "null"]
+        if accepted or (retryable and not ok):
+            args.append("1" if accepted else "")
         if retryable and not ok:
             args += ["1", repr(self.draw() if draw is None else draw)]
         state, status = await self._call("job_result", [self.keys.job(job_id)], args)
