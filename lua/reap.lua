@@ -21,7 +21,7 @@
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records
 -- returns {{nodes lost, deadlines and due delayed jobs handled, records removed, inboxes
---          removed}, deliveries}
+--          removed, ms until the next delayed job is due (0: due now; -1: none)}, deliveries}
 -- errors  none
 CALLER = ARGV[1]
 local batch = tonumber(ARGV[2])
@@ -101,4 +101,8 @@ for _, instance in ipairs(gone) do
   redis.call('DEL', K.inbox(instance), K.clients(instance))
   redis.call('ZREM', KEYS[4], instance)
 end
-return {{#lost, #due + released, #old, #gone}, LOCAL, EVENTS}
+-- the next delayed job's due time, so the caller may wake for it before its next interval
+local next_due = redis.call('ZRANGE', K.delayed(), '0', '0', 'WITHSCORES')
+local due_in = -1
+if next_due[2] then due_in = math.max(0, tonumber(next_due[2]) - now) end
+return {{#lost, #due + released, #old, #gone, int_s(due_in)}, LOCAL, EVENTS}

@@ -101,6 +101,8 @@ class Core:
         self.scripts = scripts or Scripts()
         self.on_delivery: DeliveryHandler = on_delivery or (lambda delivery: None)
         self.on_event: EventHandler = on_event or (lambda event: None)
+        #: seconds until the next delayed job is due, as the last reaper pass saw it (None: none)
+        self.next_delayed_in: float | None = None
         #: the random draw in [0, 1) a retryable failure's backoff jitter takes
         self.draw: Callable[[], float] = random.random
 
@@ -416,11 +418,13 @@ class Core:
         """One reaper pass: (nodes lost, deadlines and due delayed jobs handled, records removed,
         inboxes removed)."""
         k = self.keys
-        lost, due, removed, inboxes = await self._call(
+        lost, due, removed, inboxes, *rest = await self._call(
             "reap",
             [k.alive, k.deadlines, k.gc, k.instances],
             [self.settings.reaper_batch, _ms(self.settings.node_retention)],
         )
+        due_in = int(rest[0]) if rest else -1
+        self.next_delayed_in = due_in / 1000 if due_in >= 0 else None
         return int(lost), int(due), int(removed), int(inboxes)
 
     # -- reconciliation ------------------------------------------------------------------------

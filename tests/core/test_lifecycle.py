@@ -8,7 +8,7 @@ import orjson
 import pytest
 import trio
 
-from schedd.core import AssignDelivery, Core, DoneDelivery, Queries
+from schedd.core import AssignDelivery, Core, DoneDelivery, Queries, serve_reaper
 from schedd.errors import BadArgument, BadDelay, BadTtl
 from schedd.store.base import Store
 from tests.core.helpers import make_core, spec
@@ -304,3 +304,17 @@ async def test_hostile_lifecycle_values_are_refused(
     with pytest.raises(exc, match=text):
         await core.submit(spec("p", **kw))
     assert await store.execute("EXISTS", core.keys.jobs) == 0
+
+
+async def test_the_reaper_wakes_for_a_delayed_job_before_its_interval(store: Store) -> None:
+    core, rec = await make_core(store, reaper_interval=600.0)
+    await core.register_node(node_id="n1", capacity=1, pools=["p"])
+    sub = await core.submit(spec("p", delay=0.2))
+    assert core.next_delayed_in is None
+    with trio.fail_after(30):  # the interval is 600 s: only the timer can release it
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_reaper, core)
+            (assign,) = await rec.wait_for(AssignDelivery)
+            nursery.cancel_scope.cancel()
+    assert assign.job_id == sub.job_id
+    assert core.next_delayed_in is None
