@@ -24,6 +24,8 @@
     │   │   └── NotYourNode         E_IDENTITY      (the node id belongs to another principal)
     │   ├── InvalidState            E_BAD_STATE     (e.g. drain from a node taken offline)
     │   └── BadArgument             E_BAD_ARG
+    │       ├── BadDelay            E_BAD_DELAY     (a job's wait goes past the allowed delay)
+    │       └── BadTtl              E_BAD_TTL       (a result_ttl over the allowed one)
     ├── ConfigError                 sched.toml or environment overrides are invalid
     └── ProtocolError               a peer sent something the protocol does not allow
 
@@ -157,6 +159,14 @@ class BadArgument(ScriptError):
     code = "E_BAD_ARG"
 
 
+class BadDelay(BadArgument):
+    code = "E_BAD_DELAY"
+
+
+class BadTtl(BadArgument):
+    code = "E_BAD_TTL"
+
+
 class ConfigError(SchedError):
     """The configuration is invalid; ``errors`` holds one ``path: message`` line per problem."""
 
@@ -190,6 +200,8 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
         RateLimited,
         InvalidState,
         BadArgument,
+        BadDelay,
+        BadTtl,
     )
 }
 

@@ -10,7 +10,8 @@
 -- KEYS[1] job hash                  K.job(job_id)
 -- derived: tried set, pools, pools index and its charges, liveness, heartbeat loads, node
 --          hashes/jobs/unavail, queues, deadlines, session, gc, counts, exclusions, inboxes,
---          browsing indices (the job's state index; the node index of each node it ran on)
+--          browsing indices (the job's state index; the node index of each node it ran on),
+--          the principal's retained finished jobs and their bytes
 -- ARGV[1] caller instance
 -- ARGV[2] job id
 -- ARGV[3] reason (kept in the job's 'reason')
@@ -50,7 +51,8 @@ end
 if job.node and job.node ~= '' then redis.call('ZREM', K.jobs_on(job.node), job_id) end
 redis.call('DEL', K.job_tried(job_id))
 index_reopen(job_id, job)
-redis.call('HDEL', jkey, 'ok', 'output', 'error', 't_fin', 't_acc')
+retained_forget(job_id, job)
+redis.call('HDEL', jkey, 'ok', 'output', 'error', 't_fin', 't_acc', 'rbytes')
 redis.call('HSET', jkey, 'max_attempts', max_s, 'budget', budget, 'reason', ARGV[3], 'client',
   CALLER)
 job.max_attempts, job.ok, job.output, job.error, job.t_fin, job.t_acc = max_s, nil, nil, nil,

@@ -16,14 +16,17 @@
 --         own; the job passes through running as job_accept would have made it (its counts,
 --         its event, t_acc), and a finished attempt is an error as job_accept's would be.
 --         '' or absent: no accept implied.
--- returns {{state, 'new'|'duplicate'}, deliveries}
+-- ARGV[9] '1': the failure is retryable (ignored when ok); with attempts left the node is
+--         excluded and the job waits its backoff as a delayed job, else it ends failed
+-- ARGV[10] random draw in [0, 1) for the backoff's jitter (lib.lua backoff_ms)
+-- returns {{state ('delayed' when retried later), 'new'|'duplicate'}, deliveries}
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
 local job_id, node_id, attempt = ARGV[2], ARGV[3], ARGV[4]
 local accepted = ARGV[8] == '1'
 -- what fencing, releasing and finishing read (not the payload, which may be large)
 local job = hmget(KEYS[1], {'state', 'node', 'attempt', 'client', 'pools', 'retain_ms', 't_sub',
-  't_asg', 't_acc', 'principal', 'trace'})
+  't_asg', 't_acc', 'principal', 'trace', 'max_attempts', 'backoff'})
 if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt
     and not accepted then
   return {{job.state, 'duplicate'}, {}}
@@ -40,6 +43,16 @@ if accepted and job.state ~= 'running' then
   count_state(job_id, job.state, 'running', job.attempt, job.node)
   job.state = 'running'
   fields.t_acc = now
+end
+if not ok and ARGV[9] == '1' and tonumber(job.attempt) < tonumber(job.max_attempts or '1') then
+  local draw = tonumber(ARGV[10]) or 0
+  if draw < 0 or draw >= 1 then draw = 0 end
+  local ok_e, e_info = pcall(cjson.decode, ARGV[7])
+  local why = ok_e and type(e_info) == 'table' and e_info.message or ''
+  retry_later(job_id, job, node_id, 'retryable failure on node ' .. node_id .. ': '
+    .. tostring(why), now, draw)
+  feed_node(node_id, now, node_now)
+  return {{job.state, 'new'}, LOCAL, EVENTS}
 end
 finish(job_id, job, ok and 'done' or 'failed', fields, now)
 feed_node(node_id, now, node_now)

@@ -37,6 +37,11 @@
 -- ARGV[21] max payload bytes of the principal's jobs not yet ended ('' none)
 -- ARGV[22] submits per second of the principal: its token bucket's rate ('' none)
 -- ARGV[23] its token bucket's size (with ARGV[22])
+-- ARGV[24] ms from now before which the job is not placed ('0': place it now); a later job
+--          waits in state 'delayed' in K.delayed() until the reaper releases it
+-- ARGV[25] backoff of a retryable failure: '<base ms> <cap ms>'
+-- ARGV[26] '1': keep the payload when the job ends done (else it is dropped then)
+-- ARGV[27] retention bounds of the principal's finished jobs: '<count> <bytes>'
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
@@ -123,20 +128,24 @@ local function refuse(code, msg)
   redis.call('HINCRBY', KEYS[2], 'seq', '-1')
   return refuse_quota(code, msg)
 end
-local node_id = principal_can_run(principal, 1)
-  and select_node(job_id, pools, services, ARGV[6], now, true, seq) or nil
-if not node_id then
+local wait = tonumber(ARGV[24] or '0') or 0
+local node_id = nil
+if wait <= 0 and principal_can_run(principal, 1) then
+  node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq)
+end
+-- a job that waits (queued or delayed) counts against the principal's queued jobs
+local max_queued = tonumber(ARGV[20] or '')
+if not node_id and max_queued and (tonumber(usage[1]) or 0) >= max_queued then
+  return refuse('E_QUOTA', 'max_queued: principal ' .. principal .. ' has ' .. (usage[1] or '0')
+    .. ' jobs queued or delayed (limit ' .. ARGV[20] .. ')')
+end
+if not node_id and wait <= 0 then
   if ARGV[13] ~= '1' then
     return refuse('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
   end
   local queued = tonumber(redis.call('HGET', KEYS[2], 'queued') or '0')
   if queued >= tonumber(ARGV[14]) then
     return refuse('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
-  end
-  local max_queued = tonumber(ARGV[20] or '')
-  if max_queued and (tonumber(usage[1]) or 0) >= max_queued then
-    return refuse('E_QUOTA', 'max_queued: principal ' .. principal .. ' has ' .. (usage[1] or '0')
-      .. ' jobs queued (limit ' .. ARGV[20] .. ')')
   end
   -- pools not in the index have no member and no queued job: queueing creates them
   local created, seen = 0, {}
@@ -167,6 +176,7 @@ local flat = {
   'priority', ARGV[7], 'ack_ms', ARGV[9], 'run_ms', ARGV[10], 'queue_ms', ARGV[11],
   'max_attempts', ARGV[12], 'retain_ms', ARGV[15], 'seq', seq_s, 't_sub', now_s,
   'pbytes', int_s(pbytes),
+  'backoff', ARGV[25] or '', 'rlim', ARGV[27] or '',
 }
 -- A session and services are written only when the job has them (every reader, of this version
 -- and of the ones before, takes an absent session as '' and absent services as []): the hash
@@ -183,12 +193,20 @@ if ARGV[8] ~= '[]' then
 end
 if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
+  n = n + 2
+end
+if ARGV[26] == '1' then
+  flat[n + 1], flat[n + 2] = 'keep', '1'
 end
 if tokens then redis.call('HSET', ukey, 'tokens', tostring(tokens - 1), 't_tok', now_s) end
 redis.call('ZADD', K.tenants(), now_s, principal)
 index_submit(job_id, ARGV[2], now_s)
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)
+elseif wait > 0 then
+  local n = #flat
+  flat[n + 1], flat[n + 2] = 'attempt', '0'
+  delay_job(job_id, job, now + wait, flat)
 else
   local n = #flat
   flat[n + 1], flat[n + 2] = 'attempt', '0'

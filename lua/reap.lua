@@ -8,6 +8,8 @@
 --   * a rate-limited pool whose bucket has a token again (K.rate_held()) has its members with
 --     free slots handed queued jobs;
 --   * a missed queue deadline ends the job as timed_out;
+--   * delayed jobs now due (K.delayed(): submitted with a delay, or backing off after a
+--     retryable failure) are placed on a free slot or queued;
 --   * finished jobs and offline nodes past retention are removed;
 --   * inboxes and client lists of instances whose presence expired are deleted.
 --   Everything is found by range queries on sorted sets: no SCAN, no KEYS, no per-node polling.
@@ -21,7 +23,8 @@
 -- ARGV[1] caller instance
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records
--- returns {{nodes lost, deadlines handled, records removed, inboxes removed}, deliveries}
+-- returns {{nodes lost, deadlines and due delayed jobs handled, records removed, inboxes
+--          removed, ms until the next delayed job is due (0: due now; -1: none)}, deliveries}
 -- errors  none
 CALLER = ARGV[1]
 local batch = tonumber(ARGV[2])
@@ -88,16 +91,14 @@ for _, job_id in ipairs(due) do
   end
 end
 
+local released = release_due(now, batch)
+
 local old = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
 for _, member in ipairs(old) do
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'j' then
-    local job = hmget(K.job(id), {'state', 'principal', 'node'})
-    if job and TERMINAL[job.state] then
-      redis.call('HINCRBY', K.counts(), job.state, -1)
-      index_forget(id, job)
-      redis.call('DEL', K.job(id), K.job_tried(id), K.job_attempts(id))
-    end
+    local job = hmget(K.job(id), {'state', 'principal', 'node', 'rbytes'})
+    if job and TERMINAL[job.state] then drop_finished(id, job) end
   else
     if redis.call('HGET', K.node(id), 'state') == 'offline' then
       redis.call('DEL', K.node(id))
@@ -113,4 +114,8 @@ for _, instance in ipairs(gone) do
   redis.call('DEL', K.inbox(instance), K.clients(instance))
   redis.call('ZREM', KEYS[4], instance)
 end
-return {{#lost, #due, #old, #gone}, LOCAL, EVENTS}
+-- the next delayed job's due time, so the caller may wake for it before its next interval
+local next_due = redis.call('ZRANGE', K.delayed(), '0', '0', 'WITHSCORES')
+local due_in = -1
+if next_due[2] then due_in = math.max(0, tonumber(next_due[2]) - now) end
+return {{#lost, #due + released, #old, #gone, int_s(due_in)}, LOCAL, EVENTS}

@@ -25,6 +25,7 @@ from schedd.config.validators import (
     _url_without_password,
     setting,
 )
+from schedd.protocol import MAX_SECONDS
 
 #: Plugin names are entry-point names; lower-case so ``SCHEDD_PLUGINS__<NAME>__…`` can address them.
 PLUGIN_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -132,6 +133,24 @@ class JobsSection:
     session_ttl: float = setting(
         600.0, "seconds a session remembers its node after its last job", _at_least(0)
     )
+    max_result_ttl: float = setting(
+        86400.0, "most seconds a submit's result_ttl may keep its finished job",
+        _between(0, MAX_SECONDS))
+    keep_payload: bool = setting(
+        False, "keep the payload of a job that ended done (false: dropped at its finish; a "
+        "submit's keep_payload keeps it for that job)")
+    retain_count: int = setting(
+        10000, "finished jobs kept per principal; its oldest are removed first", _at_least(1))
+    retain_bytes: int = setting(
+        1 << 30, "bytes of results, errors and kept payloads kept per principal; its oldest "
+        "finished jobs are removed first", _at_least(1))
+    max_delay: float = setting(
+        7 * 86400.0, "most seconds ahead a submit's delay or not_before may put its job",
+        _between(0, MAX_SECONDS))
+    backoff_base: float = setting(
+        1.0, "seconds of a retryable failure's first backoff (doubled per attempt)", *_DURATION)
+    backoff_max: float = setting(
+        60.0, "most seconds of a retryable failure's backoff", *_DURATION)
 
 
 @attrs.frozen

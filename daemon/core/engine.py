@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,7 +36,8 @@ from schedd.core.model import (
     decode_delivery,
     decode_event,
 )
-from schedd.errors import BadArgument
+from schedd.errors import BadArgument, BadDelay, BadTtl
+from schedd.protocol import MAX_SECONDS
 from schedd.protocol.tracecontext import new_traceparent
 from schedd.store.base import Arg, Store
 from schedd.store.keys import Keys
@@ -48,6 +51,26 @@ EventHandler = Callable[[Event], None]
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+def _lifecycle(spec: JobSpec, s: CoreSettings) -> tuple[int, str, int]:
+    """A submit's wait before placement (ms, 0: none), its backoff ('<base ms> <cap ms>') and
+    its retention (ms), checked against the configured bounds."""
+    if spec.delay is not None and spec.not_before is not None:
+        raise BadDelay("give delay or not_before, not both")
+    wait = spec.delay if spec.delay is not None else 0.0
+    if spec.not_before is not None:
+        wait = spec.not_before - time.time()  # read against this host's clock
+    if not math.isfinite(wait) or wait > s.max_delay:
+        raise BadDelay(f"the job would wait {wait:.0f} s; at most {s.max_delay:.0f} s (max_delay)")
+    base = spec.backoff_base if spec.backoff_base is not None else s.backoff_base
+    cap = spec.backoff_max if spec.backoff_max is not None else max(s.backoff_max, base)
+    if not (0 < base <= cap <= MAX_SECONDS):
+        raise BadArgument(f"backoff_base ({base} s) must be > 0 and at most backoff_max ({cap} s)")
+    ttl = spec.result_ttl if spec.result_ttl is not None else s.retention
+    if spec.result_ttl is not None and not 0 <= ttl <= s.max_result_ttl:
+        raise BadTtl(f"result_ttl must be between 0 and {s.max_result_ttl:.0f} s (max_result_ttl)")
+    return (round(wait * 1000) if wait > 0 else 0), f"{_ms(base)} {_ms(cap)}", _ms(ttl)
 
 
 def _text(value: bytes | str | None) -> str:
@@ -78,6 +101,10 @@ class Core:
         self.scripts = scripts or Scripts()
         self.on_delivery: DeliveryHandler = on_delivery or (lambda delivery: None)
         self.on_event: EventHandler = on_event or (lambda event: None)
+        #: seconds until the next delayed job is due, as the last reaper pass saw it (None: none)
+        self.next_delayed_in: float | None = None
+        #: the random draw in [0, 1) a retryable failure's backoff jitter takes
+        self.draw: Callable[[], float] = random.random
 
     async def start(self) -> None:
         """Check Redis answers and load every script (so the first calls need no reload)."""
@@ -262,6 +289,7 @@ class Core:
         if not spec.pools:
             raise BadArgument("a job needs at least one candidate pool")
         s = self.settings
+        wait, backoff, retain = _lifecycle(spec, s)
         job_id = spec.job_id or new_id("job")
         trace = spec.trace or new_traceparent()  # every job has a trace context
         status, state, attempt, done, *rest = await self._call(
@@ -281,11 +309,15 @@ class Core:
                 spec.max_attempts or s.max_attempts,
                 "1" if s.queue else "0",
                 s.max_queued,
-                _ms(s.retention),
+                retain,
                 _ms(s.session_ttl),
                 s.max_created_pools,
                 trace,
                 *s.limits_of(principal).script_args(),
+                wait,
+                backoff,
+                "1" if spec.keep_payload or s.keep_payload else "0",
+                f"{s.retain_count} {s.retain_bytes}",
             ],
         )
         done_msg = decode_delivery(done) if done else None
@@ -331,8 +363,14 @@ class Core:
         output_json: str = "null",
         error: dict[str, Any] | None = None,
         accepted: bool = False,
+        retryable: bool = False,
+        draw: float | None = None,
     ) -> tuple[str, bool]:
         """Record the attempt's result; returns (state, duplicate).
+
+        ``retryable``: a failure the node says another node may not have; with attempts left the
+        job waits its backoff in state ``delayed`` (returned) and is then placed elsewhere.
+        ``draw`` in [0, 1) scales the backoff's jitter (default: :attr:`draw`, random).
 
         ``accepted``: the node's ``accept`` of the attempt came with the result and is recorded
         by this call, exactly as :meth:`accept` would have recorded it first (one script call
@@ -341,8 +379,10 @@ class Core:
         """
         args: list[Arg] = [job_id, node_id, attempt, "1" if ok else "0", output_json,
                            orjson.dumps(error) if error is not None else "null"]
-        if accepted:
-            args.append("1")
+        if accepted or (retryable and not ok):
+            args.append("1" if accepted else "")
+        if retryable and not ok:
+            args += ["1", repr(self.draw() if draw is None else draw)]
         state, status = await self._call("job_result", [self.keys.job(job_id)], args)
         return _text(state), _text(status) == "duplicate"
 
@@ -385,13 +425,16 @@ class Core:
                         follows=int(follows))
 
     async def reap(self) -> tuple[int, int, int, int]:
-        """One reaper pass: (nodes lost, deadlines handled, records removed, inboxes removed)."""
+        """One reaper pass: (nodes lost, deadlines and due delayed jobs handled, records removed,
+        inboxes removed)."""
         k = self.keys
-        lost, due, removed, inboxes = await self._call(
+        lost, due, removed, inboxes, *rest = await self._call(
             "reap",
             [k.alive, k.deadlines, k.gc, k.instances],
             [self.settings.reaper_batch, _ms(self.settings.node_retention)],
         )
+        due_in = int(rest[0]) if rest else -1
+        self.next_delayed_in = due_in / 1000 if due_in >= 0 else None
         return int(lost), int(due), int(removed), int(inboxes)
 
     # -- reconciliation ------------------------------------------------------------------------

@@ -58,6 +58,13 @@ class CoreSettings:
     max_created_pools: int = 64
     retention: float = 3600.0
     session_ttl: float = 600.0
+    max_result_ttl: float = 86400.0
+    keep_payload: bool = False
+    retain_count: int = 10000
+    retain_bytes: int = 1 << 30
+    max_delay: float = 7 * 86400.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
     node_retention: float = 600.0
     reaper_interval: float = 0.25
     reaper_batch: int = 200
@@ -116,6 +123,16 @@ class JobSpec:
     run_timeout: float | None = None
     queue_timeout: float | None = None
     max_attempts: int | None = None
+    #: seconds from now, or unix seconds, before which the job is not placed (at most one)
+    delay: float | None = None
+    not_before: float | None = None
+    #: a retryable failure's backoff: base seconds (doubled per attempt) and its cap
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    #: seconds the finished job and its result are kept; None: the configured retention
+    result_ttl: float | None = None
+    #: keep the payload when the job ends done
+    keep_payload: bool = False
     #: the job's W3C trace context as the store keeps it (schedd.protocol.join_trace): the
     #: traceparent, then a space and the tracestate when there is one; '' to have
     #: ``Core.submit`` make a new one

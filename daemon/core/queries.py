@@ -312,6 +312,8 @@ class Queries:
                     ("assigned", "t_asg"),
                     ("accepted", "t_acc"),
                     ("finished", "t_fin"),
+                    # when a delayed job is (or was last) due; absent for a job never delayed
+                    *((("due", "t_due"),) if h.get("t_due") else ()),
                 )
             },
             tried=sorted(_s(t) for t in tried),

@@ -1,7 +1,9 @@
 """The reaper: one ``reap`` script call per interval on every instance.
 
 Safe to run everywhere at once: each pass is one atomic script over range queries, so two
-instances never handle the same expiry twice. A pass that filled a batch runs again at once.
+instances never handle the same expiry twice. A pass that filled a batch runs again at once; a
+delayed job due before the next interval (as the pass saw the delayed set) wakes the reaper at
+its due time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ async def serve_reaper(
         if removed or inboxes:
             log.debug("reaper: %s record(s) and %s inbox(es) removed", removed, inboxes)
         if max(lost, due, removed, inboxes) < batch:
-            await trio.sleep(core.settings.reaper_interval)
+            # a delayed job due before the next interval is released at its time, not after
+            wait = core.settings.reaper_interval
+            if core.next_delayed_in is not None:
+                wait = min(wait, core.next_delayed_in + 0.001)
+            await trio.sleep(wait)
         else:
             await trio.lowlevel.checkpoint()

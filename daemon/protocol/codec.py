@@ -142,6 +142,9 @@ ERROR_CODES: Final[dict[str, str]] = {
     "node taken offline; an `admin` undrain of an offline node, requeue of a job that ended "
     "`done`)",
     "E_BAD_ARG": "the daemon rejected an argument of the request (e.g. an unknown pool)",
+    "E_BAD_DELAY": "a submit's delay or not_before puts the job further ahead than the daemon's "
+    "max_delay, or gives both",
+    "E_BAD_TTL": "a submit's result_ttl is over the daemon's max_result_ttl",
 }
 
 

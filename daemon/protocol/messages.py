@@ -340,6 +340,7 @@ class Result:
     ok: bool = attrs.field(validator=_bool)
     output: Any = attrs.field(default=None, validator=_any_json)
     error: ErrorInfo | None = attrs.field(default=None, validator=_result_error)
+    retryable: bool = attrs.field(default=False, validator=_bool)
     ref: str | None = _ref()
 
 
@@ -401,6 +402,14 @@ class Submit:
     max_attempts: int | None = attrs.field(default=None, validator=_opt_int(1))
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    delay: float | None = attrs.field(default=None, validator=_opt_float(positive=False))
+    not_before: float | None = attrs.field(default=None, validator=_opt_float(positive=True))
+    backoff_base: float | None = attrs.field(
+        default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
+    backoff_max: float | None = attrs.field(
+        default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
+    result_ttl: float | None = attrs.field(default=None, validator=_opt_float(positive=False))
+    keep_payload: bool = attrs.field(default=False, validator=_bool)
     ref: str | None = _ref()
 
 

@@ -11,7 +11,7 @@ from typing import Final, Literal, TypeAlias, get_args
 __all__ = ["JOB_STATES", "TERMINAL_STATES", "JobState", "TerminalState"]
 
 JobState: TypeAlias = Literal[
-    "queued", "assigned", "running", "done", "failed", "canceled", "timed_out"
+    "delayed", "queued", "assigned", "running", "done", "failed", "canceled", "timed_out"
 ]
 TerminalState: TypeAlias = Literal["done", "failed", "canceled", "timed_out"]
 

@@ -208,11 +208,20 @@ class Client:
         max_attempts: int | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        delay: float | None = None,
+        not_before: float | None = None,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        result_ttl: float | None = None,
+        keep_payload: bool = False,
     ) -> JobHandle:
         """Submit a job and return its handle once the daemon has accepted it.
 
         Without ``job_id`` one is generated, so the submit can be retried safely; without
-        ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``). Raises
+        ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``).
+        ``delay`` (seconds) or ``not_before`` (unix seconds) hold the job back; ``backoff_*``
+        shape the waits between retryable failures; ``result_ttl`` and ``keep_payload`` what the
+        daemon keeps of the finished job (docs/protocol.md, ``submit``). Raises
         ``ValueError`` (``InvalidField``) for an argument the protocol forbids and
         :class:`RequestFailed` when the daemon refuses the job.
         """
@@ -230,6 +239,12 @@ class Client:
             max_attempts=max_attempts,
             traceparent=traceparent,
             tracestate=tracestate,
+            delay=delay,
+            not_before=not_before,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            result_ttl=result_ttl,
+            keep_payload=keep_payload,
         )
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)

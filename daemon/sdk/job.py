@@ -18,12 +18,16 @@ E_NODE_EXCEPTION: Final = "E_NODE_EXCEPTION"
 
 
 class JobError(Exception):
-    """Raise from a handler to fail the job with ``code`` (an id, e.g. ``OOM``) and ``message``."""
+    """Raise from a handler to fail the job with ``code`` (an id, e.g. ``OOM``) and ``message``.
 
-    def __init__(self, code: str, message: str = "") -> None:
+    ``retryable``: another node (or a later try) may succeed; the daemon retries the job
+    elsewhere after a backoff while it has attempts left."""
+
+    def __init__(self, code: str, message: str = "", *, retryable: bool = False) -> None:
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message
+        self.retryable = retryable
 
 
 class _Reports(Protocol):
@@ -92,7 +96,9 @@ class JobContext:
 Handler = Callable[[JobContext], Awaitable[Any]]
 
 
-def failure_result(ctx: JobContext, code: str, message: str) -> Result:
+def failure_result(
+    ctx: JobContext, code: str, message: str, *, retryable: bool = False
+) -> Result:
     """The ``result`` of an attempt that failed with ``code`` (kept valid, and short)."""
     if len(message) > MAX_TEXT_LEN:
         message = message[: MAX_TEXT_LEN - 3] + "..."
@@ -102,7 +108,8 @@ def failure_result(ctx: JobContext, code: str, message: str) -> Result:
         error = ErrorInfo(
             code=E_NODE_EXCEPTION, message=f"bad error code {code!r}: {message}"[:MAX_TEXT_LEN]
         )
-    return Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=False, error=error)
+    return Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=False, error=error,
+                  retryable=retryable)
 
 
 def success_result(ctx: JobContext, output: Any) -> Result:

@@ -503,7 +503,7 @@ class Node:
             try:
                 output = await self._handler(ctx)
             except JobError as exc:
-                result = failure_result(ctx, exc.code, exc.message)
+                result = failure_result(ctx, exc.code, exc.message, retryable=exc.retryable)
             except Exception as exc:
                 log.exception("job %s attempt %d: the handler raised", ctx.job_id, ctx.attempt)
                 result = failure_result(ctx, E_NODE_EXCEPTION, f"{type(exc).__name__}: {exc}")

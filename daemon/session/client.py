@@ -92,7 +92,9 @@ class ClientRole(SessionBase):
             pools=tuple(pools), payload_json=orjson.dumps(m.payload).decode(), job_id=job_id,
             session_id=m.session_id, priority=m.priority, services=tuple(m.services),
             ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
-            max_attempts=m.max_attempts,
+            max_attempts=m.max_attempts, delay=m.delay, not_before=m.not_before,
+            backoff_base=m.backoff_base, backoff_max=m.backoff_max, result_ttl=m.result_ttl,
+            keep_payload=m.keep_payload,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
         )
         # A candidate while the script runs: a done delivered meanwhile waits for the reply

@@ -252,6 +252,7 @@ class NodeRole(SessionBase):
         await self.app.core.result(
             m.job_id, node_id=node_id, attempt=m.attempt, ok=m.ok,
             output_json=orjson.dumps(m.output).decode(), error=error, accepted=accepted,
+            retryable=m.retryable,
         )
         trace = self.traces.pop(m.job_id, "")
         if accepted:  # its accept came with it and was recorded by the same call

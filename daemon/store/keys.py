@@ -45,6 +45,12 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "jobs_of": ("jobs_of:{}", "zset: job id -> submit ms, per principal (browsing)"),
     "jobs_on": ("jobs_on:{}", "zset: job id -> submit ms, per node that held an attempt of it "
                 "(browsing)"),
+    "delayed": ("delayed", "zset: job id -> unix ms at which a delayed or backing-off job is "
+                "due (the reaper queues or places it then)"),
+    "ended_of": ("ended_of:{}", "zset: retained finished job id -> its finish order (counts' "
+                 "finished_seq), per principal (retention bounds, oldest evicted first)"),
+    "retained": ("retained", "hash: principal -> bytes its retained finished jobs hold "
+                 "(results, errors, kept payloads)"),
     "deadlines": ("deadlines", "zset: job id -> unix ms of its current ack/run/queue deadline"),
     "gc": ("gc", "zset: 'j:<job>' / 'n:<node>' -> unix ms after which it is removed"),
     "session": ("session:{}", "string (PX ttl): node id that served the session last"),
@@ -185,6 +191,17 @@ class Keys:
     @property
     def unavail_due(self) -> str:
         return self._k("unavail_due")
+
+    def ended_of(self, principal: str) -> str:
+        return self._k("ended_of", principal)
+
+    @property
+    def delayed(self) -> str:
+        return self._k("delayed")
+
+    @property
+    def retained(self) -> str:
+        return self._k("retained")
 
     @property
     def deadlines(self) -> str:

@@ -86,7 +86,9 @@ end
 -- assigned and running ones, 'bytes' the payload bytes ('pbytes' of the job hash) of its jobs
 -- that are not terminal. count_state keeps them, so every path that changes a job's state keeps
 -- them exact: they go back to zero when the principal's last job ends, however it ends.
-local USAGE_CLASS = {queued = 'queued', assigned = 'inflight', running = 'inflight'}
+-- (a delayed job waits as a queued one does: it counts as queued)
+local USAGE_CLASS = {delayed = 'queued', queued = 'queued', assigned = 'inflight',
+  running = 'inflight'}
 local function usage_state(job_id, old, new)
   local a, b = USAGE_CLASS[old or ''], USAGE_CLASS[new]
   if a == b then return end
@@ -497,6 +499,101 @@ local function move_client(job_id, jkey, job)
   return follows
 end
 
+-- Lifecycle: delays, backoff, bounded retention ------------------------------------------------
+
+-- Finished jobs one call evicts at most over a principal's retention bounds: a finish does
+-- bounded work, and bounds lowered by a reload are met over the following finishes.
+local EVICT_MAX = 8
+
+-- A job waits until due_ms in state 'delayed': no node, no slot, no deadline, in K.delayed(),
+-- from which the reaper's release_due queues or places it. fields: optional flat
+-- {field, value, ...} list written to the job hash in the same HSET.
+local function delay_job(job_id, job, due_ms, fields)
+  local flat = fields or {}
+  local n = #flat
+  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'node', '', 't_due', int_s(due_ms)
+  flat[n + 5], flat[n + 6] = 'state', 'delayed'
+  redis.call('HSET', K.job(job_id), unpack_list(flat))
+  redis.call('ZREM', K.deadlines(), job_id)
+  count_state(job_id, job.state, 'delayed', job.attempt, '')
+  redis.call('ZADD', K.delayed(), int_s(due_ms), job_id)
+  job.state = 'delayed'
+  job.node = ''
+end
+
+-- The wait after attempt n failed retryably: b = min(cap, base * 2^(n-1)), of which half is
+-- fixed and half scaled by draw, the caller's random number in [0, 1) ("equal jitter": the
+-- wait grows with n whatever the draw). job.backoff is '<base ms> <cap ms>' (written at submit).
+local function backoff_ms(job, draw)
+  local base, cap = 1000, 60000
+  local b, c = string.match(job.backoff or '', '^(%d+) (%d+)$')
+  if b then base, cap = tonumber(b), tonumber(c) end
+  local n = tonumber(job.attempt) or 1
+  local full = math.min(cap, base * 2 ^ (math.min(n, 64) - 1))
+  return math.floor(full / 2 + full / 2 * draw)
+end
+
+-- The finished job leaves its principal's retention accounting (job: principal, rbytes).
+local function retained_forget(job_id, job)
+  local principal = job.principal
+  if not principal then return end
+  if redis.call('ZREM', K.ended_of(principal), job_id) == 1 then
+    if redis.call('EXISTS', K.ended_of(principal)) == 0 then
+      redis.call('HDEL', K.retained(), principal)
+    else
+      redis.call('HINCRBY', K.retained(), principal, int_s(-(tonumber(job.rbytes) or 0)))
+    end
+  end
+end
+
+-- Remove a finished job and everything that names it (job: state, principal, node, rbytes).
+local function drop_finished(job_id, job)
+  redis.call('HINCRBY', K.counts(), job.state, '-1')
+  index_forget(job_id, job)
+  retained_forget(job_id, job)
+  redis.call('ZREM', K.gc(), 'j:' .. job_id)
+  redis.call('DEL', K.job(job_id), K.job_tried(job_id), K.job_attempts(job_id))
+end
+
+-- A job just finished: its payload goes unless kept ('keep' = '1' at submit, or the job did not
+-- end done, so that an operator may requeue it), the bytes it keeps are recorded ('rbytes'),
+-- and its principal's retained finished jobs are brought back within 'rlim' ('<count> <bytes>',
+-- written at submit) by evicting the oldest of that principal only.
+local function retain(job_id, state)
+  local jkey = K.job(job_id)
+  local v = redis.call('HMGET', jkey, 'keep', 'rlim', 'principal')
+  local bytes = redis.call('HSTRLEN', jkey, 'output') + redis.call('HSTRLEN', jkey, 'error')
+  if v[1] == '1' or state ~= 'done' then
+    bytes = bytes + redis.call('HSTRLEN', jkey, 'payload')
+  else
+    redis.call('HDEL', jkey, 'payload')
+  end
+  redis.call('HSET', jkey, 'rbytes', int_s(bytes))
+  local principal = v[3]
+  local max_n, max_b = string.match(v[2] or '', '^(%d+) (%d+)$')
+  if not principal or not max_n then return end
+  max_n, max_b = tonumber(max_n), tonumber(max_b)
+  local okey = K.ended_of(principal)
+  -- finish order (a counter: finishes within one ms stay ordered)
+  redis.call('ZADD', okey, redis.call('HINCRBY', K.counts(), 'finished_seq', '1'), job_id)
+  local total = redis.call('HINCRBY', K.retained(), principal, int_s(bytes))
+  local count = redis.call('ZCARD', okey)
+  local evicted = 0
+  while evicted < EVICT_MAX and count > 1 and (count > max_n or total > max_b) do
+    local oldest = redis.call('ZRANGE', okey, '0', '0')[1]
+    if oldest == job_id then break end
+    local old = hmget(K.job(oldest), {'state', 'principal', 'node', 'rbytes'})
+    if old and TERMINAL[old.state] then
+      drop_finished(oldest, old)
+    else
+      redis.call('ZREM', okey, oldest)
+    end
+    total = tonumber(redis.call('HGET', K.retained(), principal) or '0')
+    count = count - 1
+    evicted = evicted + 1
+  end
+end
+
 -- Move a job to a terminal state: it leaves every queue and index, is retained for its
 -- retention time, and its client's instance gets exactly one done.
 -- job: the job's fields as read (the state, node, attempt, client, retain_ms, t_sub, t_asg and
@@ -504,6 +601,7 @@ end
 local function finish(job_id, job, state, fields, now)
   local jkey = K.job(job_id)
   if job.state == 'queued' then dequeue_everywhere(job_id, job) end
+  if job.state == 'delayed' then redis.call('ZREM', K.delayed(), job_id) end
   redis.call('ZREM', K.deadlines(), job_id)
   local now_s = int_s(now)
   local flat = {'t_fin', now_s, 'state', state}
@@ -524,6 +622,7 @@ local function finish(job_id, job, state, fields, now)
   job.t_fin = now_s
   job.state = state
   redis.call('ZADD', K.gc(), int_s(now + tonumber(job.retain_ms)), 'j:' .. job_id)
+  retain(job_id, state)
   -- a bounded window of recent completions: latency percentiles and rates for every instance
   local kept = redis.call('LPUSH', K.finished(), '[' .. cjson.encode(job_id) .. ',"' .. state
     .. '",' .. cjson.encode(job.node or '') .. ',' .. num_s(job.t_sub) .. ',' .. num_s(job.t_asg)
@@ -618,6 +717,38 @@ local function retry(job_id, job, reason, now, kind)
     enqueue(job_id, job, now)
   end
   return node_id
+end
+
+-- The node's result said the failure is retryable and attempts remain: the node is excluded
+-- and the job waits its backoff (backoff_ms with the caller's draw) as a delayed job. The slot
+-- is already released. Returns the unix ms at which it is due.
+local function retry_later(job_id, job, node_id, reason, now, draw)
+  redis.call('SADD', K.job_tried(job_id), node_id)
+  redis.call('RPUSH', K.job_attempts(job_id), '[' .. num_s(job.attempt) .. ','
+    .. cjson.encode(node_id) .. ',"failed",' .. cjson.encode(reason) .. ',' .. num_s(job.t_asg)
+    .. ',' .. num_s(job.t_acc) .. ',' .. int_s(now) .. ']')
+  local due = now + backoff_ms(job, draw)
+  delay_job(job_id, job, due, {'reason', reason})
+  return due
+end
+
+-- Delayed jobs now due, at most batch of them, are placed on a free slot or queued (their queue
+-- timeout counts from here). A job's first attempt keeps its session; a retry avoids the nodes
+-- that failed it. Returns how many entries were handled.
+local function release_due(now, batch)
+  local due = redis.call('ZRANGE', K.delayed(), '-inf', int_s(now), 'BYSCORE', 'LIMIT', '0', batch)
+  for _, job_id in ipairs(due) do
+    redis.call('ZREM', K.delayed(), job_id)
+    local job = hgetall(K.job(job_id))
+    if job and job.state == 'delayed' then
+      local first = job.attempt == '0'
+      local target = principal_can_run(job.principal, 1) and select_node(job_id,
+        cjson.decode(job.pools), job_services(job), first and (job.session or '') or '', now, first,
+        (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0))
+      if target then assign(job_id, job, target, now) else enqueue(job_id, job, now) end
+    end
+  end
+  return #due
 end
 
 -- Take a node out of service: leave pools and liveness, retry every job it held.

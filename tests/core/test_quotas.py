@@ -219,3 +219,39 @@ async def test_pool_limits_set_refuses_what_is_not_a_rate_table(store: Store) ->
         with pytest.raises(errors.BadArgument):
             await core._call("pool_limits_set", [core.keys.pool_limits], [bad])
     assert await core.set_pool_rates({}) == 0
+
+
+async def _reap_until_released(core: Core) -> None:
+    with trio.fail_after(5):
+        while (await core.reap())[1] == 0:
+            await trio.sleep(0.01)
+
+
+async def test_delayed_jobs_count_as_queued_and_the_counters_return_to_zero(
+    store: Store,
+) -> None:
+    core = await quota_core(store, max_queued=1, max_in_flight=1)
+    await core.register_node(node_id="n1", capacity=2, pools=["p"])
+    a = await core.submit(spec("p", delay=0.05, max_attempts=2, backoff_base=0.02),
+                          principal="alice")
+    assert a.state == "delayed"
+    u = await usage(store, "alice")
+    assert (u["queued"], u["inflight"]) == (1, 0) and u["bytes"] > 0
+    with pytest.raises(errors.QuotaExceeded) as info:  # a delayed job waits as a queued one
+        await core.submit(spec("p", delay=0.05), principal="alice")
+    assert info.value.quota == "max_queued"
+    await _reap_until_released(core)
+    assert (await usage(store, "alice"))["inflight"] == 1
+    # a retryable failure backs off: the job waits (queued) again, then runs to its end
+    state, _ = await core.result(a.job_id, node_id="n1", attempt=1, ok=False,
+                                 error={"code": "E_BUSY", "message": "busy"}, retryable=True,
+                                 draw=0.0)
+    assert state == "delayed"
+    u = await usage(store, "alice")
+    assert (u["queued"], u["inflight"]) == (1, 0)
+    await core.register_node(node_id="n2", capacity=1, pools=["p"])
+    await _reap_until_released(core)
+    state, _ = await core.result(a.job_id, node_id="n2", attempt=2, ok=True)
+    assert state == "done"
+    assert {k: v for k, v in (await usage(store, "alice")).items() if k in USAGE} == {
+        "queued": 0, "inflight": 0, "bytes": 0}

@@ -355,7 +355,7 @@ async def test_api_shapes(store_url: str) -> None:
         assert set(data) == {"now_ms", "instance", "jobs", "totals", "nodes", "pools",
                              "throughput", "latency_ms", "exclusions", "instances"}
         assert data["instance"] == d.app.instance
-        assert data["jobs"] == {"queued": 1, "assigned": 0, "running": 0, "done": 1,
+        assert data["jobs"] == {"delayed": 0, "queued": 1, "assigned": 0, "running": 0, "done": 1,
                                 "failed": 1, "canceled": 0, "timed_out": 0}
         assert data["totals"] == {"submitted": 3, "done": 1, "failed": 1, "canceled": 0,
                                   "timed_out": 0}

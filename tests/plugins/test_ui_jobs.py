@@ -29,7 +29,8 @@ async def history(d: Daemon) -> tuple[Peer, Peer, Peer]:
     await run_job(alice, n1, "p", "a-ok")
     await run_job(alice, n1, "p", "a-bad", ok=False)
     await run_job(bob, n1, "p", "b-ok")
-    await alice.send(p.Submit(pools=["p"], job_id="a-retried", payload={"text": "x" * 100}))
+    await alice.send(p.Submit(pools=["p"], job_id="a-retried", payload={"text": "x" * 100},
+                              keep_payload=True))
     await alice.expect(p.Accepted)
     assign = await n1.expect(p.Assign)
     await n1.send(p.Reject(job_id=assign.job_id, attempt=1, reason="GPU out of memory"))

@@ -143,14 +143,16 @@ async def test_assign_accept_progress_result(daemon: FakeDaemon, nursery: trio.N
 
 
 @pytest.mark.parametrize(
-    ("raised", "code", "text"),
+    ("raised", "code", "text", "retryable"),
     [
-        (JobError("OOM", "CUDA out of memory"), "OOM", "CUDA out of memory"),
-        (ValueError("bad input"), "E_NODE_EXCEPTION", "ValueError: bad input"),
+        (JobError("OOM", "CUDA out of memory"), "OOM", "CUDA out of memory", False),
+        (JobError("OOM", "try another GPU", retryable=True), "OOM", "try another GPU", True),
+        (ValueError("bad input"), "E_NODE_EXCEPTION", "ValueError: bad input", False),
     ],
 )
 async def test_handler_failures_become_failed_results(
-    daemon: FakeDaemon, nursery: trio.Nursery, raised: Exception, code: str, text: str
+    daemon: FakeDaemon, nursery: trio.Nursery, raised: Exception, code: str, text: str,
+    retryable: bool,
 ) -> None:
     async def handler(ctx: JobContext) -> Any:
         raise raised
@@ -166,6 +168,7 @@ async def test_handler_failures_become_failed_results(
             result = await peer.recv(Result)
             assert not result.ok and result.error is not None
             assert (result.error.code, result.error.message) == (code, text)
+            assert result.retryable is retryable
             finished.set()
 
         finished = trio.Event()
