@@ -23,7 +23,7 @@ local job_id, node_id, attempt = ARGV[2], ARGV[3], ARGV[4]
 local accepted = ARGV[8] == '1'
 -- what fencing, releasing and finishing read (not the payload, which may be large)
 local job = hmget(KEYS[1], {'state', 'node', 'attempt', 'client', 'pools', 'retain_ms', 't_sub',
-  't_asg', 't_acc', 'principal', 'trace'})
+  't_asg', 't_acc', 'principal', 'trace', 'pipe', 'stage'})
 if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt
     and not accepted then
   return {{job.state, 'duplicate'}, {}}
@@ -42,5 +42,6 @@ if accepted and job.state ~= 'running' then
   fields.t_acc = now
 end
 finish(job_id, job, ok and 'done' or 'failed', fields, now)
-feed_node(node_id, now, node_now)
+-- a stage's next stage may have taken a slot of this node since it was released
+feed_node(node_id, now, not job.pipe and node_now or nil)
 return {{job.state, 'new'}, LOCAL, EVENTS}

@@ -31,6 +31,10 @@
 -- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
 -- ARGV[18] W3C trace context: traceparent, then a space and the tracestate when there is one
 --          ('' for none); kept in the job hash, carried by its assign and done deliveries
+-- ARGV[19] stages: '' for a plain job, else a pipeline's stage records, a JSON object keyed by
+--          stage name (docs/architecture.md, Stage chains); ARGV[4] and ARGV[8..12] are then
+--          unused (each record has its own pools, services, timeouts and attempts)
+-- ARGV[20] '1': the first branch of the pipeline that fails cancels the others
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
@@ -52,6 +56,12 @@ if existing then
   local follows = move_client(job_id, jkey, existing)
   return {{'duplicate', existing.state, tonumber(existing.attempt), '', follows,
     existing.trace or ''}, LOCAL}
+end
+if ARGV[19] and ARGV[19] ~= '' then
+  return pipeline_submit({principal = ARGV[2], pipe_id = job_id, payload = ARGV[5],
+    session = ARGV[6], priority = ARGV[7], stages = ARGV[19], queue = ARGV[13],
+    max_queued = ARGV[14], retain_ms = ARGV[15], session_ms = ARGV[16], max_created = ARGV[17],
+    trace = ARGV[18] or '', fail_fast = ARGV[20] or '0'}, now_ms())
 end
 local ok, pools = pcall(cjson.decode, ARGV[4])
 if not ok or type(pools) ~= 'table' or #pools == 0 then

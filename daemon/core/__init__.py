@@ -20,6 +20,7 @@ from schedd.core.model import (
     JobStateChanged,
     NodeWentOffline,
     ProgressDelivery,
+    StageDoneDelivery,
     Registration,
     Submitted,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "NodeWentOffline",
     "PoolInfo",
     "ProgressDelivery",
+    "StageDoneDelivery",
     "Queries",
     "Registration",
     "Submitted",

@@ -249,7 +249,7 @@ class Core:
 
     async def submit(self, spec: JobSpec, *, principal: str = "") -> Submitted:
         """Accept a job (idempotent on job_id), place it or queue it, in one script."""
-        if not spec.pools:
+        if not spec.pools and not spec.stages_json:
             raise BadArgument("a job needs at least one candidate pool")
         s = self.settings
         job_id = spec.job_id or new_id("job")
@@ -275,6 +275,8 @@ class Core:
                 _ms(s.session_ttl),
                 s.max_created_pools,
                 trace,
+                spec.stages_json,
+                "1" if spec.fail_fast else "0",
             ],
         )
         done_msg = decode_delivery(done) if done else None

@@ -424,8 +424,12 @@ local function move_client(job_id, jkey, job)
   return follows
 end
 
+-- A stage job's end, handed to its pipeline (defined in stages.lua).
+local stage_ended
+
 -- Move a job to a terminal state: it leaves every queue and index, is retained for its
--- retention time, and its client's instance gets exactly one done.
+-- retention time, and its client's instance gets exactly one done (a stage of a pipeline:
+-- its pipeline's stage_ended instead, in the same script).
 -- job: the job's fields as read (the state, node, attempt, client, retain_ms, t_sub, t_asg and
 -- t_acc at least; pools if it is queued).
 local function finish(job_id, job, state, fields, now)
@@ -458,7 +462,11 @@ local function finish(job_id, job, state, fields, now)
   if kept > FINISHED_KEPT + FINISHED_SLACK then
     redis.call('LTRIM', K.finished(), 0, FINISHED_KEPT - 1)
   end
-  deliver(job.client, done_message(job_id, job))
+  if job.pipe and job.pipe ~= '' then
+    stage_ended(job_id, job, state, now)
+  else
+    deliver(job.client, done_message(job_id, job))
+  end
 end
 
 -- Free the slot a job holds on its node (if any). Returns the node, and when a slot was freed
