@@ -20,8 +20,8 @@ from schedd.core.model import (
     JobStateChanged,
     NodeWentOffline,
     ProgressDelivery,
-    StageDoneDelivery,
     Registration,
+    StageDoneDelivery,
     Submitted,
 )
 from schedd.core.queries import (
@@ -64,9 +64,9 @@ __all__ = [
     "NodeWentOffline",
     "PoolInfo",
     "ProgressDelivery",
-    "StageDoneDelivery",
     "Queries",
     "Registration",
+    "StageDoneDelivery",
     "Submitted",
     "new_id",
     "parse_time_bound",

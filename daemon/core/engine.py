@@ -253,6 +253,8 @@ class Core:
             raise BadArgument("a job needs at least one candidate pool")
         s = self.settings
         job_id = spec.job_id or new_id("job")
+        if "//" in job_id:  # a pipeline's stages are jobs '<pipeline id>//<stage>'
+            raise BadArgument(f"job id {job_id!r} may not contain '//'")
         trace = spec.trace or new_traceparent()  # every job has a trace context
         status, state, attempt, done, *rest = await self._call(
             "job_submit",

@@ -138,6 +138,12 @@ ERROR_CODES: Final[dict[str, str]] = {
     "node taken offline; an `admin` undrain of an offline node, requeue of a job that ended "
     "`done`)",
     "E_BAD_ARG": "the daemon rejected an argument of the request (e.g. an unknown pool)",
+    # Pipelines: a submit's stages were refused (schedd.session.stages); nothing was stored.
+    "E_TOO_MANY_STAGES": "a chain of the submit's `stages` is longer than 8 stages, or the "
+    "pipeline has more than 64 stages in all",
+    "E_TOO_MANY_BRANCHES": "a stage of the submit's `stages` fans out into more than 16 branches",
+    "E_BAD_STAGE": "a stage of the submit's `stages` is malformed or maps to no pool (the "
+    "message gives its path, e.g. `stages[1].branches.de[0]`)",
 }
 
 

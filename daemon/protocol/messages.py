@@ -126,6 +126,7 @@ __all__ = [
     "Role",
     "RunningJob",
     "Sender",
+    "StageDone",
     "Status",
     "Submit",
     "TerminalState",
@@ -327,6 +328,8 @@ class Progress:
     job_id: str = attrs.field(validator=_name)
     attempt: int = attrs.field(validator=_int(1))
     data: Any = attrs.field(default=None, validator=_any_json)
+    #: the daemon's, for a pipeline: the stage the progress is about
+    stage: str | None = attrs.field(default=None, validator=_opt_name)
     ref: str | None = _ref()
 
 
@@ -388,6 +391,14 @@ class Unavailable:
     ref: str | None = _ref()
 
 
+def _opt_stages(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise InvalidField(attribute.name, f"must be an array or null, got {_json_type(value)}")
+    _any_json(instance, attribute, value)
+
+
 @attrs.frozen(kw_only=True)
 class Submit:
     """A client asks for a job to be run; a known ``job_id`` returns the existing job."""
@@ -411,6 +422,10 @@ class Submit:
     max_attempts: int | None = attrs.field(default=None, validator=_opt_int(1))
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    #: a pipeline: its stages in order (checked by the daemon: schedd.session.stages)
+    stages: list[Any] | None = attrs.field(default=None, validator=_opt_stages)
+    #: a pipeline: the first branch that fails cancels the others
+    fail_fast: bool = attrs.field(default=False, validator=_bool)
     ref: str | None = _ref()
 
 
@@ -429,16 +444,34 @@ class Accepted:
     ref: str | None = _ref()
 
 
-def _done_ok(instance: Done, attribute: attrs.Attribute[Any], value: object) -> None:
+def _done_ok(instance: Done | StageDone, attribute: attrs.Attribute[Any], value: object) -> None:
     _bool(instance, attribute, value)
     if value is not (instance.state == "done"):
         raise InvalidField(attribute.name, "must be true exactly when state is 'done'")
 
 
-def _done_error(instance: Done, attribute: attrs.Attribute[Any], value: object) -> None:
+def _done_error(instance: Done | StageDone, attribute: attrs.Attribute[Any], value: object) -> None:
     _opt_error_info(instance, attribute, value)
     if instance.ok and value is not None:
         raise InvalidField(attribute.name, "must be null when ok is true")
+
+
+@attrs.frozen(kw_only=True)
+class StageDone:
+    """A stage of a pipeline ended; sent to the pipeline's client once per stage."""
+
+    TYPE: ClassVar[str] = "stage_done"
+    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
+
+    job_id: str = attrs.field(validator=_name)
+    stage: str = attrs.field(validator=_name)
+    branch: str | None = attrs.field(default=None, validator=_opt_name)
+    index: int = attrs.field(default=0, validator=_int(0))
+    state: TerminalState = attrs.field(validator=_one_of(TERMINAL_STATES))
+    ok: bool = attrs.field(validator=_done_ok)
+    output: Any = None
+    error: ErrorInfo | None = attrs.field(default=None, validator=_done_error)
+    ref: str | None = _ref()
 
 
 @attrs.frozen(kw_only=True)
@@ -584,6 +617,7 @@ Message: TypeAlias = (
     | Unavailable
     | Submit
     | Accepted
+    | StageDone
     | Done
     | Status
     | Job

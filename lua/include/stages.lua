@@ -63,6 +63,10 @@ end
 -- (a JSON text {code, message}) when it can be neither placed nor queued.
 local function create_stage(pipe_id, p, name, rec, payload, now)
   local sid = stage_job_id(pipe_id, name)
+  if redis.call('EXISTS', K.job(sid)) == 1 then -- job ids with '//' are refused at submit
+    return cjson.encode({code = 'E_BAD_STATE', message = 'stage ' .. name .. ': job ' .. sid
+      .. ' exists already'})
+  end
   local seq = redis.call('HINCRBY', K.counts(), 'seq', '1')
   local pools_json = cjson.encode(rec.pools)
   local services = rec.services or {}

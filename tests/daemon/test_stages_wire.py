@@ -1,0 +1,141 @@
+"""Pipelines on the wire (docs/protocol.md, "Pipelines"): one submit, stage_done per stage,
+one done with every output; follow/status/cancel by the owner only; refused stages. Over both
+transports and both stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from schedd import protocol as p
+from tests.daemon.harness import Daemon
+from tests.daemon.test_follow import Wire, daemon, expect, send, until_pong, wire
+
+
+@pytest.fixture(params=["tcp", "ws"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def node(d: Daemon, transport: str, node_id: str, pool: str) -> Wire:
+    peer = await wire(d, transport, "node", "node-secret")
+    await send(peer, p.Register(node_id=node_id, capacity=2, pools=[pool]))
+    await expect(peer, p.Registered)
+    return peer
+
+
+async def finish(peer: Wire, output: Any, ok: bool = True) -> p.Assign:
+    assign: p.Assign = await expect(peer, p.Assign)
+    await send(peer, p.Accept(job_id=assign.job_id, attempt=assign.attempt),
+               p.Progress(job_id=assign.job_id, attempt=assign.attempt, data={"at": output}),
+               p.Result(job_id=assign.job_id, attempt=assign.attempt, ok=ok,
+                        output=output if ok else None,
+                        error=None if ok else p.ErrorInfo(code="E_MODEL", message="broke")))
+    await until_pong(peer)
+    return assign
+
+
+STAGES: list[Any] = [{"pools": ["asr"]}, {"pools": ["mt"], "with": ["lang"]},
+                     {"pools": ["tts"]}]
+
+
+async def test_a_pipeline_runs_on_one_submit(store_url: str, transport: str) -> None:
+    async with daemon(store_url) as d:
+        asr, mt, tts = [await node(d, transport, f"{x}-1", x) for x in ("asr", "mt", "tts")]
+        alice = await wire(d, transport, "client", "alice-secret")
+        bob = await wire(d, transport, "client", "bob-secret")
+        await send(alice, p.Submit(job_id="u1", stages=STAGES,
+                                   payload={"audio": "..", "lang": "de"}, ref="s"))
+        accepted = await expect(alice, p.Accepted)
+        assert (accepted.job_id, accepted.state) == ("u1", "running")
+        a1 = await finish(asr, {"text": "hello"})
+        assert a1.job_id == "u1//0" and a1.payload == {"audio": "..", "lang": "de"}
+        got = await until_pong(alice)
+        assert [type(m) for m in got] == [p.Progress, p.StageDone]
+        assert isinstance(got[0], p.Progress) and got[0].stage == "0" and got[0].job_id == "u1"
+        assert isinstance(got[1], p.StageDone) and got[1].output == {"text": "hello"}
+        # another principal sees nothing of it and may not touch it
+        await send(bob, p.Follow(job_id="u1", ref="f"), p.Status(job_id="u1", ref="st"),
+                   p.Cancel(job_id="u1", ref="c"), p.Submit(job_id="u1", stages=STAGES))
+        refused = await until_pong(bob)
+        assert [(type(m), getattr(m, "code", None)) for m in refused] == [
+            (p.Error, "E_NOT_YOURS")] * 4
+        a2 = await finish(mt, {"text": "hallo"})
+        assert a2.payload == {"text": "hello", "lang": "de"}  # stage 0's output, with lang
+        await send(alice, p.Status(job_id="u1", ref="st"))
+        got = await until_pong(alice)
+        assert [type(m) for m in got] == [p.Progress, p.StageDone, p.Job]
+        assert isinstance(got[2], p.Job) and got[2].state == "running"
+        await finish(tts, "wav")
+        got = await until_pong(alice)
+        assert [type(m) for m in got] == [p.Progress, p.StageDone, p.Done]
+        done = got[2]
+        assert isinstance(done, p.Done) and done.ok
+        assert done.output["stages"] == {"0": {"text": "hello"}, "1": {"text": "hallo"},
+                                         "2": "wav"}
+        await send(alice, p.Submit(job_id="u1", stages=STAGES))
+        again = await until_pong(alice)
+        assert [type(m) for m in again] == [p.Accepted, p.Done]
+        assert isinstance(again[0], p.Accepted) and again[0].duplicate
+
+
+async def test_follow_delivers_later_stages_and_cancel_ends_it(
+    store_url: str, transport: str,
+) -> None:
+    async with daemon(store_url) as d:
+        asr, mt = [await node(d, transport, f"{x}-1", x) for x in ("asr", "mt")]
+        first = await wire(d, transport, "client", "alice-secret")
+        await send(first, p.Submit(job_id="u2", stages=STAGES[:2], payload={"lang": "fr"}))
+        await expect(first, p.Accepted)
+        second = await wire(d, transport, "client", "alice-secret")
+        await send(second, p.Follow(job_id="u2", ref="f"))
+        assert (await expect(second, p.Job)).state == "running"
+        await finish(asr, "t")
+        got = await until_pong(second)
+        assert [type(m) for m in got] == [p.Progress, p.StageDone]
+        assign: p.Assign = await expect(mt, p.Assign)
+        await send(second, p.Cancel(job_id="u2", ref="c"))
+        cancel = await expect(mt, p.Cancel)
+        assert cancel.job_id == assign.job_id == "u2//1"
+        done = await expect(second, p.Done)
+        assert done.state == "canceled"
+
+
+async def test_a_failing_stage_fails_the_pipeline(store_url: str, transport: str) -> None:
+    async with daemon(store_url) as d:
+        asr = await node(d, transport, "asr-1", "asr")
+        alice = await wire(d, transport, "client", "alice-secret")
+        await send(alice, p.Submit(job_id="u3", stages=[{"pools": ["asr"], "max_attempts": 1},
+                                                         {"pools": ["mt"]}]))
+        await expect(alice, p.Accepted)
+        await finish(asr, None, ok=False)
+        got = await until_pong(alice)
+        assert [type(m) for m in got] == [p.Progress, p.StageDone, p.Done]
+        stage, done = got[1], got[2]
+        assert isinstance(stage, p.StageDone) and stage.state == "failed"
+        assert stage.error is not None and stage.error.code == "E_MODEL"
+        assert isinstance(done, p.Done) and done.state == "failed"
+        assert done.error is not None and done.error.code == "E_STAGE_FAILED"
+        assert "stage 0" in done.error.message
+
+
+async def test_hostile_stages_are_refused(store_url: str, transport: str) -> None:
+    async with daemon(store_url) as d:
+        alice = await wire(d, transport, "client", "alice-secret")
+        one = {"pools": ["a"]}
+        await send(alice,
+                   p.Submit(job_id="h1", stages=[one] * 9, ref="1"),
+                   p.Submit(job_id="h2", stages=[{"pools": ["a"], "branches": {
+                       f"b{i}": [one] for i in range(17)}}], ref="2"),
+                   p.Submit(job_id="h3", stages=[{"requirements": {"x": 1}}], ref="3"),
+                   p.Submit(job_id="h4", stages=[{"pools": "a"}], ref="4"),
+                   p.Submit(job_id="h//5", stages=[one], ref="5"),
+                   p.Submit(job_id="h6", pools=["a"], ref="6"))
+        got = await until_pong(alice)
+        errors = {m.ref: m.code for m in got if isinstance(m, p.Error)}
+        assert errors == {"1": "E_TOO_MANY_STAGES", "2": "E_TOO_MANY_BRANCHES",
+                          "3": "E_BAD_STAGE", "4": "E_BAD_STAGE", "5": "E_BAD_ARG"}
+        await send(alice, p.Status(job_id="h1", ref="s"))
+        (missing,) = await until_pong(alice)
+        assert isinstance(missing, p.Error) and missing.code == "E_NO_JOB"
