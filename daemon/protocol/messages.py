@@ -74,6 +74,17 @@ from schedd.protocol.fields import (
     _timings,
     _view_object,
 )
+from schedd.protocol.outcome import (
+    TERMINAL_STATES,
+    ErrorInfo,
+    JobState,
+    Sender,
+    TerminalState,
+    _done_error,
+    _done_ok,
+    _opt_error_info,
+)
+from schedd.protocol.pipelines import StageDone, _opt_stages
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -139,28 +150,14 @@ PROTOCOL_VERSION: Final = 1
 """The protocol version this package speaks; a peer sends it in ``hello``."""
 
 Role: TypeAlias = Literal["node", "client"]
-Sender: TypeAlias = Literal["node", "client", "daemon"]
-JobState: TypeAlias = Literal[
-    "queued", "assigned", "running", "done", "failed", "canceled", "timed_out"
-]
-TerminalState: TypeAlias = Literal["done", "failed", "canceled", "timed_out"]
 
 #: Every job state, in the order of the job's life (the one definition: the core imports it).
 JOB_STATES: Final[tuple[str, ...]] = get_args(JobState)
-TERMINAL_STATES: Final[frozenset[str]] = frozenset(get_args(TerminalState))
 _ROLES: Final[frozenset[str]] = frozenset({"node", "client"})
 
 # --------------------------------------------------------------------------------------------
 # Parts of messages.
 # --------------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class ErrorInfo:
-    """Why a job failed: a short machine-readable ``code`` and a human ``message``."""
-
-    code: str = attrs.field(validator=_name)
-    message: str = attrs.field(default="", validator=_text)
 
 
 @attrs.frozen(kw_only=True)
@@ -180,11 +177,6 @@ def _running_jobs(_: object, attribute: attrs.Attribute[Any], value: object) -> 
     for index, item in enumerate(value):
         if not isinstance(item, RunningJob):
             raise InvalidField(f"{path}[{index}]", "must be a RunningJob")
-
-
-def _opt_error_info(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, ErrorInfo):
-        raise InvalidField(attribute.name, "must be an ErrorInfo or null")
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,14 +383,6 @@ class Unavailable:
     ref: str | None = _ref()
 
 
-def _opt_stages(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, list):
-        raise InvalidField(attribute.name, f"must be an array or null, got {_json_type(value)}")
-    _any_json(instance, attribute, value)
-
-
 @attrs.frozen(kw_only=True)
 class Submit:
     """A client asks for a job to be run; a known ``job_id`` returns the existing job."""
@@ -441,36 +425,6 @@ class Accepted:
     duplicate: bool = attrs.field(default=False, validator=_bool)
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
-    ref: str | None = _ref()
-
-
-def _done_ok(instance: Done | StageDone, attribute: attrs.Attribute[Any], value: object) -> None:
-    _bool(instance, attribute, value)
-    if value is not (instance.state == "done"):
-        raise InvalidField(attribute.name, "must be true exactly when state is 'done'")
-
-
-def _done_error(instance: Done | StageDone, attribute: attrs.Attribute[Any], value: object) -> None:
-    _opt_error_info(instance, attribute, value)
-    if instance.ok and value is not None:
-        raise InvalidField(attribute.name, "must be null when ok is true")
-
-
-@attrs.frozen(kw_only=True)
-class StageDone:
-    """A stage of a pipeline ended; sent to the pipeline's client once per stage."""
-
-    TYPE: ClassVar[str] = "stage_done"
-    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
-
-    job_id: str = attrs.field(validator=_name)
-    stage: str = attrs.field(validator=_name)
-    branch: str | None = attrs.field(default=None, validator=_opt_name)
-    index: int = attrs.field(default=0, validator=_int(0))
-    state: TerminalState = attrs.field(validator=_one_of(TERMINAL_STATES))
-    ok: bool = attrs.field(validator=_done_ok)
-    output: Any = None
-    error: ErrorInfo | None = attrs.field(default=None, validator=_done_error)
     ref: str | None = _ref()
 
 
