@@ -202,6 +202,7 @@ def test_documented_defaults_are_the_configuration_defaults() -> None:
 
 #: Codes only a client can get; the node checklist says what to do with every other one.
 CLIENT_ONLY_CODES = {"E_INFLIGHT", "E_NO_CAPACITY", "E_QUEUE_FULL", "E_NOT_YOURS",
+                     "E_TOO_MANY_STAGES", "E_TOO_MANY_BRANCHES", "E_BAD_STAGE",
                      "E_DETACHED", "E_FORBIDDEN"}
 
 
