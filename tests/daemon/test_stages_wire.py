@@ -139,3 +139,36 @@ async def test_hostile_stages_are_refused(store_url: str, transport: str) -> Non
         await send(alice, p.Status(job_id="h1", ref="s"))
         (missing,) = await until_pong(alice)
         assert isinstance(missing, p.Error) and missing.code == "E_NO_JOB"
+
+
+async def test_langset_requirements_resolve_per_stage(store_url: str, transport: str) -> None:
+    async with daemon(store_url, SCHEDD_PLUGINS__ENABLED='["langset"]') as d:
+        asr = await node(d, transport, "asr-1", "asr")
+        mts = {}
+        for lang in ("de", "fr"):
+            mt = await wire(d, transport, "node", "node-secret")
+            await send(mt, p.Register(node_id=f"mt-{lang}", capacity=1, capabilities={
+                "asr_langs": ["en"], "semantic_langs": ["en", lang]}))
+            assert f"en>{lang}" in (await expect(mt, p.Registered)).pools
+            mts[lang] = mt
+        alice = await wire(d, transport, "client", "alice-secret")
+        await send(alice, p.Submit(job_id="u4", stages=[{"pools": ["asr"], "branches": {
+            lang: [{"requirements": {"src_lang": "en", "tgt_lang": lang}}]
+            for lang in ("de", "fr")}}]))
+        await expect(alice, p.Accepted)
+        await finish(asr, "hello")
+        assert (await finish(mts["de"], "hallo")).job_id == "u4//de/1"
+        assert (await finish(mts["fr"], "bonjour")).job_id == "u4//fr/1"
+        got = await until_pong(alice)
+        done = got[-1]
+        assert isinstance(done, p.Done) and done.ok, got
+        assert done.output["stages"] == {"0": "hello", "de/1": "hallo", "fr/1": "bonjour"}
+        assert set(done.output["branches"]) == {"de", "fr"}
+        stage_done = [m for m in got if isinstance(m, p.StageDone)]
+        assert {(m.stage, m.branch) for m in stage_done} == {
+            ("0", None), ("de/1", "de"), ("fr/1", "fr")}
+        await send(alice, p.Submit(job_id="u5", stages=[
+            {"pools": ["asr"]}, {"requirements": {"src_lang": "en"}}], ref="bad"))
+        (refused,) = await until_pong(alice)
+        assert isinstance(refused, p.Error) and refused.code == "E_BAD_ARG"
+        assert "tgt_lang" in refused.message
