@@ -196,14 +196,16 @@ class BlockingClient:
         run_timeout: float | None = None,
         queue_timeout: float | None = None,
         max_attempts: int | None = None,
+        stages: Sequence[Mapping[str, Any]] | None = None,
+        fail_fast: bool = False,
     ) -> BlockingJobHandle:
-        """Submit a job; return its handle once the daemon has accepted it
-        (see :meth:`schedd.sdk.Client.submit`)."""
+        """Submit a job (or, with ``stages``, a pipeline); return its handle once the daemon
+        has accepted it (see :meth:`schedd.sdk.Client.submit`)."""
         submit = partial(
             self._client.submit, payload, pools=pools, requirements=requirements, job_id=job_id,
             session_id=session_id, priority=priority, services=services,
             ack_timeout=ack_timeout, run_timeout=run_timeout, queue_timeout=queue_timeout,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts, stages=stages, fail_fast=fail_fast,
         )
         return BlockingJobHandle(self, self._call(submit))
 

@@ -1,0 +1,52 @@
+"""The SDK's pipelines against a real daemon (both transports, both stores): one submit with
+stages, ``handle.stages()`` yields each stage as it ends, ``result()`` holds every output; the
+nodes run ordinary handlers (a stage is an assign)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from schedd.sdk import Client, JobContext, Node
+from tests.e2e_daemon import DaemonProcess
+
+
+@pytest.mark.parametrize("transport", ["ws", "tcp"])
+async def test_a_speech_pipeline_through_the_sdk(
+    tmp_path: Path, store_url: str, transport: str
+) -> None:
+    async def asr(job: JobContext) -> Any:
+        return {"text": f"text of {job.payload['audio']}"}
+
+    async def mt(job: JobContext) -> Any:
+        return {"text": f"{job.payload['text']} in {job.payload['lang']}"}
+
+    async def tts(job: JobContext) -> Any:
+        return {"audio": f"speech of {job.payload['text']}"}
+
+    daemon = DaemonProcess(tmp_path, store_url)
+    try:
+        await daemon.start()
+        url = daemon.ws if transport == "ws" else daemon.tcp
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for name, handler in (("asr", asr), ("mt", mt), ("tts", tts)):
+                    await nursery.start(Node(url, handler, pools=[name], node_id=name).run)
+                async with Client.connect(url) as client:
+                    handle = await client.submit(
+                        {"audio": "u1.wav", "lang": "de"}, job_id="u1",
+                        stages=[{"pools": ["asr"]}, {"pools": ["mt"], "with": ["lang"]},
+                                {"pools": ["tts"]}])
+                    seen = [(s.stage, s.output) async for s in handle.stages()]
+                    done = await handle.result()
+                nursery.cancel_scope.cancel()
+        assert seen == [("0", {"text": "text of u1.wav"}),
+                        ("1", {"text": "text of u1.wav in de"}),
+                        ("2", {"audio": "speech of text of u1.wav in de"})]
+        assert done.ok and done.output["stages"]["2"] == {
+            "audio": "speech of text of u1.wav in de"}
+    finally:
+        daemon.stop()
