@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+import trio
 
 from schedd import errors
 from schedd.core import (
@@ -128,6 +129,8 @@ async def test_failing_stage_fails_the_pipeline_naming_it(store: Store) -> None:
     out = orjson.loads(done.output_json)
     assert out["branches"][""]["stage"] == "1" and out["branches"][""]["state"] == "failed"
     assert len(assigns(rec)) == 2  # the third stage never started
+    with pytest.raises(errors.InvalidState):
+        await core.requeue("u1")
 
 
 async def test_stage_node_dying_is_reassigned_and_the_chain_continues(store: Store) -> None:
@@ -255,3 +258,27 @@ def test_hostile_stages_are_refused_with_specific_codes() -> None:
     deep = [{"pools": ["a"]}] * 4 + [{"pools": ["a"], "branches": {
         "x": [{"pools": ["a"]}] * 4}}]
     assert code(deep) == "E_TOO_MANY_STAGES"  # the branch counts the stages before it
+
+
+async def test_next_stage_that_can_neither_run_nor_queue_fails_its_branch(store: Store) -> None:
+    core, rec = await make_core(store, queue=False)
+    await core.register_node(node_id="asr-1", capacity=1, pools=["asr"])
+    await core.submit(pipeline("u1", [{"pools": ["asr"]}, {"pools": ["mt"]}]), principal="al")
+    await run(core, assigns(rec)[0], "t")
+    (done,) = rec.of(DoneDelivery)
+    assert done.state == "failed" and "stage 1" in (done.error or {}).get("message", "")
+    branch = orjson.loads(done.output_json)["branches"][""]
+    assert branch["stage"] == "1" and branch["error"]["code"] == "E_NO_CAPACITY"
+    assert await Queries(store, core.keys).job("u1//1") is None
+
+
+async def test_a_finished_pipeline_is_removed_after_its_retention(store: Store) -> None:
+    core, rec = await make_core(store, retention=0.001)
+    await fleet(core)
+    await core.submit(pipeline("u1", [{"pools": ["asr"]}]), principal="al")
+    await run(core, assigns(rec)[0], "t")
+    assert rec.of(DoneDelivery)[0].state == "done"
+    await trio.sleep(0.01)
+    await core.reap()
+    queries = Queries(store, core.keys)
+    assert await queries.job("u1") is None and await queries.job("u1//0") is None
