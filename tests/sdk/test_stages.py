@@ -4,6 +4,7 @@ nodes run ordinary handlers (a stage is an assign)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,36 @@ async def test_a_speech_pipeline_through_the_sdk(
             "audio": "speech of text of u1.wav in de"}
     finally:
         daemon.stop()
+
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+async def test_the_readme_speech_pipeline_runs_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", README, re.S)
+               if "utterance-1" in block]
+
+    async def echo(job: JobContext) -> Any:  # what `schedd node` answers
+        return {"echo": job.payload, "node": "demo"}
+
+    daemon = DaemonProcess(tmp_path, "memory://")
+    try:
+        await daemon.start()
+        namespace: dict[str, Any] = {"__name__": "readme_example"}
+        exec(compile(code.replace("ws://127.0.0.1:8765", daemon.ws).replace(
+            "trio.run(main)", ""), "README.md", "exec"), namespace)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for pool in ("asr", "nmt", "tts"):
+                    await nursery.start(Node(daemon.ws, echo, pools=[pool], node_id=pool).run)
+                await namespace["main"]()
+                nursery.cancel_scope.cancel()
+    finally:
+        daemon.stop()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in lines[:3]] == [
+        ["stage", "0", "done"], ["stage", "1", "done"], ["stage", "2", "done"]]
+    assert "'lang': 'de'" in lines[1]  # the nmt stage got the payload's lang
+    assert lines[3] == "done ['0', '1', '2']"
