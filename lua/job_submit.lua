@@ -98,23 +98,8 @@ if not node_id then
   if ARGV[13] ~= '1' then
     return refuse('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
   end
-  local queued = tonumber(redis.call('HGET', KEYS[2], 'queued') or '0')
-  if queued >= tonumber(ARGV[14]) then
-    return refuse('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
-  end
-  -- pools not in the index have no member and no queued job: queueing creates them
-  local created, seen = 0, {}
-  for _, pool in ipairs(pools) do
-    if not seen[pool] and not redis.call('ZSCORE', K.pools(), pool) then created = created + 1 end
-    seen[pool] = true
-  end
-  if created > 0 then
-    local held = tonumber(redis.call('HGET', K.pools_created(), ARGV[2]) or '0')
-    if held + created > tonumber(ARGV[17]) then
-      return refuse('E_QUEUE_FULL', 'queueing would create ' .. created .. ' pool(s) with no member;'
-        .. ' this principal already keeps ' .. held .. ' in existence (limit ' .. ARGV[17] .. ')')
-    end
-  end
+  local why = queue_refusal(pools, ARGV[2], ARGV[14], ARGV[17])
+  if why then return refuse('E_QUEUE_FULL', why) end
 end
 local seq_s = int_s(seq)
 local now_s = int_s(now)

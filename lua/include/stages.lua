@@ -17,13 +17,15 @@ local function stage_job_id(pipe_id, name)
   return pipe_id .. STAGE_SEP .. name
 end
 
--- Why queueing a job of principal in these pools is refused (nil: it is not). Same rule as
--- job_submit: the namespace's queue limit, and the pools with no member charged to a principal.
+-- Why queueing a job of principal in these pools is refused (nil: it is not), for job_submit
+-- and for a pipeline's later stages: the namespace's queue limit, and the pools with no member
+-- a principal's queued jobs keep in the index.
 local function queue_refusal(pools, principal, max_queued, max_created)
   local queued = tonumber(redis.call('HGET', K.counts(), 'queued') or '0')
   if queued >= tonumber(max_queued) then
     return 'queue is full (' .. queued .. ' jobs waiting)'
   end
+  -- pools not in the index have no member and no queued job: queueing creates them
   local created, seen = 0, {}
   for _, pool in ipairs(pools) do
     if not seen[pool] and not redis.call('ZSCORE', K.pools(), pool) then created = created + 1 end
