@@ -172,3 +172,62 @@ async def test_langset_requirements_resolve_per_stage(store_url: str, transport:
         (refused,) = await until_pong(alice)
         assert isinstance(refused, p.Error) and refused.code == "E_BAD_ARG"
         assert "tgt_lang" in refused.message
+
+
+async def test_a_stage_nodes_connection_dying_moves_the_stage(
+    store_url: str, transport: str,
+) -> None:
+    async with daemon(store_url) as d:
+        asr = await node(d, transport, "asr-1", "asr")
+        mt1 = await node(d, transport, "mt-1", "mt")
+        alice = await wire(d, transport, "client", "alice-secret")
+        await send(alice, p.Submit(job_id="u6", stages=STAGES[:2], payload={"lang": "de"}))
+        await expect(alice, p.Accepted)
+        await finish(asr, {"text": "hi"})
+        first: p.Assign = await expect(mt1, p.Assign)
+        assert (first.job_id, first.attempt) == ("u6//1", 1)
+        mt2 = await node(d, transport, "mt-2", "mt")
+        await mt1.aclose()  # the node dies holding the stage
+        again = await finish(mt2, {"text": "hallo"})
+        assert (again.job_id, again.attempt) == ("u6//1", 2)
+        assert again.payload == {"text": "hi", "lang": "de"}
+        got = await until_pong(alice)
+        done = got[-1]
+        assert isinstance(done, p.Done) and done.ok, got
+        assert done.output["stages"]["1"] == {"text": "hallo"}
+
+
+FAN: list[Any] = [{"pools": ["asr"], "branches": {
+    "de": [{"pools": ["mt"], "max_attempts": 1}], "fr": [{"pools": ["tts"]}]}}]
+
+
+@pytest.mark.parametrize("fail_fast", [False, True])
+async def test_fan_out_with_a_failing_branch(
+    store_url: str, transport: str, fail_fast: bool,
+) -> None:
+    async with daemon(store_url) as d:
+        asr, mt, tts = [await node(d, transport, f"{x}-1", x) for x in ("asr", "mt", "tts")]
+        alice = await wire(d, transport, "client", "alice-secret")
+        await send(alice, p.Submit(job_id="u7", stages=FAN, fail_fast=fail_fast))
+        await expect(alice, p.Accepted)
+        await finish(asr, "text")
+        await finish(mt, None, ok=False)  # branch de fails
+        fr: p.Assign = await expect(tts, p.Assign)
+        if fail_fast:
+            assert (await expect(tts, p.Cancel)).job_id == fr.job_id == "u7//fr/1"
+        else:
+            await send(tts, p.Accept(job_id=fr.job_id, attempt=fr.attempt),
+                       p.Result(job_id=fr.job_id, attempt=fr.attempt, ok=True, output="bonjour"))
+            await until_pong(tts)
+        got = await until_pong(alice)
+        done = got[-1]
+        assert isinstance(done, p.Done) and done.state == "failed", got
+        branches = done.output["branches"]
+        assert branches["de"]["state"] == "failed" and branches["de"]["stage"] == "de/1"
+        if fail_fast:
+            assert "fr" not in branches
+        else:
+            assert branches["fr"] == {"state": "done", "stage": "fr/1"}
+            assert done.output["stages"]["fr/1"] == "bonjour"
+        stages = [(m.stage, m.state) for m in got if isinstance(m, p.StageDone)]
+        assert stages[:2] == [("0", "done"), ("de/1", "failed")]
