@@ -73,8 +73,10 @@ local function create_stage(pipe_id, p, name, rec, payload, now)
   local pools_json = cjson.encode(rec.pools)
   local services = rec.services or {}
   local now_s = int_s(now)
+  -- affinity per stage: a session's stage keeps to the node that served that stage last
+  local session = (p.session and p.session ~= '') and (p.session .. STAGE_SEP .. name) or ''
   local job = {
-    state = '', attempt = '0', pools = pools_json, payload = payload, session = p.session or '',
+    state = '', attempt = '0', pools = pools_json, payload = payload, session = session,
     priority = p.priority, ack_ms = rec.ack_ms, queue_ms = rec.queue_ms,
     session_ms = p.session_ms, seq = int_s(seq), principal = p.principal, trace = p.trace or '',
     t_sub = now_s,

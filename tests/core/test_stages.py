@@ -326,3 +326,25 @@ async def test_a_stage_missing_its_deadline_at_its_last_attempt_fails_the_pipeli
     (stage,) = rec.of(StageDoneDelivery)
     assert stage.state == "failed" and (stage.error or {}).get("code") == "E_ATTEMPTS"
     assert len(rec.of(CancelJob)) == 1 and len(assigns(rec)) == 1
+
+
+async def test_a_sessions_stage_keeps_to_the_node_that_served_it(store: Store) -> None:
+    core, rec = await make_core(store)
+    for name in ("asr-1", "asr-2"):
+        await core.register_node(node_id=name, capacity=4, pools=["asr"])
+    for name in ("mt-1", "mt-2"):
+        await core.register_node(node_id=name, capacity=4, pools=["mt"])
+    chain = [{"pools": ["asr"]}, {"pools": ["mt"]}]
+    for utterance in range(4):
+        await core.submit(pipeline(f"u{utterance}", chain, session_id="talk-1"),
+                          principal="al")
+        await run(core, assigns(rec)[-1], "t")
+        await run(core, assigns(rec)[-1], "u")
+        # a job between utterances moves the turn of equal nodes on
+        await core.submit(JobSpec(pools=("elsewhere",), job_id=f"j{utterance}"),
+                          principal="al")
+    by_stage: dict[str, set[str]] = {}
+    for a in assigns(rec):
+        by_stage.setdefault(a.job_id.split("//")[1], set()).add(a.node_id)
+    assert len(by_stage["0"]) == 1 and len(by_stage["1"]) == 1
+    assert len(rec.of(DoneDelivery)) == 4
