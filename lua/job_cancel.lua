@@ -1,8 +1,9 @@
 -- job_cancel: cancel a job in any non-terminal state.
 --   A queued job leaves its queues; an assigned or running job frees its slot and its node's
 --   owner is told to send `cancel` (the node is then offered queued work). The client's
---   instance gets done with state canceled. A pipeline is canceled with every stage it runs. Cancelling a finished job is a no-op: nothing
---   changes and nothing is delivered.
+--   instance gets done with state canceled. Cancelling a finished job is a no-op: nothing
+--   changes and nothing is delivered. A pipeline is canceled with every stage it runs
+--   (stages.lua pipeline_close).
 -- KEYS[1] job hash                  K.job(job_id)
 -- derived: node hash/jobs, pools, pools index and its charges, queues, deadlines, counts, gc,
 --          inboxes

@@ -1,7 +1,9 @@
 -- job_result: the node finished attempt n; the job ends done (ok) or failed (not ok).
 --   Fenced by node and attempt. A second result for the attempt that already finished the job
 --   is a reported no-op. The slot is freed and the node is handed the next queued job of its
---   pools in the same script; the client's instance gets exactly one done.
+--   pools in the same script; the client's instance gets exactly one done. A stage of a
+--   pipeline hands its end to its pipeline instead (stages.lua stage_ended): stage_done, and
+--   the next stage(s) created and placed in this same call.
 -- KEYS[1] job hash                  K.job(job_id)
 -- derived: node hash/jobs, pools, pools index and its charges, queues, deadlines, counts, gc,
 --          session, inboxes
