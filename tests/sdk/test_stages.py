@@ -84,3 +84,31 @@ async def test_the_readme_speech_pipeline_runs_as_written(
         ["stage", "0", "done"], ["stage", "1", "done"], ["stage", "2", "done"]]
     assert "'lang': 'de'" in lines[1]  # the nmt stage got the payload's lang
     assert lines[3] == "done ['0', '1', '2']"
+
+
+async def test_the_blocking_client_yields_a_pipelines_stages(tmp_path: Path) -> None:
+    from schedd.sdk import BlockingClient
+
+    async def echo(job: JobContext) -> Any:
+        return {"seen": job.payload}
+
+    daemon = DaemonProcess(tmp_path, "memory://")
+    try:
+        await daemon.start()
+
+        def drive() -> tuple[list[str], Any]:
+            with BlockingClient(daemon.tcp) as client:
+                handle = client.submit("x", stages=[{"pools": ["a"]}, {"pools": ["b"]}])
+                names = [s.stage for s in handle.stages(timeout=20)]
+                return names, handle.result(timeout=20)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for pool in ("a", "b"):
+                    await nursery.start(Node(daemon.tcp, echo, pools=[pool], node_id=pool).run)
+                names, done = await trio.to_thread.run_sync(drive)
+                nursery.cancel_scope.cancel()
+    finally:
+        daemon.stop()
+    assert names == ["0", "1"]
+    assert done.ok and done.output["stages"]["1"] == {"seen": {"seen": "x"}}
