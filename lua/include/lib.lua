@@ -462,10 +462,11 @@ local function finish(job_id, job, state, fields, now)
   if kept > FINISHED_KEPT + FINISHED_SLACK then
     redis.call('LTRIM', K.finished(), 0, FINISHED_KEPT - 1)
   end
-  if job.pipe and job.pipe ~= '' then
-    stage_ended(job_id, job, state, now)
-  else
+  if not job.pipe or job.pipe == '' then
     deliver(job.client, done_message(job_id, job))
+  else -- a stage: a client that follows the stage's own job id still gets its done
+    if job.client and job.client ~= '' then deliver(job.client, done_message(job_id, job)) end
+    stage_ended(job_id, job, state, now)
   end
 end
 

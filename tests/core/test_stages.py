@@ -348,3 +348,26 @@ async def test_a_sessions_stage_keeps_to_the_node_that_served_it(store: Store) -
         by_stage.setdefault(a.job_id.split("//")[1], set()).add(a.node_id)
     assert len(by_stage["0"]) == 1 and len(by_stage["1"]) == 1
     assert len(rec.of(DoneDelivery)) == 4
+
+
+async def test_cancel_while_a_stage_is_queued_and_a_followed_stage(store: Store) -> None:
+    core, rec = await make_core(store)
+    await core.register_node(node_id="asr-1", capacity=1, pools=["asr"])
+    await core.submit(pipeline("u1", [{"pools": ["asr"]}, {"pools": ["mt"]}]), principal="al")
+    with pytest.raises(errors.NotYours):
+        await core.follow("u1//0", principal="eve")
+    followed = await core.follow("u1//0", principal="al")  # a stage's own job id
+    assert followed.state == "assigned"
+    await run(core, assigns(rec)[0], "t")
+    stage_done = [d for d in rec.of(DoneDelivery) if d.job_id == "u1//0"]
+    assert len(stage_done) == 1 and stage_done[0].ok
+    queries = Queries(store, core.keys)
+    assert (await queries.counts())["queued"] == 1  # stage 1 waits for an mt node
+    assert await core.cancel("u1", principal="al") == "canceled"
+    assert (await queries.counts())["queued"] == 0
+    info = await queries.job("u1//1")
+    assert info is not None and info.state == "canceled"
+    pipeline_done = [d for d in rec.of(DoneDelivery) if d.job_id == "u1"]
+    assert len(pipeline_done) == 1 and pipeline_done[0].state == "canceled"
+    await core.register_node(node_id="mt-1", capacity=1, pools=["mt"])
+    assert len(assigns(rec)) == 1  # nothing left to run
