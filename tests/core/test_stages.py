@@ -18,12 +18,12 @@ from schedd.core import (
     ProgressDelivery,
     Queries,
     StageDoneDelivery,
-    serve_inbox,
 )
 from schedd.errors import ProtocolError
 from schedd.session.stages import MAX_BRANCHES, MAX_STAGES, plan_stages
 from schedd.store.base import Store
 from tests.core.helpers import Recorder, make_core
+from tests.core.test_instances import two_instances
 
 DEFAULTS = {"ack_timeout": 5.0, "run_timeout": 30.0, "queue_timeout": 60.0, "max_attempts": 3}
 
@@ -288,28 +288,19 @@ async def test_a_finished_pipeline_is_removed_after_its_retention(store: Store) 
 async def test_stage_done_and_the_next_stage_cross_instances(store_url: str) -> None:
     """The client's instance (A) gets every stage_done and the done through its inbox; the
     next stage's assign reaches the instance that owns its node (B), from B's own result."""
-    from tests.core.test_instances import two_stores
-
-    async with two_stores(store_url) as (store_a, store_b):
-        a, rec_a = await make_core(store_a, "A")
-        b, rec_b = await make_core(store_b, "B")
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(serve_inbox, a)
-                await nursery.start(serve_inbox, b)
-                for pool in ("asr", "mt"):
-                    await b.register_node(node_id=f"{pool}-1", capacity=1, pools=[pool])
-                await a.submit(pipeline("u1", [{"pools": ["asr"]}, {"pools": ["mt"]}]),
-                               principal="al")
-                (a1,) = await rec_b.wait_for(AssignDelivery)
-                await run(b, a1, "t")
-                a2 = (await rec_b.wait_for(AssignDelivery, 2))[1]
-                assert a2.job_id == "u1//1"
-                await run(b, a2, "u")
-                await rec_a.wait_for(DoneDelivery)
-                assert [s.stage for s in rec_a.of(StageDoneDelivery)] == ["0", "1"]
-                assert not rec_b.of(StageDoneDelivery) and not rec_b.of(DoneDelivery)
-                nursery.cancel_scope.cancel()
+    async with two_instances(store_url) as ((a, rec_a, _), (b, rec_b, _)):
+        for pool in ("asr", "mt"):
+            await b.register_node(node_id=f"{pool}-1", capacity=1, pools=[pool])
+        await a.submit(pipeline("u1", [{"pools": ["asr"]}, {"pools": ["mt"]}]),
+                       principal="al")
+        (a1,) = await rec_b.wait_for(AssignDelivery)
+        await run(b, a1, "t")
+        a2 = (await rec_b.wait_for(AssignDelivery, 2))[1]
+        assert a2.job_id == "u1//1"
+        await run(b, a2, "u")
+        await rec_a.wait_for(DoneDelivery)
+        assert [s.stage for s in rec_a.of(StageDoneDelivery)] == ["0", "1"]
+        assert not rec_b.of(StageDoneDelivery) and not rec_b.of(DoneDelivery)
 
 
 async def test_a_stage_missing_its_deadline_at_its_last_attempt_fails_the_pipeline(
