@@ -113,11 +113,14 @@ def schedd_job_pools(
     """Map a submitted job's requirements to its candidate pool keys.
 
     Called on the instance that received the ``submit``, before the job is stored; a job whose
-    answer is an empty list is refused. The core's default returns ``declared_pools`` unchanged.
-    Stops at first non-None result.
+    answer is an empty list is refused. For a pipeline (a ``submit`` with ``stages``) it is
+    called once per stage, with the stage's job id and the stage's own requirements and pools.
+    The core's default returns ``declared_pools`` unchanged. Stops at first non-None result.
 
-    :param job_id: the client's idempotency key, or ``None`` when the core will generate one.
-    :param requirements: the ``requirements`` mapping of the ``submit`` message (may be empty).
+    :param job_id: the client's idempotency key, or ``None`` when the core will generate one
+        (a stage: ``<pipeline id>//<stage>``).
+    :param requirements: the ``requirements`` mapping of the ``submit`` message (may be empty;
+        a stage: the stage's).
     :param declared_pools: the ``pools`` the client named itself (empty when it named none).
     :returns: candidate pool keys in order of preference, or ``None`` to defer.
     """

@@ -2,7 +2,8 @@
 --   A queued job leaves its queues; an assigned or running job frees its slot and its node's
 --   owner is told to send `cancel` (the node is then offered queued work). The client's
 --   instance gets done with state canceled. Cancelling a finished job is a no-op: nothing
---   changes and nothing is delivered.
+--   changes and nothing is delivered. A pipeline is canceled with every stage it runs
+--   (stages.lua pipeline_close).
 -- KEYS[1] job hash                  K.job(job_id)
 -- derived: node hash/jobs, pools, pools index and its charges, queues, deadlines, counts, gc,
 --          inboxes
@@ -22,6 +23,11 @@ if ARGV[2] ~= '' and job.principal ~= ARGV[2] then
 end
 if TERMINAL[job.state] then return {{job.state, '0'}, {}} end
 local now = now_ms()
+if job.kind == 'pipeline' then -- its running stages are canceled with it
+  pipeline_close(job_id, job, 'canceled', cjson.encode({code = 'E_CANCELED', message = ARGV[4]}),
+    ARGV[4], now)
+  return {{'canceled', '1'}, LOCAL, EVENTS}
+end
 local node_id = release(job_id, job)
 if node_id and node_id ~= '' then
   local owner = redis.call('HGET', K.node(node_id), 'owner')

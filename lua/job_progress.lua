@@ -4,7 +4,7 @@
 --   brings it nearer (as a worker's progress extends its job's lock).
 -- KEYS[1] job hash                  K.job(job_id)
 -- KEYS[2] deadlines                 K.deadlines()
--- derived: client instance's inbox
+-- derived: client instance's inbox; a stage's pipeline hash
 -- ARGV[1] caller instance
 -- ARGV[2] job id
 -- ARGV[3] node id
@@ -16,7 +16,7 @@
 CALLER = ARGV[1]
 local job_id = ARGV[2]
 local job, e = fenced_job(job_id, ARGV[3], ARGV[4],
-  {'state', 'node', 'attempt', 'client', 'principal', 'run_ms', 't_acc'})
+  {'state', 'node', 'attempt', 'client', 'principal', 'run_ms', 't_acc', 'pipe', 'stage'})
 if e then return e end
 if job.state == 'running' then
   local run_ms, t_acc = tonumber(job.run_ms), tonumber(job.t_acc)
@@ -27,7 +27,15 @@ if job.state == 'running' then
     end
   end
 end
--- {'progress', job, attempt, progress JSON text, principal}, built as text (lib.lua count_state)
+if job.pipe then -- a stage's progress goes to its pipeline's client, naming the stage
+  local pipe = redis.call('HMGET', K.job(job.pipe), 'client', 'principal')
+  deliver(pipe[1], '["progress",' .. cjson.encode(job.pipe) .. ',' .. job.attempt .. ','
+    .. cjson.encode(ARGV[5]) .. ',' .. cjson.encode(pipe[2] or '') .. ','
+    .. cjson.encode(job.stage or '') .. ']')
+  return {{job.state}, LOCAL, EVENTS}
+end
+-- {'progress', job, attempt, progress JSON text, principal[, stage]}, built as text (lib.lua
+-- count_state)
 deliver(job.client, '["progress",' .. cjson.encode(job_id) .. ',' .. job.attempt .. ','
   .. cjson.encode(ARGV[5]) .. ',' .. cjson.encode(job.principal or '') .. ']')
 return {{job.state}, LOCAL, EVENTS}

@@ -17,13 +17,17 @@
 -- ARGV[3] reason (kept in the job's 'reason')
 -- ARGV[4] max queued jobs in the namespace
 -- returns {{'requeued' | 'unchanged', state, attempt}, deliveries}
--- errors  E_NO_JOB, E_BAD_STATE (the job ended done), E_QUEUE_FULL
+-- errors  E_NO_JOB, E_BAD_STATE (the job ended done, or is a pipeline), E_QUEUE_FULL
 CALLER = ARGV[1]
 local job_id = ARGV[2]
 local jkey = KEYS[1]
 local job = hgetall(jkey)
 if not job then return err('E_NO_JOB', 'job ' .. job_id .. ' does not exist') end
 if not TERMINAL[job.state] then return {{'unchanged', job.state, tonumber(job.attempt)}, {}} end
+if job.kind == 'pipeline' then
+  return err('E_BAD_STATE', 'job ' .. job_id .. ' is a pipeline; its stages ran as jobs of their'
+    .. ' own: submit the pipeline again under a new job id')
+end
 if job.state == 'done' then
   return err('E_BAD_STATE', 'job ' .. job_id .. ' ended done; only a job that failed, was '
     .. 'canceled or timed out is requeued')

@@ -1,7 +1,9 @@
 -- job_result: the node finished attempt n; the job ends done (ok) or failed (not ok).
 --   Fenced by node and attempt. A second result for the attempt that already finished the job
 --   is a reported no-op. The slot is freed and the node is handed the next queued job of its
---   pools in the same script; the client's instance gets exactly one done.
+--   pools in the same script; the client's instance gets exactly one done. A stage of a
+--   pipeline hands its end to its pipeline instead (stages.lua stage_ended): stage_done, and
+--   the next stage(s) created and placed in this same call.
 -- KEYS[1] job hash                  K.job(job_id)
 -- derived: node hash/jobs, pools, pools index and its charges, queues, deadlines, counts, gc,
 --          session, inboxes
@@ -26,7 +28,7 @@ local job_id, node_id, attempt = ARGV[2], ARGV[3], ARGV[4]
 local accepted = ARGV[8] == '1'
 -- what fencing, releasing and finishing read (not the payload, which may be large)
 local job = hmget(KEYS[1], {'state', 'node', 'attempt', 'client', 'pools', 'retain_ms', 't_sub',
-  't_asg', 't_acc', 'principal', 'trace', 'max_attempts', 'backoff'})
+  't_asg', 't_acc', 'principal', 'trace', 'max_attempts', 'backoff', 'pipe', 'stage'})
 if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt
     and not accepted then
   return {{job.state, 'duplicate'}, {}}
@@ -55,5 +57,6 @@ if not ok and ARGV[9] == '1' and tonumber(job.attempt) < tonumber(job.max_attemp
   return {{job.state, 'new'}, LOCAL, EVENTS}
 end
 finish(job_id, job, ok and 'done' or 'failed', fields, now)
-feed_node(node_id, now, node_now)
+-- a stage's next stage may have taken a slot of this node since it was released
+feed_node(node_id, now, not job.pipe and node_now or nil)
 return {{job.state, 'new'}, LOCAL, EVENTS}

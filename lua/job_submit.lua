@@ -42,6 +42,10 @@
 -- ARGV[25] backoff of a retryable failure: '<base ms> <cap ms>'
 -- ARGV[26] '1': keep the payload when the job ends done (else it is dropped then)
 -- ARGV[27] retention bounds of the principal's finished jobs: '<count> <bytes>'
+-- ARGV[28] stages: '' for a plain job, else a pipeline's stage records, a JSON object keyed by
+--          stage name (docs/architecture.md, Stage chains); ARGV[4] and ARGV[8..12] are then
+--          unused (each record has its own pools, services, timeouts and attempts)
+-- ARGV[29] '1': the first branch of the pipeline that fails cancels the others
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
@@ -67,8 +71,10 @@ if existing then
   return {{'duplicate', existing.state, tonumber(existing.attempt), '', follows,
     existing.trace or ''}, LOCAL}
 end
+-- a pipeline's pools, services, timeouts and attempts are in its stage records (ARGV[28])
+local is_pipe = ARGV[28] ~= nil and ARGV[28] ~= ''
 local ok, pools = pcall(cjson.decode, ARGV[4])
-if not ok or type(pools) ~= 'table' or #pools == 0 then
+if not is_pipe and (not ok or type(pools) ~= 'table' or #pools == 0) then
   return err('E_BAD_ARG', 'a job needs at least one candidate pool')
 end
 local services = {}
@@ -85,7 +91,7 @@ if not priority or priority < -1000 or priority > 1000 or priority % 1 ~= 0 then
 end
 for i = 9, 12 do
   local v = tonumber(ARGV[i])
-  if not v or v <= 0 then
+  if not is_pipe and (not v or v <= 0) then
     return err('E_BAD_ARG', 'timeouts and max_attempts must be > 0')
   end
 end
@@ -121,6 +127,15 @@ if (usage[3] or '') ~= cap then
   if cap == '' then redis.call('HDEL', ukey, 'cap_inflight')
   else redis.call('HSET', ukey, 'cap_inflight', cap) end
 end
+if is_pipe then
+  -- a pipeline takes a token of the principal's bucket as a job does; its stages are jobs,
+  -- each counted in the principal's usage as it is created
+  if tokens then redis.call('HSET', ukey, 'tokens', tostring(tokens - 1), 't_tok', int_s(now)) end
+  return pipeline_submit({principal = ARGV[2], pipe_id = job_id, payload = ARGV[5],
+    session = ARGV[6], priority = ARGV[7], stages = ARGV[28], queue = ARGV[13],
+    max_queued = ARGV[14], retain_ms = ARGV[15], session_ms = ARGV[16], max_created = ARGV[17],
+    trace = ARGV[18] or '', fail_fast = ARGV[29] or '0'}, now)
+end
 -- seq orders the queues, spreads jobs over equal nodes and counts every job ever accepted (read
 -- as total:submitted): taken before selection, given back when the job is refused
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', '1')
@@ -143,23 +158,8 @@ if not node_id and wait <= 0 then
   if ARGV[13] ~= '1' then
     return refuse('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
   end
-  local queued = tonumber(redis.call('HGET', KEYS[2], 'queued') or '0')
-  if queued >= tonumber(ARGV[14]) then
-    return refuse('E_QUEUE_FULL', 'queue is full (' .. queued .. ' jobs waiting)')
-  end
-  -- pools not in the index have no member and no queued job: queueing creates them
-  local created, seen = 0, {}
-  for _, pool in ipairs(pools) do
-    if not seen[pool] and not redis.call('ZSCORE', K.pools(), pool) then created = created + 1 end
-    seen[pool] = true
-  end
-  if created > 0 then
-    local held = tonumber(redis.call('HGET', K.pools_created(), ARGV[2]) or '0')
-    if held + created > tonumber(ARGV[17]) then
-      return refuse('E_QUEUE_FULL', 'queueing would create ' .. created .. ' pool(s) with no member;'
-        .. ' this principal already keeps ' .. held .. ' in existence (limit ' .. ARGV[17] .. ')')
-    end
-  end
+  local why = queue_refusal(pools, ARGV[2], ARGV[14], ARGV[17])
+  if why then return refuse('E_QUEUE_FULL', why) end
 end
 local seq_s = int_s(seq)
 local now_s = int_s(now)

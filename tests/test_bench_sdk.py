@@ -3,7 +3,6 @@ and daemon process: every driver's round trips and the ratios. Timings are never
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from pathlib import Path
@@ -13,21 +12,14 @@ import pytest
 
 from schedd.devtools.redis_process import REDIS_SERVER
 from schedd.devtools.sdk_bench import DRIVERS, ratios, table_rows
+from tests.bench_cli import run_tiny
 from tests.e2e_daemon import SCHEDD
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 
 def test_the_sdk_scenario_runs_every_driver_at_tiny_scale(tmp_path: Path) -> None:
-    out = tmp_path / "sdk.json"
-    proc = subprocess.run(
-        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "SDK", "--transport", "tcp",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=180, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sdk = json.loads(out.read_text())["results"]["SDK"]
-    assert "failed" not in sdk, sdk
+    stdout, sdk = run_tiny(tmp_path, "SDK")
     assert list(sdk["round_trip_ms"]) == list(DRIVERS) == ["trio", "asyncio", "blocking"]
     for lat in sdk["round_trip_ms"].values():
         assert lat["n"] == sdk["params"]["jobs"] * sdk["params"]["rounds"]
@@ -35,7 +27,7 @@ def test_the_sdk_scenario_runs_every_driver_at_tiny_scale(tmp_path: Path) -> Non
     assert set(sdk["ratios"]) == {"asyncio/trio", "blocking/trio"}
     for pair, target in (("asyncio/trio", r"1\.3"), ("blocking/trio", r"1\.5")):
         ratio = rf"SDK\s+{pair} round trip \(target <= {target}\)\s+p50 [\d.]+ / p99 [\d.]+\n"
-        assert re.search(ratio, proc.stdout)
+        assert re.search(ratio, stdout)
 
 
 def test_ratios_are_over_the_first_driver() -> None:

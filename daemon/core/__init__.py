@@ -22,6 +22,7 @@ from schedd.core.model import (
     NodeWentOffline,
     ProgressDelivery,
     Registration,
+    StageDoneDelivery,
     Submitted,
 )
 from schedd.core.queries import (
@@ -68,6 +69,7 @@ __all__ = [
     "ProgressDelivery",
     "Queries",
     "Registration",
+    "StageDoneDelivery",
     "Submitted",
     "UsageInfo",
     "new_id",

@@ -286,11 +286,13 @@ class Core:
 
     async def submit(self, spec: JobSpec, *, principal: str = "") -> Submitted:
         """Accept a job (idempotent on job_id), place it or queue it, in one script."""
-        if not spec.pools:
+        if not spec.pools and not spec.stages_json:
             raise BadArgument("a job needs at least one candidate pool")
         s = self.settings
         wait, backoff, retain = _lifecycle(spec, s)
         job_id = spec.job_id or new_id("job")
+        if "//" in job_id:  # a pipeline's stages are jobs '<pipeline id>//<stage>'
+            raise BadArgument(f"job id {job_id!r} may not contain '//'")
         trace = spec.trace or new_traceparent()  # every job has a trace context
         status, state, attempt, done, *rest = await self._call(
             "job_submit",
@@ -318,6 +320,8 @@ class Core:
                 backoff,
                 "1" if spec.keep_payload or s.keep_payload else "0",
                 f"{s.retain_count} {s.retain_bytes}",
+                spec.stages_json,
+                "1" if spec.fail_fast else "0",
             ],
         )
         done_msg = decode_delivery(done) if done else None

@@ -137,6 +137,11 @@ class JobSpec:
     #: traceparent, then a space and the tracestate when there is one; '' to have
     #: ``Core.submit`` make a new one
     trace: str = ""
+    #: a pipeline: its stage records as JSON (schedd.session.stages.plan_stages); ``pools``,
+    #: ``services``, the timeouts and ``max_attempts`` are then each stage's own
+    stages_json: str = ""
+    #: a pipeline: the first branch that fails cancels the others
+    fail_fast: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -213,6 +218,21 @@ class ProgressDelivery:
     data_json: str
     #: the principal owning the job (None: a delivery that does not say)
     principal: str | None = None
+    #: the stage of a pipeline the progress is about (None: a job's own progress)
+    stage: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StageDoneDelivery(ProgressDelivery):
+    """A stage of a pipeline ended; routed to the pipeline's client exactly as its progress
+    (``job_id`` is the pipeline's)."""
+
+    branch: str = ""
+    index: int = 0
+    state: str = ""
+    output_json: str = "null"
+    error: dict[str, Any] | None = None
+    trace: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -305,7 +325,14 @@ def decode_delivery(raw: bytes | str) -> Delivery:
         return DrainNode(node_id=f[1], reason=f[2], lifted=len(f) > 3 and bool(f[3]))
     if kind == "progress":
         return ProgressDelivery(job_id=f[1], attempt=int(f[2]), data_json=f[3],
-                        principal=(f[4] or None) if len(f) > 4 else None)
+                        principal=(f[4] or None) if len(f) > 4 else None,
+                        stage=f[5] if len(f) > 5 else None)
+    if kind == "stage_done":
+        error = orjson.loads(f[7])
+        return StageDoneDelivery(
+            job_id=f[1], stage=f[2], branch=f[3], index=int(f[4]), state=f[5], attempt=0,
+            data_json="null", output_json=f[6], error=error if isinstance(error, dict) else None,
+            principal=f[8] or None, trace=f[9])
     if kind == "detach":
         return Detach(job_id=f[1], principal=f[2], follows=int(f[3]))
     if kind == "done":

@@ -145,6 +145,12 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_BAD_DELAY": "a submit's delay or not_before puts the job further ahead than the daemon's "
     "max_delay, or gives both",
     "E_BAD_TTL": "a submit's result_ttl is over the daemon's max_result_ttl",
+    # Pipelines: a submit's stages were refused (schedd.session.stages); nothing was stored.
+    "E_TOO_MANY_STAGES": "a chain of the submit's `stages` is longer than 8 stages, or the "
+    "pipeline has more than 64 stages in all",
+    "E_TOO_MANY_BRANCHES": "a stage of the submit's `stages` fans out into more than 16 branches",
+    "E_BAD_STAGE": "a stage of the submit's `stages` is malformed or maps to no pool (the "
+    "message gives its path, e.g. `stages[1].branches.de[0]`)",
 }
 
 

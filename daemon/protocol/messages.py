@@ -70,8 +70,19 @@ from schedd.protocol.fields import (
     _timings,
     _view_object,
 )
+from schedd.protocol.outcome import (
+    TERMINAL_STATES,
+    ErrorInfo,
+    JobState,
+    Sender,
+    TerminalState,
+    _done_error,
+    _done_ok,
+    _opt_error_info,
+)
+from schedd.protocol.pipelines import StageDone, _opt_stages
 from schedd.protocol.query import MAX_JOB_PAGE, QUERY_SUBJECTS, Answer, Query
-from schedd.protocol.states import JOB_STATES, TERMINAL_STATES, JobState, TerminalState
+from schedd.protocol.states import JOB_STATES
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -124,6 +135,7 @@ __all__ = [
     "Role",
     "RunningJob",
     "Sender",
+    "StageDone",
     "Status",
     "Submit",
     "TerminalState",
@@ -136,20 +148,11 @@ PROTOCOL_VERSION: Final = 1
 """The protocol version this package speaks; a peer sends it in ``hello``."""
 
 Role: TypeAlias = Literal["node", "client"]
-Sender: TypeAlias = Literal["node", "client", "daemon"]
 _ROLES: Final[frozenset[str]] = frozenset({"node", "client"})
 
 # --------------------------------------------------------------------------------------------
 # Parts of messages.
 # --------------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class ErrorInfo:
-    """Why a job failed: a short machine-readable ``code`` and a human ``message``."""
-
-    code: str = attrs.field(validator=_name)
-    message: str = attrs.field(default="", validator=_text)
 
 
 @attrs.frozen(kw_only=True)
@@ -169,11 +172,6 @@ def _running_jobs(_: object, attribute: attrs.Attribute[Any], value: object) -> 
     for index, item in enumerate(value):
         if not isinstance(item, RunningJob):
             raise InvalidField(f"{path}[{index}]", "must be a RunningJob")
-
-
-def _opt_error_info(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, ErrorInfo):
-        raise InvalidField(attribute.name, "must be an ErrorInfo or null")
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,6 +315,8 @@ class Progress:
     job_id: str = attrs.field(validator=_name)
     attempt: int = attrs.field(validator=_int(1))
     data: Any = attrs.field(default=None, validator=_any_json)
+    #: the daemon's, for a pipeline: the stage the progress is about
+    stage: str | None = attrs.field(default=None, validator=_opt_name)
     ref: str | None = _ref()
 
 
@@ -410,6 +410,10 @@ class Submit:
         default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
     result_ttl: float | None = attrs.field(default=None, validator=_opt_float(positive=False))
     keep_payload: bool = attrs.field(default=False, validator=_bool)
+    #: a pipeline: its stages in order (checked by the daemon: schedd.session.stages)
+    stages: list[Any] | None = attrs.field(default=None, validator=_opt_stages)
+    #: a pipeline: the first branch that fails cancels the others
+    fail_fast: bool = attrs.field(default=False, validator=_bool)
     ref: str | None = _ref()
 
 
@@ -426,18 +430,6 @@ class Accepted:
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
     ref: str | None = _ref()
-
-
-def _done_ok(instance: Done, attribute: attrs.Attribute[Any], value: object) -> None:
-    _bool(instance, attribute, value)
-    if value is not (instance.state == "done"):
-        raise InvalidField(attribute.name, "must be true exactly when state is 'done'")
-
-
-def _done_error(instance: Done, attribute: attrs.Attribute[Any], value: object) -> None:
-    _opt_error_info(instance, attribute, value)
-    if instance.ok and value is not None:
-        raise InvalidField(attribute.name, "must be null when ok is true")
 
 
 @attrs.frozen(kw_only=True)
@@ -536,6 +528,7 @@ Message: TypeAlias = (
     | Unavailable
     | Submit
     | Accepted
+    | StageDone
     | Done
     | Status
     | Job

@@ -27,7 +27,7 @@ Rules of this module:
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
 from functools import partial
@@ -37,7 +37,7 @@ from typing import Any, Final, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from schedd.protocol import Done, Job
+from schedd.protocol import Done, Job, StageDone
 from schedd.sdk._conn import E_CLIENT_CLOSED, RequestFailed
 from schedd.sdk.client import Client, JobHandle
 
@@ -105,8 +105,14 @@ class BlockingJobHandle:
         One stream per handle, as for the async handle: two iterators share (split) it.
         ``timeout`` bounds the wait for each message (``TimeoutError``).
         """
-        stream = self._handle.progress()
+        return self._drain(self._handle.progress(), timeout)
 
+    def stages(self, timeout: float | None = None) -> Iterator[StageDone]:
+        """A pipeline's ``stage_done`` messages, in order, until its ``done`` (see
+        :meth:`schedd.sdk.JobHandle.stages`); ``timeout`` as for :meth:`progress`."""
+        return self._drain(self._handle.stages(), timeout)
+
+    def _drain(self, stream: AsyncIterator[Any], timeout: float | None) -> Iterator[Any]:
         async def step() -> Any:
             try:
                 return await stream.__anext__()

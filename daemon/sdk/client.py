@@ -70,6 +70,7 @@ from schedd.protocol import (
     Pong,
     Progress,
     Query,
+    StageDone,
     Status,
     Submit,
 )
@@ -214,8 +215,16 @@ class Client:
         backoff_max: float | None = None,
         result_ttl: float | None = None,
         keep_payload: bool = False,
+        stages: Sequence[Mapping[str, Any]] | None = None,
+        fail_fast: bool = False,
     ) -> JobHandle:
         """Submit a job and return its handle once the daemon has accepted it.
+
+        With ``stages`` (docs/protocol.md, "Pipelines") the job is a pipeline: each stage object
+        names its ``pools`` or ``requirements`` (and optionally timeouts, ``max_attempts``,
+        ``with`` and ``branches``); ``handle.stages()`` yields each stage's ``stage_done`` as it
+        comes and ``handle.result()`` is the pipeline's ``done``, whose ``output`` holds every
+        stage's output. ``fail_fast``: the first branch that fails cancels the others.
 
         Without ``job_id`` one is generated, so the submit can be retried safely; without
         ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``).
@@ -245,6 +254,8 @@ class Client:
             backoff_max=backoff_max,
             result_ttl=result_ttl,
             keep_payload=keep_payload,
+            stages=[dict(stage) for stage in stages] if stages is not None else None,
+            fail_fast=fail_fast,
         )
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)
@@ -510,6 +521,10 @@ class Client:
                 return
             handle._finish(message)
             self._forget(handle)
+        elif isinstance(message, StageDone):
+            handle = self._handles.get(message.job_id)
+            if handle is not None:
+                handle._push_stage(message)
         elif isinstance(message, Progress):
             handle = self._handles.get(message.job_id)
             if handle is not None:

@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 import anyio
 import anyio.lowlevel
 
-from schedd.protocol import Done
+from schedd.protocol import Done, StageDone
 from schedd.sdk._conn import RequestFailed
 from schedd.sdk._native import event
 
@@ -121,6 +121,7 @@ class JobHandle:
         self._failure: RequestFailed | None = None
         self._finished = event()
         self._progress = _ProgressQueue(PROGRESS_BUFFER)
+        self._stages = _ProgressQueue(PROGRESS_BUFFER)
         # True once the daemon has acknowledged the job (accepted / job): only such jobs are
         # re-followed after a reconnect; an unacknowledged submit is retried by its caller.
         self._acknowledged = False
@@ -161,6 +162,11 @@ class JobHandle:
         """
         return self._progress
 
+    def stages(self) -> AsyncIterator[StageDone]:
+        """A pipeline's ``stage_done`` messages, in the order they came, until its ``done``
+        (nothing for a job that is not a pipeline). Buffered as :meth:`progress`."""
+        return self._stages
+
     async def cancel(self) -> None:
         """Cancel the job; its ``done`` (state ``canceled``) then completes :meth:`result`."""
         await self._client.cancel(self.job_id)
@@ -175,6 +181,11 @@ class JobHandle:
             if self._dropped_progress == 1:
                 log.warning("job %s: progress is not being read; dropping", self.job_id)
 
+    def _push_stage(self, stage: StageDone) -> None:
+        if not self.finished and not self._stages.put_nowait(stage):
+            log.warning("job %s: stage %s dropped (stages are not being read)", self.job_id,
+                        stage.stage)
+
     def _finish(self, done: Done) -> None:
         if self.finished:
             return
@@ -182,6 +193,7 @@ class JobHandle:
         self.state = done.state
         self._finished.set()
         self._progress.close()
+        self._stages.close()
 
     def _fail(self, failure: RequestFailed) -> None:
         if self.finished:
@@ -189,3 +201,4 @@ class JobHandle:
         self._failure = failure
         self._finished.set()
         self._progress.close()
+        self._stages.close()

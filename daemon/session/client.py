@@ -16,6 +16,7 @@ from schedd.errors import StoreError
 from schedd.operators import MAX_REQUEUE, RequeueFilter
 from schedd.session.base import CloseConnection, SessionBase, checked_pools, log, log_job
 from schedd.session.deliveries import done_message, job_message
+from schedd.session.stages import plan_stages
 from schedd.transport.channel import ChannelClosed
 
 _UNLIST_TIMEOUT = 2.0
@@ -80,6 +81,9 @@ class ClientRole(SessionBase):
                         ref=m.ref, job_id=m.job_id)
             return
         job_id = m.job_id or new_id("job")
+        if m.stages is not None:
+            await self._submit_pipeline(m, job_id)
+            return
         pools = checked_pools(
             self.app.plugins.job_pools(job_id, dict(m.requirements), list(m.pools)),
             f"job {job_id}")
@@ -97,6 +101,33 @@ class ClientRole(SessionBase):
             keep_payload=m.keep_payload,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
         )
+        await self._store_submit(m, job_id, spec, pools)
+
+    async def _submit_pipeline(self, m: p.Submit, job_id: str) -> None:
+        """A submit with ``stages``: every stage's pools resolved and the chain checked here,
+        then stored with its first stage placed in one script (schedd.session.stages)."""
+        s = self.app.core.settings
+        defaults = {"ack_timeout": m.ack_timeout or s.ack_timeout,
+                    "run_timeout": m.run_timeout or s.run_timeout,
+                    "queue_timeout": m.queue_timeout or s.queue_timeout,
+                    "max_attempts": m.max_attempts or s.max_attempts}
+
+        def resolve(stage_id: str, requirements: dict[str, object], declared: list[str],
+                    ) -> list[str]:
+            return checked_pools(self.app.plugins.job_pools(stage_id, requirements, declared),
+                                 f"stage job {stage_id}")
+
+        stages_json = plan_stages(job_id, m.stages or [], resolve, defaults)
+        spec = JobSpec(
+            pools=(), payload_json=orjson.dumps(m.payload).decode(), job_id=job_id,
+            session_id=m.session_id, priority=m.priority, stages_json=stages_json,
+            fail_fast=m.fail_fast,
+            trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
+        )
+        await self._store_submit(m, job_id, spec, ["<stages>"])
+
+    async def _store_submit(self, m: p.Submit, job_id: str, spec: JobSpec,
+                            pools: list[str]) -> None:
         # A candidate while the script runs: a done delivered meanwhile waits for the reply
         candidate = self.app.routes.expect(job_id, self.session)
         self.inflight.add(job_id)

@@ -13,6 +13,7 @@ from schedd.core import (
     DrainNode,
     JobInfo,
     ProgressDelivery,
+    StageDoneDelivery,
 )
 
 
@@ -28,9 +29,11 @@ def wire_message(delivery: Delivery) -> p.Message | None:
                         traceparent=traceparent, tracestate=tracestate)
     if isinstance(delivery, DoneDelivery):
         return done_message(delivery)
+    if isinstance(delivery, StageDoneDelivery):
+        return stage_done_message(delivery)
     if isinstance(delivery, ProgressDelivery):
         return p.Progress(job_id=delivery.job_id, attempt=delivery.attempt,
-                          data=orjson.Fragment(delivery.data_json))
+                          data=orjson.Fragment(delivery.data_json), stage=delivery.stage)
     if isinstance(delivery, CancelJob):
         return p.Cancel(job_id=delivery.job_id, attempt=delivery.attempt)
     if isinstance(delivery, DrainNode):
@@ -38,6 +41,20 @@ def wire_message(delivery: Delivery) -> p.Message | None:
             return p.Undrain(reason=delivery.reason or None)
         return p.Drain(reason=delivery.reason or None)
     return None
+
+
+def stage_done_message(done: StageDoneDelivery) -> p.StageDone:
+    """The ``stage_done`` a pipeline's client receives for one of its stages."""
+    ok = done.state == "done"
+    error = None
+    if not ok:
+        info = done.error or {}
+        error = p.ErrorInfo(code=str(info.get("code") or "E_FAILED"),
+                            message=str(info.get("message") or f"stage ended {done.state}"))
+    return p.StageDone(
+        job_id=done.job_id, stage=done.stage or "", branch=done.branch or None,
+        index=done.index, state=done.state, ok=ok,  # type: ignore[arg-type]
+        output=orjson.Fragment(done.output_json) if ok else None, error=error)
 
 
 def done_message(done: DoneDelivery) -> p.Done:

@@ -65,7 +65,8 @@ class Script:
 
 def _lua_files() -> tuple[str, dict[str, str]]:
     root = resources.files("schedd.lua")
-    library = (root / "include" / "lib.lua").read_text()
+    library = (root / "include" / "lib.lua").read_text() + "\n" + (
+        root / "include" / "stages.lua").read_text()
     bodies = {
         entry.name.removesuffix(".lua"): entry.read_text()
         for entry in root.iterdir()

@@ -594,8 +594,12 @@ local function retain(job_id, state)
   end
 end
 
+-- A stage job's end, handed to its pipeline (defined in stages.lua).
+local stage_ended
+
 -- Move a job to a terminal state: it leaves every queue and index, is retained for its
--- retention time, and its client's instance gets exactly one done.
+-- retention time, and its client's instance gets exactly one done (a stage of a pipeline:
+-- its pipeline's stage_ended instead, in the same script).
 -- job: the job's fields as read (the state, node, attempt, client, retain_ms, t_sub, t_asg and
 -- t_acc at least; pools if it is queued).
 local function finish(job_id, job, state, fields, now)
@@ -630,7 +634,12 @@ local function finish(job_id, job, state, fields, now)
   if kept > FINISHED_KEPT + FINISHED_SLACK then
     redis.call('LTRIM', K.finished(), 0, FINISHED_KEPT - 1)
   end
-  deliver(job.client, done_message(job_id, job))
+  if not job.pipe or job.pipe == '' then
+    deliver(job.client, done_message(job_id, job))
+  else -- a stage: a client that follows the stage's own job id still gets its done
+    if job.client and job.client ~= '' then deliver(job.client, done_message(job_id, job)) end
+    stage_ended(job_id, job, state, now)
+  end
 end
 
 -- Free the slot a job holds on its node (if any). Returns the node, and when a slot was freed

@@ -8,10 +8,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
-from schedd.core import AssignDelivery, CancelJob, DoneDelivery, ProgressDelivery, serve_inbox
+from schedd.core import (
+    AssignDelivery,
+    CancelJob,
+    Core,
+    DoneDelivery,
+    ProgressDelivery,
+    serve_inbox,
+)
 from schedd.store import open_store
 from schedd.store.base import Store
-from tests.core.helpers import make_core, spec
+from tests.core.helpers import Recorder, make_core, spec
 
 
 @asynccontextmanager
@@ -23,7 +30,11 @@ async def two_stores(store_url: str) -> AsyncIterator[tuple[Store, Store]]:
         yield a, b
 
 
-async def test_assignment_and_result_cross_instances(store_url: str) -> None:
+@asynccontextmanager
+async def two_instances(
+    store_url: str,
+) -> AsyncIterator[tuple[tuple[Core, Recorder, Store], tuple[Core, Recorder, Store]]]:
+    """Instances A and B on one store, each serving its inbox, for at most 10 s."""
     async with two_stores(store_url) as (store_a, store_b):
         a, rec_a = await make_core(store_a, "A")
         b, rec_b = await make_core(store_b, "B")
@@ -31,31 +42,36 @@ async def test_assignment_and_result_cross_instances(store_url: str) -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve_inbox, a)
                 await nursery.start(serve_inbox, b)
-                await b.register_node(node_id="n1", capacity=1, pools=["p"])
-                sub = await a.submit(spec("p", payload={"hi": 1}), principal="alice")
-                assert rec_a.of(AssignDelivery) == []  # not A's node: it went to B's inbox
-                (assign,) = await rec_b.wait_for(AssignDelivery)
-                assert (assign.job_id, assign.node_id, assign.payload_json) == (
-                    sub.job_id, "n1", '{"hi":1}')
-                await b.accept(sub.job_id, node_id="n1", attempt=1)
-                await b.progress(sub.job_id, node_id="n1", attempt=1, data_json='"half"')
-                await b.result(sub.job_id, node_id="n1", attempt=1, ok=True, output_json='"ok"')
-                await rec_a.wait_for(DoneDelivery)
-                assert [p.data_json for p in rec_a.of(ProgressDelivery)] == ['"half"']
-                (done,) = rec_a.of(DoneDelivery)
-                assert done.ok and done.output_json == '"ok"' and done.node == "n1"
-                assert rec_b.of(DoneDelivery) == []
-                # a cancel from A for B's node reaches B
-                second = await a.submit(spec("p"), principal="alice")
-                await rec_b.wait_for(AssignDelivery, 2)
-                await a.cancel(second.job_id, principal="alice")
-                (cancel,) = await rec_b.wait_for(CancelJob)
-                assert cancel.job_id == second.job_id
-                await rec_a.wait_for(DoneDelivery, 2)
-                # everything delivered was removed from the inboxes
-                assert await store_a.execute("XLEN", a.keys.inbox("A")) == 0
-                assert await store_a.execute("XLEN", a.keys.inbox("B")) == 0
+                yield (a, rec_a, store_a), (b, rec_b, store_b)
                 nursery.cancel_scope.cancel()
+
+
+async def test_assignment_and_result_cross_instances(store_url: str) -> None:
+    async with two_instances(store_url) as ((a, rec_a, store_a), (b, rec_b, _)):
+        await b.register_node(node_id="n1", capacity=1, pools=["p"])
+        sub = await a.submit(spec("p", payload={"hi": 1}), principal="alice")
+        assert rec_a.of(AssignDelivery) == []  # not A's node: it went to B's inbox
+        (assign,) = await rec_b.wait_for(AssignDelivery)
+        assert (assign.job_id, assign.node_id, assign.payload_json) == (
+            sub.job_id, "n1", '{"hi":1}')
+        await b.accept(sub.job_id, node_id="n1", attempt=1)
+        await b.progress(sub.job_id, node_id="n1", attempt=1, data_json='"half"')
+        await b.result(sub.job_id, node_id="n1", attempt=1, ok=True, output_json='"ok"')
+        await rec_a.wait_for(DoneDelivery)
+        assert [p.data_json for p in rec_a.of(ProgressDelivery)] == ['"half"']
+        (done,) = rec_a.of(DoneDelivery)
+        assert done.ok and done.output_json == '"ok"' and done.node == "n1"
+        assert rec_b.of(DoneDelivery) == []
+        # a cancel from A for B's node reaches B
+        second = await a.submit(spec("p"), principal="alice")
+        await rec_b.wait_for(AssignDelivery, 2)
+        await a.cancel(second.job_id, principal="alice")
+        (cancel,) = await rec_b.wait_for(CancelJob)
+        assert cancel.job_id == second.job_id
+        await rec_a.wait_for(DoneDelivery, 2)
+        # everything delivered was removed from the inboxes
+        assert await store_a.execute("XLEN", a.keys.inbox("A")) == 0
+        assert await store_a.execute("XLEN", a.keys.inbox("B")) == 0
 
 
 async def test_inbox_survives_instance_restart(store_url: str) -> None:

@@ -108,6 +108,17 @@ def _result(draw: st.DrawFn) -> Result:
     )
 
 
+def _stage_done(draw: st.DrawFn) -> schedd.protocol.StageDone:
+    state = draw(st.sampled_from(sorted(TERMINAL_STATES)))
+    ok = state == "done"
+    return schedd.protocol.StageDone(
+        job_id=draw(ids), stage=draw(ids), branch=draw(opt_ids), index=draw(counts),
+        state=state,  # type: ignore[arg-type]
+        ok=ok, output=draw(json_values), error=None if ok else draw(st.none() | error_infos),
+        ref=draw(opt_ids),
+    )
+
+
 def _done(draw: st.DrawFn) -> Done:
     state = draw(st.sampled_from(sorted(TERMINAL_STATES)))
     ok = state == "done"
@@ -167,7 +178,8 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
     Accept: st.builds(Accept, job_id=ids, attempt=attempts, ref=opt_ids),
     Reject: st.builds(Reject, job_id=ids, attempt=attempts, reason=texts, ref=opt_ids),
-    Progress: st.builds(Progress, job_id=ids, attempt=attempts, data=json_values, ref=opt_ids),
+    Progress: st.builds(Progress, job_id=ids, attempt=attempts, data=json_values,
+                        stage=opt_ids, ref=opt_ids),
     Result: st.composite(_result)(),
     Cancel: st.builds(Cancel, job_id=ids, attempt=st.none() | attempts, ref=opt_ids),
     Drain: st.builds(Drain, reason=opt_texts, ref=opt_ids),
@@ -195,6 +207,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         ref=opt_ids,
     ),
     Done: st.composite(_done)(),
+    schedd.protocol.StageDone: st.composite(_stage_done)(),
     Status: st.builds(Status, job_id=ids, ref=opt_ids),
     Query: st.builds(Query, what=st.sampled_from(sorted(QUERY_SUBJECTS)), ref=opt_ids),
     Answer: st.builds(
@@ -283,6 +296,9 @@ EXAMPLES: dict[str, Message] = {
         ref="c1",
     ),
     "accepted": Accepted(job_id="j1", state="queued", duplicate=False, ref="c1"),
+    "stage_done": schedd.protocol.StageDone(
+        job_id="u1", stage="de/1", branch="de", index=1, state="done", ok=True,
+        output={"text": "hallo"}),
     "done": Done(
         job_id="j1",
         state="done",
@@ -758,6 +774,9 @@ def test_error_codes_cover_every_code() -> None:
         "E_DETACHED",
         "E_FORBIDDEN",
         "E_UNAVAILABLE",
+        "E_TOO_MANY_STAGES",
+        "E_TOO_MANY_BRANCHES",
+        "E_BAD_STAGE",
         "E_SHUTTING_DOWN",
         "E_INTERNAL",
     }
@@ -834,6 +853,7 @@ def test_public_api_is_pinned() -> None:
             "Role",
             "RunningJob",
             "Sender",
+            "StageDone",
             "Status",
             "Submit",
             "TerminalState",

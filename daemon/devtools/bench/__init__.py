@@ -24,7 +24,8 @@ to reassignment, jobs lost), SLOWLORIS (a probe client's latency, quiet and whil
 that never finish their handshake hold the listener: :mod:`schedd.devtools.slowloris`); when
 named, SOAK (the daemon's memory under reconnections and jobs: :mod:`schedd.devtools.soak`) and
 BROWSE (the Redis time of one page of a job listing at 1,000 and 1,000,000 retained jobs:
-:mod:`schedd.devtools.browse_cost`).
+:mod:`schedd.devtools.browse_cost`), SDK (:mod:`schedd.devtools.sdk_bench`) and PIPE (a
+three-stage pipeline against one job and the client's chain: :mod:`schedd.devtools.pipe_bench`).
 
 Before the scenarios, with nothing of the bench running, :mod:`schedd.devtools.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put

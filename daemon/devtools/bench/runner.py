@@ -218,6 +218,10 @@ def table(document: dict[str, Any]) -> str:
         from schedd.devtools.sdk_bench import table_rows as sdk_rows
 
         rows += sdk_rows(r["SDK"])
+    if "PIPE" in r and "submit_to_done_ms" in r["PIPE"]:
+        from schedd.devtools.pipe_bench import table_rows as pipe_rows
+
+        rows += pipe_rows(r["PIPE"])
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]
