@@ -31,11 +31,17 @@
 -- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
 -- ARGV[18] W3C trace context: traceparent, then a space and the tracestate when there is one
 --          ('' for none); kept in the job hash, carried by its assign and done deliveries
+-- ARGV[19] seq in the ordered session (ARGV[6], of this principal; an integer >= 0), or '' (or
+--          absent) for a job outside any ordered session
+-- ARGV[20] gap timeout ms of the ordered session (with ARGV[19]; the latest submit's holds)
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
---          trace (duplicate: the existing job's)}, deliveries}
+--          trace (duplicate: the existing job's)}, deliveries}; a duplicate of a finished job of
+--          an ordered session carries its done only once the session delivered or skipped its
+--          seq (else the done comes in its turn)
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
 --         (the namespace's queue is full, or queueing would put more pools with no member in
---         the index for the principal than ARGV[17])
+--         the index for the principal than ARGV[17]), E_DUPLICATE_SEQ (another job has the seq
+--         in the session, or the session already reported it skipped)
 CALLER = ARGV[1]
 local job_id = ARGV[3]
 local jkey = KEYS[1]
@@ -44,10 +50,25 @@ if existing then
   if existing.principal ~= ARGV[2] then
     return err('E_NOT_YOURS', 'job id ' .. job_id .. ' belongs to another client')
   end
+  local ordered = existing.oseq and existing.oseq ~= ''
+  if ordered then -- the session's results come to the caller's instance from now on
+    local oid = order_id(existing.principal, existing.session)
+    if redis.call('EXISTS', K.order(oid)) == 1 then
+      redis.call('HSET', K.order(oid), 'client', CALLER)
+      order_release(oid, now_ms())
+    else
+      ordered = false
+    end
+  end
   if TERMINAL[existing.state] then
     redis.call('HSET', jkey, 'client', CALLER)
-    return {{'duplicate', existing.state, tonumber(existing.attempt),
-      done_message(job_id, existing), 0, existing.trace or ''}, {}}
+    local done = done_message(job_id, existing)
+    if ordered and tonumber(existing.oseq) >= tonumber(redis.call('HGET',
+        K.order(order_id(existing.principal, existing.session)), 'next')) then
+      done = ''
+    end
+    return {{'duplicate', existing.state, tonumber(existing.attempt), done, 0,
+      existing.trace or ''}, LOCAL}
   end
   local follows = move_client(job_id, jkey, existing)
   return {{'duplicate', existing.state, tonumber(existing.attempt), '', follows,
@@ -73,6 +94,25 @@ for i = 9, 12 do
   local v = tonumber(ARGV[i])
   if not v or v <= 0 then
     return err('E_BAD_ARG', 'timeouts and max_attempts must be > 0')
+  end
+end
+local oseq, oid = ARGV[19] or '', nil
+if oseq ~= '' then
+  local n_seq, gap = tonumber(oseq), tonumber(ARGV[20])
+  if ARGV[6] == '' or not n_seq or n_seq < 0 or n_seq % 1 ~= 0 or not gap or gap <= 0 then
+    return err('E_BAD_ARG', 'a seq needs a session and is an integer >= 0, with a gap timeout > 0')
+  end
+  oseq = int_s(n_seq)
+  oid = order_id(ARGV[2], ARGV[6])
+  local taken = redis.call('HGET', K.order_seqs(oid), oseq)
+  if taken then
+    return err('E_DUPLICATE_SEQ', 'seq ' .. oseq .. ' of session ' .. ARGV[6] .. ' is job '
+      .. taken)
+  end
+  local nxt = redis.call('HGET', K.order(oid), 'next')
+  if nxt and n_seq < tonumber(nxt) then
+    return err('E_DUPLICATE_SEQ', 'seq ' .. oseq .. ' of session ' .. ARGV[6]
+      .. ' was already reported skipped')
   end
 end
 local now = now_ms()
@@ -136,6 +176,16 @@ if ARGV[8] ~= '[]' then
 end
 if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
+  n = n + 2
+end
+if oid then -- the session starts at seq 0; its results go to the caller's instance
+  flat[n + 1], flat[n + 2] = 'oseq', oseq
+  local okey = K.order(oid)
+  redis.call('HSETNX', okey, 'next', '0')
+  redis.call('HSET', okey, 'client', CALLER, 'gap_ms', ARGV[20])
+  redis.call('HSET', K.order_seqs(oid), oseq, job_id)
+  order_touch(oid, tonumber(ARGV[15]) + tonumber(ARGV[20]))
+  order_release(oid, now)
 end
 index_submit(job_id, ARGV[2], now_s)
 if node_id then

@@ -7,14 +7,18 @@
 --     marks that ended are deleted, and its entry moves to its next mark's end);
 --   * a missed queue deadline ends the job as timed_out;
 --   * finished jobs and offline nodes past retention are removed;
---   * inboxes and client lists of instances whose presence expired are deleted.
+--   * inboxes and client lists of instances whose presence expired are deleted;
+--   * an ordered session whose missing seq held later results past its gap timeout reports the
+--     missing seqs skipped and delivers what waited (K.order_gaps()).
+--   An ordered session's results also wait while its client instance's presence is expired.
 --   Everything is found by range queries on sorted sets: no SCAN, no KEYS, no per-node polling.
 -- KEYS[1] liveness                  K.alive()
 -- KEYS[2] deadlines                 K.deadlines()
 -- KEYS[3] gc                        K.gc()
 -- KEYS[4] instance presence         K.instances()
 -- derived: node and job keys, heartbeat times and loads, pools, pools index and its charges,
---          queues, counts, inboxes, client lists, unavailability marks and their expiry index (K.unavail_due())
+--          queues, counts, inboxes, client lists, unavailability marks and their expiry index (K.unavail_due()),
+--          ordered sessions (K.order_gaps(), K.order(), K.order_held())
 -- ARGV[1] caller instance
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records
@@ -100,4 +104,6 @@ for _, instance in ipairs(gone) do
   redis.call('DEL', K.inbox(instance), K.clients(instance))
   redis.call('ZREM', KEYS[4], instance)
 end
+local gaps = redis.call('ZRANGE', K.order_gaps(), '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+for _, oid in ipairs(gaps) do order_skip(oid, now) end
 return {{#lost, #due, #old, #gone}, LOCAL, EVENTS}

@@ -21,6 +21,8 @@ from schedd.core.model import (
     NodeWentOffline,
     ProgressDelivery,
     Registration,
+    SessionFollowed,
+    SkippedDelivery,
     Submitted,
 )
 from schedd.core.queries import (
@@ -65,6 +67,8 @@ __all__ = [
     "ProgressDelivery",
     "Queries",
     "Registration",
+    "SessionFollowed",
+    "SkippedDelivery",
     "Submitted",
     "new_id",
     "parse_time_bound",

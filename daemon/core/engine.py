@@ -29,6 +29,7 @@ from schedd.core.model import (
     Followed,
     JobSpec,
     Registration,
+    SessionFollowed,
     Submitted,
     decode_delivery,
     decode_event,
@@ -36,7 +37,7 @@ from schedd.core.model import (
 from schedd.errors import BadArgument
 from schedd.protocol.tracecontext import new_traceparent
 from schedd.store.base import Arg, Store
-from schedd.store.keys import Keys
+from schedd.store.keys import Keys, order_id
 from schedd.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -248,9 +249,14 @@ class Core:
     # -- jobs ----------------------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec, *, principal: str = "") -> Submitted:
-        """Accept a job (idempotent on job_id), place it or queue it, in one script."""
+        """Accept a job (idempotent on job_id), place it or queue it, in one script. With
+        ``spec.seq`` the job joins the ordered session ``spec.session_id`` of ``principal``
+        (:class:`~schedd.errors.DuplicateSeq` when the seq is taken), whose results now come to
+        this instance."""
         if not spec.pools:
             raise BadArgument("a job needs at least one candidate pool")
+        if spec.seq is not None and not spec.session_id:
+            raise BadArgument("a seq needs a session_id (the ordered session it belongs to)")
         s = self.settings
         job_id = spec.job_id or new_id("job")
         trace = spec.trace or new_traceparent()  # every job has a trace context
@@ -275,6 +281,8 @@ class Core:
                 _ms(s.session_ttl),
                 s.max_created_pools,
                 trace,
+                "" if spec.seq is None else spec.seq,
+                _ms(spec.gap_timeout or s.session_gap_timeout),
             ],
         )
         done_msg = decode_delivery(done) if done else None
@@ -372,6 +380,25 @@ class Core:
         return Followed(state=_text(state), attempt=int(attempt),
                         done=done_msg if isinstance(done_msg, DoneDelivery) else None,
                         follows=int(follows))
+
+    async def follow_session(self, session_id: str, *, principal: str) -> SessionFollowed:
+        """Route the ordered session's results to this instance: the waiting ones that can go
+        are delivered now, in order (:class:`~schedd.errors.SessionNotFound` when the principal
+        has no such session)."""
+        nxt, held, _before = await self._call(
+            "session_follow", [self.keys.order(order_id(principal, session_id))],
+            [principal, session_id],
+        )
+        return SessionFollowed(next_seq=int(nxt), held=int(held))
+
+    async def leave_session(self, session_id: str, *, principal: str) -> bool:
+        """No connection here follows the session any more: its results wait for the next
+        follow. False when another instance has the session now."""
+        (left,) = await self._call(
+            "session_leave", [self.keys.order(order_id(principal, session_id))],
+            [principal, session_id],
+        )
+        return bool(left)
 
     async def reap(self) -> tuple[int, int, int, int]:
         """One reaper pass: (nodes lost, deadlines handled, records removed, inboxes removed)."""
