@@ -129,6 +129,10 @@ class JobsSection:
     session_ttl: float = setting(
         600.0, "seconds a session remembers its node after its last job", _at_least(0)
     )
+    session_gap_timeout: float = setting(
+        30.0, "seconds a missing seq of an ordered session may hold its later results before "
+        "it is reported skipped (a submit may give its own gap_timeout)", _greater_than(0)
+    )
 
 
 @attrs.frozen

@@ -51,10 +51,12 @@ from schedd.errors import ProtocolError
 from schedd.protocol.fields import _json_type
 from schedd.protocol.messages import (
     MESSAGE_TYPES,
+    Done,
     Heartbeat,
     InvalidField,
     Message,
     Query,
+    Submit,
 )
 
 __all__ = [
@@ -138,6 +140,10 @@ ERROR_CODES: Final[dict[str, str]] = {
     "node taken offline; an `admin` undrain of an offline node, requeue of a job that ended "
     "`done`)",
     "E_BAD_ARG": "the daemon rejected an argument of the request (e.g. an unknown pool)",
+    "E_DUPLICATE_SEQ": "another job of the principal's ordered session has this `seq`, or the "
+    "session already reported it `skipped`; a resubmit of the same `job_id` is not refused",
+    "E_NO_SESSION": "the principal has no ordered session of this name (never given a `seq`, "
+    "or its retention ended); another principal's session of the same name is not this one",
 }
 
 
@@ -257,6 +263,8 @@ _STRUCTURE: Final[dict[str, tuple[Callable[[Any, Any], Any], type[Any]]]] = {
 # (and refuses unknown fields) still reads the message when they are not used.
 _OMITTED_WHEN_DEFAULT: Final[dict[type[Any], tuple[str, ...]]] = {
     Query: ("state", "pool", "principal", "node", "since", "until", "limit", "cursor"),
+    Done: ("session_id", "seq"),
+    Submit: ("seq", "gap_timeout"),
 }
 
 

@@ -411,7 +411,16 @@ class Submit:
     max_attempts: int | None = attrs.field(default=None, validator=_opt_int(1))
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    seq: int | None = attrs.field(default=None, validator=_opt_int(0))
+    gap_timeout: float | None = attrs.field(
+        default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
     ref: str | None = _ref()
+
+    def __attrs_post_init__(self) -> None:
+        if self.seq is not None and self.session_id is None:
+            raise InvalidField("seq", "needs a session_id: the ordered session it belongs to")
+        if self.gap_timeout is not None and self.seq is None:
+            raise InvalidField("gap_timeout", "applies to a job with a seq only")
 
 
 @attrs.frozen(kw_only=True)
@@ -458,6 +467,22 @@ class Done:
     timings: dict[str, int] = attrs.field(factory=dict, validator=_timings)
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    session_id: str | None = attrs.field(default=None, validator=_opt_name)
+    seq: int | None = attrs.field(default=None, validator=_opt_int(0))
+    ref: str | None = _ref()
+
+
+@attrs.frozen(kw_only=True)
+class Skipped:
+    """Seqs ``from_seq``..``to_seq`` of an ordered session got no result within its gap timeout;
+    the session's later results follow. Sent in the session's order, like ``done``."""
+
+    TYPE: ClassVar[str] = "skipped"
+    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
+
+    session_id: str = attrs.field(validator=_name)
+    from_seq: int = attrs.field(validator=_int(0))
+    to_seq: int = attrs.field(validator=_int(0))
     ref: str | None = _ref()
 
 
@@ -497,6 +522,32 @@ class Follow:
     SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
 
     job_id: str = attrs.field(validator=_name)
+    ref: str | None = _ref()
+
+
+@attrs.frozen(kw_only=True)
+class FollowSession:
+    """A client (re-)attaches this connection to an ordered session of its principal; answered
+    with ``session``."""
+
+    TYPE: ClassVar[str] = "follow_session"
+    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
+
+    session_id: str = attrs.field(validator=_name)
+    ref: str | None = _ref()
+
+
+@attrs.frozen(kw_only=True)
+class Session:
+    """An ordered session's results now come to this connection, in reply to
+    ``follow_session``: the ones that waited follow at once, in seq order."""
+
+    TYPE: ClassVar[str] = "session"
+    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
+
+    session_id: str = attrs.field(validator=_name)
+    next_seq: int = attrs.field(validator=_int(0))
+    held: int = attrs.field(default=0, validator=_int(0))
     ref: str | None = _ref()
 
 
@@ -585,9 +636,12 @@ Message: TypeAlias = (
     | Submit
     | Accepted
     | Done
+    | Skipped
     | Status
     | Job
     | Follow
+    | FollowSession
+    | Session
     | Query
     | Answer
     | Admin

@@ -94,7 +94,11 @@ class ClientRole(SessionBase):
             ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
             max_attempts=m.max_attempts,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
+            seq=m.seq, gap_timeout=m.gap_timeout,
         )
+        if m.seq is not None and m.session_id is not None:
+            # the session's results come here from this submit on (its principal's session)
+            self.app.routes.follow_session(m.session_id, self.session)
         # A candidate while the script runs: a done delivered meanwhile waits for the reply
         candidate = self.app.routes.expect(job_id, self.session)
         self.inflight.add(job_id)
@@ -148,6 +152,20 @@ class ClientRole(SessionBase):
             self.post(p.Job(job_id=m.job_id, state=followed.state,  # type: ignore[arg-type]
                             attempt=followed.attempt, ref=m.ref))
         self.app.routes.settle(m.job_id, candidate, followed.follows, followed.done)
+
+    async def _follow_session(self, m: p.FollowSession) -> None:
+        """Take an ordered session of this principal: the reply, then the results that waited
+        (held while the script runs), then the later ones."""
+        session_id, ref = m.session_id, m.ref
+        self.app.routes.expect_session(session_id, self.session)
+        try:
+            followed = await self.app.core.follow_session(session_id, principal=self.principal)
+        except BaseException:
+            self.app.routes.settle_session(session_id, self.session, followed=False)
+            raise
+        self.post(p.Session(session_id=session_id, next_seq=followed.next_seq,
+                            held=followed.held, ref=ref))
+        self.app.routes.settle_session(session_id, self.session, followed=True)
 
     async def _query(self, m: p.Query) -> None:
         if m.what == "jobs":

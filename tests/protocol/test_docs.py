@@ -202,7 +202,7 @@ def test_documented_defaults_are_the_configuration_defaults() -> None:
 
 #: Codes only a client can get; the node checklist says what to do with every other one.
 CLIENT_ONLY_CODES = {"E_INFLIGHT", "E_NO_CAPACITY", "E_QUEUE_FULL", "E_NOT_YOURS",
-                     "E_DETACHED", "E_FORBIDDEN"}
+                     "E_DETACHED", "E_FORBIDDEN", "E_DUPLICATE_SEQ", "E_NO_SESSION"}
 
 
 def test_node_checklist_handles_every_error_a_node_can_get() -> None:
