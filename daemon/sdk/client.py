@@ -20,6 +20,10 @@ Rules of this module:
   the client to another daemon URL and submits again.
 - After a reconnect the client sends ``follow`` for every job it still waits for, so
   :meth:`JobHandle.result` completes whichever instance the job finished on.
+- A ``submit`` with a ``seq`` puts the job in an ordered session of the principal; the session's
+  results (``done``, ``skipped``) also go, in ``seq`` order, to its :class:`OrderedSession`
+  (:meth:`Client.session`). After a reconnect the client sends ``follow_session`` for every
+  session it has, so results that waited in the daemon for a follower come to it.
 - A job followed by another connection of the principal since (``E_DETACHED`` for the job: the
   daemon sends its ``progress`` and ``done`` there) fails its handle with
   :class:`RequestFailed`; :meth:`Client.follow` takes it back.
@@ -62,11 +66,14 @@ from schedd.protocol import (
     Done,
     Error,
     Follow,
+    FollowSession,
     Job,
     Message,
     Pong,
     Progress,
     Query,
+    Session,
+    Skipped,
     Status,
     Submit,
 )
@@ -80,8 +87,10 @@ from schedd.sdk._conn import (
     reraise_sole,
 )
 from schedd.sdk.handle import JobHandle, JobLost
+from schedd.sdk.session import OrderedSession
 
-__all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "RequestFailed"]
+__all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "OrderedSession",
+           "RequestFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +133,7 @@ class Client:
         self._link: Link | None = None
         self._connected = anyio.Event()
         self._handles: dict[str, JobHandle] = {}
+        self._sessions: dict[str, OrderedSession] = {}
         self._closed = False
         self._broken: RequestFailed | None = None
         self._nursery: anyio.abc.TaskGroup | None = None
@@ -196,14 +206,22 @@ class Client:
         max_attempts: int | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        seq: int | None = None,
+        gap_timeout: float | None = None,
     ) -> JobHandle:
         """Submit a job and return its handle once the daemon has accepted it.
 
         Without ``job_id`` one is generated, so the submit can be retried safely; without
         ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``). Raises
         ``ValueError`` (``InvalidField``) for an argument the protocol forbids and
-        :class:`RequestFailed` when the daemon refuses the job.
+        :class:`RequestFailed` when the daemon refuses the job (``E_DUPLICATE_SEQ``...).
+
+        With ``seq`` (and ``session_id``) the job is the ``seq``-th of that ordered session: its
+        done comes after every lower seq's, to its handle and to :meth:`session`'s stream.
+        ``gap_timeout``: seconds a missing lower seq may hold the session's results.
         """
+        if seq is not None and session_id is not None:
+            self.session(session_id)
         message = Submit(
             job_id=job_id if job_id is not None else uuid.uuid4().hex,
             pools=list(pools),
@@ -218,6 +236,8 @@ class Client:
             max_attempts=max_attempts,
             traceparent=traceparent,
             tracestate=tracestate,
+            seq=seq,
+            gap_timeout=gap_timeout,
         )
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)
@@ -264,6 +284,22 @@ class Client:
             handle.state = job.state
         handle._acknowledged = True
         return handle
+
+    def session(self, session_id: str) -> OrderedSession:
+        """The stream of an ordered session's results, in seq order (the same object for the
+        same ``session_id``); it receives what comes from now on."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = OrderedSession(session_id)
+        return session
+
+    async def follow_session(self, session_id: str) -> OrderedSession:
+        """Attach this connection to an ordered session of the principal (submitted to by an
+        earlier connection): the results that waited for a follower, then the later ones, come
+        to the returned stream. :class:`RequestFailed` ``E_NO_SESSION`` when there is none."""
+        session = self.session(session_id)
+        await self._request(FollowSession(session_id=session_id), Session)
+        return session
 
     async def query(self, what: str, **filters: Any) -> dict[str, Any]:
         """A global view from the daemon: ``nodes``, ``pools``, ``stats`` or ``clients``
@@ -399,8 +435,25 @@ class Client:
         if handles:
             log.info("re-following %d jobs on %s", len(handles), link.url)
         async with anyio.create_task_group() as nursery:
+            for session_id in list(self._sessions):
+                nursery.start_soon(self._refollow_session, link, session_id)
             for handle in handles:
                 nursery.start_soon(self._refollow_one, link, handle)
+
+    async def _refollow_session(self, link: Link, session_id: str) -> None:
+        backoff = Backoff(_RECONNECT_DELAY)
+        for _ in range(_FOLLOW_RETRIES):
+            try:
+                await link.request(FollowSession(session_id=session_id), Session)
+                return
+            except LinkLost:
+                return  # the next connection follows it again
+            except RequestFailed as exc:
+                if exc.code == "E_NO_SESSION":
+                    return  # nothing of it in the daemon yet (or any more)
+                log.info("following session %s failed (%s); retrying", session_id, exc)
+                await backoff.sleep()
+        await link.aclose()  # try another connection rather than miss the session's results
 
     async def _refollow_one(self, link: Link, handle: JobHandle) -> None:
         backoff = Backoff(_RECONNECT_DELAY)
@@ -460,6 +513,12 @@ class Client:
                     handle.state = job.state
 
     async def _on_message(self, message: Message) -> None:
+        if isinstance(message, Done | Skipped) and message.session_id is not None:
+            session = self._sessions.get(message.session_id)
+            if session is not None:
+                session._push(message)
+            if isinstance(message, Skipped):
+                return
         if isinstance(message, Done):
             handle = self._handles.get(message.job_id)
             if handle is None or handle.finished:

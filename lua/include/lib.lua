@@ -434,6 +434,8 @@ end
 --  * its done goes to the session's client instance (K.order() 'client') in seq order: a result
 --    waits in K.order_held() until 'next' (the lowest seq neither delivered nor skipped) reaches
 --    it, then it and every consecutive waiting one are delivered and 'next' moves past them;
+--  * they go through the instance's inbox stream, the caller's too (never the reply's fast
+--    path, which could overtake an inbox entry of an earlier script): one stream, one order;
 --  * results are delivered only to an instance whose presence has not expired (or the caller):
 --    with none, they wait for a session follow, so an instance that is gone loses nothing held;
 --  * while results wait for a missing seq, K.order_gaps() holds the session at the time (gap_ms
@@ -488,7 +490,9 @@ local function order_release(oid, now)
     if seq == nxt then
       local a = string.find(head[1], ' ', 1, true)
       local b = string.find(head[1], ' ', a + 1, true)
-      deliver(o[2], string.sub(head[1], b + 1))
+      -- always through the inbox, the caller's own too: one stream keeps the session's order
+      -- (a reply's fast path could overtake an earlier script's inbox entry)
+      redis.call('XADD', K.inbox(o[2]), '*', 'd', string.sub(head[1], b + 1))
       nxt = tonumber(string.sub(head[1], a + 1, b - 1))
       moved = true
     end
