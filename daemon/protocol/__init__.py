@@ -64,7 +64,6 @@ from schedd.protocol.messages import (
     Error,
     ErrorInfo,
     Follow,
-    FollowSession,
     Heartbeat,
     Hello,
     InvalidField,
@@ -82,8 +81,6 @@ from schedd.protocol.messages import (
     Role,
     RunningJob,
     Sender,
-    Session,
-    Skipped,
     Status,
     Submit,
     TerminalState,
@@ -91,6 +88,7 @@ from schedd.protocol.messages import (
     Undrain,
     Welcome,
 )
+from schedd.protocol.sessions import FollowSession, Session, Skipped
 from schedd.protocol.tracecontext import (
     join_trace,
     new_traceparent,

@@ -74,6 +74,7 @@ from schedd.protocol.fields import (
     _timings,
     _view_object,
 )
+from schedd.protocol.sessions import FollowSession, Session, Skipped
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -473,20 +474,6 @@ class Done:
 
 
 @attrs.frozen(kw_only=True)
-class Skipped:
-    """Seqs ``from_seq``..``to_seq`` of an ordered session got no result within its gap timeout;
-    the session's later results follow. Sent in the session's order, like ``done``."""
-
-    TYPE: ClassVar[str] = "skipped"
-    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
-
-    session_id: str = attrs.field(validator=_name)
-    from_seq: int = attrs.field(validator=_int(0))
-    to_seq: int = attrs.field(validator=_int(0))
-    ref: str | None = _ref()
-
-
-@attrs.frozen(kw_only=True)
 class Status:
     """A client asks where a job is; answered with ``job``."""
 
@@ -522,32 +509,6 @@ class Follow:
     SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
 
     job_id: str = attrs.field(validator=_name)
-    ref: str | None = _ref()
-
-
-@attrs.frozen(kw_only=True)
-class FollowSession:
-    """A client (re-)attaches this connection to an ordered session of its principal; answered
-    with ``session``."""
-
-    TYPE: ClassVar[str] = "follow_session"
-    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"client"})
-
-    session_id: str = attrs.field(validator=_name)
-    ref: str | None = _ref()
-
-
-@attrs.frozen(kw_only=True)
-class Session:
-    """An ordered session's results now come to this connection, in reply to
-    ``follow_session``: the ones that waited follow at once, in seq order."""
-
-    TYPE: ClassVar[str] = "session"
-    SENT_BY: ClassVar[frozenset[Sender]] = frozenset({"daemon"})
-
-    session_id: str = attrs.field(validator=_name)
-    next_seq: int = attrs.field(validator=_int(0))
-    held: int = attrs.field(default=0, validator=_int(0))
     ref: str | None = _ref()
 
 
