@@ -54,7 +54,7 @@ if existing then
   if ordered then -- the session's results come to the caller's instance from now on
     local oid = order_id(existing.principal, existing.session)
     if redis.call('EXISTS', K.order(oid)) == 1 then
-      redis.call('HSET', K.order(oid), 'client', CALLER)
+      order_move(oid, existing.principal, existing.session)
       order_release(oid, now_ms())
     else
       ordered = false
@@ -182,7 +182,8 @@ if oid then -- the session starts at seq 0; its results go to the caller's insta
   flat[n + 1], flat[n + 2] = 'oseq', oseq
   local okey = K.order(oid)
   redis.call('HSETNX', okey, 'next', '0')
-  redis.call('HSET', okey, 'client', CALLER, 'gap_ms', ARGV[20])
+  order_move(oid, ARGV[2], ARGV[6])
+  redis.call('HSET', okey, 'gap_ms', ARGV[20])
   redis.call('HSET', K.order_seqs(oid), oseq, job_id)
   order_touch(oid, tonumber(ARGV[15]) + tonumber(ARGV[20]))
   order_release(oid, now)

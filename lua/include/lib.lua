@@ -500,6 +500,32 @@ local function order_release(oid, now)
   if moved then redis.call('HSET', okey, 'next', int_s(nxt)) end
 end
 
+-- The session's results now go to the caller's instance. What the instance that had them has
+-- not taken from its inbox yet (it died, or has not read it) moves to the caller's inbox, in
+-- order, ahead of what the session releases next: an instance killed with results in its inbox
+-- loses none of them. Looks at the first ORDER_RECLAIM entries of that inbox.
+local ORDER_RECLAIM = '10000'
+local function order_move(oid, principal, session)
+  local okey = K.order(oid)
+  local before = redis.call('HGET', okey, 'client') or ''
+  redis.call('HSET', okey, 'client', CALLER)
+  if before == '' or before == CALLER then return before end
+  local old = K.inbox(before)
+  local mark = cjson.encode(session)
+  for _, entry in ipairs(redis.call('XRANGE', old, '-', '+', 'COUNT', ORDER_RECLAIM)) do
+    local d = entry[2][2]
+    if string.find(d, mark, 1, true) then
+      local ok, m = pcall(cjson.decode, d)
+      if ok and ((m[1] == 'done' and m[13] == principal and m[15] == session)
+          or (m[1] == 'skipped' and m[2] == principal and m[3] == session)) then
+        redis.call('XADD', K.inbox(CALLER), '*', 'd', d)
+        redis.call('XDEL', old, entry[1])
+      end
+    end
+  end
+  return before
+end
+
 -- The order keys of a session live retain_ms past their last use.
 local function order_touch(oid, retain_ms)
   for _, key in ipairs({K.order(oid), K.order_held(oid), K.order_seqs(oid)}) do

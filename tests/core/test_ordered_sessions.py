@@ -35,13 +35,13 @@ async def _read_inbox(core: Core) -> None:
 
 
 async def _stream(core: Core, rec: Recorder) -> list[tuple[str, int]]:
-    """What the session delivered, in order: ('done', seq) / ('skipped', from_seq)."""
+    """What session 's' delivered, in order: ('done', seq) / ('skipped', from_seq)."""
     await _read_inbox(core)
     out: list[tuple[str, int]] = []
     for d in rec.items:
-        if isinstance(d, DoneDelivery) and d.seq is not None:
+        if isinstance(d, DoneDelivery) and d.seq is not None and d.session_id == "s":
             out.append(("done", d.seq))
-        elif isinstance(d, SkippedDelivery):
+        elif isinstance(d, SkippedDelivery) and d.session_id == "s":
             out.append(("skipped", d.from_seq))
     return out
 
@@ -146,3 +146,21 @@ async def test_a_left_session_holds_results_until_followed(store: Store) -> None
     followed = await other.follow_session("s", principal="alice")
     assert followed.next_seq == 2
     assert await _stream(other, rec_other) == [("done", 1)]
+
+
+async def test_results_in_a_dead_instances_inbox_move_to_the_follower(store: Store) -> None:
+    a, rec_a = await make_core(store, instance="A")
+    b, rec_b = await make_core(store, instance="B")
+    await a.client_open("c1", principal="alice", peer="p", protocol=1, name=None)  # A is live
+    await a.register_node(node_id="n1", capacity=8, pools=["p"])
+    jobs = [await _ordered(a, seq) for seq in range(3)]
+    for job in jobs[:2]:
+        await _finish(b, job)  # into A's inbox, which A (killed) never reads
+    other = await b.submit(spec("p", job_id="x", session_id="t", seq=0), principal="alice")
+    await _finish(b, other.job_id)  # another session's result stays where it is
+    await b.follow_session("s", principal="alice")
+    await _finish(b, jobs[2])
+    assert await _stream(b, rec_b) == [("done", 0), ("done", 1), ("done", 2)]
+    assert await _stream(a, rec_a) == []  # nothing of session s left for A
+    assert await store.execute("XLEN", a.keys.inbox("A")) == 0
+    assert [d.session_id for d in rec_b.of(DoneDelivery)].count("t") == 1
