@@ -23,7 +23,8 @@ Rules of this module:
 - A ``submit`` with a ``seq`` puts the job in an ordered session of the principal; the session's
   results (``done``, ``skipped``) also go, in ``seq`` order, to its :class:`OrderedSession`
   (:meth:`Client.session`). After a reconnect the client sends ``follow_session`` for every
-  session it has, so results that waited in the daemon for a follower come to it.
+  session it has, so results that waited in the daemon for a follower come to it (its jobs'
+  handles too: they are not re-followed one by one).
 - A job followed by another connection of the principal since (``E_DETACHED`` for the job: the
   daemon sends its ``progress`` and ``done`` there) fails its handle with
   :class:`RequestFailed`; :meth:`Client.follow` takes it back.
@@ -252,6 +253,8 @@ class Client:
         handle.duplicate = accepted.duplicate
         handle.traceparent, handle.tracestate = accepted.traceparent, accepted.tracestate
         handle._acknowledged = True
+        if seq is not None:
+            handle._session = session_id
         return handle
 
     async def status(self, job_id: str) -> Job:
@@ -431,7 +434,10 @@ class Client:
         self._connected.set()
 
     async def _refollow(self, link: Link) -> None:
-        handles = [h for h in self._handles.values() if h._acknowledged and not h.finished]
+        # a job of an ordered session comes back with its session's follow, in its turn (a
+        # follow of the job would send a done the session is about to send again)
+        handles = [h for h in self._handles.values()
+                   if h._acknowledged and not h.finished and h._session is None]
         if handles:
             log.info("re-following %d jobs on %s", len(handles), link.url)
         async with anyio.create_task_group() as nursery:
