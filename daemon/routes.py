@@ -18,7 +18,8 @@ Rules of the job routes:
     instance arrives here as a :class:`~schedd.core.Detach` delivery.
   * An ordered session's ``done``s and ``skipped``s (the store sends them in seq order) go to
     the connection of the session's principal that last submitted to or followed the session
-    here; with none, a ``done`` goes to the job's follower, a ``skipped`` is dropped. A
+    here, in the order they came (a ``done`` may precede the ``accepted`` of its job's
+    submit); with none, a ``done`` goes to the job's follower, a ``skipped`` is dropped. A
     connection is named the session's before its script runs: the session is keyed by its
     principal, so no other principal's connection can receive them.
 """
@@ -143,8 +144,9 @@ class Routes(Generic[Session]):
         self._to_session(key, session, delivery)
 
     def _route_ordered(self, delivery: DoneDelivery, session_id: str) -> bool:
-        """A done of an ordered session goes to the session's connection: False when none
-        follows it here. A candidate of the job on that connection holds it for its reply."""
+        """A done of an ordered session goes to the session's connection, in the session's
+        order (not held for a reply of its job's submit, which would let later seqs pass it):
+        False when none follows the session here."""
         key = (delivery.principal or "", session_id)
         session = self.sessions.get(key)
         if session is None:
@@ -153,10 +155,6 @@ class Routes(Generic[Session]):
         if follower is not None and follower.session is session:
             del self.followers[delivery.job_id]
             session.following.discard(delivery.job_id)
-        for candidate in self.candidates.get(delivery.job_id, ()):
-            if candidate.session is session:
-                candidate.held.append(delivery)
-                return True
         self._to_session(key, session, delivery)
         return True
 

@@ -36,8 +36,7 @@
 -- ARGV[20] gap timeout ms of the ordered session (with ARGV[19]; the latest submit's holds)
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}; a duplicate of a finished job of
---          an ordered session carries its done only once the session delivered or skipped its
---          seq (else the done comes in its turn)
+--          an ordered session carries no done: its session delivers it in its turn (or did)
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
 --         (the namespace's queue is full, or queueing would put more pools with no member in
 --         the index for the principal than ARGV[17]), E_DUPLICATE_SEQ (another job has the seq
@@ -63,10 +62,7 @@ if existing then
   if TERMINAL[existing.state] then
     redis.call('HSET', jkey, 'client', CALLER)
     local done = done_message(job_id, existing)
-    if ordered and tonumber(existing.oseq) >= tonumber(redis.call('HGET',
-        K.order(order_id(existing.principal, existing.session)), 'next')) then
-      done = ''
-    end
+    if ordered then done = '' end -- the session delivers it in its turn, or did
     return {{'duplicate', existing.state, tonumber(existing.attempt), done, 0,
       existing.trace or ''}, LOCAL}
   end
