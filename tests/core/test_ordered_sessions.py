@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from schedd.core import Core, DoneDelivery, SkippedDelivery
+from schedd.core import AssignDelivery, Core, DoneDelivery, SkippedDelivery
 from schedd.errors import BadArgument, DuplicateSeq, SessionNotFound
 from schedd.store.base import Store
 from tests.core.helpers import Recorder, make_core, spec
@@ -98,6 +98,8 @@ async def test_duplicate_seq_is_refused_but_the_same_job_is_idempotent(store: St
     assert again.duplicate and again.job_id == job
     with pytest.raises(BadArgument):
         await core.submit(spec("p", seq=1), principal="alice")
+    with pytest.raises(BadArgument, match="integer >= 0"):  # the script's own check
+        await core.submit(spec("p", session_id="s", seq=-1), principal="alice")
 
 
 async def test_another_principals_same_named_session_is_independent(store: Store) -> None:
@@ -164,3 +166,14 @@ async def test_results_in_a_dead_instances_inbox_move_to_the_follower(store: Sto
     assert await _stream(a, rec_a) == []  # nothing of session s left for A
     assert await store.execute("XLEN", a.keys.inbox("A")) == 0
     assert [d.session_id for d in rec_b.of(DoneDelivery)].count("t") == 1
+
+
+async def test_an_ordered_session_keeps_its_node(store: Store) -> None:
+    """Session affinity holds for ordered jobs: the session's node while it has a free slot."""
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n1", capacity=4, pools=["p"])
+    await core.register_node(node_id="n2", capacity=4, pools=["p"])
+    for seq in range(3):
+        await _ordered(core, seq)
+    nodes = {d.node_id for d in rec.of(AssignDelivery) if d.session_id == "s"}
+    assert len(nodes) == 1
