@@ -94,6 +94,7 @@ def core_settings(config: Config) -> CoreSettings:
         max_delay=config.jobs.max_delay,
         backoff_base=config.jobs.backoff_base,
         backoff_max=config.jobs.backoff_max,
+        session_gap_timeout=config.jobs.session_gap_timeout,
         reaper_interval=config.reaper.interval,
         reaper_batch=config.reaper.batch,
         **quota_settings(config),
@@ -308,7 +309,10 @@ class App:
 
     def session_ended(self, session: Session) -> None:
         self.sessions.discard(session)
-        self.routes.forget(session)
+        left = self.routes.forget(session)
+        if left and self._nursery is not None:
+            with contextlib.suppress(RuntimeError):  # shutting down: presence expiry holds them
+                self._nursery.start_soon(self._leave_sessions, session.principal, left)
         node_id, epoch = session.node_id, session.epoch
         if node_id is None or epoch is None or not self.router.unbind_node(node_id, session):
             return
@@ -317,6 +321,15 @@ class App:
             # RuntimeError: shutting down, the drain already handed the node's work back
             with contextlib.suppress(RuntimeError):
                 self._nursery.start_soon(self._node_gone, node_id, epoch)
+
+    async def _leave_sessions(self, principal: str, session_ids: list[str]) -> None:
+        """No connection here follows these ordered sessions now: their results wait in the
+        store for the next follow instead of coming here."""
+        for session_id in session_ids:
+            try:
+                await self.core.leave_session(session_id, principal=principal)
+            except StoreError as exc:
+                log.warning("session %s of %s still routed here: %s", session_id, principal, exc)
 
     async def _node_gone(self, node_id: str, epoch: int) -> None:
         """A node's connection dropped: after the grace, take it offline (fenced by epoch)."""

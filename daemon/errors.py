@@ -10,7 +10,9 @@
     ├── ScriptError                 a Lua script refused the operation with a named code
     │   ├── NotFound
     │   │   ├── NodeNotFound        E_NO_NODE
-    │   │   └── JobNotFound         E_NO_JOB
+    │   │   ├── JobNotFound         E_NO_JOB
+    │   │   └── SessionNotFound     E_NO_SESSION (no ordered session of that name for the
+    │   │                           principal)
     │   ├── Fenced                  the caller speaks for a stale registration or attempt
     │   │   ├── StaleEpoch          E_STALE_EPOCH   (node re-registered since)
     │   │   ├── StaleAttempt        E_STALE_ATTEMPT (not this node's current attempt)
@@ -21,6 +23,7 @@
     │   │   ├── NotYours            E_NOT_YOURS     (principal does not own the job)
     │   │   ├── QuotaExceeded       E_QUOTA         (a quota of the principal; ``quota`` names it)
     │   │   ├── RateLimited         E_RATE_LIMITED  (the principal's submit rate; ``retry_after``)
+    │   │   ├── DuplicateSeq        E_DUPLICATE_SEQ (the seq of the ordered session is taken)
     │   │   └── NotYourNode         E_IDENTITY      (the node id belongs to another principal)
     │   ├── InvalidState            E_BAD_STATE     (e.g. drain from a node taken offline)
     │   └── BadArgument             E_BAD_ARG
@@ -89,6 +92,10 @@ class JobNotFound(NotFound):
     code = "E_NO_JOB"
 
 
+class SessionNotFound(NotFound):
+    code = "E_NO_SESSION"
+
+
 class Fenced(ScriptError):
     code = "E_FENCED"
 
@@ -119,6 +126,10 @@ class QueueFull(Refused):
 
 class NotYours(Refused):
     code = "E_NOT_YOURS"
+
+
+class DuplicateSeq(Refused):
+    code = "E_DUPLICATE_SEQ"
 
 
 class NotYourNode(Refused):
@@ -189,12 +200,14 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
     for cls in (
         NodeNotFound,
         JobNotFound,
+        SessionNotFound,
         StaleEpoch,
         StaleAttempt,
         WrongOwner,
         NoCapacity,
         QueueFull,
         NotYours,
+        DuplicateSeq,
         NotYourNode,
         QuotaExceeded,
         RateLimited,

@@ -16,6 +16,12 @@ Rules of the job routes:
     deliveries (newest by the job's ``follows`` count, which the scripts keep). The connection
     it replaces gets ``E_DETACHED`` for the job, on this instance directly; a move to another
     instance arrives here as a :class:`~schedd.core.Detach` delivery.
+  * An ordered session's ``done``s and ``skipped``s (the store sends them in seq order) go to
+    the connection of the session's principal that last submitted to or followed the session
+    here, in the order they came (a ``done`` may precede the ``accepted`` of its job's
+    submit); with none, a ``done`` goes to the job's follower, a ``skipped`` is dropped. A
+    connection is named the session's before its script runs: the session is keyed by its
+    principal, so no other principal's connection can receive them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from schedd.core import (
     DoneDelivery,
     DrainNode,
     ProgressDelivery,
+    SkippedDelivery,
 )
 
 
@@ -44,6 +51,8 @@ class Connection(Protocol):
     principal: str
     #: the jobs it follows (the router keeps this set)
     following: set[str]
+    #: the ordered sessions of its principal it follows (the router keeps this set)
+    sessions: set[str]
 
     def deliver(self, delivery: Delivery) -> None:
         """Send a delivery of the core to the peer."""
@@ -87,6 +96,67 @@ class Routes(Generic[Session]):
     def __init__(self) -> None:
         self.followers: dict[str, Follower[Session]] = {}
         self.candidates: dict[str, list[Candidate[Session]]] = {}
+        #: (principal, session id) -> the connection that follows the ordered session here
+        self.sessions: dict[tuple[str, str], Session] = {}
+        #: deliveries for a session whose follow's script runs, for after its reply
+        self.session_held: dict[tuple[str, str], list[DoneDelivery | SkippedDelivery]] = {}
+
+    def follow_session(self, session_id: str, session: Session) -> None:
+        """``session`` takes the ordered session's results here (its principal's session)."""
+        key = (session.principal, session_id)
+        previous = self.sessions.get(key)
+        if previous is not None and previous is not session:
+            previous.sessions.discard(session_id)
+        self.sessions[key] = session
+        session.sessions.add(session_id)
+
+    def expect_session(self, session_id: str, session: Session) -> None:
+        """:meth:`follow_session` for a session follow whose script runs now: what comes for
+        the session meanwhile waits for :meth:`settle_session` (after the reply)."""
+        self.follow_session(session_id, session)
+        self.session_held[(session.principal, session_id)] = []
+
+    def settle_session(self, session_id: str, session: Session, followed: bool) -> None:
+        """The session follow's script answered (``followed`` False: it refused): the
+        connection gets what came meanwhile; a refused one does not follow the session."""
+        key = (session.principal, session_id)
+        for delivery in self.session_held.pop(key, ()):
+            session.deliver(delivery)
+        if not followed and self.sessions.get(key) is session:
+            del self.sessions[key]
+            session.sessions.discard(session_id)
+
+    def _to_session(self, key: tuple[str, str], session: Session,
+                    delivery: DoneDelivery | SkippedDelivery) -> None:
+        held = self.session_held.get(key)
+        if held is not None:
+            held.append(delivery)
+        else:
+            session.deliver(delivery)
+
+    def skipped(self, delivery: SkippedDelivery) -> None:
+        """Hand a session's skipped report to the connection following the session here."""
+        key = (delivery.principal, delivery.session_id)
+        session = self.sessions.get(key)
+        if session is None:
+            log.debug("no local connection follows session %s; dropped", delivery.session_id)
+            return
+        self._to_session(key, session, delivery)
+
+    def _route_ordered(self, delivery: DoneDelivery, session_id: str) -> bool:
+        """A done of an ordered session goes to the session's connection, in the session's
+        order (not held for a reply of its job's submit, which would let later seqs pass it):
+        False when none follows the session here."""
+        key = (delivery.principal or "", session_id)
+        session = self.sessions.get(key)
+        if session is None:
+            return False
+        follower = self.followers.get(delivery.job_id)
+        if follower is not None and follower.session is session:
+            del self.followers[delivery.job_id]
+            session.following.discard(delivery.job_id)
+        self._to_session(key, session, delivery)
+        return True
 
     def expect(self, job_id: str, session: Session) -> Candidate[Session]:
         """``session`` is about to ask the store for the job's deliveries."""
@@ -134,6 +204,9 @@ class Routes(Generic[Session]):
     def route(self, delivery: ProgressDelivery | DoneDelivery) -> None:
         """Hand a job's progress or done to its owner's connections here (module rules)."""
         job_id, principal = delivery.job_id, delivery.principal
+        if isinstance(delivery, DoneDelivery) and delivery.session_id is not None \
+                and self._route_ordered(delivery, delivery.session_id):
+            return
         held_by: list[Session] = []
         for candidate in self.candidates.get(job_id, ()):
             if principal == candidate.session.principal:
@@ -168,13 +241,22 @@ class Routes(Generic[Session]):
         session.following.discard(job_id)
         session.detached(job_id)
 
-    def forget(self, session: Session) -> None:
-        """A connection closed: it follows nothing any more."""
+    def forget(self, session: Session) -> list[str]:
+        """A connection closed: it follows nothing any more. Returns the ordered sessions it
+        followed here, which no connection here follows now."""
         for job_id in session.following:
             follower = self.followers.get(job_id)
             if follower is not None and follower.session is session:
                 del self.followers[job_id]
         session.following.clear()
+        left = []
+        for session_id in session.sessions:
+            key = (session.principal, session_id)
+            if self.sessions.get(key) is session:
+                del self.sessions[key]
+                left.append(session_id)
+        session.sessions.clear()
+        return left
 
 
 class Router(Generic[Session]):
@@ -197,6 +279,9 @@ class Router(Generic[Session]):
             return
         elif isinstance(delivery, Detach):
             self.jobs.detach(delivery)
+            return
+        elif isinstance(delivery, SkippedDelivery):
+            self.jobs.skipped(delivery)
             return
         else:  # pragma: no cover - exhaustive
             return

@@ -28,7 +28,8 @@ local job_id, node_id, attempt = ARGV[2], ARGV[3], ARGV[4]
 local accepted = ARGV[8] == '1'
 -- what fencing, releasing and finishing read (not the payload, which may be large)
 local job = hmget(KEYS[1], {'state', 'node', 'attempt', 'client', 'pools', 'retain_ms', 't_sub',
-  't_asg', 't_acc', 'principal', 'trace', 'max_attempts', 'backoff', 'pipe', 'stage'})
+  't_asg', 't_acc', 'principal', 'trace', 'max_attempts', 'backoff', 'pipe', 'stage',
+  'session', 'oseq'})
 if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt
     and not accepted then
   return {{job.state, 'duplicate'}, {}}

@@ -46,14 +46,19 @@
 --          stage name (docs/architecture.md, Stage chains); ARGV[4] and ARGV[8..12] are then
 --          unused (each record has its own pools, services, timeouts and attempts)
 -- ARGV[29] '1': the first branch of the pipeline that fails cancels the others
+-- ARGV[30] seq in the ordered session (ARGV[6], of this principal; an integer >= 0), or '' (or
+--          absent) for a job outside any ordered session
+-- ARGV[31] gap timeout ms of the ordered session (with ARGV[30]; the latest submit's holds)
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
---          trace (duplicate: the existing job's)}, deliveries}
+--          trace (duplicate: the existing job's)}, deliveries}; a duplicate of a finished job of
+--          an ordered session carries no done: its session delivers it in its turn (or did)
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
 --         (the namespace's queue is full, or queueing would put more pools with no member in
 --         the index for the principal than ARGV[17]), E_QUOTA '<quota> ...' (max_queued,
 --         max_payload_bytes), E_RATE_LIMITED '... retry_after_ms=<ms>' (the principal's
 --         bucket has no token; a duplicate takes none). Each refusal is counted in the
---         principal's usage as 'refused:<code>'.
+--         principal's usage as 'refused:<code>'. E_DUPLICATE_SEQ (another job has the seq in
+--         the session, or the session already reported it skipped)
 CALLER = ARGV[1]
 local job_id = ARGV[3]
 local jkey = KEYS[1]
@@ -62,10 +67,22 @@ if existing then
   if existing.principal ~= ARGV[2] then
     return err('E_NOT_YOURS', 'job id ' .. job_id .. ' belongs to another client')
   end
+  local ordered = existing.oseq and existing.oseq ~= ''
+  if ordered then -- the session's results come to the caller's instance from now on
+    local oid = order_id(existing.principal, existing.session)
+    if redis.call('EXISTS', K.order(oid)) == 1 then
+      order_move(oid, existing.principal, existing.session)
+      order_release(oid, now_ms())
+    else
+      ordered = false
+    end
+  end
   if TERMINAL[existing.state] then
     redis.call('HSET', jkey, 'client', CALLER)
-    return {{'duplicate', existing.state, tonumber(existing.attempt),
-      done_message(job_id, existing), 0, existing.trace or ''}, {}}
+    local done = done_message(job_id, existing)
+    if ordered then done = '' end -- the session delivers it in its turn, or did
+    return {{'duplicate', existing.state, tonumber(existing.attempt), done, 0,
+      existing.trace or ''}, LOCAL}
   end
   local follows = move_client(job_id, jkey, existing)
   return {{'duplicate', existing.state, tonumber(existing.attempt), '', follows,
@@ -93,6 +110,25 @@ for i = 9, 12 do
   local v = tonumber(ARGV[i])
   if not is_pipe and (not v or v <= 0) then
     return err('E_BAD_ARG', 'timeouts and max_attempts must be > 0')
+  end
+end
+local oseq, oid = ARGV[30] or '', nil
+if oseq ~= '' then
+  local n_seq, gap = tonumber(oseq), tonumber(ARGV[31])
+  if ARGV[6] == '' or not n_seq or n_seq < 0 or n_seq % 1 ~= 0 or not gap or gap <= 0 then
+    return err('E_BAD_ARG', 'a seq needs a session and is an integer >= 0, with a gap timeout > 0')
+  end
+  oseq = int_s(n_seq)
+  oid = order_id(ARGV[2], ARGV[6])
+  local taken = redis.call('HGET', K.order_seqs(oid), oseq)
+  if taken then
+    return err('E_DUPLICATE_SEQ', 'seq ' .. oseq .. ' of session ' .. ARGV[6] .. ' is job '
+      .. taken)
+  end
+  local nxt = redis.call('HGET', K.order(oid), 'next')
+  if nxt and n_seq < tonumber(nxt) then
+    return err('E_DUPLICATE_SEQ', 'seq ' .. oseq .. ' of session ' .. ARGV[6]
+      .. ' was already reported skipped')
   end
 end
 local now = now_ms()
@@ -195,8 +231,20 @@ if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
   n = n + 2
 end
+if oid then -- the session starts at seq 0; its results go to the caller's instance
+  flat[n + 1], flat[n + 2] = 'oseq', oseq
+  n = n + 2
+  local okey = K.order(oid)
+  redis.call('HSETNX', okey, 'next', '0')
+  order_move(oid, ARGV[2], ARGV[6])
+  redis.call('HSET', okey, 'gap_ms', ARGV[31])
+  redis.call('HSET', K.order_seqs(oid), oseq, job_id)
+  order_touch(oid, tonumber(ARGV[15]) + tonumber(ARGV[31]))
+  order_release(oid, now)
+end
 if ARGV[26] == '1' then
   flat[n + 1], flat[n + 2] = 'keep', '1'
+  n = n + 2
 end
 if tokens then redis.call('HSET', ukey, 'tokens', tostring(tokens - 1), 't_tok', now_s) end
 redis.call('ZADD', K.tenants(), now_s, principal)

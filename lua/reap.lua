@@ -11,7 +11,10 @@
 --   * delayed jobs now due (K.delayed(): submitted with a delay, or backing off after a
 --     retryable failure) are placed on a free slot or queued;
 --   * finished jobs and offline nodes past retention are removed;
---   * inboxes and client lists of instances whose presence expired are deleted.
+--   * inboxes and client lists of instances whose presence expired are deleted;
+--   * an ordered session whose missing seq held later results past its gap timeout reports the
+--     missing seqs skipped and delivers what waited (K.order_gaps()).
+--   An ordered session's results also wait while its client instance's presence is expired.
 --   Everything is found by range queries on sorted sets: no SCAN, no KEYS, no per-node polling.
 -- KEYS[1] liveness                  K.alive()
 -- KEYS[2] deadlines                 K.deadlines()
@@ -19,7 +22,8 @@
 -- KEYS[4] instance presence         K.instances()
 -- derived: node and job keys, heartbeat times and loads, pools, pools index and its charges,
 --          queues, counts, inboxes, client lists, unavailability marks and their expiry index (K.unavail_due()),
---          pool rates and buckets, held rate-limited pools (K.rate_held()), usage per principal
+--          pool rates and buckets, held rate-limited pools (K.rate_held()), usage per principal,
+--          ordered sessions (K.order_gaps(), K.order(), K.order_held())
 -- ARGV[1] caller instance
 -- ARGV[2] batch size per kind
 -- ARGV[3] retain ms for offline node records
@@ -114,6 +118,8 @@ for _, instance in ipairs(gone) do
   redis.call('DEL', K.inbox(instance), K.clients(instance))
   redis.call('ZREM', KEYS[4], instance)
 end
+local gaps = redis.call('ZRANGE', K.order_gaps(), '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+for _, oid in ipairs(gaps) do order_skip(oid, now) end
 -- the next delayed job's due time, so the caller may wake for it before its next interval
 local next_due = redis.call('ZRANGE', K.delayed(), '0', '0', 'WITHSCORES')
 local due_in = -1

@@ -151,6 +151,10 @@ class JobsSection:
         1.0, "seconds of a retryable failure's first backoff (doubled per attempt)", *_DURATION)
     backoff_max: float = setting(
         60.0, "most seconds of a retryable failure's backoff", *_DURATION)
+    session_gap_timeout: float = setting(
+        30.0, "seconds a missing seq of an ordered session may hold its later results before "
+        "it is reported skipped (a submit may give its own gap_timeout)", _greater_than(0)
+    )
 
 
 @attrs.frozen

@@ -22,6 +22,8 @@ from schedd.core.model import (
     NodeWentOffline,
     ProgressDelivery,
     Registration,
+    SessionFollowed,
+    SkippedDelivery,
     StageDoneDelivery,
     Submitted,
 )
@@ -69,6 +71,8 @@ __all__ = [
     "ProgressDelivery",
     "Queries",
     "Registration",
+    "SessionFollowed",
+    "SkippedDelivery",
     "StageDoneDelivery",
     "Submitted",
     "UsageInfo",

@@ -32,6 +32,7 @@ from schedd.core.model import (
     Followed,
     JobSpec,
     Registration,
+    SessionFollowed,
     Submitted,
     decode_delivery,
     decode_event,
@@ -40,7 +41,7 @@ from schedd.errors import BadArgument, BadDelay, BadTtl
 from schedd.protocol import MAX_SECONDS
 from schedd.protocol.tracecontext import new_traceparent
 from schedd.store.base import Arg, Store
-from schedd.store.keys import Keys
+from schedd.store.keys import Keys, order_id
 from schedd.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -285,9 +286,14 @@ class Core:
     # -- jobs ----------------------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec, *, principal: str = "") -> Submitted:
-        """Accept a job (idempotent on job_id), place it or queue it, in one script."""
+        """Accept a job (idempotent on job_id), place it or queue it, in one script. With
+        ``spec.seq`` the job joins the ordered session ``spec.session_id`` of ``principal``
+        (:class:`~schedd.errors.DuplicateSeq` when the seq is taken), whose results now come to
+        this instance."""
         if not spec.pools and not spec.stages_json:
             raise BadArgument("a job needs at least one candidate pool")
+        if spec.seq is not None and not spec.session_id:
+            raise BadArgument("a seq needs a session_id (the ordered session it belongs to)")
         s = self.settings
         wait, backoff, retain = _lifecycle(spec, s)
         job_id = spec.job_id or new_id("job")
@@ -322,6 +328,8 @@ class Core:
                 f"{s.retain_count} {s.retain_bytes}",
                 spec.stages_json,
                 "1" if spec.fail_fast else "0",
+                "" if spec.seq is None else spec.seq,
+                _ms(spec.gap_timeout or s.session_gap_timeout),
             ],
         )
         done_msg = decode_delivery(done) if done else None
@@ -427,6 +435,25 @@ class Core:
         return Followed(state=_text(state), attempt=int(attempt),
                         done=done_msg if isinstance(done_msg, DoneDelivery) else None,
                         follows=int(follows))
+
+    async def follow_session(self, session_id: str, *, principal: str) -> SessionFollowed:
+        """Route the ordered session's results to this instance: the waiting ones that can go
+        are delivered now, in order (:class:`~schedd.errors.SessionNotFound` when the principal
+        has no such session)."""
+        nxt, held, _before = await self._call(
+            "session_follow", [self.keys.order(order_id(principal, session_id))],
+            [principal, session_id],
+        )
+        return SessionFollowed(next_seq=int(nxt), held=int(held))
+
+    async def leave_session(self, session_id: str, *, principal: str) -> bool:
+        """No connection here follows the session any more: its results wait for the next
+        follow. False when another instance has the session now."""
+        (left,) = await self._call(
+            "session_leave", [self.keys.order(order_id(principal, session_id))],
+            [principal, session_id],
+        )
+        return bool(left)
 
     async def reap(self) -> tuple[int, int, int, int]:
         """One reaper pass: (nodes lost, deadlines and due delayed jobs handled, records removed,

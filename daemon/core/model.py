@@ -65,6 +65,9 @@ class CoreSettings:
     max_delay: float = 7 * 86400.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    #: seconds a missing seq of an ordered session may hold later results before it is reported
+    #: skipped (a submit may give its own)
+    session_gap_timeout: float = 30.0
     node_retention: float = 600.0
     reaper_interval: float = 0.25
     reaper_batch: int = 200
@@ -142,6 +145,11 @@ class JobSpec:
     stages_json: str = ""
     #: a pipeline: the first branch that fails cancels the others
     fail_fast: bool = False
+    #: the job's place (>= 0) in the ordered session ``session_id`` of its principal: its done
+    #: is delivered after every lower seq's; None: no ordered session
+    seq: int | None = None
+    #: the ordered session's gap timeout (None: the configured one)
+    gap_timeout: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -249,6 +257,30 @@ class DoneDelivery:
     principal: str | None = None
     #: the job's trace context as stored (JobSpec.trace)
     trace: str = ""
+    #: the ordered session and the job's seq in it (None: not in an ordered session)
+    session_id: str | None = None
+    seq: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SkippedDelivery:
+    """An ordered session's seqs ``from_seq``..``to_seq`` got no result within its gap
+    timeout: the session's later results follow."""
+
+    principal: str
+    session_id: str
+    from_seq: int
+    to_seq: int
+
+
+@attrs.frozen(kw_only=True)
+class SessionFollowed:
+    """An ordered session whose results now come to this instance (``Core.follow_session``)."""
+
+    #: the lowest seq neither delivered nor reported skipped
+    next_seq: int
+    #: results still waiting for a lower seq
+    held: int
 
 
 @attrs.frozen(kw_only=True)
@@ -262,7 +294,8 @@ class Detach:
     follows: int
 
 
-Delivery = AssignDelivery | CancelJob | DrainNode | ProgressDelivery | DoneDelivery | Detach
+Delivery = (AssignDelivery | CancelJob | DrainNode | ProgressDelivery | DoneDelivery | Detach
+            | SkippedDelivery)
 
 
 # Events: what a script changed, reported to the instance that ran it (for plugins' event hooks).
@@ -307,6 +340,8 @@ def _done(f: list[Any]) -> DoneDelivery:
         timings={"submitted": f[8], "assigned": f[9], "accepted": f[10], "finished": f[11]},
         principal=(f[12] or None) if len(f) > 12 else None,
         trace=f[13] if len(f) > 13 else "",
+        session_id=f[14] if len(f) > 15 else None,
+        seq=int(f[15]) if len(f) > 15 else None,
     )
 
 
@@ -337,4 +372,7 @@ def decode_delivery(raw: bytes | str) -> Delivery:
         return Detach(job_id=f[1], principal=f[2], follows=int(f[3]))
     if kind == "done":
         return _done(f)
+    if kind == "skipped":
+        return SkippedDelivery(principal=f[1], session_id=f[2], from_seq=int(f[3]),
+                               to_seq=int(f[4]))
     raise ValueError(f"unknown delivery kind {kind!r}")

@@ -89,6 +89,7 @@ from schedd.protocol.messages import (
     Undrain,
     Welcome,
 )
+from schedd.protocol.sessions import FollowSession, Session, Skipped
 from schedd.protocol.tracecontext import (
     join_trace,
     new_traceparent,
@@ -148,6 +149,7 @@ __all__ = [
     "Error",
     "ErrorInfo",
     "Follow",
+    "FollowSession",
     "FrameDecoder",
     "Heartbeat",
     "Hello",
@@ -166,6 +168,8 @@ __all__ = [
     "Role",
     "RunningJob",
     "Sender",
+    "Session",
+    "Skipped",
     "StageDone",
     "Status",
     "Submit",

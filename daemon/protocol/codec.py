@@ -51,10 +51,12 @@ from schedd.errors import ProtocolError
 from schedd.protocol.fields import _json_type
 from schedd.protocol.messages import (
     MESSAGE_TYPES,
+    Done,
     Heartbeat,
     InvalidField,
     Message,
     Query,
+    Submit,
 )
 
 __all__ = [
@@ -151,6 +153,10 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_TOO_MANY_BRANCHES": "a stage of the submit's `stages` fans out into more than 16 branches",
     "E_BAD_STAGE": "a stage of the submit's `stages` is malformed or maps to no pool (the "
     "message gives its path, e.g. `stages[1].branches.de[0]`)",
+    "E_DUPLICATE_SEQ": "another job of the principal's ordered session has this `seq`, or the "
+    "session already reported it `skipped`; a resubmit of the same `job_id` is not refused",
+    "E_NO_SESSION": "the principal has no ordered session of this name (never given a `seq`, "
+    "or its retention ended); another principal's session of the same name is not this one",
 }
 
 
@@ -270,6 +276,8 @@ _STRUCTURE: Final[dict[str, tuple[Callable[[Any, Any], Any], type[Any]]]] = {
 # (and refuses unknown fields) still reads the message when they are not used.
 _OMITTED_WHEN_DEFAULT: Final[dict[type[Any], tuple[str, ...]]] = {
     Query: ("state", "pool", "principal", "node", "since", "until", "limit", "cursor"),
+    Done: ("session_id", "seq"),
+    Submit: ("seq", "gap_timeout"),
 }
 
 

@@ -82,6 +82,7 @@ from schedd.protocol.outcome import (
 )
 from schedd.protocol.pipelines import StageDone, _opt_stages
 from schedd.protocol.query import MAX_JOB_PAGE, QUERY_SUBJECTS, Answer, Query
+from schedd.protocol.sessions import FollowSession, Session, Skipped
 from schedd.protocol.states import JOB_STATES
 
 __all__ = [
@@ -414,7 +415,16 @@ class Submit:
     stages: list[Any] | None = attrs.field(default=None, validator=_opt_stages)
     #: a pipeline: the first branch that fails cancels the others
     fail_fast: bool = attrs.field(default=False, validator=_bool)
+    seq: int | None = attrs.field(default=None, validator=_opt_int(0))
+    gap_timeout: float | None = attrs.field(
+        default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
     ref: str | None = _ref()
+
+    def __attrs_post_init__(self) -> None:
+        if self.seq is not None and self.session_id is None:
+            raise InvalidField("seq", "needs a session_id: the ordered session it belongs to")
+        if self.gap_timeout is not None and self.seq is None:
+            raise InvalidField("gap_timeout", "applies to a job with a seq only")
 
 
 @attrs.frozen(kw_only=True)
@@ -449,6 +459,8 @@ class Done:
     timings: dict[str, int] = attrs.field(factory=dict, validator=_timings)
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    session_id: str | None = attrs.field(default=None, validator=_opt_name)
+    seq: int | None = attrs.field(default=None, validator=_opt_int(0))
     ref: str | None = _ref()
 
 
@@ -530,9 +542,12 @@ Message: TypeAlias = (
     | Accepted
     | StageDone
     | Done
+    | Skipped
     | Status
     | Job
     | Follow
+    | FollowSession
+    | Session
     | Query
     | Answer
     | Admin

@@ -30,16 +30,18 @@ A client or node belongs to the event loop (and thread) that opened it.
 
 from __future__ import annotations
 
-from schedd.sdk.blocking import BlockingClient, BlockingJobHandle
+from schedd.sdk.blocking import BlockingClient, BlockingJobHandle, BlockingOrderedSession
 from schedd.sdk.client import E_CLIENT_CLOSED, Client, JobHandle, JobLost, RequestFailed
 from schedd.sdk.connect import ConnectFailed, open_channel
 from schedd.sdk.node import E_NODE_EXCEPTION, JobContext, JobError, Node
+from schedd.sdk.session import OrderedSession
 
 __all__ = [
     "E_CLIENT_CLOSED",
     "E_NODE_EXCEPTION",
     "BlockingClient",
     "BlockingJobHandle",
+    "BlockingOrderedSession",
     "Client",
     "ConnectFailed",
     "JobContext",
@@ -47,6 +49,7 @@ __all__ = [
     "JobHandle",
     "JobLost",
     "Node",
+    "OrderedSession",
     "RequestFailed",
     "open_channel",
 ]

@@ -40,8 +40,9 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from schedd.protocol import Done, Job, StageDone
 from schedd.sdk._conn import E_CLIENT_CLOSED, RequestFailed
 from schedd.sdk.client import Client, JobHandle
+from schedd.sdk.session import OrderedSession, SessionResult
 
-__all__ = ["BlockingClient", "BlockingJobHandle"]
+__all__ = ["BlockingClient", "BlockingJobHandle", "BlockingOrderedSession"]
 
 _T = TypeVar("_T")
 _BACKEND: Final = "trio"
@@ -128,6 +129,24 @@ class BlockingJobHandle:
     def cancel(self) -> None:
         """Cancel the job; its ``done`` (state ``canceled``) then completes :meth:`result`."""
         self._client.cancel(self.job_id)
+
+
+class BlockingOrderedSession:
+    """An ordered session's results, in seq order, from any thread (see
+    :class:`schedd.sdk.OrderedSession`)."""
+
+    def __init__(self, client: BlockingClient, session: OrderedSession) -> None:
+        self._client = client
+        self._session = session
+        self.session_id = session.session_id
+
+    def __repr__(self) -> str:
+        return f"<BlockingOrderedSession {self.session_id}>"
+
+    def next(self, timeout: float | None = None) -> SessionResult:
+        """Block until the session's next result (``done`` or ``skipped``) and return it;
+        ``TimeoutError`` when ``timeout`` seconds pass first."""
+        return self._client._call(partial(_within, timeout, self._session.next))
 
 
 async def _within(limit: float | None, wait: Callable[[], Awaitable[_T]]) -> _T:
@@ -225,6 +244,19 @@ class BlockingClient:
     def admin(self, action: str, **fields: Any) -> list[dict[str, Any]]:
         """An operator action (needs an admin token; see :meth:`schedd.sdk.Client.admin`)."""
         return self._call(partial(self._client.admin, action, **fields))
+
+    def session(self, session_id: str) -> BlockingOrderedSession:
+        """An ordered session's results in seq order (see :meth:`schedd.sdk.Client.session`)."""
+        async def get() -> OrderedSession:
+            return self._client.session(session_id)
+
+        return BlockingOrderedSession(self, self._call(get))
+
+    def follow_session(self, session_id: str) -> BlockingOrderedSession:
+        """Attach to an ordered session of this principal (see
+        :meth:`schedd.sdk.Client.follow_session`)."""
+        return BlockingOrderedSession(
+            self, self._call(partial(self._client.follow_session, session_id)))
 
     # ----------------------------------------------------------------------------------------
     # The background loop.

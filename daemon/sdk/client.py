@@ -20,6 +20,11 @@ Rules of this module:
   the client to another daemon URL and submits again.
 - After a reconnect the client sends ``follow`` for every job it still waits for, so
   :meth:`JobHandle.result` completes whichever instance the job finished on.
+- A ``submit`` with a ``seq`` puts the job in an ordered session of the principal; the session's
+  results (``done``, ``skipped``) also go, in ``seq`` order, to its :class:`OrderedSession`
+  (:meth:`Client.session`). After a reconnect the client sends ``follow_session`` for every
+  session it has, so results that waited in the daemon for a follower come to it (its jobs'
+  handles too: they are not re-followed one by one).
 - A job followed by another connection of the principal since (``E_DETACHED`` for the job: the
   daemon sends its ``progress`` and ``done`` there) fails its handle with
   :class:`RequestFailed`; :meth:`Client.follow` takes it back.
@@ -65,11 +70,14 @@ from schedd.protocol import (
     Done,
     Error,
     Follow,
+    FollowSession,
     Job,
     Message,
     Pong,
     Progress,
     Query,
+    Session,
+    Skipped,
     StageDone,
     Status,
     Submit,
@@ -84,8 +92,10 @@ from schedd.sdk._conn import (
     reraise_sole,
 )
 from schedd.sdk.handle import JobHandle, JobLost
+from schedd.sdk.session import OrderedSession
 
-__all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "RequestFailed"]
+__all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "OrderedSession",
+           "RequestFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +143,7 @@ class Client:
         self._link: Link | None = None
         self._connected = anyio.Event()
         self._handles: dict[str, JobHandle] = {}
+        self._sessions: dict[str, OrderedSession] = {}
         self._closed = False
         self._broken: RequestFailed | None = None
         self._nursery: anyio.abc.TaskGroup | None = None
@@ -217,6 +228,8 @@ class Client:
         keep_payload: bool = False,
         stages: Sequence[Mapping[str, Any]] | None = None,
         fail_fast: bool = False,
+        seq: int | None = None,
+        gap_timeout: float | None = None,
     ) -> JobHandle:
         """Submit a job and return its handle once the daemon has accepted it.
 
@@ -232,30 +245,23 @@ class Client:
         shape the waits between retryable failures; ``result_ttl`` and ``keep_payload`` what the
         daemon keeps of the finished job (docs/protocol.md, ``submit``). Raises
         ``ValueError`` (``InvalidField``) for an argument the protocol forbids and
-        :class:`RequestFailed` when the daemon refuses the job.
+        :class:`RequestFailed` when the daemon refuses the job (``E_DUPLICATE_SEQ``...).
+
+        With ``seq`` (and ``session_id``) the job is the ``seq``-th of that ordered session: its
+        done comes after every lower seq's, to its handle and to :meth:`session`'s stream.
+        ``gap_timeout``: seconds a missing lower seq may hold the session's results.
         """
+        if seq is not None and session_id is not None:
+            self.session(session_id)
         message = Submit(
-            job_id=job_id if job_id is not None else uuid.uuid4().hex,
-            pools=list(pools),
-            requirements=dict(requirements or {}),
-            payload=payload,
-            session_id=session_id,
-            priority=priority,
-            services=list(services),
-            ack_timeout=ack_timeout,
-            run_timeout=run_timeout,
-            queue_timeout=queue_timeout,
-            max_attempts=max_attempts,
-            traceparent=traceparent,
-            tracestate=tracestate,
-            delay=delay,
-            not_before=not_before,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-            result_ttl=result_ttl,
-            keep_payload=keep_payload,
+            job_id=job_id if job_id is not None else uuid.uuid4().hex, pools=list(pools),
+            requirements=dict(requirements or {}), services=list(services),
             stages=[dict(stage) for stage in stages] if stages is not None else None,
-            fail_fast=fail_fast,
+            payload=payload, session_id=session_id, priority=priority, ack_timeout=ack_timeout,
+            run_timeout=run_timeout, queue_timeout=queue_timeout, max_attempts=max_attempts,
+            traceparent=traceparent, tracestate=tracestate, delay=delay, not_before=not_before,
+            backoff_base=backoff_base, backoff_max=backoff_max, result_ttl=result_ttl,
+            keep_payload=keep_payload, fail_fast=fail_fast, seq=seq, gap_timeout=gap_timeout,
         )
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)
@@ -270,6 +276,8 @@ class Client:
         handle.duplicate = accepted.duplicate
         handle.traceparent, handle.tracestate = accepted.traceparent, accepted.tracestate
         handle._acknowledged = True
+        if seq is not None:
+            handle._session = session_id
         return handle
 
     async def _submit_paced(self, message: Submit) -> Accepted:
@@ -318,6 +326,22 @@ class Client:
             handle.state = job.state
         handle._acknowledged = True
         return handle
+
+    def session(self, session_id: str) -> OrderedSession:
+        """The stream of an ordered session's results, in seq order (the same object for the
+        same ``session_id``); it receives what comes from now on."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = OrderedSession(session_id)
+        return session
+
+    async def follow_session(self, session_id: str) -> OrderedSession:
+        """Attach this connection to an ordered session of the principal (submitted to by an
+        earlier connection): the results that waited for a follower, then the later ones, come
+        to the returned stream. :class:`RequestFailed` ``E_NO_SESSION`` when there is none."""
+        session = self.session(session_id)
+        await self._request(FollowSession(session_id=session_id), Session)
+        return session
 
     async def query(self, what: str, **filters: Any) -> dict[str, Any]:
         """A global view from the daemon: ``nodes``, ``pools``, ``stats`` or ``clients``
@@ -449,12 +473,32 @@ class Client:
         self._connected.set()
 
     async def _refollow(self, link: Link) -> None:
-        handles = [h for h in self._handles.values() if h._acknowledged and not h.finished]
+        # a job of an ordered session comes back with its session's follow, in its turn (a
+        # follow of the job would send a done the session is about to send again)
+        handles = [h for h in self._handles.values()
+                   if h._acknowledged and not h.finished and h._session is None]
         if handles:
             log.info("re-following %d jobs on %s", len(handles), link.url)
         async with anyio.create_task_group() as nursery:
+            for session_id in list(self._sessions):
+                nursery.start_soon(self._refollow_session, link, session_id)
             for handle in handles:
                 nursery.start_soon(self._refollow_one, link, handle)
+
+    async def _refollow_session(self, link: Link, session_id: str) -> None:
+        backoff = Backoff(_RECONNECT_DELAY)
+        for _ in range(_FOLLOW_RETRIES):
+            try:
+                await link.request(FollowSession(session_id=session_id), Session)
+                return
+            except LinkLost:
+                return  # the next connection follows it again
+            except RequestFailed as exc:
+                if exc.code == "E_NO_SESSION":
+                    return  # nothing of it in the daemon yet (or any more)
+                log.info("following session %s failed (%s); retrying", session_id, exc)
+                await backoff.sleep()
+        await link.aclose()  # try another connection rather than miss the session's results
 
     async def _refollow_one(self, link: Link, handle: JobHandle) -> None:
         backoff = Backoff(_RECONNECT_DELAY)
@@ -514,6 +558,12 @@ class Client:
                     handle.state = job.state
 
     async def _on_message(self, message: Message) -> None:
+        if isinstance(message, Done | Skipped) and message.session_id is not None:
+            session = self._sessions.get(message.session_id)
+            if session is not None:
+                session._push(message)
+            if isinstance(message, Skipped):
+                return
         if isinstance(message, Done):
             handle = self._handles.get(message.job_id)
             if handle is None or handle.finished:

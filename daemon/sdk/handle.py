@@ -127,6 +127,8 @@ class JobHandle:
         self._acknowledged = False
         self._dropped_progress = 0
         self._checked = anyio.current_time()  # when the job was last known to exist
+        #: the ordered session whose follow brings the job's done after a reconnect, if any
+        self._session: str | None = None
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job_id} {self.state}>"

@@ -130,6 +130,8 @@ class SessionBase:
         self.inflight: set[str] = set()  # jobs this client submitted and has no done for yet
         #: jobs whose progress and done this client receives (schedd.routes keeps it)
         self.following: set[str] = set()
+        #: ordered sessions of its principal whose results this client receives (schedd.routes)
+        self.sessions: set[str] = set()
         #: node: the trace context of each job assigned through this connection and not yet
         #: ended here, for the flow log (bounded: cleared at MAX_RUNNING entries, which only
         #: costs a later line its trace id)

@@ -100,6 +100,7 @@ class ClientRole(SessionBase):
             backoff_base=m.backoff_base, backoff_max=m.backoff_max, result_ttl=m.result_ttl,
             keep_payload=m.keep_payload,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
+            seq=m.seq, gap_timeout=m.gap_timeout,
         )
         await self._store_submit(m, job_id, spec, pools)
 
@@ -128,6 +129,9 @@ class ClientRole(SessionBase):
 
     async def _store_submit(self, m: p.Submit, job_id: str, spec: JobSpec,
                             pools: list[str]) -> None:
+        if spec.seq is not None and spec.session_id is not None:
+            # the session's results come here from this submit on (its principal's session)
+            self.app.routes.follow_session(spec.session_id, self.session)
         # A candidate while the script runs: a done delivered meanwhile waits for the reply
         candidate = self.app.routes.expect(job_id, self.session)
         self.inflight.add(job_id)
@@ -181,6 +185,20 @@ class ClientRole(SessionBase):
             self.post(p.Job(job_id=m.job_id, state=followed.state,  # type: ignore[arg-type]
                             attempt=followed.attempt, ref=m.ref))
         self.app.routes.settle(m.job_id, candidate, followed.follows, followed.done)
+
+    async def _follow_session(self, m: p.FollowSession) -> None:
+        """Take an ordered session of this principal: the reply, then the results that waited
+        (held while the script runs), then the later ones."""
+        session_id, ref = m.session_id, m.ref
+        self.app.routes.expect_session(session_id, self.session)
+        try:
+            followed = await self.app.core.follow_session(session_id, principal=self.principal)
+        except BaseException:
+            self.app.routes.settle_session(session_id, self.session, followed=False)
+            raise
+        self.post(p.Session(session_id=session_id, next_seq=followed.next_seq,
+                            held=followed.held, ref=ref))
+        self.app.routes.settle_session(session_id, self.session, followed=True)
 
     async def _query(self, m: p.Query) -> None:
         if m.what == "jobs":

@@ -13,6 +13,7 @@ from schedd.core import (
     DrainNode,
     JobInfo,
     ProgressDelivery,
+    SkippedDelivery,
     StageDoneDelivery,
 )
 
@@ -36,6 +37,9 @@ def wire_message(delivery: Delivery) -> p.Message | None:
                           data=orjson.Fragment(delivery.data_json), stage=delivery.stage)
     if isinstance(delivery, CancelJob):
         return p.Cancel(job_id=delivery.job_id, attempt=delivery.attempt)
+    if isinstance(delivery, SkippedDelivery):
+        return p.Skipped(session_id=delivery.session_id, from_seq=delivery.from_seq,
+                         to_seq=delivery.to_seq)
     if isinstance(delivery, DrainNode):
         if delivery.lifted:
             return p.Undrain(reason=delivery.reason or None)
@@ -71,7 +75,8 @@ def done_message(done: DoneDelivery) -> p.Done:
         output=orjson.Fragment(done.output_json) if done.output_json else None,
         error=error if done.state != "done" else None, node=done.node,
         attempts=done.attempts, timings={k: v for k, v in done.timings.items() if v},
-        traceparent=traceparent, tracestate=tracestate,
+        traceparent=traceparent, tracestate=tracestate, session_id=done.session_id,
+        seq=done.seq,
     )
 
 

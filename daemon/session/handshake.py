@@ -41,6 +41,7 @@ HANDLERS: Final[Mapping[str, Mapping[str, str]]] = {
         "cancel": "_cancel_job",
         "status": "_status",
         "follow": "_follow",
+        "follow_session": "_follow_session",
         "query": "_query",
         "admin": "_admin",
     },

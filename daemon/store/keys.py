@@ -54,6 +54,15 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "deadlines": ("deadlines", "zset: job id -> unix ms of its current ack/run/queue deadline"),
     "gc": ("gc", "zset: 'j:<job>' / 'n:<node>' -> unix ms after which it is removed"),
     "session": ("session:{}", "string (PX ttl): node id that served the session last"),
+    "order": ("order:{}", "hash: one ordered session, id '<principal>\\x1f<session>': next (the "
+              "lowest seq neither delivered nor skipped), client (the instance its results go "
+              "to, '' for none), gap_ms (how long a missing seq may hold later results)"),
+    "order_held": ("order:{}:held", "zset: an ordered session's results waiting for a lower seq "
+                   "(and a skipped report), '<seq> <next seq after it> <message>' -> seq"),
+    "order_seqs": ("order:{}:seqs", "hash: seq -> id of the job accepted for it in an ordered "
+                   "session"),
+    "order_gaps": ("order_gaps", "zset: ordered session id -> unix ms at which its missing seqs "
+                   "are reported skipped (while later results wait)"),
     "counts": ("counts", "hash: jobs per current state, lifetime totals, epoch and order counters"),
     "exclusions": ("exclusions", "hash: selection exclusion reason -> count"),
     "finished": ("finished", "list: the most recent finished jobs (id, state, node, timings)"),
@@ -73,6 +82,12 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "clients": ("clients:{}", "hash: connection id -> JSON of one client connection an instance "
                 "holds (principal, peer, protocol, name, since)"),
 }
+
+
+def order_id(principal: str, session_id: str) -> str:
+    """The id of an ordered session: sessions are named per principal, and ids hold no control
+    character, so the unit separator joins the two unambiguously (as the scripts do)."""
+    return principal + "\x1f" + session_id
 
 
 def check_namespace(namespace: str) -> str:
@@ -132,6 +147,19 @@ class Keys:
 
     def session(self, session_id: str) -> str:
         return self._k("session", session_id)
+
+    def order(self, order_id: str) -> str:
+        return self._k("order", order_id)
+
+    def order_held(self, order_id: str) -> str:
+        return self._k("order_held", order_id)
+
+    def order_seqs(self, order_id: str) -> str:
+        return self._k("order_seqs", order_id)
+
+    @property
+    def order_gaps(self) -> str:
+        return self._k("order_gaps")
 
     def inbox(self, instance: str) -> str:
         return self._k("inbox", instance)

@@ -474,7 +474,8 @@ local function enqueue(job_id, job, now, fields)
 end
 
 -- The done message as JSON text: {'done', job, state, ok, output, error, node, attempt, t_sub,
--- t_asg, t_acc, t_fin, principal, trace}; output and error are JSON texts carried as strings.
+-- t_asg, t_acc, t_fin, principal, trace[, session, seq]} (the last two for a job of an ordered
+-- session: job.session and job.oseq read); output and error are JSON texts carried as strings.
 -- The principal owning the job goes with it: an instance hands it only to a connection of that
 -- principal (job.principal must be among the fields read, and job.trace for the trace).
 local function done_message(job_id, job)
@@ -482,7 +483,9 @@ local function done_message(job_id, job)
     .. cjson.encode(job.output or 'null') .. ',' .. cjson.encode(job.error or 'null') .. ','
     .. cjson.encode(job.node or '') .. ',' .. num_s(job.attempt) .. ',' .. num_s(job.t_sub) .. ','
     .. num_s(job.t_asg) .. ',' .. num_s(job.t_acc) .. ',' .. num_s(job.t_fin) .. ','
-    .. cjson.encode(job.principal or '') .. ',' .. cjson.encode(job.trace or '') .. ']'
+    .. cjson.encode(job.principal or '') .. ',' .. cjson.encode(job.trace or '')
+    .. ((job.oseq and job.oseq ~= '') and (',' .. cjson.encode(job.session) .. ',' .. job.oseq)
+      or '') .. ']'
 end
 
 -- A job's deliveries move to the caller's instance (follow, duplicate submit): count the move
@@ -597,11 +600,147 @@ end
 -- A stage job's end, handed to its pipeline (defined in stages.lua).
 local stage_ended
 
+-- Ordered sessions ------------------------------------------------------------------------------
+-- A job submitted with a session and a seq belongs to the ordered session of its principal,
+-- id '<principal>\31<session>' (ids hold no control character; sessions are named per
+-- principal). Rules:
+--  * its done goes to the session's client instance (K.order() 'client') in seq order: a result
+--    waits in K.order_held() until 'next' (the lowest seq neither delivered nor skipped) reaches
+--    it, then it and every consecutive waiting one are delivered and 'next' moves past them;
+--  * they go through the instance's inbox stream, the caller's too (never the reply's fast
+--    path, which could overtake an inbox entry of an earlier script): one stream, one order;
+--  * results are delivered only to an instance whose presence has not expired (or the caller):
+--    with none, they wait for a session follow, so an instance that is gone loses nothing held;
+--  * while results wait for a missing seq, K.order_gaps() holds the session at the time (gap_ms
+--    after 'next' last moved, or after the first result waited) at which the reaper reports the
+--    missing seqs skipped: one skipped message for the range, waiting in seq order like a result;
+--  * a result for a seq already reported skipped is not sent on the session (it stays readable
+--    through status and follow of its job).
+
+local function order_id(principal, session)
+  return principal .. '\31' .. session
+end
+
+local function order_live(instance, now)
+  if not instance or instance == '' then return false end
+  if instance == CALLER then return true end
+  local exp = redis.call('ZSCORE', K.instances(), instance)
+  return exp and tonumber(exp) > now or false
+end
+
+-- Deliver the session's waiting results from 'next' on while they are consecutive and its client
+-- is live; arm (or keep) the gap timer when a missing seq holds the rest.
+local function order_release(oid, now)
+  local okey, hkey = K.order(oid), K.order_held(oid)
+  local o = redis.call('HMGET', okey, 'next', 'client', 'gap_ms')
+  if not o[1] then
+    redis.call('ZREM', K.order_gaps(), oid)
+    return
+  end
+  local nxt = tonumber(o[1])
+  local live = order_live(o[2], now)
+  local moved = false
+  while true do
+    local head = redis.call('ZRANGE', hkey, '0', '0', 'WITHSCORES')
+    if #head == 0 then
+      redis.call('ZREM', K.order_gaps(), oid)
+      break
+    end
+    local seq = tonumber(head[2])
+    if seq > nxt then
+      if moved then
+        redis.call('ZADD', K.order_gaps(), int_s(now + tonumber(o[3])), oid)
+      else
+        redis.call('ZADD', K.order_gaps(), 'NX', int_s(now + tonumber(o[3])), oid)
+      end
+      break
+    end
+    if seq == nxt and not live then
+      redis.call('ZREM', K.order_gaps(), oid)
+      break
+    end
+    redis.call('ZREM', hkey, head[1])
+    if seq == nxt then
+      local a = string.find(head[1], ' ', 1, true)
+      local b = string.find(head[1], ' ', a + 1, true)
+      -- always through the inbox, the caller's own too: one stream keeps the session's order
+      -- (a reply's fast path could overtake an earlier script's inbox entry)
+      redis.call('XADD', K.inbox(o[2]), '*', 'd', string.sub(head[1], b + 1))
+      nxt = tonumber(string.sub(head[1], a + 1, b - 1))
+      moved = true
+    end
+  end
+  if moved then redis.call('HSET', okey, 'next', int_s(nxt)) end
+end
+
+-- The session's results now go to the caller's instance. What the instance that had them has
+-- not taken from its inbox yet (it died, or has not read it) moves to the caller's inbox, in
+-- order, ahead of what the session releases next: an instance killed with results in its inbox
+-- loses none of them. Looks at the first ORDER_RECLAIM entries of that inbox.
+local ORDER_RECLAIM = '10000'
+local function order_move(oid, principal, session)
+  local okey = K.order(oid)
+  local before = redis.call('HGET', okey, 'client') or ''
+  redis.call('HSET', okey, 'client', CALLER)
+  if before == '' or before == CALLER then return before end
+  local old = K.inbox(before)
+  local mark = cjson.encode(session)
+  for _, entry in ipairs(redis.call('XRANGE', old, '-', '+', 'COUNT', ORDER_RECLAIM)) do
+    local d = entry[2][2]
+    if string.find(d, mark, 1, true) then
+      local ok, m = pcall(cjson.decode, d)
+      if ok and ((m[1] == 'done' and m[13] == principal and m[15] == session)
+          or (m[1] == 'skipped' and m[2] == principal and m[3] == session)) then
+        redis.call('XADD', K.inbox(CALLER), '*', 'd', d)
+        redis.call('XDEL', old, entry[1])
+      end
+    end
+  end
+  return before
+end
+
+-- The order keys of a session live retain_ms past their last use.
+local function order_touch(oid, retain_ms)
+  for _, key in ipairs({K.order(oid), K.order_held(oid), K.order_seqs(oid)}) do
+    redis.call('PEXPIRE', key, retain_ms)
+  end
+end
+
+-- A job of an ordered session ended: its done (msg) waits for its turn. Returns false when the
+-- session's state is gone (its retention ended): the caller delivers it as any job's.
+local function order_done(job, msg, now)
+  local oid = order_id(job.principal, job.session)
+  local nxt = redis.call('HGET', K.order(oid), 'next')
+  if not nxt then return false end
+  if tonumber(job.oseq) < tonumber(nxt) then return true end
+  local hkey = K.order_held(oid)
+  redis.call('ZADD', hkey, job.oseq, job.oseq .. ' ' .. int_s(tonumber(job.oseq) + 1) .. ' ' .. msg)
+  local ttl = redis.call('PTTL', K.order(oid))
+  if ttl > 0 then redis.call('PEXPIRE', hkey, int_s(ttl)) end
+  order_release(oid, now)
+  return true
+end
+
+-- The session's missing seqs before its first waiting result are reported skipped.
+local function order_skip(oid, now)
+  local nxt = redis.call('HGET', K.order(oid), 'next')
+  local head = redis.call('ZRANGE', K.order_held(oid), '0', '0', 'WITHSCORES')
+  if nxt and #head > 0 and tonumber(head[2]) > tonumber(nxt) then
+    local sep = string.find(oid, '\31', 1, true)
+    local msg = '["skipped",' .. cjson.encode(string.sub(oid, 1, sep - 1)) .. ','
+      .. cjson.encode(string.sub(oid, sep + 1)) .. ',' .. nxt .. ',' .. int_s(tonumber(head[2]) - 1)
+      .. ']'
+    redis.call('ZADD', K.order_held(oid), nxt, nxt .. ' ' .. head[2] .. ' ' .. msg)
+  end
+  redis.call('ZREM', K.order_gaps(), oid)
+  order_release(oid, now)
+end
+
 -- Move a job to a terminal state: it leaves every queue and index, is retained for its
 -- retention time, and its client's instance gets exactly one done (a stage of a pipeline:
 -- its pipeline's stage_ended instead, in the same script).
 -- job: the job's fields as read (the state, node, attempt, client, retain_ms, t_sub, t_asg and
--- t_acc at least; pools if it is queued).
+-- t_acc at least; pools if it is queued; principal, session and oseq for an ordered session).
 local function finish(job_id, job, state, fields, now)
   local jkey = K.job(job_id)
   if job.state == 'queued' then dequeue_everywhere(job_id, job) end
@@ -634,10 +773,13 @@ local function finish(job_id, job, state, fields, now)
   if kept > FINISHED_KEPT + FINISHED_SLACK then
     redis.call('LTRIM', K.finished(), 0, FINISHED_KEPT - 1)
   end
+  local msg = done_message(job_id, job)
   if not job.pipe or job.pipe == '' then
-    deliver(job.client, done_message(job_id, job))
+    if not (job.oseq and job.oseq ~= '' and order_done(job, msg, now)) then
+      deliver(job.client, msg)
+    end
   else -- a stage: a client that follows the stage's own job id still gets its done
-    if job.client and job.client ~= '' then deliver(job.client, done_message(job_id, job)) end
+    if job.client and job.client ~= '' then deliver(job.client, msg) end
     stage_ended(job_id, job, state, now)
   end
 end

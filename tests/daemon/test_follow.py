@@ -237,6 +237,7 @@ class FakeSession:
     def __init__(self, principal: str) -> None:
         self.principal = principal
         self.following: set[str] = set()
+        self.sessions: set[str] = set()
         self.got: list[object] = []
 
     def deliver(self, delivery: object) -> None:
@@ -314,3 +315,29 @@ def test_a_closed_connection_follows_nothing() -> None:
     assert routes.followers == {} and alice.following == set()
 
 
+
+
+def ordered_done(job_id: str, principal: str, seq: int) -> DoneDelivery:
+    return DoneDelivery(job_id=job_id, state="done", ok=True, output_json="1", error=None,
+                        node="n1", attempts=1, timings={}, principal=principal,
+                        session_id="s", seq=seq)
+
+
+def test_a_sessions_results_go_to_its_follower_in_order_and_to_no_other_principal() -> None:
+    routes: Routes[Any] = Routes()
+    alice, bob, other = FakeSession("alice"), FakeSession("bob"), FakeSession("alice")
+    routes.follow_session("s", bob)  # bob's own session "s"
+    routes.expect("j0", alice)  # its submit still runs: the done is not held for it
+    routes.follow_session("s", alice)
+    routes.route(ordered_done("j0", "alice", 0))
+    routes.expect_session("s", other)  # another connection of alice follows the session
+    routes.route(ordered_done("j1", "alice", 1))
+    assert other.got == []  # held until its reply went out
+    routes.settle_session("s", other, followed=True)
+    assert alice.got == [ordered_done("j0", "alice", 0)]
+    assert other.got == [ordered_done("j1", "alice", 1)]
+    assert bob.got == [] and alice.sessions == set() and other.sessions == {"s"}
+    assert routes.forget(other) == ["s"] and routes.forget(bob) == ["s"]
+    routes.expect_session("s", alice)
+    routes.settle_session("s", alice, followed=False)  # refused: it follows nothing
+    assert routes.sessions == {}

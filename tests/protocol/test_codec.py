@@ -224,6 +224,12 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         ref=opt_ids,
     ),
     Follow: st.builds(Follow, job_id=ids, ref=opt_ids),
+    schedd.protocol.FollowSession: st.builds(schedd.protocol.FollowSession, session_id=ids,
+                                             ref=opt_ids),
+    schedd.protocol.Skipped: st.builds(schedd.protocol.Skipped, session_id=ids, from_seq=counts,
+                                       to_seq=counts, ref=opt_ids),
+    schedd.protocol.Session: st.builds(schedd.protocol.Session, session_id=ids, next_seq=counts,
+                                       held=counts, ref=opt_ids),
     Ping: st.builds(Ping, ref=opt_ids),
     Pong: st.builds(Pong, ref=opt_ids),
     schedd.protocol.Admin: st.one_of(
@@ -293,6 +299,8 @@ EXAMPLES: dict[str, Message] = {
         run_timeout=30.0,
         queue_timeout=10.0,
         max_attempts=3,
+        seq=3,
+        gap_timeout=5.0,
         ref="c1",
     ),
     "accepted": Accepted(job_id="j1", state="queued", duplicate=False, ref="c1"),
@@ -307,12 +315,17 @@ EXAMPLES: dict[str, Message] = {
         node="gpu-box-7",
         attempts=1,
         timings={"submitted": 1, "assigned": 2, "accepted": 3, "finished": 4},
+        session_id="s1",
+        seq=3,
     ),
     "status": Status(job_id="j1", ref="s"),
     "job": Job(
         job_id="j1", state="running", attempt=1, node="gpu-box-7", info={"pools": ["zh>en"]}
     ),
     "follow": Follow(job_id="j1", ref="f"),
+    "follow_session": schedd.protocol.FollowSession(session_id="s1", ref="f2"),
+    "skipped": schedd.protocol.Skipped(session_id="s1", from_seq=3, to_seq=4),
+    "session": schedd.protocol.Session(session_id="s1", next_seq=5, held=2, ref="f2"),
     "query": Query(what="jobs", state="failed", pool="p", principal="token:1", node="n1",
                    since=1, until=2, limit=5, cursor="1.0", ref="q"),
     "answer": Answer(what="stats", data={"counts": {"done": 3}}, ref="q"),
@@ -681,7 +694,8 @@ def test_senders() -> None:
         "ping",
         "pong",
     } == NODE_SENDS
-    client = {"hello", "submit", "cancel", "status", "follow", "query", "admin", "ping", "pong"}
+    client = {"hello", "submit", "cancel", "status", "follow", "follow_session", "query", "admin",
+              "ping", "pong"}
     assert client == CLIENT_SENDS
     assert "assign" in DAEMON_SENDS and "submit" not in DAEMON_SENDS
 
@@ -872,6 +886,9 @@ def test_public_api_is_pinned() -> None:
             "Acted",
             "Admin",
             "Undrain",
+            "FollowSession",
+            "Session",
+            "Skipped",
         ]
     )
     for name in schedd.protocol.__all__:

@@ -204,7 +204,8 @@ def test_documented_defaults_are_the_configuration_defaults() -> None:
 CLIENT_ONLY_CODES = {"E_INFLIGHT", "E_NO_CAPACITY", "E_QUEUE_FULL", "E_NOT_YOURS",
                      "E_DETACHED", "E_FORBIDDEN", "E_QUOTA", "E_RATE_LIMITED",
                      "E_BAD_DELAY", "E_BAD_TTL", "E_TOO_MANY_STAGES",
-                     "E_TOO_MANY_BRANCHES", "E_BAD_STAGE"}
+                     "E_TOO_MANY_BRANCHES", "E_BAD_STAGE",
+                     "E_DUPLICATE_SEQ", "E_NO_SESSION"}
 
 
 def test_node_checklist_handles_every_error_a_node_can_get() -> None:

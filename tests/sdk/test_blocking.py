@@ -14,7 +14,7 @@ import trio
 import trio.from_thread
 
 from schedd.devtools.redis_process import free_port
-from schedd.protocol import PROTOCOL_VERSION
+from schedd.protocol import PROTOCOL_VERSION, Done
 from schedd.sdk import (
     E_CLIENT_CLOSED,
     BlockingClient,
@@ -291,3 +291,18 @@ def test_bench_round_trips(daemon: DaemonThread, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sdk_blocking, "_PAYLOAD", {"fail": "BENCH"})
     with pytest.raises(RuntimeError, match="failed"):
         sdk_blocking.blocking_round_trips(daemon.url, 1, "p")
+
+
+def test_an_ordered_session_from_threads(daemon: DaemonThread, client: BlockingClient) -> None:
+    session = client.session("call")
+    late = client.submit({"fail": "BAD_INPUT"}, pools=["p"], session_id="call", seq=1,
+                         max_attempts=1)
+    with pytest.raises(TimeoutError):  # its result waits for seq 0's, its handle's too
+        late.result(timeout=0.2)
+    client.submit({}, pools=["p"], session_id="call", seq=0)
+    first, second = session.next(timeout=WAIT), session.next(timeout=WAIT)
+    assert isinstance(first, Done) and isinstance(second, Done)
+    assert (first.seq, first.state, second.seq, second.state) == (0, "done", 1, "failed")
+    assert late.result(timeout=WAIT).state == "failed"
+    with BlockingClient(daemon.url) as other:
+        assert other.follow_session("call").session_id == "call"

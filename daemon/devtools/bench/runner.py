@@ -195,6 +195,12 @@ def table(document: dict[str, Any]) -> str:
         rows.append(("CHAOS", "accepted/done/lost/duplicate done",
                      f"{c['accepted']}/{c['done_messages']}/{c['lost']}/{c['duplicate_done']}"
                      f" ({c['jobs_per_second']} jobs/s, {'OK' if c['ok'] else 'FAILED'})"))
+    if "ORDER" in r and "lost" in r["ORDER"]:
+        o = r["ORDER"]
+        rows.append(("ORDER", "utterances/received/out of order/duplicates/lost",
+                     f"{o['utterances']}/{o['received']}/{o['out_of_order']}/{o['duplicates']}"
+                     f"/{o['lost']} ({o['skipped']} skipped, {o['seconds']} s, "
+                     f"{'OK' if o['ok'] else 'FAILED'})"))
     if "SLOWLORIS" in r:
         s = r["SLOWLORIS"]
         rows += [("SLOWLORIS", "submit->done quiet", _lat(s["quiet_submit_to_done_ms"])),

@@ -1,5 +1,5 @@
-"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK, PIPE) and
-their scales."""
+"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK, PIPE,
+ORDER) and their scales."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "SDK": {"jobs": 2000, "warmup": 200, "rounds": 3},
         # serial: a no-op job, a 3-stage pipeline, the same 3 stages chained by the client
         "PIPE": {"rounds": 1000, "warmup": 100},
+        # one ordered session of 1,000 utterances, nodes and the client's instance killed
+        "ORDER": {"utterances": 1000, "nodes": 8, "capacity": 2, "instances": 3,
+                  "in_flight": 32, "job_seconds": (0.01, 0.1), "kill_nodes": 0.25,
+                  "gap_timeout": 30.0, "settle": 60.0},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -65,6 +69,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "BROWSE": {"sizes": [1000, 20_000], "pages": 20, "rounds": 2, "settle": 0.2},
         "SDK": {"jobs": 50, "warmup": 10, "rounds": 1},
         "PIPE": {"rounds": 30, "warmup": 5},
+        "ORDER": {"utterances": 100, "nodes": 4, "capacity": 2, "instances": 2,
+                  "in_flight": 16, "job_seconds": (0.005, 0.03), "kill_nodes": 0.25,
+                  "gap_timeout": 30.0, "settle": 30.0},
     },
 }
 
@@ -377,7 +384,20 @@ async def pipe(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run_pipe(opt, p)
 
 
+async def order(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """One ordered session under node and instance kills (schedd.devtools.order_bench)."""
+    from schedd.devtools.order_bench import run_order
+
+    report = await run_order(p, opt.say)
+    return {"utterances": report.utterances, "accepted": report.accepted,
+            "received": report.received, "done": report.done, "failed_jobs": report.failed,
+            "skipped": report.skipped, "out_of_order": report.out_of_order,
+            "duplicates": report.duplicates, "lost": report.lost,
+            "seconds": round(report.elapsed, 2), "ok": report.ok, "report": report.lines()}
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
                    "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse,
-                   "SDK": sdk, "PIPE": pipe}
+                   "SDK": sdk, "PIPE": pipe,
+                   "ORDER": order}
