@@ -132,6 +132,17 @@ if oseq ~= '' then
   end
 end
 local now = now_ms()
+-- The job (or pipeline) takes its seq in the ordered session: the session starts at seq 0, and
+-- its results go to the caller's instance from now on.
+local function order_register(oid, oseq, now)
+  local okey = K.order(oid)
+  redis.call('HSETNX', okey, 'next', '0')
+  order_move(oid, ARGV[2], ARGV[6])
+  redis.call('HSET', okey, 'gap_ms', ARGV[31])
+  redis.call('HSET', K.order_seqs(oid), oseq, job_id)
+  order_touch(oid, tonumber(ARGV[15]) + tonumber(ARGV[31]))
+  order_release(oid, now)
+end
 local principal = ARGV[2]
 local ukey = K.usage(principal)
 local usage = redis.call('HMGET', ukey, 'queued', 'bytes', 'cap_inflight')
@@ -167,10 +178,13 @@ if is_pipe then
   -- a pipeline takes a token of the principal's bucket as a job does; its stages are jobs,
   -- each counted in the principal's usage as it is created
   if tokens then redis.call('HSET', ukey, 'tokens', tostring(tokens - 1), 't_tok', int_s(now)) end
-  return pipeline_submit({principal = ARGV[2], pipe_id = job_id, payload = ARGV[5],
+  local reply = pipeline_submit({principal = ARGV[2], pipe_id = job_id, payload = ARGV[5],
     session = ARGV[6], priority = ARGV[7], stages = ARGV[28], queue = ARGV[13],
     max_queued = ARGV[14], retain_ms = ARGV[15], session_ms = ARGV[16], max_created = ARGV[17],
-    trace = ARGV[18] or '', fail_fast = ARGV[29] or '0'}, now)
+    trace = ARGV[18] or '', fail_fast = ARGV[29] or '0', oseq = oid and oseq or ''}, now)
+  -- a pipeline of an ordered session: its one done comes in the session's seq order
+  if oid and type(reply[1]) == 'table' then order_register(oid, oseq, now) end
+  return reply
 end
 -- seq orders the queues, spreads jobs over equal nodes and counts every job ever accepted (read
 -- as total:submitted): taken before selection, given back when the job is refused
@@ -231,16 +245,10 @@ if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
   n = n + 2
 end
-if oid then -- the session starts at seq 0; its results go to the caller's instance
+if oid then
   flat[n + 1], flat[n + 2] = 'oseq', oseq
   n = n + 2
-  local okey = K.order(oid)
-  redis.call('HSETNX', okey, 'next', '0')
-  order_move(oid, ARGV[2], ARGV[6])
-  redis.call('HSET', okey, 'gap_ms', ARGV[31])
-  redis.call('HSET', K.order_seqs(oid), oseq, job_id)
-  order_touch(oid, tonumber(ARGV[15]) + tonumber(ARGV[31]))
-  order_release(oid, now)
+  order_register(oid, oseq, now)
 end
 if ARGV[26] == '1' then
   flat[n + 1], flat[n + 2] = 'keep', '1'

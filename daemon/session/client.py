@@ -122,7 +122,7 @@ class ClientRole(SessionBase):
         spec = JobSpec(
             pools=(), payload_json=orjson.dumps(m.payload).decode(), job_id=job_id,
             session_id=m.session_id, priority=m.priority, stages_json=stages_json,
-            fail_fast=m.fail_fast,
+            fail_fast=m.fail_fast, seq=m.seq, gap_timeout=m.gap_timeout,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
         )
         await self._store_submit(m, job_id, spec, ["<stages>"])

@@ -128,7 +128,7 @@ end
 
 local PIPE_FIELDS = {'state', 'client', 'principal', 'stages', 'pending', 'fail_fast', 'payload',
   'trace', 'session', 'priority', 'retain_ms', 'session_ms', 'queue', 'max_queued',
-  'max_created', 't_sub', 'failed_stage'}
+  'max_created', 't_sub', 'failed_stage', 'oseq'}
 
 -- The pipeline's done output: {stages = {name: output}, branches = {branch: outcome}}, built as
 -- text from the raw JSON the hash holds.
@@ -163,7 +163,8 @@ local function pipeline_close(pipe_id, p, state, error_json, reason, now)
   local old = p.state
   p.state, p.ok, p.output, p.error, p.t_fin = state, ok, output, error_json or 'null', now_s
   EVENTS[#EVENTS + 1] = '["job",' .. cjson.encode(pipe_id) .. ',"' .. state .. '",0,""]'
-  deliver(p.client, done_message(pipe_id, p))
+  local msg = done_message(pipe_id, p)
+  if not (p.oseq and p.oseq ~= '' and order_done(p, msg, now)) then deliver(p.client, msg) end
   if old == 'running' then
     for name, _ in pairs(cjson.decode(p.stages)) do
       local sid = stage_job_id(pipe_id, name)
@@ -273,12 +274,12 @@ local function pipeline_submit(a, now)
     pending = '1', fail_fast = a.fail_fast, payload = a.payload, trace = a.trace,
     session = a.session, priority = a.priority, retain_ms = a.retain_ms,
     session_ms = a.session_ms, queue = a.queue, max_queued = a.max_queued,
-    max_created = a.max_created, t_sub = now_s, attempt = '0',
+    max_created = a.max_created, t_sub = now_s, attempt = '0', oseq = a.oseq,
   }
   local flat = {'kind', 'pipeline', 'attempt', '0', 'node', '', 'pools', '[]'}
   for _, k in ipairs({'state', 'client', 'principal', 'stages', 'pending', 'fail_fast', 'payload',
       'trace', 'session', 'priority', 'retain_ms', 'session_ms', 'queue', 'max_queued',
-      'max_created', 't_sub'}) do
+      'max_created', 't_sub', 'oseq'}) do
     flat[#flat + 1] = k
     flat[#flat + 1] = p[k]
   end

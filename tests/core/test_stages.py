@@ -362,3 +362,34 @@ async def test_cancel_while_a_stage_is_queued_and_a_followed_stage(store: Store)
     assert len(pipeline_done) == 1 and pipeline_done[0].state == "canceled"
     await core.register_node(node_id="mt-1", capacity=1, pools=["mt"])
     assert len(assigns(rec)) == 1  # nothing left to run
+
+
+async def test_a_pipeline_of_an_ordered_session_ends_in_its_seq_order(store: Store) -> None:
+    core, rec = await make_core(store)
+    await fleet(core)
+    await core.submit(pipeline("u1", CHAIN, {"lang": "de"}, session_id="call", seq=1),
+                      principal="alice")
+    first = await core.submit(JobSpec(pools=("asr",), payload_json="{}", job_id="u0",
+                                      session_id="call", seq=0), principal="alice")
+    assert first.state == "assigned"
+    # the pipeline (seq 1) runs its three stages to its end before the job of seq 0 ends
+    for name in ("0", "1", "2"):
+        (stage,) = [a for a in assigns(rec) if a.job_id == f"u1//{name}"]
+        await run(core, stage, {"text": "x"})
+    key = core.keys.inbox(core.instance)
+
+    async def delivered() -> list[str]:
+        for entry_id, fields in await store.execute("XRANGE", key, "-", "+"):
+            core.dispatch(fields[1])
+            await store.execute("XDEL", key, entry_id)
+        return [d.job_id for d in rec.of(DoneDelivery) if d.seq is not None]
+
+    assert await delivered() == []  # its done waits for seq 0
+    (job0,) = [a for a in assigns(rec) if a.job_id == "u0"]
+    await run(core, job0, "zero")
+    assert await delivered() == ["u0", "u1"]
+    done = [d for d in rec.of(DoneDelivery) if d.job_id == "u1"][-1]
+    assert (done.state, done.seq, done.session_id) == ("done", 1, "call")
+    with pytest.raises(errors.DuplicateSeq):  # its seq is taken, as a job's would be
+        await core.submit(pipeline("u9", CHAIN, {}, session_id="call", seq=1),
+                          principal="alice")
