@@ -16,6 +16,9 @@
 --         own; the job passes through running as job_accept would have made it (its counts,
 --         its event, t_acc), and a finished attempt is an error as job_accept's would be.
 --         '' or absent: no accept implied.
+-- ARGV[9] the result's attachments, a JSON array of {name, size, media_type}, or '' (absent) for
+--         none; kept in the job hash (out_att; their size is added to att_bytes), carried by done
+-- ARGV[10..] the bytes of each attachment, in that order: kept in job_blobs as 'out:<name>'
 -- returns {{state, 'new'|'duplicate'}, deliveries}
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
@@ -35,6 +38,17 @@ local now = now_ms()
 local _, node_now = release(job_id, job)
 local ok = ARGV[5] == '1'
 local fields = {ok = ok and '1' or '0', output = ARGV[6], error = ARGV[7]}
+if ARGV[9] and ARGV[9] ~= '' then
+  local blobs, size = {}, 0
+  for i, spec in ipairs(cjson.decode(ARGV[9])) do
+    local data = ARGV[9 + i]
+    blobs[2 * i - 1], blobs[2 * i] = 'out:' .. spec.name, data
+    size = size + #data
+  end
+  redis.call('HSET', K.job_blobs(job_id), unpack_list(blobs))
+  redis.call('HINCRBY', KEYS[1], 'att_bytes', size)
+  fields.out_att = ARGV[9]
+end
 if accepted and job.state ~= 'running' then
   -- job_accept's effects; its run deadline would be removed at once by finish
   count_state(job_id, job.state, 'running', job.attempt, job.node)

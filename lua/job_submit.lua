@@ -31,6 +31,9 @@
 -- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
 -- ARGV[18] W3C trace context: traceparent, then a space and the tracestate when there is one
 --          ('' for none); kept in the job hash, carried by its assign and done deliveries
+-- ARGV[19] the submit's attachments, a JSON array of {name, size, media_type}, or '' for none;
+--          kept in the job hash (att, with their total size in att_bytes), carried by assign
+-- ARGV[20..] the bytes of each attachment, in that order: kept in job_blobs as 'in:<name>'
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}
 -- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
@@ -114,7 +117,7 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
-  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s,
+  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s, att = ARGV[19] or '',
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
@@ -136,6 +139,17 @@ if ARGV[8] ~= '[]' then
 end
 if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
+  n = n + 2
+end
+if job.att ~= '' then
+  local blobs, size = {}, 0
+  for i, spec in ipairs(cjson.decode(job.att)) do
+    local data = ARGV[19 + i]
+    blobs[2 * i - 1], blobs[2 * i] = 'in:' .. spec.name, data
+    size = size + #data
+  end
+  redis.call('HSET', K.job_blobs(job_id), unpack_list(blobs))
+  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'att', job.att, 'att_bytes', int_s(size)
 end
 index_submit(job_id, ARGV[2], now_s)
 if node_id then

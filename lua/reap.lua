@@ -83,7 +83,7 @@ for _, member in ipairs(old) do
     if job and TERMINAL[job.state] then
       redis.call('HINCRBY', K.counts(), job.state, -1)
       index_forget(id, job)
-      redis.call('DEL', K.job(id), K.job_tried(id), K.job_attempts(id))
+      redis.call('DEL', K.job(id), K.job_tried(id), K.job_attempts(id), K.job_blobs(id))
     end
   else
     if redis.call('HGET', K.node(id), 'state') == 'offline' then

@@ -87,6 +87,8 @@ class JobSpec:
     #: traceparent, then a space and the tracestate when there is one; '' to have
     #: ``Core.submit`` make a new one
     trace: str = ""
+    #: binary attachments: (name, media type, bytes) each, in the submit's order
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -138,6 +140,9 @@ class AssignDelivery:
     epoch: int
     #: the job's trace context as stored (JobSpec.trace)
     trace: str = ""
+    #: JSON list of the submit's attachments ({name, size, media_type}); '' for none. Their
+    #: bytes are read from the store (Queries.attachments) when the assign is sent.
+    attachments_json: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -179,6 +184,8 @@ class DoneDelivery:
     principal: str | None = None
     #: the job's trace context as stored (JobSpec.trace)
     trace: str = ""
+    #: JSON list of the result's attachments ({name, size, media_type}); '' for none
+    attachments_json: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -237,6 +244,7 @@ def _done(f: list[Any]) -> DoneDelivery:
         timings={"submitted": f[8], "assigned": f[9], "accepted": f[10], "finished": f[11]},
         principal=(f[12] or None) if len(f) > 12 else None,
         trace=f[13] if len(f) > 13 else "",
+        attachments_json=f[14] if len(f) > 14 else "",
     )
 
 
@@ -248,6 +256,7 @@ def decode_delivery(raw: bytes | str) -> Delivery:
             node_id=f[1], job_id=f[2], attempt=int(f[3]), payload_json=f[4],
             session_id=f[5] or None, deadline_ms=int(f[6]), epoch=int(f[7]),
             trace=f[8] if len(f) > 8 else "",
+            attachments_json=f[9] if len(f) > 9 else "",
         )
     if kind == "cancel":
         return CancelJob(node_id=f[1], job_id=f[2], attempt=int(f[3]), reason=f[4])

@@ -9,6 +9,7 @@ it never scans, and what one page reads does not grow with the jobs the namespac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -265,6 +266,18 @@ class Queries:
                 )
             )
         return out
+
+    async def attachments(self, job_id: str, side: str, names: Sequence[str]) -> list[bytes]:
+        """The bytes of a job's attachments named ``names``: ``side`` ``in`` (its submit's) or
+        ``out`` (its result's), in that order; ``LookupError`` when one is gone (the job was
+        removed)."""
+        if not names:
+            return []
+        data = await self.store.execute(
+            "HMGET", self.keys.job_blobs(job_id), *[f"{side}:{name}" for name in names])
+        if any(item is None for item in data):
+            raise LookupError(f"the attachments of job {job_id} are no longer stored")
+        return [bytes(item) for item in data]
 
     async def job(self, job_id: str) -> JobInfo | None:
         flat, tried, ended = await self.store.execute_many([

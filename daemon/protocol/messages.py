@@ -37,6 +37,7 @@ import attrs
 
 from schedd.protocol.admin import ADMIN_ACTIONS, MAX_ADMIN_JOBS, Acted, Admin, Undrain
 from schedd.protocol.fields import (
+    MAX_ATTACHMENTS,
     MAX_CAPACITY,
     MAX_DEPTH,
     MAX_ID_LEN,
@@ -81,6 +82,7 @@ __all__ = [
     "DAEMON_SENDS",
     "JOB_STATES",
     "MAX_ADMIN_JOBS",
+    "MAX_ATTACHMENTS",
     "MAX_CAPACITY",
     "MAX_DEPTH",
     "MAX_ID_LEN",
@@ -103,6 +105,7 @@ __all__ = [
     "Admin",
     "Answer",
     "Assign",
+    "Attachment",
     "Cancel",
     "Done",
     "Drain",
@@ -179,6 +182,31 @@ def _running_jobs(_: object, attribute: attrs.Attribute[Any], value: object) -> 
     for index, item in enumerate(value):
         if not isinstance(item, RunningJob):
             raise InvalidField(f"{path}[{index}]", "must be a RunningJob")
+
+
+@attrs.frozen(kw_only=True)
+class Attachment:
+    """One binary attachment a message declares; its bytes follow the message in a binary
+    frame of their own (schedd.protocol.attachments), in declaration order."""
+
+    name: str = attrs.field(validator=_name)
+    size: int = attrs.field(validator=_int(0))
+    media_type: str = attrs.field(default="application/octet-stream", validator=_name)
+
+
+def _attachments(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    path = attribute.name
+    if not isinstance(value, list):
+        raise InvalidField(path, f"must be an array, got {_json_type(value)}")
+    if len(value) > MAX_ATTACHMENTS:
+        raise InvalidField(path, f"must have at most {MAX_ATTACHMENTS} entries")
+    names: set[str] = set()
+    for index, item in enumerate(value):
+        if not isinstance(item, Attachment):
+            raise InvalidField(f"{path}[{index}]", "must be an Attachment")
+        if item.name in names:
+            raise InvalidField(f"{path}[{index}].name", f"repeats {item.name!r}")
+        names.add(item.name)
 
 
 def _opt_error_info(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -289,6 +317,7 @@ class Assign:
     session_id: str | None = attrs.field(default=None, validator=_opt_name)
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 
@@ -350,6 +379,7 @@ class Result:
     ok: bool = attrs.field(validator=_bool)
     output: Any = attrs.field(default=None, validator=_any_json)
     error: ErrorInfo | None = attrs.field(default=None, validator=_result_error)
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 
@@ -411,6 +441,7 @@ class Submit:
     max_attempts: int | None = attrs.field(default=None, validator=_opt_int(1))
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 
@@ -458,6 +489,7 @@ class Done:
     timings: dict[str, int] = attrs.field(factory=dict, validator=_timings)
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 
@@ -486,6 +518,7 @@ class Job:
     info: dict[str, Any] = attrs.field(factory=dict, validator=_view_object)
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 

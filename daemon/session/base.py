@@ -18,6 +18,7 @@ import schedd.admission as admission
 import schedd.protocol as p
 from schedd.core import Delivery
 from schedd.errors import ProtocolError
+from schedd.protocol.attachments import Collector
 from schedd.session.outbox import Outbox
 from schedd.transport.channel import Channel
 
@@ -165,6 +166,10 @@ class SessionBase:
         self._next: bytes | str | None = None
         #: the connection's admission (schedd.admission), told how the handshake ended
         self._ticket = admission.CURRENT.get()
+        #: gathers the attachment frames that follow a declaring message
+        self.collector = Collector(app.limits.max_attachment, app.limits.max_attachments)
+        #: id(message) -> the attachments it declared, while it is being handled
+        self.attached: dict[int, list[bytes]] = {}
 
     @property
     def session(self) -> SessionBase:

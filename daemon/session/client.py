@@ -94,6 +94,9 @@ class ClientRole(SessionBase):
             ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
             max_attempts=m.max_attempts,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
+            attachments=tuple(
+                (spec.name, spec.media_type, data)
+                for spec, data in zip(m.attachments, self.attached.get(id(m), []), strict=True)),
         )
         # A candidate while the script runs: a done delivered meanwhile waits for the reply
         candidate = self.app.routes.expect(job_id, self.session)
@@ -188,6 +191,9 @@ class ClientRole(SessionBase):
 
     def deliver_done(self, done: DoneDelivery) -> None:
         """The job this client follows finished (schedd.routes)."""
+        if done.attachments_json:  # its attachments are read first, in order with the rest
+            self.deliver(done)
+            return
         self.inflight.discard(done.job_id)
         self.post(done_message(done))
         log_job(done.trace, "job %s %s after %s attempt(s): done sent to %s", done.job_id,

@@ -225,7 +225,8 @@ class NodeRole(SessionBase):
             message = None  # the loop says why
         now = trio.current_time()
         if isinstance(message, p.Result) and message.job_id == accept.job_id \
-                and message.attempt == accept.attempt and self.rate.allow(now):
+                and message.attempt == accept.attempt and not message.attachments \
+                and self.rate.allow(now):
             self.last_seen = now
             return raw, message
         self._next = raw
@@ -249,9 +250,12 @@ class NodeRole(SessionBase):
 
     async def _record_result(self, node_id: str, m: p.Result, *, accepted: bool = False) -> None:
         error = {"code": m.error.code, "message": m.error.message} if m.error else None
+        data = self.attached.get(id(m), [])
         await self.app.core.result(
             m.job_id, node_id=node_id, attempt=m.attempt, ok=m.ok,
             output_json=orjson.dumps(m.output).decode(), error=error, accepted=accepted,
+            attachments=[(spec.name, spec.media_type, blob)
+                         for spec, blob in zip(m.attachments, data, strict=True)],
         )
         trace = self.traces.pop(m.job_id, "")
         if accepted:  # its accept came with it and was recorded by the same call

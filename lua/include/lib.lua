@@ -364,12 +364,15 @@ local function assign(job_id, job, node_id, now, fields, now_s)
   if job.session and job.session ~= '' then
     redis.call('SET', K.session(job.session), node_id, 'PX', job.session_ms)
   end
-  -- {'assign', node, job, attempt, payload, session, deadline, epoch, trace}, built as text
-  -- (see count_state); epoch is the integer the node record holds
+  -- {'assign', node, job, attempt, payload, session, deadline, epoch, trace, attachments},
+  -- built as text (see count_state); epoch is the integer the node record holds; attachments
+  -- is the JSON of the submit's attachment list, '' for none (their bytes stay in job_blobs)
+  local att = job.att
+  if att == nil then att = redis.call('HGET', K.job(job_id), 'att') or '' end
   deliver(owner, '["assign",' .. cjson.encode(node_id) .. ',' .. cjson.encode(job_id) .. ','
     .. attempt_s .. ',' .. cjson.encode(job.payload) .. ',' .. cjson.encode(job.session or '')
     .. ',' .. deadline_s .. ',' .. (tonumber(epoch) and epoch or 'null') .. ','
-    .. cjson.encode(job.trace or '') .. ']')
+    .. cjson.encode(job.trace or '') .. ',' .. cjson.encode(att) .. ']')
   job.attempt = attempt_s
   job.node = node_id
   job.state = 'assigned'
@@ -399,15 +402,19 @@ local function enqueue(job_id, job, now, fields)
 end
 
 -- The done message as JSON text: {'done', job, state, ok, output, error, node, attempt, t_sub,
--- t_asg, t_acc, t_fin, principal, trace}; output and error are JSON texts carried as strings.
+-- t_asg, t_acc, t_fin, principal, trace, attachments}; output, error and attachments (the
+-- result's attachment list, '' for none) are JSON texts carried as strings.
 -- The principal owning the job goes with it: an instance hands it only to a connection of that
 -- principal (job.principal must be among the fields read, and job.trace for the trace).
 local function done_message(job_id, job)
+  local att = job.out_att
+  if att == nil then att = redis.call('HGET', K.job(job_id), 'out_att') or '' end
   return '["done",' .. cjson.encode(job_id) .. ',"' .. job.state .. '",' .. num_s(job.ok) .. ','
     .. cjson.encode(job.output or 'null') .. ',' .. cjson.encode(job.error or 'null') .. ','
     .. cjson.encode(job.node or '') .. ',' .. num_s(job.attempt) .. ',' .. num_s(job.t_sub) .. ','
     .. num_s(job.t_asg) .. ',' .. num_s(job.t_acc) .. ',' .. num_s(job.t_fin) .. ','
-    .. cjson.encode(job.principal or '') .. ',' .. cjson.encode(job.trace or '') .. ']'
+    .. cjson.encode(job.principal or '') .. ',' .. cjson.encode(job.trace or '') .. ','
+    .. cjson.encode(att) .. ']'
 end
 
 -- A job's deliveries move to the caller's instance (follow, duplicate submit): count the move

@@ -78,7 +78,8 @@ async def _serve_connection(app: Daemon, stream: trio.abc.Stream, peer: str) -> 
         if handshake.cancelled_caught:
             handshake_timed_out()  # as a missing hello: counts toward the throttle
             return  # the guard closes the stream
-    channel = StreamChannel(stream, peer, limits.max_frame, hub=app.readiness)
+    channel = StreamChannel(stream, peer, limits.max_frame, hub=app.readiness,
+                            max_blob=limits.max_attachment)
     try:
         await app.serve_channel(channel)
     finally:

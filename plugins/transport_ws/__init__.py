@@ -164,7 +164,7 @@ async def _serve_connection(app: Daemon, path: str, stream: trio.abc.Stream, pee
         return
     ws, leftover = upgraded
     channel = WebSocketChannel(stream, ws, peer, limits.max_frame, hub=app.readiness,
-                               leftover=leftover)
+                               leftover=leftover, max_blob=limits.max_attachment)
     try:
         await app.serve_channel(channel)
     finally:
