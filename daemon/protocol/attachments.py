@@ -33,6 +33,7 @@ from schedd.protocol.messages import Attachment, Message
 __all__ = [
     "DEFAULT_MAX_ATTACHMENT",
     "DEFAULT_MAX_ATTACHMENTS",
+    "SDK_MAX_ATTACHMENT",
     "AttachmentError",
     "Blob",
     "Collector",
@@ -45,6 +46,9 @@ DEFAULT_MAX_ATTACHMENT: Final = 4 << 20
 """Default largest attachment (4 MiB): ``[limits] max_attachment``."""
 DEFAULT_MAX_ATTACHMENTS: Final = 8 << 20
 """Default largest sum of one message's attachments (8 MiB): ``[limits] max_attachments``."""
+SDK_MAX_ATTACHMENT: Final = 1 << 28
+"""Largest attachment the SDK accepts from a daemon (256 MiB): what a daemon sends is within
+its own limits, which a deployment may raise far above their defaults."""
 
 
 class Blob(bytes):

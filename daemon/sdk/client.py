@@ -80,6 +80,7 @@ from schedd.sdk._conn import (
     reraise_sole,
 )
 from schedd.sdk.handle import JobHandle, JobLost
+from schedd.sdk.job import Attachments, attachment_items
 
 __all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "RequestFailed"]
 
@@ -196,14 +197,21 @@ class Client:
         max_attempts: int | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        attachments: Attachments | None = None,
     ) -> JobHandle:
         """Submit a job and return its handle once the daemon has accepted it.
+
+        ``attachments``: binary data sent beside the payload as bytes, never base64
+        (``{"audio.wav": data}``, ``{name: (data, media_type)}`` or ``[(name, data,
+        media_type)]``); the node's handler finds them in ``JobContext.attachments``, and the
+        attachments its result returns come back in ``handle.attachments``.
 
         Without ``job_id`` one is generated, so the submit can be retried safely; without
         ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``). Raises
         ``ValueError`` (``InvalidField``) for an argument the protocol forbids and
         :class:`RequestFailed` when the daemon refuses the job.
         """
+        specs, blobs = attachment_items(attachments)
         message = Submit(
             job_id=job_id if job_id is not None else uuid.uuid4().hex,
             pools=list(pools),
@@ -218,11 +226,12 @@ class Client:
             max_attempts=max_attempts,
             traceparent=traceparent,
             tracestate=tracestate,
+            attachments=specs,
         )
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)
         try:
-            accepted = await self._request(message, Accepted)
+            accepted = await self._request(message, Accepted, blobs)
         except BaseException:
             if created and not handle._acknowledged:
                 self._forget(handle)
@@ -278,14 +287,15 @@ class Client:
         Needs an admin token (else :class:`RequestFailed` ``E_FORBIDDEN``); idempotent."""
         return (await self._request(Admin(action=action, **fields), Acted)).results
 
-    async def _request(self, message: Message, expect: type[_M]) -> _M:
+    async def _request(self, message: Message, expect: type[_M],
+                       data: Sequence[bytes] = ()) -> _M:
         # Every client request is idempotent (submits always carry a job_id), so a request cut
         # off by a lost connection is sent again on the next one.
         shutting_down_retries = 0
         while True:
             link = await self._get_link()
             try:
-                return await link.request(message, expect)
+                return await link.request(message, expect, data)
             except LinkLost:
                 self._check_retry()
             except RequestFailed as exc:
@@ -465,7 +475,9 @@ class Client:
             if handle is None or handle.finished:
                 log.debug("ignoring done of job %s (not followed, or already done)", message.job_id)
                 return
-            handle._finish(message)
+            # the link serving is the one reading this message (its bytes are its to hand out)
+            link = self._link
+            handle._finish(message, link.take_attachments(message) if link is not None else {})
             self._forget(handle)
         elif isinstance(message, Progress):
             handle = self._handles.get(message.job_id)

@@ -77,11 +77,12 @@ from schedd.sdk.job import (
     Handler,
     JobContext,
     JobError,
+    JobResult,
     failure_result,
     success_result,
 )
 
-__all__ = ["E_NODE_EXCEPTION", "JobContext", "JobError", "Node"]
+__all__ = ["E_NODE_EXCEPTION", "JobContext", "JobError", "JobResult", "Node"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class Node:
         self._backoff = Backoff(reconnect_delay)
         self._link: Link | None = None  # set while registered
         self._outbox: dict[tuple[str, int], Result] = {}
+        # the bytes of the attachments of a result in the outbox, sent with it every time
+        self._result_blobs: dict[tuple[str, int], list[bytes]] = {}
         self._drain_requested = False
         self._unavailable: dict[str, float] = {}  # service -> event-loop time its ttl ends
         self._jobs: TaskGroup | None = None
@@ -402,6 +405,7 @@ class Node:
 
     async def _on_assign(self, link: Link, assign: Assign) -> None:
         job_id, attempt = assign.job_id, assign.attempt
+        attachments = link.take_attachments(assign)
         current = self.running.get(job_id)
         if current is not None:
             if current.attempt == attempt:  # a repeat: accepting again is harmless
@@ -432,6 +436,8 @@ class Node:
             deadline_ms=assign.deadline,
             traceparent=assign.traceparent,
             tracestate=assign.tracestate,
+            attachments=attachments,
+            media_types={spec.name: spec.media_type for spec in assign.attachments},
         )
         self.running[job_id] = ctx
         try:
@@ -486,6 +492,8 @@ class Node:
             for key, result in self._outbox.items()
             if not (key[0] == job_id and (attempt is None or key[1] == attempt))
         }
+        self._result_blobs = {key: blobs for key, blobs in self._result_blobs.items()
+                              if key in self._outbox}
         ctx = self.running.get(job_id)
         if ctx is None or (attempt is not None and ctx.attempt != attempt):
             return False
@@ -499,6 +507,7 @@ class Node:
 
     async def _run_job(self, ctx: JobContext) -> None:
         result: Result | None = None
+        blobs: list[bytes] = []
         with ctx._scope:
             try:
                 output = await self._handler(ctx)
@@ -508,13 +517,15 @@ class Node:
                 log.exception("job %s attempt %d: the handler raised", ctx.job_id, ctx.attempt)
                 result = failure_result(ctx, E_NODE_EXCEPTION, f"{type(exc).__name__}: {exc}")
             else:
-                result = success_result(ctx, output)
+                result, blobs = success_result(ctx, output)
         if self.running.get(ctx.job_id) is ctx:
             del self.running[ctx.job_id]
         if ctx._scope.cancel_called or result is None:
             return  # cancelled or stale: send nothing more about this attempt
         key = (ctx.job_id, ctx.attempt)
         self._outbox[key] = result
+        if blobs:
+            self._result_blobs[key] = blobs
         link = self._link
         if link is not None:
             # On LinkLost the result stays in the outbox, sent again after the next registration.
@@ -537,6 +548,7 @@ class Node:
             key = (result.job_id, result.attempt)
             if self._outbox.get(key) is result:
                 del self._outbox[key]
+                self._result_blobs.pop(key, None)
 
     async def _send_progress(self, ctx: JobContext, data: Any) -> None:
         message = Progress(job_id=ctx.job_id, attempt=ctx.attempt, data=data)
@@ -551,7 +563,9 @@ class Node:
         self, link: Link, attempt: int, message: Accept | Reject | Progress | Result
     ) -> None:
         # The ref names the attempt, so an error about this message is matched to it.
-        await link.send(_with_ref(message, link.next_ref(f"j{attempt}.")))
+        data = (self._result_blobs.get((message.job_id, attempt), [])
+                if isinstance(message, Result) else [])
+        await link.send(_with_ref(message, link.next_ref(f"j{attempt}.")), data)
 
 
 def _with_ref(message: Accept | Reject | Progress | Result, ref: str) -> Message:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import pytest
 import trio
@@ -16,6 +17,8 @@ from schedd.protocol.attachments import Blob
 from schedd.transport import ChannelClosed, StreamChannel, WebSocketChannel
 from tests.daemon.harness import Daemon, running_daemon
 from tests.websockets import open_websockets
+
+M = TypeVar("M", bound=p.Message)
 
 LIMITS = "[limits]\nmax_attachment = 2000\nmax_attachments = 3000\n"
 #: every byte value, several times over
@@ -41,7 +44,7 @@ class Wire:
         assert isinstance(data, bytes)
         return bytes(data)
 
-    async def expect(self, kind: type[p.Message]) -> p.Message:
+    async def expect(self, kind: type[M]) -> M:
         message = await self.recv()
         assert isinstance(message, kind), message
         return message
@@ -108,7 +111,7 @@ async def test_attachments_go_client_to_node_to_client_intact(
                                                 spec("empty", empty, "text/plain")], ref="s1"),
                           AUDIO, empty)
         accepted = await client.expect(p.Accepted)
-        assert accepted.job_id == "j1"  # type: ignore[attr-defined]
+        assert accepted.job_id == "j1"
         assign = await node.expect(p.Assign)
         assert isinstance(assign, p.Assign)
         assert assign.payload == {"lang": "en"}
@@ -132,7 +135,7 @@ async def test_attachments_go_client_to_node_to_client_intact(
         await client.send(p.Submit(job_id="j1", pools=["p"], ref="again"))
         await client.expect(p.Accepted)
         again = await client.expect(p.Done)
-        assert again.attachments == [spec("tts.wav", tts)]  # type: ignore[attr-defined]
+        assert again.attachments == [spec("tts.wav", tts)]
         assert await client.blob() == tts
         await client.channel.aclose()
         await node.channel.aclose()
@@ -160,7 +163,7 @@ async def test_limits_per_attachment_and_per_message(
         assert "max_attachments" in error.message and "3000" in error.message
         await client.send(p.Status(job_id="sum", ref="st"))
         gone = await client.expect(p.Error)
-        assert gone.code == "E_NO_JOB"  # type: ignore[attr-defined]
+        assert gone.code == "E_NO_JOB"
         # over the per-attachment limit: refused before its frame is read, connection closed
         over = bytes(2001)
         await client.send(p.Submit(job_id="over", pools=["p"], ref="over",
@@ -196,20 +199,20 @@ async def test_malformed_attachment_framing_closes_and_loses_nothing_accepted(
             await client.send(p.Result(job_id="kept", attempt=1, ok=True,
                                        attachments=[spec("a", b"abc")], ref="r"), b"abc")
             error = await client.expect(p.Error)
-            assert error.code == p.E_ROLE  # type: ignore[attr-defined]
+            assert error.code == p.E_ROLE
             await client.send(p.Ping(ref="after"))
-            assert (await client.expect(p.Pong)).ref == "after"  # type: ignore[attr-defined]
+            assert (await client.expect(p.Pong)).ref == "after"
             return
         error = await client.expect(p.Error)
         assert isinstance(error, p.Error) and error.code == p.E_ATTACHMENT, error
         assert await client.closed()
         # what was accepted before stays: the first job reached the node, bytes intact
         assign = await node.expect(p.Assign)
-        assert assign.job_id == "kept"  # type: ignore[attr-defined]
+        assert assign.job_id == "kept"
         assert await node.blob() == AUDIO
         other = await connect(d, transport, "client")
         await other.send(p.Status(job_id="bad", ref="st"))
-        assert (await other.expect(p.Error)).code in ("E_NO_JOB", "E_NOT_YOURS")  # type: ignore[attr-defined]
+        assert (await other.expect(p.Error)).code in ("E_NO_JOB", "E_NOT_YOURS")
 
 
 async def test_another_principal_cannot_read_a_jobs_attachments(
@@ -231,6 +234,6 @@ async def test_another_principal_cannot_read_a_jobs_attachments(
         await alice.expect(p.Accepted)
         # bob's duplicate submit or follow of alice's job gets neither the job nor its bytes
         await bob.send(p.Submit(job_id="mine", pools=["p"], ref="dup"))
-        assert (await bob.expect(p.Error)).code == "E_NOT_YOURS"  # type: ignore[attr-defined]
+        assert (await bob.expect(p.Error)).code == "E_NOT_YOURS"
         await bob.send(p.Follow(job_id="mine", ref="f"))
-        assert (await bob.expect(p.Error)).code == "E_NOT_YOURS"  # type: ignore[attr-defined]
+        assert (await bob.expect(p.Error)).code == "E_NOT_YOURS"
