@@ -110,6 +110,12 @@ class JobInfo:
     (0 when not reached)."""
     payload_bytes: int = 0
     output_bytes: int = 0
+    #: the result's binary attachments, {name, size, media_type} each (their bytes are read
+    #: with :meth:`Queries.attachments`)
+    attachments: list[dict[str, Any]] = attrs.field(factory=list)
+    #: bytes of binary attachments the store holds for the job, submit's and result's (the
+    #: job hash's att_bytes)
+    attachment_bytes: int = 0
 
 
 ATTEMPTS_SHOWN = 100
@@ -319,6 +325,8 @@ class Queries:
             attempts=_attempts(h, [_s(raw) for raw in ended]),
             payload_bytes=len(h.get("payload", "").encode()),
             output_bytes=len(output.encode()) if output and output != "null" else 0,
+            attachments=_json(h.get("out_att", ""), []),
+            attachment_bytes=_int(h.get("att_bytes", "0") or "0"),
         )
 
     async def list_jobs(self, f: JobFilter) -> JobPage:

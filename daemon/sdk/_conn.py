@@ -261,6 +261,8 @@ class Link:
 
     def _reply(self, waiter: _Waiter, expect: type[_M]) -> _M:
         reply = waiter.reply
+        if reply is not None:  # a reply's attachments are not kept (no request asks for them)
+            self._attached.pop(id(reply), None)
         if reply is None:
             raise LinkLost(f"connection to {self.url} lost before the reply")
         if isinstance(reply, expect):

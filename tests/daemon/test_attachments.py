@@ -131,6 +131,12 @@ async def test_attachments_go_client_to_node_to_client_intact(
         keys = d.app.core.keys
         held = await d.app.store.execute("HGET", keys.job("j1"), "att_bytes")
         assert int(held) == len(AUDIO) + len(tts)
+        # status shows the finished job with its result's attachments
+        await client.send(p.Status(job_id="j1", ref="st"))
+        job = await client.expect(p.Job)
+        assert job.attachments == [spec("tts.wav", tts)] and job.ref == "st"
+        assert job.info["attachment_bytes"] == len(AUDIO) + len(tts)
+        assert await client.blob() == tts
         # a duplicate submit of the finished job gets its done again, with the bytes
         await client.send(p.Submit(job_id="j1", pools=["p"], ref="again"))
         await client.expect(p.Accepted)
@@ -237,3 +243,24 @@ async def test_another_principal_cannot_read_a_jobs_attachments(
         assert (await bob.expect(p.Error)).code == "E_NOT_YOURS"
         await bob.send(p.Follow(job_id="mine", ref="f"))
         assert (await bob.expect(p.Error)).code == "E_NOT_YOURS"
+
+
+async def test_a_jobs_attachments_are_removed_with_it(store_url: str, tmp_path: object) -> None:
+    toml = LIMITS + "[jobs]\nretention = 0\n[reaper]\ninterval = 0.02\n"
+    async with running_daemon(store_url, toml, tmp_path) as d:
+        node = await connect(d, "tcp", "node")
+        client = await connect(d, "tcp", "client")
+        await client.send(p.Submit(job_id="j1", pools=["p"], attachments=[spec("a", AUDIO)]),
+                          AUDIO)
+        await client.expect(p.Accepted)
+        await node.expect(p.Assign)
+        assert await node.blob() == AUDIO
+        await node.send(p.Result(job_id="j1", attempt=1, ok=True,
+                                 attachments=[spec("b", b"out")]), b"out")
+        await client.expect(p.Done)
+        assert await client.blob() == b"out"
+        keys = d.app.core.keys
+        with trio.fail_after(10):
+            while await d.app.store.execute("EXISTS", keys.job("j1")):
+                await trio.sleep(0.02)
+        assert await d.app.store.execute("EXISTS", keys.job_blobs("j1")) == 0
