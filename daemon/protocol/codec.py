@@ -116,9 +116,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     "`max_attachment`)",
     E_VERSION: "`hello.version` is a protocol version this daemon does not speak",
     E_ATTACHMENT: "the attachment frames do not match the message that declares them (fewer "
-    "frames than declared before the next message, a size other than declared, a binary frame "
-    "no message declared, or attachments on a message that carries none); the connection is "
-    "closed",
+    "frames than declared before the next message, a size other than declared, or a binary "
+    "frame no message declared); the connection is closed",
     # Connection: the message is well-formed but not allowed here.
     E_AUTH: "the `hello` token is missing or not accepted; the connection is closed",
     E_ROLE: "this message is not allowed for the connection's role or at this point "
