@@ -1,4 +1,4 @@
-"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK) and
+"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK, BLOB) and
 their scales."""
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "BROWSE": {"sizes": [1000, 1_000_000], "pages": 200, "rounds": 5, "settle": 5.0},
         # serial jobs through an SDK Node and Client, per event loop, the loops in turn
         "SDK": {"jobs": 2000, "warmup": 200, "rounds": 3},
+        # 1 MB of audio per job, as an attachment and base64 in the payload, serial jobs
+        "BLOB": {"bytes": 1_000_000, "jobs": 100, "warmup": 10, "rounds": 3},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -62,6 +64,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                  "fail_rate": 0.01, "warmup": 1.0, "phase_seconds": 2.0, "sample_every": 0.25},
         "BROWSE": {"sizes": [1000, 20_000], "pages": 20, "rounds": 2, "settle": 0.2},
         "SDK": {"jobs": 50, "warmup": 10, "rounds": 1},
+        "BLOB": {"bytes": 1_000_000, "jobs": 5, "warmup": 2, "rounds": 1},
     },
 }
 
@@ -367,7 +370,14 @@ async def sdk(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run_sdk(opt, p)
 
 
+async def blob(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """Audio as an attachment against base64 in the payload (schedd.devtools.blob_bench)."""
+    from schedd.devtools.blob_bench import run_blob
+
+    return await run_blob(opt, p)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
                    "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse,
-                   "SDK": sdk}
+                   "SDK": sdk, "BLOB": blob}
