@@ -89,3 +89,15 @@ def test_attachment_forms_and_refusals() -> None:
         attachment_items([("a", b"", "x/y"), ("a", b"", "x/y")])
     with pytest.raises(ValueError):
         attachment_items({"": b""})
+
+
+async def test_the_readme_attachment_example(daemon: DaemonThread) -> None:
+    from tests.sdk.test_readme_examples import example
+
+    code = example("async def speak(ctx")
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            await tg.start(Node(daemon.tcp, code["speak"], pools=["tts"]).run)
+            async with Client.connect(daemon.ws) as client:
+                assert await code["ask"](client, AUDIO) == AUDIO
+            tg.cancel_scope.cancel()
