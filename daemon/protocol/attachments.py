@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Final, NoReturn
 
 from schedd.errors import ProtocolError
-from schedd.protocol.codec import E_ATTACHMENT, E_TOO_LARGE, encode
+from schedd.protocol.codec import E_ATTACHMENT, E_TOO_LARGE, decode, encode
 from schedd.protocol.messages import Attachment, Message
 
 __all__ = [
@@ -170,6 +170,18 @@ class Collector:
         if self._dropping or message is None:
             return None
         return message, data
+
+    def receive(self, raw: bytes | str, *, untagged_blobs: bool
+                ) -> tuple[Message, list[bytes]] | None:
+        """One frame a channel read: the message it completes, with its attachments' data (a
+        message that declares none: ``[]``), or None while attachment frames are to come. An
+        attachment frame is a :class:`Blob`, or, with ``untagged_blobs`` (WebSocket), any
+        binary frame while attachments are awaited. Raises what :func:`decode`,
+        :meth:`start` and :meth:`add` raise."""
+        if isinstance(raw, Blob) or (untagged_blobs and self.waiting and isinstance(raw, bytes)):
+            return self.add(raw)
+        message = decode(raw)
+        return None if self.start(message) is None else (message, [])
 
     @property
     def message(self) -> Message | None:

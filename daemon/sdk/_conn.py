@@ -57,7 +57,6 @@ from schedd.protocol import (
 from schedd.protocol.attachments import (
     SDK_MAX_ATTACHMENT,
     AttachmentError,
-    Blob,
     Collector,
     declared,
     message_frames,
@@ -340,17 +339,13 @@ class Link:
     def _complete(self, data: bytes | str) -> Message | None:
         """The message ``data`` completes (with its attachments), or None while its
         attachment frames are still to come."""
-        collector = self._collector
-        if isinstance(data, Blob) or (collector.waiting and self._channel.untagged_blobs
-                                      and isinstance(data, bytes)):
-            whole = collector.add(data)
-            if whole is None:
-                return None
-            message, blobs = whole
+        whole = self._collector.receive(data, untagged_blobs=self._channel.untagged_blobs)
+        if whole is None:
+            return None
+        message, blobs = whole
+        if blobs:
             self._attached[id(message)] = blobs
-            return message
-        message = decode(data)
-        return message if collector.start(message) == [] else None
+        return message
 
     async def _dispatch(self, message: Message, on_message: OnMessage) -> None:
         if isinstance(message, Ping):

@@ -31,7 +31,7 @@ import trio
 import schedd.protocol as p
 from schedd.core import AssignDelivery, CancelJob, Delivery, DoneDelivery, DrainNode
 from schedd.errors import ProtocolError, StoreError
-from schedd.protocol.attachments import AttachmentError, Blob
+from schedd.protocol.attachments import AttachmentError
 from schedd.session.base import (
     MAX_VIOLATIONS,
     CloseConnection,
@@ -163,24 +163,23 @@ class Session(Handshake, NodeRole, ClientRole):
         frames (schedd.protocol.attachments). Raises CloseConnection after an ``E_ATTACHMENT``,
         or an ``E_TOO_LARGE`` the stream cannot recover from."""
         collector = self.collector
+        untagged = self.channel.untagged_blobs
         try:
-            if isinstance(raw, Blob) or (collector.waiting and self.channel.untagged_blobs
-                                         and isinstance(raw, bytes)):
-                whole = collector.add(raw)
-                if whole is None:
-                    return None
-                message, data = whole
-                self.attached[id(message)] = data
-                return message
             try:
-                message = p.decode(raw)
+                whole = collector.receive(raw, untagged_blobs=untagged)
+            except AttachmentError:
+                raise
             except ProtocolError as exc:
-                if isinstance(raw, bytes) and self.channel.untagged_blobs \
-                        and raw.lstrip()[:1] != b"{":
+                if untagged and isinstance(raw, bytes) and raw.lstrip()[:1] != b"{":
                     collector.add(raw)  # no message declared it: E_ATTACHMENT
                 self._violation(exc.code, exc.message)
                 return None
-            return message if collector.start(message) == [] else None
+            if whole is None:
+                return None
+            message, data = whole
+            if data:
+                self.attached[id(message)] = data
+            return message
         except AttachmentError as exc:
             ref = getattr(collector.message, "ref", None)
             if not exc.close:
