@@ -7,9 +7,10 @@ Rules of this module:
   of audio per job, ``jobs`` measured per mode after ``warmup`` more, ``rounds``.
 * One daemon and its redis-server (the bench's
   :func:`~schedd.devtools.bench.running_daemon`), its ``max_frame`` raised so that the base64
-  payload fits; one raw protocol node and one raw protocol client in this process, on the
-  bench's transport. Jobs run one after the other; the two modes alternate per round, so that a
-  drift of the host's speed falls on both alike.
+  payload fits and its ``retention`` 1 s, so that Redis does not fill with the jobs' audio; one
+  raw protocol node (heartbeating) and one raw protocol client in this process, on the bench's
+  transport. Jobs run one after the other; the two modes alternate per round, so that a drift
+  of the host's speed falls on both alike.
 * Per mode: **bytes on the wire** per job, the payloads of the frames the client's ``submit``
   and the node's ``assign`` took (JSON and attachments; frame headers left out, a few bytes
   either way); **daemon CPU** per job (user + system seconds of the daemon process over the
@@ -76,11 +77,20 @@ class _Peer:
         return message
 
 
-async def _hello(channel: Channel, role: str) -> _Peer:
+async def _hello(channel: Channel, role: str) -> tuple[_Peer, float]:
+    """The peer after its handshake, and the heartbeat interval its welcome gave."""
     peer = _Peer(channel)
     await peer.send(p.Hello(role=role, version=p.PROTOCOL_VERSION))  # type: ignore[arg-type]
-    await peer.expect(p.Welcome)
-    return peer
+    welcome = await peer.expect(p.Welcome)
+    return peer, float(welcome.heartbeat_interval)
+
+
+async def _heartbeats(channel: Channel, interval: float) -> None:
+    """An idle node's heartbeat, every interval (a node that stops beating is lost)."""
+    beat = p.encode(p.Heartbeat(inflight=0, running=[], load=0.0))
+    while True:
+        await trio.sleep(interval)
+        await channel.send(beat)
 
 
 async def _node(peer: _Peer, arrived: dict[str, float], size: int) -> None:
@@ -118,7 +128,9 @@ async def _one(client: _Peer, mode: str, job_id: str, audio: bytes) -> None:
 async def run_blob(opt: Options, params: dict[str, Any]) -> dict[str, Any]:
     size, jobs, warmup = int(params["bytes"]), int(params["jobs"]), int(params["warmup"])
     audio = os.urandom(size)
-    settings = [*opt.settings, ("limits", "max_frame", str(_MAX_FRAME)),
+    # finished jobs go at once: hundreds of megabytes of audio are not kept for an hour
+    settings = [("jobs", "retention", "1"), *opt.settings,
+                ("limits", "max_frame", str(_MAX_FRAME)),
                 ("limits", "max_attachment", str(max(size, 1)))]
     totals: dict[str, dict[str, Any]] = {
         mode: {"latency": [], "wire": 0, "cpu": 0.0, "jobs": 0} for mode in MODES}
@@ -127,12 +139,13 @@ async def run_blob(opt: Options, params: dict[str, Any]) -> dict[str, Any]:
         async with open_channel(url, max_frame=_MAX_FRAME) as node_channel, \
                 open_channel(url, max_frame=_MAX_FRAME) as client_channel, \
                 trio.open_nursery() as nursery:
-            node = await _hello(node_channel, "node")
+            node, interval = await _hello(node_channel, "node")
             await node.send(p.Register(node_id="blob-node", capacity=1, pools=[POOL]))
             await node.expect(p.Registered)
             arrived: dict[str, float] = {}
             nursery.start_soon(_node, node, arrived, size)
-            client = await _hello(client_channel, "client")
+            nursery.start_soon(_heartbeats, node_channel, interval)
+            client, _ = await _hello(client_channel, "client")
             for index in range(warmup):
                 with trio.fail_after(_TIMEOUT):
                     await _one(client, MODES[index % 2], f"warm-{index}", audio)
