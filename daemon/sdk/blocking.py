@@ -40,6 +40,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from schedd.protocol import Done, Job
 from schedd.sdk._conn import E_CLIENT_CLOSED, RequestFailed
 from schedd.sdk.client import Client, JobHandle
+from schedd.sdk.job import Attachments
 
 __all__ = ["BlockingClient", "BlockingJobHandle"]
 
@@ -80,6 +81,11 @@ class BlockingJobHandle:
     @property
     def finished(self) -> bool:
         return self._handle.finished
+
+    @property
+    def attachments(self) -> dict[str, bytes]:
+        """The result's binary attachments, by name, once the job is done."""
+        return self._handle.attachments
 
     def result(self, timeout: float | None = None) -> Done:
         """Block until the job's ``done`` and return it (whatever its state: check ``done.ok``).
@@ -196,14 +202,15 @@ class BlockingClient:
         run_timeout: float | None = None,
         queue_timeout: float | None = None,
         max_attempts: int | None = None,
+        attachments: Attachments | None = None,
     ) -> BlockingJobHandle:
         """Submit a job; return its handle once the daemon has accepted it
-        (see :meth:`schedd.sdk.Client.submit`)."""
+        (see :meth:`schedd.sdk.Client.submit`, binary ``attachments`` included)."""
         submit = partial(
             self._client.submit, payload, pools=pools, requirements=requirements, job_id=job_id,
             session_id=session_id, priority=priority, services=services,
             ack_timeout=ack_timeout, run_timeout=run_timeout, queue_timeout=queue_timeout,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts, attachments=attachments,
         )
         return BlockingJobHandle(self, self._call(submit))
 

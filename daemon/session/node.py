@@ -18,6 +18,7 @@ import schedd.protocol as p
 from schedd.core import new_id
 from schedd.errors import ProtocolError
 from schedd.node_ids import node_id_allowed, refusal
+from schedd.protocol.attachments import Blob
 from schedd.session.base import SessionBase, checked_pools, log, log_job
 
 
@@ -162,7 +163,8 @@ class NodeRole(SessionBase):
         (``False``) goes to the loop.
         """
         beat = self._beat
-        if beat is None or raw != self._beat_raw or self.node_id is None or self.epoch is None:
+        if beat is None or raw != self._beat_raw or self.node_id is None or self.epoch is None \
+                or self.collector.waiting or isinstance(raw, Blob):  # an attachment frame
             return False
         caps = beat.capabilities
         if caps is not None and (self.registration is None
