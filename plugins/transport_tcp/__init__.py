@@ -15,7 +15,8 @@ Rules of this plugin:
   unchanged heartbeat to the session inline, without a task switch per message.
 - Framing is :mod:`schedd.protocol.framing`'s: a frame header declaring more than
   ``max_frame`` bytes (or zero) makes ``receive`` raise ``ProtocolError`` as soon as the header is
-  read; the body is never waited for.
+  read; the body is never waited for. An attachment frame (type byte ``0x00``) may carry up to
+  ``app.limits.max_attachment`` bytes after its type byte.
 """
 
 from __future__ import annotations
