@@ -23,7 +23,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
 
 from schedd.errors import ProtocolError
@@ -171,13 +171,14 @@ class Collector:
             return None
         return message, data
 
-    def receive(self, raw: bytes | str, *, untagged_blobs: bool
+    def receive(self, raw: bytes | str, *, untagged_blobs: bool,
+                decode: Callable[[bytes | str], Message] = decode,
                 ) -> tuple[Message, list[bytes]] | None:
         """One frame a channel read: the message it completes, with its attachments' data (a
         message that declares none: ``[]``), or None while attachment frames are to come. An
         attachment frame is a :class:`Blob`, or, with ``untagged_blobs`` (WebSocket), any
-        binary frame while attachments are awaited. Raises what :func:`decode`,
-        :meth:`start` and :meth:`add` raise."""
+        binary frame while attachments are awaited; a message is decoded with ``decode``.
+        Raises what ``decode``, :meth:`start` and :meth:`add` raise."""
         if isinstance(raw, Blob) or (untagged_blobs and self.waiting and isinstance(raw, bytes)):
             return self.add(raw)
         message = decode(raw)

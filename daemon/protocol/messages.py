@@ -54,7 +54,6 @@ from schedd.protocol.fields import (
     _float,
     _int,
     _json_object,
-    _json_type,
     _labels,
     _later_than,
     _name,
@@ -74,6 +73,14 @@ from schedd.protocol.fields import (
     _text,
     _timings,
     _view_object,
+)
+from schedd.protocol.parts import (
+    Attachment,
+    ErrorInfo,
+    RunningJob,
+    _attachments,
+    _opt_error_info,
+    _running_jobs,
 )
 
 __all__ = [
@@ -151,68 +158,6 @@ TerminalState: TypeAlias = Literal["done", "failed", "canceled", "timed_out"]
 JOB_STATES: Final[tuple[str, ...]] = get_args(JobState)
 TERMINAL_STATES: Final[frozenset[str]] = frozenset(get_args(TerminalState))
 _ROLES: Final[frozenset[str]] = frozenset({"node", "client"})
-
-# --------------------------------------------------------------------------------------------
-# Parts of messages.
-# --------------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class ErrorInfo:
-    """Why a job failed: a short machine-readable ``code`` and a human ``message``."""
-
-    code: str = attrs.field(validator=_name)
-    message: str = attrs.field(default="", validator=_text)
-
-
-@attrs.frozen(kw_only=True)
-class RunningJob:
-    """One job a (re)registering node is still running."""
-
-    job_id: str = attrs.field(validator=_name)
-    attempt: int = attrs.field(validator=_int(1))
-
-
-def _running_jobs(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    path = attribute.name
-    if not isinstance(value, list):
-        raise InvalidField(path, f"must be an array, got {_json_type(value)}")
-    if len(value) > MAX_RUNNING:
-        raise InvalidField(path, f"must have at most {MAX_RUNNING} entries")
-    for index, item in enumerate(value):
-        if not isinstance(item, RunningJob):
-            raise InvalidField(f"{path}[{index}]", "must be a RunningJob")
-
-
-@attrs.frozen(kw_only=True)
-class Attachment:
-    """One binary attachment a message declares; its bytes follow the message in a binary
-    frame of their own (schedd.protocol.attachments), in declaration order."""
-
-    name: str = attrs.field(validator=_name)
-    size: int = attrs.field(validator=_int(0))
-    media_type: str = attrs.field(default="application/octet-stream", validator=_name)
-
-
-def _attachments(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    path = attribute.name
-    if not isinstance(value, list):
-        raise InvalidField(path, f"must be an array, got {_json_type(value)}")
-    if len(value) > MAX_ATTACHMENTS:
-        raise InvalidField(path, f"must have at most {MAX_ATTACHMENTS} entries")
-    names: set[str] = set()
-    for index, item in enumerate(value):
-        if not isinstance(item, Attachment):
-            raise InvalidField(f"{path}[{index}]", "must be an Attachment")
-        if item.name in names:
-            raise InvalidField(f"{path}[{index}].name", f"repeats {item.name!r}")
-        names.add(item.name)
-
-
-def _opt_error_info(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, ErrorInfo):
-        raise InvalidField(attribute.name, "must be an ErrorInfo or null")
-
 
 # --------------------------------------------------------------------------------------------
 # Messages. Field order here is the order on the wire and in docs/protocol.md.

@@ -166,7 +166,7 @@ class Session(Handshake, NodeRole, ClientRole):
         untagged = self.channel.untagged_blobs
         try:
             try:
-                whole = collector.receive(raw, untagged_blobs=untagged)
+                whole = collector.receive(raw, untagged_blobs=untagged, decode=p.decode)
             except AttachmentError:
                 raise
             except ProtocolError as exc:
