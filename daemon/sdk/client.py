@@ -53,6 +53,7 @@ import anyio.lowlevel
 from schedd.protocol import (
     E_DETACHED,
     E_SHUTTING_DOWN,
+    E_TOO_LARGE,
     E_UNAVAILABLE,
     Accepted,
     Acted,
@@ -70,6 +71,7 @@ from schedd.protocol import (
     Status,
     Submit,
 )
+from schedd.protocol.attachments import DEFAULT_MAX_ATTACHMENT, DEFAULT_MAX_ATTACHMENTS
 from schedd.sdk._conn import (
     E_CLIENT_CLOSED,
     Backoff,
@@ -80,7 +82,7 @@ from schedd.sdk._conn import (
     reraise_sole,
 )
 from schedd.sdk.handle import JobHandle, JobLost
-from schedd.sdk.job import Attachments, attachment_items
+from schedd.sdk.job import Attachments, attachment_items, over_limits
 
 __all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "RequestFailed"]
 
@@ -130,6 +132,11 @@ class Client:
         self._nursery: anyio.abc.TaskGroup | None = None
         self.principal = ""
         self.instance = ""
+        #: the daemon's ``[limits] max_attachment`` and ``max_attachments`` (defaults: the
+        #: daemon's): a submit over them is refused here (``E_TOO_LARGE``), never sent, since
+        #: the daemon would refuse it, and one over ``max_attachment`` with the connection
+        self.max_attachment = DEFAULT_MAX_ATTACHMENT
+        self.max_attachments = DEFAULT_MAX_ATTACHMENTS
 
     @classmethod
     @asynccontextmanager
@@ -204,7 +211,9 @@ class Client:
         ``attachments``: binary data sent beside the payload as bytes, never base64
         (``{"audio.wav": data}``, ``{name: (data, media_type)}`` or ``[(name, data,
         media_type)]``); the node's handler finds them in ``JobContext.attachments``, and the
-        attachments its result returns come back in ``handle.attachments``.
+        attachments its result returns come back in ``handle.attachments``. Attachments over
+        :attr:`max_attachment` or :attr:`max_attachments` raise :class:`RequestFailed`
+        ``E_TOO_LARGE`` without being sent.
 
         Without ``job_id`` one is generated, so the submit can be retried safely; without
         ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``). Raises
@@ -212,6 +221,9 @@ class Client:
         :class:`RequestFailed` when the daemon refuses the job.
         """
         specs, blobs = attachment_items(attachments)
+        too_large = over_limits(blobs, self.max_attachment, self.max_attachments)
+        if too_large:
+            raise RequestFailed(E_TOO_LARGE, too_large, job_id=job_id)
         message = Submit(
             job_id=job_id if job_id is not None else uuid.uuid4().hex,
             pools=list(pools),

@@ -194,3 +194,16 @@ def success_result(ctx: JobContext, output: Any) -> tuple[Result, list[bytes]]:
         return failure_result(ctx, E_NODE_EXCEPTION,
                               f"the output is too large ({size} bytes)"), []
     return result, blobs
+
+
+def over_limits(blobs: list[bytes], max_attachment: int, max_attachments: int) -> str:
+    """Why the daemon would refuse attachments of these sizes ('' when they fit its limits)."""
+    largest = max((len(blob) for blob in blobs), default=0)
+    if largest > max_attachment:
+        return (f"an attachment of {largest} bytes exceeds the limit of {max_attachment} bytes "
+                "per attachment (max_attachment)")
+    total = sum(len(blob) for blob in blobs)
+    if total > max_attachments:
+        return (f"attachments of {total} bytes exceed the limit of {max_attachments} bytes per "
+                "message (max_attachments)")
+    return ""

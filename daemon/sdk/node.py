@@ -56,6 +56,7 @@ from schedd.protocol import (
     Cancel,
     Drain,
     Error,
+    ErrorInfo,
     Heartbeat,
     Message,
     Ping,
@@ -70,6 +71,7 @@ from schedd.protocol import (
     Undrain,
     encode,
 )
+from schedd.protocol.attachments import DEFAULT_MAX_ATTACHMENT, DEFAULT_MAX_ATTACHMENTS
 from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
 from schedd.sdk._native import TaskGroup, open_task_group
 from schedd.sdk.job import (
@@ -79,6 +81,7 @@ from schedd.sdk.job import (
     JobError,
     JobResult,
     failure_result,
+    over_limits,
     success_result,
 )
 
@@ -124,7 +127,13 @@ class Node:
         name: str | None = None,
         heartbeat_interval: float | None = None,
         reconnect_delay: float = 0.2,
+        max_attachment: int = DEFAULT_MAX_ATTACHMENT,
+        max_attachments: int = DEFAULT_MAX_ATTACHMENTS,
     ) -> None:
+        #: the daemon's ``[limits] max_attachment`` and ``max_attachments``: a result whose
+        #: attachments pass them fails its attempt with ``E_TOO_LARGE`` instead of being sent
+        #: (the daemon would refuse it, and one over ``max_attachment`` with its connection)
+        self.max_attachment, self.max_attachments = max_attachment, max_attachments
         self._dialer = Dialer(urls, role="node", token=token, name=name, connect_timeout=5.0)
         self._handler = handler
         self._pools = list(pools)
@@ -453,6 +462,18 @@ class Node:
         attempt: int | None = None
         if error.ref is not None and (match := _JOB_REF.match(error.ref)):
             attempt = int(match.group(1))
+        if error.code == "E_TOO_LARGE" and error.job_id is not None and attempt is not None \
+                and self._result_blobs.pop((error.job_id, attempt), None) is not None:
+            # The daemon refused the result's attachments (over its limits): the attempt fails
+            # with that reason instead, since sending them again would be refused again.
+            log.error("job %s attempt %d: the daemon refused the result's attachments: %s",
+                      error.job_id, attempt, error.message)
+            failed = Result(job_id=error.job_id, attempt=attempt, ok=False,
+                            error=ErrorInfo(code="E_TOO_LARGE", message=error.message))
+            self._outbox[(error.job_id, attempt)] = failed
+            if self._jobs is not None:
+                self._jobs.start_soon(self._resend_result, link, failed)
+            return
         if error.code == "E_UNAVAILABLE" and error.job_id is not None and attempt is not None:
             result = self._outbox.get((error.job_id, attempt))
             if result is not None and self._jobs is not None:
@@ -518,6 +539,10 @@ class Node:
                 result = failure_result(ctx, E_NODE_EXCEPTION, f"{type(exc).__name__}: {exc}")
             else:
                 result, blobs = success_result(ctx, output)
+                too_large = over_limits(blobs, self.max_attachment, self.max_attachments)
+                if too_large:
+                    log.error("job %s attempt %d: %s", ctx.job_id, ctx.attempt, too_large)
+                    result, blobs = failure_result(ctx, "E_TOO_LARGE", too_large), []
         if self.running.get(ctx.job_id) is ctx:
             del self.running[ctx.job_id]
         if ctx._scope.cancel_called or result is None:

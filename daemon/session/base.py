@@ -185,9 +185,10 @@ class SessionBase:
     ) -> None:
         self.post(p.Error(code=code, message=message, ref=ref, job_id=job_id))
 
-    def _violation(self, code: str, message: str, ref: str | None = None) -> None:
+    def _violation(self, code: str, message: str, ref: str | None = None,
+                   job_id: str | None = None) -> None:
         self.violations += 1
-        self._error(code, message, ref=ref)
+        self._error(code, message, ref=ref, job_id=job_id)
         if self.violations >= MAX_VIOLATIONS:
             log.warning("closing %s %s after %d protocol violations (last: %s %s)",
                         self.role or "peer", self.peer, self.violations, code, message)

@@ -181,13 +181,15 @@ class Session(Handshake, NodeRole, ClientRole):
                 self.attached[id(message)] = data
             return message
         except AttachmentError as exc:
+            # the refused message's ref and job, so that its sender knows which it was
             ref = getattr(collector.message, "ref", None)
+            job_id = getattr(collector.message, "job_id", None)
             if not exc.close:
-                self._violation(exc.code, exc.message, ref)
+                self._violation(exc.code, exc.message, ref, job_id)
                 return None
             log.warning("closing %s %s: %s %s", self.role or "peer", self.peer, exc.code,
                         exc.message)
-            self._error(exc.code, exc.message, ref=ref)
+            self._error(exc.code, exc.message, ref=ref, job_id=job_id)
             raise CloseConnection from None
 
     # -- dispatch ------------------------------------------------------------------------------

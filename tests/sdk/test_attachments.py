@@ -70,12 +70,21 @@ async def test_a_submit_over_the_daemons_limit_is_refused(url: str) -> None:
 
     with anyio.fail_after(TIMEOUT):
         async with Client.connect(url) as client:
-            # the daemon's default sum per message is 8 MiB; each attachment is within 4 MiB
+            # the daemon's default sum per message is 8 MiB; each attachment is within 4 MiB:
+            # refused by the client, then (told a higher limit) by the daemon
+            for local in (True, False):
+                if not local:
+                    client.max_attachments = 1 << 30
+                with pytest.raises(RequestFailed) as caught:
+                    await client.submit(None, pools=["p"], attachments={
+                        f"part{i}": AUDIO * 3 for i in range(3)})
+                assert caught.value.code == "E_TOO_LARGE"
+                assert "max_attachments" in caught.value.message
+            # over max_attachment: refused before it is sent (the daemon would close)
+            client.max_attachments = 1 << 30
             with pytest.raises(RequestFailed) as caught:
-                await client.submit(None, pools=["p"], attachments={
-                    f"part{i}": AUDIO * 3 for i in range(3)})
-            assert caught.value.code == "E_TOO_LARGE"
-            assert "max_attachments" in caught.value.message
+                await client.submit(None, pools=["p"], attachments={"big": AUDIO * 5})
+            assert "(max_attachment)" in caught.value.message
 
 
 def test_attachment_forms_and_refusals() -> None:
@@ -100,4 +109,35 @@ async def test_the_readme_attachment_example(daemon: DaemonThread) -> None:
             await tg.start(Node(daemon.tcp, code["speak"], pools=["tts"]).run)
             async with Client.connect(daemon.ws) as client:
                 assert await code["ask"](client, AUDIO) == AUDIO
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("sizes", "trust_daemon"), [
+    ((5 << 20,), False), ((3 << 20, 3 << 20, 3 << 20), False),
+    ((3 << 20, 3 << 20, 3 << 20), True)],
+    ids=["over_max_attachment", "over_max_attachments", "refused_by_the_daemon"])
+async def test_a_result_over_the_daemons_limits_fails_the_job(
+    url: str, sizes: tuple[int, ...], trust_daemon: bool,
+) -> None:
+    """A result over the daemon's limits (4 MiB per attachment, 8 MiB per message by default)
+    fails its attempt with E_TOO_LARGE: the node checks them before sending, and when it was
+    told higher limits than the daemon's, the daemon's refusal does the same."""
+
+    async def too_big(ctx: JobContext) -> JobResult:
+        return JobResult(None, attachments={f"a{i}": bytes(size) for i, size in enumerate(sizes)})
+
+    node = Node(url, too_big, pools=["p"], node_id="n1")
+    if trust_daemon:
+        node.max_attachments = 1 << 30
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            await tg.start(node.run)
+            async with Client.connect(url) as client:
+                handle = await client.submit(None, pools=["p"])
+                done = await handle.result()
+                assert done.state == "failed" and done.error is not None
+                assert done.error.code == "E_TOO_LARGE"
+                assert ("max_attachment" if len(sizes) == 1 else "max_attachments") \
+                    in done.error.message
+                assert handle.attachments == {}
             tg.cancel_scope.cancel()
