@@ -21,6 +21,9 @@
 -- ARGV[9] '1': the failure is retryable (ignored when ok); with attempts left the node is
 --         excluded and the job waits its backoff as a delayed job, else it ends failed
 -- ARGV[10] random draw in [0, 1) for the backoff's jitter (lib.lua backoff_ms)
+-- ARGV[11] the result's attachments, a JSON array of {name, size, media_type}, or '' (absent) for
+--         none; kept in the job hash (out_att; their size is added to att_bytes), carried by done
+-- ARGV[12..] the bytes of each attachment, in that order: kept in job_blobs as 'out:<name>'
 -- returns {{state ('delayed' when retried later), 'new'|'duplicate'}, deliveries}
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
@@ -41,6 +44,17 @@ local now = now_ms()
 local _, node_now = release(job_id, job)
 local ok = ARGV[5] == '1'
 local fields = {ok = ok and '1' or '0', output = ARGV[6], error = ARGV[7]}
+if ARGV[11] and ARGV[11] ~= '' then
+  local blobs, size = {}, 0
+  for i, spec in ipairs(cjson.decode(ARGV[11])) do
+    local data = ARGV[11 + i]
+    blobs[2 * i - 1], blobs[2 * i] = 'out:' .. spec.name, data
+    size = size + #data
+  end
+  redis.call('HSET', K.job_blobs(job_id), unpack_list(blobs))
+  redis.call('HINCRBY', KEYS[1], 'att_bytes', size)
+  fields.out_att = ARGV[11]
+end
 if accepted and job.state ~= 'running' then
   -- job_accept's effects; its run deadline would be removed at once by finish
   count_state(job_id, job.state, 'running', job.attempt, job.node)

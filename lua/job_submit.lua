@@ -49,6 +49,9 @@
 -- ARGV[30] seq in the ordered session (ARGV[6], of this principal; an integer >= 0), or '' (or
 --          absent) for a job outside any ordered session
 -- ARGV[31] gap timeout ms of the ordered session (with ARGV[30]; the latest submit's holds)
+-- ARGV[32] the submit's attachments, a JSON array of {name, size, media_type}, or '' for none;
+--          kept in the job hash (att, with their total size in att_bytes), carried by assign
+-- ARGV[33..] the bytes of each attachment, in that order: kept in job_blobs as 'in:<name>'
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}; a duplicate of a finished job of
 --          an ordered session carries no done: its session delivers it in its turn (or did)
@@ -219,7 +222,7 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
-  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s,
+  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s, att = ARGV[32] or '',
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
@@ -244,6 +247,17 @@ end
 if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
   n = n + 2
+end
+if job.att ~= '' then
+  local blobs, size = {}, 0
+  for i, spec in ipairs(cjson.decode(job.att)) do
+    local data = ARGV[32 + i]
+    blobs[2 * i - 1], blobs[2 * i] = 'in:' .. spec.name, data
+    size = size + #data
+  end
+  redis.call('HSET', K.job_blobs(job_id), unpack_list(blobs))
+  flat[n + 1], flat[n + 2], flat[n + 3], flat[n + 4] = 'att', job.att, 'att_bytes', int_s(size)
+  n = n + 4
 end
 if oid then
   flat[n + 1], flat[n + 2] = 'oseq', oseq

@@ -351,6 +351,8 @@ def cmd_job(args: argparse.Namespace) -> int:
     job = cli_client._run_client(args, body)
     snapshot = attrs.asdict(job)
     snapshot.pop("ref", None)
+    if not snapshot.get("attachments"):  # as the wire has it: only when there are some
+        snapshot.pop("attachments", None)
     if args.json:
         _print_json(snapshot)
         return EXIT_OK

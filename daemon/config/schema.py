@@ -211,6 +211,14 @@ class LimitsSection:
     """``[limits]``: what one connection may cost."""
 
     max_frame: int = setting(1048576, "largest message in bytes", _between(1024, _MAX_FRAME_LIMIT))
+    max_attachment: int = setting(
+        4194304, "largest binary attachment in bytes (a larger one is refused and closes the "
+        "connection)", _between(1, _MAX_FRAME_LIMIT - 1)
+    )
+    max_attachments: int = setting(
+        8388608, "largest sum of one message's binary attachments in bytes (a message over it "
+        "is refused; the connection stays)", _at_least(1)
+    )
     handshake_timeout: float = setting(
         5.0, "seconds a new connection has to send hello", _greater_than(0)
     )

@@ -330,6 +330,7 @@ class Core:
                 "1" if spec.fail_fast else "0",
                 "" if spec.seq is None else spec.seq,
                 _ms(spec.gap_timeout or s.session_gap_timeout),
+                *_attachment_args(spec.attachments),
             ],
         )
         done_msg = decode_delivery(done) if done else None
@@ -377,6 +378,7 @@ class Core:
         accepted: bool = False,
         retryable: bool = False,
         draw: float | None = None,
+        attachments: Sequence[tuple[str, str, bytes]] = (),
     ) -> tuple[str, bool]:
         """Record the attempt's result; returns (state, duplicate).
 
@@ -388,13 +390,19 @@ class Core:
         by this call, exactly as :meth:`accept` would have recorded it first (one script call
         instead of two). A finished attempt is then refused as :meth:`accept` refuses it
         (``StaleAttempt``), not reported as a duplicate.
+        ``attachments``: the result's (name, media type, bytes), kept with the job until it is
+        removed and sent with its ``done``.
         """
         args: list[Arg] = [job_id, node_id, attempt, "1" if ok else "0", output_json,
                            orjson.dumps(error) if error is not None else "null"]
-        if accepted or (retryable and not ok):
+        failed_retryably = retryable and not ok
+        if accepted or failed_retryably or attachments:
             args.append("1" if accepted else "")
-        if retryable and not ok:
-            args += ["1", repr(self.draw() if draw is None else draw)]
+        if failed_retryably or attachments:
+            args += ["1", repr(self.draw() if draw is None else draw)] if failed_retryably \
+                else ["", ""]
+        if attachments:
+            args += _attachment_args(attachments)
         state, status = await self._call("job_result", [self.keys.job(job_id)], args)
         return _text(state), _text(status) == "duplicate"
 
@@ -538,3 +546,13 @@ class Core:
             [job_id, node_id, epoch, attempt, reason],
         )
         return _text(status), _text(state)
+
+
+def _attachment_args(attachments: Sequence[tuple[str, str, bytes]]) -> list[Arg]:
+    """A script's attachment arguments: their list as JSON ('' for none), then each one's
+    bytes."""
+    if not attachments:
+        return [""]
+    specs = [{"name": name, "size": len(data), "media_type": media}
+             for name, media, data in attachments]
+    return [orjson.dumps(specs), *(data for _, _, data in attachments)]

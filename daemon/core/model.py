@@ -150,6 +150,8 @@ class JobSpec:
     seq: int | None = None
     #: the ordered session's gap timeout (None: the configured one)
     gap_timeout: float | None = None
+    #: binary attachments: (name, media type, bytes) each, in the submit's order
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -201,6 +203,9 @@ class AssignDelivery:
     epoch: int
     #: the job's trace context as stored (JobSpec.trace)
     trace: str = ""
+    #: JSON list of the submit's attachments ({name, size, media_type}); '' for none. Their
+    #: bytes are read from the store (Queries.attachments) when the assign is sent.
+    attachments_json: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -260,6 +265,8 @@ class DoneDelivery:
     #: the ordered session and the job's seq in it (None: not in an ordered session)
     session_id: str | None = None
     seq: int | None = None
+    #: JSON list of the result's attachments ({name, size, media_type}); '' for none
+    attachments_json: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -340,8 +347,9 @@ def _done(f: list[Any]) -> DoneDelivery:
         timings={"submitted": f[8], "assigned": f[9], "accepted": f[10], "finished": f[11]},
         principal=(f[12] or None) if len(f) > 12 else None,
         trace=f[13] if len(f) > 13 else "",
-        session_id=f[14] if len(f) > 15 else None,
-        seq=int(f[15]) if len(f) > 15 else None,
+        attachments_json=f[14] if len(f) > 14 else "",
+        session_id=f[15] if len(f) > 16 else None,
+        seq=int(f[16]) if len(f) > 16 else None,
     )
 
 
@@ -353,6 +361,7 @@ def decode_delivery(raw: bytes | str) -> Delivery:
             node_id=f[1], job_id=f[2], attempt=int(f[3]), payload_json=f[4],
             session_id=f[5] or None, deadline_ms=int(f[6]), epoch=int(f[7]),
             trace=f[8] if len(f) > 8 else "",
+            attachments_json=f[9] if len(f) > 9 else "",
         )
     if kind == "cancel":
         return CancelJob(node_id=f[1], job_id=f[2], attempt=int(f[3]), reason=f[4])

@@ -9,6 +9,7 @@ it never scans, and what one page reads does not grow with the jobs the namespac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -122,6 +123,12 @@ class JobInfo:
     (0 when not reached)."""
     payload_bytes: int = 0
     output_bytes: int = 0
+    #: the result's binary attachments, {name, size, media_type} each (their bytes are read
+    #: with :meth:`Queries.attachments`)
+    attachments: list[dict[str, Any]] = attrs.field(factory=list)
+    #: bytes of binary attachments the store holds for the job, submit's and result's (the
+    #: job hash's att_bytes)
+    attachment_bytes: int = 0
 
 
 ATTEMPTS_SHOWN = 100
@@ -279,6 +286,18 @@ class Queries:
             )
         return out
 
+    async def attachments(self, job_id: str, side: str, names: Sequence[str]) -> list[bytes]:
+        """The bytes of a job's attachments named ``names``: ``side`` ``in`` (its submit's) or
+        ``out`` (its result's), in that order; ``LookupError`` when one is gone (the job was
+        removed)."""
+        if not names:
+            return []
+        data = await self.store.execute(
+            "HMGET", self.keys.job_blobs(job_id), *[f"{side}:{name}" for name in names])
+        if any(item is None for item in data):
+            raise LookupError(f"the attachments of job {job_id} are no longer stored")
+        return [bytes(item) for item in data]
+
     async def job(self, job_id: str) -> JobInfo | None:
         flat, tried, ended = await self.store.execute_many([
             ("HGETALL", self.keys.job(job_id)),
@@ -321,6 +340,8 @@ class Queries:
             attempts=_attempts(h, [_s(raw) for raw in ended]),
             payload_bytes=len(h.get("payload", "").encode()),
             output_bytes=len(output.encode()) if output and output != "null" else 0,
+            attachments=_json(h.get("out_att", ""), []),
+            attachment_bytes=_int(h.get("att_bytes", "0") or "0"),
         )
 
     async def list_jobs(self, f: JobFilter) -> JobPage:

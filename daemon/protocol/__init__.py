@@ -10,6 +10,7 @@ a TCP byte stream into frames. docs/protocol.md is the specification for other i
 from __future__ import annotations
 
 from schedd.protocol.codec import (
+    E_ATTACHMENT,
     E_AUTH,
     E_BAD_FIELD,
     E_DETACHED,
@@ -36,6 +37,7 @@ from schedd.protocol.messages import (
     DAEMON_SENDS,
     JOB_STATES,
     MAX_ADMIN_JOBS,
+    MAX_ATTACHMENTS,
     MAX_CAPACITY,
     MAX_DEPTH,
     MAX_ID_LEN,
@@ -58,6 +60,7 @@ from schedd.protocol.messages import (
     Admin,
     Answer,
     Assign,
+    Attachment,
     Cancel,
     Done,
     Drain,
@@ -103,6 +106,7 @@ __all__ = [
     "DAEMON_SENDS",
     "DEFAULT_MAX_FRAME",
     "ERROR_CODES",
+    "E_ATTACHMENT",
     "E_AUTH",
     "E_BAD_FIELD",
     "E_DETACHED",
@@ -121,6 +125,7 @@ __all__ = [
     "HEADER_SIZE",
     "JOB_STATES",
     "MAX_ADMIN_JOBS",
+    "MAX_ATTACHMENTS",
     "MAX_CAPACITY",
     "MAX_DEPTH",
     "MAX_ID_LEN",
@@ -143,6 +148,7 @@ __all__ = [
     "Admin",
     "Answer",
     "Assign",
+    "Attachment",
     "Cancel",
     "Done",
     "Drain",

@@ -51,16 +51,20 @@ from schedd.errors import ProtocolError
 from schedd.protocol.fields import _json_type
 from schedd.protocol.messages import (
     MESSAGE_TYPES,
+    Assign,
     Done,
     Heartbeat,
     InvalidField,
+    Job,
     Message,
     Query,
+    Result,
     Submit,
 )
 
 __all__ = [
     "ERROR_CODES",
+    "E_ATTACHMENT",
     "E_AUTH",
     "E_BAD_FIELD",
     "E_DETACHED",
@@ -87,6 +91,7 @@ E_UNKNOWN_TYPE: Final = "E_UNKNOWN_TYPE"
 E_BAD_FIELD: Final = "E_BAD_FIELD"
 E_TOO_LARGE: Final = "E_TOO_LARGE"
 E_VERSION: Final = "E_VERSION"
+E_ATTACHMENT: Final = "E_ATTACHMENT"
 # Codes the daemon's connection handling sends.
 E_AUTH: Final = "E_AUTH"
 E_ROLE: Final = "E_ROLE"
@@ -105,8 +110,14 @@ ERROR_CODES: Final[dict[str, str]] = {
     E_UNKNOWN_TYPE: "the message has no `type` member, or it names no message of this protocol",
     E_BAD_FIELD: "a field is missing, unknown, of the wrong JSON type or breaks a rule "
     "(the message gives the path of each problem found)",
-    E_TOO_LARGE: "the frame is longer than the configured limit; the connection is closed",
+    E_TOO_LARGE: "the frame is longer than the configured limit (the connection is closed), or "
+    "a message declares attachments over `[limits] max_attachment` or `max_attachments` (the "
+    "message is refused; the connection is closed only when an attachment is over "
+    "`max_attachment`)",
     E_VERSION: "`hello.version` is a protocol version this daemon does not speak",
+    E_ATTACHMENT: "the attachment frames do not match the message that declares them (fewer "
+    "frames than declared before the next message, a size other than declared, or a binary "
+    "frame no message declared); the connection is closed",
     # Connection: the message is well-formed but not allowed here.
     E_AUTH: "the `hello` token is missing or not accepted; the connection is closed",
     E_ROLE: "this message is not allowed for the connection's role or at this point "
@@ -248,6 +259,18 @@ def _list_of_classes_hook(type_: Any, conv: cattrs.Converter) -> Callable[[Any, 
     return structure
 
 
+# Fields a message leaves out when they hold their default, so that a peer that predates them
+# (and refuses unknown fields) still reads the message when they are not used.
+_OMITTED_WHEN_DEFAULT: Final[dict[type[Any], tuple[str, ...]]] = {
+    Query: ("state", "pool", "principal", "node", "since", "until", "limit", "cursor"),
+    Submit: ("attachments", "seq", "gap_timeout"),
+    Assign: ("attachments",),
+    Result: ("attachments",),
+    Done: ("attachments", "session_id", "seq"),
+    Job: ("attachments",),
+}
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
     # Primitives have direct hooks in cattrs (`str(value)`, which would turn 5 into "5"); those
@@ -260,6 +283,9 @@ def _make_converter() -> cattrs.Converter:
     # Opaque JSON goes to orjson as it is; cattrs would otherwise copy every nested dict.
     conv.register_unstructure_hook_func(_is_plain_value, _identity)
     tags = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
+    for cls, names in _OMITTED_WHEN_DEFAULT.items():  # left out by the union's hook too
+        omitted: dict[str, Any] = {name: override(omit_if_default=True) for name in names}
+        conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **omitted))
     configure_tagged_union(Message, conv, tag_generator=tags.__getitem__, tag_name="type")
     return conv
 
@@ -271,13 +297,6 @@ _MAX_PROBLEMS: Final = 10
 
 _STRUCTURE: Final[dict[str, tuple[Callable[[Any, Any], Any], type[Any]]]] = {
     tag: (converter.get_structure_hook(cls), cls) for tag, cls in MESSAGE_TYPES.items()
-}
-# Fields a message leaves out when they hold their default, so that a peer that predates them
-# (and refuses unknown fields) still reads the message when they are not used.
-_OMITTED_WHEN_DEFAULT: Final[dict[type[Any], tuple[str, ...]]] = {
-    Query: ("state", "pool", "principal", "node", "since", "until", "limit", "cursor"),
-    Done: ("session_id", "seq"),
-    Submit: ("seq", "gap_timeout"),
 }
 
 

@@ -26,6 +26,8 @@ MAX_MAPPING: Final = 256
 """Most keys in a mapping (``capabilities``, ``labels``, ``requirements``, ``info``...)."""
 MAX_RUNNING: Final = 4096
 """Most job ids a node may report as running (``register.running``, ``heartbeat.running``)."""
+MAX_ATTACHMENTS: Final = 16
+"""Most binary attachments one message declares (``attachments``)."""
 MAX_CAPACITY: Final = 4096
 """Largest ``register.capacity``."""
 MAX_INT: Final = 2**53 - 1

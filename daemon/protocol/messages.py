@@ -37,6 +37,7 @@ import attrs
 
 from schedd.protocol.admin import ADMIN_ACTIONS, MAX_ADMIN_JOBS, Acted, Admin, Undrain
 from schedd.protocol.fields import (
+    MAX_ATTACHMENTS,
     MAX_CAPACITY,
     MAX_DEPTH,
     MAX_ID_LEN,
@@ -53,7 +54,6 @@ from schedd.protocol.fields import (
     _float,
     _int,
     _json_object,
-    _json_type,
     _labels,
     _name,
     _names,
@@ -72,13 +72,19 @@ from schedd.protocol.fields import (
 )
 from schedd.protocol.outcome import (
     TERMINAL_STATES,
-    ErrorInfo,
     JobState,
     Sender,
     TerminalState,
     _done_error,
     _done_ok,
+)
+from schedd.protocol.parts import (
+    Attachment,
+    ErrorInfo,
+    RunningJob,
+    _attachments,
     _opt_error_info,
+    _running_jobs,
 )
 from schedd.protocol.pipelines import StageDone, _opt_stages
 from schedd.protocol.query import MAX_JOB_PAGE, QUERY_SUBJECTS, Answer, Query
@@ -91,6 +97,7 @@ __all__ = [
     "DAEMON_SENDS",
     "JOB_STATES",
     "MAX_ADMIN_JOBS",
+    "MAX_ATTACHMENTS",
     "MAX_CAPACITY",
     "MAX_DEPTH",
     "MAX_ID_LEN",
@@ -113,6 +120,7 @@ __all__ = [
     "Admin",
     "Answer",
     "Assign",
+    "Attachment",
     "Cancel",
     "Done",
     "Drain",
@@ -150,30 +158,6 @@ PROTOCOL_VERSION: Final = 1
 
 Role: TypeAlias = Literal["node", "client"]
 _ROLES: Final[frozenset[str]] = frozenset({"node", "client"})
-
-# --------------------------------------------------------------------------------------------
-# Parts of messages.
-# --------------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class RunningJob:
-    """One job a (re)registering node is still running."""
-
-    job_id: str = attrs.field(validator=_name)
-    attempt: int = attrs.field(validator=_int(1))
-
-
-def _running_jobs(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    path = attribute.name
-    if not isinstance(value, list):
-        raise InvalidField(path, f"must be an array, got {_json_type(value)}")
-    if len(value) > MAX_RUNNING:
-        raise InvalidField(path, f"must have at most {MAX_RUNNING} entries")
-    for index, item in enumerate(value):
-        if not isinstance(item, RunningJob):
-            raise InvalidField(f"{path}[{index}]", "must be a RunningJob")
-
 
 # --------------------------------------------------------------------------------------------
 # Messages. Field order here is the order on the wire and in docs/protocol.md.
@@ -278,6 +262,7 @@ class Assign:
     session_id: str | None = attrs.field(default=None, validator=_opt_name)
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 
@@ -342,6 +327,7 @@ class Result:
     output: Any = attrs.field(default=None, validator=_any_json)
     error: ErrorInfo | None = attrs.field(default=None, validator=_result_error)
     retryable: bool = attrs.field(default=False, validator=_bool)
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 
@@ -418,6 +404,7 @@ class Submit:
     seq: int | None = attrs.field(default=None, validator=_opt_int(0))
     gap_timeout: float | None = attrs.field(
         default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
     def __attrs_post_init__(self) -> None:
@@ -461,6 +448,7 @@ class Done:
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
     session_id: str | None = attrs.field(default=None, validator=_opt_name)
     seq: int | None = attrs.field(default=None, validator=_opt_int(0))
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 
@@ -489,6 +477,7 @@ class Job:
     info: dict[str, Any] = attrs.field(factory=dict, validator=_view_object)
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
+    attachments: list[Attachment] = attrs.field(factory=list, validator=_attachments)
     ref: str | None = _ref()
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from schedd.sdk.blocking import BlockingClient, BlockingJobHandle, BlockingOrderedSession
 from schedd.sdk.client import E_CLIENT_CLOSED, Client, JobHandle, JobLost, RequestFailed
 from schedd.sdk.connect import ConnectFailed, open_channel
-from schedd.sdk.node import E_NODE_EXCEPTION, JobContext, JobError, Node
+from schedd.sdk.node import E_NODE_EXCEPTION, JobContext, JobError, JobResult, Node
 from schedd.sdk.session import OrderedSession
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "JobError",
     "JobHandle",
     "JobLost",
+    "JobResult",
     "Node",
     "OrderedSession",
     "RequestFailed",

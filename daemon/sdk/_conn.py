@@ -14,6 +14,10 @@ Rules of this module:
   reader. Only the end of the connection does, and it wakes every waiting request with
   :class:`LinkLost`.
 - Refs are generated here, per link; a reply can only match a request of its own connection.
+- Binary attachments: a message the daemon sends with attachments is handed on once its
+  attachment frames are in (:mod:`schedd.protocol.attachments`); ``on_message`` (or the
+  requester, for a reply) takes their bytes with :meth:`Link.take_attachments`. Frames that do not
+  match their declaration end the connection, as the daemon's own rule.
 - Replies are matched by ``ref``; requests without a reply on success (``cancel``,
   ``unavailable``) are confirmed by a ``ping`` sent after them (the protocol's order rule: the
   ``pong`` comes after the daemon has handled, or refused, everything sent before).
@@ -50,6 +54,13 @@ from schedd.protocol import (
     Welcome,
     decode,
     encode,
+)
+from schedd.protocol.attachments import (
+    SDK_MAX_ATTACHMENT,
+    AttachmentError,
+    Collector,
+    declared,
+    message_frames,
 )
 from schedd.sdk._native import event
 from schedd.sdk._target import BROKEN
@@ -184,6 +195,10 @@ class Link:
         self._refs = itertools.count(1)
         self._closed = False
         self._ended = anyio.Event()
+        # what follows a message the daemon declared attachments on; no limit of our own
+        # beyond the channel's frame limit: the daemon keeps to its own
+        self._collector = Collector(SDK_MAX_ATTACHMENT, 1 << 62)
+        self._attached: dict[int, list[bytes]] = {}
 
     @property
     def closed(self) -> bool:
@@ -197,21 +212,32 @@ class Link:
     def next_ref(self, prefix: str = "r") -> str:
         return f"{prefix}{next(self._refs)}"
 
-    async def send(self, message: Message) -> None:
-        """Send one message; :class:`LinkLost` if the connection is gone."""
+    def take_attachments(self, message: Message) -> dict[str, bytes]:
+        """The bytes of the attachments ``message`` declared, by name (once: later calls get
+        ``{}``)."""
+        data = self._attached.pop(id(message), [])
+        return {spec.name: blob for spec, blob in zip(declared(message), data, strict=False)}
+
+    async def send(self, message: Message, data: Sequence[bytes] = ()) -> None:
+        """Send one message, and the bytes of the attachments it declares right behind it;
+        :class:`LinkLost` if the connection is gone."""
         if self._closed:
             raise LinkLost(f"connection to {self.url} is closed")
-        data = encode(message)
         try:
             async with self._send_lock:
-                await self._channel.send(data)
+                if data:
+                    await self._channel.send_many(message_frames(message, data))
+                else:
+                    await self._channel.send(encode(message))
         except (ChannelClosed, *BROKEN, OSError) as exc:
             # A broken send means a broken connection: close it so the reader stops too.
             await self.aclose()
             raise LinkLost(f"connection to {self.url} lost: {exc}") from exc
 
-    async def request(self, message: Message, expect: type[_M]) -> _M:
-        """Send ``message`` with a fresh ``ref`` and return the reply of type ``expect``.
+    async def request(self, message: Message, expect: type[_M],
+                      data: Sequence[bytes] = ()) -> _M:
+        """Send ``message`` (and its attachments' ``data``) with a fresh ``ref`` and return the
+        reply of type ``expect``.
 
         Raises :class:`RequestFailed` for an ``error`` reply (or a reply of another type) and
         :class:`LinkLost` if the connection ends first.
@@ -219,7 +245,7 @@ class Link:
         ref = self.next_ref()
         waiter = self._waiters[ref] = _Waiter()
         try:
-            await self.send(attrs.evolve(message, ref=ref))
+            await self.send(attrs.evolve(message, ref=ref), data)
             await waiter.event.wait()
         finally:
             self._waiters.pop(ref, None)
@@ -243,6 +269,8 @@ class Link:
 
     def _reply(self, waiter: _Waiter, expect: type[_M]) -> _M:
         reply = waiter.reply
+        if reply is not None:  # a reply's attachments are not kept (no request asks for them)
+            self._attached.pop(id(reply), None)
         if reply is None:
             raise LinkLost(f"connection to {self.url} lost before the reply")
         if isinstance(reply, expect):
@@ -298,16 +326,35 @@ class Link:
                 log.warning("connection to %s: %s; closing it", self.url, exc)
                 return
             try:
-                message = decode(data)
+                message = self._complete(data)
+            except AttachmentError as exc:
+                log.warning("connection to %s: %s; closing it", self.url, exc)
+                return
             except ProtocolError as exc:
                 log.warning("connection to %s: skipping an unreadable message: %s", self.url, exc)
                 continue
+            if message is None:
+                continue  # its attachments are still to come
             try:
                 await self._dispatch(message, on_message)
             except LinkLost:
                 return
             except Exception:
                 log.exception("connection to %s: handling %s failed", self.url, message.TYPE)
+            finally:
+                if message.ref is None:  # a reply's bytes are its requester's to take
+                    self._attached.pop(id(message), None)
+
+    def _complete(self, data: bytes | str) -> Message | None:
+        """The message ``data`` completes (with its attachments), or None while its
+        attachment frames are still to come."""
+        whole = self._collector.receive(data, untagged_blobs=self._channel.untagged_blobs)
+        if whole is None:
+            return None
+        message, blobs = whole
+        if blobs:
+            self._attached[id(message)] = blobs
+        return message
 
     async def _dispatch(self, message: Message, on_message: OnMessage) -> None:
         if isinstance(message, Ping):

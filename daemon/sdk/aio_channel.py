@@ -36,6 +36,7 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessa
 from wsproto.utilities import LocalProtocolError
 
 from schedd.errors import ProtocolError
+from schedd.protocol.attachments import SDK_MAX_ATTACHMENT, Blob
 from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
 from schedd.protocol.framing import FrameDecoder, encode_frame
 from schedd.protocol.wsframes import FrameSplitter, encode_message
@@ -148,7 +149,7 @@ class AioStreamChannel(_AioChannel):
 
     def __init__(self, stream: anyio.abc.ByteStream, peer: str, max_frame: int) -> None:
         super().__init__(stream, peer)
-        self._decoder = FrameDecoder(max_frame)
+        self._decoder = FrameDecoder(max_frame, SDK_MAX_ATTACHMENT)
         self._frames: deque[bytes] = deque()
         self._broken: tuple[str, str] | None = None  # (code, message) of a bad frame
 
@@ -179,8 +180,11 @@ class AioWebSocketChannel(_AioChannel):
 
     Text and binary messages are both accepted (text as ``str``); it sends text until it
     receives a binary message, then answers in the kind it last received, as
-    :class:`~schedd.transport.WebSocketChannel` does.
+    :class:`~schedd.transport.WebSocketChannel` does. An attachment
+    (:class:`~schedd.protocol.attachments.Blob`) always goes as a binary message.
     """
+
+    untagged_blobs = True
 
     def __init__(
         self, stream: anyio.abc.ByteStream, ws: WSConnection, peer: str, max_frame: int,
@@ -231,9 +235,10 @@ class AioWebSocketChannel(_AioChannel):
         """Send one message: text (``data`` is UTF-8 JSON) or binary, see the class."""
         if self._ws.state is not ConnectionState.OPEN:
             raise ChannelClosed(f"connection with {self.peer} is closing")
-        if self._text and not data.isascii():
+        text = self._text and not isinstance(data, Blob)
+        if text and not data.isascii():
             data.decode()  # text must be UTF-8
-        await self._write(encode_message(data, text=self._text, masked=True))
+        await self._write(encode_message(data, text=text, masked=True))
 
     async def _send_event(self, event: Event) -> None:
         try:
@@ -293,9 +298,10 @@ class AioWebSocketChannel(_AioChannel):
         data: bytes | str = raw if isinstance(raw, str | bytes) else bytes(raw)
         self._text = isinstance(data, str)
         self._size += len(data.encode()) if isinstance(data, str) else len(data)
-        if self._size > self._max_frame:
+        limit = self._max_frame if isinstance(data, str) else max(self._max_frame,
+                                                                  SDK_MAX_ATTACHMENT)
+        if self._size > limit:
             self._close_code = _CLOSE_TOO_BIG
-            limit = self._max_frame
             self._end(E_TOO_LARGE, f"message of more than {limit} bytes exceeds the limit")
             return
         self._parts.append(data)

@@ -91,6 +91,11 @@ class BlockingJobHandle:
     def finished(self) -> bool:
         return self._handle.finished
 
+    @property
+    def attachments(self) -> dict[str, bytes]:
+        """The result's binary attachments, by name, once the job is done."""
+        return self._handle.attachments
+
     def result(self, timeout: float | None = None) -> Done:
         """Block until the job's ``done`` and return it (whatever its state: check ``done.ok``).
 

@@ -41,7 +41,7 @@ Rules of this module:
   ``trio.fail_after`` or ``asyncio.timeout``).
 - A ``submit`` refused with ``E_RATE_LIMITED`` (the principal's submit rate) is sent again after
   the wait the daemon names, up to ``rate_limited_retries`` times and only when that wait is at
-  most ``_MAX_RATE_WAIT`` seconds; then the refusal is raised.
+  most ``_MAX_RATE_WAIT`` seconds (:mod:`schedd.sdk._upkeep`); then the refusal is raised.
 - The same code runs under trio and asyncio (anyio); see :mod:`schedd.sdk.connect` for the
   channels each uses.
 """
@@ -52,6 +52,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -61,6 +62,7 @@ import anyio.lowlevel
 from schedd.protocol import (
     E_DETACHED,
     E_SHUTTING_DOWN,
+    E_TOO_LARGE,
     E_UNAVAILABLE,
     Accepted,
     Acted,
@@ -82,6 +84,7 @@ from schedd.protocol import (
     Status,
     Submit,
 )
+from schedd.protocol.attachments import DEFAULT_MAX_ATTACHMENT, DEFAULT_MAX_ATTACHMENTS
 from schedd.sdk._conn import (
     E_CLIENT_CLOSED,
     Backoff,
@@ -91,7 +94,9 @@ from schedd.sdk._conn import (
     RequestFailed,
     reraise_sole,
 )
+from schedd.sdk._upkeep import submit_paced, watch_lost
 from schedd.sdk.handle import JobHandle, JobLost
+from schedd.sdk.job import Attachments, attachment_items, over_limits
 from schedd.sdk.session import OrderedSession
 
 __all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "OrderedSession",
@@ -100,16 +105,11 @@ __all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "OrderedSession"
 log = logging.getLogger(__name__)
 
 _RECONNECT_DELAY: Final = 0.2
-E_RATE_LIMITED: Final = "E_RATE_LIMITED"
-_MAX_RATE_WAIT: Final = 60.0
-"""The longest ``retry_after`` a rate-limited submit waits out; a longer one is raised."""
 _FOLLOW_RETRIES: Final = 5
 """Tries to re-follow a job after a reconnect when the daemon says "retry later"."""
 _GONE_CODES: Final = frozenset({"E_NO_JOB", "E_NOT_YOURS"})
 _LOST_CHECK_INTERVAL: Final = 30.0
 """Default seconds a handle waits between two checks that its job still exists."""
-_LOST_CHECK_BATCH: Final = 32
-"""Most ``status`` checks of waiting jobs per ``lost_check_interval``."""
 _M = TypeVar("_M", bound=Message)
 
 
@@ -149,6 +149,11 @@ class Client:
         self._nursery: anyio.abc.TaskGroup | None = None
         self.principal = ""
         self.instance = ""
+        #: the daemon's ``[limits] max_attachment`` and ``max_attachments`` (defaults: the
+        #: daemon's): a submit over them is refused here (``E_TOO_LARGE``), never sent, since
+        #: the daemon would refuse it, and one over ``max_attachment`` with the connection
+        self.max_attachment = DEFAULT_MAX_ATTACHMENT
+        self.max_attachments = DEFAULT_MAX_ATTACHMENTS
 
     @classmethod
     @asynccontextmanager
@@ -191,7 +196,9 @@ class Client:
                     client._nursery = nursery
                     nursery.start_soon(client._supervise, link)
                     if lost_check_interval is not None:
-                        nursery.start_soon(client._watch_lost, lost_check_interval)
+                        nursery.start_soon(watch_lost, client._handles.values,
+                                           client._get_open_link, client._lose,
+                                           lost_check_interval)
                     try:
                         yield client
                     finally:
@@ -230,6 +237,7 @@ class Client:
         fail_fast: bool = False,
         seq: int | None = None,
         gap_timeout: float | None = None,
+        attachments: Attachments | None = None,
     ) -> JobHandle:
         """Submit a job and return its handle once the daemon has accepted it.
 
@@ -238,6 +246,13 @@ class Client:
         ``with`` and ``branches``); ``handle.stages()`` yields each stage's ``stage_done`` as it
         comes and ``handle.result()`` is the pipeline's ``done``, whose ``output`` holds every
         stage's output. ``fail_fast``: the first branch that fails cancels the others.
+
+        ``attachments``: binary data sent beside the payload as bytes, never base64
+        (``{"audio.wav": data}``, ``{name: (data, media_type)}`` or ``[(name, data,
+        media_type)]``); the node's handler finds them in ``JobContext.attachments``, and the
+        attachments its result returns come back in ``handle.attachments``. Attachments over
+        :attr:`max_attachment` or :attr:`max_attachments` raise :class:`RequestFailed`
+        ``E_TOO_LARGE`` without being sent.
 
         Without ``job_id`` one is generated, so the submit can be retried safely; without
         ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``).
@@ -251,6 +266,10 @@ class Client:
         done comes after every lower seq's, to its handle and to :meth:`session`'s stream.
         ``gap_timeout``: seconds a missing lower seq may hold the session's results.
         """
+        specs, blobs = attachment_items(attachments)
+        too_large = over_limits(blobs, self.max_attachment, self.max_attachments)
+        if too_large:
+            raise RequestFailed(E_TOO_LARGE, too_large, job_id=job_id)
         if seq is not None and session_id is not None:
             self.session(session_id)
         message = Submit(
@@ -262,11 +281,13 @@ class Client:
             traceparent=traceparent, tracestate=tracestate, delay=delay, not_before=not_before,
             backoff_base=backoff_base, backoff_max=backoff_max, result_ttl=result_ttl,
             keep_payload=keep_payload, fail_fast=fail_fast, seq=seq, gap_timeout=gap_timeout,
+            attachments=specs,
         )
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)
         try:
-            accepted = await self._submit_paced(message)
+            accepted = await submit_paced(partial(self._request, message, Accepted, blobs),
+                                          message.job_id, self._rate_limited_retries)
         except BaseException:
             if created and not handle._acknowledged:
                 self._forget(handle)
@@ -279,22 +300,6 @@ class Client:
         if seq is not None:
             handle._session = session_id
         return handle
-
-    async def _submit_paced(self, message: Submit) -> Accepted:
-        """Send ``submit``; on ``E_RATE_LIMITED`` wait the daemon's ``retry_after`` and send it
-        again (the same ``job_id``: idempotent), within ``rate_limited_retries``."""
-        tries = 0
-        while True:
-            try:
-                return await self._request(message, Accepted)
-            except RequestFailed as exc:
-                wait = exc.retry_after
-                if (exc.code != E_RATE_LIMITED or wait is None
-                        or tries >= self._rate_limited_retries or wait > _MAX_RATE_WAIT):
-                    raise
-                tries += 1
-                log.debug("submit %s rate limited; retrying in %.3f s", message.job_id, wait)
-                await anyio.sleep(wait)
 
     async def status(self, job_id: str) -> Job:
         """A snapshot of the job (``E_NO_JOB``, ``E_NOT_YOURS`` raise :class:`RequestFailed`)."""
@@ -356,14 +361,15 @@ class Client:
         Needs an admin token (else :class:`RequestFailed` ``E_FORBIDDEN``); idempotent."""
         return (await self._request(Admin(action=action, **fields), Acted)).results
 
-    async def _request(self, message: Message, expect: type[_M]) -> _M:
+    async def _request(self, message: Message, expect: type[_M],
+                       data: Sequence[bytes] = ()) -> _M:
         # Every client request is idempotent (submits always carry a job_id), so a request cut
         # off by a lost connection is sent again on the next one.
         shutting_down_retries = 0
         while True:
             link = await self._get_link()
             try:
-                return await link.request(message, expect)
+                return await link.request(message, expect, data)
             except LinkLost:
                 self._check_retry()
             except RequestFailed as exc:
@@ -523,39 +529,15 @@ class Client:
         )
         await link.aclose()  # try another connection rather than wait forever for its done
 
+    def _get_open_link(self) -> Link | None:
+        link = self._link
+        return None if link is None or link.closed else link
+
     def _lose(self, handle: JobHandle, error: RequestFailed) -> None:
         """The daemon answered ``error`` about a job this client waits for: fail its handle
         (:class:`JobLost` for ``E_NO_JOB``)."""
         handle._fail(JobLost(handle.job_id, error.message) if error.code == "E_NO_JOB" else error)
         self._forget(handle)
-
-    async def _watch_lost(self, interval: float) -> None:
-        """Every ``interval`` seconds, ask ``status`` of the jobs waited for longest unchecked
-        (at most ``_LOST_CHECK_BATCH``); a job the daemon no longer knows fails its handle."""
-        while True:
-            await anyio.sleep(interval)
-            now = anyio.current_time()
-            due = sorted(
-                (h for h in self._handles.values()
-                 if h._acknowledged and not h.finished and now - h._checked >= interval),
-                key=lambda h: h._checked,
-            )[:_LOST_CHECK_BATCH]
-            for handle in due:
-                link = self._link
-                if link is None or link.closed:
-                    break  # the next connection re-follows every job
-                try:
-                    job = await link.request(Status(job_id=handle.job_id), Job)
-                except LinkLost:
-                    break
-                except RequestFailed as exc:
-                    if exc.code == "E_NO_JOB" and not handle.finished:
-                        log.warning("job %s no longer exists on %s", handle.job_id, link.url)
-                        self._lose(handle, exc)
-                    continue  # other refusals (E_UNAVAILABLE...): checked again later
-                handle._checked = anyio.current_time()
-                if not handle.finished:
-                    handle.state = job.state
 
     async def _on_message(self, message: Message) -> None:
         if isinstance(message, Done | Skipped) and message.session_id is not None:
@@ -569,7 +551,9 @@ class Client:
             if handle is None or handle.finished:
                 log.debug("ignoring done of job %s (not followed, or already done)", message.job_id)
                 return
-            handle._finish(message)
+            # the link serving is the one reading this message (its bytes are its to hand out)
+            link = self._link
+            handle._finish(message, link.take_attachments(message) if link is not None else {})
             self._forget(handle)
         elif isinstance(message, StageDone):
             handle = self._handles.get(message.job_id)

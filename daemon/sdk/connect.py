@@ -32,6 +32,7 @@ import sniffio
 import trio
 from wsproto import WSConnection
 
+from schedd.protocol.attachments import SDK_MAX_ATTACHMENT
 from schedd.protocol.framing import DEFAULT_MAX_FRAME
 from schedd.sdk._target import (
     BROKEN,
@@ -94,9 +95,10 @@ async def _open_trio(target: Target, max_frame: int) -> StreamChannel | WebSocke
     try:
         peer = peer_address(stream)
         if not target.websocket:
-            return StreamChannel(stream, peer, max_frame)
+            return StreamChannel(stream, peer, max_frame, max_blob=SDK_MAX_ATTACHMENT)
         ws, leftover = await _websocket_handshake(stream, target)
-        return WebSocketChannel(stream, ws, peer, max_frame, leftover=leftover)
+        return WebSocketChannel(stream, ws, peer, max_frame, leftover=leftover,
+                                max_blob=SDK_MAX_ATTACHMENT)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

@@ -108,6 +108,8 @@ class JobHandle:
     ``duplicate`` is ``accepted.duplicate``: the ``job_id`` existed before this submit (after a
     submit retried across a reconnect, that may be the job this very call created).
     ``traceparent`` and ``tracestate`` are the job's W3C trace context as ``accepted`` gave it.
+    ``attachments`` holds, once the job is done, the bytes of its result's binary attachments
+    by name (``media_types`` their media types; ``done.attachments`` their declarations).
     """
 
     def __init__(self, client: _Cancels, job_id: str) -> None:
@@ -118,6 +120,8 @@ class JobHandle:
         self.tracestate: str | None = None
         self._client = client
         self._done: Done | None = None
+        self.attachments: dict[str, bytes] = {}
+        self.media_types: dict[str, str] = {}
         self._failure: RequestFailed | None = None
         self._finished = event()
         self._progress = _ProgressQueue(PROGRESS_BUFFER)
@@ -188,10 +192,12 @@ class JobHandle:
             log.warning("job %s: stage %s dropped (stages are not being read)", self.job_id,
                         stage.stage)
 
-    def _finish(self, done: Done) -> None:
+    def _finish(self, done: Done, attachments: dict[str, bytes] | None = None) -> None:
         if self.finished:
             return
         self._done = done
+        self.attachments = dict(attachments or {})
+        self.media_types = {spec.name: spec.media_type for spec in done.attachments}
         self.state = done.state
         self._finished.set()
         self._progress.close()

@@ -1,13 +1,22 @@
-"""One job as a node's handler sees it: :class:`JobContext`, :class:`JobError`, and the
-``result`` an attempt's end becomes."""
+"""One job as a node's handler sees it: :class:`JobContext`, :class:`JobError`,
+:class:`JobResult`, and the ``result`` an attempt's end becomes."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, Protocol, TypeAlias
 
-from schedd.protocol import DEFAULT_MAX_FRAME, MAX_TEXT_LEN, ErrorInfo, Result, encode
+import attrs
+
+from schedd.protocol import (
+    DEFAULT_MAX_FRAME,
+    MAX_TEXT_LEN,
+    Attachment,
+    ErrorInfo,
+    Result,
+    encode,
+)
 from schedd.sdk._native import cancel_scope
 
 #: the node's logger: what a job's end logs is the node's record
@@ -30,6 +39,50 @@ class JobError(Exception):
         self.retryable = retryable
 
 
+DEFAULT_MEDIA_TYPE: Final = "application/octet-stream"
+
+# values: bytes, bytearray or memoryview, or (one of them, media type); checked when used
+Attachments: TypeAlias = Mapping[str, Any] | Iterable[tuple[str, Any, str]]
+"""Binary attachments as the SDK takes them: ``{name: bytes}``, ``{name: (bytes, media_type)}``
+or ``[(name, bytes, media_type), ...]`` (order kept; the default media type is
+``application/octet-stream``)."""
+
+
+def attachment_items(attachments: Attachments | None) -> tuple[list[Attachment], list[bytes]]:
+    """(their declarations, their bytes), in order, from any form :data:`Attachments` allows.
+    Raises ``ValueError`` (``InvalidField``) for a name the protocol refuses or a repeated one,
+    ``TypeError`` for data that is not bytes."""
+    if not attachments:
+        return [], []
+    items: list[tuple[str, Any, str]] = []
+    if isinstance(attachments, Mapping):
+        for name, value in attachments.items():
+            data, media = value if isinstance(value, tuple) else (value, DEFAULT_MEDIA_TYPE)
+            items.append((name, data, media))
+    else:
+        items = [(name, data, media) for name, data, media in attachments]
+    specs, blobs = [], []
+    for name, data, media in items:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"attachment {name!r} must be bytes, not {type(data).__name__}")
+        blob = bytes(data)
+        specs.append(Attachment(name=name, size=len(blob), media_type=media))
+        blobs.append(blob)
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ValueError("attachment names must be unique")
+    return specs, blobs
+
+
+@attrs.frozen
+class JobResult:
+    """What a handler may return instead of a bare output: the ``output`` (JSON) and binary
+    ``attachments`` (any form :data:`Attachments` allows) that go with it to the client, as
+    bytes, never base64."""
+
+    output: Any = None
+    attachments: Attachments | None = None
+
+
 class _Reports(Protocol):
     """What a job needs of its node (:class:`schedd.sdk.Node`): a way to report progress."""
 
@@ -42,6 +95,8 @@ class JobContext:
     ``deadline_ms`` is the ``assign`` deadline (unix ms); the node has already accepted the
     attempt when the handler starts. ``traceparent`` and ``tracestate`` are the job's W3C trace
     context (``None`` from a daemon that sends none); :attr:`trace` is the same as a carrier.
+    ``attachments`` holds the bytes of the submit's binary attachments by name (``{}`` for
+    none), ``media_types`` their media types.
     """
 
     def __init__(
@@ -55,7 +110,11 @@ class JobContext:
         deadline_ms: int,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        attachments: Mapping[str, bytes] | None = None,
+        media_types: Mapping[str, str] | None = None,
     ) -> None:
+        self.attachments: dict[str, bytes] = dict(attachments or {})
+        self.media_types: dict[str, str] = dict(media_types or {})
         self.job_id = job_id
         self.attempt = attempt
         self.payload = payload
@@ -112,18 +171,46 @@ def failure_result(
                   retryable=retryable)
 
 
-def success_result(ctx: JobContext, output: Any) -> Result:
-    """The ``result`` of an attempt that returned ``output``; a failure when it cannot go."""
-    result = Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=True, output=output)
+def success_result(ctx: JobContext, output: Any) -> tuple[Result, list[bytes]]:
+    """The ``result`` of an attempt that returned ``output`` (or a :class:`JobResult`), and the
+    bytes of its attachments; a failure when it cannot go."""
+    specs: list[Attachment] = []
+    blobs: list[bytes] = []
+    if isinstance(output, JobResult):
+        try:
+            specs, blobs = attachment_items(output.attachments)
+        except (TypeError, ValueError) as exc:
+            log.error("job %s attempt %d: bad attachments: %s", ctx.job_id, ctx.attempt, exc)
+            return failure_result(ctx, E_NODE_EXCEPTION, f"bad attachments: {exc}"), []
+        output = output.output
+    try:
+        result = Result(job_id=ctx.job_id, attempt=ctx.attempt, ok=True, output=output,
+                        attachments=specs)
+    except ValueError as exc:
+        return failure_result(ctx, E_NODE_EXCEPTION, f"bad attachments: {exc}"), []
     try:
         size = len(encode(result))
     except TypeError as exc:
         log.error("job %s attempt %d: output is not JSON: %s", ctx.job_id, ctx.attempt, exc)
-        return failure_result(ctx, E_NODE_EXCEPTION, f"the output is not JSON: {exc}")
+        return failure_result(ctx, E_NODE_EXCEPTION, f"the output is not JSON: {exc}"), []
     # An oversize frame would make the daemon close the connection on every resend.
     if size > DEFAULT_MAX_FRAME:
         log.error(
             "job %s attempt %d: output of %d bytes is too large", ctx.job_id, ctx.attempt, size
         )
-        return failure_result(ctx, E_NODE_EXCEPTION, f"the output is too large ({size} bytes)")
-    return result
+        return failure_result(ctx, E_NODE_EXCEPTION,
+                              f"the output is too large ({size} bytes)"), []
+    return result, blobs
+
+
+def over_limits(blobs: list[bytes], max_attachment: int, max_attachments: int) -> str:
+    """Why the daemon would refuse attachments of these sizes ('' when they fit its limits)."""
+    largest = max((len(blob) for blob in blobs), default=0)
+    if largest > max_attachment:
+        return (f"an attachment of {largest} bytes exceeds the limit of {max_attachment} bytes "
+                "per attachment (max_attachment)")
+    total = sum(len(blob) for blob in blobs)
+    if total > max_attachments:
+        return (f"attachments of {total} bytes exceed the limit of {max_attachments} bytes per "
+                "message (max_attachments)")
+    return ""

@@ -56,6 +56,7 @@ from schedd.protocol import (
     Cancel,
     Drain,
     Error,
+    ErrorInfo,
     Heartbeat,
     Message,
     Ping,
@@ -70,6 +71,7 @@ from schedd.protocol import (
     Undrain,
     encode,
 )
+from schedd.protocol.attachments import DEFAULT_MAX_ATTACHMENT, DEFAULT_MAX_ATTACHMENTS
 from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
 from schedd.sdk._native import TaskGroup, open_task_group
 from schedd.sdk.job import (
@@ -77,11 +79,13 @@ from schedd.sdk.job import (
     Handler,
     JobContext,
     JobError,
+    JobResult,
     failure_result,
+    over_limits,
     success_result,
 )
 
-__all__ = ["E_NODE_EXCEPTION", "JobContext", "JobError", "Node"]
+__all__ = ["E_NODE_EXCEPTION", "JobContext", "JobError", "JobResult", "Node"]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +127,13 @@ class Node:
         name: str | None = None,
         heartbeat_interval: float | None = None,
         reconnect_delay: float = 0.2,
+        max_attachment: int = DEFAULT_MAX_ATTACHMENT,
+        max_attachments: int = DEFAULT_MAX_ATTACHMENTS,
     ) -> None:
+        #: the daemon's ``[limits] max_attachment`` and ``max_attachments``: a result whose
+        #: attachments pass them fails its attempt with ``E_TOO_LARGE`` instead of being sent
+        #: (the daemon would refuse it, and one over ``max_attachment`` with its connection)
+        self.max_attachment, self.max_attachments = max_attachment, max_attachments
         self._dialer = Dialer(urls, role="node", token=token, name=name, connect_timeout=5.0)
         self._handler = handler
         self._pools = list(pools)
@@ -151,6 +161,8 @@ class Node:
         self._backoff = Backoff(reconnect_delay)
         self._link: Link | None = None  # set while registered
         self._outbox: dict[tuple[str, int], Result] = {}
+        # the bytes of the attachments of a result in the outbox, sent with it every time
+        self._result_blobs: dict[tuple[str, int], list[bytes]] = {}
         self._drain_requested = False
         self._unavailable: dict[str, float] = {}  # service -> event-loop time its ttl ends
         self._jobs: TaskGroup | None = None
@@ -402,6 +414,7 @@ class Node:
 
     async def _on_assign(self, link: Link, assign: Assign) -> None:
         job_id, attempt = assign.job_id, assign.attempt
+        attachments = link.take_attachments(assign)
         current = self.running.get(job_id)
         if current is not None:
             if current.attempt == attempt:  # a repeat: accepting again is harmless
@@ -432,6 +445,8 @@ class Node:
             deadline_ms=assign.deadline,
             traceparent=assign.traceparent,
             tracestate=assign.tracestate,
+            attachments=attachments,
+            media_types={spec.name: spec.media_type for spec in assign.attachments},
         )
         self.running[job_id] = ctx
         try:
@@ -447,6 +462,18 @@ class Node:
         attempt: int | None = None
         if error.ref is not None and (match := _JOB_REF.match(error.ref)):
             attempt = int(match.group(1))
+        if error.code == "E_TOO_LARGE" and error.job_id is not None and attempt is not None \
+                and self._result_blobs.pop((error.job_id, attempt), None) is not None:
+            # The daemon refused the result's attachments (over its limits): the attempt fails
+            # with that reason instead, since sending them again would be refused again.
+            log.error("job %s attempt %d: the daemon refused the result's attachments: %s",
+                      error.job_id, attempt, error.message)
+            failed = Result(job_id=error.job_id, attempt=attempt, ok=False,
+                            error=ErrorInfo(code="E_TOO_LARGE", message=error.message))
+            self._outbox[(error.job_id, attempt)] = failed
+            if self._jobs is not None:
+                self._jobs.start_soon(self._resend_result, link, failed)
+            return
         if error.code == "E_UNAVAILABLE" and error.job_id is not None and attempt is not None:
             result = self._outbox.get((error.job_id, attempt))
             if result is not None and self._jobs is not None:
@@ -486,6 +513,8 @@ class Node:
             for key, result in self._outbox.items()
             if not (key[0] == job_id and (attempt is None or key[1] == attempt))
         }
+        self._result_blobs = {key: blobs for key, blobs in self._result_blobs.items()
+                              if key in self._outbox}
         ctx = self.running.get(job_id)
         if ctx is None or (attempt is not None and ctx.attempt != attempt):
             return False
@@ -499,6 +528,7 @@ class Node:
 
     async def _run_job(self, ctx: JobContext) -> None:
         result: Result | None = None
+        blobs: list[bytes] = []
         with ctx._scope:
             try:
                 output = await self._handler(ctx)
@@ -508,13 +538,19 @@ class Node:
                 log.exception("job %s attempt %d: the handler raised", ctx.job_id, ctx.attempt)
                 result = failure_result(ctx, E_NODE_EXCEPTION, f"{type(exc).__name__}: {exc}")
             else:
-                result = success_result(ctx, output)
+                result, blobs = success_result(ctx, output)
+                too_large = over_limits(blobs, self.max_attachment, self.max_attachments)
+                if too_large:
+                    log.error("job %s attempt %d: %s", ctx.job_id, ctx.attempt, too_large)
+                    result, blobs = failure_result(ctx, "E_TOO_LARGE", too_large), []
         if self.running.get(ctx.job_id) is ctx:
             del self.running[ctx.job_id]
         if ctx._scope.cancel_called or result is None:
             return  # cancelled or stale: send nothing more about this attempt
         key = (ctx.job_id, ctx.attempt)
         self._outbox[key] = result
+        if blobs:
+            self._result_blobs[key] = blobs
         link = self._link
         if link is not None:
             # On LinkLost the result stays in the outbox, sent again after the next registration.
@@ -537,6 +573,7 @@ class Node:
             key = (result.job_id, result.attempt)
             if self._outbox.get(key) is result:
                 del self._outbox[key]
+                self._result_blobs.pop(key, None)
 
     async def _send_progress(self, ctx: JobContext, data: Any) -> None:
         message = Progress(job_id=ctx.job_id, attempt=ctx.attempt, data=data)
@@ -551,7 +588,9 @@ class Node:
         self, link: Link, attempt: int, message: Accept | Reject | Progress | Result
     ) -> None:
         # The ref names the attempt, so an error about this message is matched to it.
-        await link.send(_with_ref(message, link.next_ref(f"j{attempt}.")))
+        data = (self._result_blobs.get((message.job_id, attempt), [])
+                if isinstance(message, Result) else [])
+        await link.send(_with_ref(message, link.next_ref(f"j{attempt}.")), data)
 
 
 def _with_ref(message: Accept | Reject | Progress | Result, ref: str) -> Message:

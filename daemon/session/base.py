@@ -18,6 +18,7 @@ import schedd.admission as admission
 import schedd.protocol as p
 from schedd.core import Delivery
 from schedd.errors import ProtocolError
+from schedd.protocol.attachments import Collector
 from schedd.session.outbox import Outbox
 from schedd.transport.channel import Channel
 
@@ -167,6 +168,10 @@ class SessionBase:
         self._next: bytes | str | None = None
         #: the connection's admission (schedd.admission), told how the handshake ended
         self._ticket = admission.CURRENT.get()
+        #: gathers the attachment frames that follow a declaring message
+        self.collector = Collector(app.limits.max_attachment, app.limits.max_attachments)
+        #: id(message) -> the attachments it declared, while it is being handled
+        self.attached: dict[int, list[bytes]] = {}
 
     @property
     def session(self) -> SessionBase:
@@ -182,9 +187,10 @@ class SessionBase:
     ) -> None:
         self.post(p.Error(code=code, message=message, ref=ref, job_id=job_id))
 
-    def _violation(self, code: str, message: str, ref: str | None = None) -> None:
+    def _violation(self, code: str, message: str, ref: str | None = None,
+                   job_id: str | None = None) -> None:
         self.violations += 1
-        self._error(code, message, ref=ref)
+        self._error(code, message, ref=ref, job_id=job_id)
         if self.violations >= MAX_VIOLATIONS:
             log.warning("closing %s %s after %d protocol violations (last: %s %s)",
                         self.role or "peer", self.peer, self.violations, code, message)

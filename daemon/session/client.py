@@ -11,7 +11,7 @@ import orjson
 import trio
 
 import schedd.protocol as p
-from schedd.core import DoneDelivery, JobFilter, JobSpec, new_id
+from schedd.core import DoneDelivery, JobFilter, JobInfo, JobSpec, new_id
 from schedd.errors import StoreError
 from schedd.operators import MAX_REQUEUE, RequeueFilter
 from schedd.session.base import CloseConnection, SessionBase, checked_pools, log, log_job
@@ -124,6 +124,9 @@ class ClientRole(SessionBase):
             session_id=m.session_id, priority=m.priority, stages_json=stages_json,
             fail_fast=m.fail_fast, seq=m.seq, gap_timeout=m.gap_timeout,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
+            attachments=tuple(
+                (spec.name, spec.media_type, data)
+                for spec, data in zip(m.attachments, self.attached.get(id(m), []), strict=True)),
         )
         await self._store_submit(m, job_id, spec, ["<stages>"])
 
@@ -164,7 +167,23 @@ class ClientRole(SessionBase):
             self._error("E_NOT_YOURS", f"job {m.job_id} belongs to another client", ref=m.ref,
                         job_id=m.job_id)
             return
-        self.post(job_message(info, m.ref))
+        await self._post_job(info, m.ref)
+
+    async def _post_job(self, info: JobInfo, ref: str | None) -> None:
+        """Send the ``job`` message of ``info``, with its result's attachments if it has any."""
+        message = job_message(info, ref)
+        if not message.attachments:
+            self.post(message)
+            return
+        try:
+            data = await self.app.queries.attachments(
+                info.job_id, "out", [spec.name for spec in message.attachments])
+        except (LookupError, StoreError) as exc:  # removed since the job was read; store down
+            log.warning("job %s: its job message goes without attachments: %s", info.job_id,
+                        exc)
+            self.post(attrs.evolve(message, attachments=[]))
+            return
+        self.outbox.post_attached(message, data)
 
     async def _follow(self, m: p.Follow) -> None:
         # A candidate while the scripts run: it takes the job's deliveries only once the store
@@ -180,7 +199,7 @@ class ClientRole(SessionBase):
             self.app.routes.settle(m.job_id, candidate, None)
             raise
         if info is not None and info.principal == self.principal:
-            self.post(job_message(info, m.ref))  # the job as status shows it, node and info too
+            await self._post_job(info, m.ref)  # the job as status shows it, node and info too
         else:  # its retention ended between the two reads, or the read failed
             self.post(p.Job(job_id=m.job_id, state=followed.state,  # type: ignore[arg-type]
                             attempt=followed.attempt, ref=m.ref))
@@ -241,6 +260,9 @@ class ClientRole(SessionBase):
 
     def deliver_done(self, done: DoneDelivery) -> None:
         """The job this client follows finished (schedd.routes)."""
+        if done.attachments_json:  # its attachments are read first, in order with the rest
+            self.deliver(done)
+            return
         self.inflight.discard(done.job_id)
         self.post(done_message(done))
         log_job(done.trace, "job %s %s after %s attempt(s): done sent to %s", done.job_id,

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+import orjson
 import trio
 
 import schedd.protocol as p
 from schedd.core import AssignDelivery, CancelJob, Delivery, DoneDelivery, DrainNode
-from schedd.errors import ProtocolError
+from schedd.errors import ProtocolError, StoreError
+from schedd.protocol.attachments import AttachmentError
 from schedd.session.base import (
     MAX_VIOLATIONS,
     CloseConnection,
@@ -55,12 +58,16 @@ class Session(Handshake, NodeRole, ClientRole):
 
     def __init__(self, app: Host, channel: Channel) -> None:
         super().__init__(app, channel)
+        self._tasks: trio.Nursery | None = None
+        # deliveries held while the attachments of one before them are read from the store
+        self._fetching: list[Delivery] | None = None
         channel.set_inline(self._inline)
         channel.set_control(self._control_frame)
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._tasks = nursery
                 nursery.start_soon(self.outbox.serve)
                 with self._cancel:  # cancels the receiving side: close() and overflow
                     try:
@@ -132,11 +139,10 @@ class Session(Handshake, NodeRole, ClientRole):
                     if self._beat is not None and raw == self._beat_raw:
                         message: p.Message = self._beat
                     else:
-                        try:
-                            message = p.decode(raw)
-                        except ProtocolError as exc:
-                            self._violation(exc.code, exc.message)
+                        found = self._attachment_frame(raw)
+                        if found is None:
                             continue
+                        message = found
                         if isinstance(message, p.Heartbeat):
                             self._beat_raw, self._beat = raw, message
                     if isinstance(message, p.Submit) and self.role == "client":
@@ -151,6 +157,41 @@ class Session(Handshake, NodeRole, ClientRole):
             except (CloseConnection, ChannelClosed):
                 pass  # submits already read finish (the nursery waits for them)
 
+    def _attachment_frame(self, raw: bytes | str) -> p.Message | None:
+        """Decode what arrived: the message to handle now (the attachments it declared, if any,
+        in ``attached``), or None: a violation answered, or a message waiting for its attachment
+        frames (schedd.protocol.attachments). Raises CloseConnection after an ``E_ATTACHMENT``,
+        or an ``E_TOO_LARGE`` the stream cannot recover from."""
+        collector = self.collector
+        untagged = self.channel.untagged_blobs
+        try:
+            try:
+                whole = collector.receive(raw, untagged_blobs=untagged, decode=p.decode)
+            except AttachmentError:
+                raise
+            except ProtocolError as exc:
+                if untagged and isinstance(raw, bytes) and raw.lstrip()[:1] != b"{":
+                    collector.add(raw)  # no message declared it: E_ATTACHMENT
+                self._violation(exc.code, exc.message)
+                return None
+            if whole is None:
+                return None
+            message, data = whole
+            if data:
+                self.attached[id(message)] = data
+            return message
+        except AttachmentError as exc:
+            # the refused message's ref and job, so that its sender knows which it was
+            ref = getattr(collector.message, "ref", None)
+            job_id = getattr(collector.message, "job_id", None)
+            if not exc.close:
+                self._violation(exc.code, exc.message, ref, job_id)
+                return None
+            log.warning("closing %s %s: %s %s", self.role or "peer", self.peer, exc.code,
+                        exc.message)
+            self._error(exc.code, exc.message, ref=ref, job_id=job_id)
+            raise CloseConnection from None
+
     # -- dispatch ------------------------------------------------------------------------------
 
     async def _handle(self, message: p.Message) -> None:
@@ -161,6 +202,7 @@ class Session(Handshake, NodeRole, ClientRole):
             return
         handler = _HANDLERS.get((self.role or HELLO, message.TYPE))
         if handler is None:
+            self.attached.pop(id(message), None)
             self._violation(p.E_ROLE, f"a {self.role} may not send {message.TYPE}", message.ref)
             return
         try:
@@ -176,12 +218,17 @@ class Session(Handshake, NodeRole, ClientRole):
             self._error(reply.code, reply.message, ref=message.ref, job_id=job_id)
             if reply.close:
                 raise CloseConnection from None
+        finally:
+            self.attached.pop(id(message), None)
 
     # -- deliveries from the core --------------------------------------------------------------
 
     def deliver(self, delivery: Delivery) -> None:
         if self._held is not None:
             self._held.append(delivery)
+            return
+        if self._fetching is not None:
+            self._fetching.append(delivery)
             return
         if isinstance(delivery, AssignDelivery):
             if len(self.traces) >= p.MAX_RUNNING:
@@ -206,7 +253,46 @@ class Session(Handshake, NodeRole, ClientRole):
                 self.draining = True
         message = wire_message(delivery)
         if message is not None:
-            self.post(message)
+            if isinstance(delivery, AssignDelivery | DoneDelivery) and delivery.attachments_json \
+                    and isinstance(message, p.Assign | p.Done):
+                self.post_with_attachments(message, delivery)
+            else:
+                self.post(message)
+
+    def post_with_attachments(self, message: p.Assign | p.Done,
+                              delivery: AssignDelivery | DoneDelivery) -> None:
+        """Send an ``assign`` or ``done`` with the attachments it names, read from the store;
+        the deliveries that come meanwhile wait, so they keep their order."""
+        specs = [p.Attachment(**spec) for spec in orjson.loads(delivery.attachments_json)]
+        message = attrs.evolve(message, attachments=specs)
+        side = "in" if isinstance(delivery, AssignDelivery) else "out"
+        self._fetching = []
+        try:
+            assert self._tasks is not None
+            self._tasks.start_soon(self._send_attached, message, delivery.job_id, side,
+                                   [spec.name for spec in specs])
+        except (AssertionError, RuntimeError):  # the connection has ended
+            self._fetching = None
+
+    async def _send_attached(self, message: p.Message, job_id: str, side: str,
+                             names: list[str]) -> None:
+        try:
+            data = await self.app.queries.attachments(job_id, side, names)
+        except (LookupError, StoreError) as exc:
+            # an assign not sent misses its ack deadline and is retried; a done goes without
+            log.warning("job %s: cannot send its %s to %s %s: %s", job_id, message.TYPE,
+                        self.role, self.peer, exc)
+            if isinstance(message, p.Done):
+                self.post(attrs.evolve(message, attachments=[]))
+        else:
+            self.outbox.post_attached(message, data)
+        finally:
+            held, self._fetching = self._fetching or [], None
+            for index, delivery in enumerate(held):
+                if self._fetching is not None:  # another fetch began: the rest waits for it
+                    self._fetching.extend(held[index:])
+                    break
+                self.deliver(delivery)
 
 
 #: (state, message type) -> the handler, from the state table (schedd.session.handshake)

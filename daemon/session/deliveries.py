@@ -90,4 +90,5 @@ def job_message(info: JobInfo, ref: str | None) -> p.Job:
                      "timings": info.timings, "tried": info.tried,
                      "attempts": info.attempts, "payload_bytes": info.payload_bytes,
                      "output_bytes": info.output_bytes,
-                 })
+                     "attachment_bytes": info.attachment_bytes,
+                 }, attachments=[p.Attachment(**spec) for spec in info.attachments])

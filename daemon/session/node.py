@@ -18,6 +18,7 @@ import schedd.protocol as p
 from schedd.core import new_id
 from schedd.errors import ProtocolError
 from schedd.node_ids import node_id_allowed, refusal
+from schedd.protocol.attachments import Blob
 from schedd.session.base import SessionBase, checked_pools, log, log_job
 
 
@@ -162,7 +163,8 @@ class NodeRole(SessionBase):
         (``False``) goes to the loop.
         """
         beat = self._beat
-        if beat is None or raw != self._beat_raw or self.node_id is None or self.epoch is None:
+        if beat is None or raw != self._beat_raw or self.node_id is None or self.epoch is None \
+                or self.collector.waiting or isinstance(raw, Blob):  # an attachment frame
             return False
         caps = beat.capabilities
         if caps is not None and (self.registration is None
@@ -225,7 +227,8 @@ class NodeRole(SessionBase):
             message = None  # the loop says why
         now = trio.current_time()
         if isinstance(message, p.Result) and message.job_id == accept.job_id \
-                and message.attempt == accept.attempt and self.rate.allow(now):
+                and message.attempt == accept.attempt and not message.attachments \
+                and self.rate.allow(now):
             self.last_seen = now
             return raw, message
         self._next = raw
@@ -249,10 +252,13 @@ class NodeRole(SessionBase):
 
     async def _record_result(self, node_id: str, m: p.Result, *, accepted: bool = False) -> None:
         error = {"code": m.error.code, "message": m.error.message} if m.error else None
+        data = self.attached.get(id(m), [])
         await self.app.core.result(
             m.job_id, node_id=node_id, attempt=m.attempt, ok=m.ok,
             output_json=orjson.dumps(m.output).decode(), error=error, accepted=accepted,
             retryable=m.retryable,
+            attachments=[(spec.name, spec.media_type, blob)
+                         for spec, blob in zip(m.attachments, data, strict=True)],
         )
         trace = self.traces.pop(m.job_id, "")
         if accepted:  # its accept came with it and was recorded by the same call

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 import schedd.protocol as p
+from schedd.protocol.attachments import Blob, message_frames
 from schedd.transport.channel import Channel, ChannelClosed
 
 OUTBOX_SIZE = 4096
@@ -62,6 +63,21 @@ class Outbox:
         except trio.ClosedResourceError:
             pass
 
+    def post_attached(self, message: p.Message, data: list[bytes]) -> None:
+        """Send a message and the attachment frames it declares, one after the other with
+        nothing between them (schedd.protocol.attachments); never blocks."""
+        if not data:
+            self.post(message)
+            return
+        self.sender_idle = False  # through the queue: the frames go out together, in order
+        try:
+            for frame in message_frames(message, data):
+                self._out_send.send_nowait(frame)
+        except trio.WouldBlock:
+            self._on_overflow()
+        except trio.ClosedResourceError:
+            pass
+
     async def serve(self) -> None:
         """Send what is posted and queued, in order: everything queued meanwhile goes to the
         channel's ``send_many`` at once (one write for TCP and WebSocket), up to SEND_BATCH
@@ -84,13 +100,13 @@ class Outbox:
             except trio.EndOfChannel:
                 return
             try:
-                batch = [data] if data else []
+                batch = [data] if data or isinstance(data, Blob) else []
                 while len(batch) < SEND_BATCH:
                     try:
                         more = out.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                    if more:
+                    if more or isinstance(more, Blob):  # an empty attachment is no marker
                         batch.append(more)
                 await send_many(batch)  # also what a short write of post left, first
             except ChannelClosed:

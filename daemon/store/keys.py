@@ -37,6 +37,9 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "queue": ("queue:{}", "zset: queued job id -> order (priority first, then age)"),
     "job": ("job:{}", "hash: one job (state, attempt, node, payload, result, timings, ...)"),
     "job_tried": ("job:{}:tried", "set: node ids that already failed this job"),
+    "job_blobs": ("job:{}:blobs", "hash: 'in:<name>' / 'out:<name>' -> the bytes of one binary "
+                  "attachment of the job's submit / of its result (names and sizes in the job "
+                  "hash: att, out_att; their total bytes: att_bytes)"),
     "job_attempts": ("job:{}:attempts", "list: the attempts of a job that ended without a "
                      "result (attempt, node, why, times), oldest first"),
     "jobs": ("jobs", "zset: every retained job id -> unix ms of its submission (browsing)"),
@@ -128,6 +131,9 @@ class Keys:
 
     def job_tried(self, job_id: str) -> str:
         return self._k("job_tried", job_id)
+
+    def job_blobs(self, job_id: str) -> str:
+        return self._k("job_blobs", job_id)
 
     def job_attempts(self, job_id: str) -> str:
         return self._k("job_attempts", job_id)

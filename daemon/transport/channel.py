@@ -29,6 +29,10 @@ class Channel:
 
     #: The remote address, for logs and authentication (``ip:port`` or a socket path).
     peer: str
+    #: Attachment frames arrive as plain binary messages, told apart from binary JSON messages
+    #: only by a declaration awaiting them (WebSocket); otherwise they arrive as
+    #: :class:`~schedd.protocol.attachments.Blob` (TCP's typed frames).
+    untagged_blobs = False
 
     async def receive(self) -> bytes | str:
         """The next whole message. Raises :class:`ChannelClosed` or ``ProtocolError``."""

@@ -22,6 +22,8 @@ class StreamChannel(HubReader[bytes]):
     :param stream: a connected ``trio.SocketStream`` or ``trio.SSLStream`` (owned from now on).
     :param peer: the remote address, for logs and authentication.
     :param max_frame: the largest payload accepted, in bytes.
+    :param max_blob: the largest attachment frame accepted (after its type byte), in bytes
+        (default: ``max_frame``); one arrives as a :class:`~schedd.protocol.attachments.Blob`.
     :param hub: a running :class:`~schedd.transport.readiness.ReadinessHub`: a plain socket is then
         read by the hub's task when input arrives while someone waits in ``receive``, and the
         frames go first to the consumer set with :meth:`set_inline` (the daemon's node
@@ -32,12 +34,12 @@ class StreamChannel(HubReader[bytes]):
     __slots__ = ("_broken", "_decoder", "_end", "_rest", "_send_lock")
 
     def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int,
-                 hub: ReadinessHub | None = None) -> None:
+                 hub: ReadinessHub | None = None, *, max_blob: int | None = None) -> None:
         self._stream = stream
         # A plain socket is read with wait_readable + os.read (see read_when_ready).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self.peer = peer
-        self._decoder = FrameDecoder(max_frame)
+        self._decoder = FrameDecoder(max_frame, max_blob)
         self._items: deque[bytes] = deque()
         self._send_lock = trio.Lock()
         self._rest = b""
@@ -104,7 +106,8 @@ class StreamChannel(HubReader[bytes]):
         return bool(self._items) or self._broken is not None or self._end is not None
 
     async def send(self, data: bytes) -> None:
-        """Send ``data`` as one frame, whole even when several tasks send at once.
+        """Send ``data`` as one frame (an attachment frame for a
+        :class:`~schedd.protocol.attachments.Blob`), whole even when several tasks send at once.
 
         Over a plain socket with no other send in progress the frame goes out in one
         non-blocking write (what it leaves goes through the stream, still in order), without

@@ -1,9 +1,12 @@
 """The WebSocket channel, either end of a WebSocket whose handshake is complete.
 
-Rules of this module: one WebSocket message is one protocol message; text and binary are both
-accepted (text as ``str``). A :class:`WebSocketChannel` sends text messages (what
-``docs/protocol.md`` asks peers to send) until it receives a binary one, and from then on answers
-in the kind it last received. Pings are answered while someone is in ``receive``. No extension
+Rules of this module: one WebSocket message is one protocol message or one attachment frame;
+text and binary are both accepted (text as ``str``, binary as ``bytes``: the session decides
+whether a binary message is an attachment it awaits or a JSON message). A
+:class:`~schedd.protocol.attachments.Blob` is always sent as a binary message. A
+:class:`WebSocketChannel` sends text messages (what ``docs/protocol.md`` asks peers to send)
+until it receives a binary one, and from then on answers in the kind it last received. Pings
+are answered while someone is in ``receive``. No extension
 (compression) is negotiated. The WebSocket protocol is :mod:`wsproto`'s, with common frames
 decoded by :mod:`schedd.protocol.wsframes`; this module only moves their bytes. ``aclose``
 sends a close frame (code 1009 after ``E_TOO_LARGE``, the parser's code after ``E_MALFORMED``,
@@ -24,6 +27,7 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, Tex
 from wsproto.utilities import LocalProtocolError
 
 from schedd.errors import ProtocolError
+from schedd.protocol.attachments import Blob
 from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
 from schedd.protocol.wsframes import FrameSplitter, encode_message
 from schedd.transport.channel import ChannelClosed
@@ -59,11 +63,14 @@ class WebSocketChannel(HubReader[bytes | str]):
         callback set with :meth:`set_control` (the daemon's rate limit).
     """
 
+    untagged_blobs = True
+
     __slots__ = (
         "_close_code",
         "_control",
         "_ended",
         "_frames",
+        "_max_binary",
         "_max_frame",
         "_on_control",
         "_parts",
@@ -77,6 +84,7 @@ class WebSocketChannel(HubReader[bytes | str]):
     def __init__(
         self, stream: trio.abc.Stream, ws: WSConnection, peer: str, max_frame: int,
         hub: ReadinessHub | None = None, *, leftover: bytes | None = None,
+        max_blob: int | None = None,
     ) -> None:
         if ws.state is not ConnectionState.OPEN:
             raise ValueError(f"the WebSocket is not open (state {ws.state.name})")
@@ -87,6 +95,8 @@ class WebSocketChannel(HubReader[bytes | str]):
         self._ws = ws
         self.peer = peer
         self._max_frame = max_frame
+        # a binary message may be an attachment, up to max_blob bytes
+        self._max_binary = max(max_frame, max_blob or 0)
         self._items: deque[bytes | str] = deque()
         self._control: list[Event] = []  # answers to send before receive returns (pong, close)
         self._parts: list[bytes | str] = []
@@ -226,13 +236,14 @@ class WebSocketChannel(HubReader[bytes | str]):
             self._text = False
             size = len(data)
         total = self._size + size
-        if total > self._max_frame:
+        limit = self._max_frame if isinstance(data, str) else self._max_binary
+        if total > limit:
             self._parts.clear()
             self._size = 0
             self._close_code = _CLOSE_TOO_BIG
             self._ended = (
                 E_TOO_LARGE,
-                f"message of more than {self._max_frame} bytes exceeds the limit",
+                f"message of more than {limit} bytes exceeds the limit",
             )
             return
         if not event.message_finished:
@@ -297,7 +308,7 @@ class WebSocketChannel(HubReader[bytes | str]):
         the connection is closing, as wsproto would refuse it."""
         if self._ws.state is not ConnectionState.OPEN:
             raise ChannelClosed(f"connection with {self.peer} is closing")
-        text = self._text
+        text = self._text and not isinstance(data, Blob)
         if text and not data.isascii():
             data.decode()  # text must be UTF-8: raises UnicodeDecodeError as wsproto's str did
         return encode_message(data, text=text, masked=self._ws.client)

@@ -439,12 +439,15 @@ local function assign(job_id, job, node_id, now, fields, now_s)
   if job.session and job.session ~= '' then
     redis.call('SET', K.session(job.session), node_id, 'PX', job.session_ms)
   end
-  -- {'assign', node, job, attempt, payload, session, deadline, epoch, trace}, built as text
-  -- (see count_state); epoch is the integer the node record holds
+  -- {'assign', node, job, attempt, payload, session, deadline, epoch, trace, attachments},
+  -- built as text (see count_state); epoch is the integer the node record holds; attachments
+  -- is the JSON of the submit's attachment list, '' for none (their bytes stay in job_blobs)
+  local att = job.att
+  if att == nil then att = redis.call('HGET', K.job(job_id), 'att') or '' end
   deliver(owner, '["assign",' .. cjson.encode(node_id) .. ',' .. cjson.encode(job_id) .. ','
     .. attempt_s .. ',' .. cjson.encode(job.payload) .. ',' .. cjson.encode(job.session or '')
     .. ',' .. deadline_s .. ',' .. (tonumber(epoch) and epoch or 'null') .. ','
-    .. cjson.encode(job.trace or '') .. ']')
+    .. cjson.encode(job.trace or '') .. ',' .. cjson.encode(att) .. ']')
   job.attempt = attempt_s
   job.node = node_id
   job.state = 'assigned'
@@ -474,16 +477,20 @@ local function enqueue(job_id, job, now, fields)
 end
 
 -- The done message as JSON text: {'done', job, state, ok, output, error, node, attempt, t_sub,
--- t_asg, t_acc, t_fin, principal, trace[, session, seq]} (the last two for a job of an ordered
--- session: job.session and job.oseq read); output and error are JSON texts carried as strings.
+-- t_asg, t_acc, t_fin, principal, trace, attachments[, session, seq]} (the last two for a job of
+-- an ordered session: job.session and job.oseq read); output, error and attachments (the
+-- result's attachment list, '' for none) are JSON texts carried as strings.
 -- The principal owning the job goes with it: an instance hands it only to a connection of that
 -- principal (job.principal must be among the fields read, and job.trace for the trace).
 local function done_message(job_id, job)
+  local att = job.out_att
+  if att == nil then att = redis.call('HGET', K.job(job_id), 'out_att') or '' end
   return '["done",' .. cjson.encode(job_id) .. ',"' .. job.state .. '",' .. num_s(job.ok) .. ','
     .. cjson.encode(job.output or 'null') .. ',' .. cjson.encode(job.error or 'null') .. ','
     .. cjson.encode(job.node or '') .. ',' .. num_s(job.attempt) .. ',' .. num_s(job.t_sub) .. ','
     .. num_s(job.t_asg) .. ',' .. num_s(job.t_acc) .. ',' .. num_s(job.t_fin) .. ','
-    .. cjson.encode(job.principal or '') .. ',' .. cjson.encode(job.trace or '')
+    .. cjson.encode(job.principal or '') .. ',' .. cjson.encode(job.trace or '') .. ','
+    .. cjson.encode(att)
     .. ((job.oseq and job.oseq ~= '') and (',' .. cjson.encode(job.session) .. ',' .. job.oseq)
       or '') .. ']'
 end
@@ -555,7 +562,8 @@ local function drop_finished(job_id, job)
   index_forget(job_id, job)
   retained_forget(job_id, job)
   redis.call('ZREM', K.gc(), 'j:' .. job_id)
-  redis.call('DEL', K.job(job_id), K.job_tried(job_id), K.job_attempts(job_id))
+  redis.call('DEL', K.job(job_id), K.job_tried(job_id), K.job_attempts(job_id),
+    K.job_blobs(job_id))
 end
 
 -- A job just finished: its payload goes unless kept ('keep' = '1' at submit, or the job did not
@@ -564,12 +572,22 @@ end
 -- written at submit) by evicting the oldest of that principal only.
 local function retain(job_id, state)
   local jkey = K.job(job_id)
-  local v = redis.call('HMGET', jkey, 'keep', 'rlim', 'principal')
+  local v = redis.call('HMGET', jkey, 'keep', 'rlim', 'principal', 'att', 'att_bytes')
   local bytes = redis.call('HSTRLEN', jkey, 'output') + redis.call('HSTRLEN', jkey, 'error')
+    + (tonumber(v[5]) or 0)
   if v[1] == '1' or state ~= 'done' then
     bytes = bytes + redis.call('HSTRLEN', jkey, 'payload')
   else
     redis.call('HDEL', jkey, 'payload')
+    -- the input attachments go with the payload (audio in is not kept once the job is done)
+    local ok, specs = pcall(cjson.decode, v[4] or '')
+    if ok and type(specs) == 'table' then
+      for _, spec in ipairs(specs) do
+        if redis.call('HDEL', K.job_blobs(job_id), 'in:' .. spec.name) == 1 then
+          bytes = bytes - (tonumber(spec.size) or 0)
+        end
+      end
+    end
   end
   redis.call('HSET', jkey, 'rbytes', int_s(bytes))
   local principal = v[3]
@@ -689,7 +707,7 @@ local function order_move(oid, principal, session)
     local d = entry[2][2]
     if string.find(d, mark, 1, true) then
       local ok, m = pcall(cjson.decode, d)
-      if ok and ((m[1] == 'done' and m[13] == principal and m[15] == session)
+      if ok and ((m[1] == 'done' and m[13] == principal and m[16] == session)
           or (m[1] == 'skipped' and m[2] == principal and m[3] == session)) then
         redis.call('XADD', K.inbox(CALLER), '*', 'd', d)
         redis.call('XDEL', old, entry[1])
@@ -939,6 +957,35 @@ local function fence(job_id, node_id, attempt, job)
       ' on node ' .. node_id .. ' is not current (' .. current .. '): drop that attempt')
   end
   return job, nil
+end
+
+-- Give job from_id's output attachments (its result's: out_att, 'out:<name>' in its blobs) to
+-- job to_id as its input (att, 'in:<name>', counted in its att_bytes), for a job whose input is
+-- another's output (a stage after the one that produced it). Call it before to_id is assigned,
+-- or set job.att to what it returns: assign carries job.att (or the hash's att when the caller
+-- did not read it). move: the bytes leave from_id (its out_att and att_bytes follow), else they
+-- are copied. Returns the attachment list as JSON, '' when from_id has none (or lost them).
+local function pass_attachments(from_id, to_id, move)
+  local att = redis.call('HGET', K.job(from_id), 'out_att')
+  if not att or att == '' then return '' end
+  local specs = cjson.decode(att)
+  local names, flat, size = {}, {}, 0
+  for i, spec in ipairs(specs) do names[i] = 'out:' .. spec.name end
+  local data = redis.call('HMGET', K.job_blobs(from_id), unpack_list(names))
+  for i, spec in ipairs(specs) do
+    if not data[i] then return '' end
+    flat[2 * i - 1], flat[2 * i] = 'in:' .. spec.name, data[i]
+    size = size + #data[i]
+  end
+  redis.call('HSET', K.job_blobs(to_id), unpack_list(flat))
+  redis.call('HSET', K.job(to_id), 'att', att)
+  redis.call('HINCRBY', K.job(to_id), 'att_bytes', size)
+  if move then
+    redis.call('HDEL', K.job_blobs(from_id), unpack_list(names))
+    redis.call('HDEL', K.job(from_id), 'out_att')
+    redis.call('HINCRBY', K.job(from_id), 'att_bytes', -size)
+  end
+  return att
 end
 
 -- Read the job and fence: fields, the fields the caller needs (state, node and attempt among

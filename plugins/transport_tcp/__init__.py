@@ -15,7 +15,8 @@ Rules of this plugin:
   unchanged heartbeat to the session inline, without a task switch per message.
 - Framing is :mod:`schedd.protocol.framing`'s: a frame header declaring more than
   ``max_frame`` bytes (or zero) makes ``receive`` raise ``ProtocolError`` as soon as the header is
-  read; the body is never waited for.
+  read; the body is never waited for. An attachment frame (type byte ``0x00``) may carry up to
+  ``app.limits.max_attachment`` bytes after its type byte.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ async def _serve_connection(app: Daemon, stream: trio.abc.Stream, peer: str) -> 
         if handshake.cancelled_caught:
             handshake_timed_out()  # as a missing hello: counts toward the throttle
             return  # the guard closes the stream
-    channel = StreamChannel(stream, peer, limits.max_frame, hub=app.readiness)
+    channel = StreamChannel(stream, peer, limits.max_frame, hub=app.readiness,
+                            max_blob=limits.max_attachment)
     try:
         await app.serve_channel(channel)
     finally:

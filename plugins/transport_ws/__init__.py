@@ -21,7 +21,8 @@ Rules of this plugin:
   reaches the session as ``E_TOO_LARGE`` or ``E_MALFORMED``; the session answers with an
   ``error`` and the connection closes with code 1009 (Message Too Big) or the parser's code.
 - Text and binary messages are both accepted; the daemon answers in the kind the peer last sent
-  (text until the peer's first message).
+  (text until the peer's first message). A binary message may be an attachment, up to
+  ``app.limits.max_attachment`` bytes (schedd.protocol.attachments).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ async def _serve_connection(app: Daemon, path: str, stream: trio.abc.Stream, pee
         return
     ws, leftover = upgraded
     channel = WebSocketChannel(stream, ws, peer, limits.max_frame, hub=app.readiness,
-                               leftover=leftover)
+                               leftover=leftover, max_blob=limits.max_attachment)
     try:
         await app.serve_channel(channel)
     finally:

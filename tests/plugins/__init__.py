@@ -26,6 +26,8 @@ from schedd.transport.readiness import ReadinessHub
 class FakeLimits:
     max_frame: int = 4096
     handshake_timeout: float = 5.0
+    max_attachment: int = 4096
+    max_attachments: int = 8192
     # schedd.admission's, as [limits] has them by default
     max_connections: int = 20000
     max_connections_per_address: int = 12000

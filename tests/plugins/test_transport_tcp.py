@@ -114,7 +114,9 @@ async def test_oversize_header_is_too_large_and_the_error_reaches_the_peer() -> 
         async with trio.open_nursery() as nursery:
             url = await start(nursery, transport_tcp.serve, app, PLUGIN)
             stream = await trio.open_tcp_stream(*address(url))
-            await stream.send_all(struct.pack(">I", 1025))  # the header alone
+            # the header alone, over max_frame and over what an attachment frame may carry
+            # (max_attachment + its type byte: within that, its type byte would decide)
+            await stream.send_all(struct.pack(">I", app.limits.max_attachment + 2))
             error = await read_frame(stream)
             assert error is not None
             assert orjson.loads(error)["code"] == "E_TOO_LARGE"

@@ -22,6 +22,7 @@ from schedd.sdk import (
     JobContext,
     JobError,
     JobLost,
+    JobResult,
     Node,
     RequestFailed,
 )
@@ -40,6 +41,9 @@ async def handler(ctx: JobContext) -> Any:
         raise JobError(payload["fail"], "asked to fail")
     if payload.get("block"):
         await trio.sleep_forever()
+    if ctx.attachments:  # their bytes back, reversed
+        return JobResult({"echo": payload},
+                         attachments={name: data[::-1] for name, data in ctx.attachments.items()})
     return {"echo": payload}
 
 
@@ -135,6 +139,13 @@ def test_submit_and_result_with_progress(client: BlockingClient) -> None:
     [me] = client.query("clients")["clients"]  # this client's one connection
     assert me["peer"].startswith("127.0.0.1:") and me["protocol"] == PROTOCOL_VERSION
     assert me["instance"] == client.instance and me["principal"] == client.principal
+
+
+def test_attachments_from_a_thread(client: BlockingClient) -> None:
+    audio = bytes(range(256)) * 8
+    handle = client.submit({"n": 1}, pools=["p"], attachments={"a.wav": (audio, "audio/wav")})
+    assert handle.result(timeout=WAIT).ok
+    assert handle.attachments == {"a.wav": audio[::-1]}
 
 
 def test_threads_share_one_client_and_one_connection(

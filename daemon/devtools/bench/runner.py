@@ -228,6 +228,10 @@ def table(document: dict[str, Any]) -> str:
         from schedd.devtools.pipe_bench import table_rows as pipe_rows
 
         rows += pipe_rows(r["PIPE"])
+    if "BLOB" in r and "base64_over_attachment" in r["BLOB"]:
+        from schedd.devtools.blob_bench import table_rows as blob_rows
+
+        rows += blob_rows(r["BLOB"])
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]

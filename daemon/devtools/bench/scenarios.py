@@ -1,5 +1,5 @@
 """The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK, PIPE,
-ORDER) and their scales."""
+ORDER, BLOB) and their scales."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "ORDER": {"utterances": 1000, "nodes": 8, "capacity": 2, "instances": 3,
                   "in_flight": 32, "job_seconds": (0.01, 0.1), "kill_nodes": 0.25,
                   "gap_timeout": 30.0, "settle": 60.0},
+        # 1 MB of audio per job, as an attachment and base64 in the payload, serial jobs
+        "BLOB": {"bytes": 1_000_000, "jobs": 100, "warmup": 10, "rounds": 3},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -72,6 +74,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "ORDER": {"utterances": 100, "nodes": 4, "capacity": 2, "instances": 2,
                   "in_flight": 16, "job_seconds": (0.005, 0.03), "kill_nodes": 0.25,
                   "gap_timeout": 30.0, "settle": 30.0},
+        "BLOB": {"bytes": 1_000_000, "jobs": 5, "warmup": 2, "rounds": 1},
     },
 }
 
@@ -396,8 +399,15 @@ async def order(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(report.elapsed, 2), "ok": report.ok, "report": report.lines()}
 
 
+async def blob(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """Audio as an attachment against base64 in the payload (schedd.devtools.blob_bench)."""
+    from schedd.devtools.blob_bench import run_blob
+
+    return await run_blob(opt, p)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
                    "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse,
                    "SDK": sdk, "PIPE": pipe,
-                   "ORDER": order}
+                   "ORDER": order, "BLOB": blob}
