@@ -181,12 +181,26 @@ if is_pipe then
   -- a pipeline takes a token of the principal's bucket as a job does; its stages are jobs,
   -- each counted in the principal's usage as it is created
   if tokens then redis.call('HSET', ukey, 'tokens', tostring(tokens - 1), 't_tok', int_s(now)) end
+  -- the submit's attachments are the pipeline's input: its first stage gets them
+  if ARGV[32] and ARGV[32] ~= '' then
+    local blobs, size = {}, 0
+    for i, spec in ipairs(cjson.decode(ARGV[32])) do
+      blobs[2 * i - 1], blobs[2 * i] = 'in:' .. spec.name, ARGV[32 + i]
+      size = size + #ARGV[32 + i]
+    end
+    redis.call('HSET', K.job_blobs(job_id), unpack_list(blobs))
+    redis.call('HSET', jkey, 'att', ARGV[32], 'att_bytes', int_s(size))
+  end
   local reply = pipeline_submit({principal = ARGV[2], pipe_id = job_id, payload = ARGV[5],
     session = ARGV[6], priority = ARGV[7], stages = ARGV[28], queue = ARGV[13],
     max_queued = ARGV[14], retain_ms = ARGV[15], session_ms = ARGV[16], max_created = ARGV[17],
     trace = ARGV[18] or '', fail_fast = ARGV[29] or '0', oseq = oid and oseq or ''}, now)
+  if type(reply[1]) ~= 'table' then -- refused: nothing of it stays
+    redis.call('DEL', jkey, K.job_blobs(job_id))
+    return reply
+  end
   -- a pipeline of an ordered session: its one done comes in the session's seq order
-  if oid and type(reply[1]) == 'table' then order_register(oid, oseq, now) end
+  if oid then order_register(oid, oseq, now) end
   return reply
 end
 -- seq orders the queues, spreads jobs over equal nodes and counts every job ever accepted (read

@@ -100,7 +100,7 @@ class ClientRole(SessionBase):
             backoff_base=m.backoff_base, backoff_max=m.backoff_max, result_ttl=m.result_ttl,
             keep_payload=m.keep_payload,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
-            seq=m.seq, gap_timeout=m.gap_timeout,
+            seq=m.seq, gap_timeout=m.gap_timeout, attachments=self._attachments_of(m),
         )
         await self._store_submit(m, job_id, spec, pools)
 
@@ -124,11 +124,15 @@ class ClientRole(SessionBase):
             session_id=m.session_id, priority=m.priority, stages_json=stages_json,
             fail_fast=m.fail_fast, seq=m.seq, gap_timeout=m.gap_timeout,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
-            attachments=tuple(
-                (spec.name, spec.media_type, data)
-                for spec, data in zip(m.attachments, self.attached.get(id(m), []), strict=True)),
+            attachments=self._attachments_of(m),
         )
         await self._store_submit(m, job_id, spec, ["<stages>"])
+
+    def _attachments_of(self, m: p.Submit) -> tuple[tuple[str, str, bytes], ...]:
+        """The submit's attachments as the core takes them: (name, media type, bytes)."""
+        return tuple((spec.name, spec.media_type, data)
+                     for spec, data in zip(m.attachments, self.attached.get(id(m), []),
+                                           strict=True))
 
     async def _store_submit(self, m: p.Submit, job_id: str, spec: JobSpec,
                             pools: list[str]) -> None:

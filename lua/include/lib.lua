@@ -959,18 +959,21 @@ local function fence(job_id, node_id, attempt, job)
   return job, nil
 end
 
--- Give job from_id's output attachments (its result's: out_att, 'out:<name>' in its blobs) to
--- job to_id as its input (att, 'in:<name>', counted in its att_bytes), for a job whose input is
--- another's output (a stage after the one that produced it). Call it before to_id is assigned,
--- or set job.att to what it returns: assign carries job.att (or the hash's att when the caller
--- did not read it). move: the bytes leave from_id (its out_att and att_bytes follow), else they
--- are copied. Returns the attachment list as JSON, '' when from_id has none (or lost them).
-local function pass_attachments(from_id, to_id, move)
-  local att = redis.call('HGET', K.job(from_id), 'out_att')
+-- Give job from_id's output attachments (its result's: out_att, 'out:<name>' in its blobs; with
+-- side 'in', its input: att, 'in:<name>') to job to_id as its input (att, 'in:<name>', counted in
+-- its att_bytes), for a job whose input is another's output (a stage after the one that produced
+-- it; a pipeline's first stage, side 'in'). Call it before to_id is assigned, or set job.att to
+-- what it returns: assign carries job.att (or the hash's att when the caller did not read it).
+-- move: the bytes leave from_id (its list and att_bytes follow), else they are copied. Returns
+-- the attachment list as JSON, '' when from_id has none (or lost them).
+local function pass_attachments(from_id, to_id, move, side)
+  local field, prefix = 'out_att', 'out:'
+  if side == 'in' then field, prefix = 'att', 'in:' end
+  local att = redis.call('HGET', K.job(from_id), field)
   if not att or att == '' then return '' end
   local specs = cjson.decode(att)
   local names, flat, size = {}, {}, 0
-  for i, spec in ipairs(specs) do names[i] = 'out:' .. spec.name end
+  for i, spec in ipairs(specs) do names[i] = prefix .. spec.name end
   local data = redis.call('HMGET', K.job_blobs(from_id), unpack_list(names))
   for i, spec in ipairs(specs) do
     if not data[i] then return '' end
@@ -982,7 +985,7 @@ local function pass_attachments(from_id, to_id, move)
   redis.call('HINCRBY', K.job(to_id), 'att_bytes', size)
   if move then
     redis.call('HDEL', K.job_blobs(from_id), unpack_list(names))
-    redis.call('HDEL', K.job(from_id), 'out_att')
+    redis.call('HDEL', K.job(from_id), field)
     redis.call('HINCRBY', K.job(from_id), 'att_bytes', -size)
   end
   return att

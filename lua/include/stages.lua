@@ -63,7 +63,9 @@ end
 -- Create stage `name` of the pipeline with this payload and place it: a free node of its first
 -- pool that has one (the session's node first), else its queues. Returns nil, or the error
 -- (a JSON text {code, message}) when it can be neither placed nor queued.
-local function create_stage(pipe_id, p, name, rec, payload, now)
+-- att_from: the job whose attachments become the stage's input (the stage before it: its
+-- output; the pipeline itself for its first stage: the submit's, side 'in'), or nil.
+local function create_stage(pipe_id, p, name, rec, payload, now, att_from, att_side)
   local sid = stage_job_id(pipe_id, name)
   if redis.call('EXISTS', K.job(sid)) == 1 then -- job ids with '//' are refused at submit
     return cjson.encode({code = 'E_BAD_STATE', message = 'stage ' .. name .. ': job ' .. sid
@@ -115,6 +117,7 @@ local function create_stage(pipe_id, p, name, rec, payload, now)
   if job.trace ~= '' then
     flat[n + 1], flat[n + 2] = 'trace', job.trace
   end
+  if att_from then job.att = pass_attachments(att_from, sid, false, att_side) end
   index_submit(sid, p.principal, now_s)
   if node_id then
     assign(sid, job, node_id, now, flat, now_s)
@@ -185,6 +188,34 @@ end
 
 -- A branch ended (its last stage done, or a stage of it failed): one fewer pending; the
 -- pipeline ends when none is left (done when every branch ended done).
+-- A branch's last stage ended done: its output attachments become the pipeline's (named
+-- '<branch>/<name>' on a branch, so that branches cannot clash), carried by the pipeline's done.
+local function keep_outputs(pipe_id, sid, branch)
+  local att = redis.call('HGET', K.job(sid), 'out_att')
+  if not att or att == '' then return end
+  local specs = cjson.decode(att)
+  local names = {}
+  for i, spec in ipairs(specs) do names[i] = 'out:' .. spec.name end
+  local data = redis.call('HMGET', K.job_blobs(sid), unpack_list(names))
+  local pkey = K.job(pipe_id)
+  local have = redis.call('HGET', pkey, 'out_att')
+  local list = (have and have ~= '') and cjson.decode(have) or {}
+  local flat, size = {}, 0
+  for i, spec in ipairs(specs) do
+    if data[i] then
+      local name = (branch and branch ~= '') and (branch .. '/' .. spec.name) or spec.name
+      flat[#flat + 1] = 'out:' .. name
+      flat[#flat + 1] = data[i]
+      list[#list + 1] = {name = name, size = #data[i], media_type = spec.media_type}
+      size = size + #data[i]
+    end
+  end
+  if #flat == 0 then return end
+  redis.call('HSET', K.job_blobs(pipe_id), unpack_list(flat))
+  redis.call('HSET', pkey, 'out_att', cjson.encode(list))
+  redis.call('HINCRBY', pkey, 'att_bytes', int_s(size))
+end
+
 local function branch_ended(pipe_id, p, pkey, branch, outcome, now)
   redis.call('HSET', pkey, 'brn:' .. branch, outcome)
   local pending = redis.call('HINCRBY', pkey, 'pending', '-1')
@@ -220,6 +251,7 @@ stage_ended = function(sid, job, state, now)
   if state == 'done' then
     local nexts = rec.next or {}
     if #nexts == 0 then
+      keep_outputs(pipe_id, sid, rec.branch)
       branch_ended(pipe_id, p, pkey, rec.branch, '{"state":"done","stage":' .. cjson.encode(name)
         .. '}', now)
       return
@@ -228,7 +260,7 @@ stage_ended = function(sid, job, state, now)
     for _, nxt in ipairs(nexts) do
       local nrec = stages[nxt]
       local why = create_stage(pipe_id, p, nxt, nrec, stage_input(p.payload, output, nrec.with),
-        now)
+        now, sid)
       if why then
         if not p.failed_stage or p.failed_stage == '' then
           p.failed_stage = nxt
@@ -284,9 +316,9 @@ local function pipeline_submit(a, now)
     flat[#flat + 1] = p[k]
   end
   redis.call('HSET', pkey, unpack_list(flat))
-  local why = create_stage(a.pipe_id, p, '0', stages['0'], a.payload, now)
+  local why = create_stage(a.pipe_id, p, '0', stages['0'], a.payload, now, a.pipe_id, 'in')
   if why then
-    redis.call('DEL', pkey)
+    redis.call('DEL', pkey, K.job_blobs(a.pipe_id))
     local e = cjson.decode(why)
     return err(e.code, e.message)
   end

@@ -236,6 +236,11 @@ async def test_first_stage_refused_stores_nothing(store: Store) -> None:
     with pytest.raises(errors.NoCapacity):
         await core.submit(pipeline("u1", CHAIN), principal="al")
     assert await Queries(store, core.keys).job("u1") is None
+    # with attachments too: neither the pipeline nor their bytes stay
+    with pytest.raises(errors.NoCapacity):
+        await core.submit(pipeline("u1", CHAIN, attachments=(("a.wav", "audio/wav", b"xy"),)),
+                          principal="al")
+    assert await store.execute("EXISTS", core.keys.job("u1"), core.keys.job_blobs("u1")) == 0
 
 
 def test_hostile_stages_are_refused_with_specific_codes() -> None:
@@ -393,3 +398,36 @@ async def test_a_pipeline_of_an_ordered_session_ends_in_its_seq_order(store: Sto
     with pytest.raises(errors.DuplicateSeq):  # its seq is taken, as a job's would be
         await core.submit(pipeline("u9", CHAIN, {}, session_id="call", seq=1),
                           principal="alice")
+
+
+async def test_attachments_flow_through_the_stages_to_the_pipelines_done(store: Store) -> None:
+    core, rec = await make_core(store)
+    await fleet(core)
+    audio = bytes(range(256)) * 4
+    await core.submit(pipeline("u1", CHAIN, {"lang": "de"},
+                               attachments=(("in.wav", "audio/wav", audio),)),
+                      principal="alice")
+    blobs = core.keys.job_blobs
+
+    def stage(name: str) -> AssignDelivery:
+        (a,) = [a for a in assigns(rec) if a.job_id == f"u1//{name}"]
+        return a
+
+    # stage 0 gets the submit's attachments as its input
+    assert orjson.loads(stage("0").attachments_json)[0]["name"] == "in.wav"
+    assert await store.execute("HGET", blobs("u1//0"), "in:in.wav") == audio
+    await core.result("u1//0", node_id=stage("0").node_id, attempt=1, ok=True,
+                      output_json='{"text": "x"}', accepted=True,
+                      attachments=[("asr.json", "application/json", b"{}")])
+    # the next stage gets the previous stage's output attachments as its input
+    assert [a["name"] for a in orjson.loads(stage("1").attachments_json)] == ["asr.json"]
+    await run(core, stage("1"), {"text": "y"})
+    assert stage("2").attachments_json in ("", "[]")  # stage 1 returned none
+    tts = b"\x00\xff" * 100
+    await core.result("u1//2", node_id=stage("2").node_id, attempt=1, ok=True,
+                      output_json='{"wav": true}', accepted=True,
+                      attachments=[("tts.wav", "audio/wav", tts)])
+    done = [d for d in rec.of(DoneDelivery) if d.job_id == "u1"][-1]
+    assert done.state == "done"
+    assert [a["name"] for a in orjson.loads(done.attachments_json)] == ["tts.wav"]
+    assert await store.execute("HGET", blobs("u1"), "out:tts.wav") == tts
