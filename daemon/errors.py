@@ -18,6 +18,7 @@
     │   ├── Refused
     │   │   ├── NoCapacity          E_NO_CAPACITY   (no free slot and queueing is off)
     │   │   ├── QueueFull           E_QUEUE_FULL
+    │   │   ├── TooBig              E_TOO_BIG       (cost above every live node's capacity)
     │   │   ├── NotYours            E_NOT_YOURS     (principal does not own the job)
     │   │   └── NotYourNode         E_IDENTITY      (the node id belongs to another principal)
     │   ├── InvalidState            E_BAD_STATE     (e.g. drain from a node taken offline)
@@ -111,6 +112,10 @@ class QueueFull(Refused):
     code = "E_QUEUE_FULL"
 
 
+class TooBig(Refused):
+    code = "E_TOO_BIG"
+
+
 class NotYours(Refused):
     code = "E_NOT_YOURS"
 
@@ -154,6 +159,7 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
         WrongOwner,
         NoCapacity,
         QueueFull,
+        TooBig,
         NotYours,
         NotYourNode,
         InvalidState,

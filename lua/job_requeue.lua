@@ -30,7 +30,7 @@ end
 local now = now_ms()
 local attempt = tonumber(job.attempt) or 0
 local target = select_node(job_id, cjson.decode(job.pools), job_services(job), job.session or '',
-  now, true, (tonumber(job.seq) or 0) + attempt)
+  now, true, (tonumber(job.seq) or 0) + attempt, job_cost(job_id, job))
 if not target then
   local queued = tonumber(redis.call('HGET', K.counts(), 'queued') or '0')
   if queued >= tonumber(ARGV[4]) then

@@ -5,8 +5,11 @@
 --   Placement: the session's node if it still qualifies, else an eligible member of the first
 --   candidate pool that has one: of the members with the most free slots, the least loaded (by
 --   their last heartbeats), equal ones in turn; the slot is reserved and the assignment
---   delivered. With no free slot the job is queued (priority, then age) until its queue
---   deadline, or refused.
+--   delivered. With no free slot the job is queued until its queue deadline, or refused: per
+--   pool and principal (priority, then age), the principals served in weighted fair order
+--   (lib.lua, fair share). A job costing more than one slot goes only to a node with that many
+--   free; it is refused when larger than every live member's capacity in all its pools (a job
+--   for pools with no live member is queued).
 -- KEYS[1] job hash                  K.job(job_id)
 -- KEYS[2] counts                    K.counts()
 -- derived: pools, pools index and its charges (K.pool_creator(), K.pools_created()), liveness,
@@ -31,9 +34,13 @@
 -- ARGV[17] most pools with no member the principal's queued jobs may keep in the pools index
 -- ARGV[18] W3C trace context: traceparent, then a space and the tracestate when there is one
 --          ('' for none); kept in the job hash, carried by its assign and done deliveries
+-- ARGV[19] fair share weight of the principal (a number > 0; the job's dispatches are charged
+--          cost / weight of its pools' virtual time)
+-- ARGV[20] cost: slots the job takes on its node (integer >= 1)
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}
--- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
+-- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_TOO_BIG
+--         (cost above the capacity of every live member of the job's pools), E_QUEUE_FULL
 --         (the namespace's queue is full, or queueing would put more pools with no member in
 --         the index for the principal than ARGV[17])
 CALLER = ARGV[1]
@@ -75,6 +82,29 @@ for i = 9, 12 do
     return err('E_BAD_ARG', 'timeouts and max_attempts must be > 0')
   end
 end
+local weight = tonumber(ARGV[19] or '1')
+if not weight or not (weight > 0) or weight == math.huge then
+  return err('E_BAD_ARG', 'fair share weight must be a finite number > 0')
+end
+local cost_s = ARGV[20] or '1'
+local cost = tonumber(cost_s)
+if not cost or cost < 1 or cost % 1 ~= 0 then
+  return err('E_BAD_ARG', 'cost must be an integer >= 1')
+end
+if cost > 1 then
+  local largest, members = 0, false
+  for _, pool in ipairs(pools) do
+    local top = redis.call('ZRANGE', K.pool_cap(pool), '0', '0', 'REV', 'WITHSCORES')
+    if #top > 0 then
+      members = true
+      if tonumber(top[2]) > largest then largest = tonumber(top[2]) end
+    end
+  end
+  if members and cost > largest then
+    return err('E_TOO_BIG', 'the job costs ' .. cost_s .. ' slots; the largest live node of pools '
+      .. ARGV[4] .. ' has ' .. int_s(largest))
+  end
+end
 local now = now_ms()
 -- seq orders the queues, spreads jobs over equal nodes and counts every job ever accepted (read
 -- as total:submitted): taken before selection, given back when the job is refused
@@ -83,7 +113,7 @@ local function refuse(code, msg)
   redis.call('HINCRBY', KEYS[2], 'seq', '-1')
   return err(code, msg)
 end
-local node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq)
+local node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq, cost)
 if not node_id then
   if ARGV[13] ~= '1' then
     return refuse('E_NO_CAPACITY', 'no free slot in pools ' .. ARGV[4] .. ' and queueing is off')
@@ -114,7 +144,8 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
-  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s,
+  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s, cost = cost_s,
+  fw = ARGV[19] or '1',
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
@@ -136,6 +167,15 @@ if ARGV[8] ~= '[]' then
 end
 if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
+  n = n + 2
+end
+-- cost and weight likewise only when not 1 (absent reads as 1)
+if cost ~= 1 then
+  flat[n + 1], flat[n + 2] = 'cost', cost_s
+  n = n + 2
+end
+if weight ~= 1 then
+  flat[n + 1], flat[n + 2] = 'fw', ARGV[19]
 end
 index_submit(job_id, ARGV[2], now_s)
 if node_id then

@@ -13,6 +13,7 @@ from schedd.config.validators import (
     _admin_tokens,
     _at_least,
     _between,
+    _fair_weights,
     _greater_than,
     _hidden_tokens,
     _matching,
@@ -132,6 +133,19 @@ class JobsSection:
 
 
 @attrs.frozen
+class TenantsSection:
+    """``[tenants]``: how principals share the pools (docs/decisions/0023-fair-share.md)."""
+
+    weights: Mapping[str, float] = setting(
+        {},
+        "principal (token:<8 hex>) -> fair share weight, 0.001..1000; unlisted: 1. When several "
+        "principals have jobs queued for a pool, each gets freed slots in proportion to its "
+        "weight (a job costing n slots counts n)",
+        _fair_weights,
+    )
+
+
+@attrs.frozen
 class ReaperSection:
     """``[reaper]``: the sweep that finds dead nodes and missed deadlines."""
 
@@ -243,6 +257,7 @@ class Config:
     redis: RedisSection = attrs.field(factory=RedisSection)
     nodes: NodesSection = attrs.field(factory=NodesSection)
     jobs: JobsSection = attrs.field(factory=JobsSection)
+    tenants: TenantsSection = attrs.field(factory=TenantsSection)
     reaper: ReaperSection = attrs.field(factory=ReaperSection)
     auth: AuthSection = attrs.field(factory=AuthSection)
     limits: LimitsSection = attrs.field(factory=LimitsSection)

@@ -275,6 +275,8 @@ class Core:
                 _ms(s.session_ttl),
                 s.max_created_pools,
                 trace,
+                repr(float(s.weights.get(principal, 1.0))),
+                spec.cost,
             ],
         )
         done_msg = decode_delivery(done) if done else None

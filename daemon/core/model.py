@@ -7,6 +7,7 @@ transports can embed them without parsing them again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -31,6 +32,8 @@ class CoreSettings:
     queue: bool = True
     max_queued: int = 100_000
     max_created_pools: int = 64
+    #: fair share weight per principal (absent: 1); sched.toml [tenants] weights
+    weights: Mapping[str, float] = attrs.field(factory=dict)
     retention: float = 3600.0
     session_ttl: float = 600.0
     node_retention: float = 600.0
@@ -83,6 +86,8 @@ class JobSpec:
     run_timeout: float | None = None
     queue_timeout: float | None = None
     max_attempts: int | None = None
+    #: slots the job takes on its node
+    cost: int = 1
     #: the job's W3C trace context as the store keeps it (schedd.protocol.join_trace): the
     #: traceparent, then a space and the tracestate when there is one; '' to have
     #: ``Core.submit`` make a new one

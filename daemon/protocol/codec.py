@@ -132,6 +132,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     "E_WRONG_OWNER": "another daemon instance now holds this node's connection",
     "E_NO_CAPACITY": "no node has a free slot and the job may not wait in the queue",
     "E_QUEUE_FULL": "the queue of the job's pools is full; retry later",
+    "E_TOO_BIG": "the job's `cost` is above the capacity of every live node of its pools: no "
+    "node could ever run it as it stands",
     "E_NOT_YOURS": "the job belongs to another principal; or a `query` `jobs` names another "
                    "principal than the connection's",
     "E_BAD_STATE": "the node or job is not in a state that allows this message (`drain` from a "

@@ -92,7 +92,7 @@ class ClientRole(SessionBase):
             pools=tuple(pools), payload_json=orjson.dumps(m.payload).decode(), job_id=job_id,
             session_id=m.session_id, priority=m.priority, services=tuple(m.services),
             ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
-            max_attempts=m.max_attempts,
+            max_attempts=m.max_attempts, cost=m.cost,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
         )
         # A candidate while the script runs: a done delivered meanwhile waits for the reply
