@@ -563,11 +563,13 @@ local function release(job_id, job)
   return node_id, nil
 end
 
--- The job a node with `free` slots takes next from one pool by fair share: of the pool's
--- first FAIR_TENANTS principals in fair order, the first whose queue has, among its first heads
--- (FAIR_HEADS shared among them), a job that fits the free slots and the node may run.
--- Returns job id, order, principal, virtual start, or nil.
-local function fair_pick(pool, node_id, free, now)
+-- The job a node with `free` of `capacity` slots takes next from one pool by fair share: of the
+-- pool's first FAIR_TENANTS principals in fair order, the first whose queue has, among its first
+-- heads (FAIR_HEADS shared among them), a job the node may run. When that job costs more than
+-- the free slots but no more than the capacity, the pool holds the node's free slots for it
+-- (returns nil): smaller jobs do not pass it, so a weighted job is not starved by slots freed
+-- one at a time. Returns job id, order, principal, virtual start, or nil.
+local function fair_pick(pool, node_id, free, capacity, now)
   local fkey = K.fair(pool)
   local tenants = redis.call('ZRANGE', fkey, '0', int_s(FAIR_TENANTS - 1), 'WITHSCORES')
   if #tenants == 0 then return nil end
@@ -579,9 +581,11 @@ local function fair_pick(pool, node_id, free, now)
     for j = 1, #heads, 2 do
       local job_id = heads[j]
       local f = redis.call('HMGET', K.job(job_id), 'services', 'cost')
-      if (tonumber(f[2]) or 1) <= free then
+      local cost = tonumber(f[2]) or 1
+      if cost <= capacity then
         local svc = (f[1] and f[1] ~= '') and cjson.decode(f[1]) or {}
         if eligible(node_id, job_id, svc, now) then
+          if cost > free then return nil end
           return job_id, tonumber(heads[j + 1]), principal, tonumber(tenants[i + 1])
         end
       end
@@ -597,7 +601,8 @@ end
 local function feed_node(node_id, now, known)
   local vals = known or redis.call('HMGET', K.node(node_id), 'state', 'capacity', 'used', 'pools')
   if vals[1] ~= 'online' then return end
-  local free = tonumber(vals[2]) - tonumber(vals[3])
+  local capacity = tonumber(vals[2])
+  local free = capacity - tonumber(vals[3])
   if free <= 0 then return end
   local pools = (vals[4] and vals[4] ~= '') and cjson.decode(vals[4]) or {}
   local exp = redis.call('ZSCORE', K.alive(), node_id)
@@ -605,7 +610,7 @@ local function feed_node(node_id, now, known)
   while free > 0 do
     local best_id, best_order, best_pool, best_principal, best_start
     for _, pool in ipairs(pools) do
-      local job_id, order, principal, start = fair_pick(pool, node_id, free, now)
+      local job_id, order, principal, start = fair_pick(pool, node_id, free, capacity, now)
       if job_id and (not best_order or order < best_order) then
         best_id, best_order, best_pool, best_principal, best_start = job_id, order, pool,
           principal, start
