@@ -154,7 +154,7 @@ def _fair_weights(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) 
         problem = _principal_problem(principal)
         if problem:
             problems.append(problem)
-        if isinstance(weight, bool) or not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # NaN fails too
+        if not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # NaN fails too
             problems.append(f"{principal!r}: a weight must be a number between {MIN_WEIGHT} and "
                             f"{_show(MAX_WEIGHT)}, got {_show(weight)}")
     if problems:

@@ -196,6 +196,7 @@ class BlockingClient:
         run_timeout: float | None = None,
         queue_timeout: float | None = None,
         max_attempts: int | None = None,
+        cost: int = 1,
     ) -> BlockingJobHandle:
         """Submit a job; return its handle once the daemon has accepted it
         (see :meth:`schedd.sdk.Client.submit`)."""
@@ -203,7 +204,7 @@ class BlockingClient:
             self._client.submit, payload, pools=pools, requirements=requirements, job_id=job_id,
             session_id=session_id, priority=priority, services=services,
             ack_timeout=ack_timeout, run_timeout=run_timeout, queue_timeout=queue_timeout,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts, cost=cost,
         )
         return BlockingJobHandle(self, self._call(submit))
 

@@ -194,13 +194,15 @@ class Client:
         run_timeout: float | None = None,
         queue_timeout: float | None = None,
         max_attempts: int | None = None,
+        cost: int = 1,
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> JobHandle:
         """Submit a job and return its handle once the daemon has accepted it.
 
         Without ``job_id`` one is generated, so the submit can be retried safely; without
-        ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``). Raises
+        ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``).
+        ``cost``: the slots of its node the job takes (1 to 4096). Raises
         ``ValueError`` (``InvalidField``) for an argument the protocol forbids and
         :class:`RequestFailed` when the daemon refuses the job.
         """
@@ -216,6 +218,7 @@ class Client:
             run_timeout=run_timeout,
             queue_timeout=queue_timeout,
             max_attempts=max_attempts,
+            cost=cost,
             traceparent=traceparent,
             tracestate=tracestate,
         )
