@@ -10,7 +10,7 @@ import pytest
 
 from schedd import protocol as p
 from schedd.principals import token_principal
-from schedd.testing import Daemon, Peer
+from schedd.testing import DaemonHarness, Peer
 from tests.daemon.harness import running_daemon, wire_channels
 
 TOKENS = {
@@ -19,7 +19,7 @@ TOKENS = {
 }
 
 
-async def wire_client(d: Daemon, transport: str, token: str) -> Peer:
+async def wire_client(d: DaemonHarness, transport: str, token: str) -> Peer:
     """A client connected over a real socket of the transport, past its hello."""
     daemon_side, ours = wire_channels(d, transport)
     d.nursery.start_soon(d.app.serve_channel, daemon_side)
