@@ -201,7 +201,7 @@ def test_documented_defaults_are_the_configuration_defaults() -> None:
 
 
 #: Codes only a client can get; the node checklist says what to do with every other one.
-CLIENT_ONLY_CODES = {"E_INFLIGHT", "E_NO_CAPACITY", "E_QUEUE_FULL", "E_NOT_YOURS",
+CLIENT_ONLY_CODES = {"E_INFLIGHT", "E_NO_CAPACITY", "E_QUEUE_FULL", "E_TOO_BIG", "E_NOT_YOURS",
                      "E_DETACHED", "E_FORBIDDEN"}
 
 
