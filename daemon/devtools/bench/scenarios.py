@@ -1,4 +1,4 @@
-"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK) and
+"""The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK, FAIR) and
 their scales."""
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "BROWSE": {"sizes": [1000, 1_000_000], "pages": 200, "rounds": 5, "settle": 5.0},
         # serial jobs through an SDK Node and Client, per event loop, the loops in turn
         "SDK": {"jobs": 2000, "warmup": 200, "rounds": 3},
+        # fair share by simulation (one node of 4 slots), and a fair dispatch's Redis time
+        "FAIR": {"dispatches": 4000, "capacity": 4, "slow_rates": [0.1, 0.4],
+                 "principals": [1, 10, 1000], "calls": 5000},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -62,6 +65,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                  "fail_rate": 0.01, "warmup": 1.0, "phase_seconds": 2.0, "sample_every": 0.25},
         "BROWSE": {"sizes": [1000, 20_000], "pages": 20, "rounds": 2, "settle": 0.2},
         "SDK": {"jobs": 50, "warmup": 10, "rounds": 1},
+        "FAIR": {"dispatches": 200, "capacity": 4, "slow_rates": [0.4],
+                 "principals": [1, 10], "calls": 100},
     },
 }
 
@@ -367,7 +372,14 @@ async def sdk(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run_sdk(opt, p)
 
 
+async def fair(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """Fair share shares and latencies, and a fair dispatch's cost (schedd.devtools.fair_bench)."""
+    from schedd.devtools.fair_bench import run
+
+    return await run(p, opt.say)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
                    "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse,
-                   "SDK": sdk}
+                   "SDK": sdk, "FAIR": fair}
