@@ -37,6 +37,8 @@ __all__ = ["run", "simulate", "table_rows"]
 
 SEED: Final = 25
 FAR: Final = 10**6  # seconds: no queue deadline fires during a run
+#: the node sends no heartbeat: one interval this long keeps it alive through a run
+BEAT: Final = 10**4
 
 
 class _Sim:
@@ -71,10 +73,13 @@ class _Sim:
     async def run(self, dispatches: int) -> None:
         for name, rate in self.rates.items():
             self.push(self.rng.expovariate(rate * self.capacity), "submit", name)
-        served = 0
+        served = submitted = 0
         while served < dispatches and self.events:
             self.now, _, kind, what = heapq.heappop(self.events)
             if kind == "submit":
+                submitted += 1
+                if submitted > 100 * (dispatches + 100):
+                    raise RuntimeError("the pool stopped dispatching")
                 job_id = f"{what}-{self.seq}"
                 self.owner[job_id], self.submitted[job_id] = what, self.now
                 sub = await self.core.submit(JobSpec(pools=("p",), job_id=job_id),
@@ -101,7 +106,7 @@ async def simulate(store: Store, rates: dict[str, float], weights: dict[str, flo
     await store.execute("FLUSHALL")
     sims: list[_Sim] = []
     settings = CoreSettings(namespace="fair", instance="bench", queue_timeout=FAR,
-                            max_queued=10**7, weights=weights)
+                            heartbeat_interval=BEAT, max_queued=10**7, weights=weights)
     core = Core(store, settings, lambda delivery: sims[0].on_delivery(delivery))
     await core.start()
     sim = _Sim(core, rates, capacity)
@@ -136,7 +141,7 @@ async def dispatch_cost(store: Store, principals: int, calls: int) -> dict[str, 
             running.append(delivery)
 
     core = Core(store, CoreSettings(namespace="fair", instance="bench", queue_timeout=FAR,
-                                    max_queued=10**7), deliver)
+                                    heartbeat_interval=BEAT, max_queued=10**7), deliver)
     await core.start()
     await core.register_node(node_id="n", capacity=1, pools=["p"])
     each = calls // principals + 2  # every principal keeps jobs queued to the end
