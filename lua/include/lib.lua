@@ -572,7 +572,16 @@ end
 local function fair_pick(pool, node_id, free, capacity, now)
   local fkey = K.fair(pool)
   local tenants = redis.call('ZRANGE', fkey, '0', int_s(FAIR_TENANTS - 1), 'WITHSCORES')
-  if #tenants == 0 then return nil end
+  if #tenants == 0 then
+    -- jobs queued by a version without fair queues (none otherwise: a pool's queue and its fair
+    -- queues hold the same jobs) move into them, 16 at a time
+    local old = redis.call('ZRANGE', K.queue(pool), '0', SCAN_LAST, 'WITHSCORES')
+    if #old == 0 then return nil end
+    for i = 1, #old, 2 do
+      fair_enqueue(pool, redis.call('HGET', K.job(old[i]), 'principal') or '', old[i], old[i + 1])
+    end
+    tenants = redis.call('ZRANGE', fkey, '0', int_s(FAIR_TENANTS - 1), 'WITHSCORES')
+  end
   local heads_each = int_s(math.floor(FAIR_HEADS / (#tenants / 2)) - 1)
   for i = 1, #tenants, 2 do
     local principal = tenants[i]

@@ -289,3 +289,19 @@ async def test_a_node_back_with_fewer_slots_gives_back_by_cost(store: Store) -> 
     job = await Queries(store, core.keys).job(one.job_id)
     assert job is not None and job.state == "queued"
     assert rec.of(AssignDelivery)
+
+
+async def test_jobs_queued_without_fair_queues_are_moved_into_them(store: Store) -> None:
+    """A job in a pool's queue but in no fair queue (queued by a version before fair share) is
+    still handed to a node that frees a slot."""
+    core, rec = await make_core(store)
+    await core.register_node(node_id="n", capacity=1, pools=["p"])
+    running = await core.submit(spec("p"), principal="a")
+    old = [await core.submit(spec("p"), principal=name) for name in ("a", "b")]
+    for pool_key in (core.keys.fair("p"), core.keys.fair_q("p", "a"), core.keys.fair_q("p", "b")):
+        await store.execute("DEL", pool_key)
+    await core.result(running.job_id, node_id="n", attempt=1, ok=True)
+    assert rec.of(AssignDelivery)[-1].job_id == old[0].job_id
+    assert await store.execute("ZRANGE", core.keys.fair("p"), 0, -1) == [b"b"]
+    await core.result(old[0].job_id, node_id="n", attempt=1, ok=True)
+    assert rec.of(AssignDelivery)[-1].job_id == old[1].job_id
