@@ -85,6 +85,7 @@ def core_settings(config: Config) -> CoreSettings:
         queue=config.jobs.queue,
         max_queued=config.jobs.max_queued,
         max_created_pools=config.jobs.max_created_pools,
+        weights=dict(config.tenants.weights),
         retention=config.jobs.retention,
         session_ttl=config.jobs.session_ttl,
         max_result_ttl=config.jobs.max_result_ttl,

@@ -20,6 +20,7 @@
     │   ├── Refused
     │   │   ├── NoCapacity          E_NO_CAPACITY   (no free slot and queueing is off)
     │   │   ├── QueueFull           E_QUEUE_FULL
+    │   │   ├── TooBig              E_TOO_BIG       (cost above every live node's capacity)
     │   │   ├── NotYours            E_NOT_YOURS     (principal does not own the job)
     │   │   ├── QuotaExceeded       E_QUOTA         (a quota of the principal; ``quota`` names it)
     │   │   ├── RateLimited         E_RATE_LIMITED  (the principal's submit rate; ``retry_after``)
@@ -124,6 +125,10 @@ class QueueFull(Refused):
     code = "E_QUEUE_FULL"
 
 
+class TooBig(Refused):
+    code = "E_TOO_BIG"
+
+
 class NotYours(Refused):
     code = "E_NOT_YOURS"
 
@@ -206,6 +211,7 @@ SCRIPT_ERRORS: dict[str, type[ScriptError]] = {
         WrongOwner,
         NoCapacity,
         QueueFull,
+        TooBig,
         NotYours,
         DuplicateSeq,
         NotYourNode,

@@ -6,7 +6,7 @@
 --   attempt as if the node were lost: another node at once, the queue, or failed at
 --   max_attempts. A job the node's set names but the store does not place on the node (record
 --   gone, finished, or on another node) only leaves the set. Either way the node's used slots
---   are set to its job set's size again, and the node is offered queued work.
+--   are set to the costs of its job set again, and the node is offered queued work.
 -- KEYS[1] job hash                  K.job(job_id)
 -- KEYS[2] node hash                 K.node(node_id)
 -- KEYS[3] node jobs set             K.node_jobs(node_id)
@@ -31,9 +31,10 @@ if node[2] ~= ARGV[4] then
   return err('E_STALE_EPOCH', 'node ' .. node_id .. ' epoch ' .. ARGV[4] .. ' is not current (' .. node[2] .. ')')
 end
 local now = now_ms()
--- The node's used slots follow its job set again (a set that lost an entry left them high).
+-- The node's used slots follow its job set again (a set that lost an entry left them high):
+-- the sum of its jobs' costs.
 local function resync()
-  local drift = redis.call('SCARD', KEYS[3]) - (tonumber(redis.call('HGET', KEYS[2], 'used')) or 0)
+  local drift = held_cost(node_id) - (tonumber(redis.call('HGET', KEYS[2], 'used')) or 0)
   if drift ~= 0 then node_slots(node_id, drift) end
 end
 local job = hgetall(KEYS[1])

@@ -5,8 +5,11 @@
 --   Placement: the session's node if it still qualifies, else an eligible member of the first
 --   candidate pool that has one: of the members with the most free slots, the least loaded (by
 --   their last heartbeats), equal ones in turn; the slot is reserved and the assignment
---   delivered. With no free slot the job is queued (priority, then age) until its queue
---   deadline, or refused.
+--   delivered. With no free slot the job is queued until its queue deadline, or refused: per
+--   pool and principal (priority, then age), the principals served in weighted fair order
+--   (lib.lua, fair share). A job costing more than one slot goes only to a node with that many
+--   free; it is refused when larger than every live member's capacity in all its pools (a job
+--   for pools with no live member is queued).
 -- KEYS[1] job hash                  K.job(job_id)
 -- KEYS[2] counts                    K.counts()
 -- derived: pools, pools index and its charges (K.pool_creator(), K.pools_created()), liveness,
@@ -49,13 +52,17 @@
 -- ARGV[30] seq in the ordered session (ARGV[6], of this principal; an integer >= 0), or '' (or
 --          absent) for a job outside any ordered session
 -- ARGV[31] gap timeout ms of the ordered session (with ARGV[30]; the latest submit's holds)
--- ARGV[32] the submit's attachments, a JSON array of {name, size, media_type}, or '' for none;
+-- ARGV[32] fair share weight of the principal (a number > 0; the job's dispatches are charged
+--          cost / weight of its pools' virtual time)
+-- ARGV[33] cost: slots the job takes on its node (integer >= 1)
+-- ARGV[34] the submit's attachments, a JSON array of {name, size, media_type}, or '' for none;
 --          kept in the job hash (att, with their total size in att_bytes), carried by assign
--- ARGV[33..] the bytes of each attachment, in that order: kept in job_blobs as 'in:<name>'
+-- ARGV[35..] the bytes of each attachment, in that order: kept in job_blobs as 'in:<name>'
 -- returns {{'new'|'duplicate', state, attempt, done message JSON or '', follows (duplicate),
 --          trace (duplicate: the existing job's)}, deliveries}; a duplicate of a finished job of
 --          an ordered session carries no done: its session delivers it in its turn (or did)
--- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_QUEUE_FULL
+-- errors  E_BAD_ARG, E_NOT_YOURS (id taken by another principal), E_NO_CAPACITY, E_TOO_BIG
+--         (cost above the capacity of every live member of the job's pools), E_QUEUE_FULL
 --         (the namespace's queue is full, or queueing would put more pools with no member in
 --         the index for the principal than ARGV[17]), E_QUOTA '<quota> ...' (max_queued,
 --         max_payload_bytes), E_RATE_LIMITED '... retry_after_ms=<ms>' (the principal's
@@ -134,6 +141,29 @@ if oseq ~= '' then
       .. ' was already reported skipped')
   end
 end
+local weight = tonumber(ARGV[32] or '1')
+if not weight or not (weight > 0) or weight == math.huge then
+  return err('E_BAD_ARG', 'fair share weight must be a finite number > 0')
+end
+local cost_s = ARGV[33] or '1'
+local cost = tonumber(cost_s)
+if not cost or cost < 1 or cost % 1 ~= 0 then
+  return err('E_BAD_ARG', 'cost must be an integer >= 1')
+end
+if cost > 1 then
+  local largest, members = 0, false
+  for _, pool in ipairs(pools) do
+    local top = redis.call('ZRANGE', K.pool_cap(pool), '0', '0', 'REV', 'WITHSCORES')
+    if #top > 0 then
+      members = true
+      if tonumber(top[2]) > largest then largest = tonumber(top[2]) end
+    end
+  end
+  if members and cost > largest then
+    return err('E_TOO_BIG', 'the job costs ' .. cost_s .. ' slots; the largest live node of pools '
+      .. ARGV[4] .. ' has ' .. int_s(largest))
+  end
+end
 local now = now_ms()
 -- The job (or pipeline) takes its seq in the ordered session: the session starts at seq 0, and
 -- its results go to the caller's instance from now on.
@@ -182,14 +212,14 @@ if is_pipe then
   -- each counted in the principal's usage as it is created
   if tokens then redis.call('HSET', ukey, 'tokens', tostring(tokens - 1), 't_tok', int_s(now)) end
   -- the submit's attachments are the pipeline's input: its first stage gets them
-  if ARGV[32] and ARGV[32] ~= '' then
+  if ARGV[34] and ARGV[34] ~= '' then
     local blobs, size = {}, 0
-    for i, spec in ipairs(cjson.decode(ARGV[32])) do
-      blobs[2 * i - 1], blobs[2 * i] = 'in:' .. spec.name, ARGV[32 + i]
-      size = size + #ARGV[32 + i]
+    for i, spec in ipairs(cjson.decode(ARGV[34])) do
+      blobs[2 * i - 1], blobs[2 * i] = 'in:' .. spec.name, ARGV[34 + i]
+      size = size + #ARGV[34 + i]
     end
     redis.call('HSET', K.job_blobs(job_id), unpack_list(blobs))
-    redis.call('HSET', jkey, 'att', ARGV[32], 'att_bytes', int_s(size))
+    redis.call('HSET', jkey, 'att', ARGV[34], 'att_bytes', int_s(size))
   end
   local reply = pipeline_submit({principal = ARGV[2], pipe_id = job_id, payload = ARGV[5],
     session = ARGV[6], priority = ARGV[7], stages = ARGV[28], queue = ARGV[13],
@@ -213,7 +243,7 @@ end
 local wait = tonumber(ARGV[24] or '0') or 0
 local node_id = nil
 if wait <= 0 and principal_can_run(principal, 1) then
-  node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq)
+  node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq, cost)
 end
 -- a job that waits (queued or delayed) counts against the principal's queued jobs
 local max_queued = tonumber(ARGV[20] or '')
@@ -236,7 +266,8 @@ local now_s = int_s(now)
 local job = {
   state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
   priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
-  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s, att = ARGV[32] or '',
+  principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s, att = ARGV[34] or '',
+  cost = cost_s, fw = ARGV[32] or '1',
 }
 local flat = {
   'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],
@@ -262,10 +293,19 @@ if job.trace ~= '' then
   flat[n + 1], flat[n + 2] = 'trace', job.trace
   n = n + 2
 end
+-- cost and weight likewise only when not 1 (absent reads as 1)
+if cost ~= 1 then
+  flat[n + 1], flat[n + 2] = 'cost', cost_s
+  n = n + 2
+end
+if weight ~= 1 then
+  flat[n + 1], flat[n + 2] = 'fw', ARGV[32]
+  n = n + 2
+end
 if job.att ~= '' then
   local blobs, size = {}, 0
   for i, spec in ipairs(cjson.decode(job.att)) do
-    local data = ARGV[32 + i]
+    local data = ARGV[34 + i]
     blobs[2 * i - 1], blobs[2 * i] = 'in:' .. spec.name, data
     size = size + #data
   end

@@ -4,7 +4,7 @@
 --   longer serves and joins the new ones with its free slots. Jobs the node still holds from an
 --   earlier connection stay assigned to it (resume after reconnect). Any queued job of its pools
 --   that fits is assigned in the same script. Coming back with fewer slots than the jobs it
---   holds gives the excess back: those jobs are cancelled on the node and retried elsewhere.
+--   holds take (their costs) gives the excess back: those jobs are cancelled on the node and retried elsewhere.
 --   A node id belongs to the principal that registered it while its record exists (online, and
 --   for its retention after going offline, until the reaper collects it): another principal is
 --   refused. A record without a principal (written by an older version) is taken over.
@@ -58,10 +58,12 @@ if old then
   end
 end
 
--- A node that comes back with fewer slots than the jobs it still holds gives the excess back
--- (assigned-but-not-accepted ones first): they are cancelled on the node and placed elsewhere.
+-- A node that comes back with fewer slots than the jobs it still holds take gives the excess
+-- back (assigned-but-not-accepted ones first): they are cancelled on the node and placed
+-- elsewhere.
 local held = redis.call('SMEMBERS', K.node_jobs(node_id))
-if #held > capacity then
+local held_slots = held_cost(node_id)
+if held_slots > capacity then
   local order = {}
   for _, job_id in ipairs(held) do
     local job = hgetall(K.job(job_id))
@@ -72,19 +74,21 @@ if #held > capacity then
     if x[4] ~= y[4] then return x[4] > y[4] end
     return x[1] < y[1]
   end)
-  for i = 1, #held - capacity do
+  for i = 1, #order do
+    if held_slots <= capacity then break end
     local job_id, job = order[i][1], order[i][2]
+    held_slots = held_slots - job_cost(job_id, job)
     deliver(CALLER, {'cancel', node_id, job_id, tonumber(job.attempt), 'node capacity reduced'})
     retry(job_id, job, 'capacity of node ' .. node_id .. ' reduced', now)
   end
 end
-local used = redis.call('SCARD', K.node_jobs(node_id))
+local used = held_cost(node_id)
 redis.call('HSET', nkey, 'id', node_id, 'epoch', epoch, 'owner', CALLER, 'capacity', capacity,
   'used', used, 'state', 'online', 'pools', cjson.encode(pools), 'caps', ARGV[5],
   'labels', ARGV[6], 't_reg', now, 'reason', '', 'principal', principal, 'proto', int_s(proto))
 local free = capacity - used
 if free < 0 then free = 0 end
-for _, p in ipairs(pools) do pool_join(p, node_id, free) end
+for _, p in ipairs(pools) do pool_join(p, node_id, free, int_s(capacity)) end
 redis.call('ZADD', KEYS[2], now, node_id)
 redis.call('HSET', K.fence(), node_id, int_s(epoch) .. ' ' .. CALLER)
 redis.call('HSET', K.beats(), node_id, int_s(now) .. ' 0 ' .. int_s(used))

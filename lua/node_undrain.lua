@@ -20,7 +20,7 @@ if node.state == 'offline' then return err('E_BAD_STATE', 'node ' .. node_id .. 
 if node.state == 'online' then return {{'online', '0'}, {}} end
 local free = tonumber(node.capacity) - tonumber(node.used)
 if free < 0 then free = 0 end
-for _, p in ipairs(node_pools(node)) do pool_join(p, node_id, int_s(free)) end
+for _, p in ipairs(node_pools(node)) do pool_join(p, node_id, int_s(free), node.capacity) end
 redis.call('HSET', KEYS[1], 'state', 'online', 'reason', '')
 deliver(node.owner, {'drain', node_id, ARGV[3], 1})
 feed_node(node_id, now_ms())

@@ -14,6 +14,8 @@ DOC = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
 
 def test_every_key_is_in_the_schema_table() -> None:
     for name, (template, _) in SCHEMA.items():
+        # a control character joining two ids is shown as its Unicode picture (U+241F for \x1f)
+        template = "".join(chr(0x2400 + ord(c)) if ord(c) < 32 else c for c in template)
         shown = "`{ns}:" + template.replace("{}", "<id>") + "`"
         alt = "`{ns}:" + template.replace("{}", "<key>") + "`"
         alt2 = "`{ns}:" + template.replace("{}", "<instance>") + "`"

@@ -13,6 +13,7 @@ from schedd.config.validators import (
     _admin_tokens,
     _at_least,
     _between,
+    _fair_weights,
     _greater_than,
     _hidden_tokens,
     _matching,
@@ -154,6 +155,19 @@ class JobsSection:
     session_gap_timeout: float = setting(
         30.0, "seconds a missing seq of an ordered session may hold its later results before "
         "it is reported skipped (a submit may give its own gap_timeout)", _greater_than(0)
+    )
+
+
+@attrs.frozen
+class TenantsSection:
+    """``[tenants]``: how principals share the pools (docs/decisions/0023-fair-share.md)."""
+
+    weights: Mapping[str, float] = setting(
+        {},
+        "principal (token:<8 hex>) -> fair share weight, 0.001..1000; unlisted: 1. When several "
+        "principals have jobs queued for a pool, each gets freed slots in proportion to its "
+        "weight (a job costing n slots counts n)",
+        _fair_weights,
     )
 
 
@@ -323,6 +337,7 @@ class Config:
     redis: RedisSection = attrs.field(factory=RedisSection)
     nodes: NodesSection = attrs.field(factory=NodesSection)
     jobs: JobsSection = attrs.field(factory=JobsSection)
+    tenants: TenantsSection = attrs.field(factory=TenantsSection)
     reaper: ReaperSection = attrs.field(factory=ReaperSection)
     auth: AuthSection = attrs.field(factory=AuthSection)
     limits: LimitsSection = attrs.field(factory=LimitsSection)

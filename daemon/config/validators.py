@@ -119,18 +119,44 @@ _TOKEN_PRINCIPAL_RE: Final = re.compile(r"^token:[0-9a-f]{8}$")
 _MAX_ID_LEN: Final = 200  # an id on the wire (docs/protocol.md)
 
 
+def _principal_problem(principal: str) -> str | None:
+    if not principal.strip() or not principal.isprintable():
+        return f"{principal!r}: a principal must be a non-empty printable name"
+    if principal.startswith("token:") and not _TOKEN_PRINCIPAL_RE.match(principal):
+        return (f"{principal!r}: a token's principal is token: and 8 lower-case hex digits, as "
+                "welcome.principal and the log show it")
+    return None
+
+
 def _node_id_patterns(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
     problems: list[str] = []
     for principal, patterns in value.items():
-        if not principal.strip() or not principal.isprintable():
-            problems.append(f"{principal!r}: a principal must be a non-empty printable name")
-        elif principal.startswith("token:") and not _TOKEN_PRINCIPAL_RE.match(principal):
-            problems.append(f"{principal!r}: a token's principal is token: and 8 lower-case hex "
-                            "digits, as welcome.principal and the log show it")
+        problem = _principal_problem(principal)
+        if problem:
+            problems.append(problem)
         for index, pattern in enumerate(patterns):
             if not pattern or len(pattern) > _MAX_ID_LEN or not pattern.isprintable():
                 problems.append(f"{principal!r} item {index}: a pattern must be 1 to "
                                 f"{_MAX_ID_LEN} printable characters, got {pattern!r}")
+    if problems:
+        raise InvalidSetting("; ".join(problems))
+
+
+#: bounds of a fair share weight: their ratio bounds how far one principal's virtual time runs
+#: ahead of another's per dispatch, and keeps cost / weight a finite, representable number
+MIN_WEIGHT: Final = 0.001
+MAX_WEIGHT: Final = 1000.0
+
+
+def _fair_weights(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    problems: list[str] = []
+    for principal, weight in value.items():
+        problem = _principal_problem(principal)
+        if problem:
+            problems.append(problem)
+        if not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # NaN fails too
+            problems.append(f"{principal!r}: a weight must be a number between {MIN_WEIGHT} and "
+                            f"{_show(MAX_WEIGHT)}, got {_show(weight)}")
     if problems:
         raise InvalidSetting("; ".join(problems))
 

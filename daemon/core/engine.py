@@ -330,6 +330,8 @@ class Core:
                 "1" if spec.fail_fast else "0",
                 "" if spec.seq is None else spec.seq,
                 _ms(spec.gap_timeout or s.session_gap_timeout),
+                repr(float(s.weights.get(principal, 1.0))),
+                spec.cost,
                 *_attachment_args(spec.attachments),
             ],
         )

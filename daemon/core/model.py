@@ -8,6 +8,7 @@ transports can embed them without parsing them again.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -56,6 +57,8 @@ class CoreSettings:
     queue: bool = True
     max_queued: int = 100_000
     max_created_pools: int = 64
+    #: fair share weight per principal (absent: 1); sched.toml [tenants] weights
+    weights: Mapping[str, float] = attrs.field(factory=dict)
     retention: float = 3600.0
     session_ttl: float = 600.0
     max_result_ttl: float = 86400.0
@@ -136,6 +139,8 @@ class JobSpec:
     result_ttl: float | None = None
     #: keep the payload when the job ends done
     keep_payload: bool = False
+    #: slots the job takes on its node
+    cost: int = 1
     #: the job's W3C trace context as the store keeps it (schedd.protocol.join_trace): the
     #: traceparent, then a space and the tracestate when there is one; '' to have
     #: ``Core.submit`` make a new one

@@ -149,6 +149,8 @@ ERROR_CODES: Final[dict[str, str]] = {
                "(`max_queued`, `max_payload_bytes`); retry once one of its jobs ended",
     "E_RATE_LIMITED": "the submitting principal is over its submit rate; the message ends with "
                       "`retry_after_ms=<ms>`, the wait until it may submit again",
+    "E_TOO_BIG": "the job's `cost` is above the capacity of every live node of its pools: no "
+    "node could ever run it as it stands",
     "E_NOT_YOURS": "the job belongs to another principal; or a `query` `jobs` names another "
                    "principal than the connection's",
     "E_BAD_STATE": "the node or job is not in a state that allows this message (`drain` from a "

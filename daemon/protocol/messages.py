@@ -387,6 +387,7 @@ class Submit:
     queue_timeout: float | None = attrs.field(
         default=None, validator=_opt_float(positive=True, high=MAX_SECONDS))
     max_attempts: int | None = attrs.field(default=None, validator=_opt_int(1))
+    cost: int = attrs.field(default=1, validator=_int(1, MAX_CAPACITY))
     traceparent: str | None = attrs.field(default=None, validator=_opt_traceparent)
     tracestate: str | None = attrs.field(default=None, validator=_opt_tracestate)
     delay: float | None = attrs.field(default=None, validator=_opt_float(positive=False))

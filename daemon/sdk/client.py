@@ -225,6 +225,7 @@ class Client:
         run_timeout: float | None = None,
         queue_timeout: float | None = None,
         max_attempts: int | None = None,
+        cost: int = 1,
         traceparent: str | None = None,
         tracestate: str | None = None,
         delay: float | None = None,
@@ -258,7 +259,8 @@ class Client:
         ``traceparent`` (W3C Trace Context) the daemon makes one (``handle.traceparent``).
         ``delay`` (seconds) or ``not_before`` (unix seconds) hold the job back; ``backoff_*``
         shape the waits between retryable failures; ``result_ttl`` and ``keep_payload`` what the
-        daemon keeps of the finished job (docs/protocol.md, ``submit``). Raises
+        daemon keeps of the finished job (docs/protocol.md, ``submit``). ``cost``: the slots of
+        its node the job takes (1 to 4096). Raises
         ``ValueError`` (``InvalidField``) for an argument the protocol forbids and
         :class:`RequestFailed` when the daemon refuses the job (``E_DUPLICATE_SEQ``...).
 
@@ -281,7 +283,7 @@ class Client:
             traceparent=traceparent, tracestate=tracestate, delay=delay, not_before=not_before,
             backoff_base=backoff_base, backoff_max=backoff_max, result_ttl=result_ttl,
             keep_payload=keep_payload, fail_fast=fail_fast, seq=seq, gap_timeout=gap_timeout,
-            attachments=specs,
+            cost=cost, attachments=specs,
         )
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)

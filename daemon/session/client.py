@@ -98,7 +98,7 @@ class ClientRole(SessionBase):
             ack_timeout=m.ack_timeout, run_timeout=m.run_timeout, queue_timeout=m.queue_timeout,
             max_attempts=m.max_attempts, delay=m.delay, not_before=m.not_before,
             backoff_base=m.backoff_base, backoff_max=m.backoff_max, result_ttl=m.result_ttl,
-            keep_payload=m.keep_payload,
+            keep_payload=m.keep_payload, cost=m.cost,
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
             seq=m.seq, gap_timeout=m.gap_timeout, attachments=self._attachments_of(m),
         )

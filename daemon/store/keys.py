@@ -35,6 +35,15 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "pools_created": ("pools_created", "hash: principal -> how many pools pool_creator holds "
                       "for it"),
     "queue": ("queue:{}", "zset: queued job id -> order (priority first, then age)"),
+    "pool_cap": ("pool_cap:{}", "zset: live, non-draining member node id -> its capacity (the "
+                 "largest cost a job queued for the pool can have)"),
+    "fair": ("fair:{}", "zset: principal with jobs queued for the pool -> virtual start of its "
+             "next dispatch (weighted fair share)"),
+    "fair_q": ("fair_q:{}\x1f{}", "zset, per pool and principal: the principal's queued job id -> "
+               "order (priority first, then age)"),
+    "fair_vt": ("fair_vt:{}", "hash, per pool while principals have jobs queued for it: '' -> "
+                "virtual time (start of the last dispatch), principal with no job queued -> "
+                "finish of its last dispatch"),
     "job": ("job:{}", "hash: one job (state, attempt, node, payload, result, timings, ...)"),
     "job_tried": ("job:{}:tried", "set: node ids that already failed this job"),
     "job_blobs": ("job:{}:blobs", "hash: 'in:<name>' / 'out:<name>' -> the bytes of one binary "
@@ -125,6 +134,20 @@ class Keys:
 
     def queue(self, pool: str) -> str:
         return self._k("queue", pool)
+
+    def pool_cap(self, pool: str) -> str:
+        return self._k("pool_cap", pool)
+
+    def fair(self, pool: str) -> str:
+        return self._k("fair", pool)
+
+    def fair_q(self, pool: str, principal: str) -> str:
+        """Two ids joined by the unit separator, which no id contains (ids have no control
+        characters), so distinct (pool, principal) pairs never share a key."""
+        return self.prefix + SCHEMA["fair_q"][0].format(pool, principal)
+
+    def fair_vt(self, pool: str) -> str:
+        return self._k("fair_vt", pool)
 
     def job(self, job_id: str) -> str:
         return self._k("job", job_id)
@@ -279,7 +302,12 @@ def lua_prelude() -> str:
     ]
     for name, (template, _doc) in SCHEMA.items():
         head, _, tail = template.partition("{}")
-        if "{}" in template:
+        if template.count("{}") == 2:  # two ids joined by a control character (Lua: decimal)
+            mid, _, tail = tail.partition("{}")
+            sep = "".join(f"\\{ord(c):03d}" if ord(c) < 32 else c for c in mid)
+            expr = f"K.prefix .. {head!r} .. a .. '{sep}' .. b" + (f" .. {tail!r}" if tail else "")
+            lines.append(f"K.{name} = function(a, b) return {expr} end")
+        elif "{}" in template:
             expr = f"K.prefix .. {head!r} .. id" + (f" .. {tail!r}" if tail else "")
             lines.append(f"K.{name} = function(id) return {expr} end")
         else:

@@ -188,7 +188,9 @@ local function pool_uncharge(pool)
   end
 end
 
-local function pool_join(pool, node_id, free)
+-- capacity: the node's slots, kept in K.pool_cap(pool) (the largest cost the pool can run).
+local function pool_join(pool, node_id, free, capacity)
+  redis.call('ZADD', K.pool_cap(pool), capacity, node_id)
   if redis.call('ZADD', K.pool(pool), free, node_id) == 1 then
     if tonumber(redis.call('ZINCRBY', K.pools(), '1', pool)) == 1 then pool_uncharge(pool) end
   end
@@ -204,6 +206,7 @@ local function pool_drop_if_empty(pool)
 end
 
 local function pool_leave(pool, node_id)
+  redis.call('ZREM', K.pool_cap(pool), node_id)
   if redis.call('ZREM', K.pool(pool), node_id) == 1 then
     if tonumber(redis.call('ZINCRBY', K.pools(), '-1', pool)) <= 0 then
       pool_drop_if_empty(pool)
@@ -271,9 +274,10 @@ end
 -- when the pool's top member has no free slot. Reads the top two; only for a tie, its length
 -- (ZCOUNT) and, when longer than two, a window of it by rank: O(log N) each.
 local LOAD_WINDOW = 4
-local function tied_window(pkey, spread)
+local function tied_window(pkey, spread, cost)
   local top = redis.call('ZRANGE', pkey, '0', '1', 'REV', 'WITHSCORES')
   if #top == 0 or top[2] == '0' then return nil end -- free slots are integers >= 0
+  if cost > 1 and tonumber(top[2]) < cost then return nil end
   if #top < 4 or top[4] ~= top[2] then return {top[1]}, 0 end
   local size = redis.call('ZCOUNT', pkey, top[2], top[2])
   local start = spread % size
@@ -290,13 +294,15 @@ end
 -- turns). When none of the window is eligible, the first eligible of the pool's 16 most-free
 -- members. Looks at 20 members per pool at most, so the cost does not grow with pool size.
 -- spread: an integer that changes from job to job (the job's order number).
-local function select_node(job_id, pools, services, session, now, fresh, spread)
+-- cost: the slots the job takes (nil: 1); only a node with that many free slots qualifies.
+local function select_node(job_id, pools, services, session, now, fresh, spread, cost)
+  cost = cost or 1
   if session and session ~= '' then
     local sticky = redis.call('GET', K.session(session))
     if sticky then
       for _, pool in ipairs(pools) do
         local free = redis.call('ZSCORE', K.pool(pool), sticky)
-        if free and tonumber(free) >= 1 and pool_rate_ok(pool, now, false)
+        if free and tonumber(free) >= cost and pool_rate_ok(pool, now, false)
             and eligible(sticky, job_id, services, now, fresh) then
           pool_rate_ok(pool, now, true)
           return sticky
@@ -306,7 +312,7 @@ local function select_node(job_id, pools, services, session, now, fresh, spread)
   end
   for _, pool in ipairs(pools) do
     local pkey = K.pool(pool)
-    local window, start = tied_window(pkey, spread)
+    local window, start = tied_window(pkey, spread, cost)
     if not window then
       exclusion('no_free_slot')
     elseif pool_rate_ok(pool, now, false) then
@@ -341,8 +347,8 @@ local function select_node(job_id, pools, services, session, now, fresh, spread)
         end
         looked[node_id] = true
       end
-      local members = redis.call('ZRANGE', pkey, '+inf', '1', 'BYSCORE', 'REV', 'LIMIT', '0',
-        SCAN_COUNT)
+      local members = redis.call('ZRANGE', pkey, '+inf', int_s(cost), 'BYSCORE', 'REV', 'LIMIT',
+        '0', SCAN_COUNT)
       for _, node_id in ipairs(members) do
         if not looked[node_id] and eligible(node_id, job_id, services, now, fresh) then
           pool_rate_ok(pool, now, true)
@@ -396,6 +402,86 @@ local function index_forget(job_id, job)
   end
 end
 
+-- Fair share ------------------------------------------------------------------------------------
+
+-- Weighted fair share between principals, per pool (start-time fair queuing). A queued job is
+-- in K.queue(pool) (every queued job of the pool, by priority then age) and in
+-- K.fair_q(pool, principal) (the principal's, same order) of each of its candidate pools.
+-- K.fair(pool) holds each principal with a job in its fair_q, scored by the virtual start of its
+-- next dispatch; K.fair_vt(pool) the pool's virtual time V ('' field) and the finish F of the
+-- last dispatch of each principal that has no job queued there. Invariants:
+--  * a principal is in K.fair(pool) exactly when its K.fair_q(pool, principal) exists;
+--  * a dispatch takes a principal of lowest start S (among the first FAIR_TENANTS), sets V = S
+--    and moves the principal to F = S + cost / weight, or, with nothing left queued, records F;
+--  * a principal that starts queueing again starts at max(V, its recorded F): an idle principal
+--    banks no credit and one just served pays its debt;
+--  * when no principal has a job queued for the pool, its K.fair_vt goes (the busy period ended:
+--    every principal starts level).
+-- Each step is O(log T) in the principals queued for the pool; a dispatch reads at most
+-- FAIR_TENANTS principals and FAIR_HEADS queued jobs.
+local FAIR_TENANTS = 4
+local FAIR_HEADS = 16
+
+-- A virtual time as text for ZADD/HSET: exact for a double.
+local function vt_s(x)
+  return string.format('%.17g', x)
+end
+
+local function fair_enqueue(pool, principal, job_id, order)
+  local qkey = K.fair_q(pool, principal)
+  redis.call('ZADD', qkey, order, job_id)
+  local fkey = K.fair(pool)
+  if not redis.call('ZSCORE', fkey, principal) then
+    local vtkey = K.fair_vt(pool)
+    local vt = redis.call('HMGET', vtkey, '', principal)
+    local start = math.max(tonumber(vt[1]) or 0, tonumber(vt[2]) or 0)
+    if vt[2] then redis.call('HDEL', vtkey, principal) end
+    redis.call('ZADD', fkey, vt_s(start), principal)
+  end
+end
+
+-- The job left the pool's queue without a dispatch from it (dispatched from another pool,
+-- cancelled, timed out): it leaves its principal's queue too.
+local function fair_dequeue(pool, principal, job_id)
+  local qkey = K.fair_q(pool, principal)
+  if redis.call('ZREM', qkey, job_id) == 1 and redis.call('EXISTS', qkey) == 0 then
+    local fkey = K.fair(pool)
+    redis.call('ZREM', fkey, principal)
+    if redis.call('EXISTS', fkey) == 0 then redis.call('DEL', K.fair_vt(pool)) end
+  end
+end
+
+-- A job of the principal was dispatched from the pool (after fair_dequeue took it out) at
+-- virtual start S: charge cost / weight.
+local function fair_charge(pool, principal, start, cost, weight)
+  local finish = start + cost / weight
+  local fkey = K.fair(pool)
+  local vtkey = K.fair_vt(pool)
+  if redis.call('EXISTS', K.fair_q(pool, principal)) == 1 then
+    redis.call('ZADD', fkey, vt_s(finish), principal)
+    redis.call('HSET', vtkey, '', vt_s(start))
+  elseif redis.call('EXISTS', fkey) == 1 then
+    redis.call('HSET', vtkey, '', vt_s(start), principal, vt_s(finish))
+  end
+end
+
+-- The slots a job takes (its 'cost' field, absent for 1).
+local function job_cost(job_id, job)
+  local c = job.cost
+  if c == nil then c = redis.call('HGET', K.job(job_id), 'cost') end
+  return tonumber(c) or 1
+end
+
+-- The slots a node's job set takes: each job's cost (O(jobs on the node), at most its capacity
+-- when the accounting holds).
+local function held_cost(node_id)
+  local total = 0
+  for _, job_id in ipairs(redis.call('SMEMBERS', K.node_jobs(node_id))) do
+    total = total + (tonumber(redis.call('HGET', K.job(job_id), 'cost')) or 1)
+  end
+  return total
+end
+
 local function job_services(job)
   if not job.services or job.services == '' then return {} end
   return cjson.decode(job.services)
@@ -404,10 +490,11 @@ end
 -- The job leaves every queue; a pool whose last queued job it was and that has no member leaves
 -- the index.
 local function dequeue_everywhere(job_id, job)
+  local principal = job.principal or redis.call('HGET', K.job(job_id), 'principal') or ''
   for _, pool in ipairs(cjson.decode(job.pools)) do
-    if redis.call('ZREM', K.queue(pool), job_id) == 1
-        and redis.call('EXISTS', K.queue(pool)) == 0 then
-      pool_drop_if_empty(pool)
+    if redis.call('ZREM', K.queue(pool), job_id) == 1 then
+      fair_dequeue(pool, principal, job_id)
+      if redis.call('EXISTS', K.queue(pool)) == 0 then pool_drop_if_empty(pool) end
     end
   end
 end
@@ -422,7 +509,7 @@ local function assign(job_id, job, node_id, now, fields, now_s)
   local nkey = K.node(node_id)
   local vals = redis.call('HMGET', nkey, 'owner', 'epoch', 'state', 'capacity', 'pools')
   local owner, epoch = vals[1], vals[2]
-  node_slots(node_id, 1, {vals[3], vals[4], vals[5]})
+  node_slots(node_id, job_cost(job_id, job), {vals[3], vals[4], vals[5]})
   redis.call('SADD', K.node_jobs(node_id), job_id)
   local flat = fields or {}
   local n = #flat
@@ -457,8 +544,10 @@ end
 local function enqueue(job_id, job, now, fields)
   local seq = tonumber(job.seq)
   local order = -tonumber(job.priority) * 1e12 + seq
+  local principal = job.principal or ''
   for _, pool in ipairs(cjson.decode(job.pools)) do
     redis.call('ZADD', K.queue(pool), order, job_id)
+    fair_enqueue(pool, principal, job_id, order)
     if redis.call('ZADD', K.pools(), 'NX', '0', pool) == 1 and job.principal then
       redis.call('HSET', K.pool_creator(), pool, job.principal)
       redis.call('HINCRBY', K.pools_created(), job.principal, '1')
@@ -808,51 +897,90 @@ local function release(job_id, job)
   local node_id = job.node
   if node_id and node_id ~= '' then
     if redis.call('SREM', K.node_jobs(node_id), job_id) == 1 then
-      local used, vals = node_slots(node_id, -1)
+      local used, vals = node_slots(node_id, -job_cost(job_id, job))
       return node_id, {vals[1], vals[2], used, vals[3]}
     end
   end
   return node_id, nil
 end
 
--- Hand a node queued jobs of its pools while it has free slots (work conservation).
+-- The job a node with `free` of `capacity` slots takes next from one pool by fair share: of the
+-- pool's first FAIR_TENANTS principals in fair order, the first whose queue has, among its first
+-- heads (FAIR_HEADS shared among them), a job the node may run. When that job costs more than
+-- the free slots but no more than the capacity, the pool holds the node's free slots for it
+-- (returns nil): smaller jobs do not pass it, so a weighted job is not starved by slots freed
+-- one at a time. Returns job id, order, principal, virtual start, or nil.
+local function fair_pick(pool, node_id, free, capacity, now)
+  local fkey = K.fair(pool)
+  local tenants = redis.call('ZRANGE', fkey, '0', int_s(FAIR_TENANTS - 1), 'WITHSCORES')
+  if #tenants == 0 then
+    -- jobs queued by a version without fair queues (none otherwise: a pool's queue and its fair
+    -- queues hold the same jobs) move into them, 16 at a time
+    local old = redis.call('ZRANGE', K.queue(pool), '0', SCAN_LAST, 'WITHSCORES')
+    if #old == 0 then return nil end
+    for i = 1, #old, 2 do
+      fair_enqueue(pool, redis.call('HGET', K.job(old[i]), 'principal') or '', old[i], old[i + 1])
+    end
+    tenants = redis.call('ZRANGE', fkey, '0', int_s(FAIR_TENANTS - 1), 'WITHSCORES')
+  end
+  local heads_each = int_s(math.floor(FAIR_HEADS / (#tenants / 2)) - 1)
+  for i = 1, #tenants, 2 do
+    local principal = tenants[i]
+    local heads = {}
+    -- a principal at its in-flight cap (quotas) is passed over, not waited for
+    if principal_can_run(principal, 1) then
+      heads = redis.call('ZRANGE', K.fair_q(pool, principal), '0', heads_each, 'WITHSCORES')
+      if #heads == 0 then redis.call('ZREM', fkey, principal) end -- stale entry, skipped once
+    end
+    for j = 1, #heads, 2 do
+      local job_id = heads[j]
+      local f = redis.call('HMGET', K.job(job_id), 'services', 'cost')
+      local cost = tonumber(f[2]) or 1
+      if cost <= capacity then
+        local svc = (f[1] and f[1] ~= '') and cjson.decode(f[1]) or {}
+        if eligible(node_id, job_id, svc, now) then
+          if cost > free then return nil end
+          return job_id, tonumber(heads[j + 1]), principal, tonumber(tenants[i + 1])
+        end
+      end
+    end
+  end
+  return nil
+end
+
+-- Hand a node queued jobs of its pools while it has free slots (work conservation). Within a
+-- pool the weighted fair share between principals picks (fair_pick); between the node's pools,
+-- the picked job of highest priority, then oldest.
 -- known: the node's {state, capacity, used, pools} when the caller has just read them.
 local function feed_node(node_id, now, known)
   local vals = known or redis.call('HMGET', K.node(node_id), 'state', 'capacity', 'used', 'pools')
   if vals[1] ~= 'online' then return end
-  local free = tonumber(vals[2]) - tonumber(vals[3])
+  local capacity = tonumber(vals[2])
+  local free = capacity - tonumber(vals[3])
   if free <= 0 then return end
   local pools = (vals[4] and vals[4] ~= '') and cjson.decode(vals[4]) or {}
-  local alive = nil -- looked up once, when a queue has a job for it
+  local exp = redis.call('ZSCORE', K.alive(), node_id)
+  if not exp or tonumber(exp) <= now then return end
   while free > 0 do
-    local best_id, best_order, best_pool = nil, nil, nil
+    local best_id, best_order, best_pool, best_principal, best_start
     for _, pool in ipairs(pools) do
-      local heads = redis.call('ZRANGE', K.queue(pool), '0', SCAN_LAST, 'WITHSCORES')
-      if #heads > 0 and not pool_rate_ok(pool, now, false) then heads = {} end
-      if #heads > 0 and alive == nil then
-        local exp = redis.call('ZSCORE', K.alive(), node_id)
-        alive = exp and tonumber(exp) > now or false
+      local job_id, order, principal, start
+      if pool_rate_ok(pool, now, false) then -- a pool over its dispatch rate waits its refill
+        job_id, order, principal, start = fair_pick(pool, node_id, free, capacity, now)
       end
-      if alive == false then return end
-      for i = 1, #heads, 2 do
-        local order = tonumber(heads[i + 1])
-        if best_order and order >= best_order then break end
-        local job_id = heads[i]
-        local jv = redis.call('HMGET', K.job(job_id), 'services', 'principal')
-        local services = jv[1]
-        local svc = (services and services ~= '') and cjson.decode(services) or {}
-        if principal_can_run(jv[2], 1) and eligible(node_id, job_id, svc, now) then
-          best_id, best_order, best_pool = job_id, order, pool
-          break
-        end
+      if job_id and (not best_order or order < best_order) then
+        best_id, best_order, best_pool, best_principal, best_start = job_id, order, pool,
+          principal, start
       end
     end
     if not best_id then return end
     pool_rate_ok(best_pool, now, true)
     local job = hgetall(K.job(best_id))
+    local cost = tonumber(job.cost) or 1
     dequeue_everywhere(best_id, job)
+    fair_charge(best_pool, best_principal, best_start, cost, tonumber(job.fw) or 1)
     assign(best_id, job, node_id, now)
-    free = free - 1
+    free = free - cost
   end
 end
 
@@ -879,7 +1007,7 @@ local function retry(job_id, job, reason, now, kind)
   -- the job still counts as in flight here: it may go on if its principal is within its cap
   local target = principal_can_run(job.principal, 0) and select_node(job_id,
     cjson.decode(job.pools), job_services(job), '', now, false,
-    (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0))
+    (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0), job_cost(job_id, job))
   if target then
     assign(job_id, job, target, now)
   else
@@ -913,7 +1041,7 @@ local function release_due(now, batch)
       local first = job.attempt == '0'
       local target = principal_can_run(job.principal, 1) and select_node(job_id,
         cjson.decode(job.pools), job_services(job), first and (job.session or '') or '', now, first,
-        (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0))
+        (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0), job_cost(job_id, job))
       if target then assign(job_id, job, target, now) else enqueue(job_id, job, now) end
     end
   end

@@ -205,7 +205,7 @@ CLIENT_ONLY_CODES = {"E_INFLIGHT", "E_NO_CAPACITY", "E_QUEUE_FULL", "E_NOT_YOURS
                      "E_DETACHED", "E_FORBIDDEN", "E_QUOTA", "E_RATE_LIMITED",
                      "E_BAD_DELAY", "E_BAD_TTL", "E_TOO_MANY_STAGES",
                      "E_TOO_MANY_BRANCHES", "E_BAD_STAGE",
-                     "E_DUPLICATE_SEQ", "E_NO_SESSION"}
+                     "E_DUPLICATE_SEQ", "E_NO_SESSION", "E_TOO_BIG"}
 
 
 def test_node_checklist_handles_every_error_a_node_can_get() -> None:

@@ -24,8 +24,11 @@ to reassignment, jobs lost), SLOWLORIS (a probe client's latency, quiet and whil
 that never finish their handshake hold the listener: :mod:`schedd.devtools.slowloris`); when
 named, SOAK (the daemon's memory under reconnections and jobs: :mod:`schedd.devtools.soak`) and
 BROWSE (the Redis time of one page of a job listing at 1,000 and 1,000,000 retained jobs:
-:mod:`schedd.devtools.browse_cost`), SDK (:mod:`schedd.devtools.sdk_bench`) and PIPE (a
-three-stage pipeline against one job and the client's chain: :mod:`schedd.devtools.pipe_bench`).
+:mod:`schedd.devtools.browse_cost`), SDK (:mod:`schedd.devtools.sdk_bench`), PIPE (a
+three-stage pipeline against one job and the client's chain: :mod:`schedd.devtools.pipe_bench`),
+ORDER (:mod:`schedd.devtools.order_bench`), BLOB (:mod:`schedd.devtools.blob_bench`) and FAIR
+(weighted fair share between principals, simulated through the scripts, and a fair dispatch's
+Redis time with 1 to 1,000 principals queued: :mod:`schedd.devtools.fair_bench`).
 
 Before the scenarios, with nothing of the bench running, :mod:`schedd.devtools.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put

@@ -220,6 +220,10 @@ def table(document: dict[str, Any]) -> str:
         from schedd.devtools.browse_cost import table_rows as browse_rows
 
         rows += browse_rows(r["BROWSE"])
+    if "FAIR" in r and "cost" in r["FAIR"]:
+        from schedd.devtools.fair_bench import table_rows as fair_rows
+
+        rows += fair_rows(r["FAIR"])
     if "SDK" in r and "round_trip_ms" in r["SDK"]:
         from schedd.devtools.sdk_bench import table_rows as sdk_rows
 

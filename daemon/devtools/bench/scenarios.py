@@ -1,5 +1,5 @@
 """The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK, PIPE,
-ORDER, BLOB) and their scales."""
+ORDER, BLOB, FAIR) and their scales."""
 
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                   "gap_timeout": 30.0, "settle": 60.0},
         # 1 MB of audio per job, as an attachment and base64 in the payload, serial jobs
         "BLOB": {"bytes": 1_000_000, "jobs": 100, "warmup": 10, "rounds": 3},
+        # fair share by simulation (one node of 4 slots), and a fair dispatch's Redis time
+        "FAIR": {"dispatches": 4000, "capacity": 4, "slow_rates": [0.1, 0.4],
+                 "principals": [1, 10, 1000], "calls": 5000},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -75,6 +78,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                   "in_flight": 16, "job_seconds": (0.005, 0.03), "kill_nodes": 0.25,
                   "gap_timeout": 30.0, "settle": 30.0},
         "BLOB": {"bytes": 1_000_000, "jobs": 5, "warmup": 2, "rounds": 1},
+        "FAIR": {"dispatches": 200, "capacity": 4, "slow_rates": [0.4],
+                 "principals": [1, 10], "calls": 100},
     },
 }
 
@@ -406,8 +411,16 @@ async def blob(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run_blob(opt, p)
 
 
+async def fair(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """Fair share shares and latencies, and a fair dispatch's cost (schedd.devtools.fair_bench)."""
+    from schedd.devtools.fair_bench import run
+
+    return await run(p, opt.say)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
                    "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse,
                    "SDK": sdk, "PIPE": pipe,
-                   "ORDER": order, "BLOB": blob}
+                   "ORDER": order, "BLOB": blob,
+                   "FAIR": fair}

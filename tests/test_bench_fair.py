@@ -1,0 +1,28 @@
+"""The FAIR bench scenario runs (tiny) and reports shares, latencies and a dispatch's cost; its
+figures are reported, never asserted as timings (the shares are the scripts' order, not time)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from tests.e2e_daemon import SCHEDD
+
+
+def test_fair_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
+    out = tmp_path / "fair.json"
+    proc = subprocess.run(
+        [SCHEDD, "bench", "--scale", "tiny", "--scenarios", "FAIR", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fair = json.loads(out.read_text())["results"]["FAIR"]
+    assert "failed" not in fair, fair
+    assert fair["share_1_1"]["contended_dispatches"] > 0
+    assert set(fair["share_3_1"]["share"]) == {"heavy", "light"}
+    assert fair["slow"]["0.4"]["p99_flooded"] is not None
+    assert [row["principals"] for row in fair["cost"]] == [1, 10]
+    assert all(row["redis_usec_per_call"] > 0 for row in fair["cost"])
+    assert re.search(r"FAIR\s+share 1:1 while both queued", proc.stdout)
