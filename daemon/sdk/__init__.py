@@ -1,5 +1,7 @@
 """Python libraries for nodes and clients of schedd, over any transport URL.
 
+The reference, with every option, error and limit: docs/sdk.md.
+
 ``Node`` registers, heartbeats, runs a handler per assigned job and reconnects with the same
 node id (running jobs survive); ``Client`` submits, awaits results, streams progress, cancels
 and follows jobs across reconnects; ``BlockingClient`` does the same for code with no event loop
