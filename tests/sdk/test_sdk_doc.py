@@ -116,6 +116,25 @@ async def test_every_job_context_attribute_is_documented() -> None:
     assert not {name for name in members if name not in WORDS_IN_CODE}
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio", "asyncio"])
+@pytest.mark.anyio
+async def test_every_public_instance_attribute_is_documented() -> None:
+    async def handler(job: JobContext) -> None:
+        return None
+
+    for instance in (Client("tcp://127.0.0.1:1"), JobHandle(_NoClient(), "j"),
+                     OrderedSession("s"), Node("tcp://127.0.0.1:1", handler)):
+        attributes = {name for name in vars(instance) if not name.startswith("_")}
+        assert attributes
+        missing = {name for name in attributes if name not in WORDS_IN_CODE}
+        assert not missing, f"{type(instance).__name__}: {sorted(missing)} not in docs/sdk.md"
+
+
+class _NoClient:
+    async def cancel(self, job_id: str) -> None:
+        raise AssertionError("not cancelled in this test")
+
+
 class _NoNode:
     async def _send_progress(self, job: JobContext, data: Any) -> None:
         raise AssertionError("not sent in this test")
