@@ -36,11 +36,12 @@ from schedd.sdk.blocking import BlockingClient, BlockingJobHandle, BlockingOrder
 from schedd.sdk.client import E_CLIENT_CLOSED, Client, JobHandle, JobLost, RequestFailed
 from schedd.sdk.connect import ConnectFailed, open_channel
 from schedd.sdk.node import E_NODE_EXCEPTION, JobContext, JobError, JobResult, Node
-from schedd.sdk.session import OrderedSession
+from schedd.sdk.session import E_SKIPPED, OrderedSession
 
 __all__ = [
     "E_CLIENT_CLOSED",
     "E_NODE_EXCEPTION",
+    "E_SKIPPED",
     "BlockingClient",
     "BlockingJobHandle",
     "BlockingOrderedSession",
