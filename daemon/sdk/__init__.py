@@ -1,5 +1,7 @@
 """Python libraries for nodes and clients of schedd, over any transport URL.
 
+The reference, with every option, error and limit: docs/sdk.md.
+
 ``Node`` registers, heartbeats, runs a handler per assigned job and reconnects with the same
 node id (running jobs survive); ``Client`` submits, awaits results, streams progress, cancels
 and follows jobs across reconnects; ``BlockingClient`` does the same for code with no event loop
@@ -34,11 +36,12 @@ from schedd.sdk.blocking import BlockingClient, BlockingJobHandle, BlockingOrder
 from schedd.sdk.client import E_CLIENT_CLOSED, Client, JobHandle, JobLost, RequestFailed
 from schedd.sdk.connect import ConnectFailed, open_channel
 from schedd.sdk.node import E_NODE_EXCEPTION, JobContext, JobError, JobResult, Node
-from schedd.sdk.session import OrderedSession
+from schedd.sdk.session import E_SKIPPED, OrderedSession
 
 __all__ = [
     "E_CLIENT_CLOSED",
     "E_NODE_EXCEPTION",
+    "E_SKIPPED",
     "BlockingClient",
     "BlockingJobHandle",
     "BlockingOrderedSession",

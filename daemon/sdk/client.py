@@ -22,9 +22,10 @@ Rules of this module:
   :meth:`JobHandle.result` completes whichever instance the job finished on.
 - A ``submit`` with a ``seq`` puts the job in an ordered session of the principal; the session's
   results (``done``, ``skipped``) also go, in ``seq`` order, to its :class:`OrderedSession`
-  (:meth:`Client.session`). After a reconnect the client sends ``follow_session`` for every
-  session it has, so results that waited in the daemon for a follower come to it (its jobs'
-  handles too: they are not re-followed one by one).
+  (:meth:`Client.session`). A ``skipped`` range fails the handles of its seqs with
+  :data:`E_SKIPPED` (their ``done`` never comes). After a reconnect the client sends
+  ``follow_session`` for every session it has, so results that waited in the daemon for a
+  follower come to it (its jobs' handles too: they are not re-followed one by one).
 - A job followed by another connection of the principal since (``E_DETACHED`` for the job: the
   daemon sends its ``progress`` and ``done`` there) fails its handle with
   :class:`RequestFailed`; :meth:`Client.follow` takes it back.
@@ -97,9 +98,9 @@ from schedd.sdk._conn import (
 from schedd.sdk._upkeep import submit_paced, watch_lost
 from schedd.sdk.handle import JobHandle, JobLost
 from schedd.sdk.job import Attachments, attachment_items, over_limits
-from schedd.sdk.session import OrderedSession
+from schedd.sdk.session import E_SKIPPED, OrderedSession
 
-__all__ = ["E_CLIENT_CLOSED", "Client", "JobHandle", "JobLost", "OrderedSession",
+__all__ = ["E_CLIENT_CLOSED", "E_SKIPPED", "Client", "JobHandle", "JobLost", "OrderedSession",
            "RequestFailed"]
 
 log = logging.getLogger(__name__)
@@ -300,7 +301,7 @@ class Client:
         handle.traceparent, handle.tracestate = accepted.traceparent, accepted.tracestate
         handle._acknowledged = True
         if seq is not None:
-            handle._session = session_id
+            handle._session, handle._seq = session_id, seq
         return handle
 
     async def status(self, job_id: str) -> Job:
@@ -547,6 +548,11 @@ class Client:
             if session is not None:
                 session._push(message)
             if isinstance(message, Skipped):
+                for gone in [h for h in self._handles.values() if h._skipped_by(message)]:
+                    gone._fail(RequestFailed(E_SKIPPED, f"seq {gone._seq} of session "
+                                             f"{message.session_id} was skipped",
+                                             job_id=gone.job_id))
+                    self._forget(gone)
                 return
         if isinstance(message, Done):
             handle = self._handles.get(message.job_id)

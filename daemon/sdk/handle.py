@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 import anyio
 import anyio.lowlevel
 
-from schedd.protocol import Done, StageDone
+from schedd.protocol import Done, Skipped, StageDone
 from schedd.sdk._conn import RequestFailed
 from schedd.sdk._native import event
 
@@ -133,6 +133,7 @@ class JobHandle:
         self._checked = anyio.current_time()  # when the job was last known to exist
         #: the ordered session whose follow brings the job's done after a reconnect, if any
         self._session: str | None = None
+        self._seq: int | None = None  # the job's seq in that session
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job_id} {self.state}>"
@@ -151,8 +152,9 @@ class JobHandle:
 
         Raises :class:`RequestFailed` if the answer can no longer come: the job is gone
         (:class:`JobLost`, or ``E_NOT_YOURS`` when re-followed), another connection follows it
-        (``E_DETACHED``), the connection was lost with ``reconnect=False`` (``E_UNAVAILABLE``),
-        or the client was closed (``E_CLIENT_CLOSED``).
+        (``E_DETACHED``), its ordered session reported its ``seq`` skipped (``E_SKIPPED``:
+        read its outcome with ``status``), the connection was lost with ``reconnect=False``
+        (``E_UNAVAILABLE``), or the client was closed (``E_CLIENT_CLOSED``).
         """
         await self._finished.wait()
         if self._done is not None:
@@ -178,6 +180,12 @@ class JobHandle:
         await self._client.cancel(self.job_id)
 
     # The client's reader calls these; none of them blocks.
+
+    def _skipped_by(self, skipped: Skipped) -> bool:
+        """True when ``skipped`` names this job's seq: its ``done`` will never come here."""
+        return (not self.finished and self._seq is not None
+                and self._session == skipped.session_id
+                and skipped.from_seq <= self._seq <= skipped.to_seq)
 
     def _push_progress(self, data: Any) -> None:
         if self.finished:

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from typing import Final
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from schedd.protocol import Done, Skipped
 
-__all__ = ["OrderedSession", "SessionResult"]
+__all__ = ["E_SKIPPED", "OrderedSession", "SessionResult"]
+
+E_SKIPPED: Final = "E_SKIPPED"
+"""SDK-local code (never on the wire): the job's ``seq`` was reported skipped by its ordered
+session, so its ``done`` will never come to its handle (its outcome stays readable with
+``status``)."""
 
 SessionResult = Done | Skipped
 """What an ordered session yields: a job's ``done`` or a ``skipped`` range of seqs."""

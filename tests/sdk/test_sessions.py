@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from schedd.protocol import Done, Skipped
-from schedd.sdk import Client, JobContext, Node, RequestFailed
+from schedd.sdk import E_SKIPPED, Client, JobContext, Node, RequestFailed
 from tests.e2e_daemon import DaemonProcess
 
 
@@ -69,6 +69,48 @@ async def test_a_session_yields_its_results_in_seq_order(
                         gate.set()
                         # ... goes to the follower
                         assert (await resumed.next()).seq == 6  # type: ignore[union-attr]
+                nursery.cancel_scope.cancel()
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("transport", ["ws", "tcp"])
+async def test_the_handle_of_a_skipped_seq_fails_with_e_skipped(
+    tmp_path: Path, store_url: str, transport: str
+) -> None:
+    gate = trio.Event()
+
+    async def handler(job: JobContext) -> Any:
+        if job.payload == 0:
+            await gate.wait()  # seq 0 outlasts the gap timeout: the session skips it
+        return job.payload
+
+    daemon = DaemonProcess(tmp_path, store_url)
+    try:
+        await daemon.start()
+        url = daemon.ws if transport == "ws" else daemon.tcp
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(Node(url, handler, pools=["p"], capacity=2).run)
+                async with Client.connect(url) as client:
+                    session = client.session("call")
+                    first, second = [
+                        await client.submit(seq, pools=["p"], session_id="call", seq=seq,
+                                            gap_timeout=0.1)
+                        for seq in (0, 1)
+                    ]
+                    skipped = await session.next()
+                    assert isinstance(skipped, Skipped)
+                    assert (skipped.from_seq, skipped.to_seq) == (0, 0)
+                    with pytest.raises(RequestFailed) as failed:
+                        await first.result()
+                    assert failed.value.code == E_SKIPPED
+                    assert failed.value.job_id == first.job_id
+                    assert (await second.result()).output == 1  # the next seq is not touched
+                    gate.set()
+                    # the skipped job still ends; its outcome is read with status
+                    while (await client.status(first.job_id)).state != "done":
+                        await trio.sleep(0.01)
                 nursery.cancel_scope.cancel()
     finally:
         daemon.stop()
