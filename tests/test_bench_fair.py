@@ -30,6 +30,7 @@ def test_fair_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     wire = fair["wire"]
     assert wire["alone"]["jobs"] > 0
     assert wire["alone"]["unassigned"] == 0
+    assert wire["alone"]["errors"] == wire["share_1_1"]["errors"] == 0
     assert wire["flooded"]["submit_to_node_ms"]["n"] > 0
     assert set(wire["share_1_1"]["share"]) == {"fast", "slow"}
     assert set(wire["share_3_1"]["share"]) == {"heavy", "light"}

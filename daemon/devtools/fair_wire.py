@@ -56,7 +56,9 @@ def settings() -> list[Setting]:
 
 
 def _tenant(job_id: str) -> str:
-    return job_id.rsplit("-", 1)[0]
+    """The tenant of a job id ``TENANT.POOL-SEQ``: ids unique across phases, as the daemon
+    would take a repeated id for the job it already has."""
+    return job_id.split(".", 1)[0]
 
 
 def shares(recorder: Recorder, tenants: tuple[str, ...]) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def shares(recorder: Recorder, tenants: tuple[str, ...]) -> dict[str, Any]:
             contended[tenant] += 1
         queued[tenant] -= 1
     total = sum(contended.values())
-    return {"contended_dispatches": total,
+    return {"contended_dispatches": total, "errors": len(recorder.errors),
             "share": {t: round(n / total, 4) if total else None for t, n in contended.items()},
             "queued_at_end": queued}
 
@@ -96,7 +98,8 @@ def _slow_latency(recorder: Recorder, tenant: str, since: float) -> dict[str, An
         i = bisect.bisect_left(done, r.submitted)
         if i < len(done):
             waits.append(done[i] - r.submitted)
-    return {"jobs": len(records), "unassigned": sum(1 for r in records if not r.node_at),
+    return {"jobs": len(records), "errors": len(recorder.errors),
+            "unassigned": sum(1 for r in records if not r.node_at),
             "submit_to_node_ms": summary["submit_to_node_ms"],
             "next_done_ms": percentiles(waits)}
 
@@ -129,7 +132,7 @@ async def _phase(url: str, p: dict[str, Any], pool: str, rates: dict[str, float]
         async with trio.open_nursery() as load:
             for tenant, rate in rates.items():
                 load.start_soon(open_loop, clients[tenant], recorder, rate, seconds, quiet,
-                                tenant)
+                                f"{tenant}.{pool}")
         if measured is not None:
             await _wait_assigned(recorder, measured)
         nursery.cancel_scope.cancel()
