@@ -26,3 +26,15 @@ def test_fair_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert [row["principals"] for row in fair["cost"]] == [1, 10]
     assert all(row["redis_usec_per_call"] > 0 for row in fair["cost"])
     assert re.search(r"FAIR\s+share 1:1 while both queued", proc.stdout)
+    # the wall-clock part: a real daemon, nodes and four token principals over the wire
+    wire = fair["wire"]
+    assert wire["alone"]["jobs"] > 0
+    assert wire["alone"]["unassigned"] == 0
+    assert wire["alone"]["errors"] == wire["share_1_1"]["errors"] == 0
+    assert wire["flooded"]["submit_to_node_ms"]["n"] > 0
+    assert set(wire["share_1_1"]["share"]) == {"fast", "slow"}
+    assert set(wire["share_3_1"]["share"]) == {"heavy", "light"}
+    # the flood outran the pool: the fast tenant still had jobs queued when the phase ended
+    assert wire["share_1_1"]["queued_at_end"]["fast"] > 0
+    assert re.search(r"FAIR\s+wire share 1:1 while both queued", proc.stdout)
+

@@ -18,6 +18,8 @@ Rules of this module:
 * Cost: the Redis time of ``job_result`` (its ``FCALL`` or ``EVALSHA``, including the fair
   dispatch it makes), per call, from ``INFO commandstats``, with the given number of principals
   each keeping jobs queued. The claim is a bound: it does not grow with the principals.
+* ``p["wire"]`` (when given): the same shares and the slow principal's latency in wall time,
+  with a real daemon, nodes and clients over the wire (:mod:`schedd.devtools.fair_wire`).
 """
 
 from __future__ import annotations
@@ -203,6 +205,10 @@ async def run(p: dict[str, Any], say: Any = print) -> dict[str, Any]:
             for row in out["cost"]:
                 say(f"  FAIR: {row['principals']} principals queued: "
                     f"{row['redis_usec_per_call']} us Redis per job_result + dispatch")
+    if "wire" in p:
+        from schedd.devtools import fair_wire
+
+        out["wire"] = await fair_wire.run(p["wire"], say)
     return out
 
 
@@ -218,4 +224,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
               for rate, s in r["slow"].items()]]
     rows += [("FAIR", f"Redis us per job_result+dispatch, {c['principals']} principals",
               str(c["redis_usec_per_call"])) for c in r["cost"]]
+    if "wire" in r:
+        from schedd.devtools import fair_wire
+
+        rows += fair_wire.table_rows(r["wire"])
     return rows

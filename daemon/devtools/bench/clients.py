@@ -96,17 +96,28 @@ class Recorder:
 
 
 class BenchClient:
-    """A lean client connection: submits with the bench's job ids, records every done."""
+    """A lean client connection: submits with the bench's job ids, records every done.
 
-    def __init__(self, url: str, recorder: Recorder) -> None:
+    :param token: the client token sent in ``hello`` (its principal owns the jobs); none: no
+        token.
+    :param pool: the pool every submit names.
+    """
+
+    def __init__(self, url: str, recorder: Recorder, *, token: str | None = None,
+                 pool: str = POOL) -> None:
         self.url = url
         self.recorder = recorder
+        self.token = token
+        self.pool = pool
         self.channel: Channel | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with open_channel(self.url, connect_timeout=30) as channel:
-            await channel.send(orjson.dumps({"type": "hello", "role": "client",
-                                             "version": PROTOCOL_VERSION, "name": "bench"}))
+            hello: dict[str, Any] = {"type": "hello", "role": "client",
+                                     "version": PROTOCOL_VERSION, "name": "bench"}
+            if self.token is not None:
+                hello["token"] = self.token
+            await channel.send(orjson.dumps(hello))
             welcome = orjson.loads(await channel.receive())
             if welcome.get("type") != "welcome":
                 raise RuntimeError(f"hello refused: {welcome}")
@@ -126,7 +137,7 @@ class BenchClient:
 
     async def submit(self, job_id: str, *, waiter: bool = False) -> JobRecord:
         assert self.channel is not None
-        frame = orjson.dumps({"type": "submit", "job_id": job_id, "pools": [POOL],
+        frame = orjson.dumps({"type": "submit", "job_id": job_id, "pools": [self.pool],
                               "payload": PAYLOAD})
         record = JobRecord(submitted=time.perf_counter(),
                            event=trio.Event() if waiter else None)
@@ -136,9 +147,10 @@ class BenchClient:
 
 
 @asynccontextmanager
-async def open_clients(url: str, recorder: Recorder, count: int) -> Any:
+async def open_clients(url: str, recorder: Recorder, count: int, *, token: str | None = None,
+                       pool: str = POOL) -> Any:
     async with trio.open_nursery() as nursery:
-        clients = [BenchClient(url, recorder) for _ in range(count)]
+        clients = [BenchClient(url, recorder, token=token, pool=pool) for _ in range(count)]
         for client in clients:
             await nursery.start(client.run)
         yield clients
@@ -146,10 +158,11 @@ async def open_clients(url: str, recorder: Recorder, count: int) -> Any:
 
 
 @asynccontextmanager
-async def open_fleet(url: str, nodes: int, say: Say, **kwargs: Any) -> Any:
+async def open_fleet(url: str, nodes: int, say: Say, *, pool: str = POOL,
+                     **kwargs: Any) -> Any:
     raise_fd_limit()
     started = time.perf_counter()
-    fleet = Fleet([url], nodes, pools=[POOL], **kwargs)
+    fleet = Fleet([url], nodes, pools=[pool], **kwargs)
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.run)
         say(f"  {nodes} nodes registered in {time.perf_counter() - started:.1f} s")

@@ -55,7 +55,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "BLOB": {"bytes": 1_000_000, "jobs": 100, "warmup": 10, "rounds": 3},
         # fair share by simulation (one node of 4 slots), and a fair dispatch's Redis time
         "FAIR": {"dispatches": 4000, "capacity": 4, "slow_rates": [0.1, 0.4],
-                 "principals": [1, 10, 1000], "calls": 5000},
+                 "principals": [1, 10, 1000], "calls": 5000,
+                 "wire": {"nodes": 2, "capacity": 2, "duration": 0.05, "rate": 0.25,
+                          "seconds": 10.0}},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -79,7 +81,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                   "gap_timeout": 30.0, "settle": 30.0},
         "BLOB": {"bytes": 1_000_000, "jobs": 5, "warmup": 2, "rounds": 1},
         "FAIR": {"dispatches": 200, "capacity": 4, "slow_rates": [0.4],
-                 "principals": [1, 10], "calls": 100},
+                 "principals": [1, 10], "calls": 100,
+                 "wire": {"nodes": 1, "capacity": 2, "duration": 0.05, "rate": 0.25,
+                          "seconds": 1.0}},
     },
 }
 
