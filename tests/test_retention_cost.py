@@ -72,3 +72,11 @@ def test_the_table_rows_give_the_curve_and_the_plateau() -> None:
     rows = table_rows({"phases": [phase]})
     assert rows[0][2] == "20: 2 MB, 40: 2 MB"
     assert rows[1][2].startswith("10 jobs, 2 MB, 210000 B")
+
+
+def test_the_bytes_bound_counts_the_stored_output_not_redis_overhead() -> None:
+    s = CoreSettings(retention=3600.0, retain_count=10_000, retain_bytes=1 << 30)
+    # 117 KB of Redis memory per job, 102 KB of it counted: the count bound binds first
+    out = extrapolate(117_137, rate=100.0, hours=1.0, s=s, counted=102_412)
+    assert out["retained_per_principal"] == 10_000
+    assert out["bytes_per_principal"] == 10_000 * 117_137

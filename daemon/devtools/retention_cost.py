@@ -125,16 +125,27 @@ async def run_hour(store: Store, jobs: int, kb: int, *, principals: int = 1, rat
     }
 
 
+def _output_bytes(kb: int) -> int:
+    """The bytes of a job's ``kb`` KB output as stored (what ``retain_bytes`` counts of it)."""
+    return len(orjson.dumps({"audio": "b" * (kb * 1024)}))
+
+
 async def _now_ms(store: Store) -> int:
     secs, usecs = await store.execute("TIME")
     return int(secs) * 1000 + int(usecs) // 1000
 
 
-def extrapolate(per_job: int, rate: float, hours: float, s: CoreSettings) -> dict[str, Any]:
-    """The retained jobs and bytes of ``rate`` jobs/s over ``hours`` from one principal."""
+def extrapolate(per_job: int, rate: float, hours: float, s: CoreSettings,
+                counted: int | None = None) -> dict[str, Any]:
+    """The retained jobs and bytes of ``rate`` jobs/s over ``hours`` from one principal.
+
+    ``per_job``: the Redis memory of a retained job; ``counted``: the bytes of it that count
+    against ``retain_bytes`` (its output, error and kept payload and attachments, not Redis's
+    own overhead; ``per_job`` when not given)."""
     finished = int(rate * hours * 3600)
     by_time = min(finished, int(rate * s.retention))
-    by_bounds = min(s.retain_count, s.retain_bytes // max(per_job, 1))
+    counted = per_job if counted is None else counted
+    by_bounds = min(s.retain_count, s.retain_bytes // max(counted, 1))
     kept = min(by_time, by_bounds)
     return {
         "rate_jobs_per_s": rate, "hours": hours, "finished": finished,
@@ -202,7 +213,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "payload_kb": args.kb, "output_kb": args.kb,
         "default": default, "keep_payload": kept, "bounded": bounded,
         "extrapolated": extrapolate(default["bytes_per_retained_job"], args.rate, args.hours,
-                                    CoreSettings()),
+                                    CoreSettings(), counted=_output_bytes(args.kb)),
     }
 
 
