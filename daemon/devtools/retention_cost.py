@@ -57,21 +57,37 @@ async def _used(store: Store) -> int:
     raise RuntimeError("INFO memory gave no used_memory")
 
 
-async def run_phase(store: Store, jobs: int, kb: int, **settings: Any) -> dict[str, Any]:
-    """Run ``jobs`` jobs to done on an empty namespace; memory and retained jobs after."""
+async def _fresh_core(store: Store, settings: dict[str, Any]) -> Core:
+    """A core on an emptied namespace with one node of one slot, alive through the whole
+    phase without heartbeats."""
     await store.execute("FLUSHALL")
-    # one node, alive through the whole phase without heartbeats
     core = Core(store, CoreSettings(namespace="rc", instance="rc-1", heartbeat_interval=600.0,
                                     **settings))
     await core.start()
     await core.register_node(node_id="n1", capacity=1, pools=["p"])
-    payload = orjson.dumps({"audio": "a" * (kb * 1024)}).decode()
-    output = orjson.dumps({"audio": "b" * (kb * 1024)}).decode()
+    return core
+
+
+def _bodies(kb: int) -> tuple[str, str]:
+    """A job's ``kb`` KB payload and output, as JSON."""
+    return (orjson.dumps({"audio": "a" * (kb * 1024)}).decode(),
+            orjson.dumps({"audio": "b" * (kb * 1024)}).decode())
+
+
+async def _one_job(core: Core, job_id: str, principal: str, payload: str, output: str) -> None:
+    """Submit the job (it is assigned at once to the free node) and finish it done."""
+    sub = await core.submit(JobSpec(pools=("p",), payload_json=payload, job_id=job_id),
+                            principal=principal)
+    await core.result(sub.job_id, node_id="n1", attempt=1, ok=True, output_json=output)
+
+
+async def run_phase(store: Store, jobs: int, kb: int, **settings: Any) -> dict[str, Any]:
+    """Run ``jobs`` jobs to done on an empty namespace; memory and retained jobs after."""
+    core = await _fresh_core(store, settings)
+    payload, output = _bodies(kb)
     before = await _used(store)
     for i in range(jobs):
-        sub = await core.submit(JobSpec(pools=("p",), payload_json=payload, job_id=f"j{i:07d}"),
-                                principal="tenant")
-        await core.result(sub.job_id, node_id="n1", attempt=1, ok=True, output_json=output)
+        await _one_job(core, f"j{i:07d}", "tenant", payload, output)
     after = await _used(store)
     retained = int(await store.execute("ZCARD", core.keys.jobs))
     return {
@@ -87,20 +103,14 @@ async def run_hour(store: Store, jobs: int, kb: int, *, principals: int = 1, rat
     """``jobs`` jobs to done on an empty namespace, round robin over ``principals``, as a run
     of ``rate`` jobs/s in compressed time: ``used_memory`` and the retained jobs sampled
     ``samples`` times along the way, and what time-based expiry had due at the end."""
-    await store.execute("FLUSHALL")
-    s = CoreSettings(namespace="rc", instance="rc-1", heartbeat_interval=600.0, **settings)
-    core = Core(store, s)
-    await core.start()
-    await core.register_node(node_id="n1", capacity=1, pools=["p"])
-    payload = orjson.dumps({"audio": "a" * (kb * 1024)}).decode()
-    output = orjson.dumps({"audio": "b" * (kb * 1024)}).decode()
+    core = await _fresh_core(store, settings)
+    s = core.settings
+    payload, output = _bodies(kb)
     before = await _used(store)
     every = max(1, jobs // max(samples, 1))
     curve: list[dict[str, Any]] = []
     for i in range(1, jobs + 1):
-        sub = await core.submit(JobSpec(pools=("p",), payload_json=payload, job_id=f"j{i:07d}"),
-                                principal=f"t{i % principals:04d}")
-        await core.result(sub.job_id, node_id="n1", attempt=1, ok=True, output_json=output)
+        await _one_job(core, f"j{i:07d}", f"t{i % principals:04d}", payload, output)
         if i % every == 0 or i == jobs:
             used = await _used(store)
             curve.append({"jobs_done": i, "virtual_s": round(i / rate, 1),
@@ -127,7 +137,7 @@ async def run_hour(store: Store, jobs: int, kb: int, *, principals: int = 1, rat
 
 def _output_bytes(kb: int) -> int:
     """The bytes of a job's ``kb`` KB output as stored (what ``retain_bytes`` counts of it)."""
-    return len(orjson.dumps({"audio": "b" * (kb * 1024)}))
+    return len(_bodies(kb)[1])
 
 
 async def _now_ms(store: Store) -> int:
