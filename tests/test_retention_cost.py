@@ -41,6 +41,7 @@ async def test_an_hour_in_compressed_time_plateaus_at_the_count_bound(
     # the retained jobs stop at the bound once it is reached, and stay there
     assert [c["retained"] for c in one["curve"]] == [10] * 6
     assert one["retained_per_principal"] == [10] and one["virtual_seconds"] == 0.6
+    assert one["bound_reached_at"] == 10
     # the bound is per principal: three principals keep three times as many
     assert three["retained"] == 30 and three["retained_per_principal"] == [10, 10, 10]
     # nothing is due by time in either clock: the run is shorter than the retention
@@ -67,11 +68,12 @@ def test_the_table_rows_give_the_curve_and_the_plateau() -> None:
              "curve": [{"jobs_done": 20, "delta": 2_000_000}, {"jobs_done": 40,
                                                                "delta": 2_100_000}],
              "retained": 10, "plateau_used_memory_delta": 2_100_000,
-             "bytes_per_retained_job": 210_000, "expired_by_time_real": 0,
+             "bytes_per_retained_job": 210_000, "bound_reached_at": 20,
+             "growth_after_bound": 1.05, "expired_by_time_real": 0,
              "expired_by_time_virtual": 0}
     rows = table_rows({"phases": [phase]})
     assert rows[0][2] == "20: 2 MB, 40: 2 MB"
-    assert rows[1][2].startswith("10 jobs, 2 MB, 210000 B")
+    assert rows[1][2].startswith("10 jobs, 2 MB, 210000 B; last / at the bound (20 jobs): 1.05")
 
 
 def test_the_bytes_bound_counts_the_stored_output_not_redis_overhead() -> None:

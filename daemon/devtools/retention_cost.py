@@ -121,6 +121,8 @@ async def run_hour(store: Store, jobs: int, kb: int, *, principals: int = 1, rat
     per_principal = [int(await store.execute("ZCARD", core.keys.ended_of(f"t{n:04d}")))
                      for n in range(principals)]
     last = curve[-1]
+    # the first sample holding as many jobs as the last: the bound was reached there
+    at_bound = next(c for c in curve if c["retained"] == last["retained"])
     return {
         "jobs": jobs, "principals": principals, "payload_kb": kb, "output_kb": kb,
         "rate_jobs_per_s": rate, "virtual_seconds": round(jobs / rate, 1),
@@ -129,6 +131,8 @@ async def run_hour(store: Store, jobs: int, kb: int, *, principals: int = 1, rat
         "retained": last["retained"], "retained_per_principal": per_principal,
         "plateau_used_memory_delta": last["delta"],
         "bytes_per_retained_job": last["delta"] // max(last["retained"], 1),
+        "bound_reached_at": at_bound["jobs_done"],
+        "growth_after_bound": round(last["delta"] / max(at_bound["delta"], 1), 4),
         # time-based expiry: due by Redis's clock at the end, and by the virtual clock
         "expired_by_time_real": due_real,
         "expired_by_time_virtual": max(0, jobs - int(rate * s.retention)),
@@ -198,7 +202,9 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows += [("RETAIN", f"{head}: used_memory by jobs done", curve),
                  ("RETAIN", f"{head}: plateau (retained, memory, per job)",
                   f"{ph['retained']} jobs, {ph['plateau_used_memory_delta'] / 1e6:.0f} MB, "
-                  f"{ph['bytes_per_retained_job']} B; expired by time: "
+                  f"{ph['bytes_per_retained_job']} B; last / at the bound "
+                  f"({ph['bound_reached_at']} jobs): {ph['growth_after_bound']} "
+                  "(target <= 1.01); expired by time: "
                   f"{ph['expired_by_time_real']} (virtual {ph['expired_by_time_virtual']})")]
     return rows
 
