@@ -28,7 +28,9 @@ BROWSE (the Redis time of one page of a job listing at 1,000 and 1,000,000 retai
 three-stage pipeline against one job and the client's chain: :mod:`schedd.devtools.pipe_bench`),
 ORDER (:mod:`schedd.devtools.order_bench`), BLOB (:mod:`schedd.devtools.blob_bench`) and FAIR
 (weighted fair share between principals, simulated through the scripts, and a fair dispatch's
-Redis time with 1 to 1,000 principals queued: :mod:`schedd.devtools.fair_bench`).
+Redis time with 1 to 1,000 principals queued: :mod:`schedd.devtools.fair_bench`) and RETAIN
+(the Redis memory of finished jobs along a compressed hour at the default retention:
+:mod:`schedd.devtools.retention_cost`).
 
 Before the scenarios, with nothing of the bench running, :mod:`schedd.devtools.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put

@@ -224,6 +224,10 @@ def table(document: dict[str, Any]) -> str:
         from schedd.devtools.fair_bench import table_rows as fair_rows
 
         rows += fair_rows(r["FAIR"])
+    if "RETAIN" in r and "phases" in r["RETAIN"]:
+        from schedd.devtools.retention_cost import table_rows as retain_rows
+
+        rows += retain_rows(r["RETAIN"])
     if "SDK" in r and "round_trip_ms" in r["SDK"]:
         from schedd.devtools.sdk_bench import table_rows as sdk_rows
 

@@ -1,5 +1,5 @@
 """The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK, PIPE,
-ORDER, BLOB, FAIR) and their scales."""
+ORDER, BLOB, FAIR, RETAIN) and their scales."""
 
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                  "principals": [1, 10, 1000], "calls": 5000,
                  "wire": {"nodes": 2, "capacity": 2, "duration": 0.05, "rate": 0.25,
                           "seconds": 10.0}},
+        # 100 jobs/s of 100 KB payloads and outputs in compressed time, at the default retention
+        # (the phase of 10 principals with a tenth of retain_bytes each, so its plateau shows)
+        "RETAIN": {"jobs": 40_000, "kb": 100, "rate": 100.0, "samples": 20,
+                   "principals": [1, 10], "multi_retain_bytes": 100 << 20},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -84,6 +88,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                  "principals": [1, 10], "calls": 100,
                  "wire": {"nodes": 1, "capacity": 2, "duration": 0.05, "rate": 0.25,
                           "seconds": 1.0}},
+        "RETAIN": {"jobs": 300, "kb": 4, "rate": 100.0, "samples": 6, "principals": [1, 3],
+                   "retain_count": 100, "multi_retain_bytes": 40_000},
     },
 }
 
@@ -422,9 +428,16 @@ async def fair(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run(p, opt.say)
 
 
+async def retain(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """Redis memory of finished jobs along a compressed hour (schedd.devtools.retention_cost)."""
+    from schedd.devtools.retention_cost import run_hours
+
+    return await run_hours(p, opt.say)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
                    "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse,
                    "SDK": sdk, "PIPE": pipe,
                    "ORDER": order, "BLOB": blob,
-                   "FAIR": fair}
+                   "FAIR": fair, "RETAIN": retain}
