@@ -15,8 +15,8 @@ from schedd.hookspecs import hookimpl
 from schedd.plugin_manager import PluginManager
 
 BUILT_IN = [
-    "run", "check-config", "nodes", "pools", "jobs", "job", "clients", "submit", "drain",
-    "undrain", "cancel", "requeue", "node", "sim", "bench",
+    "run", "check-config", "nodes", "pools", "jobs", "job", "clients", "usage", "submit",
+    "drain", "undrain", "cancel", "requeue", "node", "sim", "bench",
 ]
 
 

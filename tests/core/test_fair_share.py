@@ -248,13 +248,21 @@ async def test_a_job_bigger_than_every_node_is_refused(store: Store) -> None:
     assert counts["queued"] == 1
 
 
+# job_submit's arguments before the weight (ARGV[32]): lua/job_submit.lua's header says each
+_SUBMIT_ARGS = (
+    "", "j", '["p"]', "null", "", 0, "[]", 1, 1, 1, 1, "1", 10, 1, 1, 1, "",  # ARGV[2..18]
+    "", "", "", "", "",  # quotas of the principal: none
+    "0", "1000 60000", "0", "10 10",  # no delay, backoff, payload dropped, retention bounds
+    "", "0", "", "30000",  # no stages, fail_fast off, no seq, gap timeout
+)
+
+
 @pytest.mark.parametrize("cost", ["0", "-1", "1.5", "x"])
 async def test_a_hostile_cost_is_refused_by_the_script(store: Store, cost: str) -> None:
     core, _ = await make_core(store)
     with pytest.raises(errors.BadArgument, match="cost"):
         await core._call("job_submit", [core.keys.job("j"), core.keys.counts],
-                         ["", "j", '["p"]', "null", "", 0, "[]", 1, 1, 1, 1, "1", 10, 1, 1, 1,
-                          "", "1", cost])
+                         [*_SUBMIT_ARGS, "1", cost, ""])
 
 
 @pytest.mark.parametrize("weight", ["0", "-1", "nan", "inf", "x"])
@@ -262,8 +270,7 @@ async def test_a_hostile_weight_is_refused_by_the_script(store: Store, weight: s
     core, _ = await make_core(store)
     with pytest.raises(errors.BadArgument, match="weight"):
         await core._call("job_submit", [core.keys.job("j"), core.keys.counts],
-                         ["", "j", '["p"]', "null", "", 0, "[]", 1, 1, 1, 1, "1", 10, 1, 1, 1,
-                          "", weight, "1"])
+                         [*_SUBMIT_ARGS, weight, "1", ""])
 
 
 async def test_weighted_jobs_are_charged_their_cost(store: Store) -> None:
