@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -15,6 +16,18 @@ from schedd.devtools import host_probe
 from schedd.devtools.bench.measure import HOST_PROBE_SECONDS, machine, probe_host, probing
 from schedd.devtools.bench.options import Options
 from schedd.devtools.bench.scenarios import _RUNNERS, SCALES
+
+_OWN_ROWS: Final = {
+    "SOAK": ("schedd.devtools.soak", "reconnect_phase"),
+    "BROWSE": ("schedd.devtools.browse_cost", "by_size"),
+    "FAIR": ("schedd.devtools.fair_bench", "cost"),
+    "RETAIN": ("schedd.devtools.retention_cost", "phases"),
+    "SDK": ("schedd.devtools.sdk_bench", "round_trip_ms"),
+    "PIPE": ("schedd.devtools.pipe_bench", "submit_to_done_ms"),
+    "BLOB": ("schedd.devtools.blob_bench", "base64_over_attachment"),
+}
+"""The scenarios whose module writes their lines of the table (``table_rows``), imported only
+when the scenario ran, and the result key a completed run of each has."""
 
 
 def _failure(exc: BaseException) -> str:
@@ -212,34 +225,9 @@ def table(document: dict[str, Any]) -> str:
                  ("SLOWLORIS", "attacker: opened / refused / timed out",
                   f"{s['attacker'].get('opened')} / {s['attacker'].get('refused')} / "
                   f"{s['attacker'].get('timed_out')}")]
-    if "SOAK" in r and "reconnect_phase" in r["SOAK"]:
-        from schedd.devtools.soak import table_rows
-
-        rows += table_rows(r["SOAK"])
-    if "BROWSE" in r and "by_size" in r["BROWSE"]:
-        from schedd.devtools.browse_cost import table_rows as browse_rows
-
-        rows += browse_rows(r["BROWSE"])
-    if "FAIR" in r and "cost" in r["FAIR"]:
-        from schedd.devtools.fair_bench import table_rows as fair_rows
-
-        rows += fair_rows(r["FAIR"])
-    if "RETAIN" in r and "phases" in r["RETAIN"]:
-        from schedd.devtools.retention_cost import table_rows as retain_rows
-
-        rows += retain_rows(r["RETAIN"])
-    if "SDK" in r and "round_trip_ms" in r["SDK"]:
-        from schedd.devtools.sdk_bench import table_rows as sdk_rows
-
-        rows += sdk_rows(r["SDK"])
-    if "PIPE" in r and "submit_to_done_ms" in r["PIPE"]:
-        from schedd.devtools.pipe_bench import table_rows as pipe_rows
-
-        rows += pipe_rows(r["PIPE"])
-    if "BLOB" in r and "base64_over_attachment" in r["BLOB"]:
-        from schedd.devtools.blob_bench import table_rows as blob_rows
-
-        rows += blob_rows(r["BLOB"])
+    for name, (module, done_key) in _OWN_ROWS.items():
+        if name in r and done_key in r[name]:  # a scenario that failed has no table of its own
+            rows += importlib.import_module(module).table_rows(r[name])
     rows += [(name, "CPU stalls during the run (--probe-during)",
               host_probe.describe(res["host_stalls_during"]))
              for name, res in document["results"].items() if "host_stalls_during" in res]
