@@ -12,7 +12,7 @@ import trio
 
 import schedd.protocol as p
 from schedd.core import DoneDelivery, JobFilter, JobInfo, JobSpec, new_id
-from schedd.errors import StoreError
+from schedd.errors import ProtocolError, StoreError
 from schedd.operators import MAX_REQUEUE, RequeueFilter
 from schedd.session.base import CloseConnection, SessionBase, checked_pools, log, log_job
 from schedd.session.deliveries import done_message, job_message
@@ -106,7 +106,15 @@ class ClientRole(SessionBase):
 
     async def _submit_pipeline(self, m: p.Submit, job_id: str) -> None:
         """A submit with ``stages``: every stage's pools resolved and the chain checked here,
-        then stored with its first stage placed in one script (schedd.session.stages)."""
+        then stored with its first stage placed in one script (schedd.session.stages). A
+        pipeline is not delayed and costs no slots itself: ``delay``, ``not_before`` and ``cost``
+        are refused rather than ignored."""
+        unused = [name for name, given in (("delay", m.delay is not None),
+                                           ("not_before", m.not_before is not None),
+                                           ("cost", m.cost != 1)) if given]
+        if unused:
+            raise ProtocolError("E_BAD_ARG", f"a pipeline (a submit with stages) takes no "
+                                f"{', '.join(unused)}")
         s = self.app.core.settings
         defaults = {"ack_timeout": m.ack_timeout or s.ack_timeout,
                     "run_timeout": m.run_timeout or s.run_timeout,

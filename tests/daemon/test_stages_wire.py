@@ -131,11 +131,18 @@ async def test_hostile_stages_are_refused(store_url: str, transport: str) -> Non
                    p.Submit(job_id="h3", stages=[{"requirements": {"x": 1}}], ref="3"),
                    p.Submit(job_id="h4", stages=[{"pools": "a"}], ref="4"),
                    p.Submit(job_id="h//5", stages=[one], ref="5"),
-                   p.Submit(job_id="h6", pools=["a"], ref="6"))
+                   p.Submit(job_id="h6", pools=["a"], ref="6"),
+                   # what a pipeline does not take is refused, not ignored
+                   p.Submit(job_id="h7", stages=[one], delay=5.0, ref="7"),
+                   p.Submit(job_id="h8", stages=[one], not_before=1.0, ref="8"),
+                   p.Submit(job_id="h9", stages=[one], cost=2, ref="9"))
         got = await until_pong(alice)
         errors = {m.ref: m.code for m in got if isinstance(m, p.Error)}
         assert errors == {"1": "E_TOO_MANY_STAGES", "2": "E_TOO_MANY_BRANCHES",
-                          "3": "E_BAD_STAGE", "4": "E_BAD_STAGE", "5": "E_BAD_ARG"}
+                          "3": "E_BAD_STAGE", "4": "E_BAD_STAGE", "5": "E_BAD_ARG",
+                          "7": "E_BAD_ARG", "8": "E_BAD_ARG", "9": "E_BAD_ARG"}
+        assert "takes no cost" in next(m.message for m in got
+                                       if isinstance(m, p.Error) and m.ref == "9")
         await send(alice, p.Status(job_id="h1", ref="s"))
         (missing,) = await until_pong(alice)
         assert isinstance(missing, p.Error) and missing.code == "E_NO_JOB"
