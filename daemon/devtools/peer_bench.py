@@ -307,6 +307,7 @@ def _figures(s: dict[str, Any]) -> dict[str, float | None]:
             "jobs_per_s": s.get("jobs_per_s"), "cpu_us_total": cpu.get("total"),
             "cpu_us_client": cpu.get("client"), "cpu_us_worker": cpu.get("worker"),
             "cpu_us_redis": cpu.get("redis"), "redis_calls": per.get("redis_calls"),
+            "script_calls": per.get("script_calls"),
             "redis_usec": per.get("redis_usec"), "redis_cpu_us": per.get("redis_cpu_us")}
 
 
@@ -415,8 +416,9 @@ def table_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
              f"{', '.join(f'{r:g}' for r in sys_['jobs_per_s_by_round'])}); lost "
              f"{sys_['lost']}, duplicated {sys_['duplicated']}, failed {sys_['failed_jobs']}"),
             ("PEER", f"{who}: CPU per job (burst)", _cpu(per)),
-            ("PEER", f"{who}: Redis per job: commands / usec / CPU us",
-             f"{per.get('redis_calls')} / {per.get('redis_usec')} / {per.get('redis_cpu_us')}"),
+            ("PEER", f"{who}: Redis per job: commands (script calls) / usec / CPU us",
+             f"{per.get('redis_calls')} ({per.get('script_calls')}) / {per.get('redis_usec')} / "
+             f"{per.get('redis_cpu_us')}"),
             ("PEER", f"{who}: Redis top commands (calls per job)",
              ", ".join(f"{cmd} {stat['calls']:g}"
                        for cmd, stat in per.get("top_commands", {}).items()) or "-"),

@@ -32,6 +32,8 @@ __all__ = ["Snapshot", "commandstats_diff", "cpu_diff", "per_job", "ratio", "red
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 #: the commands kept by name in a result, the most called first
 TOP_COMMANDS: Final = 8
+#: the commands that run a script (their commands inside count as commands of their own)
+SCRIPT_COMMANDS: Final = ("fcall", "fcall_ro", "evalsha", "evalsha_ro", "eval", "eval_ro")
 
 
 def redis_cpu_seconds(info: bytes) -> float:
@@ -159,6 +161,8 @@ def per_job(bursts: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_us": {role: round(seconds * 1e6 / jobs, 1) for role, seconds in cpu.items()},
         "redis_calls": round(calls / jobs, 2),
         "redis_usec": round(usec / jobs, 2),
+        "script_calls": round(sum(commands.get(name, {}).get("calls", 0)
+                                  for name in SCRIPT_COMMANDS) / jobs, 3),
         "redis_cpu_us": round(cpu.get("redis_info", 0.0) * 1e6 / jobs, 1),
         "top_commands": {name: {"calls": round(stat["calls"] / jobs, 3),
                                 "usec": round(stat["usec"] / jobs, 3)} for name, stat in top},

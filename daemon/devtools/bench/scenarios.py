@@ -93,7 +93,7 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                           "seconds": 1.0}},
         "RETAIN": {"jobs": 300, "kb": 4, "rate": 100.0, "samples": 6, "principals": [1, 3],
                    "retain_count": 100, "multi_retain_bytes": 40_000},
-        "PEER": {"rounds": 1, "serial": 50, "warmup": 10, "burst": 1000, "capacity": 50,
+        "PEER": {"rounds": 1, "serial": 40, "warmup": 10, "burst": 600, "capacity": 50,
                  "celery_concurrency": 2, "timeout": 60.0},
     },
 }
