@@ -7,6 +7,7 @@ paths are tested on their own. Timings are never asserted."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -71,9 +72,7 @@ def test_the_peer_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
             assert f"schedd/{peer_name}: serial p50" in stdout
         else:
             assert f"schedd/{peer_name}" not in peer["ratios"]
-    try:
-        import celery  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("celery") is None:
         assert "pip install 'schedd[peer]'" in systems["celery"]["skipped"]
     else:
         assert "serial_ms" in systems["celery"], systems["celery"]
@@ -180,7 +179,7 @@ def test_the_table_says_why_a_peer_did_not_run() -> None:
 
 async def test_bullmq_is_skipped_without_node_or_npm(monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
-    monkeypatch.setattr(peer_bench.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     assert await peer_bench.prepare_bullmq(tmp_path) == (None, "node and npm not found on PATH")
 
 
