@@ -116,7 +116,7 @@ def test_cpu_diff_and_per_job_over_rounds() -> None:
     assert per["cpu_us"]["total"] == 1000.0  # (1.0 + 3.0) s over 4,000 jobs
     assert per["cpu_us"]["client"] == 600.0  # (0.2 + 2.2) s
     assert per["redis_calls"] == 3.0 and per["redis_usec"] == 10.0
-    assert per["script_calls"] == 2.0
+    assert per["script_calls"] == 2.0 and per["script_usec"] == 9.75
     assert per["redis_cpu_us"] == 150.0
     assert list(per["top_commands"]) == ["evalsha", "xadd"]
     assert per["top_commands"]["evalsha"] == {"calls": 2.0, "usec": 9.75}

@@ -416,9 +416,10 @@ def table_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
              f"{', '.join(f'{r:g}' for r in sys_['jobs_per_s_by_round'])}); lost "
              f"{sys_['lost']}, duplicated {sys_['duplicated']}, failed {sys_['failed_jobs']}"),
             ("PEER", f"{who}: CPU per job (burst)", _cpu(per)),
-            ("PEER", f"{who}: Redis per job: commands (script calls) / usec / CPU us",
-             f"{per.get('redis_calls')} ({per.get('script_calls')}) / {per.get('redis_usec')} / "
-             f"{per.get('redis_cpu_us')}"),
+            ("PEER", f"{who}: Redis per job: commands (script calls) / usec (in scripts) / "
+                     "CPU us",
+             f"{per.get('redis_calls')} ({per.get('script_calls')}) / {per.get('redis_usec')} "
+             f"({per.get('script_usec')}) / {per.get('redis_cpu_us')}"),
             ("PEER", f"{who}: Redis top commands (calls per job)",
              ", ".join(f"{cmd} {stat['calls']:g}"
                        for cmd, stat in per.get("top_commands", {}).items()) or "-"),

@@ -11,6 +11,10 @@ Rules of this module:
 * A command's figures in a difference are after minus before; a command absent before counts
   from zero. A difference never goes below zero: ``CONFIG RESETSTAT`` between the snapshots
   would make it so, and is a mistake of the caller (:class:`ValueError`).
+* ``INFO commandstats`` counts the commands a script runs as commands of their own, and their
+  time also in the script command's (``fcall``, ``evalsha``): ``redis_calls`` and
+  ``redis_usec`` (over every command) count the inside of scripts once as commands and, for
+  the time, once more in ``script_usec``. ``redis_cpu_us`` (``INFO cpu``) counts nothing twice.
 * Per-job figures are sums over every round divided by the jobs of every round
   (:func:`per_job`), so a longer round weighs more; the ratios divide schedd's figure by a
   peer's, ``None`` where either is missing or the divisor is zero.
@@ -163,6 +167,10 @@ def per_job(bursts: list[dict[str, Any]]) -> dict[str, Any]:
         "redis_usec": round(usec / jobs, 2),
         "script_calls": round(sum(commands.get(name, {}).get("calls", 0)
                                   for name in SCRIPT_COMMANDS) / jobs, 3),
+        # a script's usec holds its commands' time, which they also count as their own: the
+        # sum above counts that time twice; INFO cpu (redis_cpu_us) does not
+        "script_usec": round(sum(commands.get(name, {}).get("usec", 0)
+                                 for name in SCRIPT_COMMANDS) / jobs, 2),
         "redis_cpu_us": round(cpu.get("redis_info", 0.0) * 1e6 / jobs, 1),
         "top_commands": {name: {"calls": round(stat["calls"] / jobs, 3),
                                 "usec": round(stat["usec"] / jobs, 3)} for name, stat in top},
