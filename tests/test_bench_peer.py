@@ -222,3 +222,68 @@ def test_the_schedd_client_driver_fails_without_a_daemon() -> None:
         [sys.executable, "-m", "schedd.devtools.peer_drivers", "client", "tcp://127.0.0.1:1",
          "1", "0", "1", "1"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0 and "ConnectFailed" in proc.stderr
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+async def test_schedds_turn_over_websocket(tmp_path: Path) -> None:
+    """The scenario's default transport (the CLI test above runs TCP): one turn of schedd,
+    its figures from the two snapshots."""
+    from schedd.devtools.bench.options import Options
+    from schedd.devtools.redis_process import RedisServer
+    from schedd.store import open_store
+
+    p = {"serial": 5, "warmup": 2, "burst": 100, "capacity": 8, "timeout": 30.0}
+    with RedisServer() as redis:
+        async with open_store(redis.url) as store:
+            await store.execute("SET", "left-over", "1")
+            turn = await peer_bench._turn("schedd", Options(transport="ws"), redis, store, p,
+                                          None, tmp_path)
+            assert await store.execute("EXISTS", "left-over") == 0  # FLUSHALL first
+    assert len(turn["serial_s"]) == 5
+    burst = turn["burst"]
+    assert (burst["submitted"], burst["received"], burst["lost"], burst["duplicated"]) == (
+        100, 100, 0, 0)
+    assert set(burst["cpu_s"]) == {"daemon", "client", "worker", "redis", "total", "redis_info"}
+    assert burst["cpu_s"]["total"] > 0
+    assert burst["commands"]["fcall"]["calls"] >= 200 and "info" not in burst["commands"]
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+async def test_a_peer_that_fails_is_left_out_and_schedd_failing_fails_the_scenario(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from schedd.devtools.bench.options import Options
+
+    calls: list[str] = []
+    fail = {"bullmq"}
+
+    async def turn(system: str, *args: Any) -> dict[str, Any]:
+        calls.append(system)
+        if system in fail:
+            raise RuntimeError(f"{system} worker exited 1: boom")
+        return {"serial_s": [0.001, 0.002],
+                "burst": {"seconds": 1.0, "submitted": 10, "received": 10, "lost": 0,
+                          "duplicated": 0, "failed": 0, "jobs": 10, "jobs_per_s": 10.0,
+                          "cpu_s": {"client": 0.01, "total": 0.01, "redis_info": 0.0},
+                          "commands": {"fcall": {"calls": 20, "usec": 100}}}}
+
+    async def bullmq(cache: Path | None = None) -> tuple[Path | None, str]:
+        return tmp_path / "bullmq_peer.mjs", "6.0.0 (ioredis 5.0.0)"
+
+    monkeypatch.setattr(peer_bench, "_turn", turn)
+    monkeypatch.setattr(peer_bench, "prepare_bullmq", bullmq)
+    monkeypatch.setattr(peer_bench, "_celery_version", lambda: None)
+    said: list[str] = []
+    opt = Options(say=said.append)
+    p = {"rounds": 2, "burst": 10, "capacity": 2, "celery_concurrency": 1}
+    result = await peer_bench.run_peer(opt, p)
+    assert calls == ["schedd", "bullmq", "schedd"]  # not tried again in round 2
+    assert result["systems"]["bullmq"]["failed"] == "RuntimeError: bullmq worker exited 1: boom"
+    assert "skipped" in result["systems"]["celery"]
+    assert result["systems"]["schedd"]["jobs_per_s"] == 10.0
+    assert result["ratios"] == {}
+    assert any("bullmq FAILED" in line for line in said)
+    fail.add("schedd")
+    with pytest.raises(RuntimeError, match="schedd worker exited 1"):
+        await peer_bench.run_peer(opt, p)
+    with pytest.raises(ValueError, match="no --url"):
+        await peer_bench.run_peer(Options(url="ws://127.0.0.1:1"), p)
