@@ -64,7 +64,7 @@ NPM_PACKAGES: Final = {"bullmq": BULLMQ_MAJOR, "ioredis": 5}
 QUEUE: Final = "peer"
 _SCRIPT: Final = Path(__file__).with_name("peers") / "bullmq_peer.mjs"
 _READY_TIMEOUT: Final = 60.0
-_INSTALL_TIMEOUT: Final = 300.0
+_INSTALL_TIMEOUT: Final = 120.0
 #: commands the bench itself sends between the two snapshots
 _OWN_COMMANDS: Final = ("info",)
 #: the roles whose CPU is reported, in order
