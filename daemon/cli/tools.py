@@ -112,7 +112,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
                        default=["S1", "S2", "S3", "S4", "S5", "CHAOS", "SLOWLORIS"],
                        metavar="S1,S2,...",
                        help="scenarios to run (default: all but SOAK, BROWSE, SDK, PIPE, ORDER"
-                       ", BLOB, FAIR and RETAIN, which run when named)")
+                       ", BLOB, FAIR, RETAIN and PEER, which run when named)")
     bench.add_argument("--scale", choices=("tiny", "full"), default="full",
                        help="tiny: seconds per scenario (CI smoke); full: the documented "
                        "measurement (default)")

@@ -30,7 +30,8 @@ ORDER (:mod:`schedd.devtools.order_bench`), BLOB (:mod:`schedd.devtools.blob_ben
 (weighted fair share between principals, simulated through the scripts, and a fair dispatch's
 Redis time with 1 to 1,000 principals queued: :mod:`schedd.devtools.fair_bench`) and RETAIN
 (the Redis memory of finished jobs along a compressed hour at the default retention:
-:mod:`schedd.devtools.retention_cost`).
+:mod:`schedd.devtools.retention_cost`) and PEER (the same no-op jobs through schedd, BullMQ and
+Celery on one redis-server: :mod:`schedd.devtools.peer_bench`).
 
 Before the scenarios, with nothing of the bench running, :mod:`schedd.devtools.host_probe`
 looks for moments the host stops this machine's CPUs (``machine.host_stalls``): such stalls put

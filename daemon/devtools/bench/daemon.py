@@ -50,12 +50,15 @@ class DaemonProcess:
 
     :param settings: ``(section, key, TOML value)`` set in the generated configuration over
         the bench's own values (``schedd bench --set``; :func:`parse_setting`).
+    :param redis: a redis-server the caller started and stops (the daemon then leaves it
+        running on :meth:`stop`); by default one of its own.
     """
 
     def __init__(self, settings: Sequence[Setting] = (), *,
-                 heartbeat_interval: float = 1.0) -> None:
+                 heartbeat_interval: float = 1.0, redis: RedisServer | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="schedd-bench-"))
-        self.redis = RedisServer()
+        self.owns_redis = redis is None
+        self.redis = redis if redis is not None else RedisServer()
         self.ws_port, self.tcp_port = free_port(), free_port()
         self.ws = f"ws://127.0.0.1:{self.ws_port}"
         self.tcp = f"tcp://127.0.0.1:{self.tcp_port}"
@@ -96,7 +99,7 @@ class DaemonProcess:
         )
 
     async def start(self) -> DaemonProcess:
-        self.redis.start()
+        self.redis.start()  # a no-op for a caller's running server
         config = self.dir / "sched.toml"
         config.write_text(self._config())
         notify_path = str(self.dir / "notify.sock")
@@ -130,14 +133,16 @@ class DaemonProcess:
             await self.notify.recv(4096)
 
     def stop(self) -> None:
-        """Kill the daemon and Redis; remove the temporary files (kept when ``keep``)."""
+        """Kill the daemon and its own Redis; remove the temporary files (kept when
+        ``SCHEDD_BENCH_KEEP`` is set)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
         if self.notify is not None:
             self.notify.close()
-        self.redis.stop()
-        shutil.rmtree(self.redis.dir, ignore_errors=True)
+        if self.owns_redis:
+            self.redis.stop()
+            shutil.rmtree(self.redis.dir, ignore_errors=True)
         if not os.environ.get("SCHEDD_BENCH_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -206,12 +211,13 @@ class DaemonProcess:
 
 @asynccontextmanager
 async def running_daemon(settings: Sequence[Setting] = (), *, heartbeat_interval: float = 1.0,
-                         url: str | None = None) -> Any:
-    """A fresh daemon (or none when ``url`` names an existing one: yields None)."""
+                         url: str | None = None, redis: RedisServer | None = None) -> Any:
+    """A fresh daemon (or none when ``url`` names an existing one: yields None), on ``redis``
+    (left running) or on a redis-server of its own."""
     if url is not None:
         yield None
         return
-    daemon = DaemonProcess(settings, heartbeat_interval=heartbeat_interval)
+    daemon = DaemonProcess(settings, heartbeat_interval=heartbeat_interval, redis=redis)
     try:
         await daemon.start()
         async with trio.open_nursery() as nursery:

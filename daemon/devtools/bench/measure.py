@@ -21,7 +21,7 @@ import trio
 from schedd.devtools import host_probe
 
 SCENARIOS: Final = ("S1", "S2", "S3", "S4", "S5", "CHAOS", "SLOWLORIS", "SOAK", "BROWSE", "SDK",
-                     "PIPE", "ORDER", "BLOB", "FAIR", "RETAIN")
+                     "PIPE", "ORDER", "BLOB", "FAIR", "RETAIN", "PEER")
 SCHEDD: Final = str(Path(sys.executable).parent / "schedd")
 POOL: Final = "p"
 PAYLOAD: Final = {"n": 1}

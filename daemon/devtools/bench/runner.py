@@ -25,6 +25,7 @@ _OWN_ROWS: Final = {
     "SDK": ("schedd.devtools.sdk_bench", "round_trip_ms"),
     "PIPE": ("schedd.devtools.pipe_bench", "submit_to_done_ms"),
     "BLOB": ("schedd.devtools.blob_bench", "base64_over_attachment"),
+    "PEER": ("schedd.devtools.peer_bench", "systems"),
 }
 """The scenarios whose module writes their lines of the table (``table_rows``), imported only
 when the scenario ran, and the result key a completed run of each has."""

@@ -1,5 +1,5 @@
 """The scenarios of ``schedd bench`` (S1 to S5, CHAOS, SLOWLORIS, SOAK, BROWSE, SDK, PIPE,
-ORDER, BLOB, FAIR, RETAIN) and their scales."""
+ORDER, BLOB, FAIR, RETAIN, PEER) and their scales."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
         # (the phase of 10 principals with a tenth of retain_bytes each, so its plateau shows)
         "RETAIN": {"jobs": 40_000, "kb": 100, "rate": 100.0, "samples": 20,
                    "principals": [1, 10], "multi_retain_bytes": 100 << 20},
+        # the same no-op jobs through schedd, BullMQ and Celery on one redis-server, in turn
+        "PEER": {"rounds": 3, "serial": 2000, "warmup": 200, "burst": 20_000, "capacity": 50,
+                 "celery_concurrency": 2, "timeout": 300.0},
     },
     "tiny": {
         "S1": {"nodes": 50, "rate": 200, "seconds": 2, "clients": 2, "warmup": 0.0},
@@ -90,6 +93,8 @@ SCALES: Final[dict[str, dict[str, dict[str, Any]]]] = {
                           "seconds": 1.0}},
         "RETAIN": {"jobs": 300, "kb": 4, "rate": 100.0, "samples": 6, "principals": [1, 3],
                    "retain_count": 100, "multi_retain_bytes": 40_000},
+        "PEER": {"rounds": 1, "serial": 40, "warmup": 10, "burst": 600, "capacity": 50,
+                 "celery_concurrency": 2, "timeout": 60.0},
     },
 }
 
@@ -435,9 +440,16 @@ async def retain(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     return await run_hours(p, opt.say)
 
 
+async def peer(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
+    """schedd, BullMQ and Celery, the same workload in turn (schedd.devtools.peer_bench)."""
+    from schedd.devtools.peer_bench import run_peer
+
+    return await run_peer(opt, p)
+
+
 _RUNNERS: Final = {"S1": s1_dispatch, "S2": s2_throughput, "S3": s3_heartbeats,
                    "S4": s4_script_cost, "S5": s5_failover, "CHAOS": chaos,
                    "SLOWLORIS": slowloris, "SOAK": soak, "BROWSE": browse,
                    "SDK": sdk, "PIPE": pipe,
                    "ORDER": order, "BLOB": blob,
-                   "FAIR": fair, "RETAIN": retain}
+                   "FAIR": fair, "RETAIN": retain, "PEER": peer}
