@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +125,12 @@ def test_cpu_diff_and_per_job_over_rounds() -> None:
 def test_a_process_tree_counts_its_children() -> None:
     child = subprocess.Popen([sys.executable, "-c",
                               "import time\nend = time.process_time() + 0.3\n"
-                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+                              "while time.process_time() < end: pass\n"
+                              "print('spent', flush=True)\ntime.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.6)
+        assert child.stdout is not None
+        assert child.stdout.readline() == "spent\n"  # its busy loop is over, however slow the host
         own = peer_measure.tree_cpu_seconds(os.getpid(), {})
         tree = peer_measure.tree_cpu_seconds(os.getpid())
         assert tree - own >= 0.2  # the child's 0.3 s busy loop
