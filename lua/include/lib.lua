@@ -281,16 +281,19 @@ local function fair_took(job_id, job, cost)
   redis.call('HSET', K.job(job_id), 'fpool', pool)
 end
 
--- The job's slot was freed: its use (if counted) leaves its pool's, once.
+-- The job's slot was freed: its use (if counted) leaves its pool's, once. Returns the job's
+-- cost (the read that finds 'fpool' also reads it: no read more than the cost alone).
 local function fair_release(job_id)
   local jkey = K.job(job_id)
   local v = redis.call('HMGET', jkey, 'fpool', 'cost', 'principal')
-  if not v[1] then return end
+  local cost = tonumber(v[2]) or 1
+  if not v[1] then return cost end
   redis.call('HDEL', jkey, 'fpool')
-  local c = '-' .. (v[2] or '1')
+  local c = int_s(-cost)
   local ukey = K.fair_use(v[1])
   if redis.call('HINCRBY', ukey, v[3] or '', c) <= 0 then redis.call('HDEL', ukey, v[3] or '') end
   if redis.call('HINCRBY', ukey, '', c) <= 0 then redis.call('HDEL', ukey, '') end
+  return cost
 end
 
 -- A member joined or left the pool (its capacity counted from / taken off the pool's total).
@@ -1050,8 +1053,7 @@ local function release(job_id, job)
   local node_id = job.node
   if node_id and node_id ~= '' then
     if redis.call('SREM', K.node_jobs(node_id), job_id) == 1 then
-      fair_release(job_id)
-      local used, vals = node_slots(node_id, -job_cost(job_id, job))
+      local used, vals = node_slots(node_id, -fair_release(job_id))
       return node_id, {vals[1], vals[2], used, vals[3]}
     end
   end
