@@ -1056,6 +1056,7 @@ local function release(job_id, job)
       local used, vals = node_slots(node_id, -fair_release(job_id))
       return node_id, {vals[1], vals[2], used, vals[3]}
     end
+    fair_release(job_id) -- a job set that lost the entry: its pool's use still goes
   end
   return node_id, nil
 end

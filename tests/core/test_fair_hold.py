@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -94,7 +95,7 @@ async def test_without_a_hold_the_flood_takes_every_freed_slot(store: Store) -> 
 
 
 async def test_a_lapsed_principals_slots_go_to_the_queue(store: Store) -> None:
-    core, rec = await _core(store, hold=0.3)
+    core, rec = await _core(store, hold=1.0)
     flood = await _submit(core, "flood", 10)
     slow = await _submit(core, "slow")
     await _finish(core, rec, flood[0])
@@ -102,7 +103,7 @@ async def test_a_lapsed_principals_slots_go_to_the_queue(store: Store) -> None:
     assert len(rec.of(AssignDelivery)) == 3
     await core.reap()  # not lapsed yet: still held
     assert len(rec.of(AssignDelivery)) == 3
-    await trio.sleep(0.35)
+    await trio.sleep(1.05)
     await core.reap()  # lapsed: the reaper feeds the pool
     assert len(rec.of(AssignDelivery)) == 4
     assert await store.execute("ZSCORE", core.keys.fair_held, "p") is None
@@ -258,3 +259,28 @@ async def test_a_stage_hand_off_moves_the_use_to_the_next_stages_pool(store: Sto
     assert await _use(store, core, "q") == {"a": 1, "": 1}
     await core.cancel("pipe")  # the running stage is canceled with its pipeline
     assert await _use(store, core, "q") == {}
+
+
+async def test_a_job_missing_from_its_nodes_set_still_leaves_the_use(store: Store) -> None:
+    core, rec = await _core(store, capacity=2)
+    (job,) = await _submit(core, "a")
+    a = await _only_job(core, rec)
+    await store.execute("SREM", core.keys.node_jobs("n1"), job)  # the set lost the entry
+    await _by_result(core, rec, a)
+    assert await _use(store, core) == {}
+    assert await _state(core, job) == "done"
+
+
+async def test_only_the_eight_most_recently_active_principals_count(store: Store) -> None:
+    core, rec = await _core(store, capacity=20)
+    for i in range(10):
+        await _submit(core, f"p{i}")  # each runs one job: 10 of 20 slots
+    # their last submits in order, a second ago (submits within one ms would tie)
+    now = int(time.time() * 1000)
+    for i in range(10):
+        await store.execute("ZADD", core.keys.fair_act("p"), now - 1000 + i, f"p{i}")
+    await _submit(core, "flood", 30)
+    # the flood and p9..p3 count (8 principals): 2 slots each, 7 held for p3..p9's unused
+    # guarantees, so of the 10 free slots the flood takes 3; p0..p2 hold nothing (a bounded read)
+    assert (await _use(store, core))["flood"] == 3
+    assert len(rec.of(AssignDelivery)) == 13
