@@ -17,8 +17,8 @@ Rules of this module:
 * ``hold``: the flooded latency phase and both share phases again on a second daemon with the
   fair reservation on (``[tenants] hold`` = ``p["hold"]`` seconds, :data:`HOLD` by default);
   ``held_idle`` there is the slot-time the pool left free while the flood had jobs queued,
-  from the nodes' assigns and dones (the alone phase is the same with or without a hold: one
-  tenant is never held back).
+  from the nodes' assigns and the clients' dones (the alone phase is the same with or without
+  a hold: one tenant is never held back).
 * Times are one monotonic clock of the bench process: submit is when the client sent the frame,
   node is when the node received its ``assign``. A principal "has work queued" from its job's
   submit to its assign; the share counts the assigns made while every principal of the phase
@@ -116,7 +116,8 @@ def _slow_latency(recorder: Recorder, tenant: str, since: float) -> dict[str, An
 
 def held_idle(recorder: Recorder, slots: int, since: float) -> float | None:
     """The part of the slot-time from ``since`` to the last assign that the pool left free while
-    some job was submitted and not yet assigned (from the nodes' assign and done times)."""
+    some job was submitted and not yet assigned (a slot counts busy from its node's receipt of
+    the assign to the client's receipt of the done: an upper bound of the slot's busy time)."""
     events: list[tuple[float, int]] = []  # (time, change): +1 queued, -1 assigned; running +/-
     running: list[tuple[float, int]] = []
     for record in recorder.jobs.values():
