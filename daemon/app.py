@@ -86,6 +86,7 @@ def core_settings(config: Config) -> CoreSettings:
         max_queued=config.jobs.max_queued,
         max_created_pools=config.jobs.max_created_pools,
         weights=dict(config.tenants.weights),
+        fair_hold=config.tenants.hold,
         retention=config.jobs.retention,
         session_ttl=config.jobs.session_ttl,
         max_result_ttl=config.jobs.max_result_ttl,

@@ -11,7 +11,7 @@ def reloaded(current: Config, new: Config, instance: str) -> tuple[Config, list[
     """The configuration to run with after a reload (``current`` with ``new``'s tokens, limits
     and log level), and the sections whose changes need a restart."""
     restart_needed = [
-        name for name in ("redis", "nodes", "jobs", "reaper", "drain", "quotas")
+        name for name in ("redis", "nodes", "jobs", "reaper", "drain", "quotas", "tenants")
         if getattr(new, name) != getattr(current, name)
     ]
     # an empty instance name is generated anew by every load: not a change

@@ -36,7 +36,7 @@ local now = now_ms()
 local attempt = tonumber(job.attempt) or 0
 local target = principal_can_run(job.principal, 1) and select_node(job_id,
   cjson.decode(job.pools), job_services(job), job.session or '', now, true,
-  (tonumber(job.seq) or 0) + attempt, job_cost(job_id, job))
+  (tonumber(job.seq) or 0) + attempt, job_cost(job_id, job), job.principal or '')
 if not target then
   local queued = tonumber(redis.call('HGET', K.counts(), 'queued') or '0')
   if queued >= tonumber(ARGV[4]) then

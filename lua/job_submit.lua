@@ -243,7 +243,7 @@ end
 local wait = tonumber(ARGV[24] or '0') or 0
 local node_id = nil
 if wait <= 0 and principal_can_run(principal, 1) then
-  node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq, cost)
+  node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq, cost, principal, true)
 end
 -- a job that waits (queued or delayed) counts against the principal's queued jobs
 local max_queued = tonumber(ARGV[20] or '')
@@ -325,6 +325,7 @@ end
 if tokens then redis.call('HSET', ukey, 'tokens', tostring(tokens - 1), 't_tok', now_s) end
 redis.call('ZADD', K.tenants(), now_s, principal)
 index_submit(job_id, ARGV[2], now_s)
+fair_active(pools, principal, ARGV[32] or '1', now)
 if node_id then
   assign(job_id, job, node_id, now, flat, now_s)
 elseif wait > 0 then

@@ -7,6 +7,8 @@
 --     marks that ended are deleted, and its entry moves to its next mark's end);
 --   * a rate-limited pool whose bucket has a token again (K.rate_held()) has its members with
 --     free slots handed queued jobs;
+--   * a pool whose fair reservation held free slots for a principal whose activity lapsed
+--     (K.fair_held()) has its members with free slots handed queued jobs;
 --   * a missed queue deadline ends the job as timed_out;
 --   * delayed jobs now due (K.delayed(): submitted with a delay, or backing off after a
 --     retryable failure) are placed on a free slot or queued;
@@ -76,6 +78,9 @@ for _, pool in ipairs(refilled) do
     SCAN_COUNT)
   for _, node_id in ipairs(members) do feed_node(node_id, now) end
 end
+
+-- Pools whose fair reservation lapsed (K.fair_held()): the held slots go to queued work.
+fair_lapsed(now, batch)
 
 local due = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
 for _, job_id in ipairs(due) do

@@ -169,6 +169,13 @@ class TenantsSection:
         "weight (a job costing n slots counts n)",
         _fair_weights,
     )
+    hold: float = setting(
+        0.0,
+        "seconds a principal counts as active in a pool after its last submit there; while "
+        "active it is guaranteed its weighted part of the pool's slots, held free for it "
+        "(docs/decisions/0029-fair-reservation.md). 0: off, freed slots always go to queued work",
+        _between(0, 3600),
+    )
 
 
 @attrs.frozen

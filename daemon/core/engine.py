@@ -112,6 +112,13 @@ class Core:
         await self.store.execute("PING")
         await self.scripts.load_all(self.store)
         await self.set_pool_rates(self.settings.pool_rates)
+        await self.set_fair_hold(self.settings.fair_hold)
+
+    async def set_fair_hold(self, hold: float) -> int:
+        """Set the fair reservation's hold (seconds; 0: off), shared by every instance of the
+        namespace. Returns it in ms."""
+        (ms,) = await self._call("fair_hold_set", [self.keys.fair_hold], [round(hold * 1000)])
+        return int(ms)
 
     async def set_pool_rates(self, rates: Mapping[str, float]) -> int:
         """Replace the dispatch rates of the pools (per second; burst: one second's worth, at

@@ -59,6 +59,9 @@ class CoreSettings:
     max_created_pools: int = 64
     #: fair share weight per principal (absent: 1); sched.toml [tenants] weights
     weights: Mapping[str, float] = attrs.field(factory=dict)
+    #: seconds a principal stays active in a pool after a submit (its share is held; 0: off);
+    #: sched.toml [tenants] hold
+    fair_hold: float = 0.0
     retention: float = 3600.0
     session_ttl: float = 600.0
     max_result_ttl: float = 86400.0

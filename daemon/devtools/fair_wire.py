@@ -14,6 +14,11 @@ Rules of this module:
   backlog left queued): latency (the slow tenant alone at ``rate``, then at ``rate`` beside
   ``fast``), share 1:1 (``slow`` at the pool's rate beside ``fast``: both stay backlogged), share
   3:1 (``light`` at the pool's rate beside ``heavy``).
+* ``hold``: the flooded latency phase and both share phases again on a second daemon with the
+  fair reservation on (``[tenants] hold`` = ``p["hold"]`` seconds, :data:`HOLD` by default);
+  ``held_idle`` there is the slot-time the pool left free while the flood had jobs queued,
+  from the nodes' assigns and the clients' dones (the alone phase is the same with or without
+  a hold: one tenant is never held back).
 * Times are one monotonic clock of the bench process: submit is when the client sent the frame,
   node is when the node received its ``assign``. A principal "has work queued" from its job's
   submit to its assign; the share counts the assigns made while every principal of the phase
@@ -44,12 +49,17 @@ WEIGHTS: Final = {"heavy": 3}
 FLOOD: Final = 10.0
 #: seconds to wait, after a phase's submits, for the measured tenant's last jobs to be assigned
 SETTLE: Final = 10.0
+#: seconds of the reservation's hold in the hold-on phases: 40 times the slow tenant's mean gap
+#: between submits at the default scale (so it never lapses while the tenant submits), short
+#: enough that a tenant that stops hands its slots back within two seconds
+HOLD: Final = 2.0
 
 
-def settings() -> list[Setting]:
-    """The daemon's tokens and weights for the four tenants."""
+def settings(hold: float = 0.0) -> list[Setting]:
+    """The daemon's tokens and weights for the four tenants (and the reservation's hold)."""
     tokens = ", ".join(f'"{token}"' for token in TOKENS.values())
-    return [("auth", "client_tokens", f"[{tokens}]"),
+    return [*([("tenants", "hold", repr(hold))] if hold else []),
+            ("auth", "client_tokens", f"[{tokens}]"),
             ("auth", "node_tokens", f'["{NODE_TOKEN}"]'),
             *[("tenants.weights", f'"{token_principal(TOKENS[name])}"', str(weight))
               for name, weight in WEIGHTS.items()]]
@@ -102,6 +112,38 @@ def _slow_latency(recorder: Recorder, tenant: str, since: float) -> dict[str, An
             "unassigned": sum(1 for r in records if not r.node_at),
             "submit_to_node_ms": summary["submit_to_node_ms"],
             "next_done_ms": percentiles(waits)}
+
+
+def held_idle(recorder: Recorder, slots: int, since: float) -> float | None:
+    """The part of the slot-time from ``since`` to the last assign that the pool left free while
+    some job was submitted and not yet assigned (a slot counts busy from its node's receipt of
+    the assign to the client's receipt of the done: an upper bound of the slot's busy time)."""
+    events: list[tuple[float, int]] = []  # (time, change): +1 queued, -1 assigned; running +/-
+    running: list[tuple[float, int]] = []
+    for record in recorder.jobs.values():
+        events.append((record.submitted, 1))
+        if record.node_at:
+            events.append((record.node_at, -1))
+            running.append((record.node_at, 1))
+            running.append((record.done_at or record.node_at, -1))
+    end = max((t for t, _ in running), default=since)
+    merged = sorted([(t, q, 0) for t, q in events] + [(t, 0, r) for t, r in running])
+    queued = busy = 0
+    last = since
+    held = total = 0.0
+    for t, dq, dr in merged:
+        if t > end:
+            break
+        if t > since:
+            span = t - max(last, since)
+            if span > 0:
+                total += span * slots
+                if queued > 0:
+                    held += span * max(0, slots - busy)
+            last = t
+        queued += dq
+        busy += dr
+    return round(held / total, 4) if total else None
 
 
 async def _wait_assigned(recorder: Recorder, tenant: str) -> None:
@@ -167,13 +209,35 @@ async def run(p: dict[str, Any], say: Any = print) -> dict[str, Any]:
         out["p99_ratio"] = round(f / a, 2) if a and f is not None else None
         say(f"  FAIR wire: slow at {slow_rate:g}/s, p99 submit->node alone {a} ms, "
             f"beside {FLOOD * pool_rate:g}/s {f} ms")
-        for key, pool, pair in (("share_1_1", "share-11", ("fast", "slow")),
-                                ("share_3_1", "share-31", ("heavy", "light"))):
-            rec, _ = await _phase(url, p, pool, {pair[0]: FLOOD * pool_rate,
-                                                  pair[1]: pool_rate}, None, say)
-            out[key] = shares(rec, pair)
-            say(f"  FAIR wire: {key} {out[key]['share']}")
+        await _shares(url, p, pool_rate, out, say)
+    hold = float(p.get("hold", HOLD))
+    slots = int(p["nodes"]) * int(p["capacity"])
+    out["hold"] = {"hold_s": hold}
+    async with running_daemon(settings(hold)) as daemon:
+        url = daemon.url("ws")
+        flooded, since = await _phase(url, p, "hold-flood",
+                                      {"fast": FLOOD * pool_rate, "slow": slow_rate}, "slow", say)
+        h = out["hold"]
+        h["flooded"] = _slow_latency(flooded, "slow", since)
+        h["flooded_share"] = shares(flooded, ("fast", "slow"))
+        h["held_idle"] = held_idle(flooded, slots, since)
+        a = out["alone"]["submit_to_node_ms"].get("p99")
+        f = h["flooded"]["submit_to_node_ms"].get("p99")
+        h["p99_ratio"] = round(f / a, 2) if a and f is not None else None
+        say(f"  FAIR wire (hold {hold:g} s): slow p99 submit->node beside the flood {f} ms, "
+            f"held idle {h['held_idle']}")
+        await _shares(url, p, pool_rate, h, say, "hold-")
     return out
+
+
+async def _shares(url: str, p: dict[str, Any], pool_rate: float, out: dict[str, Any],
+                  say: Any, prefix: str = "") -> None:
+    for key, pool, pair in (("share_1_1", "share-11", ("fast", "slow")),
+                            ("share_3_1", "share-31", ("heavy", "light"))):
+        rec, _ = await _phase(url, p, prefix + pool, {pair[0]: FLOOD * pool_rate,
+                                                       pair[1]: pool_rate}, None, say)
+        out[key] = shares(rec, pair)
+        say(f"  FAIR wire: {prefix}{key} {out[key]['share']}")
 
 
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -191,4 +255,21 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"{alone.get('p50')}/{alone.get('p99')} / {flooded.get('p50')}/{flooded.get('p99')} "
          f"(ratio {r['p99_ratio']}; next done of the pool p99 "
          f"{r['flooded']['next_done_ms'].get('p99')})"),
+        *_hold_rows(r),
+    ]
+
+
+def _hold_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    if "hold" not in r:
+        return []
+    h = r["hold"]
+    on = f"hold {h['hold_s']:g} s"
+    flooded = h["flooded"]["submit_to_node_ms"]
+    return [
+        ("FAIR", f"wire share 1:1 while both queued ({on})", str(h["share_1_1"]["share"])),
+        ("FAIR", f"wire share 3:1 while both queued ({on})", str(h["share_3_1"]["share"])),
+        ("FAIR", f"wire slow at {r['slow_jobs_per_s']:g}/s ({on}): submit->node p50/p99 ms "
+                 "beside the flood (ratio to alone; slot-time held idle while queued)",
+         f"{flooded.get('p50')}/{flooded.get('p99')} (ratio {h['p99_ratio']}; held idle "
+         f"{h['held_idle']})"),
     ]

@@ -44,6 +44,18 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "fair_vt": ("fair_vt:{}", "hash, per pool while principals have jobs queued for it: '' -> "
                 "virtual time (start of the last dispatch), principal with no job queued -> "
                 "finish of its last dispatch"),
+    "fair_hold": ("fair_hold", "string: the fair reservation's hold in ms ([tenants] hold; "
+                  "absent or 0: off), written at start"),
+    "fair_cap": ("fair_cap", "hash: pool key -> total capacity of its live, non-draining members "
+                 "(kept where members join and leave pools)"),
+    "fair_act": ("fair_act:{}", "zset, per pool while the hold is on: principal -> unix ms of "
+                 "its last submit to the pool (active while within the hold; expires with it)"),
+    "fair_w": ("fair_w", "hash: principal -> its fair share weight at its last submit, when not "
+               "1 (written while the hold is on)"),
+    "fair_use": ("fair_use:{}", "hash, per pool: principal -> slots its jobs dispatched from the "
+                 "pool hold while the hold is on ('' -> their total)"),
+    "fair_held": ("fair_held", "zset: pool whose free slots a reservation held -> unix ms at "
+                  "which the earliest holder lapses (the reaper feeds the pool then)"),
     "job": ("job:{}", "hash: one job (state, attempt, node, payload, result, timings, ...)"),
     "job_tried": ("job:{}:tried", "set: node ids that already failed this job"),
     "job_blobs": ("job:{}:blobs", "hash: 'in:<name>' / 'out:<name>' -> the bytes of one binary "
@@ -216,6 +228,28 @@ class Keys:
     @property
     def rate_held(self) -> str:
         return self._k("rate_held")
+
+    @property
+    def fair_hold(self) -> str:
+        return self._k("fair_hold")
+
+    @property
+    def fair_cap(self) -> str:
+        return self._k("fair_cap")
+
+    @property
+    def fair_held(self) -> str:
+        return self._k("fair_held")
+
+    def fair_act(self, pool: str) -> str:
+        return self._k("fair_act", pool)
+
+    def fair_use(self, pool: str) -> str:
+        return self._k("fair_use", pool)
+
+    @property
+    def fair_w(self) -> str:
+        return self._k("fair_w")
 
     @property
     def nodes(self) -> str:

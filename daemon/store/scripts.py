@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 CALL_PREAMBLE = (
     "local bad_keys = bind_keys(KEYS[1])\n"
     "if bad_keys then return bad_keys end\n"
-    "CALLER, LOCAL, EVENTS = '', {}, {}\n"
+    "CALLER, LOCAL, EVENTS, FAIR_HOLD, FAIR_FROM = '', {}, {}, nil, nil\n"
 )
 
 

@@ -165,6 +165,145 @@ local function count_state(job_id, old, new, attempt, node)
     .. ',' .. cjson.encode(node or '') .. ']'
 end
 
+-- Fair reservation -------------------------------------------------------------------------------
+
+-- With [tenants] hold > 0 (K.fair_hold(), ms, written at start; docs/decisions/
+-- 0029-fair-reservation.md), a principal that submitted to a pool within the last hold is active
+-- there, and each active principal Q is guaranteed g(Q) = floor(C * w(Q) / sum of active w)
+-- slots, C the pool's capacity (K.fair_cap()). A dispatch of a job of principal P costing c from
+-- the pool is allowed when use(P) + c <= g(P), or when the free slots left, C - U - c (U: the
+-- pool's total use), cover every other active principal's unused guarantee. Otherwise the job
+-- stays queued and the slot free (the reservation); the pool is entered in K.fair_held() at the
+-- earliest lapse of those principals, where the reaper feeds its members. Invariants:
+--  * K.fair_cap()[pool] is the sum of K.pool_cap(pool)'s scores (pool_join, pool_leave);
+--  * a job holding a slot dispatched while the hold was on has 'fpool' (the pool it came from),
+--    counted in K.fair_use(pool) (its principal and '') until fair_release takes it off, once,
+--    on whichever path frees its slot;
+--  * only the FAIR_ACTIVE most recently active principals of a pool count (a bounded read).
+-- With the hold off a dispatch costs one GET per call (the hold, read once per call).
+local FAIR_ACTIVE = 8
+local FAIR_HOLD = nil -- the hold in ms, read once per call (each call's preamble resets it)
+local FAIR_FROM = nil -- the pool the job being dispatched came from (set by select_node and
+                      -- feed_node, taken by the assign that follows)
+
+local function fair_hold_ms()
+  if FAIR_HOLD == nil then
+    FAIR_HOLD = tonumber(redis.call('GET', K.fair_hold()) or '0') or 0
+  end
+  return FAIR_HOLD
+end
+
+-- An accepted submit of the principal to its pools: it is active there for the hold from now.
+-- weight_s: its weight as the job records it (text).
+local function fair_active(pools, principal, weight_s, now)
+  local hold = fair_hold_ms()
+  if hold <= 0 then return end
+  for _, pool in ipairs(pools) do
+    local akey = K.fair_act(pool)
+    redis.call('ZADD', akey, int_s(now), principal)
+    redis.call('ZREMRANGEBYSCORE', akey, '-inf', int_s(now - hold))
+    redis.call('PEXPIRE', akey, int_s(hold))
+  end
+  if (redis.call('HGET', K.fair_w(), principal) or '1') ~= weight_s then
+    if weight_s == '1' then
+      redis.call('HDEL', K.fair_w(), principal)
+    else
+      redis.call('HSET', K.fair_w(), principal, weight_s)
+    end
+  end
+end
+
+-- Whether a job of the principal costing cost may be dispatched from the pool now (above).
+-- submitting: the principal is submitting now (active whether or not recorded yet).
+local function fair_allow(pool, principal, cost, now, submitting)
+  local hold = fair_hold_ms()
+  if hold <= 0 then return true end
+  local since = now - hold
+  local akey = K.fair_act(pool)
+  local act = redis.call('ZRANGE', akey, '+inf', '(' .. int_s(since), 'BYSCORE', 'REV',
+    'LIMIT', '0', int_s(FAIR_ACTIVE), 'WITHSCORES')
+  local names, last, mine = {}, {}, submitting
+  for i = 1, #act, 2 do
+    names[#names + 1] = act[i]
+    last[act[i]] = tonumber(act[i + 1])
+    if act[i] == principal then mine = true end
+  end
+  if not last[principal] then
+    if mine then
+      names[#names + 1] = principal
+    else
+      local s = redis.call('ZSCORE', akey, principal)
+      if s and tonumber(s) > since then
+        names[#names + 1] = principal
+        mine = true
+      end
+    end
+  end
+  if #names == 0 or (#names == 1 and mine) then return true end
+  local n = #names
+  names[n + 1] = ''
+  local use = redis.call('HMGET', K.fair_use(pool), unpack_list(names))
+  local w = redis.call('HMGET', K.fair_w(), unpack_list(names))
+  local cap = tonumber(redis.call('HGET', K.fair_cap(), pool)) or 0
+  local total_w = 0
+  for i = 1, n do
+    w[i] = tonumber(w[i]) or 1
+    total_w = total_w + w[i]
+  end
+  local need, lapse = 0, nil
+  for i = 1, n do
+    local g = math.floor(cap * w[i] / total_w)
+    local u = tonumber(use[i]) or 0
+    if names[i] == principal then
+      if u + cost <= g then return true end
+    elseif g > u then
+      need = need + (g - u)
+      local ends = last[names[i]] + hold
+      if not lapse or ends < lapse then lapse = ends end
+    end
+  end
+  if need == 0 or cap - (tonumber(use[n + 1]) or 0) - cost >= need then return true end
+  redis.call('ZADD', K.fair_held(), 'LT', int_s(lapse), pool)
+  redis.call('HINCRBY', K.exclusions(), 'fair_hold', '1')
+  return false
+end
+
+-- The job being assigned came from FAIR_FROM (if set): with the hold on, its slots count in
+-- the pool's use and the job records the pool ('fpool').
+local function fair_took(job_id, job, cost)
+  local pool = FAIR_FROM
+  FAIR_FROM = nil
+  if not pool or fair_hold_ms() <= 0 then return end
+  local principal = job.principal or redis.call('HGET', K.job(job_id), 'principal') or ''
+  local ukey = K.fair_use(pool)
+  redis.call('HINCRBY', ukey, principal, int_s(cost))
+  redis.call('HINCRBY', ukey, '', int_s(cost))
+  redis.call('HSET', K.job(job_id), 'fpool', pool)
+end
+
+-- The job's slot was freed: its use (if counted) leaves its pool's, once. Returns the job's
+-- cost (the read that finds 'fpool' also reads it: no read more than the cost alone).
+local function fair_release(job_id)
+  local jkey = K.job(job_id)
+  local v = redis.call('HMGET', jkey, 'fpool', 'cost', 'principal')
+  local cost = tonumber(v[2]) or 1
+  if not v[1] then return cost end
+  redis.call('HDEL', jkey, 'fpool')
+  local c = int_s(-cost)
+  local ukey = K.fair_use(v[1])
+  if redis.call('HINCRBY', ukey, v[3] or '', c) <= 0 then redis.call('HDEL', ukey, v[3] or '') end
+  if redis.call('HINCRBY', ukey, '', c) <= 0 then redis.call('HDEL', ukey, '') end
+  return cost
+end
+
+-- A member joined or left the pool (its capacity counted from / taken off the pool's total).
+local function fair_cap_add(pool, delta)
+  if delta == 0 then return end
+  if redis.call('HINCRBY', K.fair_cap(), pool, int_s(delta)) <= 0 then
+    redis.call('HDEL', K.fair_cap(), pool)
+  end
+end
+
 -- Pools ---------------------------------------------------------------------------------------
 
 local function node_pools(node)
@@ -190,7 +329,9 @@ end
 
 -- capacity: the node's slots, kept in K.pool_cap(pool) (the largest cost the pool can run).
 local function pool_join(pool, node_id, free, capacity)
+  local before = redis.call('ZSCORE', K.pool_cap(pool), node_id)
   redis.call('ZADD', K.pool_cap(pool), capacity, node_id)
+  fair_cap_add(pool, tonumber(capacity) - (tonumber(before) or 0))
   if redis.call('ZADD', K.pool(pool), free, node_id) == 1 then
     if tonumber(redis.call('ZINCRBY', K.pools(), '1', pool)) == 1 then pool_uncharge(pool) end
   end
@@ -206,7 +347,11 @@ local function pool_drop_if_empty(pool)
 end
 
 local function pool_leave(pool, node_id)
-  redis.call('ZREM', K.pool_cap(pool), node_id)
+  local before = redis.call('ZSCORE', K.pool_cap(pool), node_id)
+  if before then
+    redis.call('ZREM', K.pool_cap(pool), node_id)
+    fair_cap_add(pool, -tonumber(before))
+  end
   if redis.call('ZREM', K.pool(pool), node_id) == 1 then
     if tonumber(redis.call('ZINCRBY', K.pools(), '-1', pool)) <= 0 then
       pool_drop_if_empty(pool)
@@ -295,16 +440,22 @@ end
 -- members. Looks at 20 members per pool at most, so the cost does not grow with pool size.
 -- spread: an integer that changes from job to job (the job's order number).
 -- cost: the slots the job takes (nil: 1); only a node with that many free slots qualifies.
-local function select_node(job_id, pools, services, session, now, fresh, spread, cost)
+-- principal: the job's, when a pool's fair reservation applies (fair_allow; submitting: the
+-- principal submits it now); nil: none. The pool a node is found in is left in FAIR_FROM.
+local function select_node(job_id, pools, services, session, now, fresh, spread, cost, principal,
+    submitting)
   cost = cost or 1
+  FAIR_FROM = nil
   if session and session ~= '' then
     local sticky = redis.call('GET', K.session(session))
     if sticky then
       for _, pool in ipairs(pools) do
         local free = redis.call('ZSCORE', K.pool(pool), sticky)
         if free and tonumber(free) >= cost and pool_rate_ok(pool, now, false)
-            and eligible(sticky, job_id, services, now, fresh) then
+            and eligible(sticky, job_id, services, now, fresh)
+            and (not principal or fair_allow(pool, principal, cost, now, submitting)) then
           pool_rate_ok(pool, now, true)
+          FAIR_FROM = pool
           return sticky
         end
       end
@@ -315,7 +466,8 @@ local function select_node(job_id, pools, services, session, now, fresh, spread,
     local window, start = tied_window(pkey, spread, cost)
     if not window then
       exclusion('no_free_slot')
-    elseif pool_rate_ok(pool, now, false) then
+    elseif pool_rate_ok(pool, now, false)
+        and (not principal or fair_allow(pool, principal, cost, now, submitting)) then
       local n = #window
       local order = {}
       for j = 0, n - 1 do order[j + 1] = window[(start + j) % n + 1] end
@@ -343,6 +495,7 @@ local function select_node(job_id, pools, services, session, now, fresh, spread,
       for _, node_id in ipairs(order) do
         if eligible(node_id, job_id, services, now, fresh) then
           pool_rate_ok(pool, now, true)
+          FAIR_FROM = pool
           return node_id
         end
         looked[node_id] = true
@@ -352,6 +505,7 @@ local function select_node(job_id, pools, services, session, now, fresh, spread,
       for _, node_id in ipairs(members) do
         if not looked[node_id] and eligible(node_id, job_id, services, now, fresh) then
           pool_rate_ok(pool, now, true)
+          FAIR_FROM = pool
           return node_id
         end
       end
@@ -509,7 +663,9 @@ local function assign(job_id, job, node_id, now, fields, now_s)
   local nkey = K.node(node_id)
   local vals = redis.call('HMGET', nkey, 'owner', 'epoch', 'state', 'capacity', 'pools')
   local owner, epoch = vals[1], vals[2]
-  node_slots(node_id, job_cost(job_id, job), {vals[3], vals[4], vals[5]})
+  local cost = job_cost(job_id, job)
+  node_slots(node_id, cost, {vals[3], vals[4], vals[5]})
+  fair_took(job_id, job, cost)
   redis.call('SADD', K.node_jobs(node_id), job_id)
   local flat = fields or {}
   local n = #flat
@@ -897,9 +1053,10 @@ local function release(job_id, job)
   local node_id = job.node
   if node_id and node_id ~= '' then
     if redis.call('SREM', K.node_jobs(node_id), job_id) == 1 then
-      local used, vals = node_slots(node_id, -job_cost(job_id, job))
+      local used, vals = node_slots(node_id, -fair_release(job_id))
       return node_id, {vals[1], vals[2], used, vals[3]}
     end
+    fair_release(job_id) -- a job set that lost the entry: its pool's use still goes
   end
   return node_id, nil
 end
@@ -939,6 +1096,8 @@ local function fair_pick(pool, node_id, free, capacity, now)
       if cost <= capacity then
         local svc = (f[1] and f[1] ~= '') and cjson.decode(f[1]) or {}
         if eligible(node_id, job_id, svc, now) then
+          -- a principal the pool's reservation holds back is passed over (fair_allow)
+          if not fair_allow(pool, principal, cost, now) then break end
           if cost > free then return nil end
           return job_id, tonumber(heads[j + 1]), principal, tonumber(tenants[i + 1])
         end
@@ -979,8 +1138,23 @@ local function feed_node(node_id, now, known)
     local cost = tonumber(job.cost) or 1
     dequeue_everywhere(best_id, job)
     fair_charge(best_pool, best_principal, best_start, cost, tonumber(job.fw) or 1)
+    FAIR_FROM = best_pool
     assign(best_id, job, node_id, now)
     free = free - cost
+  end
+end
+
+-- Pools whose fair reservation held free slots and whose earliest holder's activity lapsed
+-- by now (K.fair_held()), at most batch: their members with the most free slots (16 at most)
+-- take queued work; a reservation that still holds enters the pool again (fair_allow).
+local function fair_lapsed(now, batch)
+  local held = redis.call('ZRANGE', K.fair_held(), '-inf', int_s(now), 'BYSCORE', 'LIMIT', '0',
+    batch)
+  for _, pool in ipairs(held) do
+    redis.call('ZREM', K.fair_held(), pool)
+    local members = redis.call('ZRANGE', K.pool(pool), '+inf', '1', 'BYSCORE', 'REV', 'LIMIT',
+      '0', SCAN_COUNT)
+    for _, node_id in ipairs(members) do feed_node(node_id, now) end
   end
 end
 
@@ -1007,7 +1181,8 @@ local function retry(job_id, job, reason, now, kind)
   -- the job still counts as in flight here: it may go on if its principal is within its cap
   local target = principal_can_run(job.principal, 0) and select_node(job_id,
     cjson.decode(job.pools), job_services(job), '', now, false,
-    (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0), job_cost(job_id, job))
+    (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0), job_cost(job_id, job),
+    job.principal or '')
   if target then
     assign(job_id, job, target, now)
   else
@@ -1041,7 +1216,8 @@ local function release_due(now, batch)
       local first = job.attempt == '0'
       local target = principal_can_run(job.principal, 1) and select_node(job_id,
         cjson.decode(job.pools), job_services(job), first and (job.session or '') or '', now, first,
-        (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0), job_cost(job_id, job))
+        (tonumber(job.seq) or 0) + (tonumber(job.attempt) or 0), job_cost(job_id, job),
+        job.principal or '')
       if target then assign(job_id, job, target, now) else enqueue(job_id, job, now) end
     end
   end
@@ -1063,6 +1239,7 @@ local function node_down(node_id, node, reason, now, retain_ms)
   for _, job_id in ipairs(jobs) do
     local job = hgetall(K.job(job_id))
     if job and (job.state == 'assigned' or job.state == 'running') and job.node == node_id then
+      fair_release(job_id)
       job.node = '' -- its slot is already gone with the node
       redis.call('SADD', K.job_tried(job_id), node_id)
       retry(job_id, job, reason .. ' on node ' .. node_id, now)

@@ -83,7 +83,8 @@ local function create_stage(pipe_id, p, name, rec, payload, now, att_from, att_s
     session_ms = p.session_ms, seq = int_s(seq), principal = p.principal, trace = p.trace or '',
     t_sub = now_s,
   }
-  local node_id = select_node(sid, rec.pools, services, job.session, now, true, seq)
+  local node_id = select_node(sid, rec.pools, services, job.session, now, true, seq, nil,
+    p.principal or '')
   if not node_id then
     local why
     if p.queue ~= '1' then

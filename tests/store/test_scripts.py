@@ -112,7 +112,7 @@ def test_each_version_of_the_code_has_its_own_library() -> None:
 
 async def test_two_library_versions_coexist_in_one_redis(store: Store) -> None:
     # the helpers every call resets, as lib.lua declares them
-    helpers = "local CALLER, LOCAL, EVENTS\n"
+    helpers = "local CALLER, LOCAL, EVENTS, FAIR_HOLD, FAIR_FROM\n"
     name_a, source_a = build_library(helpers + "local A = 1\n", {"s": "return A\n"})
     name_b, source_b = build_library(helpers + "local A = 2\n", {"s": "return A\n"})
     await store.execute("FUNCTION", "LOAD", source_a)
