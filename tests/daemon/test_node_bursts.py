@@ -37,7 +37,7 @@ async def submit(client: Peer, count: int) -> list[str]:
 
 
 async def assigns(node: Channel, count: int) -> list[p.Assign]:
-    got = []
+    got: list[p.Assign] = []
     while len(got) < count:
         message = p.decode(await node.receive())
         if isinstance(message, p.Assign):
@@ -139,6 +139,7 @@ async def test_a_result_for_another_nodes_job_is_refused_alone(transport: str) -
                 for m in answers] == [
             (p.Error, "E_STALE_ATTEMPT", "foreign", theirs),
             (p.Error, "E_STALE_ATTEMPT", "foreign-accept", theirs)]
+        assert isinstance(answers[0], p.Error)
         assert "n2" not in answers[0].message  # the holder is not n1's business
         info = await d.app.queries.job(theirs)
         assert info is not None and (info.state, info.node) == ("assigned", "n2")
