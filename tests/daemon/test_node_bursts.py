@@ -9,6 +9,8 @@ import pytest
 import trio
 
 from schedd import protocol as p
+from schedd.errors import StoreUnavailable
+from schedd.session import node as node_role
 from schedd.transport import StreamChannel, WebSocketChannel
 from tests.daemon.harness import Peer, running_daemon, wire_channels
 
@@ -185,3 +187,52 @@ async def test_a_connection_dropped_in_a_burst_finishes_nothing_twice(transport:
         assert set(finished) == set(ids)
         counts = await d.app.queries.counts()
         assert counts["done"] == 4 and counts["total:done"] == 4
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_a_burst_the_store_cannot_take_answers_each_message(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    async with running_daemon() as d:
+        node = await wire_node(d, "n1", transport, capacity=3)
+        client = await d.connect("client")
+        await submit(client, 3)
+        got = await assigns(node, 3)
+
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise StoreUnavailable("connection to redis lost")
+
+        monkeypatch.setattr(d.app.core, "finish_many", unavailable)
+        with trio.fail_after(10):
+            await node.send_many([
+                p.encode(p.Accept(job_id=got[0].job_id, attempt=1, ref="a0")),
+                p.encode(p.Result(job_id=got[0].job_id, attempt=1, ok=True, ref="r0")),
+                p.encode(p.Result(job_id=got[1].job_id, attempt=1, ok=True, ref="r1"))])
+            answers = await pong(node, "after")
+        assert [(m.code, m.ref) for m in answers if isinstance(m, p.Error)] == [
+            (p.E_UNAVAILABLE, "a0"), (p.E_UNAVAILABLE, "r0"), (p.E_UNAVAILABLE, "r1")]
+        assert len(answers) == 3
+        monkeypatch.undo()
+        for job_id in (got[0].job_id, got[1].job_id):
+            info = await d.app.queries.job(job_id)
+            assert info is not None and info.state == "assigned"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_a_long_run_is_cut_at_the_bound_and_the_rest_follows(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    monkeypatch.setattr(node_role, "MAX_BURST", 2)
+    async with running_daemon() as d:
+        node = await wire_node(d, "n1", transport, capacity=5)
+        client = await d.connect("client")
+        ids = await submit(client, 5)
+        got = await assigns(node, 5)
+        names = record_scripts(monkeypatch, d)
+        with trio.fail_after(10):
+            await node.send_many([p.encode(p.Result(job_id=a.job_id, attempt=1, ok=True))
+                                  for a in got])
+            finished = await dones(client, 5)
+            assert await pong(node, "after") == []
+        assert set(finished) == set(ids)
+        assert names == ["job_result_many", "job_result_many", "job_result"]
