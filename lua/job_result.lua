@@ -1,4 +1,5 @@
 -- job_result: the node finished attempt n; the job ends done (ok) or failed (not ok).
+--   The work is include/result.lua's record_result (job_result_many runs it per item).
 --   Fenced by node and attempt. A second result for the attempt that already finished the job
 --   is a reported no-op. The slot is freed and the node is handed the next queued job of its
 --   pools in the same script; the client's instance gets exactly one done. A stage of a
@@ -27,51 +28,10 @@
 -- returns {{state ('delayed' when retried later), 'new'|'duplicate'}, deliveries}
 -- errors  E_NO_JOB, E_STALE_ATTEMPT
 CALLER = ARGV[1]
-local job_id, node_id, attempt = ARGV[2], ARGV[3], ARGV[4]
-local accepted = ARGV[8] == '1'
--- what fencing, releasing and finishing read (not the payload, which may be large)
-local job = hmget(KEYS[1], {'state', 'node', 'attempt', 'client', 'pools', 'retain_ms', 't_sub',
-  't_asg', 't_acc', 'principal', 'trace', 'max_attempts', 'backoff', 'pipe', 'stage',
-  'session', 'oseq'})
-if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt
-    and not accepted then
-  return {{job.state, 'duplicate'}, {}}
-end
-local e
-job, e = fence(job_id, node_id, attempt, job)
+local blobs = {}
+for i = 12, #ARGV do blobs[i - 11] = ARGV[i] end
+local reply, e = record_result({job_id = ARGV[2], node_id = ARGV[3], attempt = ARGV[4],
+  ok = ARGV[5], output = ARGV[6], error = ARGV[7], accepted = ARGV[8], retryable = ARGV[9],
+  draw = ARGV[10], att = ARGV[11], blobs = blobs})
 if e then return e end
-local now = now_ms()
-local _, node_now = release(job_id, job)
-local ok = ARGV[5] == '1'
-local fields = {ok = ok and '1' or '0', output = ARGV[6], error = ARGV[7]}
-if ARGV[11] and ARGV[11] ~= '' then
-  local blobs, size = {}, 0
-  for i, spec in ipairs(cjson.decode(ARGV[11])) do
-    local data = ARGV[11 + i]
-    blobs[2 * i - 1], blobs[2 * i] = 'out:' .. spec.name, data
-    size = size + #data
-  end
-  redis.call('HSET', K.job_blobs(job_id), unpack_list(blobs))
-  redis.call('HINCRBY', KEYS[1], 'att_bytes', size)
-  fields.out_att = ARGV[11]
-end
-if accepted and job.state ~= 'running' then
-  -- job_accept's effects; its run deadline would be removed at once by finish
-  count_state(job_id, job.state, 'running', job.attempt, job.node)
-  job.state = 'running'
-  fields.t_acc = now
-end
-if not ok and ARGV[9] == '1' and tonumber(job.attempt) < tonumber(job.max_attempts or '1') then
-  local draw = tonumber(ARGV[10]) or 0
-  if draw < 0 or draw >= 1 then draw = 0 end
-  local ok_e, e_info = pcall(cjson.decode, ARGV[7])
-  local why = ok_e and type(e_info) == 'table' and e_info.message or ''
-  retry_later(job_id, job, node_id, 'retryable failure on node ' .. node_id .. ': '
-    .. tostring(why), now, draw)
-  feed_node(node_id, now, node_now)
-  return {{job.state, 'new'}, LOCAL, EVENTS}
-end
-finish(job_id, job, ok and 'done' or 'failed', fields, now)
--- a stage's next stage may have taken a slot of this node since it was released
-feed_node(node_id, now, not job.pipe and node_now or nil)
-return {{job.state, 'new'}, LOCAL, EVENTS}
+return {reply, LOCAL, EVENTS}

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from schedd.core.burst import BurstItem, Outcome, burst_args, outcomes
 from schedd.core.model import (
     CoreSettings,
     Delivery,
@@ -414,6 +415,19 @@ class Core:
             args += _attachment_args(attachments)
         state, status = await self._call("job_result", [self.keys.job(job_id)], args)
         return _text(state), _text(status) == "duplicate"
+
+    async def finish_many(self, node_id: str, items: Sequence[BurstItem]) -> list[Outcome]:
+        """A node's burst of accepts and results in one ``job_result_many`` call, each item as
+        its own call (:meth:`accept`, :meth:`result`) would record it, refused alone.
+
+        Returns one outcome per message, in order (schedd.core.burst). Raises only what fails
+        the whole call (the store unavailable).
+        """
+        if not items:
+            return []
+        keys = [self.keys.job(item.job_id) for item in items]
+        reply = await self._call("job_result_many", keys, burst_args(node_id, items, self.draw))
+        return outcomes(reply)
 
     async def cancel(self, job_id: str, *, principal: str = "", reason: str = "") -> str:
         """Cancel a job in any non-terminal state (``principal`` '' = operator); returns

@@ -234,10 +234,28 @@ class Link:
             await self.aclose()
             raise LinkLost(f"connection to {self.url} lost: {exc}") from exc
 
+    async def send_all(self, messages: Sequence[tuple[Message, Sequence[bytes]]]) -> None:
+        """Send ``messages`` in order, each with the bytes of the attachments it declares right
+        behind it, in one write of the channel (``send_many``); :class:`LinkLost` if the
+        connection is gone."""
+        if self._closed:
+            raise LinkLost(f"connection to {self.url} is closed")
+        frames: list[bytes] = []
+        for message, data in messages:
+            frames += message_frames(message, data) if data else [encode(message)]
+        try:
+            async with self._send_lock:
+                await self._channel.send_many(frames)
+        except (ChannelClosed, *BROKEN, OSError) as exc:
+            await self.aclose()
+            raise LinkLost(f"connection to {self.url} lost: {exc}") from exc
+
     async def request(self, message: Message, expect: type[_M],
-                      data: Sequence[bytes] = ()) -> _M:
+                      data: Sequence[bytes] = (), *,
+                      send: Callable[[Message], Awaitable[None]] | None = None) -> _M:
         """Send ``message`` (and its attachments' ``data``) with a fresh ``ref`` and return the
-        reply of type ``expect``.
+        reply of type ``expect``. ``send``: how to send it (default :meth:`send`), for a request
+        that goes out with other messages (the node's batches, schedd.sdk._node_out).
 
         Raises :class:`RequestFailed` for an ``error`` reply (or a reply of another type) and
         :class:`LinkLost` if the connection ends first.
@@ -245,7 +263,10 @@ class Link:
         ref = self.next_ref()
         waiter = self._waiters[ref] = _Waiter()
         try:
-            await self.send(attrs.evolve(message, ref=ref), data)
+            if send is not None:
+                await send(attrs.evolve(message, ref=ref))
+            else:
+                await self.send(attrs.evolve(message, ref=ref), data)
             await waiter.event.wait()
         finally:
             self._waiters.pop(ref, None)

@@ -19,6 +19,9 @@ Rules of this module:
 - A ``result`` stays in the outbox until a ``pong`` sent after it confirms that the daemon handled
   it; results finished while disconnected, or sent but unconfirmed when the connection dropped,
   are sent again after the next ``registered`` (a repeated result is a no-op for the daemon).
+- A job's messages ready together (the accepts of assigns read together, a job's accept and its
+  result when it took no time, results and the ``ping`` confirming them) leave in one write
+  (schedd.sdk._node_jobs, schedd.sdk._node_out).
 - Fencing: ``cancel`` {job_id, attempt}, or an ``error`` saying the job moved on
   (``E_STALE_ATTEMPT``, ``E_NO_JOB``, ``E_IDENTITY``, ``E_BAD_STATE``) about the attempt the node
   runs, cancels that attempt's task; nothing more is sent about it. Job messages carry a ``ref``
@@ -40,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -59,9 +61,7 @@ from schedd.protocol import (
     ErrorInfo,
     Heartbeat,
     Message,
-    Ping,
     Pong,
-    Progress,
     Register,
     Registered,
     Reject,
@@ -69,28 +69,23 @@ from schedd.protocol import (
     RunningJob,
     Unavailable,
     Undrain,
-    encode,
 )
 from schedd.protocol.attachments import DEFAULT_MAX_ATTACHMENT, DEFAULT_MAX_ATTACHMENTS
 from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
 from schedd.sdk._native import TaskGroup, open_task_group
+from schedd.sdk._node_jobs import NodeJobs
+from schedd.sdk._node_out import Batcher
 from schedd.sdk.job import (
     E_NODE_EXCEPTION,
     Handler,
     JobContext,
     JobError,
     JobResult,
-    failure_result,
-    over_limits,
-    success_result,
 )
 
 __all__ = ["E_NODE_EXCEPTION", "JobContext", "JobError", "JobResult", "Node"]
 
 log = logging.getLogger(__name__)
-
-_RESEND_DELAY: Final = 0.3
-"""Seconds (±50 %) before a result the daemon could not store (``E_UNAVAILABLE``) goes again."""
 
 FATAL_REGISTER_CODES: Final[frozenset[str]] = frozenset(
     {"E_IDENTITY", "E_BAD_ARG", "E_BAD_FIELD", "E_ROLE"}
@@ -110,7 +105,7 @@ _REGISTRATION_GONE_CODES: Final[frozenset[str]] = frozenset(
 _JOB_REF: Final = re.compile(r"j(\d+)\.")
 
 
-class Node:
+class Node(NodeJobs):
     """A worker connection to a schedd daemon: registers, heartbeats, and runs assigned jobs."""
 
     def __init__(
@@ -160,6 +155,7 @@ class Node:
         self._heartbeat_interval = heartbeat_interval
         self._backoff = Backoff(reconnect_delay)
         self._link: Link | None = None  # set while registered
+        self._batcher: Batcher | None = None  # the connection's, set while it is served
         self._outbox: dict[tuple[str, int], Result] = {}
         # the bytes of the attachments of a result in the outbox, sent with it every time
         self._result_blobs: dict[tuple[str, int], list[bytes]] = {}
@@ -268,7 +264,9 @@ class Node:
         # have been shutting down); one the node asked for stays. Reset before register: the
         # daemon may send drain right behind registered.
         self.draining = self._drain_requested
+        batcher = self._batcher = Batcher(link)
         async with anyio.create_task_group() as nursery:
+            nursery.start_soon(batcher.serve)
             nursery.start_soon(serve, nursery.cancel_scope)
             try:
                 registered = await link.request(self._register_message(), Registered)
@@ -293,6 +291,8 @@ class Node:
                     list(self._outbox.values()),
                 )
         self._link = None
+        if self._batcher is batcher:
+            self._batcher = None
         if failure is not None:
             if failure.code in FATAL_REGISTER_CODES:
                 raise failure
@@ -449,10 +449,14 @@ class Node:
             media_types={spec.name: spec.media_type for spec in assign.attachments},
         )
         self.running[job_id] = ctx
+        batcher = self._batcher_of(link)
         try:
-            await self._send_job(link, attempt, Accept(job_id=job_id, attempt=attempt))
+            if batcher is None:
+                await self._send_job(link, attempt, Accept(job_id=job_id, attempt=attempt))
+            else:  # written with what else is ready: the result of a job that takes no time
+                self._post_job(batcher, attempt, Accept(job_id=job_id, attempt=attempt))
         except LinkLost:
-            # The accept may never have reached the daemon: do not start the job.
+            # The accept cannot reach the daemon: do not start the job.
             if self.running.get(job_id) is ctx:
                 del self.running[job_id]
             raise
@@ -505,93 +509,3 @@ class Node:
         if error.code in _REGISTRATION_GONE_CODES:
             # The registration is over; the daemon closes the connection, make sure of it.
             await link.aclose()
-
-    def _drop(self, job_id: str, attempt: int | None) -> bool:
-        """Stop an attempt the node must not finish; True if it was running here."""
-        self._outbox = {
-            key: result
-            for key, result in self._outbox.items()
-            if not (key[0] == job_id and (attempt is None or key[1] == attempt))
-        }
-        self._result_blobs = {key: blobs for key, blobs in self._result_blobs.items()
-                              if key in self._outbox}
-        ctx = self.running.get(job_id)
-        if ctx is None or (attempt is not None and ctx.attempt != attempt):
-            return False
-        ctx._scope.cancel()
-        del self.running[job_id]
-        return True
-
-    # ----------------------------------------------------------------------------------------
-    # Running a job.
-    # ----------------------------------------------------------------------------------------
-
-    async def _run_job(self, ctx: JobContext) -> None:
-        result: Result | None = None
-        blobs: list[bytes] = []
-        with ctx._scope:
-            try:
-                output = await self._handler(ctx)
-            except JobError as exc:
-                result = failure_result(ctx, exc.code, exc.message, retryable=exc.retryable)
-            except Exception as exc:
-                log.exception("job %s attempt %d: the handler raised", ctx.job_id, ctx.attempt)
-                result = failure_result(ctx, E_NODE_EXCEPTION, f"{type(exc).__name__}: {exc}")
-            else:
-                result, blobs = success_result(ctx, output)
-                too_large = over_limits(blobs, self.max_attachment, self.max_attachments)
-                if too_large:
-                    log.error("job %s attempt %d: %s", ctx.job_id, ctx.attempt, too_large)
-                    result, blobs = failure_result(ctx, "E_TOO_LARGE", too_large), []
-        if self.running.get(ctx.job_id) is ctx:
-            del self.running[ctx.job_id]
-        if ctx._scope.cancel_called or result is None:
-            return  # cancelled or stale: send nothing more about this attempt
-        key = (ctx.job_id, ctx.attempt)
-        self._outbox[key] = result
-        if blobs:
-            self._result_blobs[key] = blobs
-        link = self._link
-        if link is not None:
-            # On LinkLost the result stays in the outbox, sent again after the next registration.
-            with contextlib.suppress(LinkLost):
-                await self._flush(link, [result])
-
-    async def _resend_result(self, link: Link, result: Result) -> None:
-        await anyio.sleep(_RESEND_DELAY * (0.5 + random.random()))
-        key = (result.job_id, result.attempt)
-        if link is self._link and self._outbox.get(key) is result:
-            with contextlib.suppress(LinkLost):
-                await self._flush(link, [result])
-
-    async def _flush(self, link: Link, results: list[Result]) -> None:
-        """Send results, then a ping; once the pong comes they are handled: drop them."""
-        for result in results:
-            await self._send_job(link, result.attempt, result)
-        await link.request(Ping(), Pong)
-        for result in results:
-            key = (result.job_id, result.attempt)
-            if self._outbox.get(key) is result:
-                del self._outbox[key]
-                self._result_blobs.pop(key, None)
-
-    async def _send_progress(self, ctx: JobContext, data: Any) -> None:
-        message = Progress(job_id=ctx.job_id, attempt=ctx.attempt, data=data)
-        encode(message)  # a TypeError for data JSON cannot carry, even while disconnected
-        link = self._link
-        if link is None or ctx._scope.cancel_called or self.running.get(ctx.job_id) is not ctx:
-            return
-        with contextlib.suppress(LinkLost):
-            await self._send_job(link, ctx.attempt, message)
-
-    async def _send_job(
-        self, link: Link, attempt: int, message: Accept | Reject | Progress | Result
-    ) -> None:
-        # The ref names the attempt, so an error about this message is matched to it.
-        data = (self._result_blobs.get((message.job_id, attempt), [])
-                if isinstance(message, Result) else [])
-        await link.send(_with_ref(message, link.next_ref(f"j{attempt}.")), data)
-
-
-def _with_ref(message: Accept | Reject | Progress | Result, ref: str) -> Message:
-    return attrs.evolve(message, ref=ref)

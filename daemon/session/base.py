@@ -163,9 +163,9 @@ class SessionBase:
         # copies what it keeps): docs/decisions/0008-decode-identical-heartbeats-once.md.
         self._beat_raw: bytes | str = b""
         self._beat: p.Heartbeat | None = None
-        # a message taken from the channel ahead of its turn and handed back (see
-        # NodeRole._accept): the receiving loop handles it next
-        self._next: bytes | str | None = None
+        # messages taken from the channel ahead of their turn and handed back (see
+        # NodeRole._burst_behind): the receiving loop handles them next, first to last
+        self._next: list[bytes | str] = []
         #: the connection's admission (schedd.admission), told how the handshake ended
         self._ticket = admission.CURRENT.get()
         #: gathers the attachment frames that follow a declaring message
@@ -197,10 +197,8 @@ class SessionBase:
             raise CloseConnection
 
     async def _receive(self) -> bytes | str:
-        raw = self._next
-        if raw is not None:
-            self._next = None
-            return raw
+        if self._next:
+            return self._next.pop(0)
         try:
             return await self.channel.receive()
         except ProtocolError as exc:  # the transport refused a frame (too large, malformed)
@@ -217,6 +215,10 @@ class SessionBase:
 
     async def _handle(self, message: p.Message) -> None:
         """Handle one message of the peer (Session._handle)."""
+        raise NotImplementedError
+
+    def _refused(self, message: p.Message, exc: Exception) -> None:
+        """Answer a message whose handling failed with ``exc`` (Session._refused)."""
         raise NotImplementedError
 
     async def _list_client(self) -> None:

@@ -210,16 +210,21 @@ class Session(Handshake, NodeRole, ClientRole):
         except (CloseConnection, ChannelClosed):
             raise
         except Exception as exc:
-            job_id = getattr(message, "job_id", None)
-            reply = answer(exc, message, self.role, self.peer, job_id)
-            if reply.violation:
-                self._violation(reply.code, reply.message, message.ref)
-                return
-            self._error(reply.code, reply.message, ref=message.ref, job_id=job_id)
-            if reply.close:
-                raise CloseConnection from None
+            self._refused(message, exc)
         finally:
             self.attached.pop(id(message), None)
+
+    def _refused(self, message: p.Message, exc: Exception) -> None:
+        """Answer a message whose handling failed with ``exc`` (an unmapped exception is
+        logged with its traceback when called in its ``except`` block)."""
+        job_id = getattr(message, "job_id", None)
+        reply = answer(exc, message, self.role, self.peer, job_id)
+        if reply.violation:
+            self._violation(reply.code, reply.message, message.ref)
+            return
+        self._error(reply.code, reply.message, ref=message.ref, job_id=job_id)
+        if reply.close:
+            raise CloseConnection from None
 
     # -- deliveries from the core --------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import trio
 
 import schedd.protocol as p
 from schedd.core import new_id
+from schedd.core.burst import MAX_BURST, BurstItem, Recorded
 from schedd.errors import ProtocolError
 from schedd.node_ids import node_id_allowed, refusal
 from schedd.protocol.attachments import Blob
@@ -192,47 +193,91 @@ class NodeRole(SessionBase):
         log.info("node %s capabilities changed: pools now %s (epoch %s)", node_id, pools, epoch)
 
     async def _accept(self, m: p.Accept) -> None:
-        """Record the accept; when the attempt's ``result`` arrived with it (a job that took no
-        time: the node sent both in one write), record both in one script call.
+        """Record the accept, with the job messages that arrived behind it (:meth:`_burst`).
 
-        Two calls cost a second round trip to Redis before the client's ``done``, and a second
-        script run (docs/decisions/0012-accept-and-result-in-one-call.md). If the joint call
-        fails, the accept is answered as its own call would have been, and the result is handled
-        next, alone, as if nothing had been tried (the script fences before it writes, so a
-        refused call changed nothing).
+        Alone, it is one ``job_accept`` call; followed by the attempt's ``result`` alone (a job
+        that took no time: the node sent both in one write), one ``job_result`` call records
+        both (docs/decisions/0012-accept-and-result-in-one-call.md). If that joint call fails,
+        the accept is answered as its own call would have been, and the result is handled next,
+        alone, as if nothing had been tried (the script fences before it writes, so a refused
+        call changed nothing).
         """
         node_id, _ = self._need_registered(m)
-        behind = self._result_behind(m)
-        if behind is None:
+        run = self._burst_behind(m)
+        if len(run) > 2 or (len(run) == 2 and not _pair(m, run[1][1])):
+            await self._burst(node_id, [message for _, message in run])
+            return
+        if len(run) == 1:
             await self.app.core.accept(m.job_id, node_id=node_id, attempt=m.attempt)
             log_job(self.traces.get(m.job_id, ""), "job %s attempt %s running on node %s",
                     m.job_id, m.attempt, node_id)
             return
-        raw, result = behind
+        raw, result = run[1]
+        assert isinstance(result, p.Result) and raw is not None
         try:
             await self._record_result(node_id, result, accepted=True)
         except Exception:
-            self._next = raw
+            self._next.insert(0, raw)  # before what ended the run
             raise
 
-    def _result_behind(self, accept: p.Accept) -> tuple[bytes | str, p.Result] | None:
-        """The next message if it already arrived (no wait) and is the ``result`` of the
-        accepted attempt, within the rate limit; anything else is handed back to the loop."""
-        raw: bytes | str | None = self.channel.receive_nowait()
-        if raw is None:
-            return None
+    def _burst_behind(self, first: p.Accept | p.Result) -> list[tuple[bytes | str | None,
+                                                                     p.Accept | p.Result]]:
+        """``first`` and the run of job messages already received behind it (no read, no
+        wait): ``accept``s and ``result``s without attachments, each within the rate limit, at
+        most MAX_BURST in all. The first message that is not one of them is handed back to the
+        loop, which handles it next (or says why it cannot): the run never passes a
+        ``heartbeat``, ``progress`` or ``reject``, so messages keep their order."""
+        run: list[tuple[bytes | str | None, p.Accept | p.Result]] = [(None, first)]
+        while len(run) < MAX_BURST:
+            raw: bytes | str | None = self.channel.receive_nowait()
+            if raw is None:
+                break
+            message = _decoded(raw)
+            now = trio.current_time()
+            if isinstance(message, p.Accept | p.Result) \
+                    and not (isinstance(message, p.Result) and message.attachments) \
+                    and self.rate.allow(now):
+                self.last_seen = now
+                run.append((raw, message))
+                continue
+            self._next.append(raw)
+            break
+        return run
+
+    async def _burst(self, node_id: str, run: list[p.Accept | p.Result]) -> None:
+        """Record a run of job messages in one ``job_result_many`` call
+        (docs/decisions/0026-node-batches.md): each as its own call would record it, an
+        ``accept`` followed by its ``result`` as one item. Each refused message is answered as
+        its own call's refusal would be, in order; a call that fails as a whole answers every
+        message with its failure (none of them was recorded)."""
+        items: list[BurstItem] = []
+        index = 0
+        while index < len(run):
+            m = run[index]
+            behind = run[index + 1] if index + 1 < len(run) else None
+            if isinstance(m, p.Accept) and _pair(m, behind):
+                assert isinstance(behind, p.Result)
+                items.append(_item(behind, accept=True))
+                index += 2
+                continue
+            items.append(_item(m) if isinstance(m, p.Result)
+                         else BurstItem(m.job_id, m.attempt, accept=True, result=False))
+            index += 1
         try:
-            message = p.decode(raw)
-        except ProtocolError:
-            message = None  # the loop says why
-        now = trio.current_time()
-        if isinstance(message, p.Result) and message.job_id == accept.job_id \
-                and message.attempt == accept.attempt and not message.attachments \
-                and self.rate.allow(now):
-            self.last_seen = now
-            return raw, message
-        self._next = raw
-        return None
+            outcomes = await self.app.core.finish_many(node_id, items)
+        except Exception as exc:
+            for m in run:
+                self._refused(m, exc)
+            return
+        for m, outcome in zip(run, outcomes, strict=True):
+            if not isinstance(outcome, Recorded):
+                self._refused(m, outcome)
+            elif isinstance(m, p.Accept):
+                log_job(self.traces.get(m.job_id, ""), "job %s attempt %s running on node %s",
+                        m.job_id, m.attempt, node_id)
+            else:
+                log_job(self.traces.pop(m.job_id, ""), "job %s attempt %s %s on node %s",
+                        m.job_id, m.attempt, "succeeded" if m.ok else "failed", node_id)
 
     async def _reject(self, m: p.Reject) -> None:
         node_id, _ = self._need_registered(m)
@@ -248,6 +293,10 @@ class NodeRole(SessionBase):
 
     async def _result(self, m: p.Result) -> None:
         node_id, _ = self._need_registered(m)
+        run = [] if m.attachments else self._burst_behind(m)
+        if len(run) > 1:
+            await self._burst(node_id, [message for _, message in run])
+            return
         await self._record_result(node_id, m)
 
     async def _record_result(self, node_id: str, m: p.Result, *, accepted: bool = False) -> None:
@@ -275,3 +324,28 @@ class NodeRole(SessionBase):
         self.draining = True
         await self.app.core.drain_node(node_id, epoch=epoch, reason=m.reason or "requested by node")
         self.post(p.Drain(reason=m.reason or "requested by node", ref=m.ref))
+
+
+def _pair(accept: p.Accept, behind: p.Message | None) -> bool:
+    """Whether ``behind`` is the result of the attempt ``accept`` accepted."""
+    return isinstance(behind, p.Result) and behind.job_id == accept.job_id \
+        and behind.attempt == accept.attempt
+
+
+def _item(m: p.Result, *, accept: bool = False) -> BurstItem:
+    """A result (without attachments) as an item of a node's burst."""
+    error = {"code": m.error.code, "message": m.error.message} if m.error else None
+    return BurstItem(m.job_id, m.attempt, accept=accept, ok=m.ok,
+                     output_json=orjson.dumps(m.output).decode(), error=error,
+                     retryable=m.retryable)
+
+
+def _decoded(raw: bytes | str) -> p.Message | None:
+    """The message a frame holds; None for an attachment frame or what does not decode (the
+    receiving loop says why)."""
+    if isinstance(raw, Blob):
+        return None
+    try:
+        return p.decode(raw)
+    except ProtocolError:
+        return None

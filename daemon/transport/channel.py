@@ -57,8 +57,9 @@ class Channel:
 
     def receive_nowait(self) -> bytes | str | None:
         """The next message if it has already arrived, else ``None``, without reading or
-        yielding. The daemon uses it to find a node's ``result`` right behind its ``accept``
-        and record both in one script call. Default: ``None`` (nothing is ever at hand)."""
+        yielding. The daemon uses it to find the run of a node's ``accept``s and ``result``s
+        already received and record them in one script call. Default: ``None`` (nothing is
+        ever at hand)."""
         return None
 
     def write_nowait(self, data: bytes) -> bool:

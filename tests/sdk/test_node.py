@@ -281,6 +281,7 @@ async def test_results_finished_while_disconnected_are_sent_after_registering(
 ) -> None:
     gate = Gate(output="offline")
     node = Node(daemon.url, gate, reconnect_delay=0.01)
+    accepted = trio.Event()
     with trio.fail_after(10):
 
         async def first() -> None:
@@ -288,10 +289,12 @@ async def test_results_finished_while_disconnected_are_sent_after_registering(
             await register(peer, node_id="n1")
             await peer.send(assign("j1", attempt=1))
             await peer.recv(Accept)
+            accepted.set()
 
         nursery.start_soon(first)
         await start_node(nursery, node)
         await gate.started.wait()
+        await accepted.wait()  # the job starts as its accept is written, not after
         await daemon.peers[0].close()
         peer = await daemon.accept()  # connected, but the handshake waits until the job ends
         await daemon.peers[0].closed.wait()
