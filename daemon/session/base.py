@@ -8,6 +8,7 @@ the session's own state, and reaches the instance through ``app``.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -166,6 +167,8 @@ class SessionBase:
         # a message taken from the channel ahead of its turn and handed back (see
         # NodeRole._accept): the receiving loop handles it next
         self._next: bytes | str | None = None
+        #: the messages of an array frame not yet handled (an element refused: its error)
+        self._pending: deque[p.BatchElement | p.BatchItemError] = deque()
         #: the connection's admission (schedd.admission), told how the handshake ended
         self._ticket = admission.CURRENT.get()
         #: gathers the attachment frames that follow a declaring message

@@ -781,6 +781,7 @@ def test_error_codes_cover_every_code() -> None:
         "E_TOO_LARGE",
         "E_VERSION",
         "E_ATTACHMENT",
+        "E_BAD_BATCH",
         "E_AUTH",
         "E_ROLE",
         "E_IDENTITY",
