@@ -13,6 +13,7 @@
 --         attachment: a job with attachments goes through job_submit)
 -- returns {results, deliveries, events}: results[i] is job i's job_submit result
 --         ({'new'|'duplicate', state, attempt, done, ...}) or {'error', '<E_CODE> <message>'}
+-- errors  E_BAD_ARG (ARGV[2] does not divide the jobs' arguments); a job's refusal is its result
 CALLER = ARGV[1]
 local width = tonumber(ARGV[2])
 if not width or width < 3 or (#ARGV - 2) % width ~= 0 then
