@@ -138,9 +138,9 @@ async def test_submit_many_against_a_daemon(tmp_path: Path, store_url: str,
                 await nursery.start(Node(url, echo, pools=["p"], capacity=4, node_id="n").run)
                 async with Client.connect(url) as client:
                     await client.submit(1, pools=["p"], job_id="before")
-                    batch = jobs(40) + [{"payload": 1, "pools": ["p"], "job_id": "before"},
-                                        {"payload": 2, "job_id": "nopool"},
-                                        {"payload": 3, "pools": ["p"], "job_id": "j3"}]
+                    batch = [*jobs(40), {"payload": 1, "pools": ["p"], "job_id": "before"},
+                             {"payload": 2, "job_id": "nopool"},
+                             {"payload": 3, "pools": ["p"], "job_id": "j3"}]
                     handles = await client.submit_many(batch)
                     outputs = [(await h.result()).output for h in handles[:40]]
                     assert outputs == list(range(40))
