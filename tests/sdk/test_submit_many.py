@@ -4,6 +4,7 @@ a real daemon (both transports, both stores)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,75 @@ async def test_submit_many_against_a_daemon(tmp_path: Path, store_url: str,
 def test_arrays_in_json() -> None:
     assert orjson.loads(encode_batch([b'{"type":"ping"}', b'{"type":"pong"}'])) == [
         {"type": "ping"}, {"type": "pong"}]
+
+
+async def _cut_after_frames(client_side: trio.SocketStream, port: int, frames: int,
+                            cut: trio.Event) -> None:
+    """Forward a connection to the daemon; after ``frames`` whole frames from the client and a
+    few bytes of the next, wait for the daemon to handle them, then drop both sides."""
+    daemon_side = await trio.open_tcp_stream("127.0.0.1", port)
+
+    async def back() -> None:
+        try:
+            async for data in daemon_side:
+                await client_side.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(back)
+        buffer, seen = b"", 0
+        try:
+            async for data in client_side:
+                buffer += data
+                while len(buffer) >= 4 and len(buffer) >= 4 + int.from_bytes(buffer[:4], "big"):
+                    size = 4 + int.from_bytes(buffer[:4], "big")
+                    if seen == frames:
+                        break
+                    await daemon_side.send_all(buffer[:size])
+                    buffer, seen = buffer[size:], seen + 1
+                if seen == frames and len(buffer) > 10:
+                    await daemon_side.send_all(buffer[:10])  # the next frame, cut short
+                    await trio.sleep(0.5)  # the daemon handles the whole frames
+                    break
+        finally:
+            cut.set()
+            await daemon_side.aclose()
+            await client_side.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_cut_mid_burst_stores_every_job_once(
+        store_url: str, tmp_path: Path) -> None:
+    from schedd.devtools.redis_process import free_port
+    from schedd.store.keys import Keys
+    from schedd.testing import running_daemon
+
+    port = free_port()
+    toml = ('[plugins]\nenabled = ["transport_tcp"]\n'
+            f'[plugins.transport_tcp]\nlisten = "127.0.0.1:{port}"\n')
+    async with running_daemon(store_url, toml, tmp_path) as d, trio.open_nursery() as nursery:
+        cut = trio.Event()
+        connections = 0
+
+        async def proxy(stream: trio.SocketStream) -> None:
+            nonlocal connections
+            connections += 1
+            if connections == 1:  # the hello and the first array of 256, then cut
+                await _cut_after_frames(stream, port, 2, cut)
+                return
+            await _cut_after_frames(stream, port, 10**9, trio.Event())
+
+        listeners = await nursery.start(partial(trio.serve_tcp, proxy, 0, host="127.0.0.1"))
+        url = f"tcp://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        with trio.fail_after(30):
+            async with Client.connect(url) as client:
+                handles = await client.submit_many(jobs(300))
+        assert cut.is_set() and connections >= 2
+        assert sum(h.duplicate for h in handles) == 256  # stored before the cut, once
+        ns = Keys(d.app.config.schedd.namespace)
+        assert int(await d.app.store.execute("HGET", ns.counts, "seq")) == 300
+        for i in (0, 255, 256, 299):
+            job = await d.app.queries.job(f"j{i}")
+            assert job is not None and job.state == "queued"
+        nursery.cancel_scope.cancel()
