@@ -277,8 +277,10 @@ class Core:
         """Accept several jobs of one principal, each exactly as :meth:`submit` would, in one
         ``job_submit_many`` call per ``max_jobs`` jobs (and per about 1 MiB of arguments).
         Answered per job, in order: its :class:`Submitted`, or the exception :meth:`submit`
-        would have raised for it (a refused job is refused alone; the others proceed). A job
-        with attachments is refused (:class:`~schedd.errors.BadArgument`): it goes alone."""
+        would have raised for it (a refused job is refused alone; the others proceed). A call
+        that fails (the store unreachable...) is the answer of each of its jobs, which may or
+        may not be stored, as for a failed :meth:`submit`. A job with attachments is refused
+        (:class:`~schedd.errors.BadArgument`): it goes alone."""
         answers: list[Submitted | Exception | None] = [None] * len(specs)
         prepared: list[tuple[int, list[Arg]]] = []
         named: dict[int, tuple[str, str]] = {}
@@ -298,7 +300,12 @@ class Core:
             flat: list[Arg] = [width]
             for _, args in call:
                 flat.extend(args)
-            results = await self._call("job_submit_many", [self.keys.counts], flat)
+            try:
+                results = await self._call("job_submit_many", [self.keys.counts], flat)
+            except Exception as exc:  # this call's jobs share its failure; the others stand
+                for index, _ in call:
+                    answers[index] = exc
+                continue
             for (index, _), result in zip(call, results, strict=True):
                 job_id, trace = named[index]
                 answers[index] = burst_item(job_id, trace, result)

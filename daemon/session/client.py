@@ -216,9 +216,11 @@ class ClientRole(SessionBase):
         if not ready:
             return
         try:
-            answers = await self.app.core.submit_many(
+            answers: list[Submitted | Exception] = await self.app.core.submit_many(
                 [spec for _, spec, _, _ in ready], principal=self.principal,
                 max_jobs=self.app.limits.max_batch)
+        except Exception as exc:  # every job of the burst is answered with the failure
+            answers = [exc] * len(ready)
         except BaseException:
             for _, spec, _, candidate in ready:
                 self.inflight.discard(spec.job_id or "")

@@ -166,3 +166,24 @@ async def test_events_and_deliveries_of_every_job_come_back(store: Store, n: int
     await core.submit_many([spec("p", job_id=f"e{i}") for i in range(n)], principal="alice")
     from schedd.core import AssignDelivery
     assert sorted(d.job_id for d in rec.of(AssignDelivery)) == [f"e{i}" for i in range(n)]
+
+
+async def test_a_failed_call_answers_its_jobs_and_the_others_stand(store: Store) -> None:
+    from schedd.errors import StoreUnavailable
+
+    core, _rec = await make_core(store)
+
+    class FailSecond(CountingStore):
+        async def execute(self, *args: Any) -> Any:
+            if args[0] == "FCALL" and "many" in str(args[1]):
+                self.calls.append("job_submit_many")
+                if len(self.calls) == 2:
+                    raise StoreUnavailable("gone")
+            return await self._store.execute(*args)
+
+    core.store = FailSecond(store)  # type: ignore[assignment]
+    answers = await core.submit_many([spec("p", job_id=f"f{i}") for i in range(5)],
+                                     principal="alice", max_jobs=2)
+    assert [type(a).__name__ for a in answers] == \
+        ["Submitted", "Submitted", "StoreUnavailable", "StoreUnavailable", "Submitted"]
+    assert await store.execute("EXISTS", Keys("t").job("f2")) == 0

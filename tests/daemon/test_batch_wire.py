@@ -172,3 +172,24 @@ async def test_closed_right_after_its_array_every_job_is_stored_once(
             assert job is not None and job.state == "queued"
         ns = Keys(d.app.config.schedd.namespace)
         assert int(await d.app.store.execute("HGET", ns.counts, "seq")) == 50
+
+
+async def test_a_store_failure_answers_every_job_of_the_burst(
+        store_url: str, transport: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from schedd.errors import StoreUnavailable
+
+    async with running_daemon(store_url, tmp_path=tmp_path, **TWO) as d:
+        alice, _, _ = await connect(d, transport, "alice-secret")
+
+        async def unavailable(*_: Any, **__: Any) -> Any:
+            raise StoreUnavailable("the store went away")
+
+        monkeypatch.setattr(d.app.core, "_call", unavailable)
+        await alice.send(orjson.dumps([submit(f"u{i}", f"u{i}") for i in range(5)]))
+        got, _ = await receive(alice, 5)
+        assert sorted(m.ref for m in got if isinstance(m, p.Error)
+                      and m.code == p.E_UNAVAILABLE) == [f"u{i}" for i in range(5)]
+        await alice.send(p.encode(p.Ping(ref="after")))
+        (pong,), _ = await receive(alice, 1)
+        assert isinstance(pong, p.Pong)  # the connection goes on
