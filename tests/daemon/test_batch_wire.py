@@ -188,7 +188,7 @@ async def test_a_store_failure_answers_every_job_of_the_burst(
         monkeypatch.setattr(d.app.core, "_call", unavailable)
         await alice.send(orjson.dumps([submit(f"u{i}", f"u{i}") for i in range(5)]))
         got, _ = await receive(alice, 5)
-        assert sorted(m.ref for m in got if isinstance(m, p.Error)
+        assert sorted(m.ref or "" for m in got if isinstance(m, p.Error)
                       and m.code == p.E_UNAVAILABLE) == [f"u{i}" for i in range(5)]
         await alice.send(p.encode(p.Ping(ref="after")))
         (pong,), _ = await receive(alice, 1)
