@@ -193,3 +193,14 @@ async def test_a_store_failure_answers_every_job_of_the_burst(
         await alice.send(p.encode(p.Ping(ref="after")))
         (pong,), _ = await receive(alice, 1)
         assert isinstance(pong, p.Pong)  # the connection goes on
+
+
+async def test_each_element_counts_toward_the_message_rate(
+        store_url: str, transport: str, tmp_path: object) -> None:
+    async with running_daemon(store_url, "[limits]\nmax_messages_per_second = 5\n",
+                              tmp_path=tmp_path, **TWO) as d:
+        alice, _, _ = await connect(d, transport, "alice-secret")
+        await alice.send(orjson.dumps([{"type": "ping", "ref": f"p{i}"} for i in range(8)]))
+        got, _ = await receive(alice, 8)
+        assert sum(isinstance(m, p.Pong) for m in got) <= 6  # a second's worth, and a refill
+        assert sum(isinstance(m, p.Error) and m.code == p.E_RATE for m in got) >= 2
