@@ -73,15 +73,14 @@ class ClientRole(SessionBase):
             if self._submits == 0:
                 self._submits_idle.set()
 
-    def _may_submit(self, m: p.Submit, more: int = 0) -> bool:
-        """Whether the connection may submit now (``more``: submits of its burst before this
-        one); if not, the submit is answered here."""
+    def _may_submit(self, m: p.Submit) -> bool:
+        """Whether the connection may submit now; if not, the submit is answered here."""
         if not self.app.accepting:
             self._error(p.E_SHUTTING_DOWN, "this daemon is shutting down; submit to another "
                         "instance", ref=m.ref, job_id=m.job_id)
             return False
         limit = self.app.limits.max_inflight_submits
-        if len(self.inflight) + more >= limit:
+        if len(self.inflight) >= limit:
             self._error(p.E_INFLIGHT, f"{limit} submits of this connection are still unfinished",
                         ref=m.ref, job_id=m.job_id)
             return False
@@ -201,7 +200,7 @@ class ClientRole(SessionBase):
     async def _store_burst(self, run: list[p.Submit]) -> None:
         ready: list[tuple[p.Submit, JobSpec, list[str], Any]] = []
         for m in run:
-            if not self._may_submit(m, len(ready)):
+            if not self._may_submit(m):  # the burst's jobs before it are in inflight already
                 continue
             job_id = m.job_id or new_id("job")
             try:

@@ -204,3 +204,16 @@ async def test_each_element_counts_toward_the_message_rate(
         got, _ = await receive(alice, 8)
         assert sum(isinstance(m, p.Pong) for m in got) <= 6  # a second's worth, and a refill
         assert sum(isinstance(m, p.Error) and m.code == p.E_RATE for m in got) >= 2
+
+
+async def test_the_in_flight_limit_counts_each_job_of_a_burst(
+        store_url: str, transport: str, tmp_path: object) -> None:
+    async with running_daemon(store_url, "[limits]\nmax_inflight_submits = 3\n",
+                              tmp_path=tmp_path, **TWO) as d:
+        alice, _, _ = await connect(d, transport, "alice-secret")
+        await alice.send(orjson.dumps([submit(f"i{i}", f"i{i}") for i in range(5)]))
+        got, _ = await receive(alice, 5)
+        answers = by_ref(got)
+        assert [type(answers[f"i{i}"]).__name__ for i in range(5)] == \
+            ["Accepted"] * 3 + ["Error"] * 2
+        assert {m.code for m in got if isinstance(m, p.Error)} == {p.E_INFLIGHT}
