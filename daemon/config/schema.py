@@ -252,6 +252,10 @@ class LimitsSection:
     max_messages_per_second: int = setting(
         2000, "messages per second per connection before it is throttled", _at_least(1)
     )
+    max_batch: int = setting(
+        256, "most messages one array frame may hold; a client's run of plain submits is "
+        "stored with one script call per this many", _between(1, 4096)
+    )
     # Admission (schedd.admission): checked when a connection is accepted, before any work on it
     max_connections: int = setting(20000, "open connections in all; more are refused at accept",
                                    _at_least(1))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,9 +37,8 @@ from schedd.core.model import (
     decode_delivery,
     decode_event,
 )
-from schedd.errors import BadArgument, BadDelay, BadTtl
-from schedd.protocol import MAX_SECONDS
-from schedd.protocol.tracecontext import new_traceparent
+from schedd.core.submits import attachment_args, burst_calls, burst_item, submit_args, submitted
+from schedd.errors import BadArgument
 from schedd.store.base import Arg, Store
 from schedd.store.keys import Keys, order_id
 from schedd.store.scripts import Scripts
@@ -53,26 +51,6 @@ EventHandler = Callable[[Event], None]
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
-
-
-def _lifecycle(spec: JobSpec, s: CoreSettings) -> tuple[int, str, int]:
-    """A submit's wait before placement (ms, 0: none), its backoff ('<base ms> <cap ms>') and
-    its retention (ms), checked against the configured bounds."""
-    if spec.delay is not None and spec.not_before is not None:
-        raise BadDelay("give delay or not_before, not both")
-    wait = spec.delay if spec.delay is not None else 0.0
-    if spec.not_before is not None:
-        wait = spec.not_before - time.time()  # read against this host's clock
-    if not math.isfinite(wait) or wait > s.max_delay:
-        raise BadDelay(f"the job would wait {wait:.0f} s; at most {s.max_delay:.0f} s (max_delay)")
-    base = spec.backoff_base if spec.backoff_base is not None else s.backoff_base
-    cap = spec.backoff_max if spec.backoff_max is not None else max(s.backoff_max, base)
-    if not (0 < base <= cap <= MAX_SECONDS):
-        raise BadArgument(f"backoff_base ({base} s) must be > 0 and at most backoff_max ({cap} s)")
-    ttl = spec.result_ttl if spec.result_ttl is not None else s.retention
-    if spec.result_ttl is not None and not 0 <= ttl <= s.max_result_ttl:
-        raise BadTtl(f"result_ttl must be between 0 and {s.max_result_ttl:.0f} s (max_result_ttl)")
-    return (round(wait * 1000) if wait > 0 else 0), f"{_ms(base)} {_ms(cap)}", _ms(ttl)
 
 
 def _text(value: bytes | str | None) -> str:
@@ -298,61 +276,48 @@ class Core:
         ``spec.seq`` the job joins the ordered session ``spec.session_id`` of ``principal``
         (:class:`~schedd.errors.DuplicateSeq` when the seq is taken), whose results now come to
         this instance."""
-        if not spec.pools and not spec.stages_json:
-            raise BadArgument("a job needs at least one candidate pool")
-        if spec.seq is not None and not spec.session_id:
-            raise BadArgument("a seq needs a session_id (the ordered session it belongs to)")
-        s = self.settings
-        wait, backoff, retain = _lifecycle(spec, s)
-        job_id = spec.job_id or new_id("job")
-        if "//" in job_id:  # a pipeline's stages are jobs '<pipeline id>//<stage>'
-            raise BadArgument(f"job id {job_id!r} may not contain '//'")
-        trace = spec.trace or new_traceparent()  # every job has a trace context
-        status, state, attempt, done, *rest = await self._call(
-            "job_submit",
-            [self.keys.job(job_id), self.keys.counts],
-            [
-                principal,
-                job_id,
-                orjson.dumps(list(spec.pools)),
-                spec.payload_json,
-                spec.session_id or "",
-                spec.priority,
-                orjson.dumps(list(spec.services)),
-                _ms(spec.ack_timeout or s.ack_timeout),
-                _ms(spec.run_timeout or s.run_timeout),
-                _ms(spec.queue_timeout or s.queue_timeout),
-                spec.max_attempts or s.max_attempts,
-                "1" if s.queue else "0",
-                s.max_queued,
-                retain,
-                _ms(s.session_ttl),
-                s.max_created_pools,
-                trace,
-                *s.limits_of(principal).script_args(),
-                wait,
-                backoff,
-                "1" if spec.keep_payload or s.keep_payload else "0",
-                f"{s.retain_count} {s.retain_bytes}",
-                spec.stages_json,
-                "1" if spec.fail_fast else "0",
-                "" if spec.seq is None else spec.seq,
-                _ms(spec.gap_timeout or s.session_gap_timeout),
-                repr(float(s.weights.get(principal, 1.0))),
-                spec.cost,
-                *_attachment_args(spec.attachments),
-            ],
-        )
-        done_msg = decode_delivery(done) if done else None
-        return Submitted(
-            job_id=job_id,
-            state=_text(state),
-            attempt=int(attempt),
-            duplicate=_text(status) == "duplicate",
-            done=done_msg if isinstance(done_msg, DoneDelivery) else None,
-            follows=int(rest[0]) if rest else 0,
-            trace=_text(rest[1]) if len(rest) > 1 else trace,
-        )
+        job_id, trace, args = submit_args(spec, self.settings, principal)
+        result = await self._call("job_submit", [self.keys.job(job_id), self.keys.counts], args)
+        return submitted(job_id, trace, result)
+
+    async def submit_many(self, specs: Sequence[JobSpec], *, principal: str = "",
+                          max_jobs: int = 256) -> list[Submitted | Exception]:
+        """Accept several jobs of one principal, each exactly as :meth:`submit` would, in one
+        ``job_submit_many`` call per ``max_jobs`` jobs (and per about 1 MiB of arguments).
+        Answered per job, in order: its :class:`Submitted`, or the exception :meth:`submit`
+        would have raised for it (a refused job is refused alone; the others proceed). A call
+        that fails (the store unreachable...) is the answer of each of its jobs, which may or
+        may not be stored, as for a failed :meth:`submit`. A job with attachments is refused
+        (:class:`~schedd.errors.BadArgument`): it goes alone."""
+        answers: list[Submitted | Exception | None] = [None] * len(specs)
+        prepared: list[tuple[int, list[Arg]]] = []
+        named: dict[int, tuple[str, str]] = {}
+        for index, spec in enumerate(specs):
+            if spec.attachments:
+                answers[index] = BadArgument("a job with attachments is submitted alone")
+                continue
+            try:
+                job_id, trace, args = submit_args(spec, self.settings, principal)
+            except BadArgument as exc:  # BadDelay, BadTtl too
+                answers[index] = exc
+                continue
+            named[index] = (job_id, trace)
+            prepared.append((index, args))
+        for call in burst_calls(prepared, max_jobs):
+            width = len(call[0][1])
+            flat: list[Arg] = [width]
+            for _, args in call:
+                flat.extend(args)
+            try:
+                results = await self._call("job_submit_many", [self.keys.counts], flat)
+            except Exception as exc:  # this call's jobs share its failure; the others stand
+                for index, _ in call:
+                    answers[index] = exc
+                continue
+            for (index, _), result in zip(call, results, strict=True):
+                job_id, trace = named[index]
+                answers[index] = burst_item(job_id, trace, result)
+        return [answer for answer in answers if answer is not None]
 
     async def accept(self, job_id: str, *, node_id: str, attempt: int) -> bool:
         """Attempt ``attempt`` runs; returns False if it was already accepted."""
@@ -412,7 +377,7 @@ class Core:
             args += ["1", repr(self.draw() if draw is None else draw)] if failed_retryably \
                 else ["", ""]
         if attachments:
-            args += _attachment_args(attachments)
+            args += attachment_args(attachments)
         state, status = await self._call("job_result", [self.keys.job(job_id)], args)
         return _text(state), _text(status) == "duplicate"
 
@@ -569,13 +534,3 @@ class Core:
             [job_id, node_id, epoch, attempt, reason],
         )
         return _text(status), _text(state)
-
-
-def _attachment_args(attachments: Sequence[tuple[str, str, bytes]]) -> list[Arg]:
-    """A script's attachment arguments: their list as JSON ('' for none), then each one's
-    bytes."""
-    if not attachments:
-        return [""]
-    specs = [{"name": name, "size": len(data), "media_type": media}
-             for name, media, data in attachments]
-    return [orjson.dumps(specs), *(data for _, _, data in attachments)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from schedd.protocol.codec import (
     E_ATTACHMENT,
     E_AUTH,
+    E_BAD_BATCH,
     E_BAD_FIELD,
     E_DETACHED,
     E_FORBIDDEN,
@@ -27,8 +28,13 @@ from schedd.protocol.codec import (
     E_UNKNOWN_TYPE,
     E_VERSION,
     ERROR_CODES,
+    BatchElement,
+    BatchItemError,
     decode,
     encode,
+    encode_batch,
+    is_batch,
+    split_batch,
 )
 from schedd.protocol.framing import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, encode_frame
 from schedd.protocol.messages import (
@@ -108,6 +114,7 @@ __all__ = [
     "ERROR_CODES",
     "E_ATTACHMENT",
     "E_AUTH",
+    "E_BAD_BATCH",
     "E_BAD_FIELD",
     "E_DETACHED",
     "E_FORBIDDEN",
@@ -149,6 +156,8 @@ __all__ = [
     "Answer",
     "Assign",
     "Attachment",
+    "BatchElement",
+    "BatchItemError",
     "Cancel",
     "Done",
     "Drain",
@@ -185,9 +194,12 @@ __all__ = [
     "Welcome",
     "decode",
     "encode",
+    "encode_batch",
     "encode_frame",
+    "is_batch",
     "join_trace",
     "new_traceparent",
+    "split_batch",
     "split_trace",
     "trace_id",
 ]

@@ -53,19 +53,23 @@ from schedd.protocol.messages import (
     MESSAGE_TYPES,
     Assign,
     Done,
+    Error,
     Heartbeat,
+    Hello,
     InvalidField,
     Job,
     Message,
     Query,
     Result,
     Submit,
+    Welcome,
 )
 
 __all__ = [
     "ERROR_CODES",
     "E_ATTACHMENT",
     "E_AUTH",
+    "E_BAD_BATCH",
     "E_BAD_FIELD",
     "E_DETACHED",
     "E_FORBIDDEN",
@@ -80,9 +84,14 @@ __all__ = [
     "E_UNAVAILABLE",
     "E_UNKNOWN_TYPE",
     "E_VERSION",
+    "BatchElement",
+    "BatchItemError",
     "converter",
     "decode",
     "encode",
+    "encode_batch",
+    "is_batch",
+    "split_batch",
 ]
 
 # Codes of the protocol layer itself.
@@ -92,6 +101,7 @@ E_BAD_FIELD: Final = "E_BAD_FIELD"
 E_TOO_LARGE: Final = "E_TOO_LARGE"
 E_VERSION: Final = "E_VERSION"
 E_ATTACHMENT: Final = "E_ATTACHMENT"
+E_BAD_BATCH: Final = "E_BAD_BATCH"
 # Codes the daemon's connection handling sends.
 E_AUTH: Final = "E_AUTH"
 E_ROLE: Final = "E_ROLE"
@@ -118,6 +128,9 @@ ERROR_CODES: Final[dict[str, str]] = {
     E_ATTACHMENT: "the attachment frames do not match the message that declares them (fewer "
     "frames than declared before the next message, a size other than declared, or a binary "
     "frame no message declared); the connection is closed",
+    E_BAD_BATCH: "an array frame is empty, holds more messages than the welcome's `max_batch`, "
+    "is not valid JSON (the whole frame is refused), or one of its elements is not a JSON "
+    "object or declares attachments (that element alone is refused, the others are handled)",
     # Connection: the message is well-formed but not allowed here.
     E_AUTH: "the `hello` token is missing or not accepted; the connection is closed",
     E_ROLE: "this message is not allowed for the connection's role or at this point "
@@ -270,6 +283,8 @@ _OMITTED_WHEN_DEFAULT: Final[dict[type[Any], tuple[str, ...]]] = {
     Result: ("attachments",),
     Done: ("attachments", "session_id", "seq"),
     Job: ("attachments",),
+    Hello: ("batch",),
+    Welcome: ("max_batch",),
 }
 
 
@@ -378,3 +393,98 @@ def decode(data: bytes | bytearray | memoryview | str) -> Message:
     except Exception as exc:  # a validator or cattrs bug must still not escape as a crash
         raise ProtocolError(E_BAD_FIELD, f"{tag}: {exc}") from None
     return message
+
+
+# --------------------------------------------------------------------------------------------
+# Array frames: one frame holding a JSON array of messages (docs/protocol.md, "Array frames").
+# Each element is handed on as the bytes of one message, to go the path a frame of its own
+# goes; a single message's frame never comes here.
+# --------------------------------------------------------------------------------------------
+
+
+class BatchItemError(ProtocolError):
+    """One element of an array frame is refused (``E_BAD_BATCH``); the others are handled.
+    ``ref`` and ``job_id`` are the element's, when it is an object that has them."""
+
+    def __init__(self, message: str, ref: str | None = None, job_id: str | None = None) -> None:
+        super().__init__(E_BAD_BATCH, message)
+        self.ref = ref
+        self.job_id = job_id
+
+
+class BatchElement:
+    """One message of an array frame: ``data``, the JSON bytes of its object (a plain
+    ``bytes``, as a frame's)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def names(self) -> tuple[str | None, str | None]:
+        """Its ``ref`` and ``job_id``, when valid ones: what an error about it names."""
+        obj = orjson.loads(self.data)
+        ref, job_id = obj.get("ref"), obj.get("job_id")
+        return (ref if _valid_name("ref", ref) else None,
+                job_id if _valid_name("job_id", job_id) else None)
+
+
+def _valid_name(field: str, value: object) -> bool:
+    try:
+        Error(code=E_BAD_BATCH, **{field: value})  # type: ignore[arg-type]
+    except Exception:
+        return False
+    return True
+
+
+def is_batch(data: bytes | bytearray | memoryview | str) -> bool:
+    """Whether a frame holds an array (its first non-blank character is ``[``)."""
+    head = data[:64]
+    if isinstance(head, memoryview):
+        head = head.tobytes()
+    head = head.lstrip()
+    return head[:1] in (b"[", "[")
+
+
+def _item_error(message: str, obj: dict[str, Any] | None = None) -> BatchItemError:
+    """The refusal of one element, with its ``ref`` and ``job_id`` when they are valid ones."""
+    if obj is None:
+        return BatchItemError(message)
+    return BatchItemError(message, *BatchElement(orjson.dumps(obj)).names())
+
+
+def split_batch(data: bytes | bytearray | memoryview | str, max_batch: int,
+                ) -> list[BatchElement | BatchItemError]:
+    """The messages of an array frame, each as the JSON bytes of one message, in order; an
+    element that may not be in an array is a :class:`BatchItemError` in its place. Raises
+    :class:`~schedd.errors.ProtocolError` (``E_BAD_BATCH``) when the frame is refused whole:
+    not valid JSON, empty, or longer than ``max_batch``."""
+    try:
+        items = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(E_BAD_BATCH, f"an array frame that is not valid JSON: {exc}") from None
+    if items.__class__ is not list:
+        raise ProtocolError(E_BAD_BATCH,
+                            f"an array frame holds a JSON array, not {_json_type(items)}")
+    if not items:
+        raise ProtocolError(E_BAD_BATCH, "an array frame holds at least one message")
+    if len(items) > max_batch:
+        raise ProtocolError(E_BAD_BATCH, f"an array frame holds at most {max_batch} messages "
+                            f"(max_batch); this one has {len(items)}")
+    out: list[BatchElement | BatchItemError] = []
+    for index, obj in enumerate(items):
+        if obj.__class__ is not dict:
+            out.append(_item_error(f"element {index} of the array frame is {_json_type(obj)}, "
+                                   "not a message (a JSON object)"))
+        elif obj.get("attachments"):
+            out.append(_item_error(
+                f"element {index} of the array frame declares attachments: a message with "
+                "attachments goes in a frame of its own, its attachment frames after it", obj))
+        else:
+            out.append(BatchElement(orjson.dumps(obj)))
+    return out
+
+
+def encode_batch(messages: list[bytes]) -> bytes:
+    """Encoded messages (:func:`encode`'s bytes) as one array frame."""
+    return b"[" + b",".join(messages) + b"]"

@@ -175,6 +175,8 @@ class Hello:
     version: int = attrs.field(validator=_int(0))
     token: str | None = attrs.field(default=None, validator=_opt_text)
     name: str | None = attrs.field(default=None, validator=_opt_name)
+    #: the peer reads array frames (several messages in one frame); left out when false
+    batch: bool = attrs.field(default=False, validator=_bool)
     ref: str | None = _ref()
 
 
@@ -189,6 +191,9 @@ class Welcome:
     version: int = attrs.field(validator=_int(0))
     heartbeat_interval: float = attrs.field(validator=_float(positive=True))
     principal: str = attrs.field(validator=_name)
+    #: most messages one array frame may hold (``[limits] max_batch``); sent only to a peer
+    #: whose ``hello`` said ``batch`` (0, left out, otherwise)
+    max_batch: int = attrs.field(default=0, validator=_int(0))
     ref: str | None = _ref()
 
 

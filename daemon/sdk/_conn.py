@@ -37,7 +37,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import anyio
 import attrs
@@ -45,6 +45,7 @@ import attrs
 from schedd.errors import ProtocolError, SchedError
 from schedd.protocol import (
     PROTOCOL_VERSION,
+    BatchElement,
     Error,
     Hello,
     Message,
@@ -54,10 +55,14 @@ from schedd.protocol import (
     Welcome,
     decode,
     encode,
+    encode_batch,
+    is_batch,
+    split_batch,
 )
 from schedd.protocol.attachments import (
     SDK_MAX_ATTACHMENT,
     AttachmentError,
+    Blob,
     Collector,
     declared,
     message_frames,
@@ -80,6 +85,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ARRAY_BYTES: Final = 1 << 18
+"""Most bytes of messages one array frame sent carries (below any daemon's ``max_frame``)."""
+_MAX_ARRAY: Final = 1 << 16
+"""Most messages of an array frame read (the daemon packs far fewer)."""
 
 FATAL_HELLO_CODES: Final[frozenset[str]] = frozenset(
     {"E_AUTH", "E_VERSION", "E_BAD_FIELD", "E_ROLE", "E_MALFORMED", "E_UNKNOWN_TYPE"}
@@ -235,20 +245,12 @@ class Link:
             raise LinkLost(f"connection to {self.url} lost: {exc}") from exc
 
     async def send_all(self, messages: Sequence[tuple[Message, Sequence[bytes]]]) -> None:
-        """Send ``messages`` in order, each with the bytes of the attachments it declares right
-        behind it, in one write of the channel (``send_many``); :class:`LinkLost` if the
-        connection is gone."""
-        if self._closed:
-            raise LinkLost(f"connection to {self.url} is closed")
-        frames: list[bytes] = []
-        for message, data in messages:
-            frames += message_frames(message, data) if data else [encode(message)]
-        try:
-            async with self._send_lock:
-                await self._channel.send_many(frames)
-        except (ChannelClosed, *BROKEN, OSError) as exc:
-            await self.aclose()
-            raise LinkLost(f"connection to {self.url} lost: {exc}") from exc
+        """Send ``messages`` in order in one write of the channel (``send_many``): in array
+        frames as :meth:`request_many` sends them, except a message with attachments, which
+        goes in a frame of its own with the bytes of its attachments right behind it;
+        :class:`LinkLost` if the connection is gone."""
+        await self._send_frames([encode(message) if not data else message_frames(message, data)
+                                 for message, data in messages], self.welcome.max_batch)
 
     async def request(self, message: Message, expect: type[_M],
                       data: Sequence[bytes] = (), *,
@@ -287,6 +289,64 @@ class Link:
             self._waiters.pop(ref, None)
         if isinstance(waiter.reply, Error):
             raise RequestFailed.from_error(waiter.reply)
+
+    async def request_many(self, messages: Sequence[Message], expect: type[_M],
+                           ) -> list[_M | RequestFailed]:
+        """Send ``messages`` (none with attachments), each with a fresh ``ref``, in array frames
+        of at most the welcome's ``max_batch`` messages and ARRAY_BYTES (one message per frame
+        to a daemon that gave none), and return each one's reply of type ``expect``, or its
+        refusal, in order. Raises :class:`LinkLost` if the connection ends before every
+        reply."""
+        refs = [self.next_ref() for _ in messages]
+        waiters = [self._waiters.setdefault(ref, _Waiter()) for ref in refs]
+        try:
+            frames = [encode(attrs.evolve(message, ref=ref))
+                      for message, ref in zip(messages, refs, strict=True)]
+            await self._send_frames(frames, self.welcome.max_batch)
+            for waiter in waiters:
+                await waiter.event.wait()
+        finally:
+            for ref in refs:
+                self._waiters.pop(ref, None)
+        replies: list[_M | RequestFailed] = []
+        for waiter in waiters:
+            try:
+                replies.append(self._reply(waiter, expect))
+            except RequestFailed as exc:
+                replies.append(exc)
+        return replies
+
+    async def _send_frames(self, frames: Sequence[bytes | list[bytes]], max_batch: int) -> None:
+        """Encoded messages as array frames (``max_batch`` > 1) or one frame each, in order; a
+        list is a message with its attachment frames, sent as they are between arrays."""
+        if self._closed:
+            raise LinkLost(f"connection to {self.url} is closed")
+        out: list[bytes] = []
+        run: list[bytes] = []
+        size = 0
+        for frame in frames:
+            if isinstance(frame, list):
+                if run:
+                    out.append(encode_batch(run) if len(run) > 1 else run[0])
+                    run, size = [], 0
+                out += frame
+                continue
+            if max_batch < 2:
+                out.append(frame)
+                continue
+            if run and (len(run) >= max_batch or size + len(frame) > ARRAY_BYTES):
+                out.append(encode_batch(run) if len(run) > 1 else run[0])
+                run, size = [], 0
+            run.append(frame)
+            size += len(frame) + 1
+        if run:
+            out.append(encode_batch(run) if len(run) > 1 else run[0])
+        try:
+            async with self._send_lock:
+                await self._channel.send_many(out)
+        except (ChannelClosed, *BROKEN, OSError) as exc:
+            await self.aclose()
+            raise LinkLost(f"connection to {self.url} lost: {exc}") from exc
 
     def _reply(self, waiter: _Waiter, expect: type[_M]) -> _M:
         reply = waiter.reply
@@ -346,25 +406,45 @@ class Link:
                 # The transport lost the framing (E_TOO_LARGE...): the stream cannot be trusted.
                 log.warning("connection to %s: %s; closing it", self.url, exc)
                 return
-            try:
-                message = self._complete(data)
-            except AttachmentError as exc:
-                log.warning("connection to %s: %s; closing it", self.url, exc)
-                return
-            except ProtocolError as exc:
-                log.warning("connection to %s: skipping an unreadable message: %s", self.url, exc)
-                continue
-            if message is None:
-                continue  # its attachments are still to come
-            try:
-                await self._dispatch(message, on_message)
-            except LinkLost:
-                return
-            except Exception:
-                log.exception("connection to %s: handling %s failed", self.url, message.TYPE)
-            finally:
-                if message.ref is None:  # a reply's bytes are its requester's to take
-                    self._attached.pop(id(message), None)
+            if not self._collector.waiting and not isinstance(data, Blob) and is_batch(data):
+                try:  # an array frame: its messages, each as if it came in a frame of its own
+                    items: list[Any] = split_batch(data, _MAX_ARRAY)
+                except ProtocolError as exc:
+                    log.warning("connection to %s: skipping an unreadable array: %s", self.url,
+                                exc)
+                    continue
+            else:
+                items = [data]
+            for item in items:
+                if not await self._read_one(item, on_message):
+                    return
+
+    async def _read_one(self, data: bytes | str | BatchElement | ProtocolError,
+                        on_message: OnMessage) -> bool:
+        """Handle one frame or array element; False when the connection must end."""
+        if isinstance(data, ProtocolError):  # an element that is no message
+            log.warning("connection to %s: skipping an unreadable message: %s", self.url, data)
+            return True
+        try:
+            message = self._complete(data.data if isinstance(data, BatchElement) else data)
+        except AttachmentError as exc:
+            log.warning("connection to %s: %s; closing it", self.url, exc)
+            return False
+        except ProtocolError as exc:
+            log.warning("connection to %s: skipping an unreadable message: %s", self.url, exc)
+            return True
+        if message is None:
+            return True  # its attachments are still to come
+        try:
+            await self._dispatch(message, on_message)
+        except LinkLost:
+            return False
+        except Exception:
+            log.exception("connection to %s: handling %s failed", self.url, message.TYPE)
+        finally:
+            if message.ref is None:  # a reply's bytes are its requester's to take
+                self._attached.pop(id(message), None)
+        return True
 
     def _complete(self, data: bytes | str) -> Message | None:
         """The message ``data`` completes (with its attachments), or None while its
@@ -424,7 +504,9 @@ class Dialer:
             raise ValueError(f"connect_timeout must be a number > 0, not {connect_timeout}")
         self.connect_timeout = connect_timeout
         # Built now so that a bad token or name fails at construction, not at the first dial.
-        self._hello = Hello(role=role, version=PROTOCOL_VERSION, token=token, name=name)
+        # batch: this SDK reads array frames (the daemon may pack what it sends at once)
+        self._hello = Hello(role=role, version=PROTOCOL_VERSION, token=token, name=name,
+                            batch=True)
         self._index = 0
 
     @property

@@ -27,7 +27,7 @@ Rules of this module:
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
 from functools import partial
@@ -228,6 +228,12 @@ class BlockingClient:
         :meth:`schedd.sdk.Client.submit`'s keyword arguments (``pools``, ``job_id``,
         ``traceparent``...), passed on as they are, so the two clients take the same."""
         return BlockingJobHandle(self, self._call(partial(self._client.submit, payload, **options)))
+
+    def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[BlockingJobHandle]:
+        """Submit several jobs at once; a handle per job, in order (see
+        :meth:`schedd.sdk.Client.submit_many`: a refused job's ``result()`` raises)."""
+        handles = self._call(partial(self._client.submit_many, jobs))
+        return [BlockingJobHandle(self, handle) for handle in handles]
 
     def status(self, job_id: str) -> Job:
         """A snapshot of the job (``E_NO_JOB``, ``E_NOT_YOURS`` raise :class:`RequestFailed`)."""

@@ -50,7 +50,6 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -63,7 +62,6 @@ import anyio.lowlevel
 from schedd.protocol import (
     E_DETACHED,
     E_SHUTTING_DOWN,
-    E_TOO_LARGE,
     E_UNAVAILABLE,
     Accepted,
     Acted,
@@ -95,9 +93,10 @@ from schedd.sdk._conn import (
     RequestFailed,
     reraise_sole,
 )
+from schedd.sdk._submits import acknowledge, submit_many, submit_message
 from schedd.sdk._upkeep import submit_paced, watch_lost
 from schedd.sdk.handle import JobHandle, JobLost
-from schedd.sdk.job import Attachments, attachment_items, over_limits
+from schedd.sdk.job import Attachments
 from schedd.sdk.session import E_SKIPPED, OrderedSession
 
 __all__ = ["E_CLIENT_CLOSED", "E_SKIPPED", "Client", "JobHandle", "JobLost", "OrderedSession",
@@ -269,23 +268,15 @@ class Client:
         done comes after every lower seq's, to its handle and to :meth:`session`'s stream.
         ``gap_timeout``: seconds a missing lower seq may hold the session's results.
         """
-        specs, blobs = attachment_items(attachments)
-        too_large = over_limits(blobs, self.max_attachment, self.max_attachments)
-        if too_large:
-            raise RequestFailed(E_TOO_LARGE, too_large, job_id=job_id)
-        if seq is not None and session_id is not None:
-            self.session(session_id)
-        message = Submit(
-            job_id=job_id if job_id is not None else uuid.uuid4().hex, pools=list(pools),
-            requirements=dict(requirements or {}), services=list(services),
-            stages=[dict(stage) for stage in stages] if stages is not None else None,
-            payload=payload, session_id=session_id, priority=priority, ack_timeout=ack_timeout,
-            run_timeout=run_timeout, queue_timeout=queue_timeout, max_attempts=max_attempts,
-            traceparent=traceparent, tracestate=tracestate, delay=delay, not_before=not_before,
-            backoff_base=backoff_base, backoff_max=backoff_max, result_ttl=result_ttl,
-            keep_payload=keep_payload, fail_fast=fail_fast, seq=seq, gap_timeout=gap_timeout,
-            cost=cost, attachments=specs,
-        )
+        message, blobs = submit_message(
+            self, job_id=job_id, pools=pools, requirements=requirements, services=services,
+            stages=stages, payload=payload, session_id=session_id, priority=priority,
+            ack_timeout=ack_timeout, run_timeout=run_timeout, queue_timeout=queue_timeout,
+            max_attempts=max_attempts, traceparent=traceparent, tracestate=tracestate,
+            delay=delay, not_before=not_before, backoff_base=backoff_base,
+            backoff_max=backoff_max, result_ttl=result_ttl, keep_payload=keep_payload,
+            fail_fast=fail_fast, seq=seq, gap_timeout=gap_timeout, cost=cost,
+            attachments=attachments)
         assert message.job_id is not None
         handle, created = self._handle(message.job_id)
         try:
@@ -295,14 +286,16 @@ class Client:
             if created and not handle._acknowledged:
                 self._forget(handle)
             raise
-        if not handle.finished:
-            handle.state = accepted.state
-        handle.duplicate = accepted.duplicate
-        handle.traceparent, handle.tracestate = accepted.traceparent, accepted.tracestate
-        handle._acknowledged = True
-        if seq is not None:
-            handle._session, handle._seq = session_id, seq
-        return handle
+        return acknowledge(handle, accepted, message)
+
+    async def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[JobHandle]:
+        """Submit several jobs at once: each mapping holds :meth:`submit`'s keyword arguments
+        (``payload`` among them). They go in array frames of the daemon's ``max_batch``, which
+        stores each frame's run of jobs with one script call. Returns a handle per job, in
+        order, once every job is answered: a job the daemon refused has a finished handle whose
+        ``result()`` raises its :class:`RequestFailed`. Raises ``ValueError`` before sending
+        anything for an argument the protocol forbids or a job with attachments."""
+        return await submit_many(self, jobs)
 
     async def status(self, job_id: str) -> Job:
         """A snapshot of the job (``E_NO_JOB``, ``E_NOT_YOURS`` raise :class:`RequestFailed`)."""

@@ -8,6 +8,7 @@ the session's own state, and reaches the instance through ``app``.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -166,6 +167,8 @@ class SessionBase:
         # messages taken from the channel ahead of their turn and handed back (see
         # NodeRole._burst_behind): the receiving loop handles them next, first to last
         self._next: list[bytes | str] = []
+        #: the messages of an array frame not yet handled (an element refused: its error)
+        self._pending: deque[p.BatchElement | p.BatchItemError] = deque()
         #: the connection's admission (schedd.admission), told how the handshake ended
         self._ticket = admission.CURRENT.get()
         #: gathers the attachment frames that follow a declaring message

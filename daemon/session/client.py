@@ -6,16 +6,19 @@ concurrently with the messages after them (see :meth:`schedd.session.Session._re
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import orjson
 import trio
 
 import schedd.protocol as p
-from schedd.core import DoneDelivery, JobFilter, JobInfo, JobSpec, new_id
+from schedd.core import DoneDelivery, JobFilter, JobInfo, JobSpec, Submitted, new_id
 from schedd.errors import ProtocolError, StoreError
 from schedd.operators import MAX_REQUEUE, RequeueFilter
 from schedd.session.base import CloseConnection, SessionBase, checked_pools, log, log_job
 from schedd.session.deliveries import done_message, job_message
+from schedd.session.errors import answer
 from schedd.session.stages import plan_stages
 from schedd.transport.channel import ChannelClosed
 
@@ -70,20 +73,33 @@ class ClientRole(SessionBase):
             if self._submits == 0:
                 self._submits_idle.set()
 
-    async def _submit(self, m: p.Submit) -> None:
+    def _may_submit(self, m: p.Submit) -> bool:
+        """Whether the connection may submit now; if not, the submit is answered here."""
         if not self.app.accepting:
             self._error(p.E_SHUTTING_DOWN, "this daemon is shutting down; submit to another "
                         "instance", ref=m.ref, job_id=m.job_id)
-            return
+            return False
         limit = self.app.limits.max_inflight_submits
         if len(self.inflight) >= limit:
             self._error(p.E_INFLIGHT, f"{limit} submits of this connection are still unfinished",
                         ref=m.ref, job_id=m.job_id)
+            return False
+        return True
+
+    async def _submit(self, m: p.Submit) -> None:
+        if not self._may_submit(m):
             return
         job_id = m.job_id or new_id("job")
         if m.stages is not None:
             await self._submit_pipeline(m, job_id)
             return
+        built = self._job_spec(m, job_id)
+        if built is not None:
+            await self._store_submit(m, job_id, *built)
+
+    def _job_spec(self, m: p.Submit, job_id: str) -> tuple[JobSpec, list[str]] | None:
+        """The core's spec of a submit without stages, and its pools; None when it names no
+        pool (answered here). Raises what the pool hook raises."""
         pools = checked_pools(
             self.app.plugins.job_pools(job_id, dict(m.requirements), list(m.pools)),
             f"job {job_id}")
@@ -91,7 +107,7 @@ class ClientRole(SessionBase):
             self._error("E_BAD_ARG", "the job names no candidate pool: give pools, or "
                         "requirements that an enabled plugin maps to pools", ref=m.ref,
                         job_id=job_id)
-            return
+            return None
         spec = JobSpec(
             pools=tuple(pools), payload_json=orjson.dumps(m.payload).decode(), job_id=job_id,
             session_id=m.session_id, priority=m.priority, services=tuple(m.services),
@@ -102,7 +118,7 @@ class ClientRole(SessionBase):
             trace=p.join_trace(m.traceparent, m.tracestate) if m.traceparent else "",
             seq=m.seq, gap_timeout=m.gap_timeout, attachments=self._attachments_of(m),
         )
-        await self._store_submit(m, job_id, spec, pools)
+        return spec, pools
 
     async def _submit_pipeline(self, m: p.Submit, job_id: str) -> None:
         """A submit with ``stages``: every stage's pools resolved and the chain checked here,
@@ -164,6 +180,84 @@ class ClientRole(SessionBase):
                 "submitted again" if sub.duplicate else "submitted", self.principal, sub.state,
                 pools)
         self.app.routes.settle(job_id, candidate, sub.follows, sub.done)
+
+    async def _submit_burst(self, run: list[p.Submit]) -> None:
+        """A run of plain submits (Session._gather), stored with one ``Core.submit_many`` call
+        per ``max_batch``; each answered as :meth:`_submit` would answer it alone, the
+        ``accepted`` replies posted together (one array frame for a peer that reads them)."""
+        try:
+            await self._store_burst(run)
+        except (CloseConnection, ChannelClosed):
+            self.close()  # as the reading loop would have ended: after what is queued
+        finally:
+            for message in run:
+                if message.job_id is not None:
+                    self._submitting.discard(message.job_id)
+            self._submits -= len(run)
+            if self._submits == 0:
+                self._submits_idle.set()
+
+    async def _store_burst(self, run: list[p.Submit]) -> None:
+        ready: list[tuple[p.Submit, JobSpec, list[str], Any]] = []
+        for m in run:
+            if not self._may_submit(m):  # the burst's jobs before it are in inflight already
+                continue
+            job_id = m.job_id or new_id("job")
+            try:
+                built = self._job_spec(m, job_id)
+            except Exception as exc:
+                self._refuse_submit(exc, m, job_id)
+                continue
+            if built is not None:
+                candidate = self.app.routes.expect(job_id, self.session)
+                self.inflight.add(job_id)
+                ready.append((m, *built, candidate))
+        if not ready:
+            return
+        try:
+            answers: list[Submitted | Exception] = await self.app.core.submit_many(
+                [spec for _, spec, _, _ in ready], principal=self.principal,
+                max_jobs=self.app.limits.max_batch)
+        except Exception as exc:  # every job of the burst is answered with the failure
+            answers = [exc] * len(ready)
+        except BaseException:
+            for _, spec, _, candidate in ready:
+                self.inflight.discard(spec.job_id or "")
+                self.app.routes.settle(spec.job_id or "", candidate, None)
+            raise
+        replies: list[p.Message] = []
+        settled: list[tuple[str, Any, Submitted]] = []
+        failed: list[tuple[Exception, p.Submit, str]] = []
+        for (m, spec, pools, candidate), sub in zip(ready, answers, strict=True):
+            job_id = spec.job_id or ""
+            if isinstance(sub, Submitted):
+                traceparent, tracestate = p.split_trace(sub.trace)
+                replies.append(p.Accepted(job_id=job_id, state=sub.state,  # type: ignore[arg-type]
+                                          duplicate=sub.duplicate, traceparent=traceparent,
+                                          tracestate=tracestate, ref=m.ref))
+                log_job(sub.trace, "job %s %s by %s: %s, pools %s", job_id,
+                        "submitted again" if sub.duplicate else "submitted", self.principal,
+                        sub.state, pools)
+                settled.append((job_id, candidate, sub))
+            else:
+                self.inflight.discard(job_id)
+                self.app.routes.settle(job_id, candidate, None)
+                failed.append((sub, m, job_id))
+        self.outbox.post_many(replies)
+        for job_id, candidate, sub in settled:
+            self.app.routes.settle(job_id, candidate, sub.follows, sub.done)
+        for refusal, m, job_id in failed:
+            self._refuse_submit(refusal, m, job_id)
+
+    def _refuse_submit(self, exc: Exception, m: p.Submit, job_id: str) -> None:
+        """Answer one submit of a burst refused with ``exc``, as Session._handle would."""
+        reply = answer(exc, m, self.role, self.peer, job_id)
+        if reply.violation:
+            self._violation(reply.code, reply.message, m.ref)
+            return
+        self._error(reply.code, reply.message, ref=m.ref, job_id=job_id)
+        if reply.close:
+            raise CloseConnection
 
     async def _cancel_job(self, m: p.Cancel) -> None:
         await self.app.core.cancel(m.job_id, principal=self.principal,

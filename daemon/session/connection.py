@@ -31,7 +31,7 @@ import trio
 import schedd.protocol as p
 from schedd.core import AssignDelivery, CancelJob, Delivery, DoneDelivery, DrainNode
 from schedd.errors import ProtocolError, StoreError
-from schedd.protocol.attachments import AttachmentError
+from schedd.protocol.attachments import AttachmentError, Blob
 from schedd.session.base import (
     MAX_VIOLATIONS,
     CloseConnection,
@@ -123,31 +123,31 @@ class Session(Handshake, NodeRole, ClientRole):
         job id already being submitted waits too. Replies to consecutive submits may come in a
         different order (they carry ``ref`` and ``job_id``); docs/protocol.md, "Order". When the
         peer closes, submits already read still finish.
+
+        An array frame is handled as its messages, each as if it had come in a frame of its own
+        (:meth:`_take`). A run of plain submits available now (the rest of an array, frames
+        already read) is stored with one script call (:meth:`_gather`,
+        docs/decisions/0025-batches.md).
         """
-        rate = self.rate
         async with trio.open_nursery() as submits:
+            held: p.Message | None = None
             try:
                 while True:
-                    raw = await self._receive()
-                    self.last_seen = now = trio.current_time()
-                    if not rate.allow(now):
-                        rate.rate = float(self.app.limits.max_messages_per_second)
-                        self._violation(p.E_RATE, "more than "
-                                        f"{self.app.limits.max_messages_per_second} "
-                                        "messages per second")
-                        continue
-                    if self._beat is not None and raw == self._beat_raw:
-                        message: p.Message = self._beat
+                    if held is not None:
+                        message, held = held, None
                     else:
-                        found = self._attachment_frame(raw)
+                        pending = self._pending
+                        found = self._take(pending.popleft() if pending else await self._receive())
                         if found is None:
                             continue
                         message = found
-                        if isinstance(message, p.Heartbeat):
-                            self._beat_raw, self._beat = raw, message
                     if isinstance(message, p.Submit) and self.role == "client":
                         if message.job_id is not None and message.job_id in self._submitting:
                             await self._submits_idle.wait()
+                        elif _plain(message):
+                            run, held = self._gather(message, submits)
+                            if len(run) > 1:
+                                continue
                         self._submit_started(message.job_id)
                         submits.start_soon(self._concurrent_submit, message)
                         continue
@@ -157,11 +157,89 @@ class Session(Handshake, NodeRole, ClientRole):
             except (CloseConnection, ChannelClosed):
                 pass  # submits already read finish (the nursery waits for them)
 
-    def _attachment_frame(self, raw: bytes | str) -> p.Message | None:
+    def _take(self, raw: bytes | str | p.BatchElement | p.BatchItemError) -> p.Message | None:
+        """One frame, or one element of an array frame: the message to handle, or None (an
+        array frame, whose elements are now pending; a violation answered; a message waiting
+        for its attachment frames). Each message counts toward the message rate."""
+        if isinstance(raw, bytes | str) and not isinstance(raw, Blob) \
+                and not self.collector.waiting and p.is_batch(raw):
+            try:
+                self._pending.extend(p.split_batch(raw, self.app.limits.max_batch))
+            except ProtocolError as exc:
+                self._violation(exc.code, exc.message)
+            return None
+        self.last_seen = now = trio.current_time()
+        rate = self.rate
+        if not rate.allow(now):
+            rate.rate = float(self.app.limits.max_messages_per_second)
+            self._violation(p.E_RATE, f"more than {self.app.limits.max_messages_per_second} "
+                            "messages per second")
+            return None
+        element: p.BatchElement | None = None
+        frame: bytes | str
+        if isinstance(raw, p.BatchElement):
+            element, frame = raw, raw.data
+        elif isinstance(raw, p.BatchItemError):
+            self._violation(raw.code, raw.message, raw.ref, raw.job_id)
+            return None
+        else:
+            frame = raw
+        if self._beat is not None and frame == self._beat_raw:
+            return self._beat
+        message = self._attachment_frame(frame, element)
+        if isinstance(message, p.Heartbeat):
+            self._beat_raw, self._beat = frame, message
+        return message
+
+    def _gather(self, first: p.Submit, submits: trio.Nursery,
+                ) -> tuple[list[p.Submit], p.Message | None]:
+        """The run of plain submits that begins with ``first``: the ones available now (the
+        rest of an array frame, frames already read), up to ``max_batch``, each naming a job
+        id not yet in the run nor being submitted. A run of two or more is started here, as
+        one ``Core.submit_many`` call; returns the run and the message after it (to handle
+        next), if one was taken."""
+        run = [first]
+        ids = {first.job_id}
+        after: p.Message | None = None
+        limit = self.app.limits.max_batch
+        try:
+            while len(run) < limit:
+                raw = self._read_now()
+                if raw is None:
+                    break
+                found = self._take(raw)
+                if found is None:
+                    continue
+                if isinstance(found, p.Submit) and _plain(found) and (
+                        found.job_id is None
+                        or (found.job_id not in ids and found.job_id not in self._submitting)):
+                    run.append(found)
+                    ids.add(found.job_id)
+                    continue
+                after = found
+                break
+        finally:  # also when the peer's violations close the connection: the run is stored
+            if len(run) > 1:
+                for message in run:
+                    self._submit_started(message.job_id)
+                submits.start_soon(self._submit_burst, run)
+        return run, after
+
+    def _read_now(self) -> bytes | str | p.BatchElement | p.BatchItemError | None:
+        """The next frame or array element if it is at hand, without waiting."""
+        if self._pending:
+            return self._pending.popleft()
+        if self._next:
+            return self._next.pop(0)
+        return self.channel.receive_nowait()
+
+    def _attachment_frame(self, raw: bytes | str, element: p.BatchElement | None = None,
+                          ) -> p.Message | None:
         """Decode what arrived: the message to handle now (the attachments it declared, if any,
         in ``attached``), or None: a violation answered, or a message waiting for its attachment
         frames (schedd.protocol.attachments). Raises CloseConnection after an ``E_ATTACHMENT``,
-        or an ``E_TOO_LARGE`` the stream cannot recover from."""
+        or an ``E_TOO_LARGE`` the stream cannot recover from. ``element``: the array frame's
+        element ``raw`` is, whose ``ref`` and ``job_id`` an error about it names."""
         collector = self.collector
         untagged = self.channel.untagged_blobs
         try:
@@ -170,6 +248,9 @@ class Session(Handshake, NodeRole, ClientRole):
             except AttachmentError:
                 raise
             except ProtocolError as exc:
+                if element is not None:  # the error names the array's element it refuses
+                    self._violation(exc.code, exc.message, *element.names())
+                    return None
                 if untagged and isinstance(raw, bytes) and raw.lstrip()[:1] != b"{":
                     collector.add(raw)  # no message declared it: E_ATTACHMENT
                 self._violation(exc.code, exc.message)
@@ -298,6 +379,11 @@ class Session(Handshake, NodeRole, ClientRole):
                     self._fetching.extend(held[index:])
                     break
                 self.deliver(delivery)
+
+
+def _plain(message: p.Submit) -> bool:
+    """A submit that may be stored in a burst: no stages, no attachments, no ordered seq."""
+    return message.stages is None and not message.attachments and message.seq is None
 
 
 #: (state, message type) -> the handler, from the state table (schedd.session.handshake)

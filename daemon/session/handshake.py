@@ -90,9 +90,11 @@ class Handshake(SessionBase):
         self.protocol = hello.version
         self.admin = self.app.plugins.is_admin(hello.role, hello.token)
         self.app.session_started(self.session)
+        max_batch = self.app.limits.max_batch if hello.batch else 0
         self.post(p.Welcome(instance=self.app.instance, version=p.PROTOCOL_VERSION,
                             heartbeat_interval=self.app.config.nodes.heartbeat_interval,
-                            principal=principal, ref=hello.ref))
+                            principal=principal, max_batch=max_batch, ref=hello.ref))
+        self.outbox.pack = max_batch  # from now on: the peer said it reads array frames
         log.debug("%s %s connected as %s", self.role, self.peer, principal)
         if self.role == "client":
             await self._list_client()

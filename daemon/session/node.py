@@ -22,6 +22,10 @@ from schedd.node_ids import node_id_allowed, refusal
 from schedd.protocol.attachments import Blob
 from schedd.session.base import SessionBase, checked_pools, log, log_job
 
+#: where a message of a node's run came from: the message handled (None), a frame read ahead of
+#: its turn, or an element of an array frame
+_Source = bytes | str | p.BatchElement | None
+
 
 class NodeRole(SessionBase):
     """The session's handlers of a node's messages (schedd.session.handshake.HANDLERS)."""
@@ -193,7 +197,7 @@ class NodeRole(SessionBase):
         log.info("node %s capabilities changed: pools now %s (epoch %s)", node_id, pools, epoch)
 
     async def _accept(self, m: p.Accept) -> None:
-        """Record the accept, with the job messages that arrived behind it (:meth:`_burst`).
+        """Record the accept, with the job messages that arrived behind it (:meth:`_job_burst`).
 
         Alone, it is one ``job_accept`` call; followed by the attempt's ``result`` alone (a job
         that took no time: the node sent both in one write), one ``job_result`` call records
@@ -205,46 +209,70 @@ class NodeRole(SessionBase):
         node_id, _ = self._need_registered(m)
         run = self._burst_behind(m)
         if len(run) > 2 or (len(run) == 2 and not _pair(m, run[1][1])):
-            await self._burst(node_id, [message for _, message in run])
+            await self._job_burst(node_id, [message for _, message in run])
             return
         if len(run) == 1:
             await self.app.core.accept(m.job_id, node_id=node_id, attempt=m.attempt)
             log_job(self.traces.get(m.job_id, ""), "job %s attempt %s running on node %s",
                     m.job_id, m.attempt, node_id)
             return
-        raw, result = run[1]
-        assert isinstance(result, p.Result) and raw is not None
+        source, result = run[1]
+        assert isinstance(result, p.Result) and source is not None
         try:
             await self._record_result(node_id, result, accepted=True)
         except Exception:
-            self._next.insert(0, raw)  # before what ended the run
+            self._hand_back(source)  # before what ended the run
             raise
 
-    def _burst_behind(self, first: p.Accept | p.Result) -> list[tuple[bytes | str | None,
+    def _burst_behind(self, first: p.Accept | p.Result) -> list[tuple[_Source,
                                                                      p.Accept | p.Result]]:
         """``first`` and the run of job messages already received behind it (no read, no
         wait): ``accept``s and ``result``s without attachments, each within the rate limit, at
-        most MAX_BURST in all. The first message that is not one of them is handed back to the
-        loop, which handles it next (or says why it cannot): the run never passes a
-        ``heartbeat``, ``progress`` or ``reject``, so messages keep their order."""
-        run: list[tuple[bytes | str | None, p.Accept | p.Result]] = [(None, first)]
+        most MAX_BURST in all; from the rest of an array frame first, then from frames already
+        read (an array frame among them is split and its elements taken in turn). The first
+        message that is not one of them is handed back to the loop, which handles it next (or
+        says why it cannot): the run never passes a ``heartbeat``, ``progress`` or ``reject``,
+        so messages keep their order."""
+        run: list[tuple[_Source, p.Accept | p.Result]] = [(None, first)]
+        pending = self._pending
         while len(run) < MAX_BURST:
-            raw: bytes | str | None = self.channel.receive_nowait()
-            if raw is None:
-                break
-            message = _decoded(raw)
+            source: _Source
+            if pending:
+                head = pending[0]
+                if not isinstance(head, p.BatchElement):
+                    break  # a refused element: the loop answers it
+                source, message = head, _decoded(head.data)
+            else:
+                raw: bytes | str | None = self.channel.receive_nowait()
+                if raw is None:
+                    break
+                if not isinstance(raw, Blob) and not self.collector.waiting and p.is_batch(raw):
+                    self._next.append(raw)  # the loop splits it (or refuses it whole)
+                    break
+                source, message = raw, _decoded(raw)
             now = trio.current_time()
             if isinstance(message, p.Accept | p.Result) \
                     and not (isinstance(message, p.Result) and message.attachments) \
                     and self.rate.allow(now):
                 self.last_seen = now
-                run.append((raw, message))
+                if source is not None and pending and source is pending[0]:
+                    pending.popleft()
+                run.append((source, message))
                 continue
-            self._next.append(raw)
+            if not (pending and source is pending[0]):
+                self._next.append(source)  # type: ignore[arg-type]
             break
         return run
 
-    async def _burst(self, node_id: str, run: list[p.Accept | p.Result]) -> None:
+    def _hand_back(self, source: _Source) -> None:
+        """Put a message taken by :meth:`_burst_behind` back in front of what the loop handles
+        next, where it came from."""
+        if isinstance(source, p.BatchElement):
+            self._pending.appendleft(source)
+        elif source is not None:
+            self._next.insert(0, source)
+
+    async def _job_burst(self, node_id: str, run: list[p.Accept | p.Result]) -> None:
         """Record a run of job messages in one ``job_result_many`` call
         (docs/decisions/0026-node-batches.md): each as its own call would record it, an
         ``accept`` followed by its ``result`` as one item. Each refused message is answered as
@@ -295,7 +323,7 @@ class NodeRole(SessionBase):
         node_id, _ = self._need_registered(m)
         run = [] if m.attachments else self._burst_behind(m)
         if len(run) > 1:
-            await self._burst(node_id, [message for _, message in run])
+            await self._job_burst(node_id, [message for _, message in run])
             return
         await self._record_result(node_id, m)
 

@@ -6,6 +6,10 @@ Rules of this module:
   * While the sender task waits with nothing queued, a message is written by its poster when the
     channel can (``write_nowait``); anything else is queued, and from then on everything is, until
     the sender has sent the queue and waits again.
+  * A peer that reads array frames (its ``hello`` said ``batch``: :attr:`Outbox.pack`) gets the
+    messages queued at once packed into array frames of at most ``pack`` messages and
+    PACK_BYTES; a message followed by attachment frames always goes alone. A peer that did not
+    say so gets one message per frame, as ever.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ from schedd.transport.channel import Channel, ChannelClosed
 OUTBOX_SIZE = 4096
 #: Most messages a session writes at once to a channel that can (``send_many``).
 SEND_BATCH = 64
+#: Most bytes of messages packed into one array frame (far below any peer's frame limit).
+PACK_BYTES = 1 << 16
+
+
+class _Alone(bytes):
+    """A frame never packed with others: a message its attachment frames follow, or an array
+    frame already."""
+
+    __slots__ = ()
 
 
 class Outbox:
@@ -38,6 +51,8 @@ class Outbox:
         # posted now may be written at once by the poster (see post)
         self.sender_idle = False
         self._write_nowait: Callable[[bytes], bool] = channel.write_nowait
+        #: most messages per array frame for this peer; 0: it reads one message per frame
+        self.pack = 0
 
     def post(self, message: p.Message) -> None:
         """Send a message to this peer, in order; never blocks. Overflow disconnects the peer.
@@ -63,6 +78,31 @@ class Outbox:
         except trio.ClosedResourceError:
             pass
 
+    def post_many(self, messages: list[p.Message]) -> None:
+        """Send several messages, in order, as :meth:`post` sends each; to a peer that reads
+        array frames in as few array frames as ``pack`` and PACK_BYTES allow."""
+        if self.pack < 2 or len(messages) < 2:
+            for message in messages:
+                self.post(message)
+            return
+        for frame in pack_frames([p.encode(message) for message in messages], self.pack):
+            self._post_frame(frame)
+
+    def _post_frame(self, data: bytes) -> None:
+        """:meth:`post` for a frame already encoded (an array frame: never packed again)."""
+        data = _Alone(data)
+        if self.sender_idle and self._write_nowait(data):
+            if not self.channel.write_pending:
+                return
+            data = _Alone(b"")  # the marker: the sender sends what the write left
+        self.sender_idle = False
+        try:
+            self._out_send.send_nowait(data)
+        except trio.WouldBlock:
+            self._on_overflow()
+        except trio.ClosedResourceError:
+            pass
+
     def post_attached(self, message: p.Message, data: list[bytes]) -> None:
         """Send a message and the attachment frames it declares, one after the other with
         nothing between them (schedd.protocol.attachments); never blocks."""
@@ -72,7 +112,8 @@ class Outbox:
         self.sender_idle = False  # through the queue: the frames go out together, in order
         try:
             for frame in message_frames(message, data):
-                self._out_send.send_nowait(frame)
+                # the message its attachment frames follow is never packed with others
+                self._out_send.send_nowait(frame if isinstance(frame, Blob) else _Alone(frame))
         except trio.WouldBlock:
             self._on_overflow()
         except trio.ClosedResourceError:
@@ -108,6 +149,8 @@ class Outbox:
                         break
                     if more or isinstance(more, Blob):  # an empty attachment is no marker
                         batch.append(more)
+                if self.pack > 1 and len(batch) > 1:
+                    batch = pack_frames(batch, self.pack)
                 await send_many(batch)  # also what a short write of post left, first
             except ChannelClosed:
                 self._cancel.cancel()
@@ -122,6 +165,30 @@ class Outbox:
         self.sender_idle = False
         self._on_overflow = _closed
         self._out_send.close()
+
+
+def pack_frames(frames: list[bytes], limit: int) -> list[bytes]:
+    """``frames`` with each run of plain messages packed into array frames of at most ``limit``
+    messages and PACK_BYTES (a message longer than that alone); attachment frames, the message
+    they follow and array frames stay as they are, in order."""
+    out: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if frame.__class__ is bytes and frame:
+            if run and (len(run) >= limit or size + len(frame) > PACK_BYTES):
+                out.append(run[0] if len(run) == 1 else p.encode_batch(run))
+                run, size = [], 0
+            run.append(frame)
+            size += len(frame) + 1
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else p.encode_batch(run))
+            run, size = [], 0
+        out.append(frame)
+    if run:
+        out.append(run[0] if len(run) == 1 else p.encode_batch(run))
+    return out
 
 
 def _closed() -> None:

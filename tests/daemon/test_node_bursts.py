@@ -87,9 +87,10 @@ async def nothing_more(client: Peer) -> None:
     assert (await client.expect(p.Pong)).ref == "end"
 
 
+@pytest.mark.parametrize("packing", ["frames", "array", "array then frames"])
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
 async def test_a_burst_of_results_is_one_script_call_and_each_job_done_once(
-    monkeypatch: pytest.MonkeyPatch, transport: str,
+    monkeypatch: pytest.MonkeyPatch, transport: str, packing: str,
 ) -> None:
     async with running_daemon() as d:
         node = await wire_node(d, "n1", transport, capacity=6)
@@ -105,6 +106,10 @@ async def test_a_burst_of_results_is_one_script_call_and_each_job_done_once(
                     frames.append(p.encode(p.Accept(job_id=a.job_id, attempt=a.attempt)))
                 frames.append(p.encode(p.Result(job_id=a.job_id, attempt=a.attempt, ok=True,
                                                 output={"n": n}, ref=f"r{n}")))
+            if packing == "array":  # one array frame
+                frames = [p.encode_batch(frames)]
+            elif packing == "array then frames":  # an array frame, then frames, in one write
+                frames = [p.encode_batch(frames[:4]), *frames[4:]]
             await node.send_many(frames)  # one write
             finished = await dones(client, 6)
             assert await pong(node, "after") == []  # nothing refused
@@ -236,3 +241,26 @@ async def test_a_long_run_is_cut_at_the_bound_and_the_rest_follows(
             assert await pong(node, "after") == []
         assert set(finished) == set(ids)
         assert names == ["job_result_many", "job_result_many", "job_result"]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_a_heartbeat_inside_an_array_ends_the_run_and_keeps_its_place(
+    monkeypatch: pytest.MonkeyPatch, transport: str,
+) -> None:
+    async with running_daemon() as d:
+        node = await wire_node(d, "n1", transport, capacity=4)
+        client = await d.connect("client")
+        ids = await submit(client, 4)
+        got = await assigns(node, 4)
+        names = record_scripts(monkeypatch, d)
+        results = [p.encode(p.Result(job_id=a.job_id, attempt=a.attempt, ok=True, output=n,
+                                     ref=f"r{n}")) for n, a in enumerate(got)]
+        beat = p.encode(p.Heartbeat(inflight=2, load=0.5, running=[a.job_id for a in got[2:]]))
+        with trio.fail_after(10):
+            await node.send(p.encode_batch([*results[:2], beat, *results[2:]]))
+            finished = await dones(client, 4)
+            assert await pong(node, "after") == []
+            await nothing_more(client)
+        assert set(finished) == set(ids)
+        # two runs of two results, the heartbeat handled between them
+        assert names.count("job_result_many") == 2, names

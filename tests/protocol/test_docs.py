@@ -20,9 +20,12 @@ from schedd.protocol import (
     ERROR_CODES,
     MESSAGE_TYPES,
     NODE_SENDS,
+    BatchElement,
     ErrorInfo,
     RunningJob,
     decode,
+    is_batch,
+    split_batch,
 )
 from schedd.protocol.codec import _OMITTED_WHEN_DEFAULT
 from schedd.sdk.client import _LOST_CHECK_INTERVAL
@@ -137,8 +140,16 @@ def test_message_section_example_decodes_to_its_type(tag: str) -> None:
 
 
 def test_every_json_block_decodes() -> None:
+    arrays = 0
     for example in re.findall(r"```json\n(.*?)```", DOC, re.DOTALL):
-        decode(example)
+        if not is_batch(example):
+            decode(example)
+            continue
+        arrays += 1  # an array frame: each of its elements is a message
+        for element in split_batch(example, 256):
+            assert isinstance(element, BatchElement), element
+            decode(element.data)
+    assert arrays == 2
 
 
 def test_example_session_lines_are_valid() -> None:

@@ -19,6 +19,7 @@ import trio_websocket
 
 from schedd.protocol import (
     DEFAULT_MAX_FRAME,
+    BatchElement,
     Error,
     FrameDecoder,
     Heartbeat,
@@ -30,6 +31,8 @@ from schedd.protocol import (
     decode,
     encode,
     encode_frame,
+    is_batch,
+    split_batch,
 )
 
 M = TypeVar("M", bound=Message)
@@ -49,6 +52,8 @@ class FakePeer:
         self._stream = stream
         self._ws = ws
         self.received: list[Message] = []
+        #: how many messages each frame the SDK sent held (1: a frame of one message)
+        self.frames: list[int] = []
         self.closed = trio.Event()
         self.pinged = trio.Event()  # set at the SDK's first ping
         # False: pings are not answered here but received by the test (recv(Ping)), which
@@ -89,7 +94,8 @@ class FakePeer:
             raise AssertionError(f"connection closed while waiting for {waiting_for}") from None
 
     async def handshake(
-        self, role: str = "client", *, heartbeat_interval: float = 1.0, principal: str = "app"
+        self, role: str = "client", *, heartbeat_interval: float = 1.0, principal: str = "app",
+        max_batch: int = 0,
     ) -> Hello:
         hello = await self.recv(Hello)
         assert hello.role == role
@@ -100,6 +106,7 @@ class FakePeer:
                 version=1,
                 heartbeat_interval=heartbeat_interval,
                 principal=principal,
+                max_batch=max_batch,
                 ref=hello.ref,
             )
         )
@@ -120,23 +127,40 @@ class FakePeer:
     async def read_loop(self) -> None:
         try:
             async for payload in self._payloads():
-                message = decode(payload)
-                self.received.append(message)
-                if isinstance(message, Ping) and self.auto_pong:
-                    self.pinged.set()
-                    try:
-                        await self.send(Pong(ref=message.ref))
-                    except (
-                        trio.BrokenResourceError,
-                        trio.ClosedResourceError,
-                        trio_websocket.ConnectionClosed,
-                    ):
-                        return
+                if is_batch(payload):  # an array frame: its messages in order
+                    items = split_batch(payload, 1 << 16)
+                    self.frames.append(len(items))
+                    for item in items:
+                        assert isinstance(item, BatchElement)
+                        self._take(decode(item.data))
                     continue
-                self._inbox_send.send_nowait(message)
+                self.frames.append(1)
+                if not await self._take_one(decode(payload)):
+                    return
         finally:
             self._inbox_send.close()
             self.closed.set()
+
+    def _take(self, message: Message) -> None:
+        self.received.append(message)
+        self._inbox_send.send_nowait(message)
+
+    async def _take_one(self, message: Message) -> bool:
+        """One message of its own frame; False when the connection is gone."""
+        self.received.append(message)
+        if isinstance(message, Ping) and self.auto_pong:
+            self.pinged.set()
+            try:
+                await self.send(Pong(ref=message.ref))
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                trio_websocket.ConnectionClosed,
+            ):
+                return False
+            return True
+        self._inbox_send.send_nowait(message)
+        return True
 
     async def _payloads(self) -> AsyncIterator[bytes | str]:
         if self._ws is not None:

@@ -317,3 +317,14 @@ def test_an_ordered_session_from_threads(daemon: DaemonThread, client: BlockingC
     assert late.result(timeout=WAIT).state == "failed"
     with BlockingClient(daemon.url) as other:
         assert other.follow_session("call").session_id == "call"
+
+
+def test_submit_many_answers_each_job(client: BlockingClient) -> None:
+    handles = client.submit_many([*({"payload": {"n": i}, "pools": ["p"], "job_id": f"m{i}"}
+                                    for i in range(5)), {"payload": {}, "job_id": "nopool"}])
+    assert [h.job_id for h in handles] == [f"m{i}" for i in range(5)] + ["nopool"]
+    for i, handle in enumerate(handles[:5]):
+        assert handle.result(timeout=WAIT).output == {"echo": {"n": i}}
+    with pytest.raises(RequestFailed) as refused:
+        handles[5].result(timeout=WAIT)
+    assert refused.value.code == "E_BAD_ARG"
