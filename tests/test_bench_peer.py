@@ -48,7 +48,7 @@ def test_the_peer_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert set(per["cpu_us"]) == {"daemon", "client", "worker", "redis", "total",
                                   "redis_info"}
     assert per["cpu_us"]["total"] > 0 and per["redis_calls"] > 1 and per["redis_usec"] > 0
-    assert per["script_calls"] >= 2  # a submit, an assignment's ack, a result: FCALLs
+    assert 0 < per["script_calls"] <= 3  # FCALLs counted: submits in bursts, results in runs
     assert len(per["top_commands"]) == peer_measure.TOP_COMMANDS
     assert "fcall" in burst["commands"] and "info" not in burst["commands"]
     assert "schedd 0.1.0: serial submit->result" in stdout
@@ -247,7 +247,7 @@ async def test_schedds_turn_over_websocket(tmp_path: Path) -> None:
         100, 100, 0, 0)
     assert set(burst["cpu_s"]) == {"daemon", "client", "worker", "redis", "total", "redis_info"}
     assert burst["cpu_s"]["total"] > 0
-    assert burst["commands"]["fcall"]["calls"] >= 200 and "info" not in burst["commands"]
+    assert burst["commands"]["fcall"]["calls"] > 0 and "info" not in burst["commands"]
 
 
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")

@@ -334,7 +334,7 @@ async def run_peer(opt: Options, p: dict[str, Any]) -> dict[str, Any]:
     systems: dict[str, dict[str, Any]] = {
         "schedd": {"version": importlib.metadata.version("schedd"),
                    "setup": f"SDK Client and Node (capacity {p['capacity']}) on trio, "
-                            f"{opt.transport}"}}
+                            f"{opt.transport}; submit_many, handle.result()"}}
     script, bullmq = await prepare_bullmq()
     systems["bullmq"] = ({"version": bullmq, "setup": f"Worker concurrency {p['capacity']}, "
                           "addBulk, QueueEvents, removeOnComplete/removeOnFail true"}
