@@ -21,11 +21,16 @@ Rules of this module:
 - Replies are matched by ``ref``; requests without a reply on success (``cancel``,
   ``unavailable``) are confirmed by a ``ping`` sent after them (the protocol's order rule: the
   ``pong`` comes after the daemon has handled, or refused, everything sent before).
-- Sends are serialised by a FIFO lock: a channel's ``send`` is not safe to call from two tasks.
+- Sends need no lock here: every channel the SDK opens keeps each message whole and the
+  messages in the order of the ``send`` calls, whichever tasks make them (the trio channels
+  through :func:`schedd.transport.sockets.send_in_order`, the asyncio ones under their FIFO
+  lock), and a message and its attachments go in one ``send_many``.
+- A request's ``ref`` is written as the message is encoded
+  (:func:`schedd.protocol.codec.encode_with_ref`), never by a copy of the message; a message
+  that carries attachments is copied with :func:`with_ref`, which does not check the message
+  again.
 - Concurrency is anyio's (task groups, events, cancel scopes), so a link works under trio and
-  asyncio alike; a request's event is the running loop's own (:mod:`schedd.sdk._native`). The
-  send lock is anyio's with ``fast_acquire``: an uncontended send does not yield first (the
-  write that follows is a checkpoint anyway), and a released lock goes to the longest waiter.
+  asyncio alike; a request's event is the running loop's own (:mod:`schedd.sdk._native`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import anyio
 import attrs
@@ -62,6 +67,7 @@ from schedd.protocol.attachments import (
     declared,
     message_frames,
 )
+from schedd.protocol.codec import encode_with_ref
 from schedd.sdk._native import event
 from schedd.sdk._target import BROKEN
 from schedd.sdk.connect import ConnectFailed, open_channel
@@ -77,6 +83,7 @@ __all__ = [
     "RequestFailed",
     "as_url_list",
     "reraise_sole",
+    "with_ref",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,6 +178,26 @@ class Backoff:
         self._delay = min(self.maximum, max(self._delay * 2, 0.05))
 
 
+_M = TypeVar("_M", bound=Message)
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+_set: Final = object.__setattr__
+
+
+def with_ref(message: _M, ref: str) -> _M:
+    """``attrs.evolve(message, ref=ref)`` without running the class's validators again: the
+    message was checked when it was built, and ``ref`` is one of :meth:`Link.next_ref` (an
+    id by construction)."""
+    cls: type[_M] = type(message)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(field.name for field in attrs.fields(cls))
+    copy: _M = object.__new__(cls)
+    for name in names:
+        _set(copy, name, getattr(message, name))
+    _set(copy, "ref", ref)
+    return copy
+
+
 class _Waiter:
     __slots__ = ("event", "reply")
 
@@ -180,7 +207,6 @@ class _Waiter:
 
 
 OnMessage = Callable[[Message], Awaitable[None]]
-_M = TypeVar("_M", bound=Message)
 
 
 class Link:
@@ -190,7 +216,6 @@ class Link:
         self.url = url
         self.welcome = welcome
         self._channel = channel
-        self._send_lock = anyio.Lock(fast_acquire=True)
         self._waiters: dict[str, _Waiter] = {}
         self._refs = itertools.count(1)
         self._closed = False
@@ -218,17 +243,21 @@ class Link:
         data = self._attached.pop(id(message), [])
         return {spec.name: blob for spec, blob in zip(declared(message), data, strict=False)}
 
-    async def send(self, message: Message, data: Sequence[bytes] = ()) -> None:
-        """Send one message, and the bytes of the attachments it declares right behind it;
-        :class:`LinkLost` if the connection is gone."""
+    async def send(self, message: Message, data: Sequence[bytes] = (), *,
+                   ref: str | None = None) -> None:
+        """Send one message (with ``ref`` as its ``ref`` when given), and the bytes of the
+        attachments it declares right behind it; :class:`LinkLost` if the connection is gone."""
         if self._closed:
             raise LinkLost(f"connection to {self.url} is closed")
         try:
-            async with self._send_lock:
-                if data:
-                    await self._channel.send_many(message_frames(message, data))
-                else:
-                    await self._channel.send(encode(message))
+            if data:
+                if ref is not None:
+                    message = with_ref(message, ref)
+                await self._channel.send_many(message_frames(message, data))
+            elif ref is not None:
+                await self._channel.send(encode_with_ref(message, ref))
+            else:
+                await self._channel.send(encode(message))
         except (ChannelClosed, *BROKEN, OSError) as exc:
             # A broken send means a broken connection: close it so the reader stops too.
             await self.aclose()
@@ -245,7 +274,7 @@ class Link:
         ref = self.next_ref()
         waiter = self._waiters[ref] = _Waiter()
         try:
-            await self.send(attrs.evolve(message, ref=ref), data)
+            await self.send(message, data, ref=ref)
             await waiter.event.wait()
         finally:
             self._waiters.pop(ref, None)
@@ -260,7 +289,7 @@ class Link:
         ref = self.next_ref()
         waiter = self._waiters[ref] = _Waiter()
         try:
-            await self.send(attrs.evolve(message, ref=ref))
+            await self.send(message, ref=ref)
             await self.request(Ping(), Pong)
         finally:
             self._waiters.pop(ref, None)

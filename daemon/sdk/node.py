@@ -590,8 +590,4 @@ class Node:
         # The ref names the attempt, so an error about this message is matched to it.
         data = (self._result_blobs.get((message.job_id, attempt), [])
                 if isinstance(message, Result) else [])
-        await link.send(_with_ref(message, link.next_ref(f"j{attempt}.")), data)
-
-
-def _with_ref(message: Accept | Reject | Progress | Result, ref: str) -> Message:
-    return attrs.evolve(message, ref=ref)
+        await link.send(message, data, ref=link.next_ref(f"j{attempt}."))
