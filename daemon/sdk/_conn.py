@@ -25,6 +25,10 @@ Rules of this module:
   messages in the order of the ``send`` calls, whichever tasks make them (the trio channels
   through :func:`schedd.transport.sockets.send_in_order`, the asyncio ones under their FIFO
   lock), and a message and its attachments go in one ``send_many``.
+- A message goes out with the channel's ``write_nowait`` when it can (a trio channel with no
+  send in progress and room in the socket): one write and no trip through the scheduler, a
+  cancellation point but not a schedule point (a request waits for its reply next; a task
+  that only sends yields in its next wait). Otherwise, and under asyncio, with ``send``.
 - A request's ``ref`` is written as the message is encoded
   (:func:`schedd.protocol.codec.encode_with_ref`), never by a copy of the message; a message
   that carries attachments is copied with :func:`with_ref`, which does not check the message
@@ -46,6 +50,7 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import anyio
 import attrs
+from trio.lowlevel import checkpoint_if_cancelled
 
 from schedd.errors import ProtocolError, SchedError
 from schedd.protocol import (
@@ -254,10 +259,15 @@ class Link:
                 if ref is not None:
                     message = with_ref(message, ref)
                 await self._channel.send_many(message_frames(message, data))
-            elif ref is not None:
-                await self._channel.send(encode_with_ref(message, ref))
             else:
-                await self._channel.send(encode(message))
+                frame = encode(message) if ref is None else encode_with_ref(message, ref)
+                channel = self._channel
+                if not channel.write_nowait(frame):
+                    await channel.send(frame)
+                elif channel.write_pending:
+                    await channel.send_many([])  # what the socket did not take at once
+                else:
+                    await checkpoint_if_cancelled()
         except (ChannelClosed, *BROKEN, OSError) as exc:
             # A broken send means a broken connection: close it so the reader stops too.
             await self.aclose()

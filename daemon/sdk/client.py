@@ -50,7 +50,7 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -276,7 +276,7 @@ class Client:
         if seq is not None and session_id is not None:
             self.session(session_id)
         message = Submit(
-            job_id=job_id if job_id is not None else uuid.uuid4().hex, pools=list(pools),
+            job_id=job_id if job_id is not None else os.urandom(16).hex(), pools=list(pools),
             requirements=dict(requirements or {}), services=list(services),
             stages=[dict(stage) for stage in stages] if stages is not None else None,
             payload=payload, session_id=session_id, priority=priority, ack_timeout=ack_timeout,
