@@ -14,7 +14,7 @@ Rules of this module:
   redis-server's too when the daemon is this run's.
 * ``--profile node`` or ``--profile client`` profiles that side and prints its top entries
   (``--top``) after the figures. ``--profiler py-spy`` (the default) samples the process from
-  outside (``py-spy record``, idle stacks left out, and so are the stacks of imports): what
+  outside (``py-spy record``, idle stacks left out, and so are those of the start-up): what
   it prints is each function's share of the samples, alone (its own code) and with what it
   calls, and that share of the side's CPU per job in µs. ``--profiler cprofile`` runs the
   side under ``cProfile`` (the client from ``go`` to ``end``, the node from its registration
@@ -102,19 +102,24 @@ async def _client(url: str, jobs: int, window: int, profile: str, top: int) -> N
     async with Client.connect(url) as client:
         pending = iter(range(jobs))
 
+        go = anyio.Event()
+
         async def worker() -> None:
+            await go.wait()
             for _ in pending:
                 handle = await client.submit(PAYLOAD, pools=[POOL])
                 done = await handle.result()
                 if not done.ok:
                     failed.append(f"job {done.job_id} failed: {done.error}")
 
-        print(_GO, flush=True)
-        if profiler is not None:
-            profiler.enable()
         async with anyio.create_task_group() as tg:
-            for _ in range(min(window, jobs)):
+            for _ in range(min(window, jobs)):  # started before the measure
                 tg.start_soon(worker)
+            await anyio.sleep(0.1)
+            print(_GO, flush=True)
+            if profiler is not None:
+                profiler.enable()
+            go.set()
         if profiler is not None:
             profiler.disable()
         print(_END, flush=True)
@@ -155,6 +160,8 @@ def _function(frame: str) -> str:
     return f"{name} ({path})"
 
 
+# the frame every stack of the side's own run passes through
+_RUNNING: Final = re.compile(r";main \([^;]*sdk_profile\.py:\d+\);")
 # the event loops' waits for I/O, which py-spy does not always see as idle
 _WAITING: Final = ("EpollIOManager.get_events ", "EpollSelector.select ")
 
@@ -163,15 +170,15 @@ def summarize_samples(raw: str, us_per_job: float, top: int) -> str:
     """The table of a py-spy raw file (``frame;frame;... count`` per line, the innermost
     frame last): each function's share of the samples on its own (the innermost frame) and
     with its callees (anywhere in the stack, once per stack), and those shares of
-    ``us_per_job``. Stacks through an import (start-up) are left out, and so are the event
-    loop's waits for I/O (:data:`_WAITING`)."""
+    ``us_per_job``. Stacks outside :func:`main` (start-up: imports, module code) are left
+    out, and so are the event loop's waits for I/O (:data:`_WAITING`)."""
     own: Counter[str] = Counter()
     total_with: Counter[str] = Counter()
     samples = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit() or "importlib._bootstrap" in stack:
-            continue
+        if not stack or not count_text.isdigit() or _RUNNING.search(stack) is None:
+            continue  # start-up: imports and module code, outside the side's run
         count = int(count_text)
         frames = [_function(frame) for frame in stack.split(";")]
         if frames[-1].startswith(_WAITING):
