@@ -18,6 +18,10 @@ Rules of this module:
   validator in :mod:`~schedd.protocol.messages`, so a value is checked once, and the same way
   whether it came from the wire or from Python. Primitive fields therefore pass through cattrs
   unconverted: the JSON number ``5`` is never turned into the string ``"5"``.
+- :func:`decode` builds a message whose members are all plain values (fields of attrs classes
+  absent, ``null`` or ``[]``) with its class's constructor directly, which is all cattrs would
+  do with it; anything the constructor refuses takes the general path, so the errors are the
+  same (docs/decisions/0028-sdk-cpu.md).
 - :func:`encode` raises ``TypeError`` if an opaque field (``payload``, ``output``, ``data``,
   ``capabilities``...) holds something JSON cannot carry; that is a bug of the sender, not a
   protocol error.
