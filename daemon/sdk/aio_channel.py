@@ -140,8 +140,12 @@ class _AioChannel(Channel):
 
     async def send_many(self, messages: list[bytes]) -> None:
         """Send each of ``messages`` as ``send`` would, in one write: nothing another task
-        sends comes between them (a message and its attachments)."""
-        await self._write(b"".join([self._frame(data) for data in messages]))
+        sends comes between them (a message and its attachments); none: nothing is written."""
+        data = b"".join([self._frame(message) for message in messages])
+        if data:
+            await self._write(data)
+        else:
+            await anyio.lowlevel.checkpoint()
 
     async def _goodbye(self) -> None:
         """What to send before the stream is closed (a WebSocket's close frame)."""

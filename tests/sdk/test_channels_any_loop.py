@@ -248,6 +248,7 @@ async def test_concurrent_sends_stay_whole_and_a_send_many_stays_together(scheme
             json = b'{"t":%d,"n":%d,"pad":"%s"}' % (task, n, b"x" * (n * 97 % 3000))
             await channel.send_many([json, Blob(b"%d.%d" % (task, n) * 50)])
             await channel.send(b'{"alone":%d,"n":%d}' % (task, n))
+            await channel.send_many([])  # nothing to send: nothing arrives
             await anyio.lowlevel.checkpoint()
 
     with anyio.fail_after(20):
