@@ -26,6 +26,7 @@ def test_a_burst_reports_the_cpu_per_job_of_every_process(backend: str) -> None:
     assert result["jobs"] == 40 and result["backend"] == backend
     assert set(result["cpu_us_per_job"]) == {"client", "node", "daemon", "redis"}
     assert all(value >= 0 for value in result["cpu_us_per_job"].values())
+    assert result["script_calls_per_job"] >= 1  # at least the accept and result of each job
 
 
 def test_a_client_that_cannot_connect_fails_the_run() -> None:

@@ -11,7 +11,7 @@ Rules of this module:
   ``--window`` of them submitted and not yet done at a time, waits for every result (each must
   be ``ok``), then says ``end``. The CPU (user + system, ``/proc/<pid>/stat``) each process
   used between the two words, divided by the jobs, is its CPU per job; the daemon's and
-  redis-server's too when the daemon is this run's.
+  redis-server's too when the daemon is this run's, and the script calls Redis ran per job.
 * ``--profile node`` or ``--profile client`` profiles that side and prints its top entries
   (``--top``) after the figures. ``--profiler py-spy`` (the default) samples the process from
   outside (``py-spy record``, idle stacks left out, and so are those of the start-up): what
@@ -46,6 +46,7 @@ import trio
 
 from schedd.devtools.bench.daemon import running_daemon
 from schedd.devtools.bench.measure import PAYLOAD, POOL
+from schedd.devtools.bench.scenarios import script_calls_per_job
 
 __all__ = ["main", "profile_run", "summarize_samples"]
 
@@ -256,6 +257,7 @@ async def profile_run(args: argparse.Namespace) -> dict[str, Any]:
             node_buf = bytearray()
             with trio.fail_after(_REGISTER_TIMEOUT + 10):
                 await _expect(node.stdout, node_buf, _READY)
+            commands0 = await daemon.command_counts() if daemon is not None else {}
             client = await trio.lowlevel.open_process(
                 _command("client", url, args.backend, args.jobs, args.window, client_prof,
                          args.top, sampled=client_spy),
@@ -269,6 +271,7 @@ async def profile_run(args: argparse.Namespace) -> dict[str, Any]:
             cpu0, t0 = {name: _cpu(pid) for name, pid in pids.items()}, time.perf_counter()
             await _expect(client.stdout, buf, _END)
             cpu1, t1 = {name: _cpu(pid) for name, pid in pids.items()}, time.perf_counter()
+            commands1 = await daemon.command_counts() if daemon is not None else {}
             if await client.wait() != 0:
                 raise RuntimeError(f"the client exited {client.returncode}")
         finally:
@@ -288,6 +291,8 @@ async def profile_run(args: argparse.Namespace) -> dict[str, Any]:
                            for name in pids},
         "system_us_per_job": {name: round(1e6 * (cpu1[name][1] - cpu0[name][1]) / args.jobs, 1)
                               for name in pids},
+        # the Redis script calls per job (from before the client connected)
+        "script_calls_per_job": script_calls_per_job(commands0, commands1, args.jobs),
         "profiled": args.profile or None,
     }
     return result
