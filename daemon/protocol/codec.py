@@ -18,6 +18,10 @@ Rules of this module:
   validator in :mod:`~schedd.protocol.messages`, so a value is checked once, and the same way
   whether it came from the wire or from Python. Primitive fields therefore pass through cattrs
   unconverted: the JSON number ``5`` is never turned into the string ``"5"``.
+- :func:`decode` builds a message whose members are all plain values (fields of attrs classes
+  absent, ``null`` or ``[]``) with its class's constructor directly, which is all cattrs would
+  do with it; anything the constructor refuses takes the general path, so the errors are the
+  same (docs/decisions/0028-sdk-cpu.md).
 - :func:`encode` raises ``TypeError`` if an opaque field (``payload``, ``output``, ``data``,
   ``capabilities``...) holds something JSON cannot carry; that is a bug of the sender, not a
   protocol error.
@@ -31,7 +35,7 @@ import types
 import typing
 from collections.abc import Callable
 from types import NoneType
-from typing import Any, Final, get_args, get_origin
+from typing import Any, Final, cast, get_args, get_origin
 
 import attrs
 import cattrs
@@ -48,7 +52,7 @@ from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception, transform_error
 
 from schedd.errors import ProtocolError
-from schedd.protocol.fields import _json_type
+from schedd.protocol.fields import _check_name, _json_type
 from schedd.protocol.messages import (
     MESSAGE_TYPES,
     Assign,
@@ -90,6 +94,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_batch",
+    "encode_with_ref",
     "is_batch",
     "split_batch",
 ]
@@ -343,6 +348,19 @@ def encode(message: Message) -> bytes:
     return orjson.dumps(obj)
 
 
+def encode_with_ref(message: Message, ref: str) -> bytes:
+    """What ``encode(attrs.evolve(message, ref=ref))`` writes, without that copy of the message
+    and the second run of its validators (a request gets its ``ref`` as it is sent: every
+    message has ``ref`` as its last field). ``ref`` is checked by the field's own rule:
+    ``InvalidField`` as ``evolve`` would raise."""
+    _check_name(ref, "ref")
+    tag, unstructure = _UNSTRUCTURE[message.__class__]
+    obj = {"type": tag}
+    obj.update(unstructure(message))
+    obj["ref"] = ref
+    return orjson.dumps(obj)
+
+
 _IDLE_BEAT_KEYS: Final = frozenset({"inflight", "running", "load"})
 
 
@@ -359,6 +377,48 @@ def _idle_beat(obj: dict[str, Any]) -> Heartbeat | None:
     try:
         return Heartbeat(inflight=inflight, running=[], load=float(load))
     except Exception:  # refused by a validator: the general path says why
+        return None
+
+
+def _direct_shape(cls: type[Any]) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
+    """What :func:`decode` may hand to ``cls(**obj)`` itself: (the fields cattrs passes through
+    as they are, every field, the fields of attrs classes) of ``cls``."""
+    fields = attrs.fields(cls)
+    plain = frozenset(f.name for f in fields if _is_plain_value(f.type))
+    return plain, frozenset(f.name for f in fields), tuple(
+        f.name for f in fields if f.name not in plain)
+
+
+_DIRECT: Final[dict[str, tuple[type[Any], frozenset[str], frozenset[str], tuple[str, ...]]]] = {
+    tag: (cls, *_direct_shape(cls)) for tag, cls in MESSAGE_TYPES.items()
+}
+
+
+def _direct(obj: dict[str, Any], entry: tuple[type[Any], frozenset[str], frozenset[str],
+                                               tuple[str, ...]]) -> Any:
+    """The message ``obj`` is, built by its class's constructor without cattrs, or None.
+
+    When every member is a field and each field of attrs classes is absent, ``null`` or ``[]``
+    (an attachment list or ``error`` holding nothing), cattrs would only pass the members
+    through to the constructor as they are (:func:`_make_converter`): calling it directly
+    builds the same message, its validators run the same. Anything else, and anything the
+    constructor refuses, returns None: the general path decodes it or says why, in its words.
+    The checks before the call only spare it for input it would refuse anyway: the
+    constructor itself refuses unknown and missing members (``TypeError``) and values of a
+    field of attrs classes that are not instances of them (its validators).
+    """
+    cls, plain, every, nested = entry
+    keys = obj.keys()
+    if not keys <= plain:
+        if not keys <= every:
+            return None
+        for name in nested:
+            value = obj.get(name)
+            if value is not None and (value.__class__ is not list or value):
+                return None
+    try:
+        return cls(**obj)
+    except Exception:  # missing or refused: the general path says why
         return None
 
 
@@ -382,6 +442,9 @@ def decode(data: bytes | bytearray | memoryview | str) -> Message:
         beat = _idle_beat(obj)
         if beat is not None:
             return beat
+    direct = _direct(obj, _DIRECT[tag])
+    if direct is not None:
+        return cast("Message", direct)
     structure, cls = entry
     try:
         message: Message = structure(obj, cls)

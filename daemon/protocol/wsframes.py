@@ -33,7 +33,8 @@ from typing import Final
 from wsproto import WSConnection
 from wsproto.events import Event
 
-__all__ = ["FrameSplitter", "HeadSplitter", "encode_message", "handshake_events", "unmask"]
+__all__ = ["FrameSplitter", "HeadSplitter", "MaskKeys", "encode_message", "handshake_events",
+           "unmask"]
 
 _FIN: Final = 0x80
 _RSV: Final = 0x70
@@ -85,9 +86,35 @@ def unmask(payload: bytes, key: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ int.from_bytes(keys[:n], "big")).to_bytes(n, "big")
 
 
-def encode_message(payload: bytes, *, text: bool, masked: bool) -> bytes:
+class MaskKeys:
+    """The masking keys of one connection's frames, drawn from ``os.urandom`` (RFC 6455 §5.3:
+    a strong source of entropy) :data:`_KEYS_PER_DRAW` at a time rather than one system call
+    per frame. Each key is used once. One connection's sends run on one thread (its event
+    loop); an instance is not for several threads at once."""
+
+    __slots__ = ("_at", "_pool")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        """A fresh 4-byte key."""
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(4 * _KEYS_PER_DRAW), 0
+        self._at = at + 4
+        return self._pool[at:at + 4]
+
+
+_KEYS_PER_DRAW: Final = 256
+
+
+def encode_message(payload: bytes, *, text: bool, masked: bool,
+                   keys: MaskKeys | None = None) -> bytes:
     """One complete (final, unfragmented) text or binary frame carrying ``payload`` (text:
-    UTF-8 the caller vouches for), masked with a fresh random key when ``masked`` (a client's).
+    UTF-8 the caller vouches for), masked with a fresh random key when ``masked`` (a client's):
+    the next of ``keys``, or one drawn for this frame alone.
 
     What wsproto makes of a whole message, without its per-message events and str round trip
     (docs/decisions/0009-wsproto-without-trio-websocket.md); wsproto keeps no state about
@@ -104,7 +131,7 @@ def encode_message(payload: bytes, *, text: bool, masked: bool) -> bytes:
         header = bytes((first, mask_bit | 127)) + n.to_bytes(8, "big")
     if not masked:
         return header + payload
-    key = os.urandom(4)
+    key = keys.next() if keys is not None else os.urandom(4)
     return header + key + unmask(payload, key)
 
 

@@ -1,12 +1,7 @@
-"""What the node and client SDKs share: dialling with failover, the handshake, and one link.
+"""What the node and client SDKs share: one link (dialling is schedd.sdk._dial).
 
 Rules of this module:
 
-- A :class:`Dialer` knows the daemon URLs, in order of preference. :meth:`Dialer.dial` makes one
-  round: it tries each URL once, starting with the current one, and stays on the first that
-  answers ``hello`` with ``welcome``. A failed URL rotates to the next. Errors that another URL or
-  a later try cannot fix (:data:`FATAL_HELLO_CODES`: bad token, unknown version...) end the round
-  at once; they must reach the user, never be retried forever.
 - A :class:`Link` is one connection after ``welcome``. Exactly one task reads it
   (:meth:`Link.serve`): it answers the daemon's ``ping``, hands a reply to the request waiting for
   its ``ref`` and passes every other message to the SDK's ``on_message``. A message that cannot be
@@ -21,39 +16,42 @@ Rules of this module:
 - Replies are matched by ``ref``; requests without a reply on success (``cancel``,
   ``unavailable``) are confirmed by a ``ping`` sent after them (the protocol's order rule: the
   ``pong`` comes after the daemon has handled, or refused, everything sent before).
-- Sends are serialised by a FIFO lock: a channel's ``send`` is not safe to call from two tasks.
+- Sends need no lock here: every channel the SDK opens keeps each message whole and the
+  messages in the order of the ``send`` calls, whichever tasks make them (the trio channels
+  through :func:`schedd.transport.sockets.send_in_order`, the asyncio ones under their FIFO
+  lock), and a message and its attachments go in one ``send_many``.
+- A message goes out with the channel's ``write_nowait`` when it can (a trio channel with no
+  send in progress and room in the socket): one write and no trip through the scheduler, a
+  cancellation point but not a schedule point (a request waits for its reply next; a task
+  that only sends yields in its next wait). Otherwise, and under asyncio, with ``send``.
+- A request's ``ref`` is written as the message is encoded
+  (:func:`schedd.protocol.codec.encode_with_ref`), never by a copy of the message; a message
+  that carries attachments is copied with :func:`with_ref`, which does not check the message
+  again.
 - Concurrency is anyio's (task groups, events, cancel scopes), so a link works under trio and
-  asyncio alike; a request's event is the running loop's own (:mod:`schedd.sdk._native`). The
-  send lock is anyio's with ``fast_acquire``: an uncontended send does not yield first (the
-  write that follows is a checkpoint anyway), and a released lock goes to the longest waiter.
+  asyncio alike; a request's event is the running loop's own (:mod:`schedd.sdk._native`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
-import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
 from typing import Any, Final, NoReturn, TypeVar
 
 import anyio
 import attrs
+from trio.lowlevel import checkpoint_if_cancelled
 
 from schedd.errors import ProtocolError, SchedError
 from schedd.protocol import (
-    PROTOCOL_VERSION,
     BatchElement,
     Error,
-    Hello,
     Message,
     Ping,
     Pong,
-    Role,
     Welcome,
-    decode,
     encode,
     encode_batch,
     is_batch,
@@ -67,21 +65,18 @@ from schedd.protocol.attachments import (
     declared,
     message_frames,
 )
+from schedd.protocol.codec import encode_with_ref
 from schedd.sdk._native import event
 from schedd.sdk._target import BROKEN
-from schedd.sdk.connect import ConnectFailed, open_channel
 from schedd.transport.channel import Channel, ChannelClosed
 
 __all__ = [
     "E_CLIENT_CLOSED",
-    "FATAL_HELLO_CODES",
-    "Backoff",
-    "Dialer",
     "Link",
     "LinkLost",
     "RequestFailed",
-    "as_url_list",
     "reraise_sole",
+    "with_ref",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,15 +86,9 @@ ARRAY_BYTES: Final = 1 << 18
 _MAX_ARRAY: Final = 1 << 16
 """Most messages of an array frame read (the daemon packs far fewer)."""
 
-FATAL_HELLO_CODES: Final[frozenset[str]] = frozenset(
-    {"E_AUTH", "E_VERSION", "E_BAD_FIELD", "E_ROLE", "E_MALFORMED", "E_UNKNOWN_TYPE"}
-)
-"""``hello`` refusals that no other URL or later try can fix; every other code is retried."""
-
 E_CLIENT_CLOSED: Final = "E_CLIENT_CLOSED"
 """SDK-local code (never on the wire): the client was closed before the answer came."""
 
-_MAX_BACKOFF: Final = 5.0
 _RETRY_AFTER_RE: Final = re.compile(r"retry_after_ms=(\d+)")
 
 
@@ -154,31 +143,24 @@ def reraise_sole(group: BaseExceptionGroup[BaseException]) -> NoReturn:
         del sole, context
 
 
-def as_url_list(urls: str | Sequence[str]) -> list[str]:
-    """One URL or several, as a non-empty list."""
-    result = [urls] if isinstance(urls, str) else list(urls)
-    if not result:
-        raise ValueError("at least one daemon URL is needed")
-    return result
+_M = TypeVar("_M", bound=Message)
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+_set: Final = object.__setattr__
 
 
-class Backoff:
-    """Exponential backoff with jitter, from ``initial`` seconds up to ``maximum``."""
-
-    def __init__(self, initial: float, maximum: float = _MAX_BACKOFF) -> None:
-        if not (math.isfinite(initial) and initial >= 0):
-            raise ValueError(f"the reconnect delay must be a finite number >= 0, not {initial}")
-        self.initial = initial
-        self.maximum = max(maximum, initial)
-        self._delay = initial
-
-    def reset(self) -> None:
-        self._delay = self.initial
-
-    async def sleep(self) -> None:
-        # Jitter spreads the reconnects of many peers after a daemon restart.
-        await anyio.sleep(self._delay * random.uniform(0.8, 1.2))
-        self._delay = min(self.maximum, max(self._delay * 2, 0.05))
+def with_ref(message: _M, ref: str) -> _M:
+    """``attrs.evolve(message, ref=ref)`` without running the class's validators again: the
+    message was checked when it was built, and ``ref`` is one of :meth:`Link.next_ref` (an
+    id by construction)."""
+    cls: type[_M] = type(message)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(field.name for field in attrs.fields(cls))
+    copy: _M = object.__new__(cls)
+    for name in names:
+        _set(copy, name, getattr(message, name))
+    _set(copy, "ref", ref)
+    return copy
 
 
 class _Waiter:
@@ -190,7 +172,6 @@ class _Waiter:
 
 
 OnMessage = Callable[[Message], Awaitable[None]]
-_M = TypeVar("_M", bound=Message)
 
 
 class Link:
@@ -200,7 +181,6 @@ class Link:
         self.url = url
         self.welcome = welcome
         self._channel = channel
-        self._send_lock = anyio.Lock(fast_acquire=True)
         self._waiters: dict[str, _Waiter] = {}
         self._refs = itertools.count(1)
         self._closed = False
@@ -228,17 +208,26 @@ class Link:
         data = self._attached.pop(id(message), [])
         return {spec.name: blob for spec, blob in zip(declared(message), data, strict=False)}
 
-    async def send(self, message: Message, data: Sequence[bytes] = ()) -> None:
-        """Send one message, and the bytes of the attachments it declares right behind it;
-        :class:`LinkLost` if the connection is gone."""
+    async def send(self, message: Message, data: Sequence[bytes] = (), *,
+                   ref: str | None = None) -> None:
+        """Send one message (with ``ref`` as its ``ref`` when given), and the bytes of the
+        attachments it declares right behind it; :class:`LinkLost` if the connection is gone."""
         if self._closed:
             raise LinkLost(f"connection to {self.url} is closed")
         try:
-            async with self._send_lock:
-                if data:
-                    await self._channel.send_many(message_frames(message, data))
+            if data:
+                if ref is not None:
+                    message = with_ref(message, ref)
+                await self._channel.send_many(message_frames(message, data))
+            else:
+                frame = encode(message) if ref is None else encode_with_ref(message, ref)
+                channel = self._channel
+                if not channel.write_nowait(frame):
+                    await channel.send(frame)
+                elif channel.write_pending:
+                    await channel.send_many([])  # what the socket did not take at once
                 else:
-                    await self._channel.send(encode(message))
+                    await checkpoint_if_cancelled()
         except (ChannelClosed, *BROKEN, OSError) as exc:
             # A broken send means a broken connection: close it so the reader stops too.
             await self.aclose()
@@ -266,9 +255,9 @@ class Link:
         waiter = self._waiters[ref] = _Waiter()
         try:
             if send is not None:
-                await send(attrs.evolve(message, ref=ref))
+                await send(with_ref(message, ref))
             else:
-                await self.send(attrs.evolve(message, ref=ref), data)
+                await self.send(message, data, ref=ref)
             await waiter.event.wait()
         finally:
             self._waiters.pop(ref, None)
@@ -283,7 +272,7 @@ class Link:
         ref = self.next_ref()
         waiter = self._waiters[ref] = _Waiter()
         try:
-            await self.send(attrs.evolve(message, ref=ref))
+            await self.send(message, ref=ref)
             await self.request(Ping(), Pong)
         finally:
             self._waiters.pop(ref, None)
@@ -300,7 +289,7 @@ class Link:
         refs = [self.next_ref() for _ in messages]
         waiters = [self._waiters.setdefault(ref, _Waiter()) for ref in refs]
         try:
-            frames = [encode(attrs.evolve(message, ref=ref))
+            frames = [encode_with_ref(message, ref)
                       for message, ref in zip(messages, refs, strict=True)]
             await self._send_frames(frames, self.welcome.max_batch)
             for waiter in waiters:
@@ -341,9 +330,8 @@ class Link:
             size += len(frame) + 1
         if run:
             out.append(encode_batch(run) if len(run) > 1 else run[0])
-        try:
-            async with self._send_lock:
-                await self._channel.send_many(out)
+        try:  # the channel keeps one send_many whole and in order among concurrent senders
+            await self._channel.send_many(out)
         except (ChannelClosed, *BROKEN, OSError) as exc:
             await self.aclose()
             raise LinkLost(f"connection to {self.url} lost: {exc}") from exc
@@ -485,98 +473,3 @@ class Link:
                 )
                 await self.aclose()
                 return
-
-
-class Dialer:
-    """Opens links to the first daemon URL that answers, rotating on failure."""
-
-    def __init__(
-        self,
-        urls: str | Sequence[str],
-        *,
-        role: Role,
-        token: str | None,
-        name: str | None,
-        connect_timeout: float,
-    ) -> None:
-        self.urls = as_url_list(urls)
-        if not (math.isfinite(connect_timeout) and connect_timeout > 0):
-            raise ValueError(f"connect_timeout must be a number > 0, not {connect_timeout}")
-        self.connect_timeout = connect_timeout
-        # Built now so that a bad token or name fails at construction, not at the first dial.
-        # batch: this SDK reads array frames (the daemon may pack what it sends at once)
-        self._hello = Hello(role=role, version=PROTOCOL_VERSION, token=token, name=name,
-                            batch=True)
-        self._index = 0
-
-    @property
-    def url(self) -> str:
-        """The URL the next dial starts with."""
-        return self.urls[self._index]
-
-    def rotate(self) -> None:
-        """Make the next URL the first to try (after a failure or a lost connection)."""
-        self._index = (self._index + 1) % len(self.urls)
-
-    async def dial(self) -> tuple[AsyncExitStack, Link]:
-        """Try every URL once; return the open connection's exit stack and its link.
-
-        The caller enters the stack (``async with stack:``) for as long as it uses the link.
-        Raises :class:`RequestFailed` for a ``hello`` refusal (at once if it is fatal), or
-        ``ConnectFailed`` when no URL could be reached.
-        """
-        last: Exception | None = None
-        for _ in range(len(self.urls)):
-            url = self.url
-            try:
-                return await self._dial_one(url)
-            except RequestFailed as exc:
-                if exc.code in FATAL_HELLO_CODES:
-                    raise
-                log.info("daemon %s refused hello: %s", url, exc)
-                last = exc
-            except (ChannelClosed, OSError, ProtocolError, *BROKEN) as exc:
-                log.info("cannot connect to %s: %s", url, exc)
-                last = exc
-            self.rotate()
-        if isinstance(last, RequestFailed | ConnectFailed):
-            raise last
-        raise ConnectFailed(f"no daemon reachable at {', '.join(self.urls)}: {last}") from last
-
-    async def dial_retrying(self, backoff: Backoff) -> tuple[AsyncExitStack, Link]:
-        """Dial until a URL answers, sleeping ``backoff`` between rounds; fatal errors raise."""
-        while True:
-            try:
-                return await self.dial()
-            except RequestFailed as exc:
-                if exc.code in FATAL_HELLO_CODES:
-                    raise
-            except ChannelClosed:  # ConnectFailed
-                pass
-            await backoff.sleep()
-
-    async def _dial_one(self, url: str) -> tuple[AsyncExitStack, Link]:
-        async with AsyncExitStack() as stack:
-            channel = await stack.enter_async_context(
-                open_channel(url, connect_timeout=self.connect_timeout)
-            )
-            welcome = await self._handshake(channel, url)
-            # Success: hand the open channel to the caller's stack instead of closing it here.
-            return stack.pop_all(), Link(channel, url, welcome)
-        raise AssertionError("unreachable")  # pragma: no cover  (mypy: the stack may swallow)
-
-    async def _handshake(self, channel: Channel, url: str) -> Welcome:
-        with anyio.move_on_after(self.connect_timeout):
-            await channel.send(encode(attrs.evolve(self._hello, ref="hello")))
-            while True:
-                message = decode(await channel.receive())
-                if isinstance(message, Welcome):
-                    log.debug("connected to %s (instance %s)", url, message.instance)
-                    return message
-                if isinstance(message, Error):
-                    raise RequestFailed.from_error(message)
-                if isinstance(message, Ping):
-                    await channel.send(encode(Pong(ref=message.ref)))
-                    continue
-                raise ConnectFailed(f"{url}: expected 'welcome', got '{message.TYPE}'")
-        raise ConnectFailed(f"{url}: no welcome within {self.connect_timeout} s")

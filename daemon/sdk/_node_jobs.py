@@ -23,10 +23,9 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import anyio
-import attrs
 
 from schedd.protocol import Accept, Message, Ping, Pong, Progress, Reject, Result, encode
-from schedd.sdk._conn import Link, LinkLost
+from schedd.sdk._conn import Link, LinkLost, with_ref
 from schedd.sdk._native import TaskGroup
 from schedd.sdk._node_out import Batcher
 from schedd.sdk.job import (
@@ -164,4 +163,4 @@ class NodeJobs:
         # The ref names the attempt, so an error about this message is matched to it.
         data = (self._result_blobs.get((message.job_id, attempt), [])
                 if isinstance(message, Result) else [])
-        return attrs.evolve(message, ref=link.next_ref(f"j{attempt}.")), data
+        return with_ref(message, link.next_ref(f"j{attempt}.")), data

@@ -17,14 +17,15 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
 
 from schedd.protocol import E_SHUTTING_DOWN, E_TOO_LARGE, Accepted, Submit
-from schedd.sdk._conn import Dialer, Link, LinkLost, RequestFailed
+from schedd.sdk._conn import Link, LinkLost, RequestFailed
+from schedd.sdk._dial import Dialer
 from schedd.sdk._upkeep import _MAX_RATE_WAIT, E_RATE_LIMITED
 from schedd.sdk.handle import JobHandle
 from schedd.sdk.job import Attachments, attachment_items, over_limits
@@ -79,7 +80,7 @@ def submit_message(
     if seq is not None and session_id is not None:
         client.session(session_id)
     message = Submit(
-        job_id=job_id if job_id is not None else uuid.uuid4().hex, pools=list(pools),
+        job_id=job_id if job_id is not None else os.urandom(16).hex(), pools=list(pools),
         requirements=dict(requirements or {}), services=list(services),
         stages=[dict(stage) for stage in stages] if stages is not None else None,
         payload=payload, session_id=session_id, priority=priority, ack_timeout=ack_timeout,

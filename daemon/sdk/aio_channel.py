@@ -12,8 +12,10 @@ Rules of this module:
   ``ws://``/``wss://``; only the reads and writes are anyio's.
 - **Client side only.** The daemon's transports stay on trio; these channels are opened by
   :func:`schedd.sdk.connect.open_channel` when the running event loop is not trio.
-- **Sends** are serialised by a FIFO lock; a WebSocket's pings and the peer's close are answered
-  by the task in ``receive``, before it returns the next message.
+- **Sends** are serialised by a FIFO lock, so that messages stay whole and in the order of the
+  calls whichever tasks send them; ``send_many`` writes its messages in one go (a message and
+  its attachments). A WebSocket's pings and the peer's close are answered by the task in
+  ``receive``, before it returns the next message.
 - **Closing** is bounded by :data:`~schedd.transport.sockets.CLOSE_TIMEOUT` and shielded: a
   WebSocket sends its close frame (1009 after ``E_TOO_LARGE``, the parser's code after
   ``E_MALFORMED``, else 1000), then the stream is closed.
@@ -39,7 +41,7 @@ from schedd.errors import ProtocolError
 from schedd.protocol.attachments import SDK_MAX_ATTACHMENT, Blob
 from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
 from schedd.protocol.framing import FrameDecoder, encode_frame
-from schedd.protocol.wsframes import FrameSplitter, encode_message
+from schedd.protocol.wsframes import FrameSplitter, MaskKeys, encode_message
 from schedd.sdk._target import BROKEN, ConnectFailed, Target, reason, websocket_handshake
 from schedd.transport.channel import Channel, ChannelClosed
 from schedd.transport.sockets import CLOSE_TIMEOUT, RECEIVE_SIZE, format_address
@@ -127,6 +129,24 @@ class _AioChannel(Channel):
             except _LOST as exc:
                 raise ChannelClosed(f"connection with {self.peer} lost: {reason(exc)}") from exc
 
+    def _frame(self, data: bytes) -> bytes:
+        """``data`` as the bytes that carry it on the stream (raises ``ChannelClosed`` when the
+        connection is closing)."""
+        raise NotImplementedError
+
+    async def send(self, data: bytes) -> None:
+        """Send one message (see the subclass)."""
+        await self._write(self._frame(data))
+
+    async def send_many(self, messages: list[bytes]) -> None:
+        """Send each of ``messages`` as ``send`` would, in one write: nothing another task
+        sends comes between them (a message and its attachments); none: nothing is written."""
+        data = b"".join([self._frame(message) for message in messages])
+        if data:
+            await self._write(data)
+        else:
+            await anyio.lowlevel.checkpoint()
+
     async def _goodbye(self) -> None:
         """What to send before the stream is closed (a WebSocket's close frame)."""
 
@@ -171,8 +191,8 @@ class AioStreamChannel(_AioChannel):
         await anyio.lowlevel.checkpoint_if_cancelled()
         return frames.popleft()
 
-    async def send(self, data: bytes) -> None:
-        await self._write(encode_frame(data))
+    def _frame(self, data: bytes) -> bytes:
+        return encode_frame(data)
 
 
 class AioWebSocketChannel(_AioChannel):
@@ -203,6 +223,7 @@ class AioWebSocketChannel(_AioChannel):
         # Once set, (error code or "", message) of what every later receive raises.
         self._ended: tuple[str, str] | None = None
         self._close_code = _CLOSE_NORMAL
+        self._keys = MaskKeys()
         # Common frames are decoded by the splitter from a frame boundary: the handshake fed
         # wsproto the HTTP head only and handed what followed as ``leftover``.
         self._splitter = FrameSplitter(max_frame, server=False) if leftover is not None else None
@@ -231,14 +252,14 @@ class AioWebSocketChannel(_AioChannel):
                 raise ChannelClosed(f"connection with {self.peer} is closed")
             self._take(await self._read())
 
-    async def send(self, data: bytes) -> None:
-        """Send one message: text (``data`` is UTF-8 JSON) or binary, see the class."""
+    def _frame(self, data: bytes) -> bytes:
+        """One message: text (``data`` is UTF-8 JSON) or binary, see the class."""
         if self._ws.state is not ConnectionState.OPEN:
             raise ChannelClosed(f"connection with {self.peer} is closing")
         text = self._text and not isinstance(data, Blob)
         if text and not data.isascii():
             data.decode()  # text must be UTF-8
-        await self._write(encode_message(data, text=text, masked=True))
+        return encode_message(data, text=text, masked=True, keys=self._keys)
 
     async def _send_event(self, event: Event) -> None:
         try:

@@ -84,15 +84,8 @@ from schedd.protocol import (
     Submit,
 )
 from schedd.protocol.attachments import DEFAULT_MAX_ATTACHMENT, DEFAULT_MAX_ATTACHMENTS
-from schedd.sdk._conn import (
-    E_CLIENT_CLOSED,
-    Backoff,
-    Dialer,
-    Link,
-    LinkLost,
-    RequestFailed,
-    reraise_sole,
-)
+from schedd.sdk._conn import E_CLIENT_CLOSED, Link, LinkLost, RequestFailed, reraise_sole
+from schedd.sdk._dial import Backoff, Dialer
 from schedd.sdk._submits import acknowledge, submit_many, submit_message
 from schedd.sdk._upkeep import submit_paced, watch_lost
 from schedd.sdk.handle import JobHandle, JobLost

@@ -124,8 +124,9 @@ class JobHandle:
         self.media_types: dict[str, str] = {}
         self._failure: RequestFailed | None = None
         self._finished = event()
-        self._progress = _ProgressQueue(PROGRESS_BUFFER)
-        self._stages = _ProgressQueue(PROGRESS_BUFFER)
+        # made when first used: most jobs send no progress and have no stages
+        self._progress: _ProgressQueue | None = None
+        self._stages: _ProgressQueue | None = None
         # True once the daemon has acknowledged the job (accepted / job): only such jobs are
         # re-followed after a reconnect; an unacknowledged submit is retried by its caller.
         self._acknowledged = False
@@ -168,12 +169,35 @@ class JobHandle:
         There is one stream per handle: two iterators share (split) it. Up to 1024 messages
         are buffered for a slow reader; later ones are dropped (and logged).
         """
-        return self._progress
+        return self._progress_queue()
 
     def stages(self) -> AsyncIterator[StageDone]:
         """A pipeline's ``stage_done`` messages, in the order they came, until its ``done``
         (nothing for a job that is not a pipeline). Buffered as :meth:`progress`."""
-        return self._stages
+        return self._stages_queue()
+
+    def _progress_queue(self) -> _ProgressQueue:
+        queue = self._progress
+        if queue is None:
+            queue = self._progress = self._new_queue()
+        return queue
+
+    def _stages_queue(self) -> _ProgressQueue:
+        queue = self._stages
+        if queue is None:
+            queue = self._stages = self._new_queue()
+        return queue
+
+    def _new_queue(self) -> _ProgressQueue:
+        queue = _ProgressQueue(PROGRESS_BUFFER)
+        if self.finished:  # made after the end: it holds nothing and ends at once
+            queue.close()
+        return queue
+
+    def _close_queues(self) -> None:
+        for queue in (self._progress, self._stages):
+            if queue is not None:
+                queue.close()
 
     async def cancel(self) -> None:
         """Cancel the job; its ``done`` (state ``canceled``) then completes :meth:`result`."""
@@ -190,13 +214,13 @@ class JobHandle:
     def _push_progress(self, data: Any) -> None:
         if self.finished:
             return
-        if not self._progress.put_nowait(data):
+        if not self._progress_queue().put_nowait(data):
             self._dropped_progress += 1
             if self._dropped_progress == 1:
                 log.warning("job %s: progress is not being read; dropping", self.job_id)
 
     def _push_stage(self, stage: StageDone) -> None:
-        if not self.finished and not self._stages.put_nowait(stage):
+        if not self.finished and not self._stages_queue().put_nowait(stage):
             log.warning("job %s: stage %s dropped (stages are not being read)", self.job_id,
                         stage.stage)
 
@@ -208,13 +232,11 @@ class JobHandle:
         self.media_types = {spec.name: spec.media_type for spec in done.attachments}
         self.state = done.state
         self._finished.set()
-        self._progress.close()
-        self._stages.close()
+        self._close_queues()
 
     def _fail(self, failure: RequestFailed) -> None:
         if self.finished:
             return
         self._failure = failure
         self._finished.set()
-        self._progress.close()
-        self._stages.close()
+        self._close_queues()

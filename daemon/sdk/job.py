@@ -205,6 +205,8 @@ def success_result(ctx: JobContext, output: Any) -> tuple[Result, list[bytes]]:
 
 def over_limits(blobs: list[bytes], max_attachment: int, max_attachments: int) -> str:
     """Why the daemon would refuse attachments of these sizes ('' when they fit its limits)."""
+    if not blobs:
+        return ""
     largest = max((len(blob) for blob in blobs), default=0)
     if largest > max_attachment:
         return (f"an attachment of {largest} bytes exceeds the limit of {max_attachment} bytes "

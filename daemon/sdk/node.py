@@ -71,7 +71,8 @@ from schedd.protocol import (
     Undrain,
 )
 from schedd.protocol.attachments import DEFAULT_MAX_ATTACHMENT, DEFAULT_MAX_ATTACHMENTS
-from schedd.sdk._conn import Backoff, Dialer, Link, LinkLost, RequestFailed, reraise_sole
+from schedd.sdk._conn import Link, LinkLost, RequestFailed, reraise_sole
+from schedd.sdk._dial import Backoff, Dialer
 from schedd.sdk._native import TaskGroup, open_task_group
 from schedd.sdk._node_jobs import NodeJobs
 from schedd.sdk._node_out import Batcher

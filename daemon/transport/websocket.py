@@ -29,7 +29,7 @@ from wsproto.utilities import LocalProtocolError
 from schedd.errors import ProtocolError
 from schedd.protocol.attachments import Blob
 from schedd.protocol.codec import E_MALFORMED, E_TOO_LARGE
-from schedd.protocol.wsframes import FrameSplitter, encode_message
+from schedd.protocol.wsframes import FrameSplitter, MaskKeys, encode_message
 from schedd.transport.channel import ChannelClosed
 from schedd.transport.readiness import ReadinessHub
 from schedd.transport.sockets import (
@@ -70,6 +70,7 @@ class WebSocketChannel(HubReader[bytes | str]):
         "_control",
         "_ended",
         "_frames",
+        "_keys",
         "_max_binary",
         "_max_frame",
         "_on_control",
@@ -108,6 +109,8 @@ class WebSocketChannel(HubReader[bytes | str]):
         self._ended: tuple[str, str] | None = None
         self._close_code = _CLOSE_NORMAL
         self._frames: FrameSplitter | None = None
+        # a client masks every frame it sends (RFC 6455), with keys drawn in bulk
+        self._keys = MaskKeys() if ws.client else None
         self._on_control: Callable[[], bool] | None = None
         self._attach(hub)
         self._handle_events()  # frames wsproto was fed with the handshake
@@ -311,7 +314,7 @@ class WebSocketChannel(HubReader[bytes | str]):
         text = self._text and not isinstance(data, Blob)
         if text and not data.isascii():
             data.decode()  # text must be UTF-8: raises UnicodeDecodeError as wsproto's str did
-        return encode_message(data, text=text, masked=self._ws.client)
+        return encode_message(data, text=text, masked=self._keys is not None, keys=self._keys)
 
     async def aclose(self) -> None:
         """Send a close frame, then close the stream (see the module rules); never raises."""

@@ -946,3 +946,122 @@ def test_idle_heartbeat_refusals_keep_the_general_errors(raw: bytes, fragment: s
     with pytest.raises(ProtocolError) as info:
         schedd.protocol.decode(raw)
     assert info.value.code == "E_BAD_FIELD" and fragment in info.value.message
+
+
+# --------------------------------------------------------------------------------------------
+# Decode's direct path (the constructor without cattrs) and encode_with_ref.
+# --------------------------------------------------------------------------------------------
+
+
+def _outcome(raw: bytes, *, direct: bool) -> Any:
+    """What decode makes of ``raw``: the message, or the (code, message) of its error; with
+    ``direct`` False, through the general path alone."""
+    saved = schedd.protocol.codec._direct
+    if not direct:
+        schedd.protocol.codec._direct = lambda obj, entry: None
+    try:
+        return decode(raw)
+    except ProtocolError as exc:
+        return (exc.code, exc.message)
+    finally:
+        schedd.protocol.codec._direct = saved
+
+
+def _same_either_way(raw: bytes) -> None:
+    fast, general = _outcome(raw, direct=True), _outcome(raw, direct=False)
+    assert fast == general
+    if not isinstance(fast, tuple):  # the same values of the same JSON types
+        assert encode(fast) == encode(general)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(messages)
+def test_the_direct_path_decodes_exactly_what_the_general_path_does(message: Message) -> None:
+    raw = encode(message)
+    _same_either_way(raw)
+    obj = orjson.loads(raw)
+    tag = obj.pop("type")
+    built = schedd.protocol.codec._direct(dict(obj), schedd.protocol.codec._DIRECT[tag])
+    nested = [name for name in schedd.protocol.codec._DIRECT[tag][3] if obj.get(name)]
+    if not nested:  # nothing of an attrs class to structure: the direct path built it
+        assert built == message
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(messages, st.data())
+def test_the_direct_path_refuses_what_the_general_path_refuses_in_its_words(
+    message: Message, data: st.DataObject
+) -> None:
+    obj = orjson.loads(encode(message))
+    key = data.draw(st.sampled_from(sorted(k for k in obj if k != "type")))
+    action = data.draw(st.sampled_from(["drop", "replace", "add", "null", "empty"]))
+    if action == "drop":
+        del obj[key]
+    elif action == "replace":
+        obj[key] = data.draw(json_values | json_objects | st.lists(json_values, max_size=2))
+    elif action == "add":
+        obj[data.draw(short_ids | st.sampled_from(FIELD_NAMES))] = data.draw(json_values)
+    else:
+        obj[key] = None if action == "null" else []
+    _same_either_way(orjson.dumps(obj))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(MESSAGE_TYPES)),
+    st.dictionaries(
+        st.sampled_from(FIELD_NAMES) | st.sampled_from(["x", ""]),
+        json_values | st.lists(short_ids | attempts, max_size=3) | json_objects,
+        max_size=8,
+    ),
+)
+def test_arbitrary_fields_decode_the_same_either_way(tag: str, fields: dict[str, Any]) -> None:
+    _same_either_way(orjson.dumps({"type": tag, **fields}))
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"type":"done","job_id":"j","state":"done","ok":true,"error":null,"attachments":[]}',
+    b'{"type":"done","job_id":"j","state":"failed","ok":false,'
+    b'"error":{"code":"E_X","message":"m"}}',
+    b'{"type":"done","job_id":"j","state":"done","ok":true,"attachments":{}}',
+    b'{"type":"done","job_id":"j","state":"done","ok":true,"attachments":null}',
+    b'{"type":"result","job_id":"j","attempt":1,"ok":false,"error":[]}',
+    b'{"type":"accept","job_id":"j","attempt":0}',
+    b'{"type":"accept","job_id":"j"}',
+    b'{"type":"accept","job_id":"j","attempt":1,"extra":1}',
+    b'{"type":"pong","ref":""}',
+    b'{"type":"register","capacity":1,"running":[{"job_id":"j","attempt":1}]}',
+    b'{"type":"register","capacity":1,"running":[{"job_id":"j"}]}',
+])
+def test_nested_and_refused_fields_decode_the_same_either_way(raw: bytes) -> None:
+    _same_either_way(raw)
+
+
+def test_the_direct_path_is_taken_for_the_hot_messages() -> None:
+    for raw in (encode(Accept(job_id="j", attempt=1)),
+                encode(Result(job_id="j", attempt=1, ok=True, output={"n": 1}, ref="j1.2")),
+                encode(Done(job_id="j", state="done", ok=True)),
+                encode(Pong(ref="r1"))):
+        obj = orjson.loads(raw)
+        tag = obj.pop("type")
+        assert schedd.protocol.codec._direct(obj, schedd.protocol.codec._DIRECT[tag]) \
+            == decode(raw)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(messages, ids)
+def test_encode_with_ref_writes_what_encode_of_the_evolved_message_does(
+    message: Message, ref: str
+) -> None:
+    assert schedd.protocol.codec.encode_with_ref(message, ref) \
+        == encode(attrs.evolve(message, ref=ref))
+
+
+@pytest.mark.parametrize("ref", ["", "x" * (MAX_ID_LEN + 1), "a\nb", 5])
+def test_encode_with_ref_refuses_the_refs_evolve_refuses(ref: Any) -> None:
+    message = Ping()
+    with pytest.raises(InvalidField) as general:
+        attrs.evolve(message, ref=ref)
+    with pytest.raises(InvalidField) as direct:
+        schedd.protocol.codec.encode_with_ref(message, ref)
+    assert (direct.value.path, direct.value.reason) == (general.value.path, general.value.reason)

@@ -18,7 +18,13 @@ from wsproto.events import (
     TextMessage,
 )
 
-from schedd.protocol.wsframes import FrameSplitter, HeadSplitter, encode_message, unmask
+from schedd.protocol.wsframes import (
+    FrameSplitter,
+    HeadSplitter,
+    MaskKeys,
+    encode_message,
+    unmask,
+)
 
 LIMIT = 1 << 20
 
@@ -299,6 +305,38 @@ def test_masking_keys_differ_per_frame() -> None:
     frames = {encode_message(b"same", text=True, masked=True) for _ in range(20)}
     assert len(frames) > 1
     assert encode_message(b"same", text=True, masked=False) == b"\x81\x04same"
+    keys = MaskKeys()
+    frames = {encode_message(b"same", text=True, masked=True, keys=keys) for _ in range(600)}
+    assert len(frames) > 590  # 32 random bits each: a repeat or two at most, by chance
+
+
+def test_mask_keys_are_drawn_in_bulk_and_each_used_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    draws: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        draws.append(os.getrandom(n) if hasattr(os, "getrandom") else bytes(n))
+        return draws[-1]
+
+    keys = MaskKeys()
+    monkeypatch.setattr("schedd.protocol.wsframes.os.urandom", urandom)
+    got = [keys.next() for _ in range(600)]
+    assert [len(draw) for draw in draws] == [1024, 1024, 1024]  # 256 keys a draw
+    assert all(len(key) == 4 for key in got)
+    assert b"".join(got) == b"".join(draws)[:2400]  # in order, none skipped or repeated
+
+
+@pytest.mark.parametrize("size", [0, 5, 126, 70_000])
+def test_a_frame_masked_with_pooled_keys_reads_back(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    keys = MaskKeys()
+    _client, server = _pair()
+    for _ in range(3):
+        frame = encode_message(payload, text=False, masked=True, keys=keys)
+        server.receive_data(frame)
+        parts = [e for e in server.events() if isinstance(e, Message)]
+        assert b"".join(bytes(p.data) for p in parts) == payload
 
 
 async def test_the_channel_refuses_to_send_bad_text_or_on_a_closing_connection() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -211,3 +212,59 @@ async def test_the_peers_close_ends_receive_and_send_and_one_close_answers_it() 
             while not seen:
                 await anyio.sleep(0.01)
     assert [type(event) for event in seen] == [CloseConnection]  # the reply to the peer's close
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ws"])
+async def test_concurrent_sends_stay_whole_and_a_send_many_stays_together(scheme: str) -> None:
+    """Tasks send at once with no lock of their own (the SDK's Link takes none): every message
+    arrives whole, and the frames of one ``send_many`` (a message and its attachments) arrive
+    one behind the other."""
+    from schedd.protocol.attachments import Blob
+    from schedd.protocol.framing import FrameDecoder
+
+    tasks, rounds = 8, 20
+    expected = tasks * rounds * 3
+    got: list[bytes] = []
+    arrived = anyio.Event()
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        ws = await upgraded(stream) if scheme == "ws" else None
+        decoder = FrameDecoder(1 << 20, 1 << 20)
+        while len(got) < expected:
+            data = await stream.receive()
+            if ws is None:
+                got.extend(bytes(frame) for frame in decoder.feed(data))
+                continue
+            ws.receive_data(data)
+            for event in ws.events():
+                assert isinstance(event, TextMessage | BytesMessage) and event.message_finished
+                got.append(event.data.encode() if isinstance(event.data, str)
+                           else bytes(event.data))
+        arrived.set()
+        await anyio.sleep_forever()
+
+    async def sender(channel: Any, task: int) -> None:
+        for n in range(rounds):
+            json = b'{"t":%d,"n":%d,"pad":"%s"}' % (task, n, b"x" * (n * 97 % 3000))
+            await channel.send_many([json, Blob(b"%d.%d" % (task, n) * 50)])
+            await channel.send(b'{"alone":%d,"n":%d}' % (task, n))
+            await channel.send_many([])  # nothing to send: nothing arrives
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(20):
+        async with server(serve) as port, open_channel(f"{scheme}://127.0.0.1:{port}") as channel:
+            async with anyio.create_task_group() as tg:
+                for task in range(tasks):
+                    tg.start_soon(sender, channel, task)
+            await arrived.wait()
+    assert len(got) == expected
+    for index, frame in enumerate(got):
+        if frame.startswith(b'{"t":'):
+            head = frame.split(b',"pad"')[0]
+            task, n = (int(part.split(b":")[1]) for part in head[1:].split(b","))
+            assert got[index + 1] == b"%d.%d" % (task, n) * 50  # its attachment, right behind
+    alone = [frame for frame in got if frame.startswith(b'{"alone"')]
+    assert len(alone) == tasks * rounds
+    for task in range(tasks):  # one task's sends arrive in the order it made them
+        mine = [frame for frame in alone if frame.startswith(b'{"alone":%d,' % task)]
+        assert mine == [b'{"alone":%d,"n":%d}' % (task, n) for n in range(rounds)]

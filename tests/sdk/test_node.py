@@ -549,7 +549,7 @@ async def test_end_to_end_with_the_daemon_across_dropped_connections(
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
-    import schedd.sdk._conn
+    import schedd.sdk._dial
     from schedd.sdk.client import Client
     from tests.daemon.harness import MemoryChannel, channel_pair, running_daemon
 
@@ -574,7 +574,7 @@ async def test_end_to_end_with_the_daemon_across_dropped_connections(
                 finally:
                     await ours.aclose()
 
-            monkeypatch.setattr(schedd.sdk._conn, "open_channel", open_memory_channel)
+            monkeypatch.setattr(schedd.sdk._dial, "open_channel", open_memory_channel)
             async with trio.open_nursery() as nursery:
                 node = Node(
                     "tcp://node:1", handler, pools=["p"], node_id="n1", reconnect_delay=0.01
