@@ -106,16 +106,20 @@ local old = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE', 'LIMIT', 0, ba
 for _, member in ipairs(old) do
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'j' then
-    local job = hmget(K.job(id), {'state', 'principal', 'node', 'rbytes'})
-    if job and TERMINAL[job.state] then drop_finished(id, job) end
+    local job = hmget(K.job(id), DROP_FIELDS)
+    if job and TERMINAL[job.state] then
+      drop_finished(id, job) -- which takes the gc entry out
+    else
+      redis.call('ZREM', KEYS[3], member)
+    end
   else
     if redis.call('HGET', K.node(id), 'state') == 'offline' then
       redis.call('DEL', K.node(id))
       redis.call('ZREM', K.nodes(), id)
       redis.call('HDEL', K.beats(), id)
     end
+    redis.call('ZREM', KEYS[3], member)
   end
-  redis.call('ZREM', KEYS[3], member)
 end
 
 local gone = redis.call('ZRANGE', KEYS[4], '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)

@@ -123,7 +123,9 @@ def test_every_scenario_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert s2["best_jobs_per_s"] > 0
     assert [level["concurrency"] for level in s2["levels"]]
     _floor_ok(s2["floor"])
-    assert 2.0 <= s2["script_calls_per_job"] < 2.5  # as S1's
+    # one job_submit per job; under concurrency the node's accepts and results come in runs that
+    # one job_result_many call takes, so the second call per job is shared by several jobs
+    assert 1.0 < s2["script_calls_per_job"] < 2.5
     assert _positive(s2["ratios"]["best_jobs_per_s_of_floor"])
     assert re.search(r"S2\s+best sustained jobs/s \(p99<=50ms\)\s+.* = [\d.]+ of floor calls/s",
                      proc.stdout)

@@ -236,6 +236,6 @@ async def test_requeue_moves_the_job_in_the_browsing_indices(store: Store) -> No
     assert [j.job_id for j in (await queries.list_jobs(JobFilter(state="done"))).jobs] == [job_id]
     await trio.sleep(0.1)
     assert (await core.reap())[2] == 1  # removed at retention: no index keeps it
-    keys = [k.jobs, k.jobs_of("alice"), k.jobs_in("done"), k.jobs_in("failed"),
+    keys = [k.jobs_of("alice"), k.jobs_in("done"), k.jobs_in("failed"),
             k.jobs_in("active"), k.jobs_on("f-p"), k.jobs_on("n2")]
     assert [await store.execute("EXISTS", key) for key in keys] == [0] * len(keys)

@@ -183,6 +183,22 @@ def _json(text: str, default: Any) -> Any:
 
 
 _NOT_INDEXED = frozenset(JOB_STATES) - TERMINAL_STATES  # in jobs_in:active, checked per job
+#: the indices whose union is every retained job (each job is in exactly one of them)
+_STATE_INDICES = ("active", *sorted(TERMINAL_STATES))
+
+
+def _merge(replies: list[list[Any]], skip: int, count: int) -> list[Any]:
+    """Entries of several ``ZRANGE … BYSCORE REV WITHSCORES`` replies (each read from the same
+    bound with ``LIMIT 0 skip+count``) as one such reply of their union: score descending, equal
+    scores by member descending (bytewise, as Redis orders them), ``skip`` entries skipped, at
+    most ``count``."""
+    entries = [(float(reply[i + 1]), _s(reply[i]).encode(), reply[i], reply[i + 1])
+               for reply in replies for i in range(0, len(reply), 2)]
+    entries.sort(reverse=True)
+    flat: list[Any] = []
+    for _, _, member, score in entries[skip:skip + count]:
+        flat += [member, score]
+    return flat
 
 
 def _chunk(needed: int, found: int, examined: int, last: int, exact: bool) -> int:
@@ -348,10 +364,11 @@ class Queries:
         """One page of the jobs ``f`` selects, newest submission first.
 
         Reads the smallest of the indices the filter names (state, principal, node; all jobs
-        when it names none) within the time bounds, newest first, and checks the filter's other
-        fields against each job's hash, looking at :data:`EXAMINE_BUDGET` entries at most."""
+        when it names none: the union of the per-state indices, merged) within the time bounds,
+        newest first, and checks the filter's other fields against each job's hash, looking at
+        :data:`EXAMINE_BUDGET` entries at most."""
         k = self.keys
-        candidates = [k.jobs]
+        candidates = [""]  # all jobs
         if f.state is not None:
             candidates.append(k.jobs_in(f.state if f.state in TERMINAL_STATES else "active"))
         if f.principal is not None:
@@ -377,9 +394,7 @@ class Queries:
         while examined < EXAMINE_BUDGET:
             count = _chunk(f.limit - len(found), len(found), examined, count, exact)
             count = min(EXAMINE_BUDGET - examined, count)
-            flat = await self.store.execute(
-                "ZRANGE", index, high, low, "BYSCORE", "REV", "WITHSCORES", "LIMIT", skip, count
-            )
+            flat = await self._read(index, high, low, skip, count)
             entries = [(_s(flat[i]), _int(_s(flat[i + 1]))) for i in range(0, len(flat), 2)]
             if not entries:
                 return JobPage(jobs=found, cursor=None, examined=examined)
@@ -398,6 +413,20 @@ class Queries:
             high = str(score)
         assert score is not None
         return JobPage(jobs=found, cursor=str(Cursor(score, skip)), examined=examined)
+
+    async def _read(self, index: str, high: str, low: str, skip: int, count: int) -> list[Any]:
+        """``ZRANGE index high low BYSCORE REV WITHSCORES LIMIT skip count``; for all jobs
+        (``index`` ''), the same of the per-state indices' union: each read from ``high`` up to
+        skip + count entries, merged (each job is in one of them and keeps its score, so the
+        union's order and a cursor into it hold while jobs move between them)."""
+        if index:
+            flat: list[Any] = await self.store.execute(
+                "ZRANGE", index, high, low, "BYSCORE", "REV", "WITHSCORES", "LIMIT", skip, count)
+            return flat
+        replies = await self.store.execute_many(
+            [("ZRANGE", self.keys.jobs_in(state), high, low, "BYSCORE", "REV", "WITHSCORES",
+              "LIMIT", 0, skip + count) for state in _STATE_INDICES])
+        return _merge(replies, skip, count)
 
     async def _summaries(
         self, job_ids: list[str], f: JobFilter, index: str
@@ -439,9 +468,19 @@ class Queries:
         return out
 
     async def counts(self) -> dict[str, int]:
-        """Jobs per current state (every state present) plus lifetime ``total:*`` counters."""
-        h = _pairs(await self.store.execute("HGETALL", self.keys.counts))
+        """Jobs per current state (every state present) plus lifetime ``total:*`` counters.
+
+        A terminal state's count is the retained jobs that ended in it, its ``jobs_in`` index's
+        size (pipelines included: each is a job of its own beside its stages); the scripts
+        count only the other states in ``counts``, which also holds the ``total:*`` counters.
+        """
+        k = self.keys
+        terminal = sorted(TERMINAL_STATES)
+        raw, *sizes = await self.store.execute_many(
+            [("HGETALL", k.counts), *(("ZCARD", k.jobs_in(state)) for state in terminal)])
+        h = _pairs(raw)
         out = {state: _int(h.get(state, "0")) for state in JOB_STATES}
+        out.update({state: int(n) for state, n in zip(terminal, sizes, strict=True)})
         out.update({k: _int(v) for k, v in h.items() if k.startswith("total:")})
         # job_submit counts accepted jobs once, in the queue-order sequence
         out["total:submitted"] = _int(h.get("seq", "0"))

@@ -8,7 +8,7 @@ Rules of this module:
 * A throw-away redis-server per run. For each size the namespace is emptied and filled with that
   many finished jobs in the shape the scripts leave them (the job hash with the fields
   ``job_submit``, ``assign`` and ``finish`` write, a 10-byte payload and output; the browsing
-  indices ``jobs``, ``jobs_of``, ``jobs_in``, ``jobs_on``; the ``gc`` entry), by pipelined
+  indices ``jobs_of``, ``jobs_in``, ``jobs_on``; the ``gc`` entry), by pipelined
   writes: 5 % failed (10 in every 200), the rest done, over 10 principals, 100 nodes and 10
   pools, submitted one
   every ``DAY_MS / size`` ms over the last day.
@@ -80,8 +80,7 @@ async def fill(store: Store, keys: Keys, size: int, now_ms: int) -> None:
                 "t_fin", str(t_sub + 400), "ok", "0" if failed else "1",
                 "output", "null" if failed else payload, "error", error,
             ))  # fmt: skip
-            for key in (keys.jobs, keys.jobs_of(principal), keys.jobs_in(state),
-                        keys.jobs_on(node)):
+            for key in (keys.jobs_of(principal), keys.jobs_in(state), keys.jobs_on(node)):
                 by_index.setdefault(key, []).extend((t_sub, job_id))
             by_index.setdefault(keys.gc, []).extend((t_sub + 400 + 3_600_000, f"j:{job_id}"))
         commands += [("ZADD", key, *members) for key, members in by_index.items()]

@@ -89,7 +89,7 @@ async def run_phase(store: Store, jobs: int, kb: int, **settings: Any) -> dict[s
     for i in range(jobs):
         await _one_job(core, f"j{i:07d}", "tenant", payload, output)
     after = await _used(store)
-    retained = int(await store.execute("ZCARD", core.keys.jobs))
+    retained = int(await store.execute("ZCARD", core.keys.jobs_in("done")))
     return {
         "jobs": jobs,
         "retained": retained,
@@ -114,7 +114,7 @@ async def run_hour(store: Store, jobs: int, kb: int, *, principals: int = 1, rat
         if i % every == 0 or i == jobs:
             used = await _used(store)
             curve.append({"jobs_done": i, "virtual_s": round(i / rate, 1),
-                          "retained": int(await store.execute("ZCARD", core.keys.jobs)),
+                          "retained": int(await store.execute("ZCARD", core.keys.jobs_in("done"))),
                           "used_memory": used, "delta": used - before})
     now_ms = await _now_ms(store)
     due_real = int(await store.execute("ZCOUNT", core.keys.gc, "-inf", str(now_ms)))

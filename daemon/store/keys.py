@@ -63,7 +63,6 @@ SCHEMA: dict[str, tuple[str, str]] = {
                   "hash: att, out_att; their total bytes: att_bytes)"),
     "job_attempts": ("job:{}:attempts", "list: the attempts of a job that ended without a "
                      "result (attempt, node, why, times), oldest first"),
-    "jobs": ("jobs", "zset: every retained job id -> unix ms of its submission (browsing)"),
     "jobs_in": ("jobs_in:{}", "zset: job id -> submit ms, per terminal state or 'active' "
                 "(not terminal) (browsing)"),
     "jobs_of": ("jobs_of:{}", "zset: job id -> submit ms, per principal (browsing)"),
@@ -71,8 +70,9 @@ SCHEMA: dict[str, tuple[str, str]] = {
                 "(browsing)"),
     "delayed": ("delayed", "zset: job id -> unix ms at which a delayed or backing-off job is "
                 "due (the reaper queues or places it then)"),
-    "ended_of": ("ended_of:{}", "zset: retained finished job id -> its finish order (counts' "
-                 "finished_seq), per principal (retention bounds, oldest evicted first)"),
+    "ended_of": ("ended_of:{}", "zset: retained finished job id -> its finish order (finish "
+                 "ms * 1000 + seq mod 1000), per principal (retention bounds, oldest evicted "
+                 "first)"),
     "retained": ("retained", "hash: principal -> bytes its retained finished jobs hold "
                  "(results, errors, kept payloads)"),
     "deadlines": ("deadlines", "zset: job id -> unix ms of its current ack/run/queue deadline"),
@@ -181,10 +181,6 @@ class Keys:
 
     def jobs_on(self, node_id: str) -> str:
         return self._k("jobs_on", node_id)
-
-    @property
-    def jobs(self) -> str:
-        return self._k("jobs")
 
     def session(self, session_id: str) -> str:
         return self._k("session", session_id)

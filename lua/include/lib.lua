@@ -45,6 +45,11 @@ local function err(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
 end
 
+-- A hash read into a table records at h[0] what the read covered: true for every field
+-- (hgetall), else the names read (hmget: the list it was given, made a set when first asked).
+-- A field absent from the table but covered is absent from the hash, so the helpers
+-- (job_field, need) do not read it again. (h[0] is not a field: hash fields are strings.)
+
 -- The named fields of a hash as a table (absent fields stay nil); nil when the first is absent.
 local function hmget(key, names)
   local vals = redis.call('HMGET', key, unpack_list(names))
@@ -53,6 +58,7 @@ local function hmget(key, names)
   for i = 1, #names do
     if vals[i] then h[names[i]] = vals[i] end
   end
+  h[0] = names
   return h
 end
 
@@ -61,7 +67,71 @@ local function hgetall(key)
   if #flat == 0 then return nil end
   local h = {}
   for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  h[0] = true
   return h
+end
+
+-- The set of the fields the table's reads covered, to look up or add to (true: all of them).
+-- hmget's list of names (the caller's, never changed) becomes a set of the table's own here.
+local function read_set(h)
+  local read = h[0]
+  if read == nil then
+    read = {}
+    h[0] = read
+  elseif read ~= true and read[1] then
+    local set = {}
+    for _, n in ipairs(read) do set[n] = true end
+    h[0], read = set, set
+  end
+  return read
+end
+
+-- Whether the read that made the table covered the field (then its absence is the hash's).
+local function covered(h, name)
+  local read = h[0]
+  if read == true then return true end
+  if read == nil then return false end
+  if read[1] then read = read_set(h) end
+  return read[name] == true
+end
+
+-- A field of a job: as read, nil when the read covered it and the hash lacks it, else read now.
+local function job_field(job_id, job, name)
+  local v = job[name]
+  if v == nil and not covered(job, name) then
+    v = redis.call('HGET', K.job(job_id), name) or nil
+    job[name] = v
+    local read = read_set(job)
+    if read ~= true then read[name] = true end
+  end
+  return v
+end
+
+-- Read into the job table, in one HMGET, those of the named fields it does not hold yet (and
+-- that the read which made it did not cover). No command when it holds them all.
+local function need(job_id, job, names)
+  local read = job[0]
+  if read == true then return end
+  local missing, n = nil, 0
+  for i = 1, #names do
+    local name = names[i]
+    if job[name] == nil then
+      if read and read[1] then read = read_set(job) end
+      if not (read and read[name]) then
+        missing = missing or {}
+        n = n + 1
+        missing[n] = name
+      end
+    end
+  end
+  if n == 0 then return end
+  local vals = redis.call('HMGET', K.job(job_id), unpack_list(missing))
+  read = read_set(job)
+  for i = 1, n do
+    local name = missing[i]
+    if vals[i] then job[name] = vals[i] end
+    read[name] = true
+  end
 end
 
 local CALLER = '' -- set by each script from its ARGV: the calling instance
@@ -89,10 +159,17 @@ end
 -- (a delayed job waits as a queued one does: it counts as queued)
 local USAGE_CLASS = {delayed = 'queued', queued = 'queued', assigned = 'inflight',
   running = 'inflight'}
-local function usage_state(job_id, old, new)
+local USAGE_FIELDS = {'principal', 'pbytes'}
+local function usage_state(job_id, old, new, job)
   local a, b = USAGE_CLASS[old or ''], USAGE_CLASS[new]
   if a == b then return end
-  local v = redis.call('HMGET', K.job(job_id), 'principal', 'pbytes')
+  local v
+  if job then
+    if job.principal == nil or job.pbytes == nil then need(job_id, job, USAGE_FIELDS) end
+    v = {job.principal, job.pbytes}
+  else
+    v = redis.call('HMGET', K.job(job_id), 'principal', 'pbytes')
+  end
   local ukey = K.usage(v[1] or '')
   if a and redis.call('HINCRBY', ukey, a, '-1') < 0 then redis.call('HSET', ukey, a, '0') end
   if b then redis.call('HINCRBY', ukey, b, '1') end
@@ -130,10 +207,12 @@ end
 -- Whether a pool may dispatch one job now under its rate (K.pool_limits(): '<rate> <burst>'); a
 -- pool with no rate always may. take: debit the token. A pool out of tokens is entered in
 -- K.rate_held() at the time its next token comes, where the reaper hands its members queued
--- work (one entry per pool: no polling).
-local function pool_rate_ok(pool, now, take)
-  local lim = redis.call('HGET', K.pool_limits(), pool)
-  if not lim then return true end
+-- work (one entry per pool: no polling). Returns whether it may, and the pool's rate as read
+-- (false: none), which a check gives to the take that follows it in the same call (lim), so
+-- the rate is read once.
+local function pool_rate_ok(pool, now, take, lim)
+  if lim == nil then lim = redis.call('HGET', K.pool_limits(), pool) end
+  if not lim then return true, false end
   local sp = string.find(lim, ' ', 1, true)
   local rate, burst = tonumber(string.sub(lim, 1, sp - 1)), tonumber(string.sub(lim, sp + 1))
   local key = K.pool_bucket(pool)
@@ -147,17 +226,36 @@ local function pool_rate_ok(pool, now, take)
   if take then
     redis.call('HSET', key, 'tokens', tostring(tokens - 1), 't_tok', int_s(now))
   end
-  return true
+  return true, lim
 end
 
 -- The counts and the event of a state change whose 'state' field the caller has written
 -- itself (with the job's attempt and node as they now are in its hash).
-local function count_state(job_id, old, new, attempt, node)
-  if old == new then return end
-  usage_state(job_id, old, new)
-  if old and old ~= '' then redis.call('HINCRBY', K.counts(), old, '-1') end
-  redis.call('HINCRBY', K.counts(), new, '1')
-  if TERMINAL[new] then redis.call('HINCRBY', K.counts(), 'total:' .. new, '1') end
+-- K.counts() holds the jobs per non-terminal state; a terminal state's are the entries of
+-- K.jobs_in(state) (its retained jobs: Queries.counts reads ZCARD), so ending a job and
+-- removing it write no count of the state, only the 'total:<state>' lifetime counter.
+-- job: the job's table, when the caller has one: the fields usage needs are taken from it (and
+-- read into it when missing), and a state it passed through uncounted (pass_state) is left
+-- from the state the counts hold (job._counted).
+local function count_state(job_id, old, new, attempt, node, job)
+  local from = old
+  if job and job._counted then
+    from = job._counted
+    job._counted = nil
+  elseif old == new then
+    return
+  end
+  if from ~= new then
+    usage_state(job_id, from, new, job)
+    if from and from ~= '' and not TERMINAL[from] then
+      redis.call('HINCRBY', K.counts(), from, '-1')
+    end
+    if TERMINAL[new] then
+      redis.call('HINCRBY', K.counts(), 'total:' .. new, '1')
+    else
+      redis.call('HINCRBY', K.counts(), new, '1')
+    end
+  end
   attempt = tonumber(attempt) or 0
   if new == 'queued' then attempt = attempt + 1 end -- a queued job waits for its next attempt
   -- built as text: cjson formats numbers with '%.14g', which costs more than the whole string
@@ -282,16 +380,18 @@ local function fair_took(job_id, job, cost)
 end
 
 -- The job's slot was freed: its use (if counted) leaves its pool's, once. Returns the job's
--- cost (the read that finds 'fpool' also reads it: no read more than the cost alone).
-local function fair_release(job_id)
-  local jkey = K.job(job_id)
-  local v = redis.call('HMGET', jkey, 'fpool', 'cost', 'principal')
-  local cost = tonumber(v[2]) or 1
-  if not v[1] then return cost end
-  redis.call('HDEL', jkey, 'fpool')
+-- cost. job: the job's table; what it lacks of 'fpool', 'cost' and 'principal' is read into it.
+local function fair_release(job_id, job)
+  need(job_id, job, {'fpool', 'cost', 'principal'})
+  local cost = tonumber(job.cost) or 1
+  local pool = job.fpool
+  if not pool or pool == '' then return cost end
+  redis.call('HDEL', K.job(job_id), 'fpool')
+  job.fpool = nil
+  local principal = job.principal or ''
   local c = int_s(-cost)
-  local ukey = K.fair_use(v[1])
-  if redis.call('HINCRBY', ukey, v[3] or '', c) <= 0 then redis.call('HDEL', ukey, v[3] or '') end
+  local ukey = K.fair_use(pool)
+  if redis.call('HINCRBY', ukey, principal, c) <= 0 then redis.call('HDEL', ukey, principal) end
   if redis.call('HINCRBY', ukey, '', c) <= 0 then redis.call('HDEL', ukey, '') end
   return cost
 end
@@ -302,6 +402,19 @@ local function fair_cap_add(pool, delta)
   if redis.call('HINCRBY', K.fair_cap(), pool, int_s(delta)) <= 0 then
     redis.call('HDEL', K.fair_cap(), pool)
   end
+end
+
+-- The job passes through state `new` within this call and leaves it by a later count_state of
+-- the same call (an accept that came with its result): the event goes now, the counts and usage
+-- only move once, from the state they hold to where the job ends up. The caller writes the
+-- state field, if at all.
+local function pass_state(job_id, job, new)
+  if job.state == new then return end
+  local attempt = tonumber(job.attempt) or 0
+  EVENTS[#EVENTS + 1] = '["job",' .. cjson.encode(job_id) .. ',"' .. new .. '",' .. int_s(attempt)
+    .. ',' .. cjson.encode(job.node or '') .. ']'
+  job._counted = job._counted or job.state
+  job.state = new
 end
 
 -- Pools ---------------------------------------------------------------------------------------
@@ -451,12 +564,14 @@ local function select_node(job_id, pools, services, session, now, fresh, spread,
     if sticky then
       for _, pool in ipairs(pools) do
         local free = redis.call('ZSCORE', K.pool(pool), sticky)
-        if free and tonumber(free) >= cost and pool_rate_ok(pool, now, false)
-            and eligible(sticky, job_id, services, now, fresh)
-            and (not principal or fair_allow(pool, principal, cost, now, submitting)) then
-          pool_rate_ok(pool, now, true)
-          FAIR_FROM = pool
-          return sticky
+        if free and tonumber(free) >= cost then
+          local rate_ok, lim = pool_rate_ok(pool, now, false)
+          if rate_ok and eligible(sticky, job_id, services, now, fresh)
+              and (not principal or fair_allow(pool, principal, cost, now, submitting)) then
+            pool_rate_ok(pool, now, true, lim)
+            FAIR_FROM = pool
+            return sticky
+          end
         end
       end
     end
@@ -464,10 +579,11 @@ local function select_node(job_id, pools, services, session, now, fresh, spread,
   for _, pool in ipairs(pools) do
     local pkey = K.pool(pool)
     local window, start = tied_window(pkey, spread, cost)
+    local rate_ok, lim
+    if window then rate_ok, lim = pool_rate_ok(pool, now, false) end
     if not window then
       exclusion('no_free_slot')
-    elseif pool_rate_ok(pool, now, false)
-        and (not principal or fair_allow(pool, principal, cost, now, submitting)) then
+    elseif rate_ok and (not principal or fair_allow(pool, principal, cost, now, submitting)) then
       local n = #window
       local order = {}
       for j = 0, n - 1 do order[j + 1] = window[(start + j) % n + 1] end
@@ -494,7 +610,7 @@ local function select_node(job_id, pools, services, session, now, fresh, spread,
       local looked = {}
       for _, node_id in ipairs(order) do
         if eligible(node_id, job_id, services, now, fresh) then
-          pool_rate_ok(pool, now, true)
+          pool_rate_ok(pool, now, true, lim)
           FAIR_FROM = pool
           return node_id
         end
@@ -504,7 +620,7 @@ local function select_node(job_id, pools, services, session, now, fresh, spread,
         '0', SCAN_COUNT)
       for _, node_id in ipairs(members) do
         if not looked[node_id] and eligible(node_id, job_id, services, now, fresh) then
-          pool_rate_ok(pool, now, true)
+          pool_rate_ok(pool, now, true, lim)
           FAIR_FROM = pool
           return node_id
         end
@@ -516,23 +632,23 @@ end
 
 -- Jobs -------------------------------------------------------------------------------------------
 
--- Browsing indices (zsets scored by the job's submit ms): K.jobs() holds every retained job,
--- K.jobs_of(principal) a principal's, K.jobs_in('active') the jobs not yet terminal and
--- K.jobs_in(state) those that ended in a terminal state, K.jobs_on(node) the jobs that had an
--- attempt on the node. They are written when a job is accepted (index_submit), when an attempt
+-- Browsing indices (zsets scored by the job's submit ms): K.jobs_of(principal) holds a
+-- principal's retained jobs, K.jobs_in('active') the jobs not yet terminal and K.jobs_in(state)
+-- those that ended in a terminal state (so every retained job is in exactly one jobs_in: all
+-- jobs are their union, Queries.list_jobs), K.jobs_on(node) the jobs that had an attempt on
+-- the node. They are written when a job is accepted (index_submit), when an attempt
 -- is assigned (assign) and when the job ends (finish), never on other transitions; the job's
 -- removal (index_forget, at gc) takes it out of every one, so they hold the retained jobs only.
 -- A script that moves a terminal job back to a non-terminal state calls index_reopen.
 local function index_submit(job_id, principal, t_sub_s)
-  redis.call('ZADD', K.jobs(), t_sub_s, job_id)
   redis.call('ZADD', K.jobs_of(principal), t_sub_s, job_id)
   redis.call('ZADD', K.jobs_in('active'), t_sub_s, job_id)
 end
 
 -- The submit ms of a job as text (from the fields read, else from its hash).
 local function job_t_sub(job_id, job)
-  local t = job.t_sub
-  if not t or t == '' then t = redis.call('HGET', K.job(job_id), 't_sub') or '0' end
+  local t = job_field(job_id, job, 't_sub')
+  if not t or t == '' then return '0' end
   return t
 end
 
@@ -543,16 +659,19 @@ local function index_reopen(job_id, job)
   redis.call('ZADD', K.jobs_in('active'), job_t_sub(job_id, job), job_id)
 end
 
--- job: its state, principal and node as stored. The attempts list and the tried set still
--- exist (the caller deletes them after): every node an earlier attempt ran on is in the tried
--- set, the last attempt's node is job.node.
+-- job: its state, principal, node and attempt as stored. The attempts list and the tried set
+-- still exist (the caller deletes them after): every node an earlier attempt ran on is in the
+-- tried set, the last attempt's node is job.node. A job whose node field names the node of its
+-- only attempt (attempt 1; or attempt 0: never assigned) had no attempt on another node, so its
+-- tried set is not read (attempt is absent when the caller did not read it: then it is).
 local function index_forget(job_id, job)
-  redis.call('ZREM', K.jobs(), job_id)
   if job.principal then redis.call('ZREM', K.jobs_of(job.principal), job_id) end
   redis.call('ZREM', K.jobs_in(TERMINAL[job.state] and job.state or 'active'), job_id)
-  if job.node and job.node ~= '' then redis.call('ZREM', K.jobs_on(job.node), job_id) end
+  local node = job.node or ''
+  if node ~= '' then redis.call('ZREM', K.jobs_on(node), job_id) end
+  if job.attempt == '0' or (job.attempt == '1' and node ~= '') then return end
   for _, node_id in ipairs(redis.call('SMEMBERS', K.job_tried(job_id))) do
-    if node_id ~= job.node then redis.call('ZREM', K.jobs_on(node_id), job_id) end
+    if node_id ~= node then redis.call('ZREM', K.jobs_on(node_id), job_id) end
   end
 end
 
@@ -621,9 +740,7 @@ end
 
 -- The slots a job takes (its 'cost' field, absent for 1).
 local function job_cost(job_id, job)
-  local c = job.cost
-  if c == nil then c = redis.call('HGET', K.job(job_id), 'cost') end
-  return tonumber(c) or 1
+  return tonumber(job_field(job_id, job, 'cost')) or 1
 end
 
 -- The slots a node's job set takes: each job's cost (O(jobs on the node), at most its capacity
@@ -677,7 +794,7 @@ local function assign(job_id, job, node_id, now, fields, now_s)
   end
   redis.call('HSET', K.job(job_id), unpack_list(flat))
   redis.call('ZADD', K.jobs_on(node_id), job_t_sub(job_id, job), job_id)
-  count_state(job_id, job.state, 'assigned', attempt, node_id)
+  count_state(job_id, job.state, 'assigned', attempt, node_id, job)
   redis.call('ZADD', K.deadlines(), deadline_s, job_id)
   if job.session and job.session ~= '' then
     redis.call('SET', K.session(job.session), node_id, 'PX', job.session_ms)
@@ -685,8 +802,7 @@ local function assign(job_id, job, node_id, now, fields, now_s)
   -- {'assign', node, job, attempt, payload, session, deadline, epoch, trace, attachments},
   -- built as text (see count_state); epoch is the integer the node record holds; attachments
   -- is the JSON of the submit's attachment list, '' for none (their bytes stay in job_blobs)
-  local att = job.att
-  if att == nil then att = redis.call('HGET', K.job(job_id), 'att') or '' end
+  local att = job_field(job_id, job, 'att') or ''
   deliver(owner, '["assign",' .. cjson.encode(node_id) .. ',' .. cjson.encode(job_id) .. ','
     .. attempt_s .. ',' .. cjson.encode(job.payload) .. ',' .. cjson.encode(job.session or '')
     .. ',' .. deadline_s .. ',' .. (tonumber(epoch) and epoch or 'null') .. ','
@@ -716,7 +832,7 @@ local function enqueue(job_id, job, now, fields)
     flat[n + 5], flat[n + 6] = 'state', 'queued'
   end
   redis.call('HSET', K.job(job_id), unpack_list(flat))
-  count_state(job_id, job.state, 'queued', job.attempt, '')
+  count_state(job_id, job.state, 'queued', job.attempt, '', job)
   redis.call('ZADD', K.deadlines(), now + tonumber(job.queue_ms), job_id)
   job.state = 'queued'
 end
@@ -728,8 +844,7 @@ end
 -- The principal owning the job goes with it: an instance hands it only to a connection of that
 -- principal (job.principal must be among the fields read, and job.trace for the trace).
 local function done_message(job_id, job)
-  local att = job.out_att
-  if att == nil then att = redis.call('HGET', K.job(job_id), 'out_att') or '' end
+  local att = job_field(job_id, job, 'out_att') or ''
   return '["done",' .. cjson.encode(job_id) .. ',"' .. job.state .. '",' .. num_s(job.ok) .. ','
     .. cjson.encode(job.output or 'null') .. ',' .. cjson.encode(job.error or 'null') .. ','
     .. cjson.encode(job.node or '') .. ',' .. num_s(job.attempt) .. ',' .. num_s(job.t_sub) .. ','
@@ -770,7 +885,7 @@ local function delay_job(job_id, job, due_ms, fields)
   flat[n + 5], flat[n + 6] = 'state', 'delayed'
   redis.call('HSET', K.job(job_id), unpack_list(flat))
   redis.call('ZREM', K.deadlines(), job_id)
-  count_state(job_id, job.state, 'delayed', job.attempt, '')
+  count_state(job_id, job.state, 'delayed', job.attempt, '', job)
   redis.call('ZADD', K.delayed(), int_s(due_ms), job_id)
   job.state = 'delayed'
   job.node = ''
@@ -801,9 +916,10 @@ local function retained_forget(job_id, job)
   end
 end
 
--- Remove a finished job and everything that names it (job: state, principal, node, rbytes).
+-- Remove a finished job and everything that names it (job: DROP_FIELDS read). Its state's
+-- count is its K.jobs_in(state) entry, which index_forget removes.
+local DROP_FIELDS = {'state', 'principal', 'node', 'rbytes', 'attempt'}
 local function drop_finished(job_id, job)
-  redis.call('HINCRBY', K.counts(), job.state, '-1')
   index_forget(job_id, job)
   retained_forget(job_id, job)
   redis.call('ZREM', K.gc(), 'j:' .. job_id)
@@ -811,44 +927,67 @@ local function drop_finished(job_id, job)
     K.job_blobs(job_id))
 end
 
--- A job just finished: its payload goes unless kept ('keep' = '1' at submit, or the job did not
--- end done, so that an operator may requeue it), the bytes it keeps are recorded ('rbytes'),
--- and its principal's retained finished jobs are brought back within 'rlim' ('<count> <bytes>',
--- written at submit) by evicting the oldest of that principal only.
-local function retain(job_id, state)
+-- What finish reads of a job for counting (principal, pbytes), retention (keep, rlim, att,
+-- att_bytes, seq), the done (out_att) and the indices (t_sub); need() reads the missing ones at
+-- once.
+local FINISH_FIELDS = {'principal', 'pbytes', 'keep', 'rlim', 'att', 'att_bytes', 'out_att',
+  't_sub', 'seq'}
+
+-- The length of a job's field: from the table when it holds it (the value just written, or as
+-- read), 0 when the read covered it and the hash lacks it, else HSTRLEN.
+local function field_len(job_id, job, name)
+  local v = job[name]
+  if v ~= nil then return #v end
+  if covered(job, name) then return 0 end
+  return redis.call('HSTRLEN', K.job(job_id), name)
+end
+
+-- A job finishing in `state` (job: FINISH_FIELDS read, fields just written set): its payload
+-- goes unless kept ('keep' = '1' at submit, or the job did not end done, so that an operator
+-- may requeue it), and the bytes it keeps are returned for its 'rbytes' (output, error,
+-- attachments, a kept payload).
+local function retained_bytes(job_id, job, state)
   local jkey = K.job(job_id)
-  local v = redis.call('HMGET', jkey, 'keep', 'rlim', 'principal', 'att', 'att_bytes')
-  local bytes = redis.call('HSTRLEN', jkey, 'output') + redis.call('HSTRLEN', jkey, 'error')
-    + (tonumber(v[5]) or 0)
-  if v[1] == '1' or state ~= 'done' then
-    bytes = bytes + redis.call('HSTRLEN', jkey, 'payload')
-  else
-    redis.call('HDEL', jkey, 'payload')
-    -- the input attachments go with the payload (audio in is not kept once the job is done)
-    local ok, specs = pcall(cjson.decode, v[4] or '')
-    if ok and type(specs) == 'table' then
-      for _, spec in ipairs(specs) do
-        if redis.call('HDEL', K.job_blobs(job_id), 'in:' .. spec.name) == 1 then
-          bytes = bytes - (tonumber(spec.size) or 0)
-        end
+  local bytes = field_len(job_id, job, 'output') + field_len(job_id, job, 'error')
+    + (tonumber(job.att_bytes) or 0)
+  if job.keep == '1' or state ~= 'done' then
+    return bytes + redis.call('HSTRLEN', jkey, 'payload')
+  end
+  redis.call('HDEL', jkey, 'payload')
+  job.payload = nil
+  -- the input attachments go with the payload (audio in is not kept once the job is done)
+  if not job.att or job.att == '' then return bytes end
+  local ok, specs = pcall(cjson.decode, job.att)
+  if ok and type(specs) == 'table' then
+    for _, spec in ipairs(specs) do
+      if redis.call('HDEL', K.job_blobs(job_id), 'in:' .. spec.name) == 1 then
+        bytes = bytes - (tonumber(spec.size) or 0)
       end
     end
   end
-  redis.call('HSET', jkey, 'rbytes', int_s(bytes))
-  local principal = v[3]
-  local max_n, max_b = string.match(v[2] or '', '^(%d+) (%d+)$')
+  return bytes
+end
+
+-- A job just finished holding `bytes` ('rbytes'): its principal's retained finished jobs are
+-- brought back within 'rlim' ('<count> <bytes>', written at submit) by evicting the oldest of
+-- that principal only. job: principal, rlim and seq read; t_fin set.
+local function retain(job_id, job, bytes)
+  local principal = job.principal
+  local max_n, max_b = string.match(job.rlim or '', '^(%d+) (%d+)$')
   if not principal or not max_n then return end
   max_n, max_b = tonumber(max_n), tonumber(max_b)
   local okey = K.ended_of(principal)
-  -- finish order (a counter: finishes within one ms stay ordered)
-  redis.call('ZADD', okey, redis.call('HINCRBY', K.counts(), 'finished_seq', '1'), job_id)
+  -- finish order: the finish ms, then (within one ms) the submit order, as t_fin·1000 +
+  -- seq mod 1000 (below 2^53: exact in a double)
+  redis.call('ZADD', okey, int_s(tonumber(job.t_fin) * 1000 + (tonumber(job.seq) or 0) % 1000),
+    job_id)
   local total = redis.call('HINCRBY', K.retained(), principal, int_s(bytes))
   local count = redis.call('ZCARD', okey)
   local evicted = 0
   while evicted < EVICT_MAX and count > 1 and (count > max_n or total > max_b) do
     local oldest = redis.call('ZRANGE', okey, '0', '0')[1]
     if oldest == job_id then break end
-    local old = hmget(K.job(oldest), {'state', 'principal', 'node', 'rbytes'})
+    local old = hmget(K.job(oldest), DROP_FIELDS)
     if old and TERMINAL[old.state] then
       drop_finished(oldest, old)
     else
@@ -1003,7 +1142,10 @@ end
 -- retention time, and its client's instance gets exactly one done (a stage of a pipeline:
 -- its pipeline's stage_ended instead, in the same script).
 -- job: the job's fields as read (the state, node, attempt, client, retain_ms, t_sub, t_asg and
--- t_acc at least; pools if it is queued; principal, session and oseq for an ordered session).
+-- t_acc at least; pools if it is queued; principal, session and oseq for an ordered session);
+-- what else it needs is read in one HMGET (FINISH_FIELDS, those not read yet).
+-- fields: what the end writes; with out_att (a result's attachments), att_bytes, to which the
+-- caller added their size, is read again.
 local function finish(job_id, job, state, fields, now)
   local jkey = K.job(job_id)
   if job.state == 'queued' then dequeue_everywhere(job_id, job) end
@@ -1017,18 +1159,27 @@ local function finish(job_id, job, state, fields, now)
     flat[#flat + 1] = v
     job[k] = v
   end
+  -- a result's attachments (fields.out_att) were added to att_bytes after it may have been read
+  if fields.out_att and covered(job, 'att_bytes') then
+    job.att_bytes = nil
+    if job[0] == true then job[0] = {} else read_set(job).att_bytes = nil end
+  end
+  -- what counting, retention and the done read of the job, in one HMGET of what is missing
+  need(job_id, job, FINISH_FIELDS)
+  local rbytes = retained_bytes(job_id, job, state)
+  flat[#flat + 1], flat[#flat + 2] = 'rbytes', int_s(rbytes)
   redis.call('HSET', jkey, unpack_list(flat))
   -- the event names the node the attempt ran on, also when the caller cleared job.node
   local node = job.node
   if not node or node == '' then node = redis.call('HGET', jkey, 'node') end
-  count_state(job_id, job.state, state, job.attempt, node)
+  count_state(job_id, job.state, state, job.attempt, node, job)
   local t_sub = job_t_sub(job_id, job)
   redis.call('ZREM', K.jobs_in('active'), job_id)
   redis.call('ZADD', K.jobs_in(state), t_sub, job_id)
   job.t_fin = now_s
   job.state = state
   redis.call('ZADD', K.gc(), int_s(now + tonumber(job.retain_ms)), 'j:' .. job_id)
-  retain(job_id, state)
+  retain(job_id, job, rbytes)
   -- a bounded window of recent completions: latency percentiles and rates for every instance
   local kept = redis.call('LPUSH', K.finished(), '[' .. cjson.encode(job_id) .. ',"' .. state
     .. '",' .. cjson.encode(job.node or '') .. ',' .. num_s(job.t_sub) .. ',' .. num_s(job.t_asg)
@@ -1047,16 +1198,22 @@ local function finish(job_id, job, state, fields, now)
   end
 end
 
+local RELEASE_FIELDS = {'cost', 'principal', 'fpool', 'pbytes', 'keep', 'rlim', 'att',
+  'att_bytes', 'out_att', 't_sub', 'seq'}
+
 -- Free the slot a job holds on its node (if any). Returns the node, and when a slot was freed
 -- the node's {state, capacity, used, pools} as they now are.
 local function release(job_id, job)
   local node_id = job.node
   if node_id and node_id ~= '' then
     if redis.call('SREM', K.node_jobs(node_id), job_id) == 1 then
-      local used, vals = node_slots(node_id, -fair_release(job_id))
+      -- the cost, and with it what the job's end reads next (finish, or a retry's assign or
+      -- enqueue), in one read
+      need(job_id, job, RELEASE_FIELDS)
+      local used, vals = node_slots(node_id, -fair_release(job_id, job))
       return node_id, {vals[1], vals[2], used, vals[3]}
     end
-    fair_release(job_id) -- a job set that lost the entry: its pool's use still goes
+    fair_release(job_id, job) -- a job set that lost the entry: its pool's use still goes
   end
   return node_id, nil
 end
@@ -1122,9 +1279,11 @@ local function feed_node(node_id, now, known)
   if not exp or tonumber(exp) <= now then return end
   while free > 0 do
     local best_id, best_order, best_pool, best_principal, best_start
+    local lims = {}
     for _, pool in ipairs(pools) do
-      local job_id, order, principal, start
-      if pool_rate_ok(pool, now, false) then -- a pool over its dispatch rate waits its refill
+      local job_id, order, principal, start, rate_ok
+      rate_ok, lims[pool] = pool_rate_ok(pool, now, false)
+      if rate_ok then -- a pool over its dispatch rate waits its refill
         job_id, order, principal, start = fair_pick(pool, node_id, free, capacity, now)
       end
       if job_id and (not best_order or order < best_order) then
@@ -1133,7 +1292,7 @@ local function feed_node(node_id, now, known)
       end
     end
     if not best_id then return end
-    pool_rate_ok(best_pool, now, true)
+    pool_rate_ok(best_pool, now, true, lims[best_pool])
     local job = hgetall(K.job(best_id))
     local cost = tonumber(job.cost) or 1
     dequeue_everywhere(best_id, job)
@@ -1239,7 +1398,7 @@ local function node_down(node_id, node, reason, now, retain_ms)
   for _, job_id in ipairs(jobs) do
     local job = hgetall(K.job(job_id))
     if job and (job.state == 'assigned' or job.state == 'running') and job.node == node_id then
-      fair_release(job_id)
+      fair_release(job_id, job)
       job.node = '' -- its slot is already gone with the node
       redis.call('SADD', K.job_tried(job_id), node_id)
       retry(job_id, job, reason .. ' on node ' .. node_id, now)

@@ -23,7 +23,8 @@ local function record_result(r)
   -- what fencing, releasing and finishing read (not the payload, which may be large)
   local job = hmget(jkey, {'state', 'node', 'attempt', 'client', 'pools', 'retain_ms', 't_sub',
     't_asg', 't_acc', 'principal', 'trace', 'max_attempts', 'backoff', 'pipe', 'stage',
-    'session', 'oseq'})
+    'session', 'oseq', 'cost', 'fpool', 'pbytes', 'keep', 'rlim', 'att', 'att_bytes', 'out_att',
+    'seq'})
   if job and TERMINAL[job.state] and job.node == node_id and job.attempt == attempt
       and not accepted then
     return {job.state, 'duplicate'}
@@ -47,8 +48,9 @@ local function record_result(r)
     fields.out_att = r.att
   end
   if accepted and job.state ~= 'running' then
-    -- job_accept's effects; its run deadline would be removed at once by finish
-    count_state(job_id, job.state, 'running', job.attempt, job.node)
+    -- job_accept's effects; its run deadline would be removed at once by finish; the counts
+    -- move once, from where the job was to where it ends (pass_state)
+    pass_state(job_id, job, 'running')
     job.state = 'running'
     fields.t_acc = now
   end

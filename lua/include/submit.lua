@@ -178,7 +178,7 @@ local function submit_job(KEYS, ARGV)
   end
   local wait = tonumber(ARGV[24] or '0') or 0
   local node_id = nil
-  if wait <= 0 and principal_can_run(principal, 1) then
+  if wait <= 0 and (cap == '' or principal_can_run(principal, 1)) then
     node_id = select_node(job_id, pools, services, ARGV[6], now, true, seq, cost, principal, true)
   end
   -- a job that waits (queued or delayed) counts against the principal's queued jobs
@@ -203,7 +203,7 @@ local function submit_job(KEYS, ARGV)
     state = '', attempt = '0', pools = ARGV[4], payload = ARGV[5], session = ARGV[6],
     priority = ARGV[7], ack_ms = ARGV[9], queue_ms = ARGV[11], session_ms = ARGV[16], seq = seq_s,
     principal = ARGV[2], trace = ARGV[18] or '', t_sub = now_s, att = ARGV[34] or '',
-    cost = cost_s, fw = ARGV[32] or '1',
+    cost = cost_s, fw = ARGV[32] or '1', pbytes = int_s(pbytes),
   }
   local flat = {
     'principal', ARGV[2], 'client', CALLER, 'pools', ARGV[4], 'payload', ARGV[5],

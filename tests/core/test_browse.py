@@ -19,9 +19,9 @@ async def _ids(queries: Queries, **kw: Any) -> list[str]:
     return [job.job_id for job in page.jobs]
 
 
-async def _all_pages(queries: Queries, **kw: Any) -> list[str]:
+async def _all_pages(queries: Queries, cursor_from: str | None = None, **kw: Any) -> list[str]:
     out: list[str] = []
-    cursor = None
+    cursor = cursor_from
     for _ in range(100):
         page = await queries.list_jobs(JobFilter(cursor=cursor, **kw))
         out += [job.job_id for job in page.jobs]
@@ -138,9 +138,9 @@ async def test_removal_at_retention_empties_every_index(store: Store) -> None:
     assert first is not None and first.node is not None
     await core.reject(sub.job_id, node_id=first.node, attempt=1, reason="no")
     await core.cancel(sub.job_id)
-    keys = [k.jobs, k.jobs_of("alice"), k.jobs_in("canceled"), k.jobs_in("active"),
+    keys = [k.jobs_of("alice"), k.jobs_in("canceled"), k.jobs_in("active"),
             k.jobs_on("n1"), k.jobs_on("n2"), k.job_attempts("g")]
-    assert [await store.execute("EXISTS", key) for key in keys] == [1, 1, 1, 0, 1, 1, 1]
+    assert [await store.execute("EXISTS", key) for key in keys] == [1, 1, 0, 1, 1, 1]
     await trio.sleep(0.1)
     assert (await core.reap())[2] == 1
     assert [await store.execute("EXISTS", key) for key in keys] == [0] * len(keys)
@@ -164,3 +164,39 @@ def test_time_bounds_read_unix_ms_or_a_duration_before_now() -> None:
     for bad in ("yesterday", "-5m", "10 m", "1e9", "99999999999999999"):
         with pytest.raises(InvalidField, match="since"):
             parse_time_bound(bad, 0, "since")
+
+
+async def test_all_jobs_are_the_state_indices_merged_in_one_order(store: Store) -> None:
+    """With no index named, a listing reads the union of the per-state indices: the order of
+    one sorted set of all of them (equal submit ms by id, descending), each job once across
+    pages, also when jobs end (and so change index) between two pages."""
+    core, _ = await make_core(store)
+    k = core.keys
+    q = Queries(store, core.keys)
+    await core.register_node(node_id="n1", capacity=100, pools=["p"])
+    ids = [f"j{i:02d}" for i in range(24)]
+    for job_id in ids:
+        await core.submit(spec("p", job_id=job_id))
+    # several states, many jobs sharing a submit ms
+    for job_id in ids[::3]:
+        await core.result(job_id, node_id="n1", attempt=1, ok=True, accepted=True)
+    for job_id in ids[1::6]:
+        await core.cancel(job_id)
+    # Redis's own order of the union, as one sorted set would give it
+    states = ["active", "done", "failed", "canceled", "timed_out"]
+    scratch = k.jobs_in("union-under-test")
+    await store.execute("ZUNIONSTORE", scratch, len(states), *(k.jobs_in(s) for s in states))
+    expected = [m.decode() for m in await store.execute("ZRANGE", scratch, "+inf", "-inf",
+                                                        "BYSCORE", "REV")]
+    await store.execute("DEL", scratch)
+    assert sorted(expected) == ids
+    assert await _all_pages(q, limit=5) == expected
+    # jobs that end between two pages stay where they were in the order
+    first = await q.list_jobs(JobFilter(limit=7))
+    seen = [job.job_id for job in first.jobs]
+    for job_id in expected:
+        state = await store.execute("HGET", k.job(job_id), "state")
+        if state == b"assigned":
+            await core.result(job_id, node_id="n1", attempt=1, ok=False, accepted=True)
+    seen += await _all_pages(q, limit=7, cursor_from=first.cursor)
+    assert seen == expected

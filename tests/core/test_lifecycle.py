@@ -231,7 +231,7 @@ async def _finish(core: Core, principal: str, output: str = '"o"') -> str:
 
 
 async def _indexed(store: Store, core: Core, job_id: str, principal: str) -> bool:
-    keys = [core.keys.jobs, core.keys.jobs_of(principal), core.keys.jobs_in("done"),
+    keys = [core.keys.jobs_of(principal), core.keys.jobs_in("done"),
             core.keys.jobs_on("n1"), core.keys.ended_of(principal)]
     return any([await store.execute("ZSCORE", k, job_id) is not None for k in keys])
 
@@ -303,7 +303,7 @@ async def test_hostile_lifecycle_values_are_refused(
     core, _ = await make_core(store)
     with pytest.raises(exc, match=text):
         await core.submit(spec("p", **kw))
-    assert await store.execute("EXISTS", core.keys.jobs) == 0
+    assert await store.execute("EXISTS", core.keys.jobs_in("active")) == 0
 
 
 async def test_the_reaper_wakes_for_a_delayed_job_before_its_interval(store: Store) -> None:

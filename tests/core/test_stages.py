@@ -89,7 +89,9 @@ async def test_chain_hands_each_output_to_the_next_stage(store: Store) -> None:
     assert out["branches"] == {"": {"state": "done", "stage": "2"}}
     assert len(rec.of(StageDoneDelivery)) == 3
     counts = await Queries(store, core.keys).counts()
-    assert counts["running"] == 0 and counts["assigned"] == 0 and counts["done"] == 3
+    # a terminal state counts its retained jobs as listed: the three stages and the pipeline
+    assert counts["running"] == 0 and counts["assigned"] == 0 and counts["done"] == 4
+    assert counts["total:done"] == 3  # lifetime totals count jobs that ran: the stages
 
 
 async def test_duplicate_submit_returns_the_pipeline(store: Store) -> None:
