@@ -14,7 +14,7 @@ compares; :mod:`schedd.devtools.peer_bench` holds the other side):
   result, ``TIMEOUT`` seconds at most; then one JSON line (:func:`burst_report`): the seconds
   from the first submit to the last result, and the jobs submitted, received, lost,
   duplicated and failed.
-* Both run on trio (the SDK's fastest loop: docs/benchmarks.md, SDK).
+* Both run on trio (the SDK's fastest loop: docs/decisions/0022-sdk-on-anyio.md, "Measured").
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """A node's burst of accepts and results: one job_result_many call, each message answered as
-if alone (docs/decisions/0026-node-batches.md). Over both transports, read by the hub."""
+if alone (docs/decisions/0026-node-batches.md). Over both transports, read by the hub; the
+paths that change jobs on both stores."""
 
 from __future__ import annotations
 
@@ -90,9 +91,9 @@ async def nothing_more(client: Peer) -> None:
 @pytest.mark.parametrize("packing", ["frames", "array", "array then frames"])
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
 async def test_a_burst_of_results_is_one_script_call_and_each_job_done_once(
-    monkeypatch: pytest.MonkeyPatch, transport: str, packing: str,
+    monkeypatch: pytest.MonkeyPatch, transport: str, packing: str, store_url: str,
 ) -> None:
-    async with running_daemon() as d:
+    async with running_daemon(store_url) as d:
         node = await wire_node(d, "n1", transport, capacity=6)
         client = await d.connect("client")
         ids = await submit(client, 6)
@@ -122,8 +123,9 @@ async def test_a_burst_of_results_is_one_script_call_and_each_job_done_once(
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
-async def test_a_result_for_another_nodes_job_is_refused_alone(transport: str) -> None:
-    async with running_daemon() as d:
+async def test_a_result_for_another_nodes_job_is_refused_alone(transport: str,
+                                                               store_url: str) -> None:
+    async with running_daemon(store_url) as d:
         n1 = await wire_node(d, "n1", transport, capacity=2)
         client = await d.connect("client")
         mine = await submit(client, 2)
@@ -157,8 +159,9 @@ async def test_a_result_for_another_nodes_job_is_refused_alone(transport: str) -
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
-async def test_a_connection_dropped_in_a_burst_finishes_nothing_twice(transport: str) -> None:
-    async with running_daemon() as d:
+async def test_a_connection_dropped_in_a_burst_finishes_nothing_twice(transport: str,
+                                                                      store_url: str) -> None:
+    async with running_daemon(store_url) as d:
         n1 = await wire_node(d, "n1", transport, capacity=4)
         client = await d.connect("client")
         ids = await submit(client, 4)

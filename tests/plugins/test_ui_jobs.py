@@ -26,9 +26,13 @@ async def history(d: Daemon) -> tuple[Peer, Peer, Peer]:
     n1, _ = await d.node("p", node_id="n1", capacity=1, token="node-secret")
     alice = await d.connect("client", "alice-secret")
     bob = await d.connect("client", "bob-secret")
+    # listings order by submit ms, then by job id: the jobs are submitted in distinct ms
     await run_job(alice, n1, "p", "a-ok")
+    await trio.sleep(0.002)
     await run_job(alice, n1, "p", "a-bad", ok=False)
+    await trio.sleep(0.002)
     await run_job(bob, n1, "p", "b-ok")
+    await trio.sleep(0.002)
     await alice.send(p.Submit(pools=["p"], job_id="a-retried", payload={"text": "x" * 100},
                               keep_payload=True))
     await alice.expect(p.Accepted)
@@ -40,6 +44,7 @@ async def history(d: Daemon) -> tuple[Peer, Peer, Peer]:
     await trio.sleep(0.01)
     await n2.send(p.Result(job_id=second.job_id, attempt=2, ok=True, output={"text": "y" * 50}))
     await alice.expect(p.Done)
+    await trio.sleep(0.002)
     await alice.send(p.Submit(pools=["nobody"], job_id="a-waiting"))
     await alice.expect(p.Accepted)
     return n1, n2, alice
