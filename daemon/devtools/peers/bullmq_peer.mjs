@@ -9,7 +9,8 @@
 //   connected, then runs until killed.
 // * producer: WARMUP + SERIAL jobs one after the other (queue.add, then its completion), one
 //   JSON line {"serial_s": [...]}; then, after a line on stdin, BURST jobs in one
-//   queue.addBulk and every completion awaited (TIMEOUT seconds at most), one JSON line with
+//   queue.addBulk and every completion awaited (TIMEOUT seconds at most; a serial job's too,
+//   whose lateness ends the producer with an error), one JSON line with
 //   the seconds from addBulk called to the last completion and the jobs submitted, received,
 //   lost, duplicated and failed.
 // * Completions, serial and burst alike, are QueueEvents' "completed" and "failed" events (the
@@ -43,7 +44,9 @@ async function producer(serial, warmup, burst, timeoutS) {
   const queue = new Queue(queueName, {
     connection, streams: { events: { maxLen: Math.max(10000, burst * 10) } },
   });
-  const events = new QueueEvents(queueName, { connection });
+  // From the stream's start, not '$': the bench flushes Redis before each turn, and a reader at
+  // '$' misses the events written before its first XREAD (a first job done that fast was lost).
+  const events = new QueueEvents(queueName, { connection, lastEventId: '0-0' });
   await queue.waitUntilReady();
   await events.waitUntilReady();
 
@@ -78,7 +81,12 @@ async function producer(serial, warmup, burst, timeoutS) {
   for (let index = 0; index < warmup + serial; index++) {
     const started = performance.now();
     const job = await queue.add('noop', DATA, JOB_OPTS);
-    if (!(await finished(job.id))) throw new Error(`job ${job.id} failed`);
+    let serialTimer;
+    const late = new Promise((resolve) => { serialTimer = setTimeout(() => resolve(null), timeoutS * 1000); });
+    const ok = await Promise.race([finished(job.id), late]);
+    clearTimeout(serialTimer);
+    if (ok === null) throw new Error(`job ${job.id}: no completion within ${timeoutS} s`);
+    if (!ok) throw new Error(`job ${job.id} failed`);
     if (index >= warmup) seconds.push((performance.now() - started) / 1000);
   }
   emit({ serial_s: seconds });
