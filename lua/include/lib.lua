@@ -229,6 +229,13 @@ local function pool_rate_ok(pool, now, take, lim)
   return true, lim
 end
 
+-- The event of a job's state change, for the daemon's listeners (attempt: a number).
+-- Built as text: cjson formats numbers with '%.14g', which costs more than the whole string.
+local function job_event(job_id, state, attempt, node)
+  EVENTS[#EVENTS + 1] = '["job",' .. cjson.encode(job_id) .. ',"' .. state .. '",'
+    .. int_s(attempt) .. ',' .. cjson.encode(node) .. ']'
+end
+
 -- The counts and the event of a state change whose 'state' field the caller has written
 -- itself (with the job's attempt and node as they now are in its hash).
 -- K.counts() holds the jobs per non-terminal state; a terminal state's are the entries of
@@ -258,9 +265,7 @@ local function count_state(job_id, old, new, attempt, node, job)
   end
   attempt = tonumber(attempt) or 0
   if new == 'queued' then attempt = attempt + 1 end -- a queued job waits for its next attempt
-  -- built as text: cjson formats numbers with '%.14g', which costs more than the whole string
-  EVENTS[#EVENTS + 1] = '["job",' .. cjson.encode(job_id) .. ',"' .. new .. '",' .. int_s(attempt)
-    .. ',' .. cjson.encode(node or '') .. ']'
+  job_event(job_id, new, attempt, node or '')
 end
 
 -- Fair reservation -------------------------------------------------------------------------------
@@ -410,9 +415,7 @@ end
 -- state field, if at all.
 local function pass_state(job_id, job, new)
   if job.state == new then return end
-  local attempt = tonumber(job.attempt) or 0
-  EVENTS[#EVENTS + 1] = '["job",' .. cjson.encode(job_id) .. ',"' .. new .. '",' .. int_s(attempt)
-    .. ',' .. cjson.encode(job.node or '') .. ']'
+  job_event(job_id, new, tonumber(job.attempt) or 0, job.node or '')
   job._counted = job._counted or job.state
   job.state = new
 end

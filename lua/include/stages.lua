@@ -166,7 +166,7 @@ local function pipeline_close(pipe_id, p, state, error_json, reason, now)
   redis.call('ZADD', K.gc(), int_s(now + tonumber(p.retain_ms)), 'j:' .. pipe_id)
   local old = p.state
   p.state, p.ok, p.output, p.error, p.t_fin = state, ok, output, error_json or 'null', now_s
-  EVENTS[#EVENTS + 1] = '["job",' .. cjson.encode(pipe_id) .. ',"' .. state .. '",0,""]'
+  job_event(pipe_id, state, 0, '')
   local msg = done_message(pipe_id, p)
   if not (p.oseq and p.oseq ~= '' and order_done(p, msg, now)) then deliver(p.client, msg) end
   if old == 'running' then
